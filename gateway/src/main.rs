@@ -1,0 +1,3 @@
+//! creditgate gateway binary.
+
+fn main() {}

@@ -1,0 +1,62 @@
+-- reserve: places a hold of `amount` with a deadline, drawing from grants in burn order;
+-- idempotent by hold id (a retry returns the first outcome and takes nothing more).
+-- KEYS: 1 grants, 2 balance, 3 hold, 4 deadlines, 5 grant_expiry, 6 events
+-- ARGV: 1 customer, 2 hold_id, 3 credit_type, 4 amount, 5 ttl_ms, 6 overdraft_limit,
+--       7 force (1: place the hold even past the overdraft limit, for shadow mode),
+--       8 request_id, 9 route, 10 feature, 11 retain_ms
+-- Reply: {'placed', at, deadline, draws, overdraft, over_limit, available_after}
+--        | {'replay', at, state, deadline, draws, overdraft, over_limit}
+--        | {'conflict', at, first_type, first_amount} | {'insufficient', at, available}
+local customer, e1 = id_arg(1, 'customer')
+local hold_id, e2 = id_arg(2, 'hold_id')
+local ctype, e3 = id_arg(3, 'credit_type')
+local amount, e4 = int_arg(4, 'amount', 0, MAX_AMOUNT)
+local ttl_ms, e5 = int_arg(5, 'ttl_ms', 1, MAX_TTL_MS)
+local limit, e6 = int_arg(6, 'overdraft_limit', 0, MAX_AMOUNT)
+local force, e7 = int_arg(7, 'force', 0, 1)
+local request_id, e8 = text_arg(8, 'request_id')
+local route, e9 = text_arg(9, 'route')
+local feature, e10 = text_arg(10, 'feature')
+local retain_ms, e11 = int_arg(11, 'retain_ms', 1, MAX_TTL_MS)
+local err = e1 or e2 or e3 or e4 or e5 or e6 or e7 or e8 or e9 or e10 or e11
+if err then return redis.error_reply(err) end
+
+local now = now_ms()
+local first = hold_fields(KEYS[3])
+if first then
+  if first.customer ~= customer or first.type ~= ctype or tonumber(first.amount) ~= amount then
+    return { 'conflict', now, first.type, tonumber(first.amount) }
+  end
+  return { 'replay', now, first.state, tonumber(first.deadline), first.draws,
+    tonumber(first.overdraft), tonumber(first.over_limit) }
+end
+
+local list, total = usable_grants(KEYS[1], ctype, now)
+local avail = available(KEYS[2], total, ctype)
+local over_limit = 0
+if avail + limit < amount then
+  if force == 0 then
+    return { 'insufficient', now, avail }
+  end
+  over_limit = 1
+end
+
+local draws, taken = take(KEYS[1], KEYS[5], customer, list, amount, true)
+local overdraft = amount - taken
+local deadline = now + ttl_ms
+local draws_s = fmt_draws(draws)
+balance_add(KEYS[2], ctype, 'avail', -amount)
+balance_add(KEYS[2], ctype, 'held', amount)
+balance_add(KEYS[2], ctype, 'odheld', overdraft)
+redis.call('HSET', KEYS[3], 'state', 'pending', 'customer', customer, 'type', ctype,
+  'amount', fmt(amount), 'deadline', fmt(deadline), 'created', fmt(now), 'draws', draws_s,
+  'overdraft', fmt(overdraft), 'over_limit', fmt(over_limit), 'request_id', request_id,
+  'route', route, 'feature', feature, 'retain', fmt(retain_ms))
+redis.call('ZADD', KEYS[4], deadline, customer .. '/' .. hold_id)
+xadd(KEYS[6], {
+  'v', '1', 'event_id', 'hold:' .. hold_id .. ':placed', 'kind', 'hold_placed', 'at', fmt(now),
+  'customer', customer, 'credit_type', ctype, 'hold_id', hold_id, 'amount', fmt(amount),
+  'draws', draws_s, 'overdraft', fmt(overdraft), 'deadline', fmt(deadline),
+  'over_limit', fmt(over_limit), 'request_id', request_id, 'route', route, 'feature', feature,
+})
+return { 'placed', now, deadline, draws_s, overdraft, over_limit, avail - amount }

@@ -1,0 +1,22 @@
+//! The creditgate Redis protocol: the canonical Lua scripts, the key schema, the event
+//! format, the Rust bindings to Redis and the in-memory reference model.
+//!
+//! Every credit mutation is one script that checks, mutates and appends its event to the
+//! customer's shard stream atomically. [`RedisStore`] runs the scripts; [`MemoryStore`] is
+//! the same semantics in process (the reference model and the gateway's embedded store).
+//! `PROTOCOL.md` beside this crate documents keys, arguments, replies and event fields.
+
+pub mod event;
+pub mod keys;
+pub mod model;
+pub mod redis_store;
+pub mod scripts;
+pub mod store;
+pub mod types;
+
+pub use event::{Event, EventBody, Release, RequestContext};
+pub use keys::{Keyspace, MAX_AMOUNT, Shard};
+pub use model::{MemoryStore, Model};
+pub use redis_store::{RedisStore, RedisTarget};
+pub use store::{CreditStore, DueEntry, StoreError, StoreErrorKind};
+pub use types::*;

@@ -1,0 +1,3 @@
+//! creditgate sidecar binary.
+
+fn main() {}

@@ -1,0 +1,53 @@
+//! Test harness for creditgate integration tests.
+//!
+//! Starts **real** server processes on free loopback ports and cleans them up
+//! again:
+//!
+//! * [`RedisServer`] — a single `redis-server` (no persistence, own temp dir),
+//!   with [`RedisServer::stop`] / [`RedisServer::restart`] for fault tests.
+//! * [`RedisCluster`] — an N-master Redis Cluster (no replicas) whose slots
+//!   are all assigned and whose nodes all report `cluster_state:ok`.
+//! * [`Postgres`] — a throw-away PostgreSQL instance (initdb into a temp dir,
+//!   trust auth, `fsync=off`) with a database named `creditgate`.
+//!
+//! All constructors are blocking and can be used from plain `#[test]`s as
+//! well as from `#[tokio::test]`s. Every process is killed (and waited for)
+//! when its handle is dropped, which also happens while a panicking test
+//! unwinds.
+//!
+//! ```no_run
+//! use creditgate_testkit::{Postgres, RedisCluster, RedisServer};
+//!
+//! let mut redis = RedisServer::start()?; // redis://127.0.0.1:PORT/
+//! let _client_url = redis.url();
+//! redis.stop(); // simulate an outage ...
+//! redis.restart()?; // ... and bring it back on the same port (empty)
+//!
+//! let cluster = RedisCluster::start(3)?;
+//! let _seed_nodes: Vec<String> = cluster.urls();
+//!
+//! let pg = Postgres::start()?; // postgres://postgres@127.0.0.1:PORT/creditgate
+//! assert_eq!(pg.psql("select 1")?, "1");
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+//!
+//! If a required binary is not installed, the constructors return an error
+//! that says exactly what to install (for example
+//! `apt-get install -y redis-server redis-tools`), so tests fail loudly
+//! instead of silently passing.
+
+mod cluster;
+mod postgres;
+mod redis_server;
+mod util;
+
+pub use cluster::RedisCluster;
+pub use postgres::{PG_BIN_ENV, Postgres};
+pub use redis_server::RedisServer;
+pub use util::{free_cluster_port, free_port, require, which};
+
+/// Install hint for the Redis binaries (`redis-server`, `redis-cli`).
+pub const REDIS_INSTALL_HINT: &str = "apt-get install -y redis-server redis-tools";
+
+/// Install hint for the PostgreSQL binaries (`initdb`, `postgres`, `psql`).
+pub const POSTGRES_INSTALL_HINT: &str = "apt-get install -y postgresql";
