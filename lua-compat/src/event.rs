@@ -230,10 +230,13 @@ impl Event {
                 priority: f.num("priority")?,
                 expires_at_ms: Some(f.num("expires_at")?).filter(|&e: &u64| e != 0),
                 cost_basis: f.num("cost_basis")?,
-                source: f.str("source")?.parse().map_err(|message| EventParseError {
-                    field: "source".into(),
-                    message,
-                })?,
+                source: f
+                    .str("source")?
+                    .parse()
+                    .map_err(|message| EventParseError {
+                        field: "source".into(),
+                        message,
+                    })?,
                 actor: f.str("actor")?,
                 reason: f.str("reason")?,
             },

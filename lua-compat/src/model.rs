@@ -99,11 +99,16 @@ impl Customer {
             .collect();
         list.sort_by(|a, b| burn_order(*a, *b));
         let total = list.iter().map(|(_, g)| g.remaining).sum();
-        (list.into_iter().map(|(id, _)| id.to_string()).collect(), total)
+        (
+            list.into_iter().map(|(id, _)| id.to_string()).collect(),
+            total,
+        )
     }
 
     fn available(&self, credit_type: &str, usable_total: u64) -> i64 {
-        usable_total as i64 - self.counter(credit_type, |c| c.debt) - self.counter(credit_type, |c| c.odheld)
+        usable_total as i64
+            - self.counter(credit_type, |c| c.debt)
+            - self.counter(credit_type, |c| c.odheld)
     }
 }
 
@@ -195,7 +200,10 @@ impl Model {
 
     /// The events of one shard's stream, oldest first.
     pub fn events(&self, shard: Shard) -> &[Event] {
-        self.shards.get(&shard).map(|s| s.events.as_slice()).unwrap_or(&[])
+        self.shards
+            .get(&shard)
+            .map(|s| s.events.as_slice())
+            .unwrap_or(&[])
     }
 
     fn shard_mut(&mut self, customer: &str) -> &mut ShardState {
@@ -208,7 +216,13 @@ impl Model {
     }
 
     /// Takes up to `want` from the grants in order, as the scripts' `take`.
-    fn take(&mut self, customer: &str, order: &[String], want: u64, hold: bool) -> (Vec<Draw>, u64) {
+    fn take(
+        &mut self,
+        customer: &str,
+        order: &[String],
+        want: u64,
+        hold: bool,
+    ) -> (Vec<Draw>, u64) {
         let mut draws = Vec::new();
         let mut taken = 0;
         let mut gone = Vec::new();
@@ -283,7 +297,10 @@ impl Model {
         c.add(&req.credit_type, |x| &mut x.avail, req.amount as i64);
         if remaining > 0 && expires_at != 0 {
             let m = member(&req.customer, &req.grant_id);
-            self.shard_mut(&req.customer).grant_expiry.0.insert(m, expires_at);
+            self.shard_mut(&req.customer)
+                .grant_expiry
+                .0
+                .insert(m, expires_at);
         }
         self.emit(Event {
             event_id: format!("grant:{}:added", req.grant_id),
@@ -313,11 +330,11 @@ impl Model {
     fn live_hold(&mut self, now: u64, customer: &str, hold_id: &str) -> Option<StoredHold> {
         let shard = self.shard_mut(customer);
         let stored = shard.holds.get(hold_id)?;
-        if let Some(resolved) = stored.record.resolved_ms {
-            if now > resolved + stored.retain_ms {
-                shard.holds.remove(hold_id);
-                return None;
-            }
+        if let Some(resolved) = stored.record.resolved_ms
+            && now > resolved + stored.retain_ms
+        {
+            shard.holds.remove(hold_id);
+            return None;
         }
         Some(stored.clone())
     }
@@ -326,7 +343,10 @@ impl Model {
     pub fn reserve(&mut self, now: u64, req: &ReserveRequest) -> ReserveOutcome {
         if let Some(first) = self.live_hold(now, &req.customer, &req.hold_id) {
             let r = first.record;
-            if r.customer != req.customer || r.credit_type != req.credit_type || r.amount != req.amount {
+            if r.customer != req.customer
+                || r.credit_type != req.credit_type
+                || r.amount != req.amount
+            {
                 return ReserveOutcome::Conflict {
                     at_ms: now,
                     first_credit_type: r.credit_type,
@@ -358,7 +378,10 @@ impl Model {
         let (draws, taken) = self.take(&req.customer, &order, req.amount, true);
         let overdraft = req.amount - taken;
         let deadline = now + req.ttl_ms;
-        let c = self.customers.get_mut(&req.customer).expect("customer exists");
+        let c = self
+            .customers
+            .get_mut(&req.customer)
+            .expect("customer exists");
         c.add(&req.credit_type, |x| &mut x.avail, -amount);
         c.add(&req.credit_type, |x| &mut x.held, amount);
         c.add(&req.credit_type, |x| &mut x.odheld, overdraft as i64);
@@ -391,7 +414,10 @@ impl Model {
                 retain_ms: req.retain_ms,
             },
         );
-        shard.deadlines.0.insert(member(&req.customer, &req.hold_id), deadline);
+        shard
+            .deadlines
+            .0
+            .insert(member(&req.customer, &req.hold_id), deadline);
         self.emit(Event {
             event_id: format!("hold:{}:placed", req.hold_id),
             at_ms: now,
@@ -532,7 +558,10 @@ impl Model {
             for d in draws {
                 add_draw(&mut r.burns, &d.grant_id, d.amount);
             }
-            let c = self.customers.get_mut(&req.customer).expect("customer exists");
+            let c = self
+                .customers
+                .get_mut(&req.customer)
+                .expect("customer exists");
             c.add(t, |x| &mut x.debt, (can - taken) as i64);
             c.add(t, |x| &mut x.avail, -(can as i64));
             r.overdraft_posted += can - taken;
@@ -835,11 +864,21 @@ impl CreditStore for MemoryStore {
         Ok(self.with(|m, now| m.hold(now, hold)))
     }
 
-    async fn due_holds(&self, shard: Shard, now_ms: u64, limit: usize) -> Result<Vec<DueEntry>, StoreError> {
+    async fn due_holds(
+        &self,
+        shard: Shard,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>, StoreError> {
         Ok(self.with(|m, _| m.due_holds(shard, now_ms, limit)))
     }
 
-    async fn due_grants(&self, shard: Shard, now_ms: u64, limit: usize) -> Result<Vec<DueEntry>, StoreError> {
+    async fn due_grants(
+        &self,
+        shard: Shard,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>, StoreError> {
         Ok(self.with(|m, _| m.due_grants(shard, now_ms, limit)))
     }
 }

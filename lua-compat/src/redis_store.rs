@@ -71,10 +71,7 @@ fn unavailable(op: &'static str, e: &RedisError) -> StoreError {
 
 fn map_err(op: &'static str, e: RedisError) -> StoreError {
     if e.is_timeout() {
-        StoreError::Timeout {
-            op,
-            timeout_ms: 0,
-        }
+        StoreError::Timeout { op, timeout_ms: 0 }
     } else if e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
@@ -117,7 +114,10 @@ impl Reply {
     fn bad(&self, i: usize, what: &str) -> StoreError {
         StoreError::Protocol {
             op: self.op,
-            message: format!("reply item {i}: expected {what}, got {:?}", self.items.get(i)),
+            message: format!(
+                "reply item {i}: expected {what}, got {:?}",
+                self.items.get(i)
+            ),
         }
     }
 
@@ -173,8 +173,8 @@ impl RedisStore {
                 )
             }
             RedisTarget::Cluster(urls) => {
-                let client = redis::cluster::ClusterClient::new(urls.clone())
-                    .map_err(|e| map_err(op, e))?;
+                let client =
+                    redis::cluster::ClusterClient::new(urls.clone()).map_err(|e| map_err(op, e))?;
                 Conn::Cluster(
                     client
                         .get_async_connection()
@@ -205,7 +205,10 @@ impl RedisStore {
             if sha != script.sha {
                 return Err(StoreError::Protocol {
                     op: "script_load",
-                    message: format!("{}: server sha {sha} differs from {}", script.name, script.sha),
+                    message: format!(
+                        "{}: server sha {sha} differs from {}",
+                        script.name, script.sha
+                    ),
                 });
             }
         }
@@ -243,7 +246,12 @@ impl RedisStore {
     }
 
     /// Runs a script by SHA; on `NOSCRIPT` loads it and retries once.
-    async fn eval(&self, script: &Script, keys: &[&str], args: &[String]) -> Result<Reply, StoreError> {
+    async fn eval(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<Reply, StoreError> {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&script.sha).arg(keys.len()).arg(keys).arg(args);
         let mut conn = self.conn.clone();
@@ -265,14 +273,25 @@ impl RedisStore {
 
     /// Every event of one shard's stream with its stream entry id, oldest first, at most
     /// `count`. The sidecar reads streams with a consumer group; this is for tools and tests.
-    pub async fn stream_events(&self, shard: Shard, count: usize) -> Result<Vec<(String, Event)>, StoreError> {
+    pub async fn stream_events(
+        &self,
+        shard: Shard,
+        count: usize,
+    ) -> Result<Vec<(String, Event)>, StoreError> {
         let op = "stream_events";
         let key = self.keyspace.events(shard);
         let mut conn = self.conn.clone();
         let reply: redis::streams::StreamRangeReply = self
             .with_timeout(op, async {
-                conn.query(redis::cmd("XRANGE").arg(&key).arg("-").arg("+").arg("COUNT").arg(count))
-                    .await
+                conn.query(
+                    redis::cmd("XRANGE")
+                        .arg(&key)
+                        .arg("-")
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(count),
+                )
+                .await
             })
             .await?;
         reply
@@ -288,17 +307,24 @@ impl RedisStore {
                         op,
                         message: e.to_string(),
                     })?;
-                let event = Event::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                    .map_err(|e| StoreError::Protocol {
-                        op,
-                        message: format!("entry {}: {e}", entry.id),
-                    })?;
+                let event =
+                    Event::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                        .map_err(|e| StoreError::Protocol {
+                            op,
+                            message: format!("entry {}: {e}", entry.id),
+                        })?;
                 Ok((entry.id, event))
             })
             .collect()
     }
 
-    async fn due(&self, op: &'static str, key: String, now_ms: u64, limit: usize) -> Result<Vec<DueEntry>, StoreError> {
+    async fn due(
+        &self,
+        op: &'static str,
+        key: String,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>, StoreError> {
         let mut conn = self.conn.clone();
         let rows: Vec<(String, u64)> = self
             .with_timeout(op, async {
@@ -332,10 +358,22 @@ impl RedisStore {
     fn hold_keys(&self, customer: &str, hold_id: &str) -> [String; 6] {
         let k = self.keyspace.customer(customer);
         let hold = k.hold(hold_id);
-        [k.grants, k.balance, hold, k.deadlines, k.grant_expiry, k.events]
+        [
+            k.grants,
+            k.balance,
+            hold,
+            k.deadlines,
+            k.grant_expiry,
+            k.events,
+        ]
     }
 
-    async fn resolve(&self, script: &Script, hold: &HoldRef, extra: &[String]) -> Result<ResolveOutcome, StoreError> {
+    async fn resolve(
+        &self,
+        script: &Script,
+        hold: &HoldRef,
+        extra: &[String],
+    ) -> Result<ResolveOutcome, StoreError> {
         let keys = self.hold_keys(&hold.customer, &hold.hold_id);
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let mut args = vec![hold.customer.clone(), hold.hold_id.clone()];
@@ -391,7 +429,13 @@ impl CreditStore for RedisStore {
             req.actor.clone(),
             req.reason.clone(),
         ];
-        let keys = [&*k.grants, &*k.balance, &*k.applied, &*k.grant_expiry, &*k.events];
+        let keys = [
+            &*k.grants,
+            &*k.balance,
+            &*k.applied,
+            &*k.grant_expiry,
+            &*k.events,
+        ];
         let r = self.eval(&SCRIPTS.grant, &keys, &args).await?;
         let at_ms = r.uint(1)?;
         Ok(match r.str(0)?.as_str() {
@@ -513,7 +557,11 @@ impl CreditStore for RedisStore {
         bad_id("customer", customer)?;
         let k = self.keyspace.customer(customer);
         let r = self
-            .eval(&SCRIPTS.balance, &[&k.grants, &k.balance], &[customer.to_string()])
+            .eval(
+                &SCRIPTS.balance,
+                &[&k.grants, &k.balance],
+                &[customer.to_string()],
+            )
             .await?;
         let at_ms = r.uint(0)?;
         let n_types = r.uint(1)? as usize;
@@ -560,7 +608,9 @@ impl CreditStore for RedisStore {
         let key = self.keyspace.customer(&hold.customer).hold(&hold.hold_id);
         let mut conn = self.conn.clone();
         let h: HashMap<String, String> = self
-            .with_timeout(op, async { conn.query(redis::cmd("HGETALL").arg(&key)).await })
+            .with_timeout(op, async {
+                conn.query(redis::cmd("HGETALL").arg(&key)).await
+            })
             .await?;
         if h.is_empty() || h.get("customer") != Some(&hold.customer) {
             return Ok(None);
@@ -577,7 +627,9 @@ impl CreditStore for RedisStore {
                 message: format!("hold {key} field {name:?} is not an integer"),
             })
         };
-        let state: HoldState = field("state")?.parse().map_err(|message| StoreError::Protocol { op, message })?;
+        let state: HoldState = field("state")?
+            .parse()
+            .map_err(|message| StoreError::Protocol { op, message })?;
         Ok(Some(HoldRecord {
             state,
             customer: field("customer")?.clone(),
@@ -585,13 +637,18 @@ impl CreditStore for RedisStore {
             amount: num("amount")?,
             deadline_ms: num("deadline")?,
             created_ms: num("created")?,
-            draws: parse_draws(field("draws")?).map_err(|message| StoreError::Protocol { op, message })?,
+            draws: parse_draws(field("draws")?)
+                .map_err(|message| StoreError::Protocol { op, message })?,
             overdraft: num("overdraft")?,
             over_limit: num("over_limit")? == 1,
             request_id: field("request_id")?.clone(),
             route: field("route")?.clone(),
             feature: field("feature")?.clone(),
-            posted: if h.contains_key("posted") { num("posted")? } else { 0 },
+            posted: if h.contains_key("posted") {
+                num("posted")?
+            } else {
+                0
+            },
             resolved_ms: if h.contains_key("resolved") {
                 Some(num("resolved")?)
             } else {
@@ -600,11 +657,28 @@ impl CreditStore for RedisStore {
         }))
     }
 
-    async fn due_holds(&self, shard: Shard, now_ms: u64, limit: usize) -> Result<Vec<DueEntry>, StoreError> {
-        self.due("due_holds", self.keyspace.deadlines(shard), now_ms, limit).await
+    async fn due_holds(
+        &self,
+        shard: Shard,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>, StoreError> {
+        self.due("due_holds", self.keyspace.deadlines(shard), now_ms, limit)
+            .await
     }
 
-    async fn due_grants(&self, shard: Shard, now_ms: u64, limit: usize) -> Result<Vec<DueEntry>, StoreError> {
-        self.due("due_grants", self.keyspace.grant_expiry(shard), now_ms, limit).await
+    async fn due_grants(
+        &self,
+        shard: Shard,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>, StoreError> {
+        self.due(
+            "due_grants",
+            self.keyspace.grant_expiry(shard),
+            now_ms,
+            limit,
+        )
+        .await
     }
 }

@@ -18,7 +18,9 @@ pub struct Script {
 impl Script {
     fn new(name: &'static str, body: &str) -> Self {
         let source = format!("{PRELUDE}\n{body}");
-        let sha = sha1_smol::Sha1::from(source.as_bytes()).digest().to_string();
+        let sha = sha1_smol::Sha1::from(source.as_bytes())
+            .digest()
+            .to_string();
         Self { name, source, sha }
     }
 }

@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 
 use creditgate_protocol::{
-    CreditStore, EventBody, GrantRef, GrantRequest, GrantSource, HoldRef, Keyspace, Model, RedisStore,
-    RedisTarget, ReserveRequest, SettleRequest, Shard,
+    CreditStore, EventBody, GrantRef, GrantRequest, GrantSource, HoldRef, Keyspace, Model,
+    RedisStore, RedisTarget, ReserveRequest, SettleRequest, Shard,
 };
 use creditgate_testkit::RedisServer;
 use rand::rngs::StdRng;
@@ -219,7 +219,11 @@ async fn step(
             let r = $redis.await.map_err(|e| format!("redis error: {e}"))?;
             let debug = format!("{r:?}");
             let at = at_of(&debug);
-            let kind = debug.split([' ', '{']).next().unwrap_or_default().to_string();
+            let kind = debug
+                .split([' ', '{'])
+                .next()
+                .unwrap_or_default()
+                .to_string();
             *seen.entry(kind).or_default() += 1;
             let m = $model(at);
             if r != m {
@@ -280,11 +284,7 @@ async fn compare_hold(
     Ok(())
 }
 
-async fn compare_events(
-    store: &RedisStore,
-    model: &Model,
-    shard: Shard,
-) -> Result<(), String> {
+async fn compare_events(store: &RedisStore, model: &Model, shard: Shard) -> Result<(), String> {
     let r: Vec<_> = store
         .stream_events(shard, 100_000)
         .await
@@ -294,7 +294,11 @@ async fn compare_events(
         .collect();
     let m = model.events(shard);
     if r != m {
-        let at = r.iter().zip(m).position(|(a, b)| a != b).unwrap_or(r.len().min(m.len()));
+        let at = r
+            .iter()
+            .zip(m)
+            .position(|(a, b)| a != b)
+            .unwrap_or(r.len().min(m.len()));
         return Err(format!(
             "events of shard {shard} differ at index {at} (redis has {}, model {})\n redis: {:?}\n model: {:?}",
             r.len(),
@@ -308,15 +312,25 @@ async fn compare_events(
 
 async fn compare_indexes(store: &RedisStore, model: &Model, shard: Shard) -> Result<(), String> {
     let far = u64::MAX >> 12;
-    let r = store.due_holds(shard, far, 10_000).await.map_err(|e| e.to_string())?;
+    let r = store
+        .due_holds(shard, far, 10_000)
+        .await
+        .map_err(|e| e.to_string())?;
     let m = model.due_holds(shard, far, 10_000);
     if r != m {
-        return Err(format!("deadline index of {shard} differs\n redis: {r:?}\n model: {m:?}"));
+        return Err(format!(
+            "deadline index of {shard} differs\n redis: {r:?}\n model: {m:?}"
+        ));
     }
-    let r = store.due_grants(shard, far, 10_000).await.map_err(|e| e.to_string())?;
+    let r = store
+        .due_grants(shard, far, 10_000)
+        .await
+        .map_err(|e| e.to_string())?;
     let m = model.due_grants(shard, far, 10_000);
     if r != m {
-        return Err(format!("grant expiry index of {shard} differs\n redis: {r:?}\n model: {m:?}"));
+        return Err(format!(
+            "grant expiry index of {shard} differs\n redis: {r:?}\n model: {m:?}"
+        ));
     }
     Ok(())
 }
@@ -347,9 +361,13 @@ async fn run_sequence(
         let ctx = |e: String| format!("seed {seed}, step {i}, op {op:?}: {e}");
         now = step(store, &mut model, &op, seen).await.map_err(ctx)?;
         let customer = op.customer().to_string();
-        compare_customer(store, &mut model, &customer).await.map_err(ctx)?;
+        compare_customer(store, &mut model, &customer)
+            .await
+            .map_err(ctx)?;
         if let Some(hold) = op.hold() {
-            compare_hold(store, &mut model, &hold, now).await.map_err(ctx)?;
+            compare_hold(store, &mut model, &hold, now)
+                .await
+                .map_err(ctx)?;
             seen_holds.push(hold);
         }
         compare_events(store, &model, keyspace.shard_of(&customer))
@@ -360,11 +378,17 @@ async fn run_sequence(
         for e in model.events(shard) {
             let feature = match &e.body {
                 EventBody::GrantAdded { debt_repaid, .. } if *debt_repaid > 0 => "debt_repaid",
-                EventBody::HoldPlaced { over_limit: true, .. } => "over_limit",
+                EventBody::HoldPlaced {
+                    over_limit: true, ..
+                } => "over_limit",
                 EventBody::HoldPlaced { overdraft, .. } if *overdraft > 0 => "overdraft_hold",
                 EventBody::HoldPosted { shortfall, .. } if *shortfall > 0 => "shortfall",
-                EventBody::HoldPosted { breakage, .. } if !breakage.is_empty() => "breakage_on_post",
-                EventBody::HoldPosted { requested, held, .. } if requested > held => "posted_above_held",
+                EventBody::HoldPosted { breakage, .. } if !breakage.is_empty() => {
+                    "breakage_on_post"
+                }
+                EventBody::HoldPosted {
+                    requested, held, ..
+                } if requested > held => "posted_above_held",
                 EventBody::HoldVoided(r) | EventBody::HoldExpired(r) if !r.breakage.is_empty() => {
                     "breakage_on_release"
                 }
@@ -376,10 +400,14 @@ async fn run_sequence(
     }
     let ctx = |e: String| format!("seed {seed}, final state: {e}");
     for customer in CUSTOMERS {
-        compare_customer(store, &mut model, customer).await.map_err(ctx)?;
+        compare_customer(store, &mut model, customer)
+            .await
+            .map_err(ctx)?;
     }
     for hold in &seen_holds {
-        compare_hold(store, &mut model, hold, now).await.map_err(ctx)?;
+        compare_hold(store, &mut model, hold, now)
+            .await
+            .map_err(ctx)?;
     }
     for shard in keyspace.all_shards() {
         compare_events(store, &model, shard).await.map_err(ctx)?;
@@ -417,12 +445,31 @@ async fn scripts_match_the_reference_model() {
     // few times per thousand sequences, so `scenarios.rs` covers it deterministically.
     if sequences >= 200 {
         for kind in [
-            "Granted", "Duplicate", "Conflict", "AlreadyExpired", "Placed", "Replay",
-            "Insufficient", "Posted", "Voided", "Expired", "NotDue", "AlreadyPosted",
-            "AlreadyVoided", "Unknown", "debt_repaid", "over_limit", "overdraft_hold",
-            "shortfall", "posted_above_held", "grant_expired_while_held",
+            "Granted",
+            "Duplicate",
+            "Conflict",
+            "AlreadyExpired",
+            "Placed",
+            "Replay",
+            "Insufficient",
+            "Posted",
+            "Voided",
+            "Expired",
+            "NotDue",
+            "AlreadyPosted",
+            "AlreadyVoided",
+            "Unknown",
+            "debt_repaid",
+            "over_limit",
+            "overdraft_hold",
+            "shortfall",
+            "posted_above_held",
+            "grant_expired_while_held",
         ] {
-            assert!(seen.get(kind).copied().unwrap_or(0) > 0, "no {kind} outcome was reached");
+            assert!(
+                seen.get(kind).copied().unwrap_or(0) > 0,
+                "no {kind} outcome was reached"
+            );
         }
     }
 }

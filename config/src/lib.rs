@@ -1,0 +1,28 @@
+//! The pricing config of creditgate: the TOML schema ops edit, its validation with clear
+//! errors (file, field path, line; every error at once), and the compiled route table the
+//! gateway matches requests against.
+//!
+//! This crate does no network I/O and keeps no global state; loading a file is the only I/O.
+//! See `config/README.md` for the file format.
+
+mod config;
+mod cost;
+mod error;
+mod limits;
+mod model;
+mod pattern;
+mod route_table;
+mod schema;
+mod validate;
+
+pub use config::{CostSource, PricingConfig, ResolvedCost};
+pub use cost::{CostRule, RequestValues, UnitSource, UnitsValue, query_param};
+pub use error::{ConfigError, ConfigErrors};
+pub use limits::*;
+pub use model::{
+    CreditType, Customer, Defaults, FailurePolicy, Feature, Method, Mode, Overdraft, Plan,
+    Unmatched, Upstream,
+};
+pub use pattern::{PathPattern, Segment, path_segments};
+pub use route_table::{Route, RouteMatch, RouteTable};
+pub use validate::{DEFAULT_UPSTREAM, is_identifier};

@@ -1,0 +1,94 @@
+//! Every default and every limit of the pricing config, as typed constants with the reason
+//! for each value.
+//!
+//! Validation and the docs read these; nothing else should hard-code a number.
+
+use crate::model::{FailurePolicy, Mode, Unmatched};
+
+/// The largest amount (in a credit type's smallest unit) the config may hold: 2^53 - 1.
+///
+/// Redis runs the credit scripts in Lua, whose numbers are IEEE doubles; every integer up to
+/// 2^53 - 1 is exact there, and anything above may silently round. Costs, caps, estimates
+/// and overdrafts are all bounded by this.
+pub const MAX_AMOUNT: u64 = (1 << 53) - 1;
+
+/// The largest `scale` of a credit type: 12 decimal places (pico-credits).
+///
+/// With 12 places one displayed credit is 10^12 stored units, which still leaves
+/// `MAX_AMOUNT / 10^12` ≈ 9 007 whole credits per amount; more places would leave too few.
+pub const MAX_SCALE: u32 = 12;
+
+/// The default mode: `enforce`, because a pricing config is meant to price; rolling out in
+/// `shadow` first is an explicit choice written in the file.
+pub const DEFAULT_MODE: Mode = Mode::Enforce;
+
+/// The default store failure policy: `fail_closed`, because failing open gives away paid
+/// usage; routes where availability matters more say `fail_open` explicitly.
+pub const DEFAULT_FAILURE_POLICY: FailurePolicy = FailurePolicy::FailClosed;
+
+/// The default store (Redis) timeout in milliseconds: 50 ms.
+///
+/// A reserve is one round trip of a short Lua script (well under 1 ms on a healthy Redis), so
+/// 50 ms covers GC pauses and cross-zone hops while bounding what a dead Redis adds to a
+/// request.
+pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 50;
+
+/// The largest store timeout in milliseconds: 10 s. A store that needs longer is down, and
+/// every request would wait that long before the failure policy applies.
+pub const MAX_STORE_TIMEOUT_MS: u64 = 10_000;
+
+/// What the gateway does with a request no route matches: `not_found`, because passing
+/// unknown paths through would let a new upstream endpoint be used for free.
+pub const DEFAULT_UNMATCHED: Unmatched = Unmatched::NotFound;
+
+/// How long a hold (reservation) lives before the sweeper may expire it, in milliseconds:
+/// 5 minutes, longer than nearly every API call including long LLM generations, short enough
+/// that credits of a crashed gateway come back quickly.
+pub const DEFAULT_HOLD_TTL_MS: u64 = 300_000;
+
+/// The shortest hold TTL in milliseconds: 1 s. Shorter holds would expire under ordinary
+/// requests and make every settle race the sweeper.
+pub const MIN_HOLD_TTL_MS: u64 = 1_000;
+
+/// The longest hold TTL in milliseconds: 24 h. Longer holds lock a customer's credits for
+/// more than a day after a gateway crash.
+pub const MAX_HOLD_TTL_MS: u64 = 86_400_000;
+
+/// The default upstream connect timeout in milliseconds: 1 s, enough for a TLS handshake
+/// across regions; a slower connect usually means the upstream is gone.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+
+/// The largest upstream connect timeout in milliseconds: 60 s.
+pub const MAX_CONNECT_TIMEOUT_MS: u64 = 60_000;
+
+/// The default upstream read timeout in milliseconds: 30 s, the time between two reads, which
+/// covers slow first tokens of a model while still freeing stuck connections.
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 30_000;
+
+/// The largest upstream read timeout in milliseconds: 1 h. Even batch endpoints send
+/// something more often than that.
+pub const MAX_READ_TIMEOUT_MS: u64 = 3_600_000;
+
+/// The default overdraft in a credit type's smallest unit: 0, so a balance never goes below
+/// zero unless a plan or customer says so.
+pub const DEFAULT_OVERDRAFT: u64 = 0;
+
+/// The longest identifier (credit type, feature, plan, customer, upstream) in bytes: 128,
+/// which keeps Redis keys short and fits any customer id we have seen.
+pub const MAX_IDENTIFIER_LEN: usize = 128;
+
+/// The most routes a config may hold: 10 000. Validation checks every pair for shadowing,
+/// which stays well under a second at this size.
+pub const MAX_ROUTES: usize = 10_000;
+
+/// The longest route path pattern in bytes: 1 024.
+pub const MAX_PATTERN_LEN: usize = 1_024;
+
+/// The most segments in a route path pattern: 32. Real APIs use fewer than ten.
+pub const MAX_PATTERN_SEGMENTS: usize = 32;
+
+/// The longest route name in bytes: 256; names end up in logs and metric labels.
+pub const MAX_ROUTE_NAME_LEN: usize = 256;
+
+/// The longest host name in bytes: 253, the DNS limit.
+pub const MAX_HOST_LEN: usize = 253;

@@ -1,0 +1,256 @@
+//! The validated, internal pricing model: what the gateway and sidecar read after a file
+//! passed validation.
+//!
+//! These types are not the file format (see `schema`); they hold resolved values, so no
+//! reader has to apply a default or look a name up twice.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::cost::CostRule;
+
+/// How the gateway treats a route's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Pass through without touching the store: no metering, no blocking.
+    Off,
+    /// Meter every request and record would-be blocks, but never block.
+    Shadow,
+    /// Meter and answer `402 Payment Required` when credits are insufficient.
+    Enforce,
+}
+
+impl Mode {
+    /// The name used in the file, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Shadow => "shadow",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+/// What the gateway does when the store (Redis) fails or times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Admit the request; its usage is spooled and metered later.
+    FailOpen,
+    /// Refuse the request (503) rather than serve it unmetered.
+    FailClosed,
+}
+
+impl FailurePolicy {
+    /// The name used in the file, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::FailOpen => "fail_open",
+            FailurePolicy::FailClosed => "fail_closed",
+        }
+    }
+}
+
+/// What the gateway does with a request that no route matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmatched {
+    /// Forward it, unmetered, to the upstream named `default` (which must then exist).
+    PassThrough,
+    /// Answer `404 Not Found` without contacting any upstream.
+    NotFound,
+}
+
+impl Unmatched {
+    /// The name used in the file, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unmatched::PassThrough => "pass_through",
+            Unmatched::NotFound => "not_found",
+        }
+    }
+}
+
+/// The `[defaults]` table with every default applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defaults {
+    /// The mode of routes that do not set one.
+    pub mode: Mode,
+    /// The store failure policy of routes that do not set one.
+    pub failure_policy: FailurePolicy,
+    /// The store timeout of routes that do not set one, in milliseconds.
+    pub store_timeout_ms: u64,
+    /// What to do with a request no route matches.
+    pub unmatched: Unmatched,
+    /// How long a hold lives before the sweeper may expire it, in milliseconds.
+    pub hold_ttl_ms: u64,
+}
+
+/// A named balance, such as `api` or `ai`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditType {
+    /// The identifier used in Redis keys and the ledger.
+    pub name: String,
+    /// The name shown to customers, e.g. `AI credits`.
+    pub display_name: String,
+    /// Decimal places: one displayed credit is `10^scale` stored units (0..=12).
+    pub scale: u32,
+}
+
+impl CreditType {
+    /// How many stored units make one displayed credit (`10^scale`).
+    pub fn units_per_credit(&self) -> u64 {
+        10u64.pow(self.scale)
+    }
+}
+
+/// A priced feature: what a route sells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feature {
+    /// The identifier used in logs, metrics, the ledger and cost overrides.
+    pub name: String,
+    /// The credit type this feature burns.
+    pub credit_type: String,
+    /// The default cost, before plan and customer overrides.
+    pub cost: CostRule,
+    /// Free text for people reading the config.
+    pub description: Option<String>,
+}
+
+/// How far below zero a balance may go, per credit type, in each type's smallest unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overdraft {
+    /// The overdraft of credit types not listed in `per_credit_type`.
+    pub default: u64,
+    /// Overdrafts of specific credit types.
+    pub per_credit_type: BTreeMap<String, u64>,
+}
+
+impl Overdraft {
+    /// The overdraft allowed for `credit_type`, in its smallest unit.
+    pub fn for_credit_type(&self, credit_type: &str) -> u64 {
+        self.per_credit_type
+            .get(credit_type)
+            .copied()
+            .unwrap_or(self.default)
+    }
+}
+
+/// A pricing plan, i.e. one version of a price list (`pro_2025`, `pro_2026`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The identifier customers refer to.
+    pub name: String,
+    /// Free text for people reading the config.
+    pub description: Option<String>,
+    /// How far below zero balances of customers on this plan may go.
+    pub overdraft: Overdraft,
+    /// Per-feature cost overrides (feature name to rule).
+    pub costs: BTreeMap<String, CostRule>,
+}
+
+/// A customer with a plan and, optionally, negotiated prices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customer {
+    /// The customer id (as used in Redis keys and the ledger).
+    pub id: String,
+    /// The plan the customer is on.
+    pub plan: String,
+    /// Replaces the plan's overdraft when set.
+    pub overdraft: Option<Overdraft>,
+    /// Per-feature cost overrides that win over the plan's.
+    pub costs: BTreeMap<String, CostRule>,
+}
+
+/// An upstream the gateway forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The identifier routes refer to.
+    pub name: String,
+    /// `host:port` (IPv6 hosts in brackets), validated but not resolved.
+    pub address: String,
+    /// Whether to connect with TLS.
+    pub tls: bool,
+    /// The TLS server name; when `tls` is set and the file gives none, the address's host
+    /// name (left empty for IP addresses).
+    pub sni: Option<String>,
+    /// Connect timeout in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Timeout between two reads from the upstream, in milliseconds.
+    pub read_timeout_ms: u64,
+}
+
+/// The HTTP method a route matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    /// `*`: any method, including ones not listed here.
+    Any,
+    /// `GET`.
+    Get,
+    /// `HEAD`.
+    Head,
+    /// `POST`.
+    Post,
+    /// `PUT`.
+    Put,
+    /// `DELETE`.
+    Delete,
+    /// `PATCH`.
+    Patch,
+    /// `OPTIONS`.
+    Options,
+    /// `CONNECT`.
+    Connect,
+    /// `TRACE`.
+    Trace,
+}
+
+impl Method {
+    /// Every concrete method with its name, in the order listed in error messages.
+    const NAMED: [(Method, &'static str); 9] = [
+        (Method::Get, "GET"),
+        (Method::Head, "HEAD"),
+        (Method::Post, "POST"),
+        (Method::Put, "PUT"),
+        (Method::Delete, "DELETE"),
+        (Method::Patch, "PATCH"),
+        (Method::Options, "OPTIONS"),
+        (Method::Connect, "CONNECT"),
+        (Method::Trace, "TRACE"),
+    ];
+
+    /// Parses a method name case-insensitively, or `*` for [`Method::Any`]. Returns `None`
+    /// for anything else. Does not allocate, so the gateway may call it per request.
+    pub fn parse(name: &str) -> Option<Method> {
+        if name == "*" {
+            return Some(Method::Any);
+        }
+        Self::NAMED
+            .iter()
+            .find(|(_, known)| known.eq_ignore_ascii_case(name))
+            .map(|(method, _)| *method)
+    }
+
+    /// The upper-case name, or `*` for [`Method::Any`].
+    pub fn as_str(self) -> &'static str {
+        Self::NAMED
+            .iter()
+            .find(|(method, _)| *method == self)
+            .map_or("*", |(_, name)| name)
+    }
+
+    /// The accepted names, for error messages.
+    pub(crate) fn known_names() -> String {
+        let mut names: Vec<&str> = Self::NAMED.iter().map(|(_, name)| *name).collect();
+        names.push("*");
+        names.join(", ")
+    }
+
+    /// Whether a route with this method matches a request whose parsed method is
+    /// `request` (`None` for a method not in this list, matched only by `*`).
+    pub fn matches(self, request: Option<Method>) -> bool {
+        self == Method::Any || Some(self) == request
+    }
+}

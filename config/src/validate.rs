@@ -1,0 +1,1211 @@
+//! Validation: turns the file structs of `schema` into the model, collecting every problem
+//! with its field path and line instead of stopping at the first.
+//!
+//! Every check lives here, so the model types can assume valid values. Nothing here reads
+//! files or panics on bad input.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv6Addr};
+use std::ops::Range;
+
+use toml::Spanned;
+
+use crate::cost::{CostRule, UnitSource};
+use crate::error::{ConfigError, LineIndex};
+use crate::limits::{
+    DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_FAILURE_POLICY, DEFAULT_HOLD_TTL_MS, DEFAULT_MODE,
+    DEFAULT_OVERDRAFT, DEFAULT_READ_TIMEOUT_MS, DEFAULT_STORE_TIMEOUT_MS, DEFAULT_UNMATCHED,
+    MAX_AMOUNT, MAX_CONNECT_TIMEOUT_MS, MAX_HOLD_TTL_MS, MAX_HOST_LEN, MAX_IDENTIFIER_LEN,
+    MAX_READ_TIMEOUT_MS, MAX_ROUTE_NAME_LEN, MAX_ROUTES, MAX_SCALE, MAX_STORE_TIMEOUT_MS,
+    MIN_HOLD_TTL_MS,
+};
+use crate::model::{
+    CreditType, Customer, Defaults, Feature, Method, Overdraft, Plan, Unmatched, Upstream,
+};
+use crate::pattern::PathPattern;
+use crate::route_table::Route;
+use crate::schema::{
+    ConfigFile, CostFile, CreditTypeFile, CustomerFile, DefaultsFile, FeatureFile, Name,
+    OverdraftFile, PlanFile, RouteFile, UpstreamFile,
+};
+
+/// The name of the upstream used by routes without `upstream` and by `pass_through`.
+pub const DEFAULT_UPSTREAM: &str = "default";
+
+/// How many known names an "unknown name" message lists before eliding the rest.
+const MAX_LISTED_NAMES: usize = 10;
+
+/// Everything validated, ready to become a `PricingConfig`.
+pub(crate) struct Validated {
+    pub defaults: Defaults,
+    pub default_plan: Option<String>,
+    pub credit_types: BTreeMap<String, CreditType>,
+    pub features: BTreeMap<String, Feature>,
+    pub plans: BTreeMap<String, Plan>,
+    pub customers: BTreeMap<String, Customer>,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub routes: Vec<Route>,
+}
+
+/// Validates a parsed file; `text` is the file's text (for line numbers) and `file` its name.
+pub(crate) fn validate(
+    config: ConfigFile,
+    text: &str,
+    file: &str,
+) -> Result<Validated, Vec<ConfigError>> {
+    let mut checker = Checker {
+        file,
+        lines: LineIndex::new(text),
+        errors: Vec::new(),
+    };
+    let validated = checker.config(config);
+    if checker.errors.is_empty() {
+        Ok(validated)
+    } else {
+        Err(checker.errors)
+    }
+}
+
+/// Names written in the file, valid or not, so a reference to a name whose own definition
+/// has an error is not reported a second time as "unknown".
+struct Declared {
+    credit_types: BTreeSet<String>,
+    features: BTreeSet<String>,
+    plans: BTreeSet<String>,
+    upstreams: BTreeSet<String>,
+}
+
+/// What a single route is checked against.
+struct RouteContext<'a> {
+    defaults: &'a Defaults,
+    declared: &'a Declared,
+    features: &'a BTreeMap<String, Feature>,
+    upstreams: &'a BTreeMap<String, Upstream>,
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    lines: LineIndex,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn report(&mut self, field: impl Into<String>, span: Option<Range<usize>>, message: String) {
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            field: field.into(),
+            line: span.map(|span| self.lines.line_of(span.start)),
+            message,
+        });
+    }
+
+    fn config(&mut self, config: ConfigFile) -> Validated {
+        let ConfigFile {
+            defaults,
+            default_plan,
+            credit_types,
+            features,
+            routes,
+            plans,
+            customers,
+            upstreams,
+        } = config;
+        let declared = Declared {
+            credit_types: credit_types
+                .keys()
+                .map(|name| name.get_ref().clone())
+                .collect(),
+            features: features.keys().map(|name| name.get_ref().clone()).collect(),
+            plans: plans.keys().map(|name| name.get_ref().clone()).collect(),
+            upstreams: upstreams
+                .keys()
+                .map(|name| name.get_ref().clone())
+                .collect(),
+        };
+
+        let defaults_span = defaults.as_ref().map(Spanned::span);
+        let defaults = defaults.map(Spanned::into_inner).unwrap_or_default();
+        let unmatched_span = defaults.unmatched.as_ref().map(Spanned::span);
+        let hold_ttl_span = defaults.hold_ttl_ms.as_ref().map(Spanned::span);
+        let defaults = self.defaults(defaults);
+        let credit_types = self.credit_types(credit_types);
+        let upstreams = self.upstreams(upstreams);
+        let features = self.features(features, &declared, &credit_types);
+        let plans = self.plans(plans, &declared);
+        let customers = self.customers(customers, &declared);
+        let default_plan = default_plan.and_then(|name| {
+            self.reference("default_plan", &name, "plan", &declared.plans)
+                .then(|| name.into_inner())
+        });
+        let routes = self.routes(routes, &defaults, &declared, &features, &upstreams);
+
+        if defaults.unmatched == Unmatched::PassThrough
+            && !declared.upstreams.contains(DEFAULT_UPSTREAM)
+        {
+            self.report(
+                "defaults.unmatched",
+                unmatched_span.or(defaults_span.clone()),
+                format!(
+                    "\"pass_through\" forwards unmatched requests to the upstream named \
+                     \"{DEFAULT_UPSTREAM}\", which is not defined"
+                ),
+            );
+        }
+        for upstream in upstreams.values() {
+            let slowest_ms = upstream.connect_timeout_ms + upstream.read_timeout_ms;
+            if defaults.hold_ttl_ms < slowest_ms {
+                self.report(
+                    "defaults.hold_ttl_ms",
+                    hold_ttl_span.clone().or(defaults_span.clone()),
+                    format!(
+                        "{} ms is shorter than upstreams.{}'s connect_timeout_ms + \
+                         read_timeout_ms ({slowest_ms} ms): a hold could expire while its \
+                         request still waits for the upstream",
+                        defaults.hold_ttl_ms,
+                        key(&upstream.name)
+                    ),
+                );
+            }
+        }
+
+        Validated {
+            defaults,
+            default_plan,
+            credit_types,
+            features,
+            plans,
+            customers,
+            upstreams,
+            routes,
+        }
+    }
+
+    fn defaults(&mut self, defaults: DefaultsFile) -> Defaults {
+        let DefaultsFile {
+            mode,
+            failure_policy,
+            store_timeout_ms,
+            unmatched,
+            hold_ttl_ms,
+        } = defaults;
+        Defaults {
+            mode: mode.unwrap_or(DEFAULT_MODE),
+            failure_policy: failure_policy.unwrap_or(DEFAULT_FAILURE_POLICY),
+            store_timeout_ms: self.duration_ms(
+                "defaults.store_timeout_ms",
+                store_timeout_ms.as_ref(),
+                1,
+                MAX_STORE_TIMEOUT_MS,
+                DEFAULT_STORE_TIMEOUT_MS,
+            ),
+            unmatched: unmatched.map_or(DEFAULT_UNMATCHED, Spanned::into_inner),
+            hold_ttl_ms: self.duration_ms(
+                "defaults.hold_ttl_ms",
+                hold_ttl_ms.as_ref(),
+                MIN_HOLD_TTL_MS,
+                MAX_HOLD_TTL_MS,
+                DEFAULT_HOLD_TTL_MS,
+            ),
+        }
+    }
+
+    fn credit_types(
+        &mut self,
+        credit_types: BTreeMap<Name, CreditTypeFile>,
+    ) -> BTreeMap<String, CreditType> {
+        let mut valid = BTreeMap::new();
+        for (name, credit_type) in credit_types {
+            let path = format!("credit_types.{}", key(name.get_ref()));
+            let CreditTypeFile {
+                display_name,
+                scale,
+            } = credit_type;
+            let mut ok = self.identifier(&path, &name, "credit type name");
+            let display_name = match display_name {
+                None => name.get_ref().clone(),
+                Some(display_name) => {
+                    if display_name.get_ref().trim().is_empty() {
+                        ok = false;
+                        self.report(
+                            format!("{path}.display_name"),
+                            Some(display_name.span()),
+                            "must not be empty".to_owned(),
+                        );
+                    }
+                    display_name.into_inner()
+                }
+            };
+            let scale_value = *scale.get_ref();
+            let scale = match u32::try_from(scale_value) {
+                Ok(scale) if scale <= MAX_SCALE => scale,
+                _ => {
+                    self.report(
+                        format!("{path}.scale"),
+                        Some(scale.span()),
+                        format!("must be between 0 and {MAX_SCALE}, got {scale_value}"),
+                    );
+                    continue;
+                }
+            };
+            if ok {
+                let name = name.into_inner();
+                let credit_type = CreditType {
+                    name: name.clone(),
+                    display_name,
+                    scale,
+                };
+                valid.insert(name, credit_type);
+            }
+        }
+        valid
+    }
+
+    fn upstreams(&mut self, upstreams: BTreeMap<Name, UpstreamFile>) -> BTreeMap<String, Upstream> {
+        let mut valid = BTreeMap::new();
+        for (name, upstream) in upstreams {
+            let path = format!("upstreams.{}", key(name.get_ref()));
+            let UpstreamFile {
+                address,
+                tls,
+                sni,
+                connect_timeout_ms,
+                read_timeout_ms,
+            } = upstream;
+            let mut ok = self.identifier(&path, &name, "upstream name");
+            let host = match parse_address(address.get_ref()) {
+                Ok(host) => Some(host),
+                Err(message) => {
+                    ok = false;
+                    self.report(format!("{path}.address"), Some(address.span()), message);
+                    None
+                }
+            };
+            let sni = match sni {
+                Some(sni) if !tls => {
+                    ok = false;
+                    self.report(
+                        format!("{path}.sni"),
+                        Some(sni.span()),
+                        "is set but tls = false; set tls = true or remove sni".to_owned(),
+                    );
+                    None
+                }
+                Some(sni) => {
+                    if !is_host_name(sni.get_ref()) {
+                        ok = false;
+                        self.report(
+                            format!("{path}.sni"),
+                            Some(sni.span()),
+                            format!("{:?} is not a valid host name", sni.get_ref()),
+                        );
+                    }
+                    Some(sni.into_inner().to_ascii_lowercase())
+                }
+                None if tls => host
+                    .filter(|host| host.parse::<IpAddr>().is_err() && !host.starts_with('['))
+                    .map(|host| host.to_ascii_lowercase()),
+                None => None,
+            };
+            let connect_timeout_ms = self.duration_ms(
+                &format!("{path}.connect_timeout_ms"),
+                connect_timeout_ms.as_ref(),
+                1,
+                MAX_CONNECT_TIMEOUT_MS,
+                DEFAULT_CONNECT_TIMEOUT_MS,
+            );
+            let read_timeout_ms = self.duration_ms(
+                &format!("{path}.read_timeout_ms"),
+                read_timeout_ms.as_ref(),
+                1,
+                MAX_READ_TIMEOUT_MS,
+                DEFAULT_READ_TIMEOUT_MS,
+            );
+            if ok {
+                let name = name.into_inner();
+                let upstream = Upstream {
+                    name: name.clone(),
+                    address: address.into_inner(),
+                    tls,
+                    sni,
+                    connect_timeout_ms,
+                    read_timeout_ms,
+                };
+                valid.insert(name, upstream);
+            }
+        }
+        valid
+    }
+
+    fn features(
+        &mut self,
+        features: BTreeMap<Name, FeatureFile>,
+        declared: &Declared,
+        credit_types: &BTreeMap<String, CreditType>,
+    ) -> BTreeMap<String, Feature> {
+        let mut valid = BTreeMap::new();
+        for (name, feature) in features {
+            let path = format!("features.{}", key(name.get_ref()));
+            let FeatureFile {
+                credit_type,
+                cost,
+                description,
+            } = feature;
+            let mut ok = self.identifier(&path, &name, "feature name");
+            ok &= self.reference(
+                &format!("{path}.credit_type"),
+                &credit_type,
+                "credit type",
+                &declared.credit_types,
+            );
+            ok &= credit_types.contains_key(credit_type.get_ref());
+            let cost = self.cost_rule(&format!("{path}.cost"), &cost);
+            if let (true, Some(cost)) = (ok, cost) {
+                let name = name.into_inner();
+                let feature = Feature {
+                    name: name.clone(),
+                    credit_type: credit_type.into_inner(),
+                    cost,
+                    description,
+                };
+                valid.insert(name, feature);
+            }
+        }
+        valid
+    }
+
+    fn plans(
+        &mut self,
+        plans: BTreeMap<Name, PlanFile>,
+        declared: &Declared,
+    ) -> BTreeMap<String, Plan> {
+        let mut valid = BTreeMap::new();
+        for (name, plan) in plans {
+            let path = format!("plans.{}", key(name.get_ref()));
+            let PlanFile {
+                description,
+                overdraft,
+                costs,
+            } = plan;
+            let mut ok = self.identifier(&path, &name, "plan name");
+            let overdraft = match overdraft {
+                None => Some(Overdraft::default()),
+                Some(overdraft) => {
+                    self.overdraft(&format!("{path}.overdraft"), &overdraft, declared)
+                }
+            };
+            let costs = self.cost_overrides(&format!("{path}.costs"), costs, declared);
+            ok &= overdraft.is_some() && costs.is_some();
+            if let (true, Some(overdraft), Some(costs)) = (ok, overdraft, costs) {
+                let name = name.into_inner();
+                let plan = Plan {
+                    name: name.clone(),
+                    description,
+                    overdraft,
+                    costs,
+                };
+                valid.insert(name, plan);
+            }
+        }
+        valid
+    }
+
+    fn customers(
+        &mut self,
+        customers: BTreeMap<Name, CustomerFile>,
+        declared: &Declared,
+    ) -> BTreeMap<String, Customer> {
+        let mut valid = BTreeMap::new();
+        for (id, customer) in customers {
+            let path = format!("customers.{}", key(id.get_ref()));
+            let CustomerFile {
+                plan,
+                overdraft,
+                costs,
+            } = customer;
+            let mut ok = self.identifier(&path, &id, "customer id");
+            ok &= self.reference(&format!("{path}.plan"), &plan, "plan", &declared.plans);
+            let overdraft = match overdraft {
+                None => Some(None),
+                Some(overdraft) => self
+                    .overdraft(&format!("{path}.overdraft"), &overdraft, declared)
+                    .map(Some),
+            };
+            let costs = self.cost_overrides(&format!("{path}.costs"), costs, declared);
+            if let (true, Some(overdraft), Some(costs)) = (ok, overdraft, costs) {
+                let id = id.into_inner();
+                let customer = Customer {
+                    id: id.clone(),
+                    plan: plan.into_inner(),
+                    overdraft,
+                    costs,
+                };
+                valid.insert(id, customer);
+            }
+        }
+        valid
+    }
+
+    fn routes(
+        &mut self,
+        routes: Vec<Spanned<RouteFile>>,
+        defaults: &Defaults,
+        declared: &Declared,
+        features: &BTreeMap<String, Feature>,
+        upstreams: &BTreeMap<String, Upstream>,
+    ) -> Vec<Route> {
+        if routes.len() > MAX_ROUTES {
+            self.report(
+                "routes",
+                routes.get(MAX_ROUTES).map(Spanned::span),
+                format!("{} routes, the limit is {MAX_ROUTES}", routes.len()),
+            );
+            return Vec::new();
+        }
+        // (route, line of its path, whether its name was written in the file)
+        let mut checked: Vec<(Option<Route>, Range<usize>, bool)> = Vec::new();
+        for (index, route) in routes.into_iter().enumerate() {
+            let path_span = route.get_ref().path.span();
+            let explicit_name = route.get_ref().name.is_some();
+            let route_span = route.span();
+            let context = RouteContext {
+                defaults,
+                declared,
+                features,
+                upstreams,
+            };
+            let route = self.route(index, route.into_inner(), route_span, &context);
+            checked.push((route, path_span, explicit_name));
+        }
+        self.shadowed_routes(&checked);
+        self.duplicate_route_names(&checked);
+        checked
+            .into_iter()
+            .filter_map(|(route, _, _)| route)
+            .collect()
+    }
+
+    fn route(
+        &mut self,
+        index: usize,
+        route: RouteFile,
+        route_span: Range<usize>,
+        context: &RouteContext<'_>,
+    ) -> Option<Route> {
+        let RouteContext {
+            defaults,
+            declared,
+            features,
+            upstreams,
+        } = *context;
+        let path = format!("routes[{index}]");
+        let RouteFile {
+            name,
+            method,
+            host,
+            path: pattern,
+            feature,
+            mode,
+            failure_policy,
+            store_timeout_ms,
+            upstream,
+        } = route;
+        let mut ok = true;
+        let method = Method::parse(method.get_ref()).or_else(|| {
+            self.report(
+                format!("{path}.method"),
+                Some(method.span()),
+                format!(
+                    "unknown method {:?} (known: {})",
+                    method.get_ref(),
+                    Method::known_names()
+                ),
+            );
+            None
+        });
+        let host = host.and_then(|host| {
+            if is_route_host(host.get_ref()) {
+                Some(host.into_inner().to_ascii_lowercase())
+            } else {
+                ok = false;
+                self.report(
+                    format!("{path}.host"),
+                    Some(host.span()),
+                    format!(
+                        "{:?} is not a host name (letters, digits, \".\" and \"-\", or an \
+                         IPv6 address in brackets; no port, no scheme)",
+                        host.get_ref()
+                    ),
+                );
+                None
+            }
+        });
+        let pattern = PathPattern::parse(pattern.get_ref())
+            .map_err(|message| self.report(format!("{path}.path"), Some(pattern.span()), message))
+            .ok();
+        ok &= self.reference(
+            &format!("{path}.feature"),
+            &feature,
+            "feature",
+            &declared.features,
+        );
+        let feature = features.get(feature.get_ref());
+        let upstream = match upstream {
+            Some(upstream) => {
+                ok &= self.reference(
+                    &format!("{path}.upstream"),
+                    &upstream,
+                    "upstream",
+                    &declared.upstreams,
+                );
+                upstream.into_inner()
+            }
+            None => {
+                if !declared.upstreams.contains(DEFAULT_UPSTREAM) {
+                    ok = false;
+                    self.report(
+                        format!("{path}.upstream"),
+                        Some(route_span),
+                        format!(
+                            "not set and no upstream is named \"{DEFAULT_UPSTREAM}\"; set \
+                             upstream or define [upstreams.{DEFAULT_UPSTREAM}]"
+                        ),
+                    );
+                }
+                DEFAULT_UPSTREAM.to_owned()
+            }
+        };
+        let store_timeout_ms = self.duration_ms(
+            &format!("{path}.store_timeout_ms"),
+            store_timeout_ms.as_ref(),
+            1,
+            MAX_STORE_TIMEOUT_MS,
+            defaults.store_timeout_ms,
+        );
+        let name = name.and_then(|name| {
+            let text = name.get_ref();
+            if text.trim().is_empty()
+                || text.len() > MAX_ROUTE_NAME_LEN
+                || text.contains(char::is_control)
+            {
+                ok = false;
+                self.report(
+                    format!("{path}.name"),
+                    Some(name.span()),
+                    format!(
+                        "must be 1 to {MAX_ROUTE_NAME_LEN} bytes of printable text, got {text:?}"
+                    ),
+                );
+                None
+            } else {
+                Some(name.into_inner())
+            }
+        });
+        let (Some(method), Some(pattern), Some(feature), true) = (method, pattern, feature, ok)
+        else {
+            return None;
+        };
+        if !upstreams.contains_key(&upstream) {
+            return None;
+        }
+        let name = name.unwrap_or_else(|| match &host {
+            Some(host) => format!("{} {host}{}", method.as_str(), pattern.as_str()),
+            None => format!("{} {}", method.as_str(), pattern.as_str()),
+        });
+        Some(Route {
+            name,
+            method,
+            host,
+            path: pattern,
+            feature: feature.clone(),
+            mode: mode.unwrap_or(defaults.mode),
+            failure_policy: failure_policy.unwrap_or(defaults.failure_policy),
+            store_timeout_ms,
+            upstream,
+        })
+    }
+
+    /// Reports every route that can never match because an earlier route matches all of its
+    /// requests. Only single earlier routes are considered: a route covered by the union of
+    /// several earlier ones is not detected.
+    fn shadowed_routes(&mut self, routes: &[(Option<Route>, Range<usize>, bool)]) {
+        for (later_index, (later, span, _)) in routes.iter().enumerate() {
+            let Some(later) = later else { continue };
+            let earlier =
+                routes[..later_index]
+                    .iter()
+                    .enumerate()
+                    .find_map(|(index, (route, span, _))| {
+                        route
+                            .as_ref()
+                            .filter(|earlier| route_covers(earlier, later))
+                            .map(|earlier| (index, earlier, span))
+                    });
+            let Some((earlier_index, earlier, earlier_span)) = earlier else {
+                continue;
+            };
+            let earlier_line = self.lines.line_of(earlier_span.start);
+            let message = if route_covers(later, earlier) {
+                format!(
+                    "duplicate of routes[{earlier_index}] ({:?}, line {earlier_line}): the same \
+                     method, host and path",
+                    earlier.name
+                )
+            } else {
+                format!(
+                    "never matches: shadowed by routes[{earlier_index}] ({:?}, line \
+                     {earlier_line}), which comes first and matches every request this route \
+                     matches; move this route above it or remove it",
+                    earlier.name
+                )
+            };
+            self.report(
+                format!("routes[{later_index}]"),
+                Some(span.clone()),
+                message,
+            );
+        }
+    }
+
+    fn duplicate_route_names(&mut self, routes: &[(Option<Route>, Range<usize>, bool)]) {
+        let mut seen: HashMap<&str, (usize, bool)> = HashMap::new();
+        for (index, (route, span, explicit)) in routes.iter().enumerate() {
+            let Some(route) = route else { continue };
+            match seen.get(route.name.as_str()) {
+                // Two default names collide only for identical routes, already reported.
+                Some(&(first, first_explicit)) if *explicit || first_explicit => {
+                    self.report(
+                        format!("routes[{index}].name"),
+                        Some(span.clone()),
+                        format!(
+                            "route name {:?} is already used by routes[{first}]; names label \
+                             logs and metrics and must be unique",
+                            route.name
+                        ),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(&route.name, (index, *explicit));
+                }
+            }
+        }
+    }
+
+    fn cost_overrides(
+        &mut self,
+        path: &str,
+        costs: BTreeMap<Name, Spanned<CostFile>>,
+        declared: &Declared,
+    ) -> Option<BTreeMap<String, CostRule>> {
+        let mut valid = BTreeMap::new();
+        let mut ok = true;
+        for (feature, cost) in costs {
+            let field = format!("{path}.{}", key(feature.get_ref()));
+            if !declared.features.contains(feature.get_ref()) {
+                ok = false;
+                let message = unknown("feature", feature.get_ref(), &declared.features);
+                self.report(field.clone(), Some(feature.span()), message);
+            }
+            match self.cost_rule(&field, &cost) {
+                Some(rule) => {
+                    valid.insert(feature.into_inner(), rule);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(valid)
+    }
+
+    fn cost_rule(&mut self, path: &str, cost: &Spanned<CostFile>) -> Option<CostRule> {
+        let CostFile {
+            kind,
+            amount,
+            header,
+            query,
+            rate,
+            max,
+            default_units,
+            estimate,
+        } = cost.get_ref();
+        let present: [(&str, Option<Range<usize>>); 7] = [
+            ("amount", amount.as_ref().map(Spanned::span)),
+            ("header", header.as_ref().map(Spanned::span)),
+            ("query", query.as_ref().map(Spanned::span)),
+            ("rate", rate.as_ref().map(Spanned::span)),
+            ("max", max.as_ref().map(Spanned::span)),
+            ("default_units", default_units.as_ref().map(Spanned::span)),
+            ("estimate", estimate.as_ref().map(Spanned::span)),
+        ];
+        let allowed: &[&str] = match kind.get_ref().as_str() {
+            "free" => &[],
+            "fixed" => &["amount"],
+            "per_unit" => &["header", "query", "rate", "max", "default_units"],
+            "from_response" => &["estimate", "max"],
+            other => {
+                self.report(
+                    format!("{path}.kind"),
+                    Some(kind.span()),
+                    format!(
+                        "unknown cost kind {other:?} (known: free, fixed, per_unit, from_response)"
+                    ),
+                );
+                return None;
+            }
+        };
+        let mut ok = true;
+        for (field, span) in present {
+            if let Some(span) = span
+                && !allowed.contains(&field)
+            {
+                ok = false;
+                let fields = if allowed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    allowed.join(", ")
+                };
+                self.report(
+                    format!("{path}.{field}"),
+                    Some(span),
+                    format!(
+                        "not a field of kind {:?} (its fields: {fields})",
+                        kind.get_ref()
+                    ),
+                );
+            }
+        }
+        let table_span = cost.span();
+        let rule = match kind.get_ref().as_str() {
+            "free" => Some(CostRule::Free),
+            "fixed" => self
+                .amount(
+                    path,
+                    "amount",
+                    amount.as_ref(),
+                    &table_span,
+                    Positive::FixedAmount,
+                )
+                .map(|amount| CostRule::Fixed { amount }),
+            "per_unit" => {
+                let source = match (header, query) {
+                    (Some(header), None) => self.header_name(path, header).map(UnitSource::Header),
+                    (None, Some(query)) => self.query_name(path, query).map(UnitSource::Query),
+                    (Some(_), Some(query)) => {
+                        self.report(
+                            format!("{path}.query"),
+                            Some(query.span()),
+                            "set either header or query, not both".to_owned(),
+                        );
+                        None
+                    }
+                    (None, None) => {
+                        self.report(
+                            path,
+                            Some(table_span.clone()),
+                            "kind \"per_unit\" needs header = \"...\" or query = \"...\" to \
+                             read the units from"
+                                .to_owned(),
+                        );
+                        None
+                    }
+                };
+                let rate = self.amount(path, "rate", rate.as_ref(), &table_span, Positive::Yes);
+                let max = self.amount(path, "max", max.as_ref(), &table_span, Positive::Yes);
+                let default_units_given = default_units.is_some();
+                let default_units = default_units.as_ref().and_then(|units| {
+                    let value = *units.get_ref();
+                    u64::try_from(value)
+                        .map_err(|_| {
+                            self.report(
+                                format!("{path}.default_units"),
+                                Some(units.span()),
+                                format!("must not be negative, got {value}"),
+                            );
+                        })
+                        .ok()
+                });
+                let default_units_ok = default_units.is_some() || !default_units_given;
+                if let (Some(rate), Some(max)) = (rate, max)
+                    && rate > max
+                {
+                    ok = false;
+                    self.report(
+                        format!("{path}.rate"),
+                        cost.get_ref().rate.as_ref().map(Spanned::span),
+                        format!("{rate} is above max ({max}): every request would be charged max"),
+                    );
+                }
+                match (source, rate, max, default_units_ok) {
+                    (Some(source), Some(rate), Some(max), true) => Some(CostRule::PerUnit {
+                        source,
+                        rate,
+                        max,
+                        default_units,
+                    }),
+                    _ => None,
+                }
+            }
+            "from_response" => {
+                let estimate = self.amount(
+                    path,
+                    "estimate",
+                    estimate.as_ref(),
+                    &table_span,
+                    Positive::Yes,
+                );
+                let max = self.amount(path, "max", max.as_ref(), &table_span, Positive::Yes);
+                if let (Some(estimate), Some(max)) = (estimate, max)
+                    && estimate > max
+                {
+                    ok = false;
+                    self.report(
+                        format!("{path}.estimate"),
+                        cost.get_ref().estimate.as_ref().map(Spanned::span),
+                        format!("{estimate} is above max ({max}); the estimate is reserved up front and may not exceed what a request can cost"),
+                    );
+                }
+                estimate
+                    .zip(max)
+                    .map(|(estimate, max)| CostRule::FromResponse { estimate, max })
+            }
+            _ => None,
+        };
+        rule.filter(|_| ok)
+    }
+
+    /// Checks a required amount: present, not negative, within [`MAX_AMOUNT`] and, unless
+    /// `positive` allows it, above zero.
+    fn amount(
+        &mut self,
+        path: &str,
+        field: &str,
+        value: Option<&Spanned<i64>>,
+        table_span: &Range<usize>,
+        positive: Positive,
+    ) -> Option<u64> {
+        let Some(value) = value else {
+            self.report(
+                path,
+                Some(table_span.clone()),
+                format!("missing field `{field}`"),
+            );
+            return None;
+        };
+        let field = format!("{path}.{field}");
+        self.checked_amount(&field, value, positive)
+    }
+
+    fn checked_amount(
+        &mut self,
+        field: &str,
+        value: &Spanned<i64>,
+        positive: Positive,
+    ) -> Option<u64> {
+        let number = *value.get_ref();
+        let message = if number < 0 {
+            format!("must not be negative, got {number}")
+        } else if number == 0 && positive == Positive::FixedAmount {
+            "must be greater than 0; write kind = \"free\" for a feature that costs nothing"
+                .to_owned()
+        } else if number == 0 && positive == Positive::Yes {
+            "must be greater than 0".to_owned()
+        } else if number.unsigned_abs() > MAX_AMOUNT {
+            format!(
+                "{number} is above the limit {MAX_AMOUNT} (2^53 - 1: amounts must stay exact \
+                 in the doubles of Redis Lua)"
+            )
+        } else {
+            return Some(number.unsigned_abs());
+        };
+        self.report(field, Some(value.span()), message);
+        None
+    }
+
+    fn overdraft(
+        &mut self,
+        path: &str,
+        overdraft: &Spanned<OverdraftFile>,
+        declared: &Declared,
+    ) -> Option<Overdraft> {
+        match overdraft.get_ref() {
+            OverdraftFile::All(number) => {
+                let value = Spanned::new(overdraft.span(), *number);
+                self.checked_amount(path, &value, Positive::No)
+                    .map(|default| Overdraft {
+                        default,
+                        per_credit_type: BTreeMap::new(),
+                    })
+            }
+            OverdraftFile::PerCreditType(amounts) => {
+                let mut per_credit_type = BTreeMap::new();
+                let mut ok = true;
+                for (credit_type, amount) in amounts {
+                    let field = format!("{path}.{}", key(credit_type.get_ref()));
+                    if !declared.credit_types.contains(credit_type.get_ref()) {
+                        ok = false;
+                        let message =
+                            unknown("credit type", credit_type.get_ref(), &declared.credit_types);
+                        self.report(field.clone(), Some(credit_type.span()), message);
+                    }
+                    match self.checked_amount(&field, amount, Positive::No) {
+                        Some(amount) => {
+                            per_credit_type.insert(credit_type.get_ref().clone(), amount);
+                        }
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(Overdraft {
+                    default: DEFAULT_OVERDRAFT,
+                    per_credit_type,
+                })
+            }
+        }
+    }
+
+    fn header_name(&mut self, path: &str, header: &Spanned<String>) -> Option<String> {
+        let name = header.get_ref();
+        let valid = !name.is_empty()
+            && name.len() <= MAX_IDENTIFIER_LEN
+            && name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte));
+        if valid {
+            Some(name.to_ascii_lowercase())
+        } else {
+            self.report(
+                format!("{path}.header"),
+                Some(header.span()),
+                format!("{name:?} is not a valid HTTP header name"),
+            );
+            None
+        }
+    }
+
+    fn query_name(&mut self, path: &str, query: &Spanned<String>) -> Option<String> {
+        let name = query.get_ref();
+        let valid = !name.is_empty()
+            && name.len() <= MAX_IDENTIFIER_LEN
+            && name
+                .chars()
+                .all(|c| c.is_ascii_graphic() && !"&=#?+%".contains(c));
+        if valid {
+            Some(name.clone())
+        } else {
+            self.report(
+                format!("{path}.query"),
+                Some(query.span()),
+                format!(
+                    "{name:?} is not a valid query parameter name (printable ASCII without \
+                     & = # ? + % or spaces)"
+                ),
+            );
+            None
+        }
+    }
+
+    /// Checks an optional duration in milliseconds against `min..=max`; returns `default`
+    /// when absent or invalid (the error is recorded).
+    fn duration_ms(
+        &mut self,
+        field: &str,
+        value: Option<&Spanned<i64>>,
+        min: u64,
+        max: u64,
+        default: u64,
+    ) -> u64 {
+        let Some(value) = value else {
+            return default;
+        };
+        let number = *value.get_ref();
+        match u64::try_from(number) {
+            Ok(ms) if (min..=max).contains(&ms) => ms,
+            _ => {
+                self.report(
+                    field,
+                    Some(value.span()),
+                    format!("must be between {min} and {max} ms, got {number}"),
+                );
+                default
+            }
+        }
+    }
+
+    /// Checks an identifier used in Redis keys; reports and returns false when invalid.
+    fn identifier(&mut self, path: &str, name: &Name, what: &str) -> bool {
+        if is_identifier(name.get_ref()) {
+            return true;
+        }
+        self.report(
+            path,
+            Some(name.span()),
+            format!(
+                "invalid {what} {:?}: use 1 to {MAX_IDENTIFIER_LEN} of A-Z a-z 0-9 _ . @ - \
+                 (names go into Redis keys)",
+                name.get_ref()
+            ),
+        );
+        false
+    }
+
+    /// Checks that `name` is one of `known`; reports and returns false otherwise.
+    fn reference(
+        &mut self,
+        field: &str,
+        name: &Name,
+        what: &str,
+        known: &BTreeSet<String>,
+    ) -> bool {
+        if known.contains(name.get_ref()) {
+            return true;
+        }
+        let message = unknown(what, name.get_ref(), known);
+        self.report(field, Some(name.span()), message);
+        false
+    }
+}
+
+/// Whether zero is a valid amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Positive {
+    /// Zero is fine (overdrafts).
+    No,
+    /// Zero is an error.
+    Yes,
+    /// Zero is an error with a hint to use `kind = "free"`.
+    FixedAmount,
+}
+
+/// `unknown feature "chatt" (known: chat, embed)`.
+fn unknown(what: &str, name: &str, known: &BTreeSet<String>) -> String {
+    if known.is_empty() {
+        let plural = match what.strip_suffix('y') {
+            Some(stem) => format!("{stem}ies"),
+            None => format!("{what}s"),
+        };
+        return format!("unknown {what} {name:?} (no {plural} are defined)");
+    }
+    let mut listed: Vec<&str> = known
+        .iter()
+        .take(MAX_LISTED_NAMES)
+        .map(String::as_str)
+        .collect();
+    if known.len() > MAX_LISTED_NAMES {
+        listed.push("…");
+    }
+    format!("unknown {what} {name:?} (known: {})", listed.join(", "))
+}
+
+/// A table key as written in a TOML path: bare when it can be, quoted otherwise.
+pub(crate) fn key(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
+    if bare {
+        name.to_owned()
+    } else {
+        format!("{name:?}")
+    }
+}
+
+/// `[A-Za-z0-9_.@-]{1,128}`: safe inside Redis keys, which use `:` `/` `,` `|` and spaces
+/// as separators.
+pub fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_IDENTIFIER_LEN
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"_.@-".contains(&byte))
+}
+
+/// A DNS-style host name (or IPv4 address): labels of letters, digits and `-`.
+fn is_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= MAX_HOST_LEN
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+        })
+}
+
+/// A route host: a host name, or an IPv6 address in brackets.
+fn is_route_host(host: &str) -> bool {
+    match host
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+    {
+        Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
+        None => is_host_name(host),
+    }
+}
+
+/// Checks `host:port` and returns the host part.
+fn parse_address(address: &str) -> Result<&str, String> {
+    let problem = || {
+        format!("{address:?} must be host:port, e.g. \"127.0.0.1:8080\" or \"api.internal:443\"")
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(problem)?;
+    let port_ok = !port.is_empty()
+        && port.bytes().all(|byte| byte.is_ascii_digit())
+        && port.parse::<u16>().is_ok_and(|port| port > 0);
+    if !port_ok {
+        return Err(format!("{address:?} has an invalid port (1 to 65535)"));
+    }
+    if is_route_host(host) {
+        Ok(host)
+    } else {
+        Err(problem())
+    }
+}
+
+/// Whether route `earlier` matches every request `later` matches.
+fn route_covers(earlier: &Route, later: &Route) -> bool {
+    let method = earlier.method == Method::Any || earlier.method == later.method;
+    let host = match (&earlier.host, &later.host) {
+        (None, _) => true,
+        (Some(a), Some(b)) => a == b,
+        (Some(_), None) => false,
+    };
+    method && host && earlier.path.covers(&later.path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_follow_the_redis_key_rules() {
+        for good in ["api", "pro_2026", "cus-1.a@b", &"x".repeat(128)] {
+            assert!(is_identifier(good), "{good}");
+        }
+        for bad in ["", "a:b", "a/b", "a,b", "a|b", "a b", "é", &"x".repeat(129)] {
+            assert!(!is_identifier(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn addresses_need_a_host_and_a_port() {
+        assert_eq!(parse_address("127.0.0.1:8080"), Ok("127.0.0.1"));
+        assert_eq!(parse_address("api.internal:443"), Ok("api.internal"));
+        assert_eq!(parse_address("[::1]:443"), Ok("[::1]"));
+        for bad in [
+            "localhost",
+            "host:0",
+            "host:99999",
+            ":80",
+            "http://x:80",
+            "a b:1",
+            "[zz]:1",
+        ] {
+            assert!(parse_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_are_quoted_when_not_bare() {
+        assert_eq!(key("chat"), "chat");
+        assert_eq!(key("acme@corp"), "\"acme@corp\"");
+    }
+}

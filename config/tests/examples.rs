@@ -1,0 +1,94 @@
+//! The example configs shipped in `config/examples/` must always validate, and resolve
+//! routes and prices the way their comments say.
+
+use creditgate_config::{CostRule, CostSource, Mode, PricingConfig, RequestValues};
+
+fn example(name: &str) -> PricingConfig {
+    let path = format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    match PricingConfig::load(&path) {
+        Ok(config) => config,
+        Err(errors) => panic!("{name} does not validate:\n{errors}"),
+    }
+}
+
+struct NoValues;
+
+impl RequestValues for NoValues {
+    fn header(&self, _name: &str) -> Option<&str> {
+        None
+    }
+
+    fn query(&self, _name: &str) -> Option<&str> {
+        None
+    }
+}
+
+#[test]
+fn quickstart_validates() {
+    let config = example("quickstart.toml");
+    assert_eq!(
+        config.summary(),
+        "1 credit type, 3 features, 3 routes, 0 plans, 0 customers, 1 upstream"
+    );
+    let found = config
+        .match_route("POST", None, "/reports/42")
+        .expect("report route");
+    assert_eq!(found.feature.name, "report");
+    assert_eq!(found.route.mode, Mode::Shadow);
+    assert_eq!(found.feature.cost.reserve_amount(&NoValues), 5);
+    assert!(config.match_route("GET", None, "/admin").is_none());
+    assert_eq!(config.content_hash().len(), 40);
+}
+
+#[test]
+fn ai_api_validates_and_resolves_prices() {
+    let config = example("ai-api.toml");
+    assert_eq!(
+        config.summary(),
+        "2 credit types, 5 features, 5 routes, 2 plans, 2 customers, 2 upstreams"
+    );
+
+    let chat = config.match_route("post", Some("api.example.com:443"), "/v1/chat/completions");
+    assert_eq!(
+        chat.map(|found| found.route.upstream.as_str()),
+        Some("inference")
+    );
+
+    let export = config.match_route("GET", None, "/v1/files/f_1/export?pages=3");
+    assert_eq!(
+        export.map(|found| found.feature.name.as_str()),
+        Some("file_export")
+    );
+
+    let list = config.cost_for("chat", None).expect("chat");
+    assert_eq!(list.source, CostSource::Feature);
+    assert_eq!(list.plan, Some("starter_2026"));
+    assert_eq!(list.overdraft, 0);
+
+    let pro = config.cost_for("chat", Some("globex")).expect("chat");
+    assert_eq!(pro.source, CostSource::Plan);
+    assert_eq!(
+        *pro.rule,
+        CostRule::FromResponse {
+            estimate: 15_000,
+            max: 1_500_000
+        }
+    );
+    assert_eq!(pro.overdraft, 5_000_000);
+
+    let acme = config.cost_for("image", Some("acme-corp")).expect("image");
+    assert_eq!(acme.source, CostSource::Customer);
+    assert_eq!(acme.rule.reserve_amount(&NoValues), 250);
+    assert_eq!(acme.credit_type.name, "media");
+    // acme's own overdraft table names only "ai", so "media" falls back to 0.
+    assert_eq!(acme.overdraft, 0);
+    assert_eq!(
+        config
+            .cost_for("chat", Some("acme-corp"))
+            .map(|c| c.overdraft),
+        Some(50_000_000)
+    );
+
+    let upstream = &config.upstreams()["default"];
+    assert_eq!(upstream.sni.as_deref(), Some("api-backend.internal"));
+}

@@ -1,0 +1,439 @@
+//! One fixture per way a pricing config can be wrong, under `tests/fixtures/invalid/`,
+//! each asserting the exact messages (file, line, field path, text) ops will see.
+
+use creditgate_config::PricingConfig;
+
+/// Loads `tests/fixtures/invalid/<name>.toml` and returns its rendered errors.
+fn errors_of(name: &str) -> Vec<String> {
+    let path = format!(
+        "{}/tests/fixtures/invalid/{name}.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).expect("fixture exists");
+    match PricingConfig::from_toml_str(&text, &format!("{name}.toml")) {
+        Ok(_) => panic!("{name}.toml validated but must not"),
+        Err(errors) => errors.messages(),
+    }
+}
+
+/// Every fixture and its expected messages, in line order.
+const CASES: &[(&str, &[&str])] = &[
+    (
+        "amount_overflow",
+        &[
+            r#"amount_overflow.toml:9: features.search.cost.amount: 9007199254740992 is above the limit 9007199254740991 (2^53 - 1: amounts must stay exact in the doubles of Redis Lua)"#,
+        ],
+    ),
+    (
+        "bad_address",
+        &[
+            r#"bad_address.toml:2: upstreams.default.address: "localhost" must be host:port, e.g. "127.0.0.1:8080" or "api.internal:443""#,
+            r#"bad_address.toml:5: upstreams.backup.address: "10.0.0.2:70000" has an invalid port (1 to 65535)"#,
+        ],
+    ),
+    (
+        "bad_host",
+        &[
+            r#"bad_host.toml:13: routes[0].host: "https://api.example.com" is not a host name (letters, digits, "." and "-", or an IPv6 address in brackets; no port, no scheme)"#,
+        ],
+    ),
+    (
+        "bad_identifier",
+        &[
+            r#"bad_identifier.toml:1: credit_types."api:v2": invalid credit type name "api:v2": use 1 to 128 of A-Z a-z 0-9 _ . @ - (names go into Redis keys)"#,
+            r#"bad_identifier.toml:7: features."chat completions": invalid feature name "chat completions": use 1 to 128 of A-Z a-z 0-9 _ . @ - (names go into Redis keys)"#,
+            r#"bad_identifier.toml:11: plans."pro/2026": invalid plan name "pro/2026": use 1 to 128 of A-Z a-z 0-9 _ . @ - (names go into Redis keys)"#,
+            r#"bad_identifier.toml:13: customers."acme|corp": invalid customer id "acme|corp": use 1 to 128 of A-Z a-z 0-9 _ . @ - (names go into Redis keys)"#,
+        ],
+    ),
+    (
+        "bad_method",
+        &[
+            r#"bad_method.toml:12: routes[0].method: unknown method "FETCH" (known: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, CONNECT, TRACE, *)"#,
+        ],
+    ),
+    (
+        "bad_overdraft",
+        &[
+            r#"bad_overdraft.toml:8: plans.pro.overdraft: must not be negative, got -1"#,
+            r#"bad_overdraft.toml:11: plans.enterprise.overdraft.api: 9007199254740992 is above the limit 9007199254740991 (2^53 - 1: amounts must stay exact in the doubles of Redis Lua)"#,
+            r#"bad_overdraft.toml:11: plans.enterprise.overdraft.gold: unknown credit type "gold" (known: api)"#,
+        ],
+    ),
+    (
+        "bad_pattern",
+        &[
+            r#"bad_pattern.toml:13: routes[0].path: path pattern "v1/chat" must start with "/""#,
+            r#"bad_pattern.toml:18: routes[1].path: path pattern "/v1/*/chat": "*" may only be the last segment"#,
+            r#"bad_pattern.toml:23: routes[2].path: path pattern "/v1/{}": empty parameter name "{}""#,
+            r#"bad_pattern.toml:28: routes[3].path: path pattern "/v1/{id}/x/{id}": parameter {id} appears twice"#,
+            r#"bad_pattern.toml:33: routes[4].path: path pattern "/v1/ch at": segment "ch at" contains ' '; literals may use letters, digits and -._~!$&'()+,;=:@%, and "{name}" or "*" must fill a whole segment"#,
+        ],
+    ),
+    (
+        "bad_scale",
+        &[r#"bad_scale.toml:2: credit_types.api.scale: must be between 0 and 12, got 13"#],
+    ),
+    (
+        "bad_timeouts",
+        &[
+            r#"bad_timeouts.toml:2: defaults.store_timeout_ms: must be between 1 and 10000 ms, got 0"#,
+            r#"bad_timeouts.toml:3: defaults.hold_ttl_ms: must be between 1000 and 86400000 ms, got 500"#,
+            r#"bad_timeouts.toml:7: upstreams.default.connect_timeout_ms: must be between 1 and 60000 ms, got 0"#,
+            r#"bad_timeouts.toml:8: upstreams.default.read_timeout_ms: must be between 1 and 3600000 ms, got 7200000"#,
+        ],
+    ),
+    (
+        "duplicate_route",
+        &[
+            r#"duplicate_route.toml:18: routes[1]: duplicate of routes[0] ("GET /v1/chat/{id}", line 13): the same method, host and path"#,
+        ],
+    ),
+    (
+        "duplicate_route_name",
+        &[
+            r#"duplicate_route_name.toml:20: routes[1].name: route name "chat" is already used by routes[0]; names label logs and metrics and must be unique"#,
+        ],
+    ),
+    (
+        "estimate_above_max",
+        &[
+            r#"estimate_above_max.toml:12: features.chat.cost.estimate: 1000 is above max (10); the estimate is reserved up front and may not exceed what a request can cost"#,
+        ],
+    ),
+    (
+        "hold_ttl_too_short",
+        &[
+            r#"hold_ttl_too_short.toml:2: defaults.hold_ttl_ms: 20000 ms is shorter than upstreams.default's connect_timeout_ms + read_timeout_ms (31000 ms): a hold could expire while its request still waits for the upstream"#,
+        ],
+    ),
+    (
+        "many_errors",
+        &[
+            r#"many_errors.toml:8: features.chat.credit_type: unknown credit type "ai" (known: api)"#,
+            r#"many_errors.toml:9: features.chat.cost.estimate: must be greater than 0"#,
+            r#"many_errors.toml:13: features.export.cost.rate: must not be negative, got -3"#,
+            r#"many_errors.toml:16: customers.acme.plan: unknown plan "gold" (no plans are defined)"#,
+            r#"many_errors.toml:26: routes[1].feature: unknown feature "exports" (known: chat, export)"#,
+            r#"many_errors.toml:30: routes[2].path: path pattern "/v1/export/{id}/" ends with "/"; trailing slashes are ignored when matching, so write "/v1/export/{id}""#,
+            r#"many_errors.toml:32: routes[2].upstream: unknown upstream "nowhere" (known: default)"#,
+        ],
+    ),
+    (
+        "missing_default_upstream",
+        &[
+            r#"missing_default_upstream.toml:8: defaults.unmatched: "pass_through" forwards unmatched requests to the upstream named "default", which is not defined"#,
+            r#"missing_default_upstream.toml:14: routes[0].upstream: not set and no upstream is named "default"; set upstream or define [upstreams.default]"#,
+        ],
+    ),
+    (
+        "negative_cost",
+        &[r#"negative_cost.toml:9: features.search.cost.amount: must not be negative, got -5"#],
+    ),
+    (
+        "per_unit_without_source",
+        &[
+            r#"per_unit_without_source.toml:9: features.export.cost: kind "per_unit" needs header = "..." or query = "..." to read the units from"#,
+        ],
+    ),
+    (
+        "rate_above_max",
+        &[
+            r#"rate_above_max.toml:9: features.export.cost.rate: 500 is above max (100): every request would be charged max"#,
+        ],
+    ),
+    (
+        "shadowed_route",
+        &[
+            r#"shadowed_route.toml:18: routes[1]: never matches: shadowed by routes[0] ("GET /v1/*", line 13), which comes first and matches every request this route matches; move this route above it or remove it"#,
+            r#"shadowed_route.toml:28: routes[3]: never matches: shadowed by routes[2] ("* /a/{x}", line 23), which comes first and matches every request this route matches; move this route above it or remove it"#,
+            r#"shadowed_route.toml:39: routes[5]: never matches: shadowed by routes[4] ("POST /c", line 33), which comes first and matches every request this route matches; move this route above it or remove it"#,
+        ],
+    ),
+    (
+        "sni_without_tls",
+        &[
+            r#"sni_without_tls.toml:3: upstreams.default.sni: is set but tls = false; set tls = true or remove sni"#,
+        ],
+    ),
+    (
+        "syntax_error",
+        &[r#"syntax_error.toml:2: invalid basic string, expected `"`"#],
+    ),
+    (
+        "unknown_cost_kind",
+        &[
+            r#"unknown_cost_kind.toml:9: features.search.cost.kind: unknown cost kind "flat" (known: free, fixed, per_unit, from_response)"#,
+        ],
+    ),
+    (
+        "unknown_cost_override",
+        &[
+            r#"unknown_cost_override.toml:12: plans.pro.costs.chatt: unknown feature "chatt" (known: chat)"#,
+            r#"unknown_cost_override.toml:16: customers.acme.costs.chat.amount: must not be negative, got -1"#,
+        ],
+    ),
+    (
+        "unknown_credit_type",
+        &[
+            r#"unknown_credit_type.toml:8: features.search.credit_type: unknown credit type "apl" (known: api)"#,
+        ],
+    ),
+    (
+        "unknown_feature",
+        &[
+            r#"unknown_feature.toml:18: routes[0].feature: unknown feature "chatt" (known: chat, embed)"#,
+        ],
+    ),
+    (
+        "unknown_field",
+        &[
+            r#"unknown_field.toml:3: defaults: unknown field `colour`, expected one of `mode`, `failure_policy`, `store_timeout_ms`, `unmatched`, `hold_ttl_ms`"#,
+        ],
+    ),
+    (
+        "unknown_mode",
+        &[
+            r#"unknown_mode.toml:2: defaults.mode: unknown variant `enforced`, expected one of `off`, `shadow`, `enforce`"#,
+        ],
+    ),
+    (
+        "unknown_plan",
+        &[
+            r#"unknown_plan.toml:1: default_plan: unknown plan "pro" (known: starter)"#,
+            r#"unknown_plan.toml:12: customers.acme.plan: unknown plan "pro_2025" (known: starter)"#,
+        ],
+    ),
+    (
+        "unknown_upstream",
+        &[
+            r#"unknown_upstream.toml:15: routes[0].upstream: unknown upstream "backend" (known: default)"#,
+        ],
+    ),
+    (
+        "wrong_cost_field",
+        &[
+            r#"wrong_cost_field.toml:9: features.search.cost.rate: not a field of kind "fixed" (its fields: amount)"#,
+        ],
+    ),
+    (
+        "wrong_type",
+        &[r#"wrong_type.toml:2: credit_types.api.scale: invalid type: string "six", expected i64"#],
+    ),
+    (
+        "zero_cost",
+        &[
+            r#"zero_cost.toml:9: features.search.cost.amount: must be greater than 0; write kind = "free" for a feature that costs nothing"#,
+        ],
+    ),
+    (
+        "zero_rate",
+        &[r#"zero_rate.toml:9: features.export.cost.rate: must be greater than 0"#],
+    ),
+];
+
+fn check(name: &str) {
+    let (_, expected) = CASES
+        .iter()
+        .find(|(case, _)| *case == name)
+        .expect("case is listed");
+    assert_eq!(errors_of(name), *expected, "{name}.toml");
+}
+
+#[test]
+fn amount_overflow() {
+    check("amount_overflow");
+}
+
+#[test]
+fn bad_address() {
+    check("bad_address");
+}
+
+#[test]
+fn bad_host() {
+    check("bad_host");
+}
+
+#[test]
+fn bad_identifier() {
+    check("bad_identifier");
+}
+
+#[test]
+fn bad_method() {
+    check("bad_method");
+}
+
+#[test]
+fn bad_overdraft() {
+    check("bad_overdraft");
+}
+
+#[test]
+fn bad_pattern() {
+    check("bad_pattern");
+}
+
+#[test]
+fn bad_scale() {
+    check("bad_scale");
+}
+
+#[test]
+fn bad_timeouts() {
+    check("bad_timeouts");
+}
+
+#[test]
+fn duplicate_route() {
+    check("duplicate_route");
+}
+
+#[test]
+fn duplicate_route_name() {
+    check("duplicate_route_name");
+}
+
+#[test]
+fn estimate_above_max() {
+    check("estimate_above_max");
+}
+
+#[test]
+fn hold_ttl_too_short() {
+    check("hold_ttl_too_short");
+}
+
+#[test]
+fn many_errors() {
+    check("many_errors");
+}
+
+#[test]
+fn missing_default_upstream() {
+    check("missing_default_upstream");
+}
+
+#[test]
+fn negative_cost() {
+    check("negative_cost");
+}
+
+#[test]
+fn per_unit_without_source() {
+    check("per_unit_without_source");
+}
+
+#[test]
+fn rate_above_max() {
+    check("rate_above_max");
+}
+
+#[test]
+fn shadowed_route() {
+    check("shadowed_route");
+}
+
+#[test]
+fn sni_without_tls() {
+    check("sni_without_tls");
+}
+
+#[test]
+fn syntax_error() {
+    check("syntax_error");
+}
+
+#[test]
+fn unknown_cost_kind() {
+    check("unknown_cost_kind");
+}
+
+#[test]
+fn unknown_cost_override() {
+    check("unknown_cost_override");
+}
+
+#[test]
+fn unknown_credit_type() {
+    check("unknown_credit_type");
+}
+
+#[test]
+fn unknown_feature() {
+    check("unknown_feature");
+}
+
+#[test]
+fn unknown_field() {
+    check("unknown_field");
+}
+
+#[test]
+fn unknown_mode() {
+    check("unknown_mode");
+}
+
+#[test]
+fn unknown_plan() {
+    check("unknown_plan");
+}
+
+#[test]
+fn unknown_upstream() {
+    check("unknown_upstream");
+}
+
+#[test]
+fn wrong_cost_field() {
+    check("wrong_cost_field");
+}
+
+#[test]
+fn wrong_type() {
+    check("wrong_type");
+}
+
+#[test]
+fn zero_cost() {
+    check("zero_cost");
+}
+
+#[test]
+fn zero_rate() {
+    check("zero_rate");
+}
+
+#[test]
+fn many_errors_are_reported_together() {
+    // Seven independent mistakes, all in one report: validation never stops at the first.
+    assert_eq!(errors_of("many_errors").len(), 7);
+}
+
+#[test]
+fn every_fixture_has_a_case() {
+    let dir = format!("{}/tests/fixtures/invalid", env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .expect("fixture dir")
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            Some(name.strip_suffix(".toml")?.to_owned())
+        })
+        .collect();
+    files.sort();
+    let mut cases: Vec<String> = CASES.iter().map(|(name, _)| (*name).to_owned()).collect();
+    cases.sort();
+    assert_eq!(files, cases);
+}
+
+#[test]
+fn an_unreadable_file_is_a_config_error() {
+    let errors = PricingConfig::load("/nonexistent/pricing.toml").expect_err("no such file");
+    assert_eq!(errors.len(), 1);
+    let message = errors.to_string();
+    assert!(
+        message.starts_with("/nonexistent/pricing.toml: cannot read the file: "),
+        "{message}"
+    );
+}
