@@ -271,28 +271,55 @@ impl RedisStore {
         Reply::new(script.name, value)
     }
 
-    /// Every event of one shard's stream with its stream entry id, oldest first, at most
-    /// `count`. The sidecar reads streams with a consumer group; this is for tools and tests.
+    /// The oldest events of one shard's stream with their stream entry ids, oldest first,
+    /// at most `count`. The sidecar reads streams with a consumer group; this is for tools
+    /// and tests.
     pub async fn stream_events(
         &self,
         shard: Shard,
         count: usize,
     ) -> Result<Vec<(String, Event)>, StoreError> {
-        let op = "stream_events";
+        self.read_stream("stream_events", "XRANGE", shard, ["-", "+"], count)
+            .await
+    }
+
+    /// The newest events of one shard's stream, newest first, at most `count`, strictly
+    /// older than the stream entry id `before` when given (to page backwards).
+    pub async fn newest_events(
+        &self,
+        shard: Shard,
+        before: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<(String, Event)>, StoreError> {
+        let end = before.map_or_else(|| "+".to_string(), |id| format!("({id}"));
+        self.read_stream(
+            "newest_events",
+            "XREVRANGE",
+            shard,
+            [end.as_str(), "-"],
+            count,
+        )
+        .await
+    }
+
+    async fn read_stream(
+        &self,
+        op: &'static str,
+        command: &str,
+        shard: Shard,
+        range: [&str; 2],
+        count: usize,
+    ) -> Result<Vec<(String, Event)>, StoreError> {
         let key = self.keyspace.events(shard);
+        let mut cmd = redis::cmd(command);
+        cmd.arg(&key)
+            .arg(range[0])
+            .arg(range[1])
+            .arg("COUNT")
+            .arg(count);
         let mut conn = self.conn.clone();
         let reply: redis::streams::StreamRangeReply = self
-            .with_timeout(op, async {
-                conn.query(
-                    redis::cmd("XRANGE")
-                        .arg(&key)
-                        .arg("-")
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(count),
-                )
-                .await
-            })
+            .with_timeout(op, async { conn.query(&cmd).await })
             .await?;
         reply
             .ids
@@ -305,13 +332,13 @@ impl RedisStore {
                     .collect::<Result<_, redis::ParsingError>>()
                     .map_err(|e| StoreError::Protocol {
                         op,
-                        message: e.to_string(),
+                        message: format!("entry {} of {key}: {e}", entry.id),
                     })?;
                 let event =
                     Event::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                         .map_err(|e| StoreError::Protocol {
                             op,
-                            message: format!("entry {}: {e}", entry.id),
+                            message: format!("entry {} of {key}: {e}", entry.id),
                         })?;
                 Ok((entry.id, event))
             })

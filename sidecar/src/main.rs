@@ -1,3 +1,15 @@
-//! creditgate sidecar binary.
+//! The `creditgate-sidecar` binary: parses the command line and hands over to the library.
+//!
+//! Nothing else belongs here; the logic lives in `creditgate_sidecar` so tests can drive it
+//! without a process.
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use creditgate_sidecar::cli::Cli;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ExitCode::from(creditgate_sidecar::run(cli).await)
+}

@@ -1,0 +1,101 @@
+//! The creditgate gateway: identifies the customer, prices the route, reserves and settles
+//! credits at the API edge.
+//!
+//! For now it offers the config checker that CI and ops run before a rollout. The binary in
+//! `main.rs` only parses the command line and calls [`run`]; everything here writes to the
+//! streams it is given so tests can drive it without a process.
+
+pub mod cli;
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use creditgate_config::PricingConfig;
+
+use crate::cli::{Cli, Command};
+
+/// Process exit status of a successful command.
+pub const EXIT_OK: u8 = 0;
+
+/// Process exit status when the command failed: an invalid or unreadable config file, or
+/// output that could not be written.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Runs the parsed command line against the process's stdout and stderr and returns the
+/// process exit status.
+pub fn run(cli: Cli) -> u8 {
+    let Cli { command } = cli;
+    match command {
+        Command::CheckConfig { file } => {
+            let stdout = io::stdout();
+            let stderr = io::stderr();
+            check_config(&file, &mut stdout.lock(), &mut stderr.lock()).unwrap_or(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Loads and validates the pricing config at `file`.
+///
+/// A good file prints `ok: FILE: <summary>` to `out` and returns [`EXIT_OK`]. A bad or
+/// unreadable file prints every error on its own line (`file:line: field: message`) to
+/// `err`, followed by `N error(s) in FILE`, and returns [`EXIT_FAILURE`]. An `Err` means
+/// the report itself could not be written.
+pub fn check_config(file: &Path, out: &mut impl Write, err: &mut impl Write) -> io::Result<u8> {
+    match PricingConfig::load(file) {
+        Ok(config) => {
+            writeln!(out, "ok: {}: {}", file.display(), config.summary())?;
+            Ok(EXIT_OK)
+        }
+        Err(errors) => {
+            let count = errors.len();
+            for error in errors {
+                writeln!(err, "{error}")?;
+            }
+            writeln!(err, "{count} error(s) in {}", file.display())?;
+            Ok(EXIT_FAILURE)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(file: &Path) -> (u8, String, String) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let status = check_config(file, &mut out, &mut err).expect("writing to a Vec");
+        (
+            status,
+            String::from_utf8(out).expect("utf-8"),
+            String::from_utf8(err).expect("utf-8"),
+        )
+    }
+
+    #[test]
+    fn a_good_file_prints_its_summary() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/quickstart.toml");
+        let expected = PricingConfig::load(&file).expect("valid").summary();
+        let (status, out, err) = check(&file);
+        assert_eq!(status, EXIT_OK, "stderr: {err}");
+        assert_eq!(out, format!("ok: {}: {expected}\n", file.display()));
+        assert_eq!(err, "");
+    }
+
+    #[test]
+    fn an_unreadable_file_is_one_error() {
+        let file = Path::new("/nonexistent/creditgate/pricing.toml");
+        let (status, out, err) = check(file);
+        assert_eq!(status, EXIT_FAILURE);
+        assert_eq!(out, "");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 2, "{err}");
+        assert!(
+            lines[0].starts_with("/nonexistent/creditgate/pricing.toml: cannot read the file: "),
+            "{err}"
+        );
+        assert_eq!(
+            lines[1],
+            "1 error(s) in /nonexistent/creditgate/pricing.toml"
+        );
+    }
+}
