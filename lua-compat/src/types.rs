@@ -1,7 +1,7 @@
 //! Typed arguments and outcomes of the protocol's operations, shared by every store.
 //!
 //! Amounts are integers in the credit type's smallest unit and always below
-//! [`MAX_AMOUNT`](crate::MAX_AMOUNT); times are milliseconds since the Unix epoch taken from
+//! [`MAX_AMOUNT`]; times are milliseconds since the Unix epoch taken from
 //! the store's clock (Redis `TIME`).
 
 use std::fmt;
