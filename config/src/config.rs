@@ -4,13 +4,16 @@
 //! Loading happens off the request path; the gateway swaps whole configs and only calls
 //! the lookups ([`PricingConfig::route_table`], [`PricingConfig::cost_for`]) per request.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use crate::cost::CostRule;
 use crate::error::{ConfigError, ConfigErrors, LineIndex};
 use crate::limits::DEFAULT_OVERDRAFT;
-use crate::model::{CreditType, Customer, Defaults, Feature, Plan, Upstream};
+use crate::model::{
+    ApiKey, Billing, CreditType, Customer, Defaults, EmbeddedGrant, Feature, Identity, Plan,
+    Upstream,
+};
 use crate::route_table::{RouteMatch, RouteTable};
 use crate::schema::ConfigFile;
 use crate::validate::{Validated, validate};
@@ -28,6 +31,10 @@ pub struct PricingConfig {
     customers: BTreeMap<String, Customer>,
     upstreams: BTreeMap<String, Upstream>,
     route_table: RouteTable,
+    identity: Identity,
+    api_keys: HashMap<[u8; 32], ApiKey>,
+    billing: Billing,
+    embedded_grants: Vec<EmbeddedGrant>,
 }
 
 /// Where a resolved cost rule came from, most specific first.
@@ -82,6 +89,10 @@ impl PricingConfig {
             customers,
             upstreams,
             routes,
+            identity,
+            api_keys,
+            billing,
+            embedded_grants,
         } = validate(file, text, file_name).map_err(ConfigErrors::new)?;
         Ok(PricingConfig {
             file: file_name.to_owned(),
@@ -94,6 +105,10 @@ impl PricingConfig {
             customers,
             upstreams,
             route_table: RouteTable::new(routes),
+            identity,
+            api_keys,
+            billing,
+            embedded_grants,
         })
     }
 
@@ -163,6 +178,33 @@ impl PricingConfig {
     /// The routes, compiled for lookup; `route_table().routes()` lists them in file order.
     pub fn route_table(&self) -> &RouteTable {
         &self.route_table
+    }
+
+    /// How the gateway identifies the customer (`[identity]`, defaults applied).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The customer of the API key whose SHA-256 is `hash`, from `[[api_keys]]`. Production
+    /// keeps keys in Redis; these serve the quickstart. A hash-map lookup, no allocation.
+    pub fn customer_for_key_hash(&self, hash: &[u8; 32]) -> Option<&ApiKey> {
+        self.api_keys.get(hash)
+    }
+
+    /// Every `[[api_keys]]` entry with its SHA-256, in no particular order.
+    pub fn api_keys(&self) -> impl ExactSizeIterator<Item = (&[u8; 32], &ApiKey)> {
+        self.api_keys.iter()
+    }
+
+    /// The `[billing]` table (empty when absent).
+    pub fn billing(&self) -> &Billing {
+        &self.billing
+    }
+
+    /// The `[[embedded_grants]]`, in file order: credits the embedded in-process store grants
+    /// at start-up. A gateway running on Redis ignores them.
+    pub fn embedded_grants(&self) -> &[EmbeddedGrant] {
+        &self.embedded_grants
     }
 
     /// Shorthand for `route_table().lookup(..)`: the first route in file order matching the

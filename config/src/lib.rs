@@ -20,8 +20,8 @@ pub use cost::{CostRule, RequestValues, UnitSource, UnitsValue, query_param};
 pub use error::{ConfigError, ConfigErrors};
 pub use limits::*;
 pub use model::{
-    CreditType, Customer, Defaults, FailurePolicy, Feature, Method, Mode, Overdraft, Plan,
-    Unmatched, Upstream,
+    ApiKey, Billing, CreditType, Customer, Defaults, EmbeddedGrant, FailurePolicy, Feature,
+    Identity, Method, Mode, Overdraft, Plan, Unmatched, Upstream, UpstreamErrorPolicy,
 };
 pub use pattern::{PathPattern, Segment, path_segments};
 pub use route_table::{Route, RouteMatch, RouteTable};

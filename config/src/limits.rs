@@ -3,7 +3,7 @@
 //!
 //! Validation and the docs read these; nothing else should hard-code a number.
 
-use crate::model::{FailurePolicy, Mode, Unmatched};
+use crate::model::{FailurePolicy, Mode, Unmatched, UpstreamErrorPolicy};
 
 /// The largest amount (in a credit type's smallest unit) the config may hold: 2^53 - 1.
 ///
@@ -92,3 +92,46 @@ pub const MAX_ROUTE_NAME_LEN: usize = 256;
 
 /// The longest host name in bytes: 253, the DNS limit.
 pub const MAX_HOST_LEN: usize = 253;
+
+/// What a route does with the hold when its upstream failed (connect error or 5xx): `void`,
+/// because a customer should not pay for a call that did not work; upstreams whose failures
+/// still cost money say `settle` on their routes.
+pub const DEFAULT_UPSTREAM_ERROR_POLICY: UpstreamErrorPolicy = UpstreamErrorPolicy::Void;
+
+/// The header carrying the API key: `authorization`, where HTTP clients and SDKs already put
+/// credentials (and which proxies and logs already treat as secret).
+pub const DEFAULT_IDENTITY_HEADER: &str = "authorization";
+
+/// The scheme before the key when the header is [`DEFAULT_IDENTITY_HEADER`]: `Bearer`, what
+/// OpenAI-style SDKs send (`Authorization: Bearer <key>`). Other headers default to no scheme,
+/// since custom key headers (`x-api-key`) carry the key alone.
+pub const DEFAULT_IDENTITY_SCHEME: &str = "Bearer";
+
+/// The header the gateway sets towards the upstream with the identified customer id:
+/// `x-creditgate-customer`, a name no client library sends by itself, so a copy sent by a
+/// client is clearly forged (and stripped).
+pub const DEFAULT_CUSTOMER_HEADER: &str = "x-creditgate-customer";
+
+/// Client-supplied identity headers removed before proxying: `x-customer-id` (a common name
+/// upstreams trust) and [`DEFAULT_CUSTOMER_HEADER`], so a client cannot pose as another
+/// customer towards the upstream.
+pub const DEFAULT_STRIP_HEADERS: &[&str] = &["x-customer-id", DEFAULT_CUSTOMER_HEADER];
+
+/// The longest API key label in bytes: 128; labels end up in logs.
+pub const MAX_API_KEY_NAME_LEN: usize = 128;
+
+/// The longest `top_up_url` in bytes: 2 048, the length browsers and proxies reliably accept;
+/// it is sent in every 402 body.
+pub const MAX_URL_LEN: usize = 2_048;
+
+/// The burn priority of an embedded grant that does not set one: 100, the middle of the
+/// usual range, so grants written later can burn before (lower) or after (higher) it.
+pub const DEFAULT_GRANT_PRIORITY: u32 = 100;
+
+/// The highest grant priority: 1 000 000, the limit the store's grant script accepts.
+pub const MAX_GRANT_PRIORITY: u32 = 1_000_000;
+
+/// The longest `expires_in_s` of an embedded grant: 10 years. A longer life is "never" in
+/// practice (leave the field out), and it keeps the expiry time in milliseconds far below
+/// [`MAX_AMOUNT`], the largest number the store keeps exact.
+pub const MAX_GRANT_EXPIRES_IN_S: u64 = 10 * 365 * 86_400;

@@ -73,6 +73,28 @@ impl Unmatched {
     }
 }
 
+/// What the gateway does with a request's hold when the upstream failed: it could not be
+/// reached, or it answered a 5xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamErrorPolicy {
+    /// Release the hold: the customer pays nothing for a failed call.
+    Void,
+    /// Settle the hold anyway, for upstreams whose failures still cost (a generation that ran
+    /// before the error).
+    Settle,
+}
+
+impl UpstreamErrorPolicy {
+    /// The name used in the file, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorPolicy::Void => "void",
+            UpstreamErrorPolicy::Settle => "settle",
+        }
+    }
+}
+
 /// The `[defaults]` table with every default applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Defaults {
@@ -180,6 +202,93 @@ pub struct Upstream {
     pub connect_timeout_ms: u64,
     /// Timeout between two reads from the upstream, in milliseconds.
     pub read_timeout_ms: u64,
+}
+
+/// How the gateway identifies the customer of a request (`[identity]`, defaults applied).
+///
+/// Header names are lower case. The gateway reads the customer id from
+/// `trusted_customer_header` when that is set and present; otherwise it takes the API key
+/// from `header` (see [`Identity::key_in`]) and looks its SHA-256 up. Before proxying it
+/// removes every header in `strip_headers` and sets `customer_header` to the identified
+/// customer id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The request header carrying the API key, e.g. `authorization`.
+    pub header: String,
+    /// The prefix before the key (`Bearer`), compared case-insensitively and followed by one
+    /// space; `None` when the header carries the key alone.
+    pub scheme: Option<String>,
+    /// A header set by an authenticating layer in front of the gateway whose value is taken
+    /// as the customer id without any key lookup. `None` (the default): never trusted.
+    pub trusted_customer_header: Option<String>,
+    /// The header the gateway sets towards the upstream with the identified customer id.
+    pub customer_header: String,
+    /// Client-supplied identity headers removed before proxying, in file order without
+    /// duplicates; always includes `customer_header`, so a client can never send it.
+    pub strip_headers: Vec<String>,
+}
+
+impl Identity {
+    /// The API key in a value of the `header` header: the whole value without a scheme, else
+    /// what follows `scheme` (any case) and one space. `None` when the scheme does not match
+    /// or the key is empty. Does not allocate, so the gateway may call it per request.
+    ///
+    /// ```
+    /// # let config = creditgate_config::PricingConfig::from_toml_str("", "p.toml").unwrap();
+    /// let identity = config.identity(); // the default: `authorization: Bearer <key>`
+    /// assert_eq!(identity.key_in("bearer demo-key"), Some("demo-key"));
+    /// assert_eq!(identity.key_in("Basic ZGVtbw=="), None);
+    /// assert_eq!(identity.key_in("demo-key"), None);
+    /// ```
+    pub fn key_in<'v>(&self, value: &'v str) -> Option<&'v str> {
+        let key = match &self.scheme {
+            None => value,
+            Some(scheme) => {
+                let prefix = value.get(..scheme.len())?;
+                if !prefix.eq_ignore_ascii_case(scheme) {
+                    return None;
+                }
+                value[scheme.len()..].strip_prefix(' ')?
+            }
+        };
+        (!key.is_empty()).then_some(key)
+    }
+}
+
+/// One API key of `[[api_keys]]`, found by the SHA-256 of its plaintext
+/// ([`crate::PricingConfig::customer_for_key_hash`]). The plaintext is never in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// The customer the key identifies; customers not under `[customers]` use
+    /// `default_plan`.
+    pub customer: String,
+    /// A label for logs (never the key itself).
+    pub name: Option<String>,
+}
+
+/// `[billing]`: what the gateway tells a customer who ran out of credits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Billing {
+    /// Where to buy credits (`http://` or `https://`), included in the 402 body.
+    pub top_up_url: Option<String>,
+}
+
+/// Credits the gateway grants at start-up when it runs on its embedded in-process store (the
+/// quickstart, no Redis). Ignored with Redis: production grants come from the sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedGrant {
+    /// The grant's unique id; applying it twice grants once.
+    pub grant_id: String,
+    /// The customer receiving the credits.
+    pub customer: String,
+    /// The credit type granted (defined under `[credit_types]`).
+    pub credit_type: String,
+    /// The amount, in the credit type's smallest unit (1 to `MAX_AMOUNT`).
+    pub amount: u64,
+    /// Burn priority: lower values burn first.
+    pub priority: u32,
+    /// Seconds after start-up when the unused rest expires; `None`: never.
+    pub expires_in_s: Option<u64>,
 }
 
 /// The HTTP method a route matches.

@@ -7,7 +7,7 @@
 //! best match found so far. A trie node sits at a fixed depth and so pairs with exactly one
 //! path segment: a lookup visits each node at most once, whatever the request path.
 
-use crate::model::{FailurePolicy, Feature, Method, Mode};
+use crate::model::{FailurePolicy, Feature, Method, Mode, UpstreamErrorPolicy};
 use crate::pattern::{PathPattern, Segment};
 
 /// A validated route: which requests it matches and how they are priced and forwarded.
@@ -31,6 +31,9 @@ pub struct Route {
     pub store_timeout_ms: u64,
     /// The upstream requests are forwarded to.
     pub upstream: String,
+    /// What to do with the hold when the upstream failed (connect error or 5xx), with the
+    /// default applied.
+    pub on_upstream_error: UpstreamErrorPolicy,
 }
 
 impl Route {
@@ -292,6 +295,7 @@ mod tests {
             failure_policy: FailurePolicy::FailClosed,
             store_timeout_ms: 50,
             upstream: "default".into(),
+            on_upstream_error: UpstreamErrorPolicy::Void,
         }
     }
 

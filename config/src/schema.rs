@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use toml::Spanned;
 
-use crate::model::{FailurePolicy, Mode, Unmatched};
+use crate::model::{FailurePolicy, Mode, Unmatched, UpstreamErrorPolicy};
 
 /// A name with the span where it was written.
 pub(crate) type Name = Spanned<String>;
@@ -36,6 +36,12 @@ pub(crate) struct ConfigFile {
     pub customers: BTreeMap<Name, CustomerFile>,
     #[serde(default)]
     pub upstreams: BTreeMap<Name, UpstreamFile>,
+    pub identity: Option<IdentityFile>,
+    #[serde(default)]
+    pub api_keys: Vec<Spanned<ApiKeyFile>>,
+    pub billing: Option<BillingFile>,
+    #[serde(default)]
+    pub embedded_grants: Vec<Spanned<EmbeddedGrantFile>>,
 }
 
 /// `[defaults]`.
@@ -95,6 +101,7 @@ pub(crate) struct RouteFile {
     pub failure_policy: Option<FailurePolicy>,
     pub store_timeout_ms: Option<Spanned<i64>>,
     pub upstream: Option<Name>,
+    pub on_upstream_error: Option<UpstreamErrorPolicy>,
 }
 
 /// `[plans.<name>]`.
@@ -127,6 +134,45 @@ pub(crate) struct UpstreamFile {
     pub sni: Option<Spanned<String>>,
     pub connect_timeout_ms: Option<Spanned<i64>>,
     pub read_timeout_ms: Option<Spanned<i64>>,
+}
+
+/// `[identity]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IdentityFile {
+    pub header: Option<Spanned<String>>,
+    pub scheme: Option<Spanned<String>>,
+    pub trusted_customer_header: Option<Spanned<String>>,
+    pub customer_header: Option<Spanned<String>>,
+    pub strip_headers: Option<Vec<Spanned<String>>>,
+}
+
+/// `[[api_keys]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiKeyFile {
+    pub customer: Name,
+    pub sha256: Spanned<String>,
+    pub name: Option<Spanned<String>>,
+}
+
+/// `[billing]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BillingFile {
+    pub top_up_url: Option<Spanned<String>>,
+}
+
+/// `[[embedded_grants]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EmbeddedGrantFile {
+    pub grant_id: Name,
+    pub customer: Name,
+    pub credit_type: Name,
+    pub amount: Spanned<i64>,
+    pub priority: Option<Spanned<i64>>,
+    pub expires_in_s: Option<Spanned<i64>>,
 }
 
 /// `overdraft = 5000` (every credit type) or `overdraft = { ai = 5000, api = 20 }`.

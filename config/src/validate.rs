@@ -13,20 +13,24 @@ use toml::Spanned;
 use crate::cost::{CostRule, UnitSource};
 use crate::error::{ConfigError, LineIndex};
 use crate::limits::{
-    DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_FAILURE_POLICY, DEFAULT_HOLD_TTL_MS, DEFAULT_MODE,
-    DEFAULT_OVERDRAFT, DEFAULT_READ_TIMEOUT_MS, DEFAULT_STORE_TIMEOUT_MS, DEFAULT_UNMATCHED,
-    MAX_AMOUNT, MAX_CONNECT_TIMEOUT_MS, MAX_HOLD_TTL_MS, MAX_HOST_LEN, MAX_IDENTIFIER_LEN,
-    MAX_READ_TIMEOUT_MS, MAX_ROUTE_NAME_LEN, MAX_ROUTES, MAX_SCALE, MAX_STORE_TIMEOUT_MS,
-    MIN_HOLD_TTL_MS,
+    DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_CUSTOMER_HEADER, DEFAULT_FAILURE_POLICY,
+    DEFAULT_GRANT_PRIORITY, DEFAULT_HOLD_TTL_MS, DEFAULT_IDENTITY_HEADER, DEFAULT_IDENTITY_SCHEME,
+    DEFAULT_MODE, DEFAULT_OVERDRAFT, DEFAULT_READ_TIMEOUT_MS, DEFAULT_STORE_TIMEOUT_MS,
+    DEFAULT_STRIP_HEADERS, DEFAULT_UNMATCHED, DEFAULT_UPSTREAM_ERROR_POLICY, MAX_AMOUNT,
+    MAX_API_KEY_NAME_LEN, MAX_CONNECT_TIMEOUT_MS, MAX_GRANT_EXPIRES_IN_S, MAX_GRANT_PRIORITY,
+    MAX_HOLD_TTL_MS, MAX_HOST_LEN, MAX_IDENTIFIER_LEN, MAX_READ_TIMEOUT_MS, MAX_ROUTE_NAME_LEN,
+    MAX_ROUTES, MAX_SCALE, MAX_STORE_TIMEOUT_MS, MAX_URL_LEN, MIN_HOLD_TTL_MS,
 };
 use crate::model::{
-    CreditType, Customer, Defaults, Feature, Method, Overdraft, Plan, Unmatched, Upstream,
+    ApiKey, Billing, CreditType, Customer, Defaults, EmbeddedGrant, Feature, Identity, Method,
+    Overdraft, Plan, Unmatched, Upstream,
 };
 use crate::pattern::PathPattern;
 use crate::route_table::Route;
 use crate::schema::{
-    ConfigFile, CostFile, CreditTypeFile, CustomerFile, DefaultsFile, FeatureFile, Name,
-    OverdraftFile, PlanFile, RouteFile, UpstreamFile,
+    ApiKeyFile, BillingFile, ConfigFile, CostFile, CreditTypeFile, CustomerFile, DefaultsFile,
+    EmbeddedGrantFile, FeatureFile, IdentityFile, Name, OverdraftFile, PlanFile, RouteFile,
+    UpstreamFile,
 };
 
 /// The name of the upstream used by routes without `upstream` and by `pass_through`.
@@ -45,6 +49,10 @@ pub(crate) struct Validated {
     pub customers: BTreeMap<String, Customer>,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
+    pub identity: Identity,
+    pub api_keys: HashMap<[u8; 32], ApiKey>,
+    pub billing: Billing,
+    pub embedded_grants: Vec<EmbeddedGrant>,
 }
 
 /// Validates a parsed file; `text` is the file's text (for line numbers) and `file` its name.
@@ -109,6 +117,10 @@ impl Checker<'_> {
             plans,
             customers,
             upstreams,
+            identity,
+            api_keys,
+            billing,
+            embedded_grants,
         } = config;
         let declared = Declared {
             credit_types: credit_types
@@ -138,6 +150,10 @@ impl Checker<'_> {
                 .then(|| name.into_inner())
         });
         let routes = self.routes(routes, &defaults, &declared, &features, &upstreams);
+        let identity = self.identity(identity.unwrap_or_default());
+        let api_keys = self.api_keys(api_keys);
+        let billing = self.billing(billing.unwrap_or_default());
+        let embedded_grants = self.embedded_grants(embedded_grants, &declared, &credit_types);
 
         if defaults.unmatched == Unmatched::PassThrough
             && !declared.upstreams.contains(DEFAULT_UPSTREAM)
@@ -177,6 +193,10 @@ impl Checker<'_> {
             customers,
             upstreams,
             routes,
+            identity,
+            api_keys,
+            billing,
+            embedded_grants,
         }
     }
 
@@ -508,6 +528,7 @@ impl Checker<'_> {
             failure_policy,
             store_timeout_ms,
             upstream,
+            on_upstream_error,
         } = route;
         let mut ok = true;
         let method = Method::parse(method.get_ref()).or_else(|| {
@@ -621,6 +642,7 @@ impl Checker<'_> {
             failure_policy: failure_policy.unwrap_or(defaults.failure_policy),
             store_timeout_ms,
             upstream,
+            on_upstream_error: on_upstream_error.unwrap_or(DEFAULT_UPSTREAM_ERROR_POLICY),
         })
     }
 
@@ -689,6 +711,288 @@ impl Checker<'_> {
                 }
             }
         }
+    }
+
+    fn identity(&mut self, identity: IdentityFile) -> Identity {
+        let IdentityFile {
+            header,
+            scheme,
+            trusted_customer_header,
+            customer_header,
+            strip_headers,
+        } = identity;
+        let header_span = header.as_ref().map(Spanned::span);
+        let header = match header {
+            None => DEFAULT_IDENTITY_HEADER.to_owned(),
+            Some(header) => self
+                .http_header_name("identity.header", &header)
+                .unwrap_or_default(),
+        };
+        let scheme = match scheme {
+            None => (header == DEFAULT_IDENTITY_HEADER).then(|| DEFAULT_IDENTITY_SCHEME.to_owned()),
+            Some(scheme) if scheme.get_ref().is_empty() => None,
+            Some(scheme) if is_http_token(scheme.get_ref()) => Some(scheme.into_inner()),
+            Some(scheme) => {
+                self.report(
+                    "identity.scheme",
+                    Some(scheme.span()),
+                    format!(
+                        "{:?} is not a valid scheme: write the word before the key without \
+                         spaces (e.g. \"Bearer\"), or \"\" when the header carries the key alone",
+                        scheme.get_ref()
+                    ),
+                );
+                None
+            }
+        };
+        let trusted_span = trusted_customer_header.as_ref().map(Spanned::span);
+        let trusted_customer_header = trusted_customer_header.and_then(|trusted| {
+            self.http_header_name("identity.trusted_customer_header", &trusted)
+        });
+        let customer_span = customer_header.as_ref().map(Spanned::span);
+        let customer_header = match customer_header {
+            None => DEFAULT_CUSTOMER_HEADER.to_owned(),
+            Some(customer_header) => self
+                .http_header_name("identity.customer_header", &customer_header)
+                .unwrap_or_default(),
+        };
+        if !header.is_empty() && customer_header == header {
+            self.report(
+                "identity.customer_header",
+                customer_span.or(header_span),
+                format!(
+                    "{customer_header:?} is also identity.header: the gateway sets this header \
+                     towards the upstream and would replace the API key with the customer id"
+                ),
+            );
+        }
+        if let Some(trusted) = &trusted_customer_header
+            && !customer_header.is_empty()
+            && *trusted == customer_header
+        {
+            self.report(
+                "identity.trusted_customer_header",
+                trusted_span,
+                format!(
+                    "{trusted:?} is also identity.customer_header, which the gateway strips \
+                     from client requests and sets itself; let the auth layer in front use \
+                     another header"
+                ),
+            );
+        }
+        let mut strip: Vec<String> = Vec::new();
+        match strip_headers {
+            None => strip.extend(DEFAULT_STRIP_HEADERS.iter().map(|name| (*name).to_owned())),
+            Some(names) => {
+                for (index, written) in names.iter().enumerate() {
+                    let field = format!("identity.strip_headers[{index}]");
+                    let Some(name) = self.http_header_name(&field, written) else {
+                        continue;
+                    };
+                    if let Some(first) = strip.iter().position(|seen| *seen == name) {
+                        self.report(
+                            field,
+                            Some(written.span()),
+                            format!("{name:?} is already listed at strip_headers[{first}]"),
+                        );
+                    }
+                    strip.push(name);
+                }
+            }
+        }
+        if !strip.contains(&customer_header) {
+            strip.push(customer_header.clone());
+        }
+        Identity {
+            header,
+            scheme,
+            trusted_customer_header,
+            customer_header,
+            strip_headers: strip,
+        }
+    }
+
+    fn api_keys(&mut self, keys: Vec<Spanned<ApiKeyFile>>) -> HashMap<[u8; 32], ApiKey> {
+        let mut valid = HashMap::new();
+        // hash -> (index, line) of its first appearance
+        let mut seen: HashMap<[u8; 32], (usize, u32)> = HashMap::new();
+        for (index, api_key) in keys.into_iter().enumerate() {
+            let path = format!("api_keys[{index}]");
+            let ApiKeyFile {
+                customer,
+                sha256,
+                name,
+            } = api_key.into_inner();
+            let mut ok = self.identifier(&format!("{path}.customer"), &customer, "customer id");
+            // The value is never echoed: a mistaken entry may be the plaintext key.
+            let hash = match parse_sha256(sha256.get_ref()) {
+                Ok(hash) => Some(hash),
+                Err(problem) => {
+                    self.report(
+                        format!("{path}.sha256"),
+                        Some(sha256.span()),
+                        format!(
+                            "must be the SHA-256 of the key as 64 lower-case hex digits \
+                             (printf %s 'KEY' | sha256sum), but {problem}; never write the key \
+                             itself"
+                        ),
+                    );
+                    None
+                }
+            };
+            let name = name.and_then(|name| {
+                let text = name.get_ref();
+                if text.trim().is_empty()
+                    || text.len() > MAX_API_KEY_NAME_LEN
+                    || text.contains(char::is_control)
+                {
+                    ok = false;
+                    self.report(
+                        format!("{path}.name"),
+                        Some(name.span()),
+                        format!(
+                            "must be 1 to {MAX_API_KEY_NAME_LEN} bytes of printable text, got \
+                             {text:?}"
+                        ),
+                    );
+                    None
+                } else {
+                    Some(name.into_inner())
+                }
+            });
+            let Some(hash) = hash else { continue };
+            let line = self.lines.line_of(sha256.span().start);
+            if let Some(&(first, first_line)) = seen.get(&hash) {
+                self.report(
+                    format!("{path}.sha256"),
+                    Some(sha256.span()),
+                    format!(
+                        "the same hash as api_keys[{first}] (line {first_line}): one key can \
+                         identify only one customer"
+                    ),
+                );
+                continue;
+            }
+            seen.insert(hash, (index, line));
+            if ok {
+                let api_key = ApiKey {
+                    customer: customer.into_inner(),
+                    name,
+                };
+                valid.insert(hash, api_key);
+            }
+        }
+        valid
+    }
+
+    fn billing(&mut self, billing: BillingFile) -> Billing {
+        let BillingFile { top_up_url } = billing;
+        let top_up_url = top_up_url.and_then(|url| match check_url(url.get_ref()) {
+            Ok(()) => Some(url.into_inner()),
+            Err(message) => {
+                self.report("billing.top_up_url", Some(url.span()), message);
+                None
+            }
+        });
+        Billing { top_up_url }
+    }
+
+    fn embedded_grants(
+        &mut self,
+        grants: Vec<Spanned<EmbeddedGrantFile>>,
+        declared: &Declared,
+        credit_types: &BTreeMap<String, CreditType>,
+    ) -> Vec<EmbeddedGrant> {
+        let mut valid = Vec::new();
+        // grant id -> (index, line) of its first appearance
+        let mut seen: HashMap<String, (usize, u32)> = HashMap::new();
+        for (index, grant) in grants.into_iter().enumerate() {
+            let path = format!("embedded_grants[{index}]");
+            let EmbeddedGrantFile {
+                grant_id,
+                customer,
+                credit_type,
+                amount,
+                priority,
+                expires_in_s,
+            } = grant.into_inner();
+            let mut ok = self.identifier(&format!("{path}.grant_id"), &grant_id, "grant id");
+            if let Some(&(first, first_line)) = seen.get(grant_id.get_ref()) {
+                ok = false;
+                self.report(
+                    format!("{path}.grant_id"),
+                    Some(grant_id.span()),
+                    format!(
+                        "grant id {:?} is already used by embedded_grants[{first}] (line \
+                         {first_line}); a grant id is applied once, so this grant would be \
+                         skipped",
+                        grant_id.get_ref()
+                    ),
+                );
+            } else {
+                let line = self.lines.line_of(grant_id.span().start);
+                seen.insert(grant_id.get_ref().clone(), (index, line));
+            }
+            ok &= self.identifier(&format!("{path}.customer"), &customer, "customer id");
+            ok &= self.reference(
+                &format!("{path}.credit_type"),
+                &credit_type,
+                "credit type",
+                &declared.credit_types,
+            );
+            ok &= credit_types.contains_key(credit_type.get_ref());
+            let amount = self.checked_amount(&format!("{path}.amount"), &amount, Positive::Yes);
+            let priority = match priority {
+                None => Some(DEFAULT_GRANT_PRIORITY),
+                Some(priority) => {
+                    let number = *priority.get_ref();
+                    let checked = u32::try_from(number)
+                        .ok()
+                        .filter(|value| *value <= MAX_GRANT_PRIORITY);
+                    if checked.is_none() {
+                        self.report(
+                            format!("{path}.priority"),
+                            Some(priority.span()),
+                            format!("must be between 0 and {MAX_GRANT_PRIORITY}, got {number}"),
+                        );
+                    }
+                    checked
+                }
+            };
+            let expires_in_s = match expires_in_s {
+                None => Some(None),
+                Some(seconds) => {
+                    let number = *seconds.get_ref();
+                    let checked = u64::try_from(number)
+                        .ok()
+                        .filter(|value| (1..=MAX_GRANT_EXPIRES_IN_S).contains(value));
+                    if checked.is_none() {
+                        self.report(
+                            format!("{path}.expires_in_s"),
+                            Some(seconds.span()),
+                            format!(
+                                "must be between 1 and {MAX_GRANT_EXPIRES_IN_S} s (leave it out \
+                                 for credits that never expire), got {number}"
+                            ),
+                        );
+                    }
+                    checked.map(Some)
+                }
+            };
+            if let (true, Some(amount), Some(priority), Some(expires_in_s)) =
+                (ok, amount, priority, expires_in_s)
+            {
+                valid.push(EmbeddedGrant {
+                    grant_id: grant_id.into_inner(),
+                    customer: customer.into_inner(),
+                    credit_type: credit_type.into_inner(),
+                    amount,
+                    priority,
+                    expires_in_s,
+                });
+            }
+        }
+        valid
     }
 
     fn cost_overrides(
@@ -962,17 +1266,17 @@ impl Checker<'_> {
     }
 
     fn header_name(&mut self, path: &str, header: &Spanned<String>) -> Option<String> {
+        self.http_header_name(&format!("{path}.header"), header)
+    }
+
+    /// Checks an HTTP header name (an RFC 9110 token); returns it in lower case.
+    fn http_header_name(&mut self, field: &str, header: &Spanned<String>) -> Option<String> {
         let name = header.get_ref();
-        let valid = !name.is_empty()
-            && name.len() <= MAX_IDENTIFIER_LEN
-            && name
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte));
-        if valid {
+        if is_http_token(name) {
             Some(name.to_ascii_lowercase())
         } else {
             self.report(
-                format!("{path}.header"),
+                field,
                 Some(header.span()),
                 format!("{name:?} is not a valid HTTP header name"),
             );
@@ -1117,6 +1421,54 @@ pub fn is_identifier(name: &str) -> bool {
             .all(|byte| byte.is_ascii_alphanumeric() || b"_.@-".contains(&byte))
 }
 
+/// An RFC 9110 token (header names, authorization schemes) of at most
+/// [`MAX_IDENTIFIER_LEN`] bytes.
+fn is_http_token(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_IDENTIFIER_LEN
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte))
+}
+
+/// Parses 64 lower-case hex digits; the error says what is wrong without repeating the value.
+fn parse_sha256(hex: &str) -> Result<[u8; 32], String> {
+    if hex.len() != 64 {
+        return Err(format!("it has {} characters", hex.chars().count()));
+    }
+    let digit = |byte: u8| match byte {
+        b'0'..=b'9' => Ok(byte - b'0'),
+        b'a'..=b'f' => Ok(byte - b'a' + 10),
+        b'A'..=b'F' => Err("it has upper-case hex digits".to_owned()),
+        _ => Err("it has characters that are not hex digits".to_owned()),
+    };
+    let mut hash = [0u8; 32];
+    for (byte, pair) in hash.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+        *byte = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Ok(hash)
+}
+
+/// Checks an absolute `http://` or `https://` URL shown to customers.
+fn check_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return Err(format!("{url:?} must start with https:// or http://"));
+    };
+    let problem = if url.len() > MAX_URL_LEN {
+        format!("is longer than {MAX_URL_LEN} bytes")
+    } else if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        "contains spaces or control characters".to_owned()
+    } else if rest.split(['/', '?', '#']).next().is_none_or(str::is_empty) {
+        "has no host".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(format!("{url:?} is not a valid URL: it {problem}"))
+}
+
 /// A DNS-style host name (or IPv4 address): labels of letters, digits and `-`.
 fn is_host_name(host: &str) -> bool {
     !host.is_empty()
@@ -1200,6 +1552,41 @@ mod tests {
             "[zz]:1",
         ] {
             assert!(parse_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sha256_needs_64_lower_case_hex_digits() {
+        let hex = "c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c";
+        let hash = parse_sha256(hex).expect("valid");
+        assert_eq!(hash[0], 0xc4);
+        assert_eq!(hash[31], 0x5c);
+        assert!(parse_sha256(&hex[..63]).is_err());
+        assert!(parse_sha256(&hex.to_ascii_uppercase()).is_err());
+        assert!(parse_sha256(&format!("{}g", &hex[..63])).is_err());
+        // A multi-byte character of the right byte length is not hex either.
+        assert!(parse_sha256(&format!("{}é", &hex[..62])).is_err());
+    }
+
+    #[test]
+    fn top_up_urls_are_absolute_http_urls() {
+        for good in [
+            "https://example.com/billing",
+            "http://localhost:3000",
+            "https://pay.example.com?from=402#credits",
+        ] {
+            assert_eq!(check_url(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "example.com",
+            "ftp://example.com",
+            "https://",
+            "https:///billing",
+            "https://exa mple.com",
+            "https://example.com/\n",
+            &format!("https://example.com/{}", "a".repeat(MAX_URL_LEN)),
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
         }
     }
 

@@ -1,7 +1,9 @@
 //! The example configs shipped in `config/examples/` must always validate, and resolve
 //! routes and prices the way their comments say.
 
-use creditgate_config::{CostRule, CostSource, Mode, PricingConfig, RequestValues};
+use creditgate_config::{
+    CostRule, CostSource, EmbeddedGrant, Mode, PricingConfig, RequestValues, UpstreamErrorPolicy,
+};
 
 fn example(name: &str) -> PricingConfig {
     let path = format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -34,10 +36,40 @@ fn quickstart_validates() {
         .match_route("POST", None, "/reports/42")
         .expect("report route");
     assert_eq!(found.feature.name, "report");
-    assert_eq!(found.route.mode, Mode::Shadow);
+    assert_eq!(found.route.mode, Mode::Enforce);
+    assert_eq!(found.route.on_upstream_error, UpstreamErrorPolicy::Void);
     assert_eq!(found.feature.cost.reserve_amount(&NoValues), 5);
     assert!(config.match_route("GET", None, "/admin").is_none());
     assert_eq!(config.content_hash().len(), 40);
+
+    // The identity block is commented out: defaults apply.
+    let identity = config.identity();
+    assert_eq!(identity.header, "authorization");
+    assert_eq!(identity.key_in("Bearer demo-key"), Some("demo-key"));
+
+    // sha256("demo-key"), as the comment in the file says.
+    let demo_key_hash: [u8; 32] = [
+        0xc4, 0x8a, 0x01, 0xf4, 0x9f, 0xd0, 0xf2, 0xcc, 0x40, 0x4b, 0xc3, 0xcb, 0xbc, 0x80, 0xe9,
+        0x14, 0x57, 0xa3, 0xd4, 0x1b, 0xb4, 0x29, 0xa6, 0x95, 0x24, 0x3d, 0xe4, 0xc6, 0x17, 0x94,
+        0x15, 0x5c,
+    ];
+    let key = config.customer_for_key_hash(&demo_key_hash);
+    assert_eq!(key.map(|key| key.customer.as_str()), Some("demo"));
+    assert_eq!(
+        config.billing().top_up_url.as_deref(),
+        Some("https://example.com/billing")
+    );
+    assert_eq!(
+        config.embedded_grants(),
+        [EmbeddedGrant {
+            grant_id: "quickstart-demo".into(),
+            customer: "demo".into(),
+            credit_type: "api".into(),
+            amount: 10,
+            priority: 100,
+            expires_in_s: None,
+        }]
+    );
 }
 
 #[test]
@@ -88,6 +120,16 @@ fn ai_api_validates_and_resolves_prices() {
             .map(|c| c.overdraft),
         Some(50_000_000)
     );
+
+    let images = config.match_route("POST", None, "/v1/images/generations");
+    assert_eq!(
+        images.map(|found| found.route.on_upstream_error),
+        Some(UpstreamErrorPolicy::Settle)
+    );
+    assert_eq!(config.identity().header, "x-api-key");
+    assert_eq!(config.identity().key_in("sk_live_1"), Some("sk_live_1"));
+    assert_eq!(config.api_keys().len(), 0);
+    assert!(config.billing().top_up_url.is_some());
 
     let upstream = &config.upstreams()["default"];
     assert_eq!(upstream.sni.as_deref(), Some("api-backend.internal"));

@@ -32,6 +32,27 @@ const CASES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "bad_api_key_hash",
+        &[
+            r#"bad_api_key_hash.toml:3: api_keys[0].sha256: must be the SHA-256 of the key as 64 lower-case hex digits (printf %s 'KEY' | sha256sum), but it has 8 characters; never write the key itself"#,
+            r#"bad_api_key_hash.toml:7: api_keys[1].sha256: must be the SHA-256 of the key as 64 lower-case hex digits (printf %s 'KEY' | sha256sum), but it has upper-case hex digits; never write the key itself"#,
+            r#"bad_api_key_hash.toml:11: api_keys[2].sha256: must be the SHA-256 of the key as 64 lower-case hex digits (printf %s 'KEY' | sha256sum), but it has characters that are not hex digits; never write the key itself"#,
+            r#"bad_api_key_hash.toml:14: api_keys[3].customer: invalid customer id "acme:corp": use 1 to 128 of A-Z a-z 0-9 _ . @ - (names go into Redis keys)"#,
+            r#"bad_api_key_hash.toml:16: api_keys[3].name: must be 1 to 128 bytes of printable text, got """#,
+        ],
+    ),
+    (
+        "bad_embedded_grant",
+        &[
+            r#"bad_embedded_grant.toml:8: embedded_grants[0].amount: must be greater than 0"#,
+            r#"bad_embedded_grant.toml:9: embedded_grants[0].priority: must be between 0 and 1000000, got -1"#,
+            r#"bad_embedded_grant.toml:10: embedded_grants[0].expires_in_s: must be between 1 and 315360000 s (leave it out for credits that never expire), got 0"#,
+            r#"bad_embedded_grant.toml:13: embedded_grants[1].grant_id: grant id "welcome" is already used by embedded_grants[0] (line 5); a grant id is applied once, so this grant would be skipped"#,
+            r#"bad_embedded_grant.toml:16: embedded_grants[1].amount: 9007199254740992 is above the limit 9007199254740991 (2^53 - 1: amounts must stay exact in the doubles of Redis Lua)"#,
+            r#"bad_embedded_grant.toml:17: embedded_grants[1].priority: must be between 0 and 1000000, got 1000001"#,
+        ],
+    ),
+    (
         "bad_host",
         &[
             r#"bad_host.toml:13: routes[0].host: "https://api.example.com" is not a host name (letters, digits, "." and "-", or an IPv6 address in brackets; no port, no scheme)"#,
@@ -44,6 +65,17 @@ const CASES: &[(&str, &[&str])] = &[
             r#"bad_identifier.toml:7: features."chat completions": invalid feature name "chat completions": use 1 to 128 of A-Z a-z 0-9 _ . @ - (names go into Redis keys)"#,
             r#"bad_identifier.toml:11: plans."pro/2026": invalid plan name "pro/2026": use 1 to 128 of A-Z a-z 0-9 _ . @ - (names go into Redis keys)"#,
             r#"bad_identifier.toml:13: customers."acme|corp": invalid customer id "acme|corp": use 1 to 128 of A-Z a-z 0-9 _ . @ - (names go into Redis keys)"#,
+        ],
+    ),
+    (
+        "bad_identity_header",
+        &[
+            r#"bad_identity_header.toml:2: identity.header: "x api key" is not a valid HTTP header name"#,
+            r#"bad_identity_header.toml:3: identity.scheme: "Bearer token" is not a valid scheme: write the word before the key without spaces (e.g. "Bearer"), or "" when the header carries the key alone"#,
+            r#"bad_identity_header.toml:4: identity.trusted_customer_header: "x-authenticated-customer:" is not a valid HTTP header name"#,
+            r#"bad_identity_header.toml:5: identity.customer_header: "x-creditgate/customer" is not a valid HTTP header name"#,
+            r#"bad_identity_header.toml:6: identity.strip_headers[1]: "x-customer-id" is already listed at strip_headers[0]"#,
+            r#"bad_identity_header.toml:6: identity.strip_headers[2]: "x-tenant id" is not a valid HTTP header name"#,
         ],
     ),
     (
@@ -84,6 +116,24 @@ const CASES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "bad_top_up_url",
+        &[
+            r#"bad_top_up_url.toml:2: billing.top_up_url: "example.com/billing" must start with https:// or http://"#,
+        ],
+    ),
+    (
+        "bad_upstream_error_policy",
+        &[
+            r#"bad_upstream_error_policy.toml:15: routes.on_upstream_error: unknown variant `refund`, expected `void` or `settle`"#,
+        ],
+    ),
+    (
+        "duplicate_api_key",
+        &[
+            r#"duplicate_api_key.toml:8: api_keys[1].sha256: the same hash as api_keys[0] (line 3): one key can identify only one customer"#,
+        ],
+    ),
+    (
         "duplicate_route",
         &[
             r#"duplicate_route.toml:18: routes[1]: duplicate of routes[0] ("GET /v1/chat/{id}", line 13): the same method, host and path"#,
@@ -96,6 +146,12 @@ const CASES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "embedded_grant_unknown_credit_type",
+        &[
+            r#"embedded_grant_unknown_credit_type.toml:7: embedded_grants[0].credit_type: unknown credit type "credits" (known: api)"#,
+        ],
+    ),
+    (
         "estimate_above_max",
         &[
             r#"estimate_above_max.toml:12: features.chat.cost.estimate: 1000 is above max (10); the estimate is reserved up front and may not exceed what a request can cost"#,
@@ -105,6 +161,13 @@ const CASES: &[(&str, &[&str])] = &[
         "hold_ttl_too_short",
         &[
             r#"hold_ttl_too_short.toml:2: defaults.hold_ttl_ms: 20000 ms is shorter than upstreams.default's connect_timeout_ms + read_timeout_ms (31000 ms): a hold could expire while its request still waits for the upstream"#,
+        ],
+    ),
+    (
+        "identity_header_conflict",
+        &[
+            r#"identity_header_conflict.toml:3: identity.trusted_customer_header: "x-api-key" is also identity.customer_header, which the gateway strips from client requests and sets itself; let the auth layer in front use another header"#,
+            r#"identity_header_conflict.toml:4: identity.customer_header: "x-api-key" is also identity.header: the gateway sets this header towards the upstream and would replace the API key with the customer id"#,
         ],
     ),
     (
@@ -251,6 +314,16 @@ fn bad_address() {
 }
 
 #[test]
+fn bad_api_key_hash() {
+    check("bad_api_key_hash");
+}
+
+#[test]
+fn bad_embedded_grant() {
+    check("bad_embedded_grant");
+}
+
+#[test]
 fn bad_host() {
     check("bad_host");
 }
@@ -258,6 +331,11 @@ fn bad_host() {
 #[test]
 fn bad_identifier() {
     check("bad_identifier");
+}
+
+#[test]
+fn bad_identity_header() {
+    check("bad_identity_header");
 }
 
 #[test]
@@ -286,6 +364,21 @@ fn bad_timeouts() {
 }
 
 #[test]
+fn bad_top_up_url() {
+    check("bad_top_up_url");
+}
+
+#[test]
+fn bad_upstream_error_policy() {
+    check("bad_upstream_error_policy");
+}
+
+#[test]
+fn duplicate_api_key() {
+    check("duplicate_api_key");
+}
+
+#[test]
 fn duplicate_route() {
     check("duplicate_route");
 }
@@ -296,6 +389,11 @@ fn duplicate_route_name() {
 }
 
 #[test]
+fn embedded_grant_unknown_credit_type() {
+    check("embedded_grant_unknown_credit_type");
+}
+
+#[test]
 fn estimate_above_max() {
     check("estimate_above_max");
 }
@@ -303,6 +401,11 @@ fn estimate_above_max() {
 #[test]
 fn hold_ttl_too_short() {
     check("hold_ttl_too_short");
+}
+
+#[test]
+fn identity_header_conflict() {
+    check("identity_header_conflict");
 }
 
 #[test]

@@ -2,8 +2,10 @@
 //! resolution order and the summary.
 
 use creditgate_config::{
-    CostRule, CostSource, DEFAULT_HOLD_TTL_MS, DEFAULT_STORE_TIMEOUT_MS, FailurePolicy, Mode,
-    PricingConfig, Unmatched,
+    ApiKey, CostRule, CostSource, DEFAULT_CUSTOMER_HEADER, DEFAULT_GRANT_PRIORITY,
+    DEFAULT_HOLD_TTL_MS, DEFAULT_IDENTITY_HEADER, DEFAULT_IDENTITY_SCHEME,
+    DEFAULT_STORE_TIMEOUT_MS, DEFAULT_STRIP_HEADERS, DEFAULT_UPSTREAM_ERROR_POLICY, EmbeddedGrant,
+    FailurePolicy, Mode, PricingConfig, Unmatched, UpstreamErrorPolicy,
 };
 
 const MINIMAL: &str = r#"
@@ -164,4 +166,181 @@ fn content_hash_is_the_sha1_of_the_text() {
         "da39a3ee5e6b4b0d3255bfef95601890afd80709"
     );
     assert_eq!(config.file_name(), "empty.toml");
+}
+
+#[test]
+fn identity_billing_keys_and_grants_default_to_empty() {
+    let config = PricingConfig::from_toml_str("", "empty.toml").expect("empty is valid");
+    let identity = config.identity();
+    assert_eq!(identity.header, DEFAULT_IDENTITY_HEADER);
+    assert_eq!(identity.scheme.as_deref(), Some(DEFAULT_IDENTITY_SCHEME));
+    assert_eq!(identity.trusted_customer_header, None);
+    assert_eq!(identity.customer_header, DEFAULT_CUSTOMER_HEADER);
+    assert_eq!(identity.strip_headers, DEFAULT_STRIP_HEADERS);
+    assert_eq!(identity.key_in("Bearer demo-key"), Some("demo-key"));
+    assert_eq!(identity.key_in("BEARER demo-key"), Some("demo-key"));
+    assert_eq!(identity.key_in("Bearer "), None);
+    assert_eq!(identity.key_in("Bearer"), None);
+    assert_eq!(identity.key_in("Bearerdemo-key"), None);
+    assert_eq!(identity.key_in("Basic ZGVtbw=="), None);
+    assert_eq!(identity.key_in("Beé"), None);
+    assert_eq!(config.billing().top_up_url, None);
+    assert_eq!(config.api_keys().len(), 0);
+    assert!(config.embedded_grants().is_empty());
+}
+
+#[test]
+fn identity_headers_are_lower_case_and_the_customer_header_is_always_stripped() {
+    let keyed = config(
+        r#"
+[identity]
+header = "X-API-Key"
+trusted_customer_header = "X-Authenticated-Customer"
+customer_header = "X-Tenant"
+strip_headers = ["X-Org-Id"]
+"#,
+    );
+    let identity = keyed.identity();
+    assert_eq!(identity.header, "x-api-key");
+    // Not the authorization header, so no scheme unless one is written.
+    assert_eq!(identity.scheme, None);
+    assert_eq!(identity.key_in("sk_live_1"), Some("sk_live_1"));
+    assert_eq!(identity.key_in(""), None);
+    assert_eq!(
+        identity.trusted_customer_header.as_deref(),
+        Some("x-authenticated-customer")
+    );
+    assert_eq!(identity.customer_header, "x-tenant");
+    assert_eq!(identity.strip_headers, ["x-org-id", "x-tenant"]);
+
+    let bare = config("[identity]\nscheme = \"\"");
+    assert_eq!(bare.identity().header, "authorization");
+    assert_eq!(bare.identity().scheme, None);
+    assert_eq!(bare.identity().key_in("demo-key"), Some("demo-key"));
+
+    let custom = config("[identity]\nheader = \"x-key\"\nscheme = \"Key\"");
+    assert_eq!(custom.identity().key_in("key abc"), Some("abc"));
+}
+
+/// `printf %s 'demo-key' | sha256sum`
+const DEMO_KEY_SHA256: &str = "c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c";
+
+fn hash_of_hex(hex: &str) -> [u8; 32] {
+    let mut hash = [0u8; 32];
+    for (index, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * index..2 * index + 2], 16).expect("hex");
+    }
+    hash
+}
+
+#[test]
+fn api_keys_are_found_by_hash() {
+    let config = config(&format!(
+        r#"
+[[api_keys]]
+customer = "demo"
+sha256 = "{DEMO_KEY_SHA256}"
+name = "demo laptop"
+
+[[api_keys]]
+customer = "acme@corp"
+sha256 = "{}"
+"#,
+        "0".repeat(64)
+    ));
+    let demo = config
+        .customer_for_key_hash(&hash_of_hex(DEMO_KEY_SHA256))
+        .expect("demo key");
+    assert_eq!(
+        *demo,
+        ApiKey {
+            customer: "demo".into(),
+            name: Some("demo laptop".into())
+        }
+    );
+    assert_eq!(
+        config
+            .customer_for_key_hash(&[0; 32])
+            .map(|key| key.customer.as_str()),
+        Some("acme@corp")
+    );
+    assert_eq!(config.customer_for_key_hash(&[1; 32]), None);
+    let mut customers: Vec<&str> = config
+        .api_keys()
+        .map(|(_, key)| key.customer.as_str())
+        .collect();
+    customers.sort_unstable();
+    assert_eq!(customers, ["acme@corp", "demo"]);
+}
+
+#[test]
+fn embedded_grants_keep_file_order_and_defaults() {
+    let config = config(
+        r#"
+[[embedded_grants]]
+grant_id = "welcome"
+customer = "demo"
+credit_type = "api"
+amount = 10
+
+[[embedded_grants]]
+grant_id = "promo-1"
+customer = "demo"
+credit_type = "api"
+amount = 5
+priority = 10
+expires_in_s = 86400
+"#,
+    );
+    assert_eq!(
+        config.embedded_grants(),
+        [
+            EmbeddedGrant {
+                grant_id: "welcome".into(),
+                customer: "demo".into(),
+                credit_type: "api".into(),
+                amount: 10,
+                priority: DEFAULT_GRANT_PRIORITY,
+                expires_in_s: None,
+            },
+            EmbeddedGrant {
+                grant_id: "promo-1".into(),
+                customer: "demo".into(),
+                credit_type: "api".into(),
+                amount: 5,
+                priority: 10,
+                expires_in_s: Some(86_400),
+            },
+        ]
+    );
+}
+
+#[test]
+fn routes_void_holds_on_upstream_errors_unless_told_to_settle() {
+    let config = config(
+        r#"
+[billing]
+top_up_url = "https://example.com/billing"
+
+[[routes]]
+method = "POST"
+path = "/v1/chat"
+feature = "chat"
+
+[[routes]]
+method = "POST"
+path = "/v1/batch"
+feature = "chat"
+on_upstream_error = "settle"
+"#,
+    );
+    let routes = config.route_table().routes();
+    assert_eq!(routes[0].on_upstream_error, DEFAULT_UPSTREAM_ERROR_POLICY);
+    assert_eq!(routes[0].on_upstream_error, UpstreamErrorPolicy::Void);
+    assert_eq!(routes[1].on_upstream_error, UpstreamErrorPolicy::Settle);
+    assert_eq!(UpstreamErrorPolicy::Settle.as_str(), "settle");
+    assert_eq!(
+        config.billing().top_up_url.as_deref(),
+        Some("https://example.com/billing")
+    );
 }

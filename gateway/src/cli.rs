@@ -1,11 +1,27 @@
 //! The gateway's command line: the subcommands and their options, parsed with clap.
 //!
 //! This module only describes the command line; it must not load files or start services.
-//! The proxy itself will become the default `run` subcommand.
+//! Options take their value from the command line, then the environment, then the typed
+//! defaults below.
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+/// Where the proxy listens when not told: loopback, so a quickstart never exposes itself.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
+
+/// Where the admin listener (metrics, health) listens when not told: loopback, port 9090,
+/// the usual Prometheus scrape port, kept apart from the proxy listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+
+/// Seconds between SIGTERM and closing the listeners: long enough for a load balancer to
+/// notice the failing readiness check and stop sending new requests.
+pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 5;
+
+/// Seconds in-flight requests get to finish (and settle their holds) after the listeners
+/// close; a hold left pending past this expires at its deadline and returns its credits.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_S: u64 = 30;
 
 /// The creditgate gateway: prepaid credit enforcement at the API edge.
 #[derive(Debug, Parser)]
@@ -19,6 +35,8 @@ pub struct Cli {
 /// The gateway's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Runs the gateway: the proxy listener and the admin listener.
+    Run(RunArgs),
     /// Validates a pricing config file and reports every problem at once.
     ///
     /// Prints `ok: FILE: <summary>` and exits 0 for a good file; prints every error as
@@ -28,4 +46,46 @@ pub enum Command {
         /// The pricing config file (TOML) to check.
         file: PathBuf,
     },
+}
+
+/// Options of `creditgate-gateway run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The pricing config file (TOML).
+    #[arg(long, env = "CREDITGATE_CONFIG")]
+    pub config: PathBuf,
+    /// Address the proxy listens on.
+    #[arg(long, env = "CREDITGATE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Address the admin listener (`/metrics`, `/healthz`, `/readyz`) listens on.
+    #[arg(long, env = "CREDITGATE_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: String,
+    /// Redis URL of the credit store (`redis://host:port/`). Repeat it, or give a comma
+    /// separated list, with `--redis-cluster`. Without it the gateway runs on its embedded
+    /// in-process store and applies the config's `[[embedded_grants]]`.
+    #[arg(long, env = "CREDITGATE_REDIS_URL", value_delimiter = ',')]
+    pub redis: Vec<String>,
+    /// The Redis URLs are nodes of a Redis Cluster.
+    #[arg(long, env = "CREDITGATE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "CREDITGATE_REDIS_PREFIX", default_value = creditgate_protocol::keys::DEFAULT_PREFIX)]
+    pub redis_prefix: String,
+    /// Number of shards customers are spread over; fixed per deployment, the same for every
+    /// gateway and sidecar.
+    #[arg(long, env = "CREDITGATE_SHARDS", default_value_t = creditgate_protocol::keys::DEFAULT_SHARDS)]
+    pub shards: u32,
+    /// Worker threads of the proxy (default: the number of CPUs).
+    #[arg(long, env = "CREDITGATE_THREADS")]
+    pub threads: Option<usize>,
+    /// Seconds between SIGTERM and closing the listeners.
+    #[arg(long, env = "CREDITGATE_SHUTDOWN_GRACE_S", default_value_t = DEFAULT_SHUTDOWN_GRACE_S)]
+    pub shutdown_grace_s: u64,
+    /// Also serve a demo upstream (a JSON echo) on the address of the config's `default`
+    /// upstream, for trying the gateway with nothing else running.
+    #[arg(long)]
+    pub demo_upstream: bool,
+    /// Seconds in-flight requests get to finish after the listeners close.
+    #[arg(long, env = "CREDITGATE_SHUTDOWN_TIMEOUT_S", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_S)]
+    pub shutdown_timeout_s: u64,
 }

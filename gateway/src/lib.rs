@@ -1,11 +1,20 @@
 //! The creditgate gateway: identifies the customer, prices the route, reserves and settles
 //! credits at the API edge.
 //!
-//! For now it offers the config checker that CI and ops run before a rollout. The binary in
-//! `main.rs` only parses the command line and calls [`run`]; everything here writes to the
-//! streams it is given so tests can drive it without a process.
+//! `run` starts the Pingora proxy ([`proxy::CreditGate`]) and the admin listener;
+//! `check-config` is the config checker CI and ops run before a rollout. The binary in
+//! `main.rs` only parses the command line and calls [`run`].
 
+pub mod admin;
+pub mod breaker;
 pub mod cli;
+pub mod demo;
+pub mod identity;
+pub mod metrics;
+pub mod proxy;
+pub mod responses;
+pub mod server;
+pub mod store_client;
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -26,6 +35,13 @@ pub const EXIT_FAILURE: u8 = 1;
 pub fn run(cli: Cli) -> u8 {
     let Cli { command } = cli;
     match command {
+        Command::Run(args) => match server::run(args) {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                EXIT_FAILURE
+            }
+        },
         Command::CheckConfig { file } => {
             let stdout = io::stdout();
             let stderr = io::stderr();

@@ -103,6 +103,12 @@ impl Keyspace {
         self.shard_key(shard, "grant_expiry")
     }
 
+    /// The string key holding the customer id of an API key, by the hex SHA-256 of the
+    /// key's plaintext. It has no shard tag: it is read alone, never inside a script.
+    pub fn api_key(&self, sha256_hex: &str) -> String {
+        format!("{}:apikey:{}", self.prefix, sha256_hex)
+    }
+
     /// The keys of one customer.
     pub fn customer(&self, customer: &str) -> CustomerKeys {
         let shard = self.shard_of(customer);

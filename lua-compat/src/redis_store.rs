@@ -215,6 +215,26 @@ impl RedisStore {
         Ok(())
     }
 
+    /// The customer id of an API key, by the hex SHA-256 of its plaintext; `None` for an
+    /// unknown key. Keys are written by the sidecar's admin API.
+    pub async fn api_key_customer(&self, sha256_hex: &str) -> Result<Option<String>, StoreError> {
+        let key = self.keyspace.api_key(sha256_hex);
+        let mut conn = self.conn.clone();
+        self.with_timeout("api_key", async {
+            conn.query(redis::cmd("GET").arg(&key)).await
+        })
+        .await
+    }
+
+    /// Checks that Redis answers (`PING`; every primary of a cluster).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = self
+            .with_timeout("ping", async { conn.query(&redis::cmd("PING")).await })
+            .await?;
+        Ok(())
+    }
+
     /// How many times a `NOSCRIPT` reply made this client reload a script.
     pub fn script_reloads(&self) -> u64 {
         self.reloads.load(Ordering::Relaxed)

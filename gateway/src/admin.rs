@@ -1,0 +1,60 @@
+//! The admin listener, apart from the proxy listener: `/metrics` (Prometheus text),
+//! `/healthz` (the process is up) and `/readyz` (a valid config and a reachable store).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::metrics::Metrics;
+use crate::store_client::StoreClient;
+
+/// How long `/readyz` waits for the store to answer, in milliseconds.
+pub const READY_TIMEOUT_MS: u64 = 500;
+
+/// The admin HTTP app.
+pub struct AdminApp {
+    metrics: Arc<Metrics>,
+    store: Arc<StoreClient>,
+}
+
+impl AdminApp {
+    /// An admin app over these metrics and this store.
+    pub fn new(metrics: Arc<Metrics>, store: Arc<StoreClient>) -> Self {
+        Self { metrics, store }
+    }
+}
+
+fn response(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        match session.req_header().uri.path() {
+            "/metrics" => response(200, "text/plain; version=0.0.4", self.metrics.render()),
+            "/healthz" => response(200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                if self.store.ready(READY_TIMEOUT_MS).await {
+                    response(200, "text/plain", b"ready\n".to_vec())
+                } else {
+                    response(503, "text/plain", b"credit store unreachable\n".to_vec())
+                }
+            }
+            _ => response(
+                404,
+                "text/plain",
+                b"not found: try /metrics, /healthz, /readyz\n".to_vec(),
+            ),
+        }
+    }
+}

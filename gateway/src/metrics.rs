@@ -1,0 +1,246 @@
+//! The gateway's Prometheus metrics (`creditgate_*`), registered once and shared by every
+//! request. Recording is lock-free counter arithmetic; nothing here does I/O.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Store latency buckets in seconds: a healthy Redis answers in well under a millisecond;
+/// the top buckets show timeouts (the default store timeout is 50 ms).
+const STORE_LATENCY_BUCKETS_S: [f64; 12] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// What the gateway decided for a request, the `outcome` label of
+/// `creditgate_decisions_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Reserved (or free, or mode off) and proxied.
+    Allowed,
+    /// Refused with 402 in enforce mode.
+    Blocked,
+    /// Shadow mode: proxied although enforce would have refused.
+    WouldBlock,
+    /// The store failed and the route fails open: proxied without a hold.
+    FailOpen,
+    /// The store failed and the route fails closed: refused with 503.
+    FailClosed,
+    /// No or unknown API key: refused with 401.
+    Unauthorized,
+    /// No route matched.
+    Unmatched,
+    /// An `Idempotency-Key` retry of a request already charged: proxied, not charged again.
+    Replayed,
+    /// An `Idempotency-Key` conflict or a retry of a request still in flight: refused.
+    IdempotencyRejected,
+}
+
+impl Outcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Blocked => "blocked",
+            Self::WouldBlock => "would_block",
+            Self::FailOpen => "fail_open",
+            Self::FailClosed => "fail_closed",
+            Self::Unauthorized => "unauthorized",
+            Self::Unmatched => "unmatched",
+            Self::Replayed => "replayed",
+            Self::IdempotencyRejected => "idempotency_rejected",
+        }
+    }
+}
+
+/// Every metric of the gateway.
+pub struct Metrics {
+    registry: Registry,
+    decisions: IntCounterVec,
+    credits_reserved: IntCounterVec,
+    credits_burned: IntCounterVec,
+    credits_returned: IntCounterVec,
+    store_latency: HistogramVec,
+    store_errors: IntCounterVec,
+    holds_in_flight: IntGauge,
+    circuit_open: IntGauge,
+    config_info: IntGaugeVec,
+}
+
+fn must<T>(r: Result<T, prometheus::Error>) -> T {
+    // The metric definitions are constants: a failure here is a programming error found by
+    // the first test that builds the registry.
+    r.expect("metric definitions are valid and registered once")
+}
+
+impl Metrics {
+    /// Builds and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = must(IntCounterVec::new(Opts::new(name, help), labels));
+            must(registry.register(Box::new(c.clone())));
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = must(IntGauge::new(name, help));
+            must(registry.register(Box::new(g.clone())));
+            g
+        };
+        let decisions = counter(
+            "creditgate_decisions_total",
+            "Requests by route and what the gateway decided.",
+            &["route", "outcome"],
+        );
+        let credits_reserved = counter(
+            "creditgate_credits_reserved_total",
+            "Credits placed in holds, in each credit type's smallest unit.",
+            &["credit_type"],
+        );
+        let credits_burned = counter(
+            "creditgate_credits_burned_total",
+            "Credits burned by settled holds, in each credit type's smallest unit.",
+            &["credit_type"],
+        );
+        let credits_returned = counter(
+            "creditgate_credits_returned_total",
+            "Credits returned by settled and voided holds, in each credit type's smallest unit.",
+            &["credit_type"],
+        );
+        let store_latency = must(HistogramVec::new(
+            HistogramOpts::new(
+                "creditgate_store_latency_seconds",
+                "Latency of credit store calls, including failed ones.",
+            )
+            .buckets(STORE_LATENCY_BUCKETS_S.to_vec()),
+            &["op"],
+        ));
+        must(registry.register(Box::new(store_latency.clone())));
+        let store_errors = counter(
+            "creditgate_store_errors_total",
+            "Failed credit store calls by operation and kind (timeout, unavailable, protocol, circuit_open).",
+            &["op", "kind"],
+        );
+        let holds_in_flight = gauge(
+            "creditgate_holds_in_flight",
+            "Holds placed by this gateway and not yet settled or voided.",
+        );
+        let circuit_open = gauge(
+            "creditgate_store_circuit_open",
+            "1 while the store circuit breaker is open and store calls are skipped.",
+        );
+        let config_info = must(IntGaugeVec::new(
+            Opts::new(
+                "creditgate_config_info",
+                "The pricing config in use: 1 for its content hash.",
+            ),
+            &["hash"],
+        ));
+        must(registry.register(Box::new(config_info.clone())));
+        Self {
+            registry,
+            decisions,
+            credits_reserved,
+            credits_burned,
+            credits_returned,
+            store_latency,
+            store_errors,
+            holds_in_flight,
+            circuit_open,
+            config_info,
+        }
+    }
+
+    /// Counts one decision.
+    pub fn decision(&self, route: &str, outcome: Outcome) {
+        self.decisions
+            .with_label_values(&[route, outcome.as_str()])
+            .inc();
+    }
+
+    /// Counts credits placed in a hold.
+    pub fn reserved(&self, credit_type: &str, amount: u64) {
+        self.credits_reserved
+            .with_label_values(&[credit_type])
+            .inc_by(amount);
+    }
+
+    /// Counts credits burned and returned by a settled or voided hold.
+    pub fn resolved(&self, credit_type: &str, burned: u64, returned: u64) {
+        self.credits_burned
+            .with_label_values(&[credit_type])
+            .inc_by(burned);
+        self.credits_returned
+            .with_label_values(&[credit_type])
+            .inc_by(returned);
+    }
+
+    /// Records the latency of one store call, in seconds.
+    pub fn store_latency(&self, op: &str, seconds: f64) {
+        self.store_latency.with_label_values(&[op]).observe(seconds);
+    }
+
+    /// Counts one failed store call.
+    pub fn store_error(&self, op: &str, kind: &str) {
+        self.store_errors.with_label_values(&[op, kind]).inc();
+    }
+
+    /// A hold was placed (`+1`) or resolved (`-1`).
+    pub fn holds_in_flight(&self, delta: i64) {
+        self.holds_in_flight.add(delta);
+    }
+
+    /// Whether the store circuit breaker is open.
+    pub fn circuit_open(&self, open: bool) {
+        self.circuit_open.set(i64::from(open));
+    }
+
+    /// Marks the config in use.
+    pub fn config_in_use(&self, hash: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_documented_names() {
+        let m = Metrics::new();
+        m.decision("GET /search", Outcome::WouldBlock);
+        m.reserved("api", 3);
+        m.resolved("api", 2, 1);
+        m.store_latency("reserve", 0.0004);
+        m.store_error("reserve", "timeout");
+        m.holds_in_flight(1);
+        m.config_in_use("abc");
+        let text = String::from_utf8(m.render()).unwrap();
+        for needle in [
+            "creditgate_decisions_total{outcome=\"would_block\",route=\"GET /search\"} 1",
+            "creditgate_credits_reserved_total{credit_type=\"api\"} 3",
+            "creditgate_credits_burned_total{credit_type=\"api\"} 2",
+            "creditgate_store_errors_total{kind=\"timeout\",op=\"reserve\"} 1",
+            "creditgate_holds_in_flight 1",
+            "creditgate_config_info{hash=\"abc\"} 1",
+            "creditgate_store_latency_seconds_bucket{op=\"reserve\",le=\"0.0005\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}

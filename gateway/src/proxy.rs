@@ -1,0 +1,583 @@
+//! The gateway's one Pingora `ProxyHttp` implementation: identify, match, decide, reserve
+//! in `request_filter`; settle or void in `logging`, which runs for every request.
+//!
+//! Per-request state lives in [`RequestCtx`]; shared state (the swappable pricing config,
+//! the store client, metrics) in [`CreditGate`]. A request is priced by the config version
+//! it started with, even if a new one is swapped in meanwhile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use creditgate_config::{
+    DEFAULT_UPSTREAM, Mode, PricingConfig, RequestValues, Route, Unmatched, UpstreamErrorPolicy,
+    query_param,
+};
+use creditgate_protocol::{
+    DEFAULT_RETAIN_MS, HoldRef, HoldState, ReserveOutcome, ReserveRequest, ResolveOutcome,
+    SettleRequest,
+};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::{HttpPeer, ProxyHttp, Session};
+use pingora::{Error, ErrorType, Result};
+use sha2::{Digest, Sha256};
+use tracing::{debug, warn};
+
+use crate::identity::{Credential, api_key_hash, credential};
+use crate::metrics::{Metrics, Outcome};
+use crate::responses::{
+    HEADER_CHARGED, HEADER_CREDIT_TYPE, HEADER_IDEMPOTENCY_KEY, HEADER_REMAINING,
+    HEADER_REQUEST_ID, Refusal,
+};
+use crate::store_client::{StoreClient, StoreFailure};
+
+/// How many holds one `Idempotency-Key` may use: a retry after a voided or expired attempt
+/// is charged anew under the next hold id, up to this many attempts.
+pub const MAX_IDEMPOTENT_ATTEMPTS: u32 = 5;
+
+/// Shortest timeout for settling or voiding, in milliseconds. Settling happens after the
+/// response went out, so it may wait a little longer than a reservation.
+pub const MIN_SETTLE_TIMEOUT_MS: u64 = 200;
+
+/// Delays before retrying a settle or void that failed, in milliseconds. After the last one
+/// the hold is left to expire at its deadline, which returns its credits: a store outage
+/// can under-charge, never double-charge.
+pub const SETTLE_RETRY_DELAYS_MS: [u64; 3] = [100, 500, 2_000];
+
+/// Route label for requests that matched no route.
+const UNMATCHED_ROUTE: &str = "(unmatched)";
+
+/// The credit-enforcing proxy.
+pub struct CreditGate {
+    config: Arc<ArcSwap<PricingConfig>>,
+    store: Arc<StoreClient>,
+    metrics: Arc<Metrics>,
+}
+
+/// A hold placed for this request, to settle or void in `logging`.
+#[derive(Debug, Clone)]
+pub struct PlacedHold {
+    hold_id: String,
+    customer: String,
+    credit_type: String,
+    amount: u64,
+    overdraft_limit: u64,
+    settle_timeout_ms: u64,
+    on_upstream_error: UpstreamErrorPolicy,
+}
+
+/// What the response headers say about the charge.
+#[derive(Debug, Clone)]
+pub struct Charge {
+    credit_type: String,
+    charged: u64,
+    remaining: Option<i64>,
+}
+
+/// Per-request state.
+#[derive(Debug, Default)]
+pub struct RequestCtx {
+    request_id: String,
+    config: Option<Arc<PricingConfig>>,
+    route: String,
+    upstream: Option<String>,
+    customer: Option<String>,
+    hold: Option<PlacedHold>,
+    charge: Option<Charge>,
+    upstream_status: Option<u16>,
+}
+
+/// The request as cost rules see it.
+struct RequestView<'r>(&'r RequestHeader);
+
+impl RequestValues for RequestView<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.0.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn query(&self, name: &str) -> Option<&str> {
+        self.0.uri.query().and_then(|q| query_param(q, name))
+    }
+}
+
+fn host_of(req: &RequestHeader) -> Option<&str> {
+    let host = req.uri.host().or_else(|| {
+        req.headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+    })?;
+    // Strip a port, but not the colons of a bracketed IPv6 literal.
+    Some(match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    })
+}
+
+/// The hold id for a request: random, or derived from the customer's `Idempotency-Key` so
+/// that a retry finds the first attempt's hold.
+fn base_hold_id(customer: &str, idempotency_key: Option<&str>, request_id: &str) -> String {
+    match idempotency_key {
+        Some(key) => {
+            let digest = Sha256::new()
+                .chain_update(customer.as_bytes())
+                .chain_update([0u8])
+                .chain_update(key.as_bytes())
+                .finalize();
+            format!("idem-{}", &hex::encode(digest)[..40])
+        }
+        None => format!("h-{request_id}"),
+    }
+}
+
+impl CreditGate {
+    /// A gateway on this config, store and metrics.
+    pub fn new(
+        config: Arc<ArcSwap<PricingConfig>>,
+        store: Arc<StoreClient>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            config,
+            store,
+            metrics,
+        }
+    }
+
+    /// The store failed: the route's failure policy decides.
+    fn store_failed(&self, route: &Route, op: &str, failure: &StoreFailure) -> Result<(), Refusal> {
+        warn!(route = %route.name, op, error = %failure, policy = route.failure_policy.as_str(), "credit store call failed");
+        match route.failure_policy {
+            creditgate_config::FailurePolicy::FailOpen => {
+                self.metrics.decision(&route.name, Outcome::FailOpen);
+                Ok(())
+            }
+            creditgate_config::FailurePolicy::FailClosed => {
+                self.metrics.decision(&route.name, Outcome::FailClosed);
+                Err(Refusal::store_unavailable(failure.kind()))
+            }
+        }
+    }
+
+    /// Finds the customer; `Ok(None)` means the store failed and the route fails open.
+    async fn identify(
+        &self,
+        config: &PricingConfig,
+        req: &RequestHeader,
+        route: &Route,
+    ) -> Result<Option<String>, Refusal> {
+        let unauthorized = |message: &str| {
+            self.metrics.decision(&route.name, Outcome::Unauthorized);
+            Refusal::unauthorized(message)
+        };
+        match credential(config.identity(), req) {
+            Credential::TrustedCustomer(customer) => Ok(Some(customer.to_string())),
+            Credential::Missing(message) => Err(unauthorized(&message)),
+            Credential::ApiKey(key) => {
+                let hash = api_key_hash(key);
+                if let Some(found) = config.customer_for_key_hash(&hash) {
+                    return Ok(Some(found.customer.clone()));
+                }
+                match self
+                    .store
+                    .customer_for_key(&hash, route.store_timeout_ms)
+                    .await
+                {
+                    Ok(Some(customer)) => Ok(Some(customer)),
+                    Ok(None) => Err(unauthorized("unknown API key")),
+                    Err(failure) => self.store_failed(route, "api_key", &failure).map(|()| None),
+                }
+            }
+        }
+    }
+
+    /// Everything `request_filter` decides; an `Err` is answered to the client.
+    async fn decide(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        config: &PricingConfig,
+    ) -> Result<(), Refusal> {
+        let req = session.req_header();
+        let method = req.method.as_str();
+        let path = req.uri.path();
+        let Some(found) = config.match_route(method, host_of(req), path) else {
+            self.metrics.decision(UNMATCHED_ROUTE, Outcome::Unmatched);
+            ctx.route = UNMATCHED_ROUTE.to_string();
+            return match config.defaults().unmatched {
+                Unmatched::NotFound => Err(Refusal::no_route(method, path)),
+                Unmatched::PassThrough => {
+                    ctx.upstream = Some(DEFAULT_UPSTREAM.to_string());
+                    Ok(())
+                }
+            };
+        };
+        let route = found.route;
+        ctx.route = route.name.clone();
+        ctx.upstream = Some(route.upstream.clone());
+        if route.mode == Mode::Off {
+            self.metrics.decision(&route.name, Outcome::Allowed);
+            return Ok(());
+        }
+        let Some(customer) = self.identify(config, req, route).await? else {
+            return Ok(());
+        };
+        ctx.customer = Some(customer.clone());
+        let Some(cost) = config.cost_for(&found.feature.name, Some(&customer)) else {
+            // Validation guarantees every route's feature exists; say so loudly if not.
+            warn!(route = %route.name, feature = %found.feature.name, "route feature has no cost");
+            return Err(Refusal::store_unavailable("pricing"));
+        };
+        let credit_type = cost.credit_type.name.clone();
+        let amount = cost.rule.reserve_amount(&RequestView(req));
+        if amount == 0 {
+            self.metrics.decision(&route.name, Outcome::Allowed);
+            ctx.charge = Some(Charge {
+                credit_type,
+                charged: 0,
+                remaining: None,
+            });
+            return Ok(());
+        }
+        let idempotency_key = req
+            .headers
+            .get(HEADER_IDEMPOTENCY_KEY)
+            .and_then(|v| v.to_str().ok());
+        let base = base_hold_id(&customer, idempotency_key, &ctx.request_id);
+        let shadow = route.mode == Mode::Shadow;
+        for attempt in 1..=MAX_IDEMPOTENT_ATTEMPTS {
+            let hold_id = if attempt == 1 {
+                base.clone()
+            } else {
+                format!("{base}.{attempt}")
+            };
+            let request = ReserveRequest {
+                customer: customer.clone(),
+                hold_id: hold_id.clone(),
+                credit_type: credit_type.clone(),
+                amount,
+                ttl_ms: config.defaults().hold_ttl_ms,
+                overdraft_limit: cost.overdraft,
+                force: shadow,
+                request_id: ctx.request_id.clone(),
+                route: route.name.clone(),
+                feature: found.feature.name.clone(),
+                retain_ms: DEFAULT_RETAIN_MS,
+            };
+            let outcome = self
+                .store
+                .call(
+                    "reserve",
+                    route.store_timeout_ms,
+                    self.store.store().reserve(&request),
+                )
+                .await;
+            match outcome {
+                Ok(ReserveOutcome::Placed {
+                    hold,
+                    available_after,
+                    ..
+                }) => {
+                    let decision = if hold.over_limit {
+                        Outcome::WouldBlock
+                    } else {
+                        Outcome::Allowed
+                    };
+                    self.metrics.decision(&route.name, decision);
+                    self.metrics.reserved(&credit_type, amount);
+                    self.metrics.holds_in_flight(1);
+                    debug!(request_id = %ctx.request_id, customer = %customer, route = %route.name,
+                        hold_id = %hold_id, amount, available_after, decision = decision.as_str(), "reserved");
+                    ctx.hold = Some(PlacedHold {
+                        hold_id,
+                        customer: customer.clone(),
+                        credit_type: credit_type.clone(),
+                        amount,
+                        overdraft_limit: cost.overdraft,
+                        settle_timeout_ms: route.store_timeout_ms.max(MIN_SETTLE_TIMEOUT_MS),
+                        on_upstream_error: route.on_upstream_error,
+                    });
+                    ctx.charge = Some(Charge {
+                        credit_type,
+                        charged: amount,
+                        remaining: Some(available_after),
+                    });
+                    return Ok(());
+                }
+                Ok(ReserveOutcome::Replay { state, .. }) if idempotency_key.is_some() => {
+                    match state {
+                        HoldState::Pending => {
+                            self.metrics
+                                .decision(&route.name, Outcome::IdempotencyRejected);
+                            return Err(Refusal::idempotency_in_progress(
+                                "a request with this Idempotency-Key is still in progress",
+                            ));
+                        }
+                        HoldState::Posted => {
+                            self.metrics.decision(&route.name, Outcome::Replayed);
+                            debug!(request_id = %ctx.request_id, customer = %customer, hold_id = %hold_id, "idempotent replay, not charged again");
+                            ctx.charge = Some(Charge {
+                                credit_type,
+                                charged: 0,
+                                remaining: None,
+                            });
+                            return Ok(());
+                        }
+                        // The earlier attempt was voided or expired: charge this one anew.
+                        HoldState::Voided | HoldState::Expired => continue,
+                    }
+                }
+                Ok(ReserveOutcome::Replay { .. } | ReserveOutcome::Conflict { .. }) => {
+                    self.metrics
+                        .decision(&route.name, Outcome::IdempotencyRejected);
+                    return Err(Refusal::idempotency_conflict());
+                }
+                Ok(ReserveOutcome::Insufficient { available, .. }) => {
+                    self.metrics.decision(&route.name, Outcome::Blocked);
+                    debug!(request_id = %ctx.request_id, customer = %customer, route = %route.name,
+                        amount, available, "blocked: insufficient credits");
+                    return Err(Refusal::insufficient(
+                        &credit_type,
+                        amount,
+                        available,
+                        config.billing().top_up_url.as_deref(),
+                    ));
+                }
+                Err(failure) => return self.store_failed(route, "reserve", &failure),
+            }
+        }
+        self.metrics
+            .decision(&route.name, Outcome::IdempotencyRejected);
+        Err(Refusal::idempotency_in_progress(
+            "this Idempotency-Key was retried too many times",
+        ))
+    }
+}
+
+/// Settles or voids a hold once; `Err` when the store call failed.
+async fn resolve_once(
+    store: &StoreClient,
+    metrics: &Metrics,
+    hold: &PlacedHold,
+    void: bool,
+    request_id: &str,
+) -> std::result::Result<(), StoreFailure> {
+    let op = if void { "void" } else { "settle" };
+    let outcome = if void {
+        let r = HoldRef {
+            customer: hold.customer.clone(),
+            hold_id: hold.hold_id.clone(),
+        };
+        store
+            .call(op, hold.settle_timeout_ms, store.store().void(&r))
+            .await?
+    } else {
+        let r = SettleRequest {
+            customer: hold.customer.clone(),
+            hold_id: hold.hold_id.clone(),
+            actual: hold.amount,
+            overdraft_limit: hold.overdraft_limit,
+        };
+        store
+            .call(op, hold.settle_timeout_ms, store.store().settle(&r))
+            .await?
+    };
+    match &outcome {
+        ResolveOutcome::Posted {
+            posted, returned, ..
+        } => metrics.resolved(&hold.credit_type, *posted, *returned),
+        ResolveOutcome::Voided { returned, .. } => {
+            metrics.resolved(&hold.credit_type, 0, *returned)
+        }
+        other => {
+            warn!(request_id, hold_id = %hold.hold_id, outcome = ?other, "hold was already resolved")
+        }
+    }
+    debug!(request_id, hold_id = %hold.hold_id, customer = %hold.customer, op, outcome = ?outcome, "hold resolved");
+    metrics.holds_in_flight(-1);
+    Ok(())
+}
+
+/// Retries a failed settle or void a few times in the background, off the request path.
+/// After the last try the hold is left to expire at its deadline, returning its credits.
+async fn retry_resolve(
+    store: Arc<StoreClient>,
+    metrics: Arc<Metrics>,
+    hold: PlacedHold,
+    void: bool,
+    request_id: String,
+) {
+    for delay in SETTLE_RETRY_DELAYS_MS {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        match resolve_once(&store, &metrics, &hold, void, &request_id).await {
+            Ok(()) => return,
+            Err(failure) => {
+                warn!(request_id, hold_id = %hold.hold_id, error = %failure, "resolving hold failed again")
+            }
+        }
+    }
+    warn!(request_id, hold_id = %hold.hold_id, customer = %hold.customer,
+        "giving up resolving hold; it expires at its deadline and returns its credits");
+    metrics.holds_in_flight(-1);
+}
+
+#[async_trait]
+impl ProxyHttp for CreditGate {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            request_id: uuid::Uuid::new_v4().simple().to_string(),
+            ..RequestCtx::default()
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let config = self.config.load_full();
+        ctx.config = Some(config.clone());
+        match self.decide(session, ctx, &config).await {
+            Ok(()) => Ok(false),
+            Err(refusal) => {
+                refusal.send(session, &ctx.request_id).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let config = ctx
+            .config
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no config for request"))?;
+        let name = ctx.upstream.as_deref().unwrap_or(DEFAULT_UPSTREAM);
+        let upstream = config.upstreams().get(name).ok_or_else(|| {
+            Error::explain(
+                ErrorType::InternalError,
+                format!("route names upstream {name:?}, which is not configured"),
+            )
+        })?;
+        let mut peer = HttpPeer::new(
+            upstream.address.as_str(),
+            upstream.tls,
+            upstream.sni.clone().unwrap_or_default(),
+        );
+        peer.options.connection_timeout = Some(Duration::from_millis(upstream.connect_timeout_ms));
+        peer.options.read_timeout = Some(Duration::from_millis(upstream.read_timeout_ms));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(config) = &ctx.config {
+            let identity = config.identity();
+            for name in &identity.strip_headers {
+                upstream_request.remove_header(name.as_str());
+            }
+            upstream_request.remove_header(identity.customer_header.as_str());
+            if let Some(customer) = &ctx.customer {
+                upstream_request
+                    .insert_header(identity.customer_header.clone(), customer.as_str())?;
+            }
+        }
+        upstream_request.insert_header(HEADER_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if !upstream_response.status.is_informational() {
+            ctx.upstream_status = Some(upstream_response.status.as_u16());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(charge) = &ctx.charge {
+            response.insert_header(HEADER_CHARGED, charge.charged.to_string())?;
+            response.insert_header(HEADER_CREDIT_TYPE, charge.credit_type.as_str())?;
+            if let Some(remaining) = charge.remaining {
+                response.insert_header(HEADER_REMAINING, remaining.to_string())?;
+            }
+        }
+        response.insert_header(HEADER_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map(|r| r.status.as_u16());
+        if let Some(e) = error {
+            warn!(request_id = %ctx.request_id, route = %ctx.route, customer = ?ctx.customer, error = %e, "request failed");
+        }
+        let Some(hold) = ctx.hold.take() else {
+            debug!(request_id = %ctx.request_id, route = %ctx.route, customer = ?ctx.customer, status = ?status, "request done");
+            return;
+        };
+        let void = match ctx.upstream_status {
+            // The upstream never answered (connect error, timeout): nothing to bill.
+            None => true,
+            Some(s) if s >= 500 => hold.on_upstream_error == UpstreamErrorPolicy::Void,
+            Some(_) => false,
+        };
+        if let Err(failure) =
+            resolve_once(&self.store, &self.metrics, &hold, void, &ctx.request_id).await
+        {
+            warn!(request_id = %ctx.request_id, hold_id = %hold.hold_id, error = %failure, "resolving hold failed; retrying in the background");
+            tokio::spawn(retry_resolve(
+                self.store.clone(),
+                self.metrics.clone(),
+                hold,
+                void,
+                ctx.request_id.clone(),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotent_hold_ids_are_per_customer_and_valid_ids() {
+        let a = base_hold_id("acme", Some("k1"), "r1");
+        assert_eq!(
+            a,
+            base_hold_id("acme", Some("k1"), "r2"),
+            "same key, same hold"
+        );
+        assert_ne!(
+            a,
+            base_hold_id("globex", Some("k1"), "r1"),
+            "keys are per customer"
+        );
+        assert!(creditgate_protocol::keys::validate_id("hold_id", &format!("{a}.5")).is_ok());
+        assert_eq!(base_hold_id("acme", None, "r1"), "h-r1");
+    }
+
+    #[test]
+    fn host_drops_the_port() {
+        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
+        req.insert_header("host", "api.example.com:8443").unwrap();
+        assert_eq!(host_of(&req), Some("api.example.com"));
+        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
+        req.insert_header("host", "[::1]").unwrap();
+        assert_eq!(host_of(&req), Some("[::1]"));
+    }
+}

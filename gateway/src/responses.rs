@@ -1,0 +1,120 @@
+//! The gateway's own responses (401, 402, 404, 409, 422, 503): JSON bodies with an error
+//! code a program can branch on and a message a person can read.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use serde_json::{Value, json};
+
+/// Response header: credits charged for this request (for routes settled from the response,
+/// what was reserved up front).
+pub const HEADER_CHARGED: &str = "x-credits-charged";
+/// Response header: credits of the route's type the customer has left after this request.
+pub const HEADER_REMAINING: &str = "x-credits-remaining";
+/// Response header: the credit type charged.
+pub const HEADER_CREDIT_TYPE: &str = "x-credit-type";
+/// Request and response header: the gateway's id of the request, also in every log line.
+pub const HEADER_REQUEST_ID: &str = "x-request-id";
+/// Request header: a client's key that makes a retry neither reserve nor burn again.
+pub const HEADER_IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// A response the gateway answers itself, without the upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: Value,
+}
+
+impl Refusal {
+    /// 401: no usable credential.
+    pub fn unauthorized(message: &str) -> Self {
+        Self {
+            status: 401,
+            body: json!({"error": "unauthorized", "message": message}),
+        }
+    }
+
+    /// 402: not enough credits.
+    pub fn insufficient(
+        credit_type: &str,
+        required: u64,
+        available: i64,
+        top_up_url: Option<&str>,
+    ) -> Self {
+        Self {
+            status: 402,
+            body: json!({
+                "error": "insufficient_credits",
+                "message": format!(
+                    "this request needs {required} {credit_type} credits and {available} are available"
+                ),
+                "credit_type": credit_type,
+                "required": required,
+                "available": available,
+                "top_up_url": top_up_url,
+            }),
+        }
+    }
+
+    /// 404: no route matches and the config says unmatched requests are refused.
+    pub fn no_route(method: &str, path: &str) -> Self {
+        Self {
+            status: 404,
+            body: json!({
+                "error": "no_route",
+                "message": format!("no priced route matches {method} {path}"),
+            }),
+        }
+    }
+
+    /// 409: a request with the same `Idempotency-Key` is still in flight, or was retried
+    /// too often.
+    pub fn idempotency_in_progress(message: &str) -> Self {
+        Self {
+            status: 409,
+            body: json!({"error": "idempotency_key_in_progress", "message": message}),
+        }
+    }
+
+    /// 422: the `Idempotency-Key` was used before for a request with another price.
+    pub fn idempotency_conflict() -> Self {
+        Self {
+            status: 422,
+            body: json!({
+                "error": "idempotency_key_reused",
+                "message": "the Idempotency-Key header was used before for a different request",
+            }),
+        }
+    }
+
+    /// 503: the credit store failed and the route fails closed.
+    pub fn store_unavailable(reason: &str) -> Self {
+        Self {
+            status: 503,
+            body: json!({
+                "error": "credit_store_unavailable",
+                "message": format!("credits cannot be checked right now ({reason}); retry later"),
+            }),
+        }
+    }
+
+    /// Writes the refusal to the client, with the request id in body and header.
+    pub async fn send(self, session: &mut Session, request_id: &str) -> pingora::Result<()> {
+        let mut body = self.body;
+        if let Value::Object(map) = &mut body {
+            map.insert("request_id".into(), Value::String(request_id.to_string()));
+        }
+        let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let mut header = ResponseHeader::build(self.status, Some(4))?;
+        header.insert_header("content-type", "application/json")?;
+        header.insert_header("content-length", bytes.len().to_string())?;
+        header.insert_header(HEADER_REQUEST_ID, request_id)?;
+        header.insert_header("cache-control", "no-store")?;
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session.write_response_body(Some(bytes), true).await
+    }
+}

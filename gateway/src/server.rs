@@ -1,0 +1,192 @@
+//! Assembles and runs the gateway process: loads the config, connects the store, builds
+//! the Pingora server with the proxy and admin services, and runs until a signal.
+//!
+//! SIGTERM is a graceful shutdown: the listeners close after the grace period and
+//! in-flight requests get the shutdown timeout to finish and settle. SIGINT exits at once.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
+use creditgate_config::PricingConfig;
+use creditgate_protocol::{
+    CreditStore, GrantOutcome, GrantRequest, GrantSource, Keyspace, MemoryStore, RedisStore,
+    RedisTarget,
+};
+use pingora::prelude::Server;
+use pingora::server::configuration::ServerConf;
+use pingora::services::listening::Service;
+use tracing::{info, warn};
+
+use crate::admin::AdminApp;
+use crate::cli::RunArgs;
+use crate::demo::DemoUpstream;
+use crate::metrics::Metrics;
+use crate::proxy::CreditGate;
+use crate::store_client::StoreClient;
+
+/// Timeout of the first connection to Redis at start-up, in milliseconds.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+/// Backstop timeout of every Redis call, in milliseconds; routes set their own, shorter
+/// timeouts (`store_timeout_ms`), which apply first.
+pub const REDIS_CALL_TIMEOUT_MS: u64 = 10_000;
+
+fn load_config(args: &RunArgs) -> anyhow::Result<PricingConfig> {
+    PricingConfig::load(&args.config).map_err(|errors| {
+        let lines: Vec<String> = errors.into_iter().map(|e| e.to_string()).collect();
+        anyhow::anyhow!(
+            "{} error(s) in {}:\n{}",
+            lines.len(),
+            args.config.display(),
+            lines.join("\n")
+        )
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Applies the config's `[[embedded_grants]]` to the embedded store.
+async fn apply_embedded_grants(store: &MemoryStore, config: &PricingConfig) -> anyhow::Result<()> {
+    for g in config.embedded_grants() {
+        let request = GrantRequest {
+            customer: g.customer.clone(),
+            grant_id: g.grant_id.clone(),
+            credit_type: g.credit_type.clone(),
+            amount: g.amount,
+            priority: g.priority,
+            expires_at_ms: g.expires_in_s.map(|s| now_ms() + s * 1_000),
+            cost_basis: 0,
+            source: GrantSource::Adjustment,
+            actor: "creditgate-gateway".into(),
+            reason: format!("embedded_grants in {}", config.file_name()),
+        };
+        match store.grant(&request).await? {
+            GrantOutcome::Granted { .. } => {
+                info!(customer = %g.customer, grant_id = %g.grant_id, amount = g.amount, credit_type = %g.credit_type, "embedded grant applied")
+            }
+            other => warn!(grant_id = %g.grant_id, outcome = ?other, "embedded grant not applied"),
+        }
+    }
+    Ok(())
+}
+
+/// Sets up logging: text lines, or JSON with `CREDITGATE_LOG_FORMAT=json`; the level from
+/// `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let result = if std::env::var("CREDITGATE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    // A second initialisation (tests) keeps the first subscriber.
+    let _ = result;
+}
+
+/// Runs the gateway until it is told to stop. Only returns on a start-up error.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging();
+    let config = load_config(&args)?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.config_in_use(config.content_hash());
+
+    // The store's own runtime: Redis connections are driven by tasks on it, whichever
+    // Pingora thread calls them. It lives as long as the process.
+    let store_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("creditgate-store")
+        .enable_all()
+        .build()
+        .context("starting the store runtime")?;
+    let keyspace = Keyspace::new(&args.redis_prefix, args.shards);
+    let store = if args.redis.is_empty() {
+        if args.redis_cluster {
+            bail!("--redis-cluster needs the cluster's node URLs in --redis");
+        }
+        let memory = MemoryStore::new(keyspace);
+        store_runtime.block_on(apply_embedded_grants(&memory, &config))?;
+        info!("running on the embedded in-process credit store (no --redis given)");
+        StoreClient::embedded(Arc::new(memory), metrics.clone())
+    } else {
+        let target = if args.redis_cluster {
+            RedisTarget::Cluster(args.redis.clone())
+        } else if args.redis.len() == 1 {
+            RedisTarget::Single(args.redis[0].clone())
+        } else {
+            bail!("several --redis URLs need --redis-cluster");
+        };
+        let redis = store_runtime
+            .block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_millis(CONNECT_TIMEOUT_MS),
+                    RedisStore::connect(&target, keyspace, REDIS_CALL_TIMEOUT_MS),
+                )
+                .await
+            })
+            .map_err(|_| anyhow::anyhow!("connecting to Redis at {target:?} timed out"))?
+            .with_context(|| format!("connecting to Redis at {target:?}"))?;
+        info!(target = ?target, "connected to the Redis credit store");
+        StoreClient::redis(Arc::new(redis), metrics.clone())
+    };
+    let store = Arc::new(store);
+    info!(config = %args.config.display(), summary = %config.summary(), hash = %config.content_hash(), "pricing config loaded");
+    let demo = if args.demo_upstream {
+        let upstream = config
+            .upstreams()
+            .get(creditgate_config::DEFAULT_UPSTREAM)
+            .context("--demo-upstream needs an upstream named \"default\" in the config")?;
+        let mut demo = Service::new(
+            "creditgate demo upstream".to_string(),
+            DemoUpstream::new(&config.identity().customer_header),
+        );
+        demo.add_tcp(&upstream.address);
+        info!(address = %upstream.address, "serving the demo upstream");
+        Some(demo)
+    } else {
+        None
+    };
+    let config = Arc::new(ArcSwap::from_pointee(config));
+
+    let conf = ServerConf {
+        threads: args.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        grace_period_seconds: Some(args.shutdown_grace_s),
+        graceful_shutdown_timeout_seconds: Some(args.shutdown_timeout_s),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let gateway = CreditGate::new(config, store.clone(), metrics.clone());
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
+    proxy.add_tcp(&args.listen);
+    let mut admin = Service::new(
+        "creditgate admin".to_string(),
+        AdminApp::new(metrics, store),
+    );
+    admin.add_tcp(&args.admin_listen);
+    info!(listen = %args.listen, admin = %args.admin_listen, "gateway starting");
+    server.add_service(proxy);
+    server.add_service(admin);
+    if let Some(demo) = demo {
+        server.add_service(demo);
+    }
+    // Keeps the store runtime alive for the life of the process.
+    let _store_runtime = store_runtime;
+    server.run_forever()
+}

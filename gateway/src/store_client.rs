@@ -1,0 +1,206 @@
+//! The gateway's handle on the credit store: every call goes through the circuit breaker,
+//! a per-route timeout and the store metrics.
+//!
+//! The store itself is either Redis ([`RedisStore`]) or the embedded reference model; the
+//! proxy never cares which. API keys kept in Redis are looked up here too, through a small
+//! cache so a known key costs no round trip.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use creditgate_protocol::{CreditStore, RedisStore, StoreError};
+
+use crate::breaker::CircuitBreaker;
+use crate::metrics::Metrics;
+
+/// How long a key found in Redis is trusted without asking again, in milliseconds: a
+/// revoked key stops working within this time.
+pub const KEY_CACHE_HIT_TTL_MS: u64 = 30_000;
+
+/// How long an unknown key is remembered as unknown, in milliseconds: short, so a key
+/// issued a moment ago works almost at once, yet a flood of bad keys costs few lookups.
+pub const KEY_CACHE_MISS_TTL_MS: u64 = 5_000;
+
+/// Most keys the cache holds; past it the cache is cleared, bounding memory under a flood
+/// of random keys.
+pub const KEY_CACHE_MAX: usize = 100_000;
+
+/// Why a store call did not give an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreFailure {
+    /// The circuit breaker is open; the store was not called.
+    #[error("credit store circuit open")]
+    CircuitOpen,
+    /// The route's store timeout passed.
+    #[error("credit store call timed out after {0} ms")]
+    Timeout(u64),
+    /// The store answered with an error or could not be reached.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl StoreFailure {
+    /// A metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::CircuitOpen => "circuit_open",
+            Self::Timeout(_) => "timeout",
+            Self::Store(e) => e.kind().as_str(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct CachedKey {
+    customer: Option<String>,
+    until: Instant,
+}
+
+/// The credit store with breaker, timeouts and metrics.
+pub struct StoreClient {
+    store: Arc<dyn CreditStore>,
+    redis: Option<Arc<RedisStore>>,
+    breaker: CircuitBreaker,
+    metrics: Arc<Metrics>,
+    keys: RwLock<HashMap<[u8; 32], CachedKey>>,
+}
+
+impl StoreClient {
+    /// A client on Redis.
+    pub fn redis(store: Arc<RedisStore>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store: store.clone(),
+            redis: Some(store),
+            breaker: CircuitBreaker::default(),
+            metrics,
+            keys: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// A client on an in-process store (the embedded default).
+    pub fn embedded(store: Arc<dyn CreditStore>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            redis: None,
+            breaker: CircuitBreaker::default(),
+            metrics,
+            keys: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The store, for calls through [`StoreClient::call`].
+    pub fn store(&self) -> &dyn CreditStore {
+        self.store.as_ref()
+    }
+
+    /// True when running on the embedded store.
+    pub fn is_embedded(&self) -> bool {
+        self.redis.is_none()
+    }
+
+    /// Runs one store call under the breaker and a timeout, recording latency and errors.
+    pub async fn call<T>(
+        &self,
+        op: &'static str,
+        timeout_ms: u64,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreFailure> {
+        if !self.breaker.allow() {
+            self.metrics.store_error(op, "circuit_open");
+            return Err(StoreFailure::CircuitOpen);
+        }
+        let started = Instant::now();
+        let result = tokio::time::timeout(Duration::from_millis(timeout_ms), fut).await;
+        self.metrics
+            .store_latency(op, started.elapsed().as_secs_f64());
+        let failure = match result {
+            Ok(Ok(value)) => {
+                self.breaker.success();
+                self.metrics.circuit_open(false);
+                return Ok(value);
+            }
+            Ok(Err(e)) => {
+                if e.is_retryable() {
+                    self.breaker.failure();
+                }
+                StoreFailure::Store(e)
+            }
+            Err(_) => {
+                self.breaker.failure();
+                StoreFailure::Timeout(timeout_ms)
+            }
+        };
+        self.metrics.store_error(op, failure.kind());
+        self.metrics.circuit_open(self.breaker.is_open());
+        Err(failure)
+    }
+
+    /// The customer of an API key kept in Redis, by the key's SHA-256. `Ok(None)` for an
+    /// unknown key, and always on the embedded store (its keys are in the config). A cached
+    /// answer is used while fresh; when Redis fails, a stale known key still works.
+    pub async fn customer_for_key(
+        &self,
+        hash: &[u8; 32],
+        timeout_ms: u64,
+    ) -> Result<Option<String>, StoreFailure> {
+        let Some(redis) = &self.redis else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        let cached = self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(hash)
+            .cloned();
+        if let Some(c) = &cached
+            && c.until > now
+        {
+            return Ok(c.customer.clone());
+        }
+        let hex = hex::encode(hash);
+        match self
+            .call("api_key", timeout_ms, redis.api_key_customer(&hex))
+            .await
+        {
+            Ok(customer) => {
+                let ttl = if customer.is_some() {
+                    KEY_CACHE_HIT_TTL_MS
+                } else {
+                    KEY_CACHE_MISS_TTL_MS
+                };
+                let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+                if keys.len() >= KEY_CACHE_MAX {
+                    keys.clear();
+                }
+                keys.insert(
+                    *hash,
+                    CachedKey {
+                        customer: customer.clone(),
+                        until: now + Duration::from_millis(ttl),
+                    },
+                );
+                Ok(customer)
+            }
+            Err(failure) => match cached {
+                Some(CachedKey {
+                    customer: Some(customer),
+                    ..
+                }) => Ok(Some(customer)),
+                _ => Err(failure),
+            },
+        }
+    }
+
+    /// Whether the store answers now (for `/readyz`).
+    pub async fn ready(&self, timeout_ms: u64) -> bool {
+        match &self.redis {
+            None => true,
+            Some(redis) => matches!(
+                tokio::time::timeout(Duration::from_millis(timeout_ms), redis.ping()).await,
+                Ok(Ok(()))
+            ),
+        }
+    }
+}
