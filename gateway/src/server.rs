@@ -10,9 +10,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
 use creditgate_config::PricingConfig;
+use creditgate_protocol::sweep::SWEEP_BATCH_MAX;
 use creditgate_protocol::{
     CreditStore, GrantOutcome, GrantRequest, GrantSource, Keyspace, MemoryStore, RedisStore,
-    RedisTarget,
+    RedisTarget, SweepReport, sweep_once,
 };
 use pingora::prelude::Server;
 use pingora::server::configuration::ServerConf;
@@ -77,6 +78,26 @@ async fn apply_embedded_grants(store: &MemoryStore, config: &PricingConfig) -> a
     Ok(())
 }
 
+/// How often the gateway sweeps its embedded store, in milliseconds. On Redis the
+/// sidecar's sweeper does this job.
+pub const EMBEDDED_SWEEP_INTERVAL_MS: u64 = 1_000;
+
+/// Expires due holds and grants of the embedded store, forever, once per interval.
+async fn sweep_embedded(store: Arc<MemoryStore>, keyspace: Keyspace) {
+    let mut tick =
+        tokio::time::interval(std::time::Duration::from_millis(EMBEDDED_SWEEP_INTERVAL_MS));
+    loop {
+        tick.tick().await;
+        match sweep_once(store.as_ref(), &keyspace, now_ms(), SWEEP_BATCH_MAX).await {
+            Ok(report) if report != SweepReport::default() => {
+                info!(?report, "expired holds and grants of the embedded store")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "sweeping the embedded store failed"),
+        }
+    }
+}
+
 /// Sets up logging: text lines, or JSON with `CREDITGATE_LOG_FORMAT=json`; the level from
 /// `RUST_LOG` (default `info`).
 pub fn init_logging() {
@@ -115,10 +136,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         if args.redis_cluster {
             bail!("--redis-cluster needs the cluster's node URLs in --redis");
         }
-        let memory = MemoryStore::new(keyspace);
+        let memory = Arc::new(MemoryStore::new(keyspace.clone()));
         store_runtime.block_on(apply_embedded_grants(&memory, &config))?;
+        store_runtime.spawn(sweep_embedded(memory.clone(), keyspace));
         info!("running on the embedded in-process credit store (no --redis given)");
-        StoreClient::embedded(Arc::new(memory), metrics.clone())
+        StoreClient::embedded(memory, metrics.clone())
     } else {
         let target = if args.redis_cluster {
             RedisTarget::Cluster(args.redis.clone())

@@ -12,6 +12,7 @@ pub mod model;
 pub mod redis_store;
 pub mod scripts;
 pub mod store;
+pub mod sweep;
 pub mod types;
 
 pub use event::{Event, EventBody, Release, RequestContext};
@@ -19,4 +20,5 @@ pub use keys::{Keyspace, MAX_AMOUNT, Shard};
 pub use model::{MemoryStore, Model};
 pub use redis_store::{RedisStore, RedisTarget};
 pub use store::{CreditStore, DueEntry, StoreError, StoreErrorKind};
+pub use sweep::{SweepReport, sweep_once};
 pub use types::*;

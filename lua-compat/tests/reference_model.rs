@@ -531,3 +531,44 @@ fn every_mutation_appends_one_event_with_a_stable_id() {
         .collect();
     assert_eq!(ids, ["grant:g1:added", "hold:h1:placed", "hold:h1:posted"]);
 }
+
+#[tokio::test]
+async fn a_sweep_expires_due_holds_and_grants_on_the_memory_store() {
+    use creditgate_protocol::{CreditStore, MemoryStore, sweep_once};
+    let keyspace = Keyspace::default();
+    let store = MemoryStore::new(keyspace.clone());
+    let now = store.balance("acme").await.unwrap().at_ms;
+    store
+        .grant(
+            &Grant {
+                expires_at_ms: Some(now + 30),
+                ..plain("promo", 50)
+            }
+            .request(),
+        )
+        .await
+        .unwrap();
+    store.grant(&plain("paid", 10).request()).await.unwrap();
+    let mut short = reserve("h1", 20, 0);
+    short.ttl_ms = 10;
+    store.reserve(&short).await.unwrap();
+    store.reserve(&reserve("h2", 5, 0)).await.unwrap();
+    // Nothing is due yet.
+    let report = sweep_once(&store, &keyspace, now, 100).await.unwrap();
+    assert_eq!(report, Default::default());
+    tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    let report = sweep_once(&store, &keyspace, now + 40, 100).await.unwrap();
+    // h1 (20 from promo) returned, then promo's 25 unheld credits expired; h2 holds 5 more.
+    assert_eq!(report.holds_expired, 1);
+    assert_eq!(report.credits_returned, 20);
+    assert_eq!(report.grants_expired, 1);
+    assert_eq!(report.credits_expired, 45);
+    let api = store
+        .balance("acme")
+        .await
+        .unwrap()
+        .of("api")
+        .cloned()
+        .unwrap();
+    assert_eq!((api.available, api.held), (10, 5));
+}
