@@ -93,6 +93,12 @@ impl Keyspace {
         self.shard_key(shard, "events")
     }
 
+    /// A shard's generation marker: set once by the sidecar; its absence means Redis lost
+    /// the shard's data and the sidecar must rebuild it from the ledger.
+    pub fn generation(&self, shard: Shard) -> String {
+        self.shard_key(shard, "generation")
+    }
+
     /// The sorted set of pending holds by deadline (member `customer/hold_id`).
     pub fn deadlines(&self, shard: Shard) -> String {
         self.shard_key(shard, "deadlines")

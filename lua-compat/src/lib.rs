@@ -12,6 +12,7 @@ pub mod model;
 pub mod redis_store;
 pub mod scripts;
 pub mod store;
+pub mod streams;
 pub mod sweep;
 pub mod types;
 
@@ -20,5 +21,6 @@ pub use keys::{Keyspace, MAX_AMOUNT, Shard};
 pub use model::{MemoryStore, Model};
 pub use redis_store::{RedisStore, RedisTarget};
 pub use store::{CreditStore, DueEntry, StoreError, StoreErrorKind};
+pub use streams::{ReadFrom, StreamEntry};
 pub use sweep::{SweepReport, sweep_once};
 pub use types::*;

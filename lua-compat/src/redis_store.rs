@@ -40,13 +40,13 @@ pub enum RedisTarget {
 }
 
 #[derive(Clone)]
-enum Conn {
+pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
 impl Conn {
-    async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, RedisError> {
+    pub(crate) async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, RedisError> {
         match self {
             Conn::Single(c) => cmd.query_async(c).await,
             Conn::Cluster(c) => cmd.query_async(c).await,
@@ -56,7 +56,7 @@ impl Conn {
 
 /// The credit store on Redis.
 pub struct RedisStore {
-    conn: Conn,
+    pub(crate) conn: Conn,
     keyspace: Keyspace,
     timeout: Duration,
     reloads: AtomicU64,
@@ -145,6 +145,18 @@ impl Reply {
     fn draws(&self, i: usize) -> Result<Vec<crate::types::Draw>, StoreError> {
         parse_draws(&self.str(i)?).map_err(|_| self.bad(i, "draws"))
     }
+}
+
+/// Parses one stream entry into an event; the error names what is wrong.
+pub(crate) fn parse_entry(entry: redis::streams::StreamId) -> Result<Event, String> {
+    let fields: Vec<(String, String)> = entry
+        .map
+        .into_iter()
+        .map(|(k, v)| Ok((k, String::from_redis_value(v)?)))
+        .collect::<Result<_, redis::ParsingError>>()
+        .map_err(|e| e.to_string())?;
+    Event::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|e| e.to_string())
 }
 
 fn bad_id(field: &'static str, id: &str) -> Result<(), StoreError> {
@@ -245,7 +257,7 @@ impl RedisStore {
         &self.keyspace
     }
 
-    async fn with_timeout<T>(
+    pub(crate) async fn with_timeout<T>(
         &self,
         op: &'static str,
         fut: impl Future<Output = Result<T, RedisError>>,
@@ -345,22 +357,12 @@ impl RedisStore {
             .ids
             .into_iter()
             .map(|entry| {
-                let fields: Vec<(String, String)> = entry
-                    .map
-                    .iter()
-                    .map(|(k, v)| Ok((k.clone(), String::from_redis_value(v.clone())?)))
-                    .collect::<Result<_, redis::ParsingError>>()
-                    .map_err(|e| StoreError::Protocol {
-                        op,
-                        message: format!("entry {} of {key}: {e}", entry.id),
-                    })?;
-                let event =
-                    Event::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                        .map_err(|e| StoreError::Protocol {
-                            op,
-                            message: format!("entry {} of {key}: {e}", entry.id),
-                        })?;
-                Ok((entry.id, event))
+                let id = entry.id.clone();
+                let event = parse_entry(entry).map_err(|message| StoreError::Protocol {
+                    op,
+                    message: format!("entry {id} of {key}: {message}"),
+                })?;
+                Ok((id, event))
             })
             .collect()
     }
