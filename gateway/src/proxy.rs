@@ -43,7 +43,7 @@ pub const MIN_SETTLE_TIMEOUT_MS: u64 = 200;
 /// Delays before retrying a settle or void that failed, in milliseconds. After the last one
 /// the hold is left to expire at its deadline, which returns its credits: a store outage
 /// can under-charge, never double-charge.
-pub const SETTLE_RETRY_DELAYS_MS: [u64; 3] = [100, 500, 2_000];
+pub const SETTLE_RETRY_DELAYS_MS: [u64; 4] = [100, 500, 2_000, 5_000];
 
 /// Route label for requests that matched no route.
 const UNMATCHED_ROUTE: &str = "(unmatched)";
@@ -65,6 +65,10 @@ pub struct PlacedHold {
     overdraft_limit: u64,
     settle_timeout_ms: u64,
     on_upstream_error: UpstreamErrorPolicy,
+    /// Set when the reserve timed out: the hold may or may not exist (a late run of the
+    /// script places it). Kept so that settling can place it if it never arrived: the
+    /// request is then metered exactly once, by hold id.
+    tentative: Option<ReserveRequest>,
 }
 
 /// What the response headers say about the charge.
@@ -296,6 +300,7 @@ impl CreditGate {
                         overdraft_limit: cost.overdraft,
                         settle_timeout_ms: route.store_timeout_ms.max(MIN_SETTLE_TIMEOUT_MS),
                         on_upstream_error: route.on_upstream_error,
+                        tentative: None,
                     });
                     ctx.charge = Some(Charge {
                         credit_type,
@@ -343,7 +348,40 @@ impl CreditGate {
                         config.billing().top_up_url.as_deref(),
                     ));
                 }
-                Err(failure) => return self.store_failed(route, "reserve", &failure),
+                Err(failure) => {
+                    let decision = self.store_failed(route, "reserve", &failure);
+                    if failure.may_have_run() {
+                        // The script may still run once the store catches up and place the
+                        // hold: settle it after the response if the request goes through
+                        // (metering what was admitted), void it now if it does not.
+                        let hold = PlacedHold {
+                            hold_id: hold_id.clone(),
+                            customer: customer.clone(),
+                            credit_type: credit_type.clone(),
+                            amount,
+                            overdraft_limit: cost.overdraft,
+                            settle_timeout_ms: route.store_timeout_ms.max(MIN_SETTLE_TIMEOUT_MS),
+                            on_upstream_error: route.on_upstream_error,
+                            tentative: Some(ReserveRequest {
+                                force: true,
+                                ..request
+                            }),
+                        };
+                        self.metrics.holds_in_flight(1);
+                        if decision.is_ok() {
+                            ctx.hold = Some(hold);
+                        } else {
+                            tokio::spawn(retry_resolve(
+                                self.store.clone(),
+                                self.metrics.clone(),
+                                hold,
+                                true,
+                                ctx.request_id.clone(),
+                            ));
+                        }
+                    }
+                    return decision;
+                }
             }
         }
         self.metrics
@@ -354,34 +392,58 @@ impl CreditGate {
     }
 }
 
-/// Settles or voids a hold once; `Err` when the store call failed.
+/// Where resolving a hold stands after one try.
+#[derive(Debug, PartialEq, Eq)]
+enum Resolution {
+    /// Settled, voided, or found resolved already: nothing more to do.
+    Done,
+    /// A tentative hold to void is not in the store (yet): its late reserve may still come.
+    NotPlacedYet,
+}
+
+/// Settles or voids a hold once; `Err` when a store call failed.
 async fn resolve_once(
     store: &StoreClient,
     metrics: &Metrics,
     hold: &PlacedHold,
     void: bool,
     request_id: &str,
-) -> std::result::Result<(), StoreFailure> {
+) -> std::result::Result<Resolution, StoreFailure> {
     let op = if void { "void" } else { "settle" };
-    let outcome = if void {
-        let r = HoldRef {
-            customer: hold.customer.clone(),
-            hold_id: hold.hold_id.clone(),
-        };
+    let hold_ref = HoldRef {
+        customer: hold.customer.clone(),
+        hold_id: hold.hold_id.clone(),
+    };
+    let settle = SettleRequest {
+        customer: hold.customer.clone(),
+        hold_id: hold.hold_id.clone(),
+        actual: hold.amount,
+        overdraft_limit: hold.overdraft_limit,
+    };
+    let timeout = hold.settle_timeout_ms;
+    let mut outcome = if void {
         store
-            .call(op, hold.settle_timeout_ms, store.store().void(&r))
+            .call(op, timeout, store.store().void(&hold_ref))
             .await?
     } else {
-        let r = SettleRequest {
-            customer: hold.customer.clone(),
-            hold_id: hold.hold_id.clone(),
-            actual: hold.amount,
-            overdraft_limit: hold.overdraft_limit,
-        };
         store
-            .call(op, hold.settle_timeout_ms, store.store().settle(&r))
+            .call(op, timeout, store.store().settle(&settle))
             .await?
     };
+    if let (ResolveOutcome::Unknown { .. }, Some(reserve)) = (&outcome, &hold.tentative) {
+        if void {
+            return Ok(Resolution::NotPlacedYet);
+        }
+        // The timed-out reserve never arrived: place the hold now and settle it, so the
+        // request admitted while failing open is metered. Should the late reserve still
+        // arrive, it finds this hold and changes nothing.
+        store
+            .call("reserve", timeout, store.store().reserve(reserve))
+            .await?;
+        outcome = store
+            .call(op, timeout, store.store().settle(&settle))
+            .await?;
+    }
     match &outcome {
         ResolveOutcome::Posted {
             posted, returned, ..
@@ -395,11 +457,13 @@ async fn resolve_once(
     }
     debug!(request_id, hold_id = %hold.hold_id, customer = %hold.customer, op, outcome = ?outcome, "hold resolved");
     metrics.holds_in_flight(-1);
-    Ok(())
+    Ok(Resolution::Done)
 }
 
-/// Retries a failed settle or void a few times in the background, off the request path.
-/// After the last try the hold is left to expire at its deadline, returning its credits.
+/// Resolves a hold in the background, off the request path: at once, then after each
+/// retry delay while the store fails (or, voiding a tentative hold, while it is not there
+/// yet). After the last try a hold left pending expires at its deadline and returns its
+/// credits.
 async fn retry_resolve(
     store: Arc<StoreClient>,
     metrics: Arc<Metrics>,
@@ -407,17 +471,21 @@ async fn retry_resolve(
     void: bool,
     request_id: String,
 ) {
-    for delay in SETTLE_RETRY_DELAYS_MS {
+    let delays = std::iter::once(0).chain(SETTLE_RETRY_DELAYS_MS);
+    for delay in delays {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         match resolve_once(&store, &metrics, &hold, void, &request_id).await {
-            Ok(()) => return,
+            Ok(Resolution::Done) => return,
+            Ok(Resolution::NotPlacedYet) => {}
             Err(failure) => {
-                warn!(request_id, hold_id = %hold.hold_id, error = %failure, "resolving hold failed again")
+                warn!(request_id, hold_id = %hold.hold_id, error = %failure, "resolving hold failed")
             }
         }
     }
-    warn!(request_id, hold_id = %hold.hold_id, customer = %hold.customer,
-        "giving up resolving hold; it expires at its deadline and returns its credits");
+    if hold.tentative.is_none() {
+        warn!(request_id, hold_id = %hold.hold_id, customer = %hold.customer,
+            "giving up resolving hold; it expires at its deadline and returns its credits");
+    }
     metrics.holds_in_flight(-1);
 }
 
@@ -535,18 +603,23 @@ impl ProxyHttp for CreditGate {
             Some(s) if s >= 500 => hold.on_upstream_error == UpstreamErrorPolicy::Void,
             Some(_) => false,
         };
-        if let Err(failure) =
-            resolve_once(&self.store, &self.metrics, &hold, void, &ctx.request_id).await
-        {
-            warn!(request_id = %ctx.request_id, hold_id = %hold.hold_id, error = %failure, "resolving hold failed; retrying in the background");
-            tokio::spawn(retry_resolve(
-                self.store.clone(),
-                self.metrics.clone(),
-                hold,
-                void,
-                ctx.request_id.clone(),
-            ));
+        // A tentative hold exists only if its timed-out reserve ran late: resolve it in the
+        // background rather than hold up this connection while the store recovers.
+        if hold.tentative.is_none() {
+            match resolve_once(&self.store, &self.metrics, &hold, void, &ctx.request_id).await {
+                Ok(_) => return,
+                Err(failure) => {
+                    warn!(request_id = %ctx.request_id, hold_id = %hold.hold_id, error = %failure, "resolving hold failed; retrying in the background")
+                }
+            }
         }
+        tokio::spawn(retry_resolve(
+            self.store.clone(),
+            self.metrics.clone(),
+            hold,
+            void,
+            ctx.request_id.clone(),
+        ));
     }
 }
 

@@ -41,6 +41,16 @@ pub enum StoreFailure {
 }
 
 impl StoreFailure {
+    /// Whether the call may have run in the store although no answer came (a timeout): a
+    /// mutation sent may still be applied later.
+    pub fn may_have_run(&self) -> bool {
+        match self {
+            Self::CircuitOpen => false,
+            Self::Timeout(_) => true,
+            Self::Store(e) => e.kind() == creditgate_protocol::StoreErrorKind::Timeout,
+        }
+    }
+
     /// A metrics label.
     pub fn kind(&self) -> &'static str {
         match self {

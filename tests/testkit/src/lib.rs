@@ -9,6 +9,14 @@
 //!   are all assigned and whose nodes all report `cluster_state:ok`.
 //! * [`Postgres`] — a throw-away PostgreSQL instance (initdb into a temp dir,
 //!   trust auth, `fsync=off`) with a database named `creditgate`.
+//! * [`Upstream`] — a fake upstream API (HTTP/1.1, own thread and runtime) that
+//!   counts and records every request and answers with a settable status,
+//!   delay and run of failures.
+//! * [`Gateway`] — the real `creditgate-gateway run` binary on free ports,
+//!   ready once its admin `/readyz` answers 200; [`cargo_bin`] finds the
+//!   workspace binaries next to the test executable.
+//! * [`http_get`] and [`metric_value`] — a runtime-free GET for admin
+//!   endpoints and a reader for Prometheus text, for asserting on metrics.
 //!
 //! All constructors are blocking and can be used from plain `#[test]`s as
 //! well as from `#[tokio::test]`s. Every process is killed (and waited for)
@@ -37,13 +45,24 @@
 //! instead of silently passing.
 
 mod cluster;
+mod gateway;
+mod http;
+mod metrics;
 mod postgres;
 mod redis_server;
+mod upstream;
 mod util;
 
 pub use cluster::RedisCluster;
+pub use gateway::{
+    BIN_DIR_ENV, GATEWAY_BIN, GATEWAY_READY_TIMEOUT, GATEWAY_STOP_TIMEOUT, Gateway, GatewayOptions,
+    cargo_bin, try_cargo_bin,
+};
+pub use http::{HTTP_GET_MAX_BYTES, HttpResponse, http_get};
+pub use metrics::{Sample, metric_value, parse_samples};
 pub use postgres::{PG_BIN_ENV, Postgres};
 pub use redis_server::RedisServer;
+pub use upstream::{RecordedRequest, UPSTREAM_BODY_MAX_BYTES, Upstream};
 pub use util::{free_cluster_port, free_port, require, which};
 
 /// Install hint for the Redis binaries (`redis-server`, `redis-cli`).
