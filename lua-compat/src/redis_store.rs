@@ -22,7 +22,7 @@ use crate::store::{CreditStore, DueEntry, StoreError};
 use crate::types::{
     Balance, GrantExpiryOutcome, GrantOutcome, GrantRef, GrantRequest, GrantState, HoldRecord,
     HoldRef, HoldState, InvalidArgument, PlacedHold, ReserveOutcome, ReserveRequest,
-    ResolveOutcome, SettleRequest, TypeBalance, parse_draws,
+    ResolveOutcome, RestoreOutcome, RestoreState, SettleRequest, TypeBalance, parse_draws,
 };
 
 /// Per-call timeout when the deployment does not choose one: 50 ms is far above a script's
@@ -245,6 +245,57 @@ impl RedisStore {
             .with_timeout("ping", async { conn.query(&redis::cmd("PING")).await })
             .await?;
         Ok(())
+    }
+
+    /// Replaces a customer's grants, balances and applied-grant ids with `state`, unless
+    /// the customer has pending holds. For the sidecar's rebuild from the ledger.
+    pub async fn restore(&self, state: &RestoreState) -> Result<RestoreOutcome, StoreError> {
+        bad_id("customer", &state.customer)?;
+        for g in &state.grants {
+            bad_id("grant_id", &g.grant_id)?;
+            bad_id("credit_type", &g.credit_type)?;
+        }
+        let k = self.keyspace.customer(&state.customer);
+        let mut args = vec![state.customer.clone(), state.grants.len().to_string()];
+        for g in &state.grants {
+            args.extend([
+                g.grant_id.clone(),
+                g.credit_type.clone(),
+                g.remaining.to_string(),
+                g.priority.to_string(),
+                g.expires_at_ms.unwrap_or(0).to_string(),
+                g.cost_basis.to_string(),
+                g.created_ms.to_string(),
+            ]);
+        }
+        args.push(state.debts.len().to_string());
+        for (t, d) in &state.debts {
+            args.extend([t.clone(), d.to_string()]);
+        }
+        args.push(state.applied.len().to_string());
+        for (id, t, amount) in &state.applied {
+            args.extend([id.clone(), t.clone(), amount.to_string()]);
+        }
+        let keys = [
+            &*k.grants,
+            &*k.balance,
+            &*k.applied,
+            &*k.grant_expiry,
+            &*k.deadlines,
+        ];
+        let r = self.eval(&SCRIPTS.restore, &keys, &args).await?;
+        let at_ms = r.uint(1)?;
+        Ok(match r.str(0)?.as_str() {
+            "restored" => RestoreOutcome::Restored {
+                at_ms,
+                grants: r.uint(2)?,
+            },
+            "busy" => RestoreOutcome::Busy {
+                at_ms,
+                pending_holds: r.uint(2)?,
+            },
+            _ => return Err(r.bad(0, "a restore status")),
+        })
     }
 
     /// How many times a `NOSCRIPT` reply made this client reload a script.

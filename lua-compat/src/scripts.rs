@@ -42,11 +42,13 @@ pub struct Scripts {
     pub expire_grant: Script,
     /// Reads a balance.
     pub balance: Script,
+    /// Replaces a customer's state with one rebuilt from the ledger.
+    pub restore: Script,
 }
 
 impl Scripts {
     /// All scripts, for loading.
-    pub fn all(&self) -> [&Script; 7] {
+    pub fn all(&self) -> [&Script; 8] {
         [
             &self.grant,
             &self.reserve,
@@ -55,6 +57,7 @@ impl Scripts {
             &self.expire_hold,
             &self.expire_grant,
             &self.balance,
+            &self.restore,
         ]
     }
 }
@@ -68,4 +71,5 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     expire_hold: Script::new("expire_hold", include_str!("../lua/expire_hold.lua")),
     expire_grant: Script::new("expire_grant", include_str!("../lua/expire_grant.lua")),
     balance: Script::new("balance", include_str!("../lua/balance.lua")),
+    restore: Script::new("restore", include_str!("../lua/restore.lua")),
 });

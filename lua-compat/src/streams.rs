@@ -26,11 +26,12 @@ pub struct StreamEntry {
 
 /// Where a consumer reads from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadFrom {
+pub enum ReadFrom<'a> {
     /// Entries never delivered to any consumer of the group (`>`).
     New,
-    /// This consumer's own entries delivered but not acknowledged (`0`), e.g. after a crash.
-    OwnPending,
+    /// This consumer's own entries delivered but not acknowledged, with ids after this one
+    /// (`"0"` for all), e.g. after a crash.
+    OwnPendingAfter(&'a str),
 }
 
 impl RedisStore {
@@ -64,13 +65,13 @@ impl RedisStore {
         shard: Shard,
         group: &str,
         consumer: &str,
-        from: ReadFrom,
+        from: ReadFrom<'_>,
         count: usize,
     ) -> Result<Vec<StreamEntry>, StoreError> {
         let key = self.keyspace().events(shard);
         let id = match from {
             ReadFrom::New => ">",
-            ReadFrom::OwnPending => "0",
+            ReadFrom::OwnPendingAfter(after) => after,
         };
         let mut conn = self.conn.clone();
         let reply: Option<StreamReadReply> = self

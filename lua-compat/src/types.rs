@@ -650,3 +650,56 @@ mod tests {
         );
     }
 }
+
+/// A customer's state rebuilt from the ledger, for the `restore` script.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreState {
+    /// The customer.
+    pub customer: String,
+    /// Live grants with what remains of each (nothing held: restore refuses while holds
+    /// are pending).
+    pub grants: Vec<RestoredGrant>,
+    /// Overdraft debt per credit type.
+    pub debts: Vec<(String, u64)>,
+    /// Every grant ever applied (id, credit type, amount), so a redelivered grant stays a
+    /// duplicate.
+    pub applied: Vec<(String, String, u64)>,
+}
+
+/// One live grant in a [`RestoreState`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoredGrant {
+    /// The grant.
+    pub grant_id: String,
+    /// Its credit type.
+    pub credit_type: String,
+    /// Credits left.
+    pub remaining: u64,
+    /// Burn priority.
+    pub priority: u32,
+    /// Expiry, if any.
+    pub expires_at_ms: Option<u64>,
+    /// Money paid for it, currency micro-units.
+    pub cost_basis: u64,
+    /// When it was first applied.
+    pub created_ms: u64,
+}
+
+/// The outcome of a restore.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreOutcome {
+    /// The state was replaced.
+    Restored {
+        /// Store time.
+        at_ms: u64,
+        /// Grants written.
+        grants: u64,
+    },
+    /// The customer has pending holds; nothing changed.
+    Busy {
+        /// Store time.
+        at_ms: u64,
+        /// Pending holds found.
+        pending_holds: u64,
+    },
+}

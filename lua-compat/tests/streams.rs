@@ -46,7 +46,7 @@ async fn a_group_reads_acks_claims_and_trims_only_what_is_acknowledged() {
     assert_eq!(first[0].event.as_ref().unwrap().event_id, "grant:g0:added");
     // Not acknowledged: the same consumer sees them again as its own pending entries.
     let pending = store
-        .read_group(shard, "ledger", "a", ReadFrom::OwnPending, 10)
+        .read_group(shard, "ledger", "a", ReadFrom::OwnPendingAfter("0"), 10)
         .await
         .unwrap();
     assert_eq!(pending.len(), 3);
@@ -58,7 +58,7 @@ async fn a_group_reads_acks_claims_and_trims_only_what_is_acknowledged() {
     assert_eq!(claimed.len(), 3);
     assert!(
         store
-            .read_group(shard, "ledger", "a", ReadFrom::OwnPending, 10)
+            .read_group(shard, "ledger", "a", ReadFrom::OwnPendingAfter("0"), 10)
             .await
             .unwrap()
             .is_empty()

@@ -1,0 +1,70 @@
+-- restore: replaces one customer's grants, balances and applied-grant ids with the state
+-- the sidecar rebuilt from its ledger (after Redis lost data, or to repair drift). Refuses
+-- while the customer has pending holds, whose credits the rebuilt state could not account
+-- for. Emits no event: it reconstructs state the ledger already has.
+-- KEYS: 1 grants, 2 balance, 3 applied, 4 grant_expiry, 5 deadlines
+-- ARGV: 1 customer, 2 n_grants, then per grant: id, type, remaining, priority, expires_at,
+--       cost_basis, created; then n_debts, per type: type, debt; then n_applied, per
+--       applied grant: id, type, amount
+-- Reply: {'restored', at, n_grants} | {'busy', at, n_pending_holds}
+local customer, e1 = id_arg(1, 'customer')
+if e1 then return redis.error_reply(e1) end
+
+local now = now_ms()
+local prefix = customer .. '/'
+local pending = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
+  if string.sub(member, 1, #prefix) == prefix then pending = pending + 1 end
+end
+if pending > 0 then return { 'busy', now, pending } end
+
+-- Parse everything before writing anything.
+local i = 2
+local function next_arg() i = i + 1; return ARGV[i - 1] end
+local function next_int(name)
+  local v = tonumber(next_arg())
+  if v == nil or v ~= math.floor(v) or v < 0 or v > MAX_AMOUNT then
+    error({ err = 'CG_BADARG ' .. name .. ' must be an integer in [0, 2^53)' })
+  end
+  return v
+end
+local grants = {}
+for _ = 1, next_int('n_grants') do
+  grants[#grants + 1] = {
+    id = next_arg(), ctype = next_arg(), remaining = next_int('remaining'), held = 0,
+    priority = next_int('priority'), expires_at = next_int('expires_at'),
+    cost_basis = next_int('cost_basis'), created = next_int('created'), expired = 0,
+  }
+end
+local debts = {}
+for _ = 1, next_int('n_debts') do
+  debts[#debts + 1] = { next_arg(), next_int('debt') }
+end
+local applied = {}
+for _ = 1, next_int('n_applied') do
+  applied[#applied + 1] = { next_arg(), next_arg(), next_int('amount') }
+end
+
+for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
+  redis.call('ZREM', KEYS[4], prefix .. id)
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+local avail = {}
+for _, g in ipairs(grants) do
+  redis.call('HSET', KEYS[1], g.id, pack_grant(g))
+  if g.expires_at ~= 0 then redis.call('ZADD', KEYS[4], g.expires_at, prefix .. g.id) end
+  avail[g.ctype] = (avail[g.ctype] or 0) + g.remaining
+end
+for _, d in ipairs(debts) do
+  if d[2] ~= 0 then
+    redis.call('HSET', KEYS[2], d[1] .. ':debt', fmt(d[2]))
+  end
+  avail[d[1]] = (avail[d[1]] or 0) - d[2]
+end
+for t, v in pairs(avail) do
+  redis.call('HSET', KEYS[2], t .. ':avail', fmt(v))
+end
+for _, a in ipairs(applied) do
+  redis.call('HSET', KEYS[3], a[1], a[2] .. '|' .. fmt(a[3]) .. '|0')
+end
+return { 'restored', now, #grants }
