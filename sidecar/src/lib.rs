@@ -6,8 +6,14 @@
 //! line and calls [`run`].
 
 pub mod cli;
+pub mod daemon;
 pub mod inspect;
+pub mod ledger;
+pub mod metrics;
+pub mod outbox;
+pub mod reconcile;
 pub mod render;
+pub mod writer;
 
 use std::io::Write;
 

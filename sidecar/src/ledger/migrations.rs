@@ -1,0 +1,34 @@
+//! The versioned schema migrations of each backend, applied in order at start-up and
+//! recorded in `schema_migrations`.
+//!
+//! The SQL lives in `sidecar/migrations/<backend>/`. A released migration must never be
+//! edited (a database that ran it would not run it again); changes are new versions.
+
+/// One schema migration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Migration {
+    /// Version number, increasing by one from 1.
+    pub version: i64,
+    /// Short name, recorded beside the version.
+    pub name: &'static str,
+    /// The SQL, run in one transaction with the version's record.
+    pub sql: &'static str,
+}
+
+/// Creates the record of applied migrations; run before anything else, idempotent.
+pub(crate) const CREATE_SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
+     version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at_ms BIGINT NOT NULL)";
+
+/// SQLite migrations, in version order.
+pub(crate) const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "ledger",
+    sql: include_str!("../../migrations/sqlite/0001_ledger.sql"),
+}];
+
+/// Postgres migrations, in version order.
+pub(crate) const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "ledger",
+    sql: include_str!("../../migrations/postgres/0001_ledger.sql"),
+}];
