@@ -31,9 +31,138 @@ pub struct Cli {
 /// The sidecar's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Runs the sidecar: ledger writer, sweeper, grant outbox, rebuilds and reconciliation,
+    /// with metrics and read-only ledger queries over HTTP.
+    Run(RunArgs),
+    /// Issues a grant: recorded in the ledger first, then applied to Redis.
+    Grant(GrantArgs),
+    /// Reads and checks the ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// Compares every customer's Redis balance with the ledger; `--repair` rebuilds the
+    /// drifted ones in Redis from the ledger.
+    Reconcile(ReconcileArgs),
     /// Reads credit state from Redis for ops; never writes credits.
     #[command(subcommand)]
     Inspect(InspectCommand),
+}
+
+/// Where the sidecar listens for HTTP (metrics, health, read-only queries) when not told:
+/// loopback, next to the gateway's admin port.
+pub const DEFAULT_SIDECAR_LISTEN: &str = "127.0.0.1:9191";
+
+/// The ledger file when neither `--sqlite` nor `--postgres` is given: SQLite, embedded.
+pub const DEFAULT_SQLITE_PATH: &str = "creditgate-ledger.sqlite";
+
+/// Which ledger to use.
+#[derive(Debug, Clone, Args)]
+pub struct LedgerArgs {
+    /// The SQLite ledger file (the embedded default).
+    #[arg(long, env = "CREDITGATE_LEDGER_SQLITE", conflicts_with = "postgres")]
+    pub sqlite: Option<std::path::PathBuf>,
+    /// The Postgres ledger URL (production; several sidecars may share it).
+    #[arg(long, env = "CREDITGATE_LEDGER_POSTGRES")]
+    pub postgres: Option<String>,
+}
+
+/// Options of `run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Where the credit store is.
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// The ledger.
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// This sidecar's consumer name in the stream group: unique per sidecar and stable
+    /// across its restarts (default: the host name).
+    #[arg(long, env = "CREDITGATE_CONSUMER")]
+    pub consumer: Option<String>,
+    /// Address of the HTTP listener.
+    #[arg(long, env = "CREDITGATE_SIDECAR_LISTEN", default_value = DEFAULT_SIDECAR_LISTEN)]
+    pub listen: String,
+}
+
+/// Options of `grant`.
+#[derive(Debug, Clone, Args)]
+pub struct GrantArgs {
+    /// Where the credit store is.
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// The ledger.
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// The customer receiving the credits.
+    #[arg(long)]
+    pub customer: String,
+    /// The credit type.
+    #[arg(long)]
+    pub credit_type: String,
+    /// Amount, in the credit type's smallest unit.
+    #[arg(long)]
+    pub amount: u64,
+    /// The grant's id; a retry with the same id applies nothing twice (default: random).
+    #[arg(long)]
+    pub grant_id: Option<String>,
+    /// Burn priority: lower burns first.
+    #[arg(long, default_value_t = 100)]
+    pub priority: u32,
+    /// Days until the unused rest expires (default: never).
+    #[arg(long)]
+    pub expires_in_days: Option<u64>,
+    /// Total money paid for the grant, in currency micro-units (0 for free credits).
+    #[arg(long, default_value_t = 0)]
+    pub cost_basis: u64,
+    /// Where the credits come from: purchase, promotion, plan_allotment, goodwill,
+    /// adjustment.
+    #[arg(long, default_value = "adjustment")]
+    pub source: String,
+    /// Who issues the grant.
+    #[arg(long)]
+    pub actor: String,
+    /// Why.
+    #[arg(long)]
+    pub reason: String,
+}
+
+/// What `ledger` does.
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Walks every customer's hash chain (or one customer's) and reports the first broken
+    /// link; exits 1 if there is one.
+    Verify {
+        /// The ledger.
+        #[command(flatten)]
+        ledger: LedgerArgs,
+        /// Only this customer.
+        #[arg(long)]
+        customer: Option<String>,
+    },
+    /// Prints a customer's balance from the ledger, now or at a past instant.
+    Balance {
+        /// The ledger.
+        #[command(flatten)]
+        ledger: LedgerArgs,
+        /// The instant, ms since the Unix epoch (default: now).
+        #[arg(long)]
+        at_ms: Option<u64>,
+        /// The customer.
+        customer: String,
+    },
+}
+
+/// Options of `reconcile`.
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileArgs {
+    /// Where the credit store is.
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// The ledger.
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// Rebuild every drifted customer's Redis state from the ledger.
+    #[arg(long)]
+    pub repair: bool,
 }
 
 /// What `inspect` reads.
@@ -69,7 +198,7 @@ pub enum InspectCommand {
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
     /// The Redis URL, e.g. `redis://127.0.0.1:6379/`.
-    #[arg(long = "redis", value_name = "URL")]
+    #[arg(long = "redis", value_name = "URL", env = "CREDITGATE_REDIS_URL")]
     pub url: String,
     /// The key prefix of the deployment.
     #[arg(long, default_value = DEFAULT_PREFIX)]

@@ -84,7 +84,7 @@ impl Sidecar {
             };
             if last_housekeeping.elapsed() >= Duration::from_millis(HOUSEKEEPING_MS) {
                 last_housekeeping = Instant::now();
-                self.housekeeping(&generation).await;
+                self.housekeeping(&writer, &generation).await;
             }
             if last_claim.elapsed() >= Duration::from_millis(CLAIM_AND_TRIM_MS) {
                 last_claim = Instant::now();
@@ -110,7 +110,12 @@ impl Sidecar {
         Ok(())
     }
 
-    async fn housekeeping(&self, generation: &str) {
+    async fn housekeeping(&self, writer: &LedgerWriter, generation: &str) {
+        // A rebuild must see every event Redis still has: drain the streams first.
+        if let Err(e) = writer.drain().await {
+            self.task_error("writer", &e);
+            return;
+        }
         match check_generations(self.ledger.as_ref(), &self.redis, generation).await {
             Ok(rebuilt) if !rebuilt.is_empty() => {
                 self.metrics.shards_rebuilt.inc_by(rebuilt.len() as u64);

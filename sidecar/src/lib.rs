@@ -1,12 +1,16 @@
 //! The creditgate sidecar: the durable ledger, the sweeper, the reconciler, the config
 //! publisher and the admin API, next to the gateway.
 //!
-//! For now it offers read-only inspection of the credit store for ops
+//! `run` is the long-running sidecar ([`daemon`], [`writer`], [`outbox`], [`reconcile`],
+//! [`http`]) over the durable [`ledger`]; `grant`, `ledger verify|balance` and `reconcile`
+//! are one-shot commands for ops ([`commands`]); `inspect` reads the credit store
 //! ([`inspect`], rendered by [`render`]). The binary in `main.rs` only parses the command
 //! line and calls [`run`].
 
 pub mod cli;
+pub mod commands;
 pub mod daemon;
+pub mod http;
 pub mod inspect;
 pub mod ledger;
 pub mod metrics;
@@ -17,8 +21,7 @@ pub mod writer;
 
 use std::io::Write;
 
-use crate::cli::{Cli, Command, InspectCommand};
-use crate::inspect::InspectError;
+use crate::cli::{Cli, Command, InspectCommand, LedgerCommand};
 
 /// Process exit status of a successful command.
 pub const EXIT_OK: u8 = 0;
@@ -42,16 +45,27 @@ pub async fn run(cli: Cli) -> u8 {
             }
         }
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {error:#}");
             EXIT_FAILURE
         }
     }
 }
 
 /// Runs the parsed command line and returns what it prints on success.
-pub async fn execute(cli: Cli) -> Result<String, InspectError> {
+pub async fn execute(cli: Cli) -> anyhow::Result<String> {
     let Cli { command } = cli;
     match command {
+        Command::Run(args) => commands::run(args).await,
+        Command::Grant(args) => commands::grant(args).await,
+        Command::Ledger(LedgerCommand::Verify { ledger, customer }) => {
+            commands::verify(ledger, customer).await
+        }
+        Command::Ledger(LedgerCommand::Balance {
+            ledger,
+            at_ms,
+            customer,
+        }) => commands::ledger_balance(ledger, customer, at_ms).await,
+        Command::Reconcile(args) => commands::reconcile(args).await,
         Command::Inspect(InspectCommand::Balance {
             redis,
             json,
@@ -72,5 +86,37 @@ pub async fn execute(cli: Cli) -> Result<String, InspectError> {
             let report = inspect::read_events(&redis, &stream, count).await?;
             Ok(render::events_table(&report))
         }
+    }
+}
+
+/// Sets up logging to stderr: text lines, or JSON with `CREDITGATE_LOG_FORMAT=json`; the
+/// level from `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // A second initialisation (tests) keeps the first subscriber.
+    let _ = if std::env::var("CREDITGATE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }

@@ -316,38 +316,56 @@ pub async fn rebuild_shard(
     Ok(done)
 }
 
-/// Checks every shard's generation marker: a missing marker on a shard the ledger has
-/// customers for means Redis lost that shard's data, and the shard is rebuilt. Sets the
-/// marker where missing. Returns the shards rebuilt.
+/// Checks every shard's generation marker against the one the ledger recorded.
+///
+/// - No marker recorded in the ledger: the shard was never initialised (first start): set
+///   one in Redis (keeping one another sidecar set) and record it.
+/// - Redis has the recorded marker: it kept its data.
+/// - Redis has no marker or another one: Redis lost the shard's data (restart without
+///   persistence, failover to an empty replica, `FLUSHALL`): rebuild every customer of the
+///   shard from the ledger, then set and record a new marker. A customer with holds pending
+///   in Redis cannot be rebuilt yet; the marker then stays unset and the next check retries.
+///
+/// Returns the shards rebuilt. Callers drain the streams into the ledger first.
 pub async fn check_generations(
     ledger: &dyn Ledger,
     redis: &RedisStore,
     generation: &str,
 ) -> Result<Vec<creditgate_protocol::Shard>, ReconcileError> {
     let mut rebuilt = Vec::new();
-    let customers = ledger.customers().await?;
     for shard in redis.keyspace().all_shards() {
-        if redis.generation(shard).await?.is_some() {
-            continue;
-        }
-        let known = customers
-            .iter()
-            .any(|c| redis.keyspace().shard_of(c) == shard);
-        if known {
-            warn!(shard = %shard, "generation marker missing: Redis lost this shard's data; rebuilding from the ledger");
-            let results = rebuild_shard(ledger, redis, shard).await?;
-            if results
-                .iter()
-                .any(|(_, r)| matches!(r, Rebuilt::Busy { .. }))
-            {
-                // Holds placed since the loss are pending: rebuild again on the next check,
-                // once they are resolved; the marker stays unset until then.
-                warn!(shard = %shard, "some customers have pending holds; their rebuild waits for the next check");
+        let recorded = ledger.redis_generation(shard.0).await?;
+        let current = redis.generation(shard).await?;
+        match (&recorded, &current) {
+            (Some(r), Some(c)) if r == c => continue,
+            (None, Some(c)) => {
+                ledger.set_redis_generation(shard.0, c).await?;
                 continue;
             }
-            rebuilt.push(shard);
+            (None, None) => {
+                redis.init_generation(shard, generation).await?;
+                if let Some(c) = redis.generation(shard).await? {
+                    ledger.set_redis_generation(shard.0, &c).await?;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        warn!(shard = %shard, recorded = ?recorded, found = ?current,
+            "generation marker lost: Redis lost this shard's data; rebuilding from the ledger");
+        let results = rebuild_shard(ledger, redis, shard).await?;
+        if results
+            .iter()
+            .any(|(_, r)| matches!(r, Rebuilt::Busy { .. }))
+        {
+            warn!(shard = %shard, "some customers have holds pending in Redis; their rebuild waits for the next check");
+            continue;
         }
         redis.init_generation(shard, generation).await?;
+        if let Some(c) = redis.generation(shard).await? {
+            ledger.set_redis_generation(shard.0, &c).await?;
+        }
+        rebuilt.push(shard);
     }
     Ok(rebuilt)
 }

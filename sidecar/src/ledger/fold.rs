@@ -15,7 +15,7 @@ use super::LedgerError;
 use super::entry::{EntryKind, LedgerEntry};
 
 /// One credit type's figures at an instant (credit units; negative in overdraft).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct LedgerTypeBalance {
     /// The credit type.
     pub credit_type: String,
@@ -36,7 +36,7 @@ pub struct LedgerTypeBalance {
 }
 
 /// One grant's figures at an instant (credit units).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct LedgerGrantBalance {
     /// The grant.
     pub grant_id: String,
@@ -62,7 +62,7 @@ pub struct LedgerGrantBalance {
 }
 
 /// A customer's balance at an instant, folded from the ledger.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct LedgerBalance {
     /// The customer.
     pub customer: String,
@@ -353,7 +353,7 @@ pub fn fold_balance(
 }
 
 /// One row of usage: posted holds of one UTC day, feature and credit type.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct UsageRow {
     /// The UTC day, `YYYY-MM-DD`.
     pub day: String,
@@ -419,7 +419,7 @@ pub fn fold_usage(entries: &[LedgerEntry]) -> Result<Vec<UsageRow>, LedgerError>
 }
 
 /// Revenue figures of a window, currency micro-units.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Revenue {
     /// Value of credits consumed in the window: burned by posted holds, or repaying
     /// overdraft debt when a grant arrived.

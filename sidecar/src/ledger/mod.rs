@@ -158,6 +158,12 @@ pub trait Ledger: Send + Sync {
     /// Every customer with entries or a chain head, in byte order.
     async fn customers(&self) -> LedgerResult<Vec<String>>;
 
+    /// The generation marker this ledger's sidecars set in a Redis shard, if any.
+    async fn redis_generation(&self, shard: u32) -> LedgerResult<Option<String>>;
+
+    /// Records the generation marker set in a Redis shard.
+    async fn set_redis_generation(&self, shard: u32, generation: &str) -> LedgerResult<()>;
+
     /// The customer's chain head.
     async fn chain_head(&self, customer: &str) -> LedgerResult<Option<ChainHead>>;
 

@@ -261,6 +261,30 @@ impl Ledger for SqliteLedger {
         rows.iter().map(sql::entry_from_row).collect()
     }
 
+    async fn redis_generation(&self, shard: u32) -> LedgerResult<Option<String>> {
+        let row = sqlx::query("SELECT generation FROM redis_generations WHERE shard = $1")
+            .bind(i64::from(shard))
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get::<String, _>(0)?),
+            None => None,
+        })
+    }
+
+    async fn set_redis_generation(&self, shard: u32, generation: &str) -> LedgerResult<()> {
+        sqlx::query(
+            "INSERT INTO redis_generations (shard, generation, set_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (shard) DO UPDATE SET generation = excluded.generation, set_at_ms = excluded.set_at_ms",
+        )
+        .bind(i64::from(shard))
+        .bind(generation)
+        .bind(now_ms() as i64)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
     async fn customers(&self) -> LedgerResult<Vec<String>> {
         let rows = sqlx::query(sql::SELECT_CUSTOMERS)
             .fetch_all(&self.readers)

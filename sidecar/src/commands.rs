@@ -1,0 +1,208 @@
+//! The sidecar's commands other than `inspect`: `run`, `grant`, `ledger verify|balance`
+//! and `reconcile`. Each opens what it needs, does its one job and returns what to print.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use creditgate_protocol::{GrantSource, Keyspace, RedisStore, RedisTarget};
+use tokio::sync::watch;
+
+use crate::cli::{DEFAULT_SQLITE_PATH, GrantArgs, LedgerArgs, ReconcileArgs, RedisArgs, RunArgs};
+use crate::daemon::Sidecar;
+use crate::ledger::{GrantRecord, Ledger, PostgresLedger, SqliteLedger, now_ms};
+use crate::metrics::SidecarMetrics;
+use crate::outbox::{Issued, issue_grant};
+use crate::reconcile::{Rebuilt, compare, rebuild_customer};
+use crate::writer::LedgerWriter;
+
+/// Opens the ledger the arguments name and runs its migrations.
+pub async fn open_ledger(args: &LedgerArgs) -> anyhow::Result<Arc<dyn Ledger>> {
+    let ledger: Arc<dyn Ledger> = match (&args.sqlite, &args.postgres) {
+        (_, Some(url)) => Arc::new(PostgresLedger::connect(url).await.with_context(|| {
+            format!(
+                "opening the Postgres ledger at {}",
+                crate::inspect::redact_url(url)
+            )
+        })?),
+        (path, None) => {
+            let path = path.clone().unwrap_or_else(|| DEFAULT_SQLITE_PATH.into());
+            Arc::new(
+                SqliteLedger::open(&path)
+                    .await
+                    .with_context(|| format!("opening the SQLite ledger {}", path.display()))?,
+            )
+        }
+    };
+    ledger.migrate().await.context("migrating the ledger")?;
+    Ok(ledger)
+}
+
+/// Connects to the credit store the arguments name.
+pub async fn connect_redis(args: &RedisArgs) -> anyhow::Result<Arc<RedisStore>> {
+    let keyspace = Keyspace::new(&args.prefix, args.shards);
+    let store = RedisStore::connect(
+        &RedisTarget::Single(args.url.clone()),
+        keyspace,
+        args.timeout_ms,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "connecting to Redis at {}",
+            crate::inspect::redact_url(&args.url)
+        )
+    })?;
+    Ok(Arc::new(store))
+}
+
+/// `run`: the sidecar, until SIGTERM or SIGINT.
+pub async fn run(args: RunArgs) -> anyhow::Result<String> {
+    crate::init_logging();
+    let redis = connect_redis(&args.redis).await?;
+    let ledger = open_ledger(&args.ledger).await?;
+    let metrics = Arc::new(SidecarMetrics::new());
+    let consumer = match args.consumer {
+        Some(c) => c,
+        None => std::env::var("HOSTNAME").unwrap_or_else(|_| "sidecar".to_string()),
+    };
+    let sidecar = Arc::new(Sidecar {
+        redis,
+        ledger,
+        metrics,
+        consumer,
+        last_reconcile: Default::default(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener to {}", args.listen))?;
+    let http = tokio::spawn(crate::http::serve(
+        listener,
+        sidecar.clone(),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    sidecar.run(stop_rx).await?;
+    http.await.context("HTTP listener task")??;
+    Ok(String::new())
+}
+
+/// `grant`: ledger first, then Redis.
+pub async fn grant(args: GrantArgs) -> anyhow::Result<String> {
+    let source: GrantSource = args.source.parse().map_err(|e: String| {
+        anyhow::anyhow!("--source: {e} (purchase, promotion, plan_allotment, goodwill, adjustment)")
+    })?;
+    let now = now_ms();
+    let record = GrantRecord {
+        grant_id: args
+            .grant_id
+            .unwrap_or_else(|| format!("g-{}", uuid::Uuid::new_v4().simple())),
+        customer: args.customer,
+        credit_type: args.credit_type,
+        amount: args.amount,
+        priority: args.priority,
+        expires_at_ms: args.expires_in_days.map(|d| now + d * 86_400_000),
+        cost_basis: args.cost_basis,
+        source,
+        actor: args.actor,
+        reason: args.reason,
+        created_at_ms: now,
+    };
+    record.validate()?;
+    let ledger = open_ledger(&args.ledger).await?;
+    let redis = connect_redis(&args.redis).await?;
+    let issued = issue_grant(ledger.as_ref(), redis.as_ref(), &record).await?;
+    Ok(match issued {
+        Issued::Applied { outcome } => format!(
+            "grant {} recorded and applied: {outcome:?}\n",
+            record.grant_id
+        ),
+        Issued::AlreadyRecorded => format!(
+            "grant {} was recorded before; delivered again\n",
+            record.grant_id
+        ),
+        Issued::Recorded { error } => format!(
+            "grant {} recorded in the ledger; Redis did not confirm ({error}); the sidecar's outbox delivers it\n",
+            record.grant_id
+        ),
+    })
+}
+
+/// `ledger verify`.
+pub async fn verify(args: LedgerArgs, customer: Option<String>) -> anyhow::Result<String> {
+    let ledger = open_ledger(&args).await?;
+    let report = ledger.verify_chain(customer.as_deref()).await?;
+    match &report.first_broken {
+        None => Ok(format!(
+            "ok: {} entries of {} customers verified\n",
+            report.entries_checked, report.customers_checked
+        )),
+        Some(broken) => bail!(
+            "hash chain broken at customer {} seq {} (event {}): {:?}; expected {}, found {}",
+            broken.customer,
+            broken.seq,
+            broken.event_id,
+            broken.kind,
+            broken.expected,
+            broken.found
+        ),
+    }
+}
+
+/// `ledger balance`.
+pub async fn ledger_balance(
+    args: LedgerArgs,
+    customer: String,
+    at_ms: Option<u64>,
+) -> anyhow::Result<String> {
+    let ledger = open_ledger(&args).await?;
+    let balance = ledger
+        .balance_at(&customer, at_ms.unwrap_or_else(now_ms))
+        .await?;
+    Ok(format!("{balance:#?}\n"))
+}
+
+/// `reconcile [--repair]`: drains the streams into the ledger first, so events in flight
+/// do not show as drift.
+pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<String> {
+    let ledger = open_ledger(&args.ledger).await?;
+    let redis = connect_redis(&args.redis).await?;
+    let writer = LedgerWriter::new(
+        redis.clone(),
+        ledger.clone(),
+        "reconcile",
+        Arc::new(SidecarMetrics::new()),
+    );
+    writer.prepare().await?;
+    writer.drain().await?;
+    let report = compare(ledger.as_ref(), &redis).await?;
+    let mut out = format!(
+        "{} customer/credit type pairs compared, {} drifted\n",
+        report.compared,
+        report.drifts.len()
+    );
+    for d in &report.drifts {
+        out.push_str(&format!(
+            "  {} {}: ledger total {} held {}, redis total {} held {}\n",
+            d.customer, d.credit_type, d.ledger_total, d.ledger_held, d.redis_total, d.redis_held
+        ));
+    }
+    if args.repair {
+        let mut customers: Vec<&str> = report.drifts.iter().map(|d| d.customer.as_str()).collect();
+        customers.dedup();
+        for customer in customers {
+            match rebuild_customer(ledger.as_ref(), &redis, customer).await? {
+                Rebuilt::Restored { grants, voided } => out.push_str(&format!(
+                    "  rebuilt {customer}: {grants} grants, {voided} lost holds voided\n"
+                )),
+                Rebuilt::Busy { pending_holds } => out.push_str(&format!(
+                    "  {customer} not rebuilt: {pending_holds} holds pending in Redis; run again once they are resolved\n"
+                )),
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,210 @@
+//! The sidecar's HTTP listener: `/metrics`, `/healthz`, `/readyz`, and read-only ledger
+//! queries as JSON. Nothing here writes credits; mutations come with the admin API.
+//!
+//! - `GET /v1/customers/{customer}/balance?at_ms=` — balance per credit type and per grant
+//! - `GET /v1/usage?customer=&from_ms=&to_ms=` — usage by UTC day and feature
+//! - `GET /v1/requests/{request_id}/trail` — a request's hold and what it drew and returned
+//! - `GET /v1/revenue?from_ms=&to_ms=` — recognized, breakage and deferred revenue
+//! - `GET /v1/reconcile` — the last comparison of Redis with the ledger
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::daemon::Sidecar;
+use crate::ledger::{LedgerEntry, now_ms};
+
+/// Widest range a usage or revenue query may span, in milliseconds (a little over a year),
+/// so one request cannot fold the whole history of a large ledger.
+pub const MAX_QUERY_RANGE_MS: u64 = 400 * 86_400_000;
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": code, "message": message})),
+    )
+        .into_response()
+}
+
+fn ledger_error(e: impl std::fmt::Display) -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ledger_unavailable",
+        e.to_string(),
+    )
+}
+
+#[derive(Deserialize)]
+struct AtQuery {
+    at_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RangeQuery {
+    customer: Option<String>,
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+}
+
+impl RangeQuery {
+    /// The range, or the message of a 400 naming the bad parameter.
+    fn range(&self) -> Result<(u64, u64), String> {
+        let to = self.to_ms.unwrap_or_else(now_ms);
+        let from = match self.from_ms {
+            Some(f) => f,
+            None => {
+                return Err("query parameter from_ms is required (ms since the Unix epoch)".into());
+            }
+        };
+        if from >= to {
+            return Err(format!(
+                "query parameter from_ms ({from}) must be before to_ms ({to})"
+            ));
+        }
+        if to - from > MAX_QUERY_RANGE_MS {
+            return Err(format!(
+                "the range from_ms..to_ms spans more than {MAX_QUERY_RANGE_MS} ms"
+            ));
+        }
+        Ok((from, to))
+    }
+}
+
+fn entry_json(e: &LedgerEntry) -> Value {
+    let n = &e.entry;
+    json!({
+        "seq": e.seq,
+        "event_id": n.event_id,
+        "kind": n.kind.as_str(),
+        "customer": n.customer,
+        "credit_type": n.credit_type,
+        "amount": n.amount,
+        "grant_id": n.grant_id,
+        "hold_id": n.hold_id,
+        "request_id": n.request_id,
+        "route": n.route,
+        "feature": n.feature,
+        "grants": n.grants,
+        "event_at_ms": n.event_at_ms,
+        "recorded_at_ms": e.recorded_at_ms,
+        "details": n.details,
+        "hash": e.hash,
+    })
+}
+
+async fn metrics(State(s): State<Arc<Sidecar>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(s): State<Arc<Sidecar>>) -> Response {
+    match (s.redis.ping().await, s.ledger.customers().await) {
+        (Ok(()), Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
+        (Err(e), _) => (StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}\n")).into_response(),
+        (_, Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("ledger: {e}\n")).into_response(),
+    }
+}
+
+async fn balance(
+    State(s): State<Arc<Sidecar>>,
+    Path(customer): Path<String>,
+    Query(q): Query<AtQuery>,
+) -> Response {
+    match s
+        .ledger
+        .balance_at(&customer, q.at_ms.unwrap_or_else(now_ms))
+        .await
+    {
+        Ok(b) => axum::Json(b).into_response(),
+        Err(e) => ledger_error(e),
+    }
+}
+
+async fn usage(State(s): State<Arc<Sidecar>>, Query(q): Query<RangeQuery>) -> Response {
+    let (from, to) = match q.range() {
+        Ok(r) => r,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "bad_request", message),
+    };
+    match s.ledger.usage(q.customer.as_deref(), from, to).await {
+        Ok(rows) => axum::Json(json!({"from_ms": from, "to_ms": to, "rows": rows})).into_response(),
+        Err(e) => ledger_error(e),
+    }
+}
+
+async fn trail(State(s): State<Arc<Sidecar>>, Path(request_id): Path<String>) -> Response {
+    match s.ledger.trail(&request_id).await {
+        Ok(entries) if entries.is_empty() => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("the ledger has no entries for request id {request_id:?}"),
+        ),
+        Ok(entries) => axum::Json(json!({
+            "request_id": request_id,
+            "entries": entries.iter().map(entry_json).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => ledger_error(e),
+    }
+}
+
+async fn revenue(State(s): State<Arc<Sidecar>>, Query(q): Query<RangeQuery>) -> Response {
+    let (from, to) = match q.range() {
+        Ok(r) => r,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "bad_request", message),
+    };
+    match s.ledger.revenue(from, to).await {
+        Ok(r) => axum::Json(json!({"from_ms": from, "to_ms": to, "revenue": r})).into_response(),
+        Err(e) => ledger_error(e),
+    }
+}
+
+async fn last_reconcile(State(s): State<Arc<Sidecar>>) -> Response {
+    let last = s
+        .last_reconcile
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    axum::Json(json!({"last": last})).into_response()
+}
+
+/// The router, for tests and for [`serve`].
+pub fn router(sidecar: Arc<Sidecar>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/v1/customers/{customer}/balance", get(balance))
+        .route("/v1/usage", get(usage))
+        .route("/v1/requests/{request_id}/trail", get(trail))
+        .route("/v1/revenue", get(revenue))
+        .route("/v1/reconcile", get(last_reconcile))
+        .with_state(sidecar)
+}
+
+/// Serves until `stop` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sidecar: Arc<Sidecar>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(sidecar))
+        .with_graceful_shutdown(async move {
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await?;
+    Ok(())
+}
