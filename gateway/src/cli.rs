@@ -15,13 +15,14 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 /// the usual Prometheus scrape port, kept apart from the proxy listener.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 
-/// Seconds between SIGTERM and closing the listeners: long enough for a load balancer to
-/// notice the failing readiness check and stop sending new requests.
-pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 5;
+/// Longest time, in seconds, requests in flight get after SIGTERM to finish and settle
+/// their holds (the listeners close at once); the gateway exits as soon as none is left.
+/// Thirty seconds covers a long AI completion; a hold cut off after it expires at its
+/// deadline and returns its credits.
+pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 30;
 
-/// Seconds in-flight requests get to finish (and settle their holds) after the listeners
-/// close; a hold left pending past this expires at its deadline and returns its credits.
-pub const DEFAULT_SHUTDOWN_TIMEOUT_S: u64 = 30;
+/// Seconds the worker runtimes get to stop once the grace period is over.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_S: u64 = 5;
 
 /// The creditgate gateway: prepaid credit enforcement at the API edge.
 #[derive(Debug, Parser)]
@@ -78,14 +79,15 @@ pub struct RunArgs {
     /// Worker threads of the proxy (default: the number of CPUs).
     #[arg(long, env = "CREDITGATE_THREADS")]
     pub threads: Option<usize>,
-    /// Seconds between SIGTERM and closing the listeners.
+    /// Longest time, in seconds, requests in flight get after SIGTERM to finish and settle;
+    /// the gateway exits as soon as none is left.
     #[arg(long, env = "CREDITGATE_SHUTDOWN_GRACE_S", default_value_t = DEFAULT_SHUTDOWN_GRACE_S)]
     pub shutdown_grace_s: u64,
     /// Also serve a demo upstream (a JSON echo) on the address of the config's `default`
     /// upstream, for trying the gateway with nothing else running.
     #[arg(long)]
     pub demo_upstream: bool,
-    /// Seconds in-flight requests get to finish after the listeners close.
+    /// Seconds the worker runtimes get to stop once the grace period is over.
     #[arg(long, env = "CREDITGATE_SHUTDOWN_TIMEOUT_S", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_S)]
     pub shutdown_timeout_s: u64,
 }

@@ -53,6 +53,27 @@ pub struct CreditGate {
     config: Arc<ArcSwap<PricingConfig>>,
     store: Arc<StoreClient>,
     metrics: Arc<Metrics>,
+    in_flight: InFlight,
+}
+
+/// Requests (and background settles) not finished yet, so a graceful shutdown can end as
+/// soon as the last one has settled.
+#[derive(Clone, Debug, Default)]
+pub struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    /// How many are in flight.
+    pub fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn enter(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn leave(&self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// A hold placed for this request, to settle or void in `logging`.
@@ -90,6 +111,7 @@ pub struct RequestCtx {
     hold: Option<PlacedHold>,
     charge: Option<Charge>,
     upstream_status: Option<u16>,
+    counted: bool,
 }
 
 /// The request as cost rules see it.
@@ -140,11 +162,13 @@ impl CreditGate {
         config: Arc<ArcSwap<PricingConfig>>,
         store: Arc<StoreClient>,
         metrics: Arc<Metrics>,
+        in_flight: InFlight,
     ) -> Self {
         Self {
             config,
             store,
             metrics,
+            in_flight,
         }
     }
 
@@ -371,13 +395,7 @@ impl CreditGate {
                         if decision.is_ok() {
                             ctx.hold = Some(hold);
                         } else {
-                            tokio::spawn(retry_resolve(
-                                self.store.clone(),
-                                self.metrics.clone(),
-                                hold,
-                                true,
-                                ctx.request_id.clone(),
-                            ));
+                            self.spawn_resolve(hold, true, &ctx.request_id);
                         }
                     }
                     return decision;
@@ -470,11 +488,23 @@ async fn retry_resolve(
     hold: PlacedHold,
     void: bool,
     request_id: String,
+    in_flight: InFlight,
+) {
+    resolve_with_retries(&store, &metrics, &hold, void, &request_id).await;
+    in_flight.leave();
+}
+
+async fn resolve_with_retries(
+    store: &StoreClient,
+    metrics: &Metrics,
+    hold: &PlacedHold,
+    void: bool,
+    request_id: &str,
 ) {
     let delays = std::iter::once(0).chain(SETTLE_RETRY_DELAYS_MS);
     for delay in delays {
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        match resolve_once(&store, &metrics, &hold, void, &request_id).await {
+        match resolve_once(store, metrics, hold, void, request_id).await {
             Ok(Resolution::Done) => return,
             Ok(Resolution::NotPlacedYet) => {}
             Err(failure) => {
@@ -501,6 +531,8 @@ impl ProxyHttp for CreditGate {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.in_flight.enter();
+        ctx.counted = true;
         let config = self.config.load_full();
         ctx.config = Some(config.clone());
         match self.decide(session, ctx, &config).await {
@@ -589,6 +621,29 @@ impl ProxyHttp for CreditGate {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        self.finish(session, error, ctx).await;
+        if ctx.counted {
+            self.in_flight.leave();
+        }
+    }
+}
+
+impl CreditGate {
+    /// Resolves a hold in the background; it counts as in flight until it is done.
+    fn spawn_resolve(&self, hold: PlacedHold, void: bool, request_id: &str) {
+        self.in_flight.enter();
+        tokio::spawn(retry_resolve(
+            self.store.clone(),
+            self.metrics.clone(),
+            hold,
+            void,
+            request_id.to_string(),
+            self.in_flight.clone(),
+        ));
+    }
+
+    /// The `logging` phase: resolves the request's hold.
+    async fn finish(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map(|r| r.status.as_u16());
         if let Some(e) = error {
             warn!(request_id = %ctx.request_id, route = %ctx.route, customer = ?ctx.customer, error = %e, "request failed");
@@ -613,13 +668,7 @@ impl ProxyHttp for CreditGate {
                 }
             }
         }
-        tokio::spawn(retry_resolve(
-            self.store.clone(),
-            self.metrics.clone(),
-            hold,
-            void,
-            ctx.request_id.clone(),
-        ));
+        self.spawn_resolve(hold, void, &ctx.request_id);
     }
 }
 

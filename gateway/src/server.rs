@@ -16,6 +16,7 @@ use creditgate_protocol::{
     RedisTarget, SweepReport, sweep_once,
 };
 use pingora::prelude::Server;
+use pingora::server::ExecutionPhase;
 use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
 use tracing::{info, warn};
@@ -24,7 +25,7 @@ use crate::admin::AdminApp;
 use crate::cli::RunArgs;
 use crate::demo::DemoUpstream;
 use crate::metrics::Metrics;
-use crate::proxy::CreditGate;
+use crate::proxy::{CreditGate, InFlight};
 use crate::store_client::StoreClient;
 
 /// Timeout of the first connection to Redis at start-up, in milliseconds.
@@ -96,6 +97,30 @@ async fn sweep_embedded(store: Arc<MemoryStore>, keyspace: Keyspace) {
             Err(e) => warn!(error = %e, "sweeping the embedded store failed"),
         }
     }
+}
+
+/// How often a draining gateway checks whether its last request has settled.
+const DRAIN_POLL_MS: u64 = 20;
+
+/// Once a graceful shutdown's grace period has begun (the listeners are closed), exits the
+/// process as soon as no request or background settle is in flight, instead of sleeping out
+/// the whole grace period.
+async fn exit_when_drained(
+    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    in_flight: InFlight,
+) {
+    loop {
+        match phases.recv().await {
+            Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+    while in_flight.count() > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(DRAIN_POLL_MS)).await;
+    }
+    info!("every request in flight has finished and settled; exiting");
+    std::process::exit(0);
 }
 
 /// Sets up logging: text lines, or JSON with `CREDITGATE_LOG_FORMAT=json`; the level from
@@ -194,7 +219,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let gateway = CreditGate::new(config, store.clone(), metrics.clone());
+    let in_flight = InFlight::default();
+    let gateway = CreditGate::new(config, store.clone(), metrics.clone(), in_flight.clone());
+    store_runtime.spawn(exit_when_drained(server.watch_execution_phase(), in_flight));
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&args.listen);
     let mut admin = Service::new(

@@ -30,8 +30,8 @@ pub const BIN_DIR_ENV: &str = "CREDITGATE_BIN_DIR";
 pub const GATEWAY_READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long [`Gateway::stop`] waits after SIGTERM before it kills the process: the test
-/// environment sets the gateway's shutdown grace to 0 s and its drain timeout to 5 s, so a
-/// healthy gateway is gone well within this.
+/// environment gives requests in flight at most 5 s to finish (the gateway exits as soon as
+/// they have) and the runtimes 2 s to stop, so a healthy gateway is gone well within this.
 pub const GATEWAY_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Timeout of each admin request (`/readyz`, `/metrics`) the handle sends.
@@ -47,8 +47,8 @@ const ERROR_LOG_LINES: usize = 40;
 /// so a test can override them: a test stop does not need the production grace period
 /// that lets a load balancer notice a failing readiness check.
 const TEST_ENV: &[(&str, &str)] = &[
-    ("CREDITGATE_SHUTDOWN_GRACE_S", "0"),
-    ("CREDITGATE_SHUTDOWN_TIMEOUT_S", "5"),
+    ("CREDITGATE_SHUTDOWN_GRACE_S", "5"),
+    ("CREDITGATE_SHUTDOWN_TIMEOUT_S", "2"),
 ];
 
 /// Finds the workspace binary `name`, or says how to build it.
