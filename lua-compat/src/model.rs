@@ -785,30 +785,77 @@ impl Model {
     }
 }
 
-/// The embedded store: the reference model behind [`CreditStore`], on the system clock.
+/// Events the embedded store keeps per shard: nothing consumes them in process, so only the
+/// most recent are kept, for inspection; the memory of a long-running gateway stays bounded.
+pub const EMBEDDED_EVENTS_PER_SHARD: usize = 10_000;
+
+/// Longest time the embedded store keeps a resolved hold for idempotent retries, in
+/// milliseconds: ten minutes covers client retries while bounding memory under load.
+pub const EMBEDDED_MAX_RETAIN_MS: u64 = 600_000;
+
+/// How many calls the embedded store serves between two prunes of resolved holds.
+const PRUNE_EVERY_CALLS: u64 = 1_024;
+
+impl Model {
+    /// Drops resolved holds whose retention has passed (at most `max_retain_ms` after their
+    /// resolution) and all but the newest `events_per_shard` events of each shard. The
+    /// embedded store calls it; tests comparing with Redis do not.
+    pub fn prune(&mut self, now: u64, max_retain_ms: u64, events_per_shard: usize) {
+        for shard in self.shards.values_mut() {
+            shard.holds.retain(|_, h| match h.record.resolved_ms {
+                Some(resolved) => now <= resolved + h.retain_ms.min(max_retain_ms),
+                None => true,
+            });
+            let excess = shard.events.len().saturating_sub(events_per_shard);
+            if excess > 0 {
+                shard.events.drain(..excess);
+            }
+        }
+    }
+}
+
+/// The embedded store: the reference model behind [`CreditStore`], on the system clock,
+/// with bounded memory (see [`EMBEDDED_EVENTS_PER_SHARD`] and [`EMBEDDED_MAX_RETAIN_MS`]).
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    inner: Mutex<(Model, u64)>,
+    inner: Mutex<MemoryState>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    model: Model,
+    last_now: u64,
+    calls: u64,
 }
 
 impl MemoryStore {
     /// An empty embedded store.
     pub fn new(keyspace: Keyspace) -> Self {
         Self {
-            inner: Mutex::new((Model::new(keyspace), 0)),
+            inner: Mutex::new(MemoryState {
+                model: Model::new(keyspace),
+                ..MemoryState::default()
+            }),
         }
     }
 
     /// Runs `f` on the model with the current time, which never goes backwards.
     fn with<T>(&self, f: impl FnOnce(&mut Model, u64) -> T) -> T {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let state = &mut *guard;
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let now = wall.max(guard.1);
-        guard.1 = now;
-        f(&mut guard.0, now)
+        let now = wall.max(state.last_now);
+        state.last_now = now;
+        state.calls += 1;
+        if state.calls.is_multiple_of(PRUNE_EVERY_CALLS) {
+            state
+                .model
+                .prune(now, EMBEDDED_MAX_RETAIN_MS, EMBEDDED_EVENTS_PER_SHARD);
+        }
+        f(&mut state.model, now)
     }
 
     /// A copy of one shard's events, oldest first.

@@ -572,3 +572,32 @@ async fn a_sweep_expires_due_holds_and_grants_on_the_memory_store() {
         .unwrap();
     assert_eq!((api.available, api.held), (10, 5));
 }
+
+#[test]
+fn pruning_drops_old_resolved_holds_and_old_events_only() {
+    let mut m = model();
+    m.grant(T0, &plain("g1", 100).request());
+    m.reserve(T0, &reserve("h1", 1, 0));
+    m.settle(T0, &settle("h1", 1, 0));
+    m.reserve(T0, &reserve("h2", 1, 0)); // still pending
+    m.prune(T0 + 1_000, 500, 2);
+    assert!(
+        m.hold(T0 + 1_000, &hold("h1")).is_none(),
+        "resolved and past retention"
+    );
+    assert!(
+        m.hold(T0 + 1_000, &hold("h2")).is_some(),
+        "pending holds are kept"
+    );
+    let ids: Vec<_> = m
+        .events(Keyspace::default().shard_of("acme"))
+        .iter()
+        .map(|e| e.event_id.clone())
+        .collect();
+    assert_eq!(
+        ids,
+        ["hold:h1:posted", "hold:h2:placed"],
+        "the newest two events remain"
+    );
+    assert_eq!(available(&m, T0 + 1_000), 98);
+}
