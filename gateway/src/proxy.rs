@@ -1,5 +1,7 @@
 //! The gateway's one Pingora `ProxyHttp` implementation: identify, match, decide, reserve
-//! in `request_filter`; settle or void in `logging`, which runs for every request.
+//! in `request_filter`; in `logging`, which runs for every request, hand the hold to a
+//! background task that settles or voids it (retrying on store errors), so the connection
+//! is free for its next request while the store call runs.
 //!
 //! Per-request state lives in [`RequestCtx`]; shared state (the swappable pricing config,
 //! the store client, metrics) in [`CreditGate`]. A request is priced by the config version
@@ -35,6 +37,13 @@ use crate::store_client::{StoreClient, StoreFailure};
 /// How many holds one `Idempotency-Key` may use: a retry after a voided or expired attempt
 /// is charged anew under the next hold id, up to this many attempts.
 pub const MAX_IDEMPOTENT_ATTEMPTS: u32 = 5;
+
+/// How many times a retry finding its first attempt's hold still pending waits for it to
+/// settle before answering 409, and how long each wait is, in milliseconds: settles run
+/// right after the response, so a client retrying at once usually finds it done in a few.
+pub const IDEMPOTENT_PENDING_WAITS: u32 = 4;
+/// See [`IDEMPOTENT_PENDING_WAITS`].
+pub const IDEMPOTENT_PENDING_WAIT_MS: u64 = 25;
 
 /// Shortest timeout for settling or voiding, in milliseconds. Settling happens after the
 /// response went out, so it may wait a little longer than a reservation.
@@ -273,7 +282,9 @@ impl CreditGate {
             .and_then(|v| v.to_str().ok());
         let base = base_hold_id(&customer, idempotency_key, &ctx.request_id);
         let shadow = route.mode == Mode::Shadow;
-        for attempt in 1..=MAX_IDEMPOTENT_ATTEMPTS {
+        let mut attempt = 1;
+        let mut pending_waits = 0;
+        while attempt <= MAX_IDEMPOTENT_ATTEMPTS {
             let hold_id = if attempt == 1 {
                 base.clone()
             } else {
@@ -335,6 +346,14 @@ impl CreditGate {
                 }
                 Ok(ReserveOutcome::Replay { state, .. }) if idempotency_key.is_some() => {
                     match state {
+                        // The first request may be settling right now (settles run after
+                        // the response): give it a moment before calling it in progress.
+                        HoldState::Pending if pending_waits < IDEMPOTENT_PENDING_WAITS => {
+                            pending_waits += 1;
+                            tokio::time::sleep(Duration::from_millis(IDEMPOTENT_PENDING_WAIT_MS))
+                                .await;
+                            continue;
+                        }
                         HoldState::Pending => {
                             self.metrics
                                 .decision(&route.name, Outcome::IdempotencyRejected);
@@ -353,7 +372,10 @@ impl CreditGate {
                             return Ok(());
                         }
                         // The earlier attempt was voided or expired: charge this one anew.
-                        HoldState::Voided | HoldState::Expired => continue,
+                        HoldState::Voided | HoldState::Expired => {
+                            attempt += 1;
+                            continue;
+                        }
                     }
                 }
                 Ok(ReserveOutcome::Replay { .. } | ReserveOutcome::Conflict { .. }) => {
@@ -658,16 +680,8 @@ impl CreditGate {
             Some(s) if s >= 500 => hold.on_upstream_error == UpstreamErrorPolicy::Void,
             Some(_) => false,
         };
-        // A tentative hold exists only if its timed-out reserve ran late: resolve it in the
-        // background rather than hold up this connection while the store recovers.
-        if hold.tentative.is_none() {
-            match resolve_once(&self.store, &self.metrics, &hold, void, &ctx.request_id).await {
-                Ok(_) => return,
-                Err(failure) => {
-                    warn!(request_id = %ctx.request_id, hold_id = %hold.hold_id, error = %failure, "resolving hold failed; retrying in the background")
-                }
-            }
-        }
+        // Settle off the connection: the client's next request on it does not wait for the
+        // store. The settle counts as in flight, so a graceful shutdown waits for it.
         self.spawn_resolve(hold, void, &ctx.request_id);
     }
 }
