@@ -146,6 +146,9 @@ struct ShardState {
     deadlines: Index,
     grant_expiry: Index,
     events: Vec<Event>,
+    /// Resolved holds in resolution order (resolution time, hold id), so pruning finds the
+    /// old ones without scanning every hold.
+    resolved: std::collections::VecDeque<(u64, String)>,
 }
 
 /// The reference model of the whole store: every shard's holds, indexes and events and
@@ -504,6 +507,7 @@ impl Model {
             stored.record.state = state;
             stored.record.posted = posted;
             stored.record.resolved_ms = Some(now);
+            shard.resolved.push_back((now, hold_id.to_string()));
         }
         shard.deadlines.0.remove(&member(customer, hold_id));
     }
@@ -790,22 +794,35 @@ impl Model {
 pub const EMBEDDED_EVENTS_PER_SHARD: usize = 10_000;
 
 /// Longest time the embedded store keeps a resolved hold for idempotent retries, in
-/// milliseconds: ten minutes covers client retries while bounding memory under load.
-pub const EMBEDDED_MAX_RETAIN_MS: u64 = 600_000;
+/// milliseconds: a minute covers a client's prompt retries while bounding memory under
+/// load (a minute of traffic); Redis deployments keep them for the requested retention.
+pub const EMBEDDED_MAX_RETAIN_MS: u64 = 60_000;
 
 /// How many calls the embedded store serves between two prunes of resolved holds.
 const PRUNE_EVERY_CALLS: u64 = 1_024;
 
 impl Model {
-    /// Drops resolved holds whose retention has passed (at most `max_retain_ms` after their
-    /// resolution) and all but the newest `events_per_shard` events of each shard. The
+    /// Drops resolved holds resolved more than `max_retain_ms` ago and all but the newest
+    /// `events_per_shard` events of each shard, in time proportional to what it drops. The
     /// embedded store calls it; tests comparing with Redis do not.
     pub fn prune(&mut self, now: u64, max_retain_ms: u64, events_per_shard: usize) {
         for shard in self.shards.values_mut() {
-            shard.holds.retain(|_, h| match h.record.resolved_ms {
-                Some(resolved) => now <= resolved + h.retain_ms.min(max_retain_ms),
-                None => true,
-            });
+            // Oldest resolutions first; stop at the first one still within the cap. A hold
+            // with a shorter retention than the cap is dropped when Redis would have, by
+            // `live_hold`, or here once the cap has passed.
+            while let Some((resolved, _)) = shard.resolved.front() {
+                if now <= resolved + max_retain_ms {
+                    break;
+                }
+                let (resolved, hold_id) = shard.resolved.pop_front().expect("front exists");
+                if shard
+                    .holds
+                    .get(&hold_id)
+                    .is_some_and(|h| h.record.resolved_ms == Some(resolved))
+                {
+                    shard.holds.remove(&hold_id);
+                }
+            }
             let excess = shard.events.len().saturating_sub(events_per_shard);
             if excess > 0 {
                 shard.events.drain(..excess);
