@@ -9,6 +9,7 @@
 //! when to retry a delivery (the writer, outbox and reconciler do). See `LEDGER.md`.
 
 mod chain;
+mod common;
 mod entry;
 mod fold;
 mod grants;

@@ -1,0 +1,420 @@
+//! The ledger logic both backends share, written once and generic over the sqlx database.
+//!
+//! A backend hands out a [`Shared`] view of itself: its [`Dialect`], the pool queries read
+//! from and the pool single write statements go through (SQLite: its reader pool and its
+//! one-connection writer pool; Postgres: its one pool for both). The `Ledger` methods of
+//! both backends delegate here. What differs stays in the backend files: connecting, the
+//! migration loop and its locking, and how a write transaction begins (SQLite: `BEGIN
+//! IMMEDIATE` on the writer; Postgres: a plain `BEGIN`, then `append_batch` locks the
+//! batch's chain heads `FOR UPDATE` in sorted order). The backend begins the transaction
+//! and passes it to [`Shared::append_in`] or [`Shared::record_grant_in`], which run the
+//! common statements in it and commit. Like the backends, nothing here updates or deletes
+//! an entry.
+
+use std::collections::BTreeSet;
+
+use sqlx::{
+    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type,
+};
+
+use super::chain::ChainHead;
+use super::entry::{GENESIS_HASH, LedgerEntry, NewEntry, entry_hash};
+use super::grants::{GrantRecord, OutboxState, RecordGrantOutcome};
+use super::migrations::Migration;
+use super::sql::{self, Bind, Dialect, Heads, bind_entry, bind_grant};
+use super::{AppendOutcome, EntryQuery, LedgerError, LedgerResult, now_ms};
+
+/// The number of rows a statement changed. sqlx has it only as an inherent method of each
+/// backend's query result, so generic code needs this trait.
+pub(crate) trait RowsAffected {
+    fn rows_affected(&self) -> u64;
+}
+
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows_affected(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn rows_affected(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+/// A backend as the shared code sees it.
+pub(crate) struct Shared<'a, DB: Database> {
+    /// How JSON columns are written and read.
+    pub(crate) dialect: Dialect,
+    /// Where queries read.
+    pub(crate) readers: &'a Pool<DB>,
+    /// Where single write statements (outside `append_in`/`record_grant_in`) run.
+    pub(crate) writer: &'a Pool<DB>,
+}
+
+/// Checks every entry of a batch; `None` when the batch is empty (nothing to do), else the
+/// `recorded_at_ms` to stamp its entries with (read before the transaction begins).
+pub(crate) fn start_batch(entries: &[NewEntry]) -> LedgerResult<Option<u64>> {
+    for e in entries {
+        e.validate()?;
+    }
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(now_ms()))
+}
+
+/// The bounds say what the ledger binds and reads: text, `BIGINT` and their nullable forms,
+/// columns by name or position, and statements run on a connection, a transaction or a
+/// pool. `Sqlite` and `Postgres` meet them.
+impl<DB> Shared<'_, DB>
+where
+    DB: Database,
+    DB::QueryResult: RowsAffected,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+    &'static str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+{
+    /// The entry with this event id, read on `conn`.
+    async fn find_entry(
+        &self,
+        conn: &mut DB::Connection,
+        event_id: &str,
+    ) -> LedgerResult<Option<LedgerEntry>> {
+        let row = sqlx::query(&sql::select_by_event_id(self.dialect))
+            .bind(event_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.as_ref().map(sql::entry_from_row).transpose()
+    }
+
+    /// The grant with this id, read on `conn`.
+    async fn find_grant(
+        &self,
+        conn: &mut DB::Connection,
+        grant_id: &str,
+    ) -> LedgerResult<Option<GrantRecord>> {
+        let row = sqlx::query(&sql::select_grant())
+            .bind(grant_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.as_ref().map(sql::grant_from_row).transpose()
+    }
+
+    /// The customer's chain head, read on `conn`.
+    async fn head_of(
+        &self,
+        conn: &mut DB::Connection,
+        customer: &str,
+    ) -> LedgerResult<Option<ChainHead>> {
+        let row = sqlx::query(sql::SELECT_HEAD)
+            .bind(customer)
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(ChainHead {
+                last_seq: r.try_get("last_seq")?,
+                last_hash: r.try_get("last_hash")?,
+            }),
+            None => None,
+        })
+    }
+
+    /// Applies one migration and records it in `tx`, then commits; false (and `tx` rolled
+    /// back) when it is recorded already. The caller began `tx` and took its locks.
+    pub(crate) async fn apply_migration(
+        &self,
+        mut tx: Transaction<'_, DB>,
+        m: &Migration,
+    ) -> LedgerResult<bool> {
+        let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
+            .bind(m.version)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if done.is_some() {
+            return Ok(false);
+        }
+        let fail = |source: sqlx::Error| LedgerError::Migration {
+            version: m.version,
+            name: m.name,
+            source,
+        };
+        // A plain string runs unprepared, so one migration may hold many statements.
+        sqlx::Executor::execute(&mut *tx, m.sql)
+            .await
+            .map_err(fail)?;
+        sqlx::query(
+            "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES ($1, $2, $3)",
+        )
+        .bind(m.version)
+        .bind(m.name)
+        .bind(now_ms() as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        Ok(true)
+    }
+
+    pub(crate) async fn applied_migrations(&self) -> LedgerResult<Vec<i64>> {
+        let rows = sqlx::query("SELECT version FROM schema_migrations ORDER BY version")
+            .fetch_all(self.readers)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get("version").map_err(LedgerError::from))
+            .collect()
+    }
+
+    /// The body of `append_batch` once the backend has begun `tx` (and, on Postgres,
+    /// locked and loaded the batch's chain heads into `heads`): inserts, skips or reports
+    /// each entry in order, writes the chain heads that moved, and commits.
+    pub(crate) async fn append_in(
+        &self,
+        mut tx: Transaction<'_, DB>,
+        entries: &[NewEntry],
+        mut heads: Heads,
+        recorded_at_ms: u64,
+    ) -> LedgerResult<Vec<AppendOutcome>> {
+        let mut dirty = BTreeSet::new();
+        let mut out = Vec::with_capacity(entries.len());
+        let insert = sql::insert_entry(self.dialect);
+        for e in entries {
+            if let Some(existing) = self.find_entry(&mut tx, &e.event_id).await? {
+                out.push(sql::existing_outcome(existing, e));
+                continue;
+            }
+            if !heads.contains_key(&e.customer) {
+                let head = self
+                    .head_of(&mut tx, &e.customer)
+                    .await?
+                    .unwrap_or(ChainHead {
+                        last_seq: 0,
+                        last_hash: GENESIS_HASH.to_string(),
+                    });
+                heads.insert(e.customer.clone(), head);
+            }
+            let prev_hash = heads[&e.customer].last_hash.clone();
+            let hash = entry_hash(&prev_hash, e, recorded_at_ms)?;
+            let row = bind_entry!(
+                sqlx::query(&insert),
+                e,
+                recorded_at_ms,
+                prev_hash.as_str(),
+                hash.as_str()
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            match row {
+                Some(row) => {
+                    let seq: i64 = row.try_get("seq")?;
+                    heads.insert(
+                        e.customer.clone(),
+                        ChainHead {
+                            last_seq: seq,
+                            last_hash: hash,
+                        },
+                    );
+                    dirty.insert(e.customer.clone());
+                    out.push(AppendOutcome::Inserted { seq });
+                }
+                None => {
+                    let existing =
+                        self.find_entry(&mut tx, &e.event_id)
+                            .await?
+                            .ok_or_else(|| {
+                                LedgerError::Corrupt(format!(
+                                    "{} neither inserted nor found",
+                                    e.event_id
+                                ))
+                            })?;
+                    out.push(sql::existing_outcome(existing, e));
+                }
+            }
+        }
+        for customer in dirty {
+            let head = &heads[&customer];
+            sqlx::query(sql::UPSERT_HEAD)
+                .bind(customer.as_str())
+                .bind(head.last_seq)
+                .bind(head.last_hash.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    pub(crate) async fn entry(&self, event_id: &str) -> LedgerResult<Option<LedgerEntry>> {
+        let mut conn = self.readers.acquire().await?;
+        self.find_entry(&mut conn, event_id).await
+    }
+
+    pub(crate) async fn entries(&self, query: &EntryQuery) -> LedgerResult<Vec<LedgerEntry>> {
+        let (text, binds) = sql::select_entries(self.dialect, query);
+        let mut q = sqlx::query(&text);
+        for b in binds {
+            q = match b {
+                Bind::Text(s) => q.bind(s),
+                Bind::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q.fetch_all(self.readers).await?;
+        rows.iter().map(sql::entry_from_row).collect()
+    }
+
+    pub(crate) async fn redis_generation(&self, shard: u32) -> LedgerResult<Option<String>> {
+        let row = sqlx::query("SELECT generation FROM redis_generations WHERE shard = $1")
+            .bind(i64::from(shard))
+            .fetch_optional(self.readers)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get::<String, _>(0)?),
+            None => None,
+        })
+    }
+
+    pub(crate) async fn set_redis_generation(
+        &self,
+        shard: u32,
+        generation: &str,
+    ) -> LedgerResult<()> {
+        sqlx::query(
+            "INSERT INTO redis_generations (shard, generation, set_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (shard) DO UPDATE SET generation = excluded.generation, set_at_ms = excluded.set_at_ms",
+        )
+        .bind(i64::from(shard))
+        .bind(generation)
+        .bind(now_ms() as i64)
+        .execute(self.writer)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn customers(&self) -> LedgerResult<Vec<String>> {
+        let rows = sqlx::query(sql::SELECT_CUSTOMERS)
+            .fetch_all(self.readers)
+            .await?;
+        let mut out: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?;
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    pub(crate) async fn chain_head(&self, customer: &str) -> LedgerResult<Option<ChainHead>> {
+        let mut conn = self.readers.acquire().await?;
+        self.head_of(&mut conn, customer).await
+    }
+
+    pub(crate) async fn amount_sums(&self) -> LedgerResult<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(sql::SELECT_AMOUNT_SUMS)
+            .fetch_all(self.readers)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("customer")?,
+                    r.try_get("credit_type")?,
+                    r.try_get("total")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The body of `record_grant` once the grant is validated and the backend has begun
+    /// `tx`: inserts the grant and its outbox row and commits, or rolls back and reports
+    /// the grant already stored under its id.
+    pub(crate) async fn record_grant_in(
+        &self,
+        mut tx: Transaction<'_, DB>,
+        grant: &GrantRecord,
+    ) -> LedgerResult<RecordGrantOutcome> {
+        let inserted = bind_grant!(sqlx::query(sql::INSERT_GRANT), grant)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if inserted.is_none() {
+            let existing = self
+                .find_grant(&mut tx, &grant.grant_id)
+                .await?
+                .ok_or_else(|| {
+                    LedgerError::Corrupt(format!(
+                        "grant {} neither inserted nor found",
+                        grant.grant_id
+                    ))
+                })?;
+            tx.rollback().await?;
+            return Ok(if existing.same_grant(grant) {
+                RecordGrantOutcome::AlreadyRecorded
+            } else {
+                RecordGrantOutcome::Conflict {
+                    existing: Box::new(existing),
+                }
+            });
+        }
+        sqlx::query(sql::INSERT_OUTBOX)
+            .bind(grant.grant_id.as_str())
+            .bind(grant.created_at_ms as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(RecordGrantOutcome::Recorded)
+    }
+
+    pub(crate) async fn pending_grants(&self, limit: u32) -> LedgerResult<Vec<GrantRecord>> {
+        let rows = sqlx::query(&sql::select_pending_grants())
+            .bind(i64::from(limit))
+            .fetch_all(self.readers)
+            .await?;
+        rows.iter().map(sql::grant_from_row).collect()
+    }
+
+    pub(crate) async fn mark_grant_applied(
+        &self,
+        grant_id: &str,
+        at_ms: u64,
+    ) -> LedgerResult<bool> {
+        let done = sqlx::query(sql::MARK_APPLIED)
+            .bind(grant_id)
+            .bind(i64::try_from(at_ms).unwrap_or(i64::MAX))
+            .execute(self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(crate) async fn mark_grant_attempt_failed(
+        &self,
+        grant_id: &str,
+        error: &str,
+    ) -> LedgerResult<bool> {
+        let done = sqlx::query(sql::MARK_FAILED)
+            .bind(grant_id)
+            .bind(error.replace('\0', ""))
+            .execute(self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(crate) async fn outbox_state(&self, grant_id: &str) -> LedgerResult<Option<OutboxState>> {
+        let row = sqlx::query(sql::SELECT_OUTBOX)
+            .bind(grant_id)
+            .fetch_optional(self.readers)
+            .await?;
+        row.as_ref().map(sql::outbox_from_row).transpose()
+    }
+
+    pub(crate) async fn grants_of(&self, customer: &str) -> LedgerResult<Vec<GrantRecord>> {
+        let rows = sqlx::query(&sql::select_grants_of())
+            .bind(customer)
+            .fetch_all(self.readers)
+            .await?;
+        rows.iter().map(sql::grant_from_row).collect()
+    }
+}
