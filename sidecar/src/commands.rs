@@ -9,7 +9,9 @@ use tokio::sync::watch;
 
 use crate::cli::{DEFAULT_SQLITE_PATH, GrantArgs, LedgerArgs, ReconcileArgs, RedisArgs, RunArgs};
 use crate::daemon::Sidecar;
-use crate::ledger::{GrantRecord, Ledger, PostgresLedger, SqliteLedger, now_ms};
+use crate::ledger::{
+    GrantRecord, Ledger, PostgresLedger, RecordGrantOutcome, SqliteLedger, now_ms,
+};
 use crate::metrics::SidecarMetrics;
 use crate::outbox::{Issued, issue_grant};
 use crate::reconcile::{Rebuilt, compare, rebuild_customer};
@@ -58,8 +60,20 @@ pub async fn connect_redis(args: &RedisArgs) -> anyhow::Result<Arc<RedisStore>> 
 /// `run`: the sidecar, until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<String> {
     crate::init_logging();
-    let redis = connect_redis(&args.redis).await?;
     let ledger = open_ledger(&args.ledger).await?;
+    // A sidecar started while Redis is down waits for it rather than exit.
+    let redis = loop {
+        match connect_redis(&args.redis).await {
+            Ok(redis) => break redis,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "Redis unreachable; retrying in 1 s");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = crate::shutdown_signal() => return Ok(String::new()),
+                }
+            }
+        }
+    };
     let metrics = Arc::new(SidecarMetrics::new());
     let consumer = match args.consumer {
         Some(c) => c,
@@ -113,7 +127,23 @@ pub async fn grant(args: GrantArgs) -> anyhow::Result<String> {
     };
     record.validate()?;
     let ledger = open_ledger(&args.ledger).await?;
-    let redis = connect_redis(&args.redis).await?;
+    let redis = match connect_redis(&args.redis).await {
+        Ok(redis) => redis,
+        Err(e) => {
+            // Ledger first: the grant is kept, and the sidecar's outbox applies it once
+            // Redis answers again.
+            if let RecordGrantOutcome::Conflict { .. } = ledger.record_grant(&record).await? {
+                bail!(
+                    "grant {} was recorded before with other fields",
+                    record.grant_id
+                );
+            }
+            return Ok(format!(
+                "grant {} recorded in the ledger; Redis is unreachable ({e:#}); the sidecar's outbox delivers it when Redis is back\n",
+                record.grant_id
+            ));
+        }
+    };
     let issued = issue_grant(ledger.as_ref(), redis.as_ref(), &record).await?;
     Ok(match issued {
         Issued::Applied { outcome } => format!(

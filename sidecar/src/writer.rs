@@ -30,6 +30,13 @@ pub const BATCH_MAX: usize = 256;
 /// over, in milliseconds: far longer than a batch takes, so a live sidecar is never robbed.
 pub const CLAIM_IDLE_MS: u64 = 30_000;
 
+/// Whether a stream call failed because the stream or its consumer group does not exist
+/// (Redis lost its data).
+fn is_missing_group(e: &creditgate_protocol::StoreError) -> bool {
+    matches!(e, creditgate_protocol::StoreError::Protocol { message, .. }
+        if message.contains("NOGROUP") || message.contains("no such key"))
+}
+
 /// Why a pass of the writer failed; the writer retries on its next pass.
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
@@ -158,10 +165,15 @@ impl LedgerWriter {
     pub async fn claim(&self, idle_ms: u64) -> Result<PassReport, WriterError> {
         let mut report = PassReport::default();
         for shard in self.redis.keyspace().all_shards() {
-            let entries = self
+            let entries = match self
                 .redis
                 .claim_stale(shard, GROUP, &self.consumer, idle_ms, self.batch_max)
-                .await?;
+                .await
+            {
+                // No group, nothing to claim: the next poll creates it.
+                Err(e) if is_missing_group(&e) => continue,
+                other => other?,
+            };
             report.add(self.write(shard, entries).await?);
         }
         if report.read > 0 {
@@ -174,10 +186,22 @@ impl LedgerWriter {
     pub async fn poll(&self) -> Result<PassReport, WriterError> {
         let mut report = PassReport::default();
         for shard in self.redis.keyspace().all_shards() {
-            let entries = self
+            let entries = match self
                 .redis
                 .read_group(shard, GROUP, &self.consumer, ReadFrom::New, self.batch_max)
-                .await?;
+                .await
+            {
+                Err(e) if is_missing_group(&e) => {
+                    // Redis lost the stream and its group (restart without persistence,
+                    // FLUSHALL): create them again and read from the new stream's start.
+                    warn!(shard = %shard, "consumer group missing; Redis lost its data; creating it again");
+                    self.redis.ensure_group(shard, GROUP).await?;
+                    self.redis
+                        .read_group(shard, GROUP, &self.consumer, ReadFrom::New, self.batch_max)
+                        .await?
+                }
+                other => other?,
+            };
             report.add(self.write(shard, entries).await?);
         }
         Ok(report)
@@ -199,7 +223,10 @@ impl LedgerWriter {
     pub async fn trim(&self) -> Result<u64, WriterError> {
         let mut removed = 0;
         for shard in self.redis.keyspace().all_shards() {
-            removed += self.redis.trim_acknowledged(shard, GROUP).await?;
+            removed += match self.redis.trim_acknowledged(shard, GROUP).await {
+                Err(e) if is_missing_group(&e) => 0,
+                other => other?,
+            };
         }
         Ok(removed)
     }

@@ -50,6 +50,7 @@ mod http;
 mod metrics;
 mod postgres;
 mod redis_server;
+mod sidecar;
 mod upstream;
 mod util;
 
@@ -62,6 +63,10 @@ pub use http::{HTTP_GET_MAX_BYTES, HttpResponse, http_get};
 pub use metrics::{Sample, metric_value, parse_samples};
 pub use postgres::{PG_BIN_ENV, Postgres};
 pub use redis_server::RedisServer;
+pub use sidecar::{
+    LedgerTarget, SIDECAR_BIN, SIDECAR_READY_TIMEOUT, SIDECAR_STOP_TIMEOUT, Sidecar,
+    SidecarOptions, sidecar_command,
+};
 pub use upstream::{RecordedRequest, UPSTREAM_BODY_MAX_BYTES, Upstream};
 pub use util::{free_cluster_port, free_port, require, which};
 
