@@ -17,7 +17,7 @@ use tempfile::TempDir;
 
 use crate::http::http_get;
 use crate::metrics::metric_value;
-use crate::util::{free_port, log_stdio, log_tail, terminate};
+use crate::util::{free_port, log_stdio, log_tail, stop_gracefully, terminate};
 
 /// Name of the gateway binary (and of its package).
 pub const GATEWAY_BIN: &str = "creditgate-gateway";
@@ -353,34 +353,13 @@ impl Gateway {
     /// [`GATEWAY_STOP_TIMEOUT`]; past that it is killed and this returns an error with the
     /// log tail. Returns the exit status; idempotent (a second call reports an error).
     pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
-        let mut child = self
+        let child = self
             .child
             .take()
             .ok_or_else(|| anyhow!("the gateway is not running"))?;
-        if let Ok(Some(status)) = child.try_wait() {
-            return Ok(status);
-        }
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("running kill -TERM")?;
-        anyhow::ensure!(sent.success(), "kill -TERM {} failed", child.id());
-        let deadline = Instant::now() + GATEWAY_STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        terminate(&mut child, None, Duration::ZERO);
-        Err(anyhow!(
-            "the gateway did not exit within {GATEWAY_STOP_TIMEOUT:?} of SIGTERM and was killed; \
-             log tail:\n{}",
+        stop_gracefully(child, "gateway", GATEWAY_STOP_TIMEOUT, || {
             self.log_tail(ERROR_LOG_LINES)
-        ))
+        })
     }
 
     /// Kills the process at once (SIGKILL, like a crash) and reaps it. Idempotent.

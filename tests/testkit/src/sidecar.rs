@@ -21,7 +21,7 @@ use tempfile::TempDir;
 use crate::gateway::try_cargo_bin;
 use crate::http::{HttpResponse, http_get};
 use crate::metrics::metric_value;
-use crate::util::{free_port, log_stdio, log_tail, terminate};
+use crate::util::{free_port, log_stdio, log_tail, stop_gracefully, terminate};
 
 /// Name of the sidecar binary (and of its package).
 pub const SIDECAR_BIN: &str = "creditgate-sidecar";
@@ -335,34 +335,13 @@ impl Sidecar {
     /// [`SIDECAR_STOP_TIMEOUT`]; past that it is killed and this returns an error with the
     /// log tail. Returns the exit status.
     pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
-        let mut child = self
+        let child = self
             .child
             .take()
             .ok_or_else(|| anyhow!("the sidecar is not running"))?;
-        if let Ok(Some(status)) = child.try_wait() {
-            return Ok(status);
-        }
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("running kill -TERM")?;
-        anyhow::ensure!(sent.success(), "kill -TERM {} failed", child.id());
-        let deadline = Instant::now() + SIDECAR_STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        terminate(&mut child, None, Duration::ZERO);
-        Err(anyhow!(
-            "the sidecar did not exit within {SIDECAR_STOP_TIMEOUT:?} of SIGTERM and was killed; \
-             log tail:\n{}",
+        stop_gracefully(child, "sidecar", SIDECAR_STOP_TIMEOUT, || {
             self.log_tail(ERROR_LOG_LINES)
-        ))
+        })
     }
 
     /// Starts the process again with the same options (same consumer, same ledger; the same

@@ -231,3 +231,37 @@ pub(crate) fn wait_until(
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Sends SIGTERM to `child` and waits up to `timeout` for it to exit (a graceful shutdown);
+/// past that it is killed and the error names `what` with the log tail `log` gives.
+/// Returns the exit status.
+pub(crate) fn stop_gracefully(
+    mut child: Child,
+    what: &str,
+    timeout: Duration,
+    log: impl FnOnce() -> String,
+) -> anyhow::Result<std::process::ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Ok(status);
+    }
+    let sent = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| anyhow::anyhow!("running kill -TERM: {e}"))?;
+    anyhow::ensure!(sent.success(), "kill -TERM {} failed", child.id());
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    terminate(&mut child, None, Duration::ZERO);
+    Err(anyhow::anyhow!(
+        "the {what} did not exit within {timeout:?} of SIGTERM and was killed; log tail:\n{}",
+        log()
+    ))
+}
