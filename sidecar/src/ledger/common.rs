@@ -11,7 +11,7 @@
 //! common statements in it and commit. Like the backends, nothing here updates or deletes
 //! an entry.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type,
@@ -40,6 +40,14 @@ impl RowsAffected for sqlx::postgres::PgQueryResult {
     fn rows_affected(&self) -> u64 {
         self.rows_affected()
     }
+}
+
+/// An entry of a batch waiting to be inserted: its place in the batch and its chain links.
+struct Pending<'e> {
+    index: usize,
+    entry: &'e NewEntry,
+    prev_hash: String,
+    hash: String,
 }
 
 /// A backend as the shared code sees it.
@@ -171,9 +179,189 @@ where
             .collect()
     }
 
+    /// The stored entries among `event_ids`, by event id, read on `conn` in statements of
+    /// at most [`sql::LOOKUP_CHUNK`] ids.
+    async fn find_entries(
+        &self,
+        conn: &mut DB::Connection,
+        event_ids: &[&str],
+    ) -> LedgerResult<HashMap<String, LedgerEntry>> {
+        let mut found = HashMap::new();
+        for chunk in event_ids.chunks(sql::LOOKUP_CHUNK) {
+            let text = sql::select_by_event_ids(self.dialect, chunk.len());
+            let mut q = sqlx::query(&text);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let entry = sql::entry_from_row(&row)?;
+                found.insert(entry.entry.event_id.clone(), entry);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Adds to `heads` the chain head of each of `customers` (genesis when it has none),
+    /// read on `conn` in statements of at most [`sql::LOOKUP_CHUNK`] customers.
+    async fn load_heads(
+        &self,
+        conn: &mut DB::Connection,
+        customers: &[&str],
+        heads: &mut Heads,
+    ) -> LedgerResult<()> {
+        for chunk in customers.chunks(sql::LOOKUP_CHUNK) {
+            let text = sql::select_heads(chunk.len());
+            let mut q = sqlx::query(&text);
+            for c in chunk {
+                q = q.bind(*c);
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let customer: String = row.try_get("customer")?;
+                let head = ChainHead {
+                    last_seq: row.try_get("last_seq")?,
+                    last_hash: row.try_get("last_hash")?,
+                };
+                heads.insert(customer, head);
+            }
+        }
+        for c in customers {
+            if !heads.contains_key(*c) {
+                heads.insert(
+                    (*c).to_string(),
+                    ChainHead {
+                        last_seq: 0,
+                        last_hash: GENESIS_HASH.to_string(),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts `e` after `heads`' head of its customer, or reports the entry stored under
+    /// its event id (another writer inserted it since the batch looked).
+    async fn insert_one(
+        &self,
+        conn: &mut DB::Connection,
+        e: &NewEntry,
+        heads: &mut Heads,
+        dirty: &mut BTreeSet<String>,
+        recorded_at_ms: u64,
+    ) -> LedgerResult<AppendOutcome> {
+        let prev_hash = heads[&e.customer].last_hash.clone();
+        let hash = entry_hash(&prev_hash, e, recorded_at_ms)?;
+        let insert = sql::insert_entry(self.dialect);
+        let row = bind_entry!(
+            sqlx::query(&insert),
+            e,
+            recorded_at_ms,
+            prev_hash.as_str(),
+            hash.as_str()
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        match row {
+            Some(row) => {
+                let seq: i64 = row.try_get("seq")?;
+                heads.insert(
+                    e.customer.clone(),
+                    ChainHead {
+                        last_seq: seq,
+                        last_hash: hash,
+                    },
+                );
+                dirty.insert(e.customer.clone());
+                Ok(AppendOutcome::Inserted { seq })
+            }
+            None => self.stored_outcome(conn, e).await,
+        }
+    }
+
+    /// The outcome for `e` from the entry stored under its event id, read on `conn`.
+    async fn stored_outcome(
+        &self,
+        conn: &mut DB::Connection,
+        e: &NewEntry,
+    ) -> LedgerResult<AppendOutcome> {
+        let existing = self.find_entry(conn, &e.event_id).await?.ok_or_else(|| {
+            LedgerError::Corrupt(format!("{} neither inserted nor found", e.event_id))
+        })?;
+        Ok(sql::existing_outcome(existing, e))
+    }
+
+    /// Inserts the pending entries of a batch with one statement, inside a savepoint. Each
+    /// pending entry carries the prev_hash and hash computed from `heads` when it was
+    /// queued; `saved` holds the heads its customers had before the first of them. When
+    /// another writer inserted one of the event ids meanwhile (the statement skips it), the
+    /// chain computed for the rest no longer holds: roll back to the savepoint, restore the
+    /// heads and insert the entries one by one instead.
+    #[allow(clippy::too_many_arguments)]
+    async fn flush(
+        &self,
+        conn: &mut DB::Connection,
+        pending: &mut Vec<Pending<'_>>,
+        saved: &mut HashMap<String, ChainHead>,
+        heads: &mut Heads,
+        dirty: &mut BTreeSet<String>,
+        out: &mut [Option<AppendOutcome>],
+        recorded_at_ms: u64,
+    ) -> LedgerResult<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        sqlx::Executor::execute(&mut *conn, "SAVEPOINT ledger_append").await?;
+        let text = sql::insert_entries(self.dialect, pending.len());
+        let mut q = sqlx::query(&text);
+        for p in pending.iter() {
+            q = bind_entry!(
+                q,
+                p.entry,
+                recorded_at_ms,
+                p.prev_hash.as_str(),
+                p.hash.as_str()
+            );
+        }
+        let rows = q.fetch_all(&mut *conn).await?;
+        let mut seqs: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            seqs.insert(row.try_get("event_id")?, row.try_get("seq")?);
+        }
+        let all_in = rows.len() == pending.len()
+            && pending.iter().all(|p| seqs.contains_key(&p.entry.event_id));
+        if all_in {
+            for p in pending.iter() {
+                let seq = seqs[&p.entry.event_id];
+                if let Some(head) = heads.get_mut(&p.entry.customer) {
+                    head.last_seq = seq;
+                }
+                dirty.insert(p.entry.customer.clone());
+                out[p.index] = Some(AppendOutcome::Inserted { seq });
+            }
+        } else {
+            sqlx::Executor::execute(&mut *conn, "ROLLBACK TO SAVEPOINT ledger_append").await?;
+            for (customer, head) in saved.drain() {
+                heads.insert(customer, head);
+            }
+            for p in pending.iter() {
+                let outcome = self
+                    .insert_one(conn, p.entry, heads, dirty, recorded_at_ms)
+                    .await?;
+                out[p.index] = Some(outcome);
+            }
+        }
+        pending.clear();
+        saved.clear();
+        Ok(())
+    }
+
     /// The body of `append_batch` once the backend has begun `tx` (and, on Postgres,
     /// locked and loaded the batch's chain heads into `heads`): inserts, skips or reports
     /// each entry in order, writes the chain heads that moved, and commits.
+    ///
+    /// The batch's event ids already stored are looked up at once, and so are the chain
+    /// heads not in `heads`; the new entries are then chained in Rust, in input order, and
+    /// inserted [`sql::INSERT_CHUNK`] at a time. An event id repeated within the batch is
+    /// answered from the entry stored for its first occurrence, as if appended alone.
     pub(crate) async fn append_in(
         &self,
         mut tx: Transaction<'_, DB>,
@@ -181,62 +369,84 @@ where
         mut heads: Heads,
         recorded_at_ms: u64,
     ) -> LedgerResult<Vec<AppendOutcome>> {
+        let mut ids: Vec<&str> = entries.iter().map(|e| e.event_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let existing = self.find_entries(&mut tx, &ids).await?;
+        let mut missing: Vec<&str> = entries
+            .iter()
+            .filter(|e| !existing.contains_key(&e.event_id) && !heads.contains_key(&e.customer))
+            .map(|e| e.customer.as_str())
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            self.load_heads(&mut tx, &missing, &mut heads).await?;
+        }
+
         let mut dirty = BTreeSet::new();
-        let mut out = Vec::with_capacity(entries.len());
-        let insert = sql::insert_entry(self.dialect);
-        for e in entries {
-            if let Some(existing) = self.find_entry(&mut tx, &e.event_id).await? {
-                out.push(sql::existing_outcome(existing, e));
+        let mut out: Vec<Option<AppendOutcome>> = vec![None; entries.len()];
+        let mut queued: HashSet<&str> = HashSet::new();
+        let mut pending: Vec<Pending<'_>> = Vec::with_capacity(sql::INSERT_CHUNK);
+        let mut saved: HashMap<String, ChainHead> = HashMap::new();
+        for (index, e) in entries.iter().enumerate() {
+            if queued.contains(e.event_id.as_str()) {
+                self.flush(
+                    &mut tx,
+                    &mut pending,
+                    &mut saved,
+                    &mut heads,
+                    &mut dirty,
+                    &mut out,
+                    recorded_at_ms,
+                )
+                .await?;
+                out[index] = Some(self.stored_outcome(&mut tx, e).await?);
                 continue;
             }
-            if !heads.contains_key(&e.customer) {
-                let head = self
-                    .head_of(&mut tx, &e.customer)
-                    .await?
-                    .unwrap_or(ChainHead {
-                        last_seq: 0,
-                        last_hash: GENESIS_HASH.to_string(),
-                    });
-                heads.insert(e.customer.clone(), head);
+            if let Some(stored) = existing.get(&e.event_id) {
+                out[index] = Some(sql::existing_outcome(stored.clone(), e));
+                continue;
             }
-            let prev_hash = heads[&e.customer].last_hash.clone();
+            let head = heads.get_mut(&e.customer).ok_or_else(|| {
+                LedgerError::Corrupt(format!("no chain head loaded for {}", e.customer))
+            })?;
+            if !saved.contains_key(&e.customer) {
+                saved.insert(e.customer.clone(), head.clone());
+            }
+            let prev_hash = head.last_hash.clone();
             let hash = entry_hash(&prev_hash, e, recorded_at_ms)?;
-            let row = bind_entry!(
-                sqlx::query(&insert),
-                e,
-                recorded_at_ms,
-                prev_hash.as_str(),
-                hash.as_str()
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-            match row {
-                Some(row) => {
-                    let seq: i64 = row.try_get("seq")?;
-                    heads.insert(
-                        e.customer.clone(),
-                        ChainHead {
-                            last_seq: seq,
-                            last_hash: hash,
-                        },
-                    );
-                    dirty.insert(e.customer.clone());
-                    out.push(AppendOutcome::Inserted { seq });
-                }
-                None => {
-                    let existing =
-                        self.find_entry(&mut tx, &e.event_id)
-                            .await?
-                            .ok_or_else(|| {
-                                LedgerError::Corrupt(format!(
-                                    "{} neither inserted nor found",
-                                    e.event_id
-                                ))
-                            })?;
-                    out.push(sql::existing_outcome(existing, e));
-                }
+            head.last_hash = hash.clone();
+            queued.insert(e.event_id.as_str());
+            pending.push(Pending {
+                index,
+                entry: e,
+                prev_hash,
+                hash,
+            });
+            if pending.len() == sql::INSERT_CHUNK {
+                self.flush(
+                    &mut tx,
+                    &mut pending,
+                    &mut saved,
+                    &mut heads,
+                    &mut dirty,
+                    &mut out,
+                    recorded_at_ms,
+                )
+                .await?;
             }
         }
+        self.flush(
+            &mut tx,
+            &mut pending,
+            &mut saved,
+            &mut heads,
+            &mut dirty,
+            &mut out,
+            recorded_at_ms,
+        )
+        .await?;
         for customer in dirty {
             let head = &heads[&customer];
             sqlx::query(sql::UPSERT_HEAD)
@@ -247,7 +457,9 @@ where
                 .await?;
         }
         tx.commit().await?;
-        Ok(out)
+        out.into_iter()
+            .map(|o| o.ok_or_else(|| LedgerError::Corrupt("an entry got no outcome".into())))
+            .collect()
     }
 
     pub(crate) async fn entry(&self, event_id: &str) -> LedgerResult<Option<LedgerEntry>> {

@@ -64,6 +64,32 @@ pub(crate) fn select_by_event_id(d: Dialect) -> String {
     )
 }
 
+/// Selects the entries whose event id is one of `$1` … `$n` (`n` at least 1).
+pub(crate) fn select_by_event_ids(d: Dialect, n: usize) -> String {
+    format!(
+        "SELECT {} FROM ledger_entries e WHERE e.event_id IN ({})",
+        entry_columns(d),
+        placeholders(1, n)
+    )
+}
+
+/// `$first, $first+1, …` (`n` of them).
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The most binds a batched lookup statement takes (SQLite's limit is 999 in old builds).
+pub(crate) const LOOKUP_CHUNK: usize = 500;
+
+/// The binds of one entry in [`insert_entry`] and [`insert_entries`].
+pub(crate) const ENTRY_BINDS: usize = 21;
+
+/// The most entries one [`insert_entries`] statement inserts (945 binds, under 999).
+pub(crate) const INSERT_CHUNK: usize = 45;
+
 /// Inserts one entry unless its event id exists; returns its seq when inserted. The
 /// binds, in order: event_id, kind, customer, credit_type, amount, grant_id, hold_id,
 /// request_id, route, feature, grants, event_at_ms, recorded_at_ms, actor, reason,
@@ -78,6 +104,32 @@ pub(crate) fn insert_entry(d: Dialect) -> String {
          ON CONFLICT (event_id) DO NOTHING RETURNING seq",
         d.json_in(11),
         d.json_in(17)
+    )
+}
+
+/// Inserts `n` entries (at least 1), each unless its event id exists; returns `seq` and
+/// `event_id` of each row inserted. Each row takes the 21 binds of [`insert_entry`], in
+/// order, row after row.
+pub(crate) fn insert_entries(d: Dialect, n: usize) -> String {
+    let rows: Vec<String> = (0..n)
+        .map(|r| {
+            let b = r * ENTRY_BINDS;
+            format!(
+                "({}, {}, {}, {})",
+                placeholders(b + 1, 10),
+                d.json_in(b + 11),
+                placeholders(b + 12, 5),
+                format_args!("{}, {}", d.json_in(b + 17), placeholders(b + 18, 4))
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO ledger_entries (event_id, kind, customer, credit_type, amount, \
+         grant_id, hold_id, request_id, route, feature, grants, event_at_ms, \
+         recorded_at_ms, actor, reason, pricing_version, details, shard, stream_id, \
+         prev_hash, hash) VALUES {} \
+         ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id",
+        rows.join(", ")
     )
 }
 
@@ -119,6 +171,14 @@ pub(crate) const UPSERT_HEAD: &str = "INSERT INTO chain_heads (customer, last_se
 /// Selects a customer's chain head (`$1`).
 pub(crate) const SELECT_HEAD: &str =
     "SELECT last_seq, last_hash FROM chain_heads WHERE customer = $1";
+
+/// Selects the chain heads of customers `$1` … `$n` (`n` at least 1).
+pub(crate) fn select_heads(n: usize) -> String {
+    format!(
+        "SELECT customer, last_seq, last_hash FROM chain_heads WHERE customer IN ({})",
+        placeholders(1, n)
+    )
+}
 
 /// Every customer with a chain head or an entry.
 pub(crate) const SELECT_CUSTOMERS: &str =
