@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// Address of the HTTP listener.
     #[arg(long, env = "CREDITGATE_SIDECAR_LISTEN", default_value = DEFAULT_SIDECAR_LISTEN)]
     pub listen: String,
+    /// The pricing config file (the same file the gateways use). Validated at start-up; a
+    /// sidecar without one still moves events into the ledger but cannot price anything.
+    #[arg(long = "config", value_name = "FILE", env = "CREDITGATE_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// Options of `grant`.

@@ -60,6 +60,15 @@ pub async fn connect_redis(args: &RedisArgs) -> anyhow::Result<Arc<RedisStore>> 
 /// `run`: the sidecar, until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<String> {
     crate::init_logging();
+    let pricing = match &args.config {
+        Some(path) => {
+            let config = creditgate_config::PricingConfig::load(path)
+                .map_err(|errors| anyhow::anyhow!("{errors}"))?;
+            tracing::info!(config = %path.display(), summary = %config.summary(), "pricing config loaded");
+            Some(Arc::new(arc_swap::ArcSwap::from_pointee(config)))
+        }
+        None => None,
+    };
     let ledger = open_ledger(&args.ledger).await?;
     // A sidecar started while Redis is down waits for it rather than exit.
     let redis = loop {
@@ -85,6 +94,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
         metrics,
         consumer,
         last_reconcile: Default::default(),
+        pricing,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(&args.listen)

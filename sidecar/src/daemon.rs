@@ -50,7 +50,12 @@ pub struct Sidecar {
     pub consumer: String,
     /// The last reconciliation report.
     pub last_reconcile: LastReconcile,
+    /// The pricing config in force, when the sidecar was given one (`--config`).
+    pub pricing: Option<SharedPricing>,
 }
+
+/// The pricing config, swapped whole when a new version is loaded.
+pub type SharedPricing = Arc<arc_swap::ArcSwap<creditgate_config::PricingConfig>>;
 
 impl Sidecar {
     fn task_error(&self, task: &str, error: &dyn std::fmt::Display) {

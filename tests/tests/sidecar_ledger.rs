@@ -1366,3 +1366,33 @@ fn a_ledger_first_grant_survives_a_redis_outage_and_applies_once(backend: Backen
     assert_eq!(entries[0].entry.amount, 250);
     h.assert_totals_match(&BTreeSet::from(["umbrella".to_string()]));
 }
+
+/// A sidecar given an invalid pricing config refuses to start and names the file, line and
+/// field, before it touches the ledger or Redis.
+#[test]
+fn sidecar_refuses_to_start_on_an_invalid_pricing_config() {
+    let dir = TempDir::new().expect("temp dir");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/tests/fixtures/invalid/amount_overflow.toml");
+    let ledger = dir.path().join("ledger.sqlite");
+    let args = [
+        "run".to_string(),
+        "--redis".to_string(),
+        "redis://127.0.0.1:1/".to_string(),
+        "--sqlite".to_string(),
+        ledger.display().to_string(),
+        "--config".to_string(),
+        fixture.display().to_string(),
+    ];
+    let out = sidecar_command(&args, dir.path()).expect("sidecar runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started on an invalid config");
+    assert!(
+        stderr.contains("amount_overflow.toml:"),
+        "the error names the file: {stderr}"
+    );
+    assert!(
+        !ledger.exists(),
+        "the ledger was opened before the config was checked"
+    );
+}
