@@ -11,12 +11,19 @@ use crate::cost::CostRule;
 use crate::error::{ConfigError, ConfigErrors, LineIndex};
 use crate::limits::DEFAULT_OVERDRAFT;
 use crate::model::{
-    ApiKey, Billing, CreditType, Customer, Defaults, EmbeddedGrant, Feature, Identity, Plan,
-    Upstream,
+    ApiKey, Billing, Cohort, CreditType, Customer, Defaults, EmbeddedGrant, Feature, Identity,
+    Plan, Upstream,
 };
 use crate::route_table::{RouteMatch, RouteTable};
 use crate::schema::ConfigFile;
 use crate::validate::{Validated, validate};
+
+/// The version of a config not published by a sidecar: the file a process loaded itself.
+pub const UNPUBLISHED_VERSION: u64 = 0;
+
+/// Hex digits of the content hash in [`PricingConfig::version_label`]: 48 bits tell
+/// versions apart with room to spare, and keep the label short in logs and the ledger.
+const VERSION_HASH_DIGITS: usize = 12;
 
 /// A validated pricing config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +42,11 @@ pub struct PricingConfig {
     api_keys: HashMap<[u8; 32], ApiKey>,
     billing: Billing,
     embedded_grants: Vec<EmbeddedGrant>,
+    cohorts: BTreeMap<String, Cohort>,
+    /// Cohort name by pinned customer id, and by pinned plan name.
+    cohort_of_customer: HashMap<String, String>,
+    cohort_of_plan: HashMap<String, String>,
+    version: u64,
 }
 
 /// Where a resolved cost rule came from, most specific first.
@@ -42,6 +54,8 @@ pub struct PricingConfig {
 pub enum CostSource {
     /// The customer's own `costs` override.
     Customer,
+    /// The prices of the cohort the customer (or the customer's plan) is pinned to.
+    Cohort,
     /// The `costs` override of the customer's plan.
     Plan,
     /// The `costs` override of `default_plan` (the customer is not listed in the config).
@@ -66,6 +80,8 @@ pub struct ResolvedCost<'a> {
     /// How far below zero the customer's balance of this credit type may go, in its
     /// smallest unit.
     pub overdraft: u64,
+    /// The cohort the customer is pinned to, when it priced this feature.
+    pub cohort: Option<&'a str>,
 }
 
 impl PricingConfig {
@@ -93,6 +109,7 @@ impl PricingConfig {
             api_keys,
             billing,
             embedded_grants,
+            cohorts,
         } = validate(file, text, file_name).map_err(ConfigErrors::new)?;
         Ok(PricingConfig {
             file: file_name.to_owned(),
@@ -109,7 +126,68 @@ impl PricingConfig {
             api_keys,
             billing,
             embedded_grants,
+            cohort_of_customer: cohorts
+                .values()
+                .flat_map(|c| c.customers.iter().map(|id| (id.clone(), c.name.clone())))
+                .collect(),
+            cohort_of_plan: cohorts
+                .values()
+                .flat_map(|c| c.plans.iter().map(|p| (p.clone(), c.name.clone())))
+                .collect(),
+            cohorts,
+            version: UNPUBLISHED_VERSION,
         })
+    }
+
+    /// This config with its published version number: the sidecar numbers each valid
+    /// config it publishes, and gateways and the ledger name prices by that number.
+    pub fn with_version(mut self, version: u64) -> PricingConfig {
+        self.version = version;
+        self
+    }
+
+    /// The published version number, or [`UNPUBLISHED_VERSION`] for a config read from a
+    /// local file and not (yet) published.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The version as recorded on holds and in the ledger: `<number>-<first 12 hex digits
+    /// of the content hash>`, e.g. `7-3f2a9c1b04de`. The number orders versions; the hash
+    /// tells two files with the same number apart (a file a gateway watched itself).
+    pub fn version_label(&self) -> String {
+        format!(
+            "{}-{}",
+            self.version,
+            &self.content_hash[..VERSION_HASH_DIGITS.min(self.content_hash.len())]
+        )
+    }
+
+    /// The pricing version recorded on a hold priced by `cost`: the
+    /// [`version_label`](Self::version_label), followed by `@<cohort>` when a cohort's
+    /// pinned price applied (`7-3f2a9c1b04de@launch_2025`).
+    pub fn pricing_version_of(&self, cost: &ResolvedCost<'_>) -> String {
+        match cost.cohort {
+            Some(cohort) => format!("{}@{cohort}", self.version_label()),
+            None => self.version_label(),
+        }
+    }
+
+    /// Cohorts by name.
+    pub fn cohorts(&self) -> &BTreeMap<String, Cohort> {
+        &self.cohorts
+    }
+
+    /// The cohort `customer` is pinned to: by id first, else through the customer's plan
+    /// (or `default_plan` for customers not listed).
+    pub fn cohort_for(&self, customer: Option<&str>) -> Option<&Cohort> {
+        let by_id = customer.and_then(|id| self.cohort_of_customer.get(id));
+        let plan = match customer.and_then(|id| self.customers.get(id)) {
+            Some(c) => Some(c.plan.as_str()),
+            None => self.default_plan.as_deref(),
+        };
+        let name = by_id.or_else(|| plan.and_then(|p| self.cohort_of_plan.get(p)))?;
+        self.cohorts.get(name)
     }
 
     /// Reads and validates the file at `path`; an unreadable file is reported as a
@@ -236,21 +314,28 @@ impl PricingConfig {
 
     /// The price of `feature` for `customer`, or `None` for an unknown feature.
     ///
-    /// The rule is the first found of: the customer's own override, the override of the
+    /// The rule is the first found of: the customer's own override, the price of the
+    /// cohort the customer (by id, else through its plan) is pinned to, the override of the
     /// customer's plan, the override of `default_plan` (for customers not in the config, or
     /// when `customer` is `None`), the feature's cost. The overdraft is the customer's if
     /// set, else the applied plan's, else [`DEFAULT_OVERDRAFT`].
     pub fn cost_for(&self, feature: &str, customer: Option<&str>) -> Option<ResolvedCost<'_>> {
         let feature = self.features.get(feature)?;
         let credit_type = self.credit_types.get(&feature.credit_type)?;
+        let customer_id = customer;
         let customer = customer.and_then(|id| self.customers.get(id));
         let (plan_name, plan_source) = match customer {
             Some(customer) => (Some(customer.plan.as_str()), CostSource::Plan),
             None => (self.default_plan.as_deref(), CostSource::DefaultPlan),
         };
         let plan = plan_name.and_then(|name| self.plans.get(name));
+        let cohort = self
+            .cohort_for(customer.map(|c| c.id.as_str()).or(customer_id))
+            .filter(|c| c.costs.contains_key(&feature.name));
         let (rule, source) = if let Some(rule) = customer.and_then(|c| c.costs.get(&feature.name)) {
             (rule, CostSource::Customer)
+        } else if let Some(rule) = cohort.and_then(|c| c.costs.get(&feature.name)) {
+            (rule, CostSource::Cohort)
         } else if let Some(rule) = plan.and_then(|p| p.costs.get(&feature.name)) {
             (rule, plan_source)
         } else {
@@ -269,6 +354,9 @@ impl PricingConfig {
             source,
             plan: plan_name,
             overdraft,
+            cohort: cohort
+                .filter(|_| source == CostSource::Cohort)
+                .map(|c| c.name.as_str()),
         })
     }
 }

@@ -15,12 +15,12 @@ mod route_table;
 mod schema;
 mod validate;
 
-pub use config::{CostSource, PricingConfig, ResolvedCost};
+pub use config::{CostSource, PricingConfig, ResolvedCost, UNPUBLISHED_VERSION};
 pub use cost::{CostRule, RequestValues, UnitSource, UnitsValue, query_param};
 pub use error::{ConfigError, ConfigErrors};
 pub use limits::*;
 pub use model::{
-    ApiKey, Billing, CreditType, Customer, Defaults, EmbeddedGrant, FailurePolicy, Feature,
+    ApiKey, Billing, Cohort, CreditType, Customer, Defaults, EmbeddedGrant, FailurePolicy, Feature,
     Identity, Method, Mode, Overdraft, Plan, Unmatched, Upstream, UpstreamErrorPolicy,
 };
 pub use pattern::{PathPattern, Segment, path_segments};

@@ -186,6 +186,24 @@ pub struct Customer {
     pub costs: BTreeMap<String, CostRule>,
 }
 
+/// A cohort (`[cohorts.NAME]`): customers and whole plans pinned to a price list that no
+/// longer applies to everyone, so they keep the prices they signed up for (grandfathered)
+/// while new customers get the file's current prices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cohort {
+    /// The identifier, recorded with the pricing version of every hold it priced.
+    pub name: String,
+    /// Free text for people reading the config.
+    pub description: Option<String>,
+    /// The pinned prices: per-feature rules that win over plan and feature prices (a
+    /// customer's own `costs` still win). Features not listed are priced as usual.
+    pub costs: BTreeMap<String, CostRule>,
+    /// Customers pinned by id (whether or not they are listed under `[customers]`).
+    pub customers: Vec<String>,
+    /// Plans whose every customer is pinned.
+    pub plans: Vec<String>,
+}
+
 /// An upstream the gateway forwards to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {

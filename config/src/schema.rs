@@ -42,6 +42,8 @@ pub(crate) struct ConfigFile {
     pub billing: Option<BillingFile>,
     #[serde(default)]
     pub embedded_grants: Vec<Spanned<EmbeddedGrantFile>>,
+    #[serde(default)]
+    pub cohorts: BTreeMap<Name, CohortFile>,
 }
 
 /// `[defaults]`.
@@ -125,6 +127,19 @@ pub(crate) struct CustomerFile {
 }
 
 /// `[upstreams.<name>]`.
+/// `[cohorts.NAME]`: customers and plans pinned to an older price list (grandfathered).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CohortFile {
+    pub description: Option<String>,
+    #[serde(default)]
+    pub costs: BTreeMap<Name, Spanned<CostFile>>,
+    #[serde(default)]
+    pub customers: Vec<Name>,
+    #[serde(default)]
+    pub plans: Vec<Name>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpstreamFile {

@@ -22,15 +22,15 @@ use crate::limits::{
     MAX_ROUTES, MAX_SCALE, MAX_STORE_TIMEOUT_MS, MAX_URL_LEN, MIN_HOLD_TTL_MS,
 };
 use crate::model::{
-    ApiKey, Billing, CreditType, Customer, Defaults, EmbeddedGrant, Feature, Identity, Method,
-    Overdraft, Plan, Unmatched, Upstream,
+    ApiKey, Billing, Cohort, CreditType, Customer, Defaults, EmbeddedGrant, Feature, Identity,
+    Method, Overdraft, Plan, Unmatched, Upstream,
 };
 use crate::pattern::PathPattern;
 use crate::route_table::Route;
 use crate::schema::{
-    ApiKeyFile, BillingFile, ConfigFile, CostFile, CreditTypeFile, CustomerFile, DefaultsFile,
-    EmbeddedGrantFile, FeatureFile, IdentityFile, Name, OverdraftFile, PlanFile, RouteFile,
-    UpstreamFile,
+    ApiKeyFile, BillingFile, CohortFile, ConfigFile, CostFile, CreditTypeFile, CustomerFile,
+    DefaultsFile, EmbeddedGrantFile, FeatureFile, IdentityFile, Name, OverdraftFile, PlanFile,
+    RouteFile, UpstreamFile,
 };
 
 /// The name of the upstream used by routes without `upstream` and by `pass_through`.
@@ -53,6 +53,7 @@ pub(crate) struct Validated {
     pub api_keys: HashMap<[u8; 32], ApiKey>,
     pub billing: Billing,
     pub embedded_grants: Vec<EmbeddedGrant>,
+    pub cohorts: BTreeMap<String, Cohort>,
 }
 
 /// Validates a parsed file; `text` is the file's text (for line numbers) and `file` its name.
@@ -121,6 +122,7 @@ impl Checker<'_> {
             api_keys,
             billing,
             embedded_grants,
+            cohorts,
         } = config;
         let declared = Declared {
             credit_types: credit_types
@@ -154,6 +156,7 @@ impl Checker<'_> {
         let api_keys = self.api_keys(api_keys);
         let billing = self.billing(billing.unwrap_or_default());
         let embedded_grants = self.embedded_grants(embedded_grants, &declared, &credit_types);
+        let cohorts = self.cohorts(cohorts, &declared);
 
         if defaults.unmatched == Unmatched::PassThrough
             && !declared.upstreams.contains(DEFAULT_UPSTREAM)
@@ -197,6 +200,7 @@ impl Checker<'_> {
             api_keys,
             billing,
             embedded_grants,
+            cohorts,
         }
     }
 
@@ -424,6 +428,97 @@ impl Checker<'_> {
                     costs,
                 };
                 valid.insert(name, plan);
+            }
+        }
+        valid
+    }
+
+    /// `[cohorts.NAME]`: every cohort pins someone to at least one price, and no customer
+    /// or plan is pinned twice (which price would win would depend on name order).
+    fn cohorts(
+        &mut self,
+        cohorts: BTreeMap<Name, CohortFile>,
+        declared: &Declared,
+    ) -> BTreeMap<String, Cohort> {
+        let mut valid = BTreeMap::new();
+        let mut pinned_customers: BTreeMap<String, String> = BTreeMap::new();
+        let mut pinned_plans: BTreeMap<String, String> = BTreeMap::new();
+        for (name, cohort) in cohorts {
+            let path = format!("cohorts.{}", key(name.get_ref()));
+            let CohortFile {
+                description,
+                costs,
+                customers,
+                plans,
+            } = cohort;
+            let mut ok = self.identifier(&path, &name, "cohort name");
+            if costs.is_empty() {
+                ok = false;
+                self.report(
+                    format!("{path}.costs"),
+                    Some(name.span()),
+                    "a cohort must pin at least one feature's price (costs = { feature = \
+                     { kind = .. } })"
+                        .to_owned(),
+                );
+            }
+            if customers.is_empty() && plans.is_empty() {
+                ok = false;
+                self.report(
+                    path.clone(),
+                    Some(name.span()),
+                    "a cohort must pin someone: list customers, plans or both".to_owned(),
+                );
+            }
+            let costs = self.cost_overrides(&format!("{path}.costs"), costs, declared);
+            for (i, customer) in customers.iter().enumerate() {
+                let field = format!("{path}.customers[{i}]");
+                ok &= self.identifier(&field, customer, "customer id");
+                if let Some(other) =
+                    pinned_customers.insert(customer.get_ref().clone(), name.get_ref().clone())
+                {
+                    ok = false;
+                    self.report(
+                        field,
+                        Some(customer.span()),
+                        format!(
+                            "customer {:?} is already pinned by cohorts.{}: a customer \
+                             belongs to one cohort at most",
+                            customer.get_ref(),
+                            key(&other)
+                        ),
+                    );
+                }
+            }
+            for (i, plan) in plans.iter().enumerate() {
+                let field = format!("{path}.plans[{i}]");
+                ok &= self.reference(&field, plan, "plan", &declared.plans);
+                if let Some(other) =
+                    pinned_plans.insert(plan.get_ref().clone(), name.get_ref().clone())
+                {
+                    ok = false;
+                    self.report(
+                        field,
+                        Some(plan.span()),
+                        format!(
+                            "plan {:?} is already pinned by cohorts.{}: a plan belongs to \
+                             one cohort at most",
+                            plan.get_ref(),
+                            key(&other)
+                        ),
+                    );
+                }
+            }
+            if let (true, Some(costs)) = (ok, costs) {
+                let name = name.into_inner();
+                let cohort = Cohort {
+                    name: name.clone(),
+                    description,
+                    costs,
+                    customers: customers.into_iter().map(Spanned::into_inner).collect(),
+                    plans: plans.into_iter().map(Spanned::into_inner).collect(),
+                };
+                valid.insert(name, cohort);
             }
         }
         valid

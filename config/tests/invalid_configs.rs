@@ -19,6 +19,49 @@ fn errors_of(name: &str) -> Vec<String> {
 /// Every fixture and its expected messages, in line order.
 const CASES: &[(&str, &[&str])] = &[
     (
+        "cohort_bad_price",
+        &[
+            r#"cohort_bad_price.toml:14: cohorts.launch.customers[0]: invalid customer id "acme:corp": use 1 to 128 of A-Z a-z 0-9 _ . @ - (names go into Redis keys)"#,
+            r#"cohort_bad_price.toml:15: cohorts.launch.costs.search.amount: must not be negative, got -1"#,
+        ],
+    ),
+    (
+        "cohort_customer_pinned_twice",
+        &[
+            r#"cohort_customer_pinned_twice.toml:14: cohorts.launch.customers[0]: customer "acme" is already pinned by cohorts.beta: a customer belongs to one cohort at most"#,
+        ],
+    ),
+    (
+        "cohort_pins_no_one",
+        &[
+            r#"cohort_pins_no_one.toml:13: cohorts.launch: a cohort must pin someone: list customers, plans or both"#,
+        ],
+    ),
+    (
+        "cohort_plan_pinned_twice",
+        &[
+            r#"cohort_plan_pinned_twice.toml:14: cohorts.launch.plans[0]: plan "pro" is already pinned by cohorts.beta: a plan belongs to one cohort at most"#,
+        ],
+    ),
+    (
+        "cohort_unknown_feature",
+        &[
+            r#"cohort_unknown_feature.toml:15: cohorts.launch.costs.serch: unknown feature "serch" (known: search)"#,
+        ],
+    ),
+    (
+        "cohort_unknown_plan",
+        &[
+            r#"cohort_unknown_plan.toml:14: cohorts.launch.plans[0]: unknown plan "pro_2025" (known: pro)"#,
+        ],
+    ),
+    (
+        "cohort_without_costs",
+        &[
+            r#"cohort_without_costs.toml:13: cohorts.launch.costs: a cohort must pin at least one feature's price (costs = { feature = { kind = .. } })"#,
+        ],
+    ),
+    (
         "amount_overflow",
         &[
             r#"amount_overflow.toml:9: features.search.cost.amount: 9007199254740992 is above the limit 9007199254740991 (2^53 - 1: amounts must stay exact in the doubles of Redis Lua)"#,
@@ -539,4 +582,39 @@ fn an_unreadable_file_is_a_config_error() {
         message.starts_with("/nonexistent/pricing.toml: cannot read the file: "),
         "{message}"
     );
+}
+
+#[test]
+fn cohort_bad_price() {
+    check("cohort_bad_price");
+}
+
+#[test]
+fn cohort_customer_pinned_twice() {
+    check("cohort_customer_pinned_twice");
+}
+
+#[test]
+fn cohort_pins_no_one() {
+    check("cohort_pins_no_one");
+}
+
+#[test]
+fn cohort_plan_pinned_twice() {
+    check("cohort_plan_pinned_twice");
+}
+
+#[test]
+fn cohort_unknown_feature() {
+    check("cohort_unknown_feature");
+}
+
+#[test]
+fn cohort_unknown_plan() {
+    check("cohort_unknown_plan");
+}
+
+#[test]
+fn cohort_without_costs() {
+    check("cohort_without_costs");
 }

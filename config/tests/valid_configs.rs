@@ -344,3 +344,76 @@ on_upstream_error = "settle"
         Some("https://example.com/billing")
     );
 }
+
+#[test]
+fn cohorts_pin_customers_and_plans_to_their_prices() {
+    let config = config_with_top(
+        r#"
+[features.embed]
+credit_type = "api"
+cost = { kind = "fixed", amount = 3 }
+
+[plans.pro_2025]
+[plans.pro_2026]
+costs = { chat = { kind = "fixed", amount = 12 } }
+
+[customers.acme]
+plan = "pro_2026"
+[customers.initech]
+plan = "pro_2025"
+[customers.hooli]
+plan = "pro_2026"
+costs = { chat = { kind = "fixed", amount = 2 } }
+
+[cohorts.launch]
+description = "signed before the 2026 price change"
+costs = { chat = { kind = "fixed", amount = 5 } }
+customers = ["acme", "hooli", "not-in-config"]
+plans = ["pro_2025"]
+"#,
+        r#"default_plan = "pro_2026""#,
+    )
+    .with_version(7);
+    let price = |customer: &str, feature: &str| {
+        let cost = config
+            .cost_for(feature, Some(customer))
+            .expect("known feature");
+        let CostRule::Fixed { amount } = cost.rule else {
+            panic!("fixed price expected");
+        };
+        (*amount, cost.source, config.pricing_version_of(&cost))
+    };
+    let label = config.version_label();
+    assert!(label.starts_with("7-") && label.len() == 14, "{label}");
+    let pinned = format!("{label}@launch");
+    // Pinned by id: the cohort's price wins over the plan's new one.
+    assert_eq!(
+        price("acme", "chat"),
+        (5, CostSource::Cohort, pinned.clone())
+    );
+    // Pinned through the plan.
+    assert_eq!(
+        price("initech", "chat"),
+        (5, CostSource::Cohort, pinned.clone())
+    );
+    // A customer not in [customers] can be pinned by id.
+    assert_eq!(
+        price("not-in-config", "chat"),
+        (5, CostSource::Cohort, pinned)
+    );
+    // A customer's own negotiated price still wins.
+    assert_eq!(
+        price("hooli", "chat"),
+        (2, CostSource::Customer, label.clone())
+    );
+    // Features the cohort does not pin are priced as usual.
+    assert_eq!(
+        price("acme", "embed"),
+        (3, CostSource::Feature, label.clone())
+    );
+    // A new customer gets the new price.
+    assert_eq!(
+        price("newcomer", "chat"),
+        (12, CostSource::DefaultPlan, label)
+    );
+}

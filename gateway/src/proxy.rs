@@ -302,6 +302,7 @@ impl CreditGate {
                 route: route.name.clone(),
                 feature: found.feature.name.clone(),
                 retain_ms: DEFAULT_RETAIN_MS,
+                pricing_version: config.pricing_version_of(&cost),
             };
             let outcome = self
                 .store

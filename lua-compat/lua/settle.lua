@@ -49,5 +49,6 @@ xadd(KEYS[6], {
   'overdraft', fmt(od_posted), 'returned', fmt_draws(returned), 'returned_overdraft', fmt(od_back),
   'breakage', fmt_draws(breakage), 'shortfall', fmt(shortfall), 'request_id', h.request_id,
   'route', h.route, 'feature', h.feature,
+  'pricing_version', h.pricing_version or '',
 })
 return { 'posted', now, posted, shortfall, back_total, available(KEYS[2], total, ctype) }

@@ -20,6 +20,6 @@ xadd(KEYS[6], {
   'customer', customer, 'credit_type', h.type, 'hold_id', hold_id, 'held', h.amount,
   'returned', fmt_draws(returned), 'returned_overdraft', fmt(od_back),
   'breakage', fmt_draws(breakage), 'request_id', h.request_id, 'route', h.route,
-  'feature', h.feature,
+  'feature', h.feature, 'pricing_version', h.pricing_version or '',
 })
 return { 'voided', now, back_total }

@@ -36,6 +36,9 @@ pub struct RequestContext {
     pub route: String,
     /// The feature.
     pub feature: String,
+    /// The pricing config version that priced the request (empty when unknown, as on
+    /// holds placed before versions were recorded).
+    pub pricing_version: String,
 }
 
 /// What a void or an expiry gave back.
@@ -193,6 +196,12 @@ impl Fields<'_> {
             request_id: self.str("request_id")?,
             route: self.str("route")?,
             feature: self.str("feature")?,
+            // Absent on events written before pricing versions were recorded.
+            pricing_version: self
+                .0
+                .get("pricing_version")
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
         })
     }
 
@@ -299,6 +308,7 @@ impl Event {
             out.push(("request_id", c.request_id.clone()));
             out.push(("route", c.route.clone()));
             out.push(("feature", c.feature.clone()));
+            out.push(("pricing_version", c.pricing_version.clone()));
         };
         match &self.body {
             EventBody::GrantAdded {
@@ -415,12 +425,23 @@ mod tests {
                     request_id: "r1".into(),
                     route: "POST /v1/chat".into(),
                     feature: "chat".into(),
+                    pricing_version: "7-3f2a9c1b04de".into(),
                 },
             },
         };
         let fields = e.to_fields();
         let parsed = Event::from_fields(fields.iter().map(|(k, v)| (*k, v.as_str()))).unwrap();
         assert_eq!(parsed, e);
+        // An event written before pricing versions were recorded still parses.
+        let old: Vec<_> = fields
+            .iter()
+            .filter(|(k, _)| *k != "pricing_version")
+            .collect();
+        let parsed = Event::from_fields(old.iter().map(|(k, v)| (*k, v.as_str()))).unwrap();
+        let EventBody::HoldPosted { context, .. } = parsed.body else {
+            panic!("kind changed: {parsed:?}");
+        };
+        assert_eq!(context.pricing_version, "");
     }
 
     #[test]

@@ -392,6 +392,7 @@ impl Model {
             request_id: req.request_id.clone(),
             route: req.route.clone(),
             feature: req.feature.clone(),
+            pricing_version: req.pricing_version.clone(),
         };
         let record = HoldRecord {
             state: HoldState::Pending,
@@ -406,6 +407,7 @@ impl Model {
             request_id: req.request_id.clone(),
             route: req.route.clone(),
             feature: req.feature.clone(),
+            pricing_version: req.pricing_version.clone(),
             posted: 0,
             resolved_ms: None,
         };
@@ -596,6 +598,7 @@ impl Model {
                     request_id: h.request_id.clone(),
                     route: h.route.clone(),
                     feature: h.feature.clone(),
+                    pricing_version: h.pricing_version.clone(),
                 },
             },
         });
@@ -626,6 +629,7 @@ impl Model {
                 request_id: h.request_id.clone(),
                 route: h.route.clone(),
                 feature: h.feature.clone(),
+                pricing_version: h.pricing_version.clone(),
             },
         };
         let (suffix, body) = if expired {

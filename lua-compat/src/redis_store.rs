@@ -570,6 +570,7 @@ impl CreditStore for RedisStore {
             req.route.clone(),
             req.feature.clone(),
             req.retain_ms.to_string(),
+            req.pricing_version.clone(),
         ];
         let r = self.eval(&SCRIPTS.reserve, &keys, &args).await?;
         let at_ms = r.uint(1)?;
@@ -744,6 +745,7 @@ impl CreditStore for RedisStore {
             request_id: field("request_id")?.clone(),
             route: field("route")?.clone(),
             feature: field("feature")?.clone(),
+            pricing_version: h.get("pricing_version").cloned().unwrap_or_default(),
             posted: if h.contains_key("posted") {
                 num("posted")?
             } else {

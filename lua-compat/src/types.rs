@@ -122,6 +122,10 @@ pub struct ReserveRequest {
     pub feature: String,
     /// How long the record stays after resolution, for idempotent retries, in milliseconds.
     pub retain_ms: u64,
+    /// The pricing config version that priced the request (`7-3f2a9c1b04de`, see the
+    /// config crate); stored on the hold and carried on its events, so each ledger burn
+    /// records it. May be empty.
+    pub pricing_version: String,
 }
 
 /// Posts the actual cost of a pending hold.
@@ -221,7 +225,8 @@ impl ReserveRequest {
         text("request_id", &self.request_id)?;
         text("route", &self.route)?;
         text("feature", &self.feature)?;
-        range("retain_ms", self.retain_ms, 1, MAX_TTL_MS)
+        range("retain_ms", self.retain_ms, 1, MAX_TTL_MS)?;
+        text("pricing_version", &self.pricing_version)
     }
 }
 
@@ -571,6 +576,8 @@ pub struct HoldRecord {
     pub route: String,
     /// The feature.
     pub feature: String,
+    /// The pricing config version that priced the request (may be empty).
+    pub pricing_version: String,
     /// Burned, once posted.
     pub posted: u64,
     /// When it was resolved, once resolved.

@@ -191,6 +191,7 @@ impl Generator {
             route: "POST /v1/chat".into(),
             feature: "chat".into(),
             retain_ms: HOUR_MS,
+            pricing_version: format!("{}-cafe", self.rng.random_range(1..4u32)),
         };
         if !reuse {
             self.holds

@@ -91,6 +91,7 @@ fn entry_json(e: &LedgerEntry) -> Value {
         "request_id": n.request_id,
         "route": n.route,
         "feature": n.feature,
+        "pricing_version": n.pricing_version,
         "grants": n.grants,
         "event_at_ms": n.event_at_ms,
         "recorded_at_ms": e.recorded_at_ms,

@@ -213,6 +213,7 @@ impl Sim {
                 route: format!("POST /v1/{feature}"),
                 feature: feature.into(),
                 retain_ms: DEFAULT_RETAIN_MS,
+                pricing_version: String::new(),
             },
         );
         self.snap(customer);

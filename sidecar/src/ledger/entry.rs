@@ -286,6 +286,9 @@ impl NewEntry {
                 entry.request_id = Some(c.request_id.clone());
                 entry.route = Some(c.route.clone());
                 entry.feature = Some(c.feature.clone());
+                // Holds placed before versions were recorded carry none.
+                entry.pricing_version =
+                    Some(c.pricing_version.clone()).filter(|v| !v.is_empty());
             };
         match &event.body {
             EventBody::GrantAdded {
@@ -625,6 +628,7 @@ mod tests {
                     request_id: "r1".into(),
                     route: "chat".into(),
                     feature: "chat".into(),
+                    pricing_version: "7-3f2a9c1b04de".into(),
                 },
             },
         }
@@ -635,6 +639,7 @@ mod tests {
         let e = posted();
         let entry = NewEntry::from_event(&e, 3, Some("1-0".into())).unwrap();
         assert_eq!(entry.amount, -15);
+        assert_eq!(entry.pricing_version.as_deref(), Some("7-3f2a9c1b04de"));
         assert_eq!(entry.hold_id.as_deref(), Some("h1"));
         assert_eq!(event_from_details(&entry.details).unwrap(), e);
     }
