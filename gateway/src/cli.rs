@@ -90,4 +90,20 @@ pub struct RunArgs {
     /// Seconds the worker runtimes get to stop once the grace period is over.
     #[arg(long, env = "CREDITGATE_SHUTDOWN_TIMEOUT_S", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_S)]
     pub shutdown_timeout_s: u64,
+    /// Re-read `--config` whenever its content changes (also through a Kubernetes
+    /// ConfigMap's symlink swap) instead of following the versions a sidecar publishes in
+    /// Redis. For gateways run without a sidecar.
+    #[arg(long, env = "CREDITGATE_WATCH_CONFIG")]
+    pub watch_config: bool,
+    /// While this file exists, the gateway runs in mode `off` (passes everything through
+    /// with no store call), whatever Redis says: the kill switch that works without Redis.
+    #[arg(long, env = "CREDITGATE_KILL_SWITCH_FILE", value_name = "FILE")]
+    pub kill_switch_file: Option<PathBuf>,
+    /// Run in mode `off` from the start, whatever Redis says (`CREDITGATE_FORCE_OFF=true`).
+    #[arg(long, env = "CREDITGATE_FORCE_OFF")]
+    pub force_off: bool,
+    /// This gateway's id in heartbeats and the sidecar's fleet list (default: the host
+    /// name and the admin address).
+    #[arg(long, env = "CREDITGATE_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
 }

@@ -8,7 +8,9 @@
 pub mod admin;
 pub mod breaker;
 pub mod cli;
+pub mod control;
 pub mod demo;
+pub mod fleet;
 pub mod identity;
 pub mod metrics;
 pub mod proxy;

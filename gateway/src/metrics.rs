@@ -65,7 +65,19 @@ pub struct Metrics {
     holds_in_flight: IntGauge,
     circuit_open: IntGauge,
     config_info: IntGaugeVec,
+    config_version: IntGauge,
+    config_published_version: IntGauge,
+    config_behind: IntGauge,
+    config_reload_errors: IntCounterVec,
+    control_version: IntGauge,
+    control_read_errors: IntCounterVec,
+    mode: IntGaugeVec,
+    forced_off: IntGauge,
 }
+
+/// The values of the `mode` label of `creditgate_mode`: the fleet-wide mode a gateway
+/// applies (`file`: no global override, each route's mode from the config).
+pub const MODE_NAMES: [&str; 4] = ["off", "shadow", "enforce", "file"];
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
     // The metric definitions are constants: a failure here is a programming error found by
@@ -137,6 +149,44 @@ impl Metrics {
             &["hash"],
         ));
         must(registry.register(Box::new(config_info.clone())));
+        let config_version = gauge(
+            "creditgate_config_version",
+            "Version of the pricing config in use (0: the gateway's own file, not published).",
+        );
+        let config_published_version = gauge(
+            "creditgate_config_published_version",
+            "Newest pricing config version published in Redis that this gateway has seen.",
+        );
+        let config_behind = gauge(
+            "creditgate_config_behind",
+            "1 while the gateway runs an older pricing config than the published one.",
+        );
+        let config_reload_errors = counter(
+            "creditgate_config_reload_errors_total",
+            "Pricing configs refused on reload (the last good one stays), by source (file, published).",
+            &["source"],
+        );
+        let control_version = gauge(
+            "creditgate_control_version",
+            "Version of the fleet control state (mode overrides) this gateway applies.",
+        );
+        let control_read_errors = counter(
+            "creditgate_control_read_errors_total",
+            "Failed reads of the control state or published config from Redis (the last known state stays).",
+            &["what"],
+        );
+        let mode = must(IntGaugeVec::new(
+            Opts::new(
+                "creditgate_mode",
+                "The fleet-wide mode this gateway applies: 1 for the current one (off, shadow, enforce, file).",
+            ),
+            &["mode"],
+        ));
+        must(registry.register(Box::new(mode.clone())));
+        let forced_off = gauge(
+            "creditgate_mode_forced_off",
+            "1 while the local kill switch (file or env flag) forces mode off.",
+        );
         Self {
             registry,
             decisions,
@@ -148,6 +198,14 @@ impl Metrics {
             holds_in_flight,
             circuit_open,
             config_info,
+            config_version,
+            config_published_version,
+            config_behind,
+            config_reload_errors,
+            control_version,
+            control_read_errors,
+            mode,
+            forced_off,
         }
     }
 
@@ -199,6 +257,34 @@ impl Metrics {
     pub fn config_in_use(&self, hash: &str) {
         self.config_info.reset();
         self.config_info.with_label_values(&[hash]).set(1);
+    }
+
+    /// Records the pricing config version in use and the newest one seen published.
+    pub fn config_versions(&self, in_use: u64, published: u64) {
+        self.config_version.set(in_use as i64);
+        self.config_published_version.set(published as i64);
+        self.config_behind.set(i64::from(published > in_use));
+    }
+
+    /// Counts a config refused on reload; `source` is `file` or `published`.
+    pub fn config_reload_error(&self, source: &str) {
+        self.config_reload_errors.with_label_values(&[source]).inc();
+    }
+
+    /// Records the control state version and the fleet-wide mode applied.
+    pub fn control(&self, version: u64, mode: &str, forced_off: bool) {
+        self.control_version.set(version as i64);
+        for name in MODE_NAMES {
+            self.mode
+                .with_label_values(&[name])
+                .set(i64::from(name == mode));
+        }
+        self.forced_off.set(i64::from(forced_off));
+    }
+
+    /// Counts a failed read of the control state (`state`) or published config (`config`).
+    pub fn control_read_error(&self, what: &str) {
+        self.control_read_errors.with_label_values(&[what]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

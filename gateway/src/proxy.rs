@@ -26,11 +26,12 @@ use pingora::{Error, ErrorType, Result};
 use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
+use crate::control::FleetControl;
 use crate::identity::{Credential, api_key_hash, credential};
 use crate::metrics::{Metrics, Outcome};
 use crate::responses::{
-    HEADER_CHARGED, HEADER_CREDIT_TYPE, HEADER_IDEMPOTENCY_KEY, HEADER_REMAINING,
-    HEADER_REQUEST_ID, Refusal,
+    HEADER_CHARGED, HEADER_CREDIT_TYPE, HEADER_IDEMPOTENCY_KEY, HEADER_PRICING_VERSION,
+    HEADER_REMAINING, HEADER_REQUEST_ID, Refusal,
 };
 use crate::store_client::{StoreClient, StoreFailure};
 
@@ -63,6 +64,7 @@ pub struct CreditGate {
     store: Arc<StoreClient>,
     metrics: Arc<Metrics>,
     in_flight: InFlight,
+    control: Arc<FleetControl>,
 }
 
 /// Requests (and background settles) not finished yet, so a graceful shutdown can end as
@@ -121,6 +123,7 @@ pub struct RequestCtx {
     charge: Option<Charge>,
     upstream_status: Option<u16>,
     counted: bool,
+    pricing_version: Option<String>,
 }
 
 /// The request as cost rules see it.
@@ -178,7 +181,14 @@ impl CreditGate {
             store,
             metrics,
             in_flight,
+            control: Arc::new(FleetControl::new(false)),
         }
+    }
+
+    /// This gateway with the fleet's control state (mode overrides, kill switch).
+    pub fn with_control(mut self, control: Arc<FleetControl>) -> Self {
+        self.control = control;
+        self
     }
 
     /// The store failed: the route's failure policy decides.
@@ -252,13 +262,22 @@ impl CreditGate {
         let route = found.route;
         ctx.route = route.name.clone();
         ctx.upstream = Some(route.upstream.clone());
-        if route.mode == Mode::Off {
+        // One view of the control state for the whole request.
+        let control = self.control.view();
+        let route_mode = control.route_mode(route);
+        if route_mode == Mode::Off {
             self.metrics.decision(&route.name, Outcome::Allowed);
             return Ok(());
         }
         let Some(customer) = self.identify(config, req, route).await? else {
             return Ok(());
         };
+        let mode = control.customer_mode(route_mode, &customer);
+        if mode == Mode::Off {
+            self.metrics.decision(&route.name, Outcome::Allowed);
+            ctx.customer = Some(customer);
+            return Ok(());
+        }
         ctx.customer = Some(customer.clone());
         let Some(cost) = config.cost_for(&found.feature.name, Some(&customer)) else {
             // Validation guarantees every route's feature exists; say so loudly if not.
@@ -266,6 +285,8 @@ impl CreditGate {
             return Err(Refusal::store_unavailable("pricing"));
         };
         let credit_type = cost.credit_type.name.clone();
+        let pricing_version = config.pricing_version_of(&cost);
+        ctx.pricing_version = Some(pricing_version.clone());
         let amount = cost.rule.reserve_amount(&RequestView(req));
         if amount == 0 {
             self.metrics.decision(&route.name, Outcome::Allowed);
@@ -281,7 +302,7 @@ impl CreditGate {
             .get(HEADER_IDEMPOTENCY_KEY)
             .and_then(|v| v.to_str().ok());
         let base = base_hold_id(&customer, idempotency_key, &ctx.request_id);
-        let shadow = route.mode == Mode::Shadow;
+        let shadow = mode == Mode::Shadow;
         let mut attempt = 1;
         let mut pending_waits = 0;
         while attempt <= MAX_IDEMPOTENT_ATTEMPTS {
@@ -302,7 +323,7 @@ impl CreditGate {
                 route: route.name.clone(),
                 feature: found.feature.name.clone(),
                 retain_ms: DEFAULT_RETAIN_MS,
-                pricing_version: config.pricing_version_of(&cost),
+                pricing_version: pricing_version.clone(),
             };
             let outcome = self
                 .store
@@ -638,6 +659,9 @@ impl ProxyHttp for CreditGate {
             if let Some(remaining) = charge.remaining {
                 response.insert_header(HEADER_REMAINING, remaining.to_string())?;
             }
+        }
+        if let Some(version) = &ctx.pricing_version {
+            response.insert_header(HEADER_PRICING_VERSION, version.as_str())?;
         }
         response.insert_header(HEADER_REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())

@@ -13,6 +13,9 @@ pub const HEADER_CHARGED: &str = "x-credits-charged";
 pub const HEADER_REMAINING: &str = "x-credits-remaining";
 /// Response header: the credit type charged.
 pub const HEADER_CREDIT_TYPE: &str = "x-credit-type";
+/// Response header: the pricing config version that priced the request (`7-3f2a9c1b04de`,
+/// with `@<cohort>` when a grandfathered price applied); the ledger records the same.
+pub const HEADER_PRICING_VERSION: &str = "x-creditgate-pricing-version";
 /// Request and response header: the gateway's id of the request, also in every log line.
 pub const HEADER_REQUEST_ID: &str = "x-request-id";
 /// Request header: a client's key that makes a retry neither reserve nor burn again.

@@ -23,7 +23,9 @@ use tracing::{info, warn};
 
 use crate::admin::AdminApp;
 use crate::cli::RunArgs;
+use crate::control::FleetControl;
 use crate::demo::DemoUpstream;
+use crate::fleet::{ConfigSource, FleetSync};
 use crate::metrics::Metrics;
 use crate::proxy::{CreditGate, InFlight};
 use crate::store_client::StoreClient;
@@ -220,7 +222,36 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     server.bootstrap();
 
     let in_flight = InFlight::default();
-    let gateway = CreditGate::new(config, store.clone(), metrics.clone(), in_flight.clone());
+    let control = Arc::new(FleetControl::new(args.force_off));
+    if args.force_off {
+        warn!("--force-off / CREDITGATE_FORCE_OFF: every route runs in mode off (no metering)");
+    }
+    let source = if args.watch_config {
+        ConfigSource::WatchFile(args.config.clone())
+    } else if store.is_embedded() {
+        ConfigSource::Fixed
+    } else {
+        ConfigSource::Published
+    };
+    let gateway_id = args.gateway_id.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".to_string());
+        format!("{host}/{}", args.admin_listen)
+    });
+    store_runtime.spawn(
+        FleetSync {
+            config: config.clone(),
+            control: control.clone(),
+            metrics: metrics.clone(),
+            redis: store.redis_store(),
+            subscribe_url: args.redis.first().cloned(),
+            source,
+            kill_switch_file: args.kill_switch_file.clone(),
+            gateway_id,
+        }
+        .run(),
+    );
+    let gateway = CreditGate::new(config, store.clone(), metrics.clone(), in_flight.clone())
+        .with_control(control);
     store_runtime.spawn(exit_when_drained(server.watch_execution_phase(), in_flight));
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&args.listen);

@@ -104,6 +104,11 @@ impl StoreClient {
         self.store.as_ref()
     }
 
+    /// The Redis store, unless running on the embedded one.
+    pub fn redis_store(&self) -> Option<Arc<RedisStore>> {
+        self.redis.clone()
+    }
+
     /// True when running on the embedded store.
     pub fn is_embedded(&self) -> bool {
         self.redis.is_none()

@@ -68,6 +68,11 @@ impl Keyspace {
         }
     }
 
+    /// The key prefix of the deployment.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The number of shards.
     pub fn shards(&self) -> u32 {
         self.shards

@@ -6,6 +6,7 @@
 //! the same semantics in process (the reference model and the gateway's embedded store).
 //! `PROTOCOL.md` beside this crate documents keys, arguments, replies and event fields.
 
+pub mod control;
 pub mod event;
 pub mod keys;
 pub mod model;

@@ -52,6 +52,16 @@ impl Conn {
             Conn::Cluster(c) => cmd.query_async(c).await,
         }
     }
+
+    pub(crate) async fn query_pipe<T: FromRedisValue>(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, RedisError> {
+        match self {
+            Conn::Single(c) => pipe.query_async(c).await,
+            Conn::Cluster(c) => pipe.query_async(c).await,
+        }
+    }
 }
 
 /// The credit store on Redis.

@@ -45,7 +45,71 @@ pub enum Command {
     /// Reads credit state from Redis for ops; never writes credits.
     #[command(subcommand)]
     Inspect(InspectCommand),
+    /// Reads and changes the fleet's modes: the kill switch, per-route and per-customer
+    /// overrides and the rollout percentage. Every change needs --actor and --reason and
+    /// is written to the audit log.
+    #[command(subcommand)]
+    Mode(ModeCommand),
 }
+
+/// What `mode` does.
+#[derive(Debug, Subcommand)]
+pub enum ModeCommand {
+    /// Sets a mode override, fleet-wide (`off` is the kill switch) or for one route or one
+    /// customer: off, shadow, enforce, or clear to remove the override.
+    Set {
+        /// Where the credit store is.
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// off, shadow, enforce or clear.
+        mode: String,
+        /// Only this route (by its name in the config).
+        #[arg(long)]
+        route: Option<String>,
+        /// Only this customer.
+        #[arg(long, conflicts_with = "route")]
+        customer: Option<String>,
+        /// Who makes the change.
+        #[arg(long)]
+        actor: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Enforces for PERCENT of customers (by a stable hash of the id) and shadows the
+    /// rest, where the mode would be enforce; `clear` removes the rollout.
+    Rollout {
+        /// Where the credit store is.
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// 0 to 100, or clear.
+        percent: String,
+        /// Who makes the change.
+        #[arg(long)]
+        actor: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Prints the control state, the published config version and the gateways.
+    Show {
+        /// Where the credit store is.
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Prints the audit log of changes, newest first.
+    Audit {
+        /// Where the credit store is.
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// How many entries, at most.
+        #[arg(long, default_value_t = DEFAULT_AUDIT_COUNT)]
+        limit: usize,
+    },
+}
+
+/// How many audit entries `mode audit` prints when not told: a screenful.
+pub const DEFAULT_AUDIT_COUNT: usize = 20;
 
 /// Where the sidecar listens for HTTP (metrics, health, read-only queries) when not told:
 /// loopback, next to the gateway's admin port.

@@ -88,6 +88,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
         Some(c) => c,
         None => std::env::var("HOSTNAME").unwrap_or_else(|_| "sidecar".to_string()),
     };
+    let fleet_metrics = Arc::new(crate::fleet_metrics::FleetMetrics::new(metrics.registry()));
     let sidecar = Arc::new(Sidecar {
         redis,
         ledger,
@@ -97,6 +98,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
         pricing,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    if let (Some(path), Some(pricing)) = (&args.config, &sidecar.pricing) {
+        tokio::spawn(
+            crate::config_publisher::ConfigPublisher {
+                path: path.clone(),
+                pricing: pricing.clone(),
+                redis: sidecar.redis.clone(),
+                metrics: fleet_metrics.clone(),
+            }
+            .run(stop_rx.clone()),
+        );
+    } else {
+        let (redis, metrics, mut stop) = (sidecar.redis.clone(), fleet_metrics, stop_rx.clone());
+        tokio::spawn(async move {
+            while !*stop.borrow() {
+                crate::config_publisher::refresh_fleet_metrics(&redis, &metrics).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(crate::config_publisher::FLEET_STATUS_MS)) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding the HTTP listener to {}", args.listen))?;

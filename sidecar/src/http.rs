@@ -189,7 +189,8 @@ pub fn router(sidecar: Arc<Sidecar>) -> Router {
         .route("/v1/requests/{request_id}/trail", get(trail))
         .route("/v1/revenue", get(revenue))
         .route("/v1/reconcile", get(last_reconcile))
-        .with_state(sidecar)
+        .with_state(sidecar.clone())
+        .merge(crate::control_api::router(sidecar))
 }
 
 /// Serves until `stop` turns true.

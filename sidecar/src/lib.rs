@@ -9,11 +9,15 @@
 
 pub mod cli;
 pub mod commands;
+pub mod config_publisher;
+pub mod control_api;
 pub mod daemon;
+pub mod fleet_metrics;
 pub mod http;
 pub mod inspect;
 pub mod ledger;
 pub mod metrics;
+pub mod mode_commands;
 pub mod outbox;
 pub mod reconcile;
 pub mod render;
@@ -22,6 +26,7 @@ pub mod writer;
 use std::io::Write;
 
 use crate::cli::{Cli, Command, InspectCommand, LedgerCommand};
+use crate::mode_commands::mode_command;
 
 /// Process exit status of a successful command.
 pub const EXIT_OK: u8 = 0;
@@ -66,6 +71,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<String> {
             customer,
         }) => commands::ledger_balance(ledger, customer, at_ms).await,
         Command::Reconcile(args) => commands::reconcile(args).await,
+        Command::Mode(command) => mode_command(command).await,
         Command::Inspect(InspectCommand::Balance {
             redis,
             json,

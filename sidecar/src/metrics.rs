@@ -130,6 +130,11 @@ impl SidecarMetrics {
         }
     }
 
+    /// The registry, for metrics other modules own (`fleet_metrics`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();

@@ -287,8 +287,7 @@ impl NewEntry {
                 entry.route = Some(c.route.clone());
                 entry.feature = Some(c.feature.clone());
                 // Holds placed before versions were recorded carry none.
-                entry.pricing_version =
-                    Some(c.pricing_version.clone()).filter(|v| !v.is_empty());
+                entry.pricing_version = Some(c.pricing_version.clone()).filter(|v| !v.is_empty());
             };
         match &event.body {
             EventBody::GrantAdded {

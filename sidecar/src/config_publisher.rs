@@ -1,0 +1,169 @@
+//! The config publisher: watches the pricing config file, validates every new content,
+//! publishes each valid one to Redis as the fleet's next version (gateways swap it in) and
+//! swaps it into the sidecar's own `pricing`; refuses an invalid one (every error logged,
+//! `creditgate_config_reload_errors_total`), so the fleet keeps the last good version.
+//! Beside it, keeps the fleet metrics (control state, gateways behind) current.
+//!
+//! The file is re-read by path on every pass, so a Kubernetes ConfigMap's symlink swap is
+//! seen like any edit. It never writes credits.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use creditgate_config::PricingConfig;
+use creditgate_protocol::RedisStore;
+use creditgate_protocol::control::PublishOutcome;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::daemon::SharedPricing;
+use crate::fleet_metrics::FleetMetrics;
+
+/// How often the config file is re-read, in milliseconds: with the gateways' pub/sub, an
+/// edit reaches the fleet well within a second.
+pub const CONFIG_POLL_MS: u64 = 250;
+
+/// How often the fleet metrics are refreshed from Redis, in milliseconds.
+pub const FLEET_STATUS_MS: u64 = 1_000;
+
+/// The publisher's inputs.
+pub struct ConfigPublisher {
+    /// The watched file.
+    pub path: PathBuf,
+    /// The sidecar's own copy of the config in force (priced with by the sidecar).
+    pub pricing: SharedPricing,
+    /// Where to publish.
+    pub redis: Arc<RedisStore>,
+    /// Metrics.
+    pub metrics: Arc<FleetMetrics>,
+}
+
+/// What the last pass saw.
+#[derive(Default)]
+struct Seen {
+    /// SHA-1 of the last text read (valid or not), so each content is handled once.
+    hash: Option<String>,
+    /// Whether the last valid text still has to be published (Redis was down).
+    unpublished: bool,
+}
+
+impl ConfigPublisher {
+    /// Runs until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut seen = Seen {
+            // The file loaded at start-up still needs publishing.
+            hash: Some(self.pricing.load().content_hash().to_string()),
+            unpublished: true,
+        };
+        let mut last_status = Instant::now() - Duration::from_millis(FLEET_STATUS_MS);
+        while !*stop.borrow() {
+            self.pass(&mut seen).await;
+            if last_status.elapsed() >= Duration::from_millis(FLEET_STATUS_MS) {
+                last_status = Instant::now();
+                refresh_fleet_metrics(&self.redis, &self.metrics).await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(CONFIG_POLL_MS)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    async fn pass(&self, seen: &mut Seen) {
+        let file = self.path.display().to_string();
+        match std::fs::read_to_string(&self.path) {
+            Err(e) => {
+                if seen.hash.as_deref() != Some("unreadable") {
+                    error!(file, error = %e, "cannot read the pricing config; the fleet keeps the last good version");
+                    self.metrics.config_reload_errors.inc();
+                    seen.hash = Some("unreadable".into());
+                }
+            }
+            Ok(text) => {
+                let hash = sha1_smol::Sha1::from(&text).digest().to_string();
+                if seen.hash.as_deref() != Some(hash.as_str()) {
+                    seen.hash = Some(hash);
+                    match PricingConfig::from_toml_str(&text, &file) {
+                        Ok(config) => {
+                            // Version 0 until Redis numbers it.
+                            self.pricing.store(Arc::new(config));
+                            seen.unpublished = true;
+                        }
+                        Err(errors) => {
+                            for e in errors.errors() {
+                                error!(error = %e, "pricing config refused; the fleet keeps the last good version");
+                            }
+                            warn!(file, errors = errors.len(), "pricing config not published");
+                            self.metrics.config_reload_errors.inc();
+                        }
+                    }
+                }
+            }
+        }
+        if seen.unpublished {
+            self.publish().await;
+            seen.unpublished = self.pricing.load().version() == 0;
+        }
+    }
+
+    /// Publishes the config in `pricing` and records the version Redis gave it.
+    async fn publish(&self) {
+        let config = self.pricing.load_full();
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text)
+                if sha1_smol::Sha1::from(&text).digest().to_string() == config.content_hash() =>
+            {
+                text
+            }
+            // The file changed again since it was validated: the next pass handles it.
+            _ => return,
+        };
+        match self
+            .redis
+            .publish_config(config.content_hash(), &text, config.file_name())
+            .await
+        {
+            Ok(outcome) => {
+                let (PublishOutcome::Published { version } | PublishOutcome::Unchanged { version }) =
+                    outcome;
+                let config = (*config).clone().with_version(version);
+                if matches!(outcome, PublishOutcome::Published { .. }) {
+                    info!(version = %config.version_label(), summary = %config.summary(), "pricing config published");
+                }
+                self.metrics.config_version.set(version as i64);
+                self.pricing.store(Arc::new(config));
+            }
+            Err(e) => {
+                warn!(error = %e, "publishing the pricing config failed; retrying");
+                // Marks it unpublished for the next pass.
+                self.pricing
+                    .store(Arc::new((*config).clone().with_version(0)));
+            }
+        }
+    }
+}
+
+/// Reads the control state, the published version and the heartbeats into the metrics.
+pub async fn refresh_fleet_metrics(redis: &RedisStore, metrics: &FleetMetrics) {
+    if let Ok(state) = redis.control_state().await {
+        metrics.control_version.set(state.version as i64);
+        metrics.set_mode(state.global.map_or("file", |m| m.as_str()));
+        metrics
+            .rollout_percent
+            .set(state.rollout_percent.map_or(-1, i64::from));
+    }
+    let published = match redis.published_version().await {
+        Ok(Some((version, _))) => version,
+        _ => 0,
+    };
+    if let Ok(gateways) = redis.gateways().await {
+        metrics.gateways.set(gateways.len() as i64);
+        metrics.gateways_behind.set(
+            gateways
+                .iter()
+                .filter(|g| g.config_version < published)
+                .count() as i64,
+        );
+    }
+}
