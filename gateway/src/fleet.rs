@@ -44,7 +44,11 @@ pub const HEARTBEAT_TTL_MS: u64 = 5_000;
 
 /// How long the subscriber waits before reconnecting after losing pub/sub, in
 /// milliseconds; the periodic check covers the gap.
-pub const RESUBSCRIBE_MS: u64 = 1_000;
+pub const RESUBSCRIBE_MS: u64 = 200;
+
+/// Longest a pass of Redis reads (or a heartbeat) may take, in milliseconds: a Redis that
+/// hangs must not hold up the loop; the next pass tries again.
+pub const REDIS_PASS_TIMEOUT_MS: u64 = 300;
 
 /// Most pending change notifications; more are dropped, as one poll reads everything.
 const NOTIFY_QUEUE: usize = 16;
@@ -94,6 +98,19 @@ fn log_refused(what: &str, errors: &ConfigErrors) {
     }
 }
 
+/// Checks the kill switch file every tick, forever.
+async fn watch_kill_switch(path: PathBuf, control: Arc<FleetControl>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(SYNC_TICK_MS));
+    loop {
+        tick.tick().await;
+        let was = control.forced_off();
+        control.set_forced_off_by_file(path.exists());
+        if was != control.forced_off() {
+            warn!(file = %path.display(), forced_off = control.forced_off(), "local kill switch changed");
+        }
+    }
+}
+
 /// Subscribes to the notify channel and forwards every message (and every successful
 /// (re)subscription, which may follow missed messages) as a wake-up, forever.
 async fn subscribe(url: String, channel: String, wake: mpsc::Sender<()>) {
@@ -128,6 +145,10 @@ impl FleetSync {
     /// Runs forever.
     pub async fn run(self) {
         let (wake_tx, mut wake_rx) = mpsc::channel(NOTIFY_QUEUE);
+        if let Some(path) = self.kill_switch_file.clone() {
+            // Its own task: nothing Redis does can delay the local kill switch.
+            tokio::spawn(watch_kill_switch(path, self.control.clone()));
+        }
         if let (Some(url), Some(redis)) = (&self.subscribe_url, &self.redis) {
             let channel = ControlKeys::new(redis.keyspace()).notify;
             tokio::spawn(subscribe(url.clone(), channel, wake_tx));
@@ -143,7 +164,6 @@ impl FleetSync {
                 _ = tick.tick() => false,
                 Some(()) = wake_rx.recv() => true,
             };
-            self.check_kill_switch();
             if let ConfigSource::WatchFile(path) = &self.source
                 && last_file.elapsed() >= Duration::from_millis(FILE_POLL_MS)
             {
@@ -153,11 +173,22 @@ impl FleetSync {
             if let Some(redis) = &self.redis {
                 if woken || last_poll.elapsed() >= Duration::from_millis(REDIS_POLL_MS) {
                     last_poll = Instant::now();
-                    self.poll_redis(redis, &mut state).await;
+                    let pass = self.poll_redis(redis, &mut state);
+                    let read =
+                        tokio::time::timeout(Duration::from_millis(REDIS_PASS_TIMEOUT_MS), pass)
+                            .await
+                            .unwrap_or(false);
+                    if !read {
+                        // Retry on the next tick: a Redis that comes back is followed at once.
+                        last_poll = long_ago;
+                    }
                 }
                 if last_beat.elapsed() >= Duration::from_millis(HEARTBEAT_MS) {
                     last_beat = Instant::now();
-                    self.heartbeat(redis).await;
+                    let beat = self.heartbeat(redis);
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(REDIS_PASS_TIMEOUT_MS), beat)
+                            .await;
                 }
             }
             self.publish_metrics(&state);
@@ -173,17 +204,6 @@ impl FleetSync {
             self.control.global_mode_name(),
             self.control.forced_off(),
         );
-    }
-
-    fn check_kill_switch(&self) {
-        let Some(path) = &self.kill_switch_file else {
-            return;
-        };
-        let was = self.control.forced_off();
-        self.control.set_forced_off_by_file(path.exists());
-        if was != self.control.forced_off() {
-            warn!(file = %path.display(), forced_off = self.control.forced_off(), "local kill switch changed");
-        }
     }
 
     /// Re-reads the watched file; swaps in a new valid content, refuses an invalid one.
@@ -220,7 +240,9 @@ impl FleetSync {
         }
     }
 
-    async fn poll_redis(&self, redis: &RedisStore, state: &mut SyncState) {
+    /// Reads the control state and, when following published configs, the published
+    /// version; false when a read failed.
+    async fn poll_redis(&self, redis: &RedisStore, state: &mut SyncState) -> bool {
         match redis.control_state().await {
             Ok(control) => {
                 let current = self.control.state();
@@ -237,28 +259,29 @@ impl FleetSync {
                     warn!(error = %e, "cannot read the control state; keeping the last known one");
                 }
                 state.state_failing = true;
+                return false;
             }
         }
         if self.source != ConfigSource::Published {
-            return;
+            return true;
         }
         let published = match redis.published_version().await {
             Ok(Some((version, _))) => version,
-            Ok(None) => return,
+            Ok(None) => return true,
             Err(e) => {
                 self.metrics.control_read_error("config");
                 warn!(error = %e, "cannot read the published config version; keeping the current config");
-                return;
+                return false;
             }
         };
         state.published_version = state.published_version.max(published);
         let current = self.config.load();
         if published <= current.version() || state.refused_version == Some(published) {
-            return;
+            return true;
         }
         let Ok(Some(found)) = redis.published_config().await else {
             self.metrics.control_read_error("config");
-            return;
+            return false;
         };
         let name = format!("published config v{} ({})", found.version, found.file);
         match PricingConfig::from_toml_str(&found.text, &name) {
@@ -276,6 +299,7 @@ impl FleetSync {
                 state.refused_version = Some(found.version);
             }
         }
+        true
     }
 
     async fn heartbeat(&self, redis: &RedisStore) {

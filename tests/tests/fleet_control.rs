@@ -1,0 +1,590 @@
+//! Pricing hot reload and fleet control against real processes: one Redis, one sidecar
+//! publishing the pricing config from a ConfigMap-style directory (symlink swaps), two
+//! gateways following it. Covers price changes under load, refused invalid edits, mode
+//! flips through the admin API and the CLI (timed), the rollout share, the local kill
+//! switch with Redis down, grandfathered prices, the fleet list and a gateway watching its
+//! own file.
+//!
+//! Run `cargo build -p creditgate-gateway -p creditgate-sidecar` first.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use creditgate_e2e::{Credits, http_client, send};
+use creditgate_testkit::{
+    Gateway, GatewayOptions, LedgerTarget, RedisServer, Sidecar, SidecarOptions, Upstream,
+    sidecar_command,
+};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// The goal for a flip or a price change to reach every gateway.
+const PROPAGATION_GOAL: Duration = Duration::from_secs(1);
+
+/// How long a test waits for something that should happen within the goal before it
+/// fails with what it saw.
+const WAIT_LIMIT: Duration = Duration::from_secs(5);
+
+/// The header the test uses to name the customer (the config trusts it).
+const CUSTOMER_HEADER: &str = "x-test-customer";
+
+/// The test route.
+const SEARCH: &str = "/v1/search";
+
+/// A pricing config: `search` costs `search_cost`; `extra` is appended (cohorts, or
+/// mistakes).
+fn pricing(upstream: SocketAddr, search_cost: i64, extra: &str) -> String {
+    format!(
+        r#"
+[defaults]
+mode = "enforce"
+failure_policy = "fail_closed"
+store_timeout_ms = 200
+unmatched = "not_found"
+
+[identity]
+trusted_customer_header = "{CUSTOMER_HEADER}"
+
+[credit_types.api]
+scale = 0
+
+[upstreams.default]
+address = "{upstream}"
+
+[features.search]
+credit_type = "api"
+cost = {{ kind = "fixed", amount = {search_cost} }}
+
+[[routes]]
+name = "search"
+method = "GET"
+path = "{SEARCH}"
+feature = "search"
+{extra}
+"#
+    )
+}
+
+/// A directory laid out like a mounted Kubernetes ConfigMap: `pricing.toml` is a symlink
+/// to `..data/pricing.toml`, and `..data` a symlink to a versioned directory, replaced by
+/// an atomic rename on each update.
+struct ConfigMap {
+    dir: TempDir,
+    generation: u32,
+}
+
+impl ConfigMap {
+    fn new(text: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut map = Self { dir, generation: 0 };
+        map.update(text);
+        std::os::unix::fs::symlink("..data/pricing.toml", map.path()).expect("symlink");
+        map
+    }
+
+    /// The path processes are given.
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("pricing.toml")
+    }
+
+    /// Publishes new content the way the kubelet does: a new directory, then an atomic
+    /// swap of the `..data` symlink.
+    fn update(&mut self, text: &str) {
+        self.generation += 1;
+        let version_dir = format!("..v{}", self.generation);
+        let full = self.dir.path().join(&version_dir);
+        std::fs::create_dir(&full).expect("version dir");
+        std::fs::write(full.join("pricing.toml"), text).expect("write config");
+        let tmp = self.dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&version_dir, &tmp).expect("symlink");
+        std::fs::rename(&tmp, self.dir.path().join("..data")).expect("swap ..data");
+    }
+}
+
+/// Redis, a sidecar publishing the config map, two gateways following it, an upstream.
+struct Fleet {
+    gateways: Vec<Gateway>,
+    sidecar: Sidecar,
+    upstream: Upstream,
+    credits: Credits,
+    http: reqwest::blocking::Client,
+    config: ConfigMap,
+    _ledger_dir: TempDir,
+    redis: RedisServer,
+}
+
+impl Fleet {
+    fn start(search_cost: i64) -> Self {
+        let redis = RedisServer::start().expect("redis");
+        let upstream = Upstream::start().expect("upstream");
+        let text = pricing(upstream.addr(), search_cost, "");
+        let config = ConfigMap::new(&text);
+        let ledger_dir = tempfile::tempdir().expect("temp dir");
+        let mut options = SidecarOptions::new(
+            redis.url(),
+            LedgerTarget::Sqlite(ledger_dir.path().join("ledger.sqlite")),
+        );
+        options.extra_args = vec!["--config".into(), config.path().display().to_string()];
+        let sidecar = Sidecar::start(options).expect("sidecar");
+        let fleet = Self {
+            gateways: Vec::new(),
+            sidecar,
+            credits: Credits::connect(&redis.url()).expect("credits"),
+            http: http_client(),
+            config,
+            _ledger_dir: ledger_dir,
+            upstream,
+            redis,
+        };
+        let mut fleet = fleet;
+        fleet.wait_published(1);
+        for _ in 0..2 {
+            let gateway = fleet.start_gateway(Vec::new(), Vec::new());
+            fleet.gateways.push(gateway);
+        }
+        for gateway in &fleet.gateways {
+            wait_for("the gateway to run the published config v1", || {
+                gateway.metric("creditgate_config_version", &[]) == 1.0
+            });
+        }
+        fleet
+    }
+
+    /// A gateway on this fleet's Redis, started from the current config text.
+    fn start_gateway(&self, extra_args: Vec<String>, env: Vec<(String, String)>) -> Gateway {
+        let text = std::fs::read_to_string(self.config.path()).expect("config");
+        Gateway::start(GatewayOptions {
+            config_toml: text,
+            redis_url: Some(self.redis.url()),
+            extra_args,
+            env,
+        })
+        .expect("gateway")
+    }
+
+    fn published_version(&self) -> u64 {
+        let body: Value = serde_json::from_str(&self.sidecar.get_ok("/v1/control")).expect("json");
+        body["config"]["version"].as_u64().unwrap_or(0)
+    }
+
+    fn wait_published(&self, version: u64) {
+        wait_for(&format!("the sidecar to publish v{version}"), || {
+            self.published_version() == version
+        });
+    }
+
+    fn search(&self, gateway: &Gateway, customer: &str) -> creditgate_e2e::Reply {
+        send(
+            &self.http,
+            "GET",
+            &format!("{}{SEARCH}", gateway.proxy_url()),
+            None,
+            &[(CUSTOMER_HEADER, customer)],
+        )
+    }
+
+    /// The mode `gateway` applies to `customer` (who has no credits), as a client sees it:
+    /// 402 is enforce, 200 with a charge is shadow, 200 without one is off.
+    fn observed_mode(&self, gateway: &Gateway, customer: &str) -> &'static str {
+        let reply = self.search(gateway, customer);
+        match (reply.status, reply.header("x-credits-charged")) {
+            (402, _) => "enforce",
+            (200, Some(_)) => "shadow",
+            (200, None) => "off",
+            (status, _) => panic!("unexpected status {status}: {}", reply.body),
+        }
+    }
+
+    /// Waits until every gateway applies `mode`; returns the time it took.
+    fn wait_mode(&self, mode: &str, customer: &str) -> Duration {
+        let started = Instant::now();
+        for gateway in &self.gateways {
+            loop {
+                if self.observed_mode(gateway, customer) == mode {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < WAIT_LIMIT,
+                    "gateway {} still not in mode {mode} after {WAIT_LIMIT:?}",
+                    gateway.proxy_url()
+                );
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+        started.elapsed()
+    }
+
+    fn api_post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.sidecar.url()))
+            .json(&body)
+            .send()
+            .expect("sidecar request");
+        let status = response.status().as_u16();
+        (status, response.json().unwrap_or(Value::Null))
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let url = self.redis.url();
+        let mut all: Vec<&str> = vec!["mode"];
+        all.extend_from_slice(&args[..1]);
+        all.extend_from_slice(&["--redis", &url]);
+        all.extend_from_slice(&args[1..]);
+        let out = sidecar_command(&all, self.config.dir.path()).expect("sidecar binary");
+        assert!(
+            out.status.success(),
+            "creditgate-sidecar {all:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < WAIT_LIMIT,
+            "timed out waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn charged(reply: &creditgate_e2e::Reply) -> i64 {
+    reply.header_i64("x-credits-charged")
+}
+
+fn version_of(reply: &creditgate_e2e::Reply) -> String {
+    reply
+        .header("x-creditgate-pricing-version")
+        .unwrap_or_else(|| panic!("no pricing version header: {:?}", reply.headers))
+}
+
+/// The ledger's `hold_posted` entry (the burn) of a request, once the sidecar wrote it.
+fn burn_entry(sidecar: &Sidecar, request_id: &str) -> Value {
+    let mut found = Value::Null;
+    wait_for("the burn to reach the ledger", || {
+        let Ok(r) = sidecar.http_get(&format!("/v1/requests/{request_id}/trail")) else {
+            return false;
+        };
+        if r.status != 200 {
+            return false;
+        }
+        let body: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+        let burn = body["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["kind"] == "hold_posted")
+            .cloned();
+        found = burn.unwrap_or(Value::Null);
+        !found.is_null()
+    });
+    found
+}
+
+/// One request of the load run.
+struct Sample {
+    gateway: usize,
+    sent_at: Instant,
+    status: u16,
+    charged: i64,
+    version: String,
+    request_id: String,
+}
+
+/// Sends `rate_per_s` requests per second to `url` for `duration` as customer `load`.
+fn load(gateway: usize, url: String, rate_per_s: u64, duration: Duration) -> Vec<Sample> {
+    let client = http_client();
+    let interval = Duration::from_micros(1_000_000 / rate_per_s);
+    let started = Instant::now();
+    let mut next = started;
+    let mut samples = Vec::new();
+    while started.elapsed() < duration {
+        let sent_at = Instant::now();
+        let reply = send(&client, "GET", &url, None, &[(CUSTOMER_HEADER, "load")]);
+        samples.push(Sample {
+            gateway,
+            sent_at,
+            status: reply.status,
+            charged: reply
+                .header("x-credits-charged")
+                .map_or(-1, |v| v.parse().unwrap_or(-1)),
+            version: reply
+                .header("x-creditgate-pricing-version")
+                .unwrap_or_default(),
+            request_id: reply.header("x-request-id").unwrap_or_default(),
+        });
+        next += interval;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+    }
+    samples
+}
+
+#[test]
+fn a_price_change_reaches_both_gateways_within_a_second_under_load() {
+    let mut fleet = Fleet::start(5);
+    fleet.credits.grant("load", 1_000_000_000).expect("grant");
+    let run = Duration::from_secs(4);
+    let threads: Vec<_> = fleet
+        .gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let url = format!("{}{SEARCH}", g.proxy_url());
+            // 100 req/s on each gateway: 200 req/s across the fleet.
+            thread::spawn(move || load(i, url, 100, run))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(1_500));
+    let new_text = pricing(fleet.upstream.addr(), 7, "");
+    fleet.config.update(&new_text);
+    let swapped_at = Instant::now();
+    let samples: Vec<Sample> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("load thread"))
+        .collect();
+    assert!(samples.len() >= 600, "only {} requests sent", samples.len());
+    let errors: Vec<_> = samples.iter().filter(|s| s.status != 200).collect();
+    assert!(
+        errors.is_empty(),
+        "{} requests failed, e.g. status {}",
+        errors.len(),
+        errors[0].status
+    );
+    // Every version prices one way: no request was priced by a mix of versions.
+    let mut prices: std::collections::BTreeMap<&str, std::collections::BTreeSet<i64>> =
+        Default::default();
+    for s in &samples {
+        prices.entry(&s.version).or_default().insert(s.charged);
+    }
+    assert_eq!(prices.len(), 2, "expected two versions, saw {prices:?}");
+    let old = prices
+        .iter()
+        .find(|(v, _)| v.starts_with("1-"))
+        .expect("v1 seen");
+    let new = prices
+        .iter()
+        .find(|(v, _)| v.starts_with("2-"))
+        .expect("v2 seen");
+    assert_eq!(
+        old.1.iter().copied().collect::<Vec<_>>(),
+        vec![5],
+        "v1 prices"
+    );
+    assert_eq!(
+        new.1.iter().copied().collect::<Vec<_>>(),
+        vec![7],
+        "v2 prices"
+    );
+    // Within the goal after the swap, both gateways charge the new price.
+    for gateway in 0..2 {
+        let first_new = samples
+            .iter()
+            .filter(|s| s.gateway == gateway && s.charged == 7)
+            .map(|s| s.sent_at)
+            .min()
+            .expect("new price seen");
+        let late_old = samples
+            .iter()
+            .filter(|s| s.gateway == gateway && s.charged == 5)
+            .map(|s| s.sent_at)
+            .max()
+            .expect("old price seen");
+        let took = first_new.saturating_duration_since(swapped_at);
+        eprintln!("gateway {gateway}: new price {took:?} after the file swap");
+        assert!(
+            late_old.saturating_duration_since(swapped_at) < PROPAGATION_GOAL,
+            "gateway {gateway} charged the old price {:?} after the swap",
+            late_old.saturating_duration_since(swapped_at)
+        );
+    }
+    // Each burn in the ledger records the version that priced it.
+    for version in [old.0, new.0] {
+        let sample = samples
+            .iter()
+            .find(|s| s.version == *version)
+            .expect("sample");
+        let burn = burn_entry(&fleet.sidecar, &sample.request_id);
+        assert_eq!(burn["pricing_version"], json!(version), "{burn}");
+        assert_eq!(burn["amount"], json!(-sample.charged), "{burn}");
+    }
+    // Both binaries expose the version in use.
+    for g in &fleet.gateways {
+        assert_eq!(g.metric("creditgate_config_version", &[]), 2.0);
+        assert_eq!(g.metric("creditgate_config_behind", &[]), 0.0);
+    }
+    wait_for("the sidecar metric to show v2", || {
+        fleet.sidecar.metric("creditgate_config_version", &[]) == 2.0
+    });
+    let _ = &mut fleet;
+}
+
+#[test]
+fn an_invalid_edit_is_refused_and_both_gateways_keep_the_old_price() {
+    let mut fleet = Fleet::start(5);
+    fleet.credits.grant("acme", 1_000).expect("grant");
+    // An unknown credit type and a negative cost.
+    let bad = pricing(fleet.upstream.addr(), -3, "").replace(
+        "credit_type = \"api\"\ncost",
+        "credit_type = \"apii\"\ncost",
+    );
+    fleet.config.update(&bad);
+    wait_for("the refusal to be counted", || {
+        fleet
+            .sidecar
+            .metric("creditgate_config_reload_errors_total", &[])
+            == 1.0
+    });
+    let log = fleet.sidecar.log_tail(200);
+    assert!(
+        log.contains("features.search.credit_type: unknown credit type \"apii\" (known: api)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("features.search.cost.amount: must not be negative, got -3"),
+        "{log}"
+    );
+    thread::sleep(PROPAGATION_GOAL);
+    assert_eq!(
+        fleet.published_version(),
+        1,
+        "the invalid edit was published"
+    );
+    for g in &fleet.gateways {
+        let reply = fleet.search(g, "acme");
+        assert_eq!((reply.status, charged(&reply)), (200, 5), "{}", reply.body);
+        assert!(version_of(&reply).starts_with("1-"));
+        assert_eq!(g.metric("creditgate_config_version", &[]), 1.0);
+    }
+    // A fixed file is published as the next version.
+    fleet.config.update(&pricing(fleet.upstream.addr(), 6, ""));
+    fleet.wait_published(2);
+    let _ = &mut fleet;
+}
+
+#[test]
+fn flips_reach_both_gateways_within_a_second_via_api_and_cli() {
+    let mut fleet = Fleet::start(5);
+    // "broke" has no credits: enforce answers 402, shadow 200 with a charge, off 200
+    // without one.
+    fleet.wait_mode("enforce", "broke");
+    // A change without an actor is refused with the field named.
+    let (status, body) =
+        fleet.api_post("/v1/control/mode", json!({"mode": "off", "reason": "test"}));
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "actor", "{body}");
+    let (status, body) = fleet.api_post(
+        "/v1/control/mode",
+        json!({"mode": "of", "actor": "sre", "reason": "test"}),
+    );
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("mode")),
+        "{body}"
+    );
+
+    let mut timings = Vec::new();
+    for mode in ["shadow", "off", "enforce"] {
+        let (status, body) = fleet.api_post(
+            "/v1/control/mode",
+            json!({"mode": mode, "actor": "sre@example.com", "reason": format!("api flip to {mode}")}),
+        );
+        assert_eq!(status, 200, "{body}");
+        let took = fleet.wait_mode(mode, "broke");
+        eprintln!("API flip to {mode}: both gateways in {took:?}");
+        timings.push(took);
+        if mode == "off" {
+            // Off makes no Redis call: with Redis stopped, a fail-closed route still serves.
+            fleet.redis.stop();
+            for g in &fleet.gateways {
+                for _ in 0..5 {
+                    assert_eq!(fleet.observed_mode(g, "broke"), "off");
+                }
+            }
+            fleet.redis.restart().expect("redis restart");
+            // The restarted Redis is empty: set off again so the next flip is a real one.
+            // The sidecar's connection reconnects on its next calls.
+            wait_for("the sidecar to reach the restarted Redis", || {
+                let body =
+                    json!({"mode": "off", "actor": "sre@example.com", "reason": "after restart"});
+                fleet.api_post("/v1/control/mode", body).0 == 200
+            });
+            fleet.wait_mode("off", "broke");
+        }
+    }
+    for mode in ["shadow", "off", "enforce"] {
+        let started = Instant::now();
+        let out = fleet.cli(&["set", mode, "--actor", "oncall", "--reason", "cli flip"]);
+        assert!(out.contains(&format!("global={mode}")), "{out}");
+        let took = fleet.wait_mode(mode, "broke");
+        eprintln!(
+            "CLI flip to {mode}: both gateways in {took:?} after the command returned ({:?} including the CLI process)",
+            started.elapsed()
+        );
+        timings.push(took);
+        if mode == "off" {
+            fleet.redis.stop();
+            for g in &fleet.gateways {
+                assert_eq!(fleet.observed_mode(g, "broke"), "off");
+            }
+            fleet.redis.restart().expect("redis restart");
+            fleet.cli(&[
+                "set",
+                "off",
+                "--actor",
+                "oncall",
+                "--reason",
+                "after restart",
+            ]);
+            fleet.wait_mode("off", "broke");
+        }
+    }
+    for took in &timings {
+        assert!(
+            *took < PROPAGATION_GOAL,
+            "a flip took {took:?}: {timings:?}"
+        );
+    }
+    // The audit log lists the changes with their actors, through the API and the CLI.
+    let audit: Value =
+        serde_json::from_str(&fleet.sidecar.get_ok("/v1/control/audit?limit=10")).expect("json");
+    let first = &audit["entries"][0];
+    assert_eq!(
+        (first["change"].as_str(), first["actor"].as_str()),
+        (Some("global=enforce"), Some("oncall"))
+    );
+    assert_eq!(first["reason"], "cli flip");
+    // (The test Redis keeps no data across its restart, so the log starts after it.)
+    let cli_audit = fleet.cli(&["audit", "--limit", "2"]);
+    assert_eq!(cli_audit.lines().count(), 2, "{cli_audit}");
+    assert!(
+        cli_audit.contains("\"reason\":\"after restart\""),
+        "{cli_audit}"
+    );
+    assert!(
+        cli_audit
+            .lines()
+            .next()
+            .unwrap_or("")
+            .contains("\"global=enforce\""),
+        "{cli_audit}"
+    );
+    // The sidecar and the gateways export the mode.
+    wait_for("the sidecar to export the mode", || {
+        fleet
+            .sidecar
+            .metric("creditgate_mode", &[("mode", "enforce")])
+            == 1.0
+    });
+    for g in &fleet.gateways {
+        assert_eq!(g.metric("creditgate_mode", &[("mode", "enforce")]), 1.0);
+    }
+    let _ = &mut fleet;
+}
