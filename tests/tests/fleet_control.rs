@@ -588,3 +588,206 @@ fn flips_reach_both_gateways_within_a_second_via_api_and_cli() {
     }
     let _ = &mut fleet;
 }
+
+/// The customers of `customers` a gateway enforces (answers 402, as none has credits).
+fn enforced(fleet: &Fleet, gateway: &Gateway, customers: &[String]) -> Vec<String> {
+    customers
+        .iter()
+        .filter(|c| fleet.observed_mode(gateway, c) == "enforce")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_ten_percent_rollout_enforces_a_stable_tenth_of_customers() {
+    let mut fleet = Fleet::start(5);
+    let (status, body) = fleet.api_post(
+        "/v1/control/rollout",
+        json!({"percent": 10, "actor": "sre@example.com", "reason": "start enforcing slowly"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    for g in &fleet.gateways {
+        wait_for("the rollout to reach the gateway", || {
+            g.metrics().contains("creditgate_control_version 1")
+        });
+    }
+    let customers: Vec<String> = (0..1_000).map(|i| format!("cust-{i:04}")).collect();
+    let first = enforced(&fleet, &fleet.gateways[0], &customers);
+    let share = first.len() as f64 / customers.len() as f64;
+    eprintln!("rollout 10%: {} of 1000 customers enforced", first.len());
+    assert!(
+        (0.08..=0.12).contains(&share),
+        "{} of 1000 customers enforced",
+        first.len()
+    );
+    // The same customers on the other gateway…
+    assert_eq!(enforced(&fleet, &fleet.gateways[1], &customers), first);
+    // …and after a restart.
+    let restarted = fleet.start_gateway(Vec::new(), Vec::new());
+    wait_for("the restarted gateway to read the rollout", || {
+        restarted.metrics().contains("creditgate_control_version 1")
+    });
+    fleet.gateways[0] = restarted;
+    assert_eq!(enforced(&fleet, &fleet.gateways[0], &customers), first);
+    // A rollout does not enforce where the mode is shadow.
+    let (status, _) = fleet.api_post(
+        "/v1/control/mode",
+        json!({"mode": "shadow", "actor": "sre@example.com", "reason": "pause"}),
+    );
+    assert_eq!(status, 200);
+    fleet.wait_mode("shadow", &first[0]);
+    let _ = &mut fleet;
+}
+
+#[test]
+fn the_local_kill_switch_turns_enforcement_off_with_redis_down() {
+    let mut fleet = Fleet::start(5);
+    let flag_dir = tempfile::tempdir().expect("temp dir");
+    let flag = flag_dir.path().join("creditgate-off");
+    let switchable = fleet.start_gateway(
+        vec!["--kill-switch-file".into(), flag.display().to_string()],
+        Vec::new(),
+    );
+    let forced = fleet.start_gateway(
+        Vec::new(),
+        vec![("CREDITGATE_FORCE_OFF".into(), "true".into())],
+    );
+    assert_eq!(fleet.observed_mode(&forced, "broke"), "off", "env flag");
+    assert_eq!(forced.metric("creditgate_mode_forced_off", &[]), 1.0);
+    assert_eq!(fleet.observed_mode(&switchable, "broke"), "enforce");
+    fleet.redis.stop();
+    // Enforce on a fail-closed route with Redis down refuses…
+    let reply = fleet.search(&switchable, "broke");
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    // …until the local flag appears.
+    std::fs::write(&flag, "incident 42\n").expect("flag");
+    let started = Instant::now();
+    loop {
+        let reply = fleet.search(&switchable, "broke");
+        if reply.status == 200 {
+            assert_eq!(reply.header("x-credits-charged"), None);
+            break;
+        }
+        assert!(
+            started.elapsed() < PROPAGATION_GOAL,
+            "still {} with the flag set",
+            reply.status
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("local kill switch: off after {:?}", started.elapsed());
+    assert_eq!(switchable.metric("creditgate_mode_forced_off", &[]), 1.0);
+    assert_eq!(
+        fleet.observed_mode(&forced, "broke"),
+        "off",
+        "env flag, Redis down"
+    );
+    std::fs::remove_file(&flag).expect("remove flag");
+    wait_for("enforcement to resume without the flag", || {
+        fleet.search(&switchable, "broke").status == 503
+    });
+    let _ = &mut fleet;
+}
+
+#[test]
+fn a_grandfathered_customer_keeps_the_old_price_and_a_new_one_pays_the_new() {
+    let mut fleet = Fleet::start(5);
+    fleet.credits.grant("early-bird", 1_000).expect("grant");
+    fleet.credits.grant("newcomer", 1_000).expect("grant");
+    let cohort = r#"
+[cohorts.launch_2025]
+description = "customers who signed before the price change"
+costs = { search = { kind = "fixed", amount = 5 } }
+customers = ["early-bird"]
+"#;
+    fleet
+        .config
+        .update(&pricing(fleet.upstream.addr(), 8, cohort));
+    fleet.wait_published(2);
+    for g in &fleet.gateways {
+        wait_for("the gateway to run v2", || {
+            g.metric("creditgate_config_version", &[]) == 2.0
+        });
+        let old = fleet.search(g, "early-bird");
+        assert_eq!((old.status, charged(&old)), (200, 5), "{}", old.body);
+        let version = version_of(&old);
+        assert!(
+            version.starts_with("2-") && version.ends_with("@launch_2025"),
+            "{version}"
+        );
+        let new = fleet.search(g, "newcomer");
+        assert_eq!((new.status, charged(&new)), (200, 8), "{}", new.body);
+        assert!(!version_of(&new).contains('@'));
+        // The ledger's burn records the cohort's version.
+        let request_id = old.header("x-request-id").expect("request id");
+        assert_eq!(
+            burn_entry(&fleet.sidecar, &request_id)["pricing_version"],
+            json!(version)
+        );
+    }
+    let _ = &mut fleet;
+}
+
+#[test]
+fn the_fleet_list_shows_versions_and_a_gateway_behind_and_a_gateway_can_watch_its_file() {
+    let mut fleet = Fleet::start(5);
+    fleet.credits.grant("acme", 1_000).expect("grant");
+    // A gateway watching its own file follows that file, not the published versions.
+    let mut watcher = fleet.start_gateway(vec!["--watch-config".into()], Vec::new());
+    fleet.config.update(&pricing(fleet.upstream.addr(), 6, ""));
+    fleet.wait_published(2);
+    let list = || -> Value {
+        serde_json::from_str(&fleet.sidecar.get_ok("/v1/fleet/gateways")).expect("json")
+    };
+    wait_for("three gateways listed, two on v2", || {
+        let body = list();
+        let gateways = body["gateways"].as_array().cloned().unwrap_or_default();
+        gateways.len() == 3 && gateways.iter().filter(|g| g["config_version"] == 2).count() == 2
+    });
+    let body = list();
+    let behind: Vec<&Value> = body["gateways"]
+        .as_array()
+        .expect("gateways")
+        .iter()
+        .filter(|g| g["behind"] == true)
+        .collect();
+    assert_eq!(behind.len(), 1, "{body}");
+    assert_eq!(behind[0]["mode"], "file", "{body}");
+    wait_for("the sidecar to count the gateway behind", || {
+        fleet
+            .sidecar
+            .metric("creditgate_fleet_gateways_behind", &[])
+            == 1.0
+    });
+    let reply = fleet.search(&watcher, "acme");
+    assert_eq!(charged(&reply), 5, "the watcher follows its own file");
+    // Its own file swapped like a ConfigMap (the path becomes a symlink): new price.
+    let path = watcher.config_path();
+    let dir = path.parent().expect("dir").to_path_buf();
+    std::fs::create_dir(dir.join("..v2")).expect("dir");
+    std::fs::write(
+        dir.join("..v2/config.toml"),
+        pricing(fleet.upstream.addr(), 9, ""),
+    )
+    .expect("write");
+    std::os::unix::fs::symlink("..v2/config.toml", dir.join("tmp-link")).expect("link");
+    std::fs::rename(dir.join("tmp-link"), &path).expect("swap");
+    wait_for("the watcher to charge its file's new price", || {
+        charged(&fleet.search(&watcher, "acme")) == 9
+    });
+    // An invalid edit of its file is refused; the last good price stays.
+    std::fs::write(
+        dir.join("..v2/config.toml"),
+        "[features.search]\ncost = 1\n",
+    )
+    .expect("write");
+    wait_for("the refusal to be counted", || {
+        watcher.metric(
+            "creditgate_config_reload_errors_total",
+            &[("source", "file")],
+        ) == 1.0
+    });
+    assert_eq!(charged(&fleet.search(&watcher, "acme")), 9);
+    watcher.stop().expect("stop");
+    let _ = &mut fleet;
+}
