@@ -93,14 +93,15 @@ pub struct RunArgs {
     /// Re-read `--config` whenever its content changes (also through a Kubernetes
     /// ConfigMap's symlink swap) instead of following the versions a sidecar publishes in
     /// Redis. For gateways run without a sidecar.
-    #[arg(long, env = "CREDITGATE_WATCH_CONFIG")]
+    #[arg(long, env = "CREDITGATE_WATCH_CONFIG", value_parser = clap::builder::BoolishValueParser::new())]
     pub watch_config: bool,
     /// While this file exists, the gateway runs in mode `off` (passes everything through
     /// with no store call), whatever Redis says: the kill switch that works without Redis.
     #[arg(long, env = "CREDITGATE_KILL_SWITCH_FILE", value_name = "FILE")]
     pub kill_switch_file: Option<PathBuf>,
-    /// Run in mode `off` from the start, whatever Redis says (`CREDITGATE_FORCE_OFF=true`).
-    #[arg(long, env = "CREDITGATE_FORCE_OFF")]
+    /// Run in mode `off` from the start, whatever Redis says, and start even when Redis is
+    /// unreachable (`CREDITGATE_FORCE_OFF=1`; also true/yes/on).
+    #[arg(long, env = "CREDITGATE_FORCE_OFF", value_parser = clap::builder::BoolishValueParser::new())]
     pub force_off: bool,
     /// This gateway's id in heartbeats and the sidecar's fleet list (default: the host
     /// name and the admin address).

@@ -176,18 +176,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         } else {
             bail!("several --redis URLs need --redis-cluster");
         };
-        let redis = store_runtime
+        let connected = store_runtime
             .block_on(async {
                 tokio::time::timeout(
                     std::time::Duration::from_millis(CONNECT_TIMEOUT_MS),
-                    RedisStore::connect(&target, keyspace, REDIS_CALL_TIMEOUT_MS),
+                    RedisStore::connect(&target, keyspace.clone(), REDIS_CALL_TIMEOUT_MS),
                 )
                 .await
             })
-            .map_err(|_| anyhow::anyhow!("connecting to Redis at {target:?} timed out"))?
-            .with_context(|| format!("connecting to Redis at {target:?}"))?;
-        info!(target = ?target, "connected to the Redis credit store");
-        StoreClient::redis(Arc::new(redis), metrics.clone())
+            .map_err(|_| anyhow::anyhow!("connecting to Redis at {target:?} timed out"))
+            .and_then(|r| r.with_context(|| format!("connecting to Redis at {target:?}")));
+        match connected {
+            Ok(redis) => {
+                info!(target = ?target, "connected to the Redis credit store");
+                StoreClient::redis(Arc::new(redis), metrics.clone())
+            }
+            // Forced off, the gateway makes no store call at all, so it can start and
+            // pass traffic through while Redis is down: the kill switch without Redis.
+            Err(e) if args.force_off => {
+                warn!(error = %format!("{e:#}"), "Redis unreachable; starting anyway because --force-off is set (no store calls until restarted without it)");
+                StoreClient::embedded(Arc::new(MemoryStore::new(keyspace)), metrics.clone())
+            }
+            Err(e) => return Err(e),
+        }
     };
     let store = Arc::new(store);
     info!(config = %args.config.display(), summary = %config.summary(), hash = %config.content_hash(), "pricing config loaded");

@@ -682,6 +682,12 @@ fn the_local_kill_switch_turns_enforcement_off_with_redis_down() {
         "off",
         "env flag, Redis down"
     );
+    // With the env flag, a gateway even starts while Redis is down, and passes traffic.
+    let started_without_redis = fleet.start_gateway(
+        Vec::new(),
+        vec![("CREDITGATE_FORCE_OFF".into(), "1".into())],
+    );
+    assert_eq!(fleet.observed_mode(&started_without_redis, "broke"), "off");
     std::fs::remove_file(&flag).expect("remove flag");
     wait_for("enforcement to resume without the flag", || {
         fleet.search(&switchable, "broke").status == 503
