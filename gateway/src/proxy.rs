@@ -313,6 +313,7 @@ impl CreditGate {
                 route: route.name.clone(),
                 feature: found.feature.name.clone(),
                 retain_ms: DEFAULT_RETAIN_MS,
+                occurred_at_ms: None,
             };
             let outcome = self
                 .store

@@ -3,7 +3,10 @@
 -- KEYS: 1 grants, 2 balance, 3 hold, 4 deadlines, 5 grant_expiry, 6 events
 -- ARGV: 1 customer, 2 hold_id, 3 credit_type, 4 amount, 5 ttl_ms, 6 overdraft_limit,
 --       7 force (1: place the hold even past the overdraft limit, for shadow mode),
---       8 request_id, 9 route, 10 feature, 11 retain_ms
+--       8 request_id, 9 route, 10 feature, 11 retain_ms,
+--       12 reserved for pricing_version (issue 5; ignored here, pass ''),
+--       13 occurred_at_ms (0: now; else the time the usage happened, used as the `at` of
+--          this hold's placed and posted events so the ledger orders it by event time)
 -- Reply: {'placed', at, deadline, draws, overdraft, over_limit, available_after}
 --        | {'replay', at, state, deadline, draws, overdraft, over_limit}
 --        | {'conflict', at, first_type, first_amount} | {'insufficient', at, available}
@@ -18,10 +21,13 @@ local request_id, e8 = text_arg(8, 'request_id')
 local route, e9 = text_arg(9, 'route')
 local feature, e10 = text_arg(10, 'feature')
 local retain_ms, e11 = int_arg(11, 'retain_ms', 1, MAX_TTL_MS)
-local err = e1 or e2 or e3 or e4 or e5 or e6 or e7 or e8 or e9 or e10 or e11
+local occurred, e13 = int_arg(13, 'occurred_at_ms', 0, MAX_AMOUNT)
+local err = e1 or e2 or e3 or e4 or e5 or e6 or e7 or e8 or e9 or e10 or e11 or e13
 if err then return redis.error_reply(err) end
 
 local now = now_ms()
+local event_at = now
+if occurred > 0 then event_at = occurred end
 local first = hold_fields(KEYS[3])
 if first then
   if first.customer ~= customer or first.type ~= ctype or tonumber(first.amount) ~= amount then
@@ -51,10 +57,10 @@ balance_add(KEYS[2], ctype, 'odheld', overdraft)
 redis.call('HSET', KEYS[3], 'state', 'pending', 'customer', customer, 'type', ctype,
   'amount', fmt(amount), 'deadline', fmt(deadline), 'created', fmt(now), 'draws', draws_s,
   'overdraft', fmt(overdraft), 'over_limit', fmt(over_limit), 'request_id', request_id,
-  'route', route, 'feature', feature, 'retain', fmt(retain_ms))
+  'route', route, 'feature', feature, 'retain', fmt(retain_ms), 'occurred', fmt(occurred))
 redis.call('ZADD', KEYS[4], deadline, customer .. '/' .. hold_id)
 xadd(KEYS[6], {
-  'v', '1', 'event_id', 'hold:' .. hold_id .. ':placed', 'kind', 'hold_placed', 'at', fmt(now),
+  'v', '1', 'event_id', 'hold:' .. hold_id .. ':placed', 'kind', 'hold_placed', 'at', fmt(event_at),
   'customer', customer, 'credit_type', ctype, 'hold_id', hold_id, 'amount', fmt(amount),
   'draws', draws_s, 'overdraft', fmt(overdraft), 'deadline', fmt(deadline),
   'over_limit', fmt(over_limit), 'request_id', request_id, 'route', route, 'feature', feature,

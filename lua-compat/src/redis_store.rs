@@ -570,6 +570,9 @@ impl CreditStore for RedisStore {
             req.route.clone(),
             req.feature.clone(),
             req.retain_ms.to_string(),
+            // ARGV[12] is reserved for issue 5's pricing_version.
+            String::new(),
+            req.occurred_at_ms.unwrap_or(0).to_string(),
         ];
         let r = self.eval(&SCRIPTS.reserve, &keys, &args).await?;
         let at_ms = r.uint(1)?;

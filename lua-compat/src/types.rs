@@ -122,6 +122,10 @@ pub struct ReserveRequest {
     pub feature: String,
     /// How long the record stays after resolution, for idempotent retries, in milliseconds.
     pub retain_ms: u64,
+    /// When the usage happened (ms since epoch), for usage metered after the fact: the hold's
+    /// placed and posted events carry it as their `at`, so the ledger orders them by event
+    /// time. `None`: now (store time), as for every gateway request.
+    pub occurred_at_ms: Option<u64>,
 }
 
 /// Posts the actual cost of a pending hold.
@@ -221,7 +225,13 @@ impl ReserveRequest {
         text("request_id", &self.request_id)?;
         text("route", &self.route)?;
         text("feature", &self.feature)?;
-        range("retain_ms", self.retain_ms, 1, MAX_TTL_MS)
+        range("retain_ms", self.retain_ms, 1, MAX_TTL_MS)?;
+        range(
+            "occurred_at_ms",
+            self.occurred_at_ms.unwrap_or(1),
+            1,
+            MAX_AMOUNT,
+        )
     }
 }
 

@@ -60,6 +60,7 @@ fn reserve(hold_id: &str, amount: u64, overdraft_limit: u64) -> ReserveRequest {
         route: "POST /v1/chat".into(),
         feature: "chat".into(),
         retain_ms: 86_400_000,
+        occurred_at_ms: None,
     }
 }
 

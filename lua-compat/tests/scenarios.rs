@@ -39,6 +39,7 @@ fn reserve(customer: &str, hold_id: &str, amount: u64) -> ReserveRequest {
         route: "GET /v1/things".into(),
         feature: "things".into(),
         retain_ms: 86_400_000,
+        occurred_at_ms: None,
     }
 }
 

@@ -41,6 +41,7 @@ fn reserve(customer: &str, hold_id: &str, amount: u64) -> ReserveRequest {
         route: "POST /v1/search".into(),
         feature: "search".into(),
         retain_ms: 86_400_000,
+        occurred_at_ms: None,
     }
 }
 

@@ -213,6 +213,7 @@ impl Sim {
                 route: format!("POST /v1/{feature}"),
                 feature: feature.into(),
                 retain_ms: DEFAULT_RETAIN_MS,
+                occurred_at_ms: None,
             },
         );
         self.snap(customer);

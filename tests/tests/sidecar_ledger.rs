@@ -459,6 +459,7 @@ fn reserve_request(
         route: "generated".to_string(),
         feature: "generated".to_string(),
         retain_ms: DEFAULT_RETAIN_MS,
+        occurred_at_ms: None,
     }
 }
 

@@ -133,6 +133,7 @@ async fn burn(store: &RedisStore, customer: &str, hold_id: String) -> anyhow::Re
         route: "bench".to_string(),
         feature: "bench".to_string(),
         retain_ms: DEFAULT_RETAIN_MS,
+        occurred_at_ms: None,
     };
     match store.reserve(&reserve).await? {
         ReserveOutcome::Placed { .. } => {}
