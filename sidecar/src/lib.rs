@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod reconcile;
 pub mod render;
+pub mod usage_events;
 pub mod writer;
 
 use std::io::Write;
