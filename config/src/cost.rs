@@ -4,6 +4,7 @@
 //! the request, and settling from the response is the gateway's job.
 
 use crate::limits::MAX_AMOUNT;
+use crate::usage::ResponseUsage;
 
 /// How a feature is priced. Every amount is an integer in the smallest unit of the feature's
 /// credit type and at most [`MAX_AMOUNT`].
@@ -32,13 +33,15 @@ pub enum CostRule {
         default_units: Option<u64>,
     },
     /// Priced from the response (`kind = "from_response"`): `estimate` is reserved up front
-    /// and the actual cost, known once the response is read, is settled and capped at `max`.
-    /// How the actual cost is read from the response comes with a later version of the rule.
+    /// and the actual cost, read from the response as `usage` says, is settled and capped at
+    /// `max`. A rule without a header or usage fields settles at its fallback.
     FromResponse {
         /// Reserved before the request goes upstream, in the smallest unit (> 0).
         estimate: u64,
         /// The most one request is ever charged, in the smallest unit (≥ `estimate`).
         max: u64,
+        /// Where the actual usage is read and what is charged when it cannot be.
+        usage: ResponseUsage,
     },
 }
 
@@ -203,6 +206,13 @@ mod tests {
         let rule = CostRule::FromResponse {
             estimate: 5,
             max: 50,
+            usage: ResponseUsage {
+                header: None,
+                fields: Vec::new(),
+                fallback: 5,
+                per_event: None,
+                inspect_max_bytes: crate::usage::DEFAULT_INSPECT_MAX_BYTES,
+            },
         };
         assert_eq!(rule.reserve_amount(&empty), 5);
         assert_eq!(rule.max_amount(), 50);

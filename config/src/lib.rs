@@ -13,6 +13,7 @@ mod model;
 mod pattern;
 mod route_table;
 mod schema;
+mod usage;
 mod validate;
 
 pub use config::{CostSource, PricingConfig, ResolvedCost, UNPUBLISHED_VERSION};
@@ -25,4 +26,8 @@ pub use model::{
 };
 pub use pattern::{PathPattern, Segment, path_segments};
 pub use route_table::{Route, RouteMatch, RouteTable};
+pub use usage::{
+    DEFAULT_INSPECT_MAX_BYTES, MAX_INSPECT_MAX_BYTES, MAX_USAGE_FIELDS, MAX_USAGE_PATH_SEGMENTS,
+    ResponseUsage, UsageField, UsageHeader, UsagePath,
+};
 pub use validate::{DEFAULT_UPSTREAM, is_identifier};

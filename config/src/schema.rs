@@ -88,6 +88,10 @@ pub(crate) struct CostFile {
     pub max: Option<Spanned<i64>>,
     pub default_units: Option<Spanned<i64>>,
     pub estimate: Option<Spanned<i64>>,
+    pub usage: Option<Spanned<BTreeMap<Spanned<String>, Spanned<i64>>>>,
+    pub fallback: Option<Spanned<i64>>,
+    pub per_event: Option<Spanned<i64>>,
+    pub inspect_max_bytes: Option<Spanned<i64>>,
 }
 
 /// `[[routes]]`.

@@ -32,6 +32,10 @@ use crate::schema::{
     DefaultsFile, EmbeddedGrantFile, FeatureFile, IdentityFile, Name, OverdraftFile, PlanFile,
     RouteFile, UpstreamFile,
 };
+use crate::usage::{
+    DEFAULT_INSPECT_MAX_BYTES, MAX_INSPECT_MAX_BYTES, MAX_USAGE_FIELDS, MAX_USAGE_PATH_SEGMENTS,
+    ResponseUsage, UsageField, UsageHeader, UsagePath,
+};
 
 /// The name of the upstream used by routes without `upstream` and by `pass_through`.
 pub const DEFAULT_UPSTREAM: &str = "default";
@@ -1125,8 +1129,12 @@ impl Checker<'_> {
             max,
             default_units,
             estimate,
+            usage,
+            fallback,
+            per_event,
+            inspect_max_bytes,
         } = cost.get_ref();
-        let present: [(&str, Option<Range<usize>>); 7] = [
+        let present: [(&str, Option<Range<usize>>); 11] = [
             ("amount", amount.as_ref().map(Spanned::span)),
             ("header", header.as_ref().map(Spanned::span)),
             ("query", query.as_ref().map(Spanned::span)),
@@ -1134,12 +1142,28 @@ impl Checker<'_> {
             ("max", max.as_ref().map(Spanned::span)),
             ("default_units", default_units.as_ref().map(Spanned::span)),
             ("estimate", estimate.as_ref().map(Spanned::span)),
+            ("usage", usage.as_ref().map(Spanned::span)),
+            ("fallback", fallback.as_ref().map(Spanned::span)),
+            ("per_event", per_event.as_ref().map(Spanned::span)),
+            (
+                "inspect_max_bytes",
+                inspect_max_bytes.as_ref().map(Spanned::span),
+            ),
         ];
         let allowed: &[&str] = match kind.get_ref().as_str() {
             "free" => &[],
             "fixed" => &["amount"],
             "per_unit" => &["header", "query", "rate", "max", "default_units"],
-            "from_response" => &["estimate", "max"],
+            "from_response" => &[
+                "estimate",
+                "max",
+                "header",
+                "rate",
+                "usage",
+                "fallback",
+                "per_event",
+                "inspect_max_bytes",
+            ],
             other => {
                 self.report(
                     format!("{path}.kind"),
@@ -1262,13 +1286,164 @@ impl Checker<'_> {
                         format!("{estimate} is above max ({max}); the estimate is reserved up front and may not exceed what a request can cost"),
                     );
                 }
-                estimate
-                    .zip(max)
-                    .map(|(estimate, max)| CostRule::FromResponse { estimate, max })
+                let usage = self.response_usage(path, cost, estimate, max);
+                match (estimate, max, usage) {
+                    (Some(estimate), Some(max), Some(usage)) => Some(CostRule::FromResponse {
+                        estimate,
+                        max,
+                        usage,
+                    }),
+                    _ => None,
+                }
             }
             _ => None,
         };
         rule.filter(|_| ok)
+    }
+
+    /// The response-usage part of a `from_response` rule: header and rate together, valid
+    /// field paths with positive rates, a fallback within `max`, a bounded inspection size.
+    fn response_usage(
+        &mut self,
+        path: &str,
+        cost: &Spanned<CostFile>,
+        estimate: Option<u64>,
+        max: Option<u64>,
+    ) -> Option<ResponseUsage> {
+        let file = cost.get_ref();
+        let table_span = cost.span();
+        let mut ok = true;
+        let header = match (&file.header, &file.rate) {
+            (Some(header), Some(_)) => {
+                let name = self.header_name(path, header);
+                let rate =
+                    self.amount(path, "rate", file.rate.as_ref(), &table_span, Positive::Yes);
+                match (name, rate) {
+                    (Some(name), Some(rate)) => Some(UsageHeader { name, rate }),
+                    _ => {
+                        ok = false;
+                        None
+                    }
+                }
+            }
+            (None, None) => None,
+            (Some(header), None) => {
+                ok = false;
+                self.report(
+                    format!("{path}.header"),
+                    Some(header.span()),
+                    "needs rate = <amount per unit> to price the header's unit count".to_owned(),
+                );
+                None
+            }
+            (None, Some(rate)) => {
+                ok = false;
+                self.report(
+                    format!("{path}.rate"),
+                    Some(rate.span()),
+                    "prices the units of a response header: set header = \"...\" too, or \
+                     price body fields under usage"
+                        .to_owned(),
+                );
+                None
+            }
+        };
+        let mut fields = Vec::new();
+        if let Some(usage) = &file.usage {
+            if usage.get_ref().len() > MAX_USAGE_FIELDS {
+                ok = false;
+                self.report(
+                    format!("{path}.usage"),
+                    Some(usage.span()),
+                    format!(
+                        "{} fields, more than the limit {MAX_USAGE_FIELDS}",
+                        usage.get_ref().len()
+                    ),
+                );
+            }
+            for (field_path, rate) in usage.get_ref() {
+                let field = format!("{path}.usage.{}", key(field_path.get_ref()));
+                let parsed = UsagePath::parse(field_path.get_ref());
+                if parsed.is_none() {
+                    ok = false;
+                    self.report(
+                        field.clone(),
+                        Some(field_path.span()),
+                        format!(
+                            "{:?} is not a usage field path: write JSON object keys \
+                             (A-Z a-z 0-9 _ -) separated by dots, at most \
+                             {MAX_USAGE_PATH_SEGMENTS} deep, e.g. \"usage.prompt_tokens\"",
+                            field_path.get_ref()
+                        ),
+                    );
+                }
+                let rate = self.checked_amount(&field, rate, Positive::Yes);
+                match (parsed, rate) {
+                    (Some(path), Some(rate)) => fields.push(UsageField { path, rate }),
+                    _ => ok = false,
+                }
+            }
+        }
+        let fallback = match &file.fallback {
+            Some(value) => {
+                let field = format!("{path}.fallback");
+                let fallback = self.checked_amount(&field, value, Positive::No);
+                if let (Some(fallback), Some(max)) = (fallback, max)
+                    && fallback > max
+                {
+                    ok = false;
+                    self.report(
+                        field,
+                        Some(value.span()),
+                        format!(
+                            "{fallback} is above max ({max}); a response without usage may \
+                             not cost more than any response can"
+                        ),
+                    );
+                }
+                fallback
+            }
+            None => estimate,
+        };
+        let per_event = match &file.per_event {
+            Some(value) => {
+                let per_event =
+                    self.checked_amount(&format!("{path}.per_event"), value, Positive::Yes);
+                ok &= per_event.is_some();
+                per_event
+            }
+            None => None,
+        };
+        let inspect_max_bytes = match &file.inspect_max_bytes {
+            Some(value) => {
+                let number = *value.get_ref();
+                match u64::try_from(number) {
+                    Ok(bytes) if (1..=MAX_INSPECT_MAX_BYTES).contains(&bytes) => Some(bytes),
+                    _ => {
+                        self.report(
+                            format!("{path}.inspect_max_bytes"),
+                            Some(value.span()),
+                            format!(
+                                "must be between 1 and {MAX_INSPECT_MAX_BYTES} bytes, got \
+                                 {number}"
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+            None => Some(DEFAULT_INSPECT_MAX_BYTES),
+        };
+        match (ok, fallback, inspect_max_bytes) {
+            (true, Some(fallback), Some(inspect_max_bytes)) => Some(ResponseUsage {
+                header,
+                fields,
+                fallback,
+                per_event,
+                inspect_max_bytes,
+            }),
+            _ => None,
+        }
     }
 
     /// Checks a required amount: present, not negative, within [`MAX_AMOUNT`] and, unless

@@ -99,12 +99,27 @@ fn ai_api_validates_and_resolves_prices() {
 
     let pro = config.cost_for("chat", Some("globex")).expect("chat");
     assert_eq!(pro.source, CostSource::Plan);
+    let CostRule::FromResponse {
+        estimate,
+        max,
+        usage,
+    } = pro.rule
+    else {
+        panic!("chat is priced from the response: {:?}", pro.rule);
+    };
+    assert_eq!((*estimate, *max), (15_000, 1_500_000));
+    let rates: Vec<(&str, u64)> = usage
+        .fields
+        .iter()
+        .map(|field| (field.path.as_str(), field.rate))
+        .collect();
     assert_eq!(
-        *pro.rule,
-        CostRule::FromResponse {
-            estimate: 15_000,
-            max: 1_500_000
-        }
+        rates,
+        [("usage.completion_tokens", 6), ("usage.prompt_tokens", 2)]
+    );
+    assert_eq!(
+        usage.fallback, 15_000,
+        "the fallback defaults to the estimate"
     );
     assert_eq!(pro.overdraft, 5_000_000);
 

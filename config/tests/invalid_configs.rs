@@ -128,6 +128,20 @@ const CASES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "bad_inspect_max_bytes",
+        &[
+            r#"bad_inspect_max_bytes.toml:14: features.chat.cost.inspect_max_bytes: must be between 1 and 67108864 bytes, got 0"#,
+        ],
+    ),
+    (
+        "bad_usage_path",
+        &[
+            r#"bad_usage_path.toml:14: features.chat.cost.usage."choices[0].tokens": "choices[0].tokens" is not a usage field path: write JSON object keys (A-Z a-z 0-9 _ -) separated by dots, at most 8 deep, e.g. "usage.prompt_tokens""#,
+            r#"bad_usage_path.toml:14: features.chat.cost.usage."choices[0].tokens": must be greater than 0"#,
+            r#"bad_usage_path.toml:14: features.chat.cost.usage."usage..completion_tokens": "usage..completion_tokens" is not a usage field path: write JSON object keys (A-Z a-z 0-9 _ -) separated by dots, at most 8 deep, e.g. "usage.prompt_tokens""#,
+        ],
+    ),
+    (
         "bad_overdraft",
         &[
             r#"bad_overdraft.toml:8: plans.pro.overdraft: must not be negative, got -1"#,
@@ -198,6 +212,12 @@ const CASES: &[(&str, &[&str])] = &[
         "estimate_above_max",
         &[
             r#"estimate_above_max.toml:12: features.chat.cost.estimate: 1000 is above max (10); the estimate is reserved up front and may not exceed what a request can cost"#,
+        ],
+    ),
+    (
+        "fallback_above_max",
+        &[
+            r#"fallback_above_max.toml:14: features.chat.cost.fallback: 250000 is above max (100000); a response without usage may not cost more than any response can"#,
         ],
     ),
     (
@@ -314,6 +334,12 @@ const CASES: &[(&str, &[&str])] = &[
         "unknown_upstream",
         &[
             r#"unknown_upstream.toml:15: routes[0].upstream: unknown upstream "backend" (known: default)"#,
+        ],
+    ),
+    (
+        "usage_header_without_rate",
+        &[
+            r#"usage_header_without_rate.toml:14: features.export.cost.header: needs rate = <amount per unit> to price the header's unit count"#,
         ],
     ),
     (
@@ -617,4 +643,24 @@ fn cohort_unknown_plan() {
 #[test]
 fn cohort_without_costs() {
     check("cohort_without_costs");
+}
+
+#[test]
+fn bad_inspect_max_bytes() {
+    check("bad_inspect_max_bytes");
+}
+
+#[test]
+fn bad_usage_path() {
+    check("bad_usage_path");
+}
+
+#[test]
+fn fallback_above_max() {
+    check("fallback_above_max");
+}
+
+#[test]
+fn usage_header_without_rate() {
+    check("usage_header_without_rate");
 }

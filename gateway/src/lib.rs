@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod responses;
 pub mod server;
 pub mod store_client;
+pub mod usage;
 
 use std::io::{self, Write};
 use std::path::Path;

@@ -73,6 +73,8 @@ pub struct Metrics {
     control_read_errors: IntCounterVec,
     mode: IntGaugeVec,
     forced_off: IntGauge,
+    response_costs: IntCounterVec,
+    credits_shortfall: IntCounterVec,
 }
 
 /// The values of the `mode` label of `creditgate_mode`: the fleet-wide mode a gateway
@@ -187,8 +189,20 @@ impl Metrics {
             "creditgate_mode_forced_off",
             "1 while the local kill switch (file or env flag) forces mode off.",
         );
+        let response_costs = counter(
+            "creditgate_response_costs_total",
+            "Requests settled from the response, by route and how the cost was found (header, json, sse, stream_cut; missing, unparseable, over_limit settle the fallback).",
+            &["route", "outcome"],
+        );
+        let credits_shortfall = counter(
+            "creditgate_credits_shortfall_total",
+            "Credits settled above what the balance and overdraft allowed (recorded as overage in the ledger), in each credit type's smallest unit.",
+            &["credit_type"],
+        );
         Self {
             registry,
+            response_costs,
+            credits_shortfall,
             decisions,
             credits_reserved,
             credits_burned,
@@ -231,6 +245,20 @@ impl Metrics {
         self.credits_returned
             .with_label_values(&[credit_type])
             .inc_by(returned);
+    }
+
+    /// Counts one settlement of a response-priced request by how its cost was found.
+    pub fn response_cost(&self, route: &str, outcome: &str) {
+        self.response_costs
+            .with_label_values(&[route, outcome])
+            .inc();
+    }
+
+    /// Counts credits a settle could not take (the shortfall recorded as overage).
+    pub fn shortfall(&self, credit_type: &str, amount: u64) {
+        self.credits_shortfall
+            .with_label_values(&[credit_type])
+            .inc_by(amount);
     }
 
     /// Records the latency of one store call, in seconds.

@@ -13,8 +13,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use creditgate_config::{
-    DEFAULT_UPSTREAM, Mode, PricingConfig, RequestValues, Route, Unmatched, UpstreamErrorPolicy,
-    query_param,
+    CostRule, DEFAULT_UPSTREAM, Mode, PricingConfig, RequestValues, Route, Unmatched,
+    UpstreamErrorPolicy, query_param,
 };
 use creditgate_protocol::{
     DEFAULT_RETAIN_MS, HoldRef, HoldState, ReserveOutcome, ReserveRequest, ResolveOutcome,
@@ -34,6 +34,7 @@ use crate::responses::{
     HEADER_REMAINING, HEADER_REQUEST_ID, Refusal,
 };
 use crate::store_client::{StoreClient, StoreFailure};
+use crate::usage::ResponseInspector;
 
 /// How many holds one `Idempotency-Key` may use: a retry after a voided or expired attempt
 /// is charged anew under the next hold id, up to this many attempts.
@@ -97,6 +98,9 @@ pub struct PlacedHold {
     overdraft_limit: u64,
     settle_timeout_ms: u64,
     on_upstream_error: UpstreamErrorPolicy,
+    /// The amount to settle when it differs from `amount`: read from the response for
+    /// routes priced from it. `None` settles `amount`.
+    actual: Option<u64>,
     /// Set when the reserve timed out: the hold may or may not exist (a late run of the
     /// script places it). Kept so that settling can place it if it never arrived: the
     /// request is then metered exactly once, by hold id.
@@ -124,6 +128,10 @@ pub struct RequestCtx {
     upstream_status: Option<u16>,
     counted: bool,
     pricing_version: Option<String>,
+    /// The route's response-usage rule and `max`, until the response headers arrive.
+    response_cost: Option<(creditgate_config::ResponseUsage, u64)>,
+    /// Reads the actual cost of a response-priced request as its body passes.
+    inspector: Option<ResponseInspector>,
 }
 
 /// The request as cost rules see it.
@@ -288,6 +296,9 @@ impl CreditGate {
         let pricing_version = config.pricing_version_of(&cost);
         ctx.pricing_version = Some(pricing_version.clone());
         let amount = cost.rule.reserve_amount(&RequestView(req));
+        if let CostRule::FromResponse { max, usage, .. } = cost.rule {
+            ctx.response_cost = Some((usage.clone(), *max));
+        }
         if amount == 0 {
             self.metrics.decision(&route.name, Outcome::Allowed);
             ctx.charge = Some(Charge {
@@ -324,6 +335,7 @@ impl CreditGate {
                 feature: found.feature.name.clone(),
                 retain_ms: DEFAULT_RETAIN_MS,
                 pricing_version: pricing_version.clone(),
+                occurred_at_ms: None,
             };
             let outcome = self
                 .store
@@ -357,6 +369,7 @@ impl CreditGate {
                         overdraft_limit: cost.overdraft,
                         settle_timeout_ms: route.store_timeout_ms.max(MIN_SETTLE_TIMEOUT_MS),
                         on_upstream_error: route.on_upstream_error,
+                        actual: None,
                         tentative: None,
                     });
                     ctx.charge = Some(Charge {
@@ -430,6 +443,7 @@ impl CreditGate {
                             overdraft_limit: cost.overdraft,
                             settle_timeout_ms: route.store_timeout_ms.max(MIN_SETTLE_TIMEOUT_MS),
                             on_upstream_error: route.on_upstream_error,
+                            actual: None,
                             tentative: Some(ReserveRequest {
                                 force: true,
                                 ..request
@@ -479,7 +493,7 @@ async fn resolve_once(
     let settle = SettleRequest {
         customer: hold.customer.clone(),
         hold_id: hold.hold_id.clone(),
-        actual: hold.amount,
+        actual: hold.actual.unwrap_or(hold.amount),
         overdraft_limit: hold.overdraft_limit,
     };
     let timeout = hold.settle_timeout_ms;
@@ -508,8 +522,20 @@ async fn resolve_once(
     }
     match &outcome {
         ResolveOutcome::Posted {
-            posted, returned, ..
-        } => metrics.resolved(&hold.credit_type, *posted, *returned),
+            posted,
+            returned,
+            shortfall,
+            ..
+        } => {
+            metrics.resolved(&hold.credit_type, *posted, *returned);
+            if *shortfall > 0 {
+                // The ledger keeps it too: the hold_posted entry of this request id carries
+                // the shortfall, so finance can bill or write it off.
+                metrics.shortfall(&hold.credit_type, *shortfall);
+                warn!(request_id, hold_id = %hold.hold_id, customer = %hold.customer,
+                    shortfall, posted, "settled above what the balance and overdraft allow; shortfall recorded as overage");
+            }
+        }
         ResolveOutcome::Voided { returned, .. } => {
             metrics.resolved(&hold.credit_type, 0, *returned)
         }
@@ -643,8 +669,28 @@ impl ProxyHttp for CreditGate {
     ) -> Result<()> {
         if !upstream_response.status.is_informational() {
             ctx.upstream_status = Some(upstream_response.status.as_u16());
+            if let Some((usage, max)) = ctx.response_cost.take() {
+                ctx.inspector = Some(ResponseInspector::new(
+                    usage,
+                    max,
+                    &upstream_response.headers,
+                ));
+            }
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(inspector) = &mut ctx.inspector {
+            inspector.feed(body.as_deref().unwrap_or_default(), end_of_stream);
+        }
+        Ok(None)
     }
 
     async fn response_filter(
@@ -695,7 +741,7 @@ impl CreditGate {
         if let Some(e) = error {
             warn!(request_id = %ctx.request_id, route = %ctx.route, customer = ?ctx.customer, error = %e, "request failed");
         }
-        let Some(hold) = ctx.hold.take() else {
+        let Some(mut hold) = ctx.hold.take() else {
             debug!(request_id = %ctx.request_id, route = %ctx.route, customer = ?ctx.customer, status = ?status, "request done");
             return;
         };
@@ -705,6 +751,18 @@ impl CreditGate {
             Some(s) if s >= 500 => hold.on_upstream_error == UpstreamErrorPolicy::Void,
             Some(_) => false,
         };
+        if let Some(inspector) = ctx.inspector.take() {
+            let settlement = inspector.settle();
+            self.metrics
+                .response_cost(&ctx.route, settlement.outcome.as_str());
+            if let Some(problem) = &settlement.problem {
+                warn!(request_id = %ctx.request_id, route = %ctx.route, hold_id = %hold.hold_id,
+                    problem, fallback = settlement.amount, "response usage not readable; settling the fallback");
+            }
+            debug!(request_id = %ctx.request_id, hold_id = %hold.hold_id, amount = settlement.amount,
+                outcome = settlement.outcome.as_str(), "cost read from the response");
+            hold.actual = Some(settlement.amount);
+        }
         // Settle off the connection: the client's next request on it does not wait for the
         // store. The settle counts as in flight, so a graceful shutdown waits for it.
         self.spawn_resolve(hold, void, &ctx.request_id);

@@ -4,7 +4,9 @@
 -- ARGV: 1 customer, 2 hold_id, 3 credit_type, 4 amount, 5 ttl_ms, 6 overdraft_limit,
 --       7 force (1: place the hold even past the overdraft limit, for shadow mode),
 --       8 request_id, 9 route, 10 feature, 11 retain_ms,
---       12 pricing_version (the pricing config version that priced the request; may be empty)
+--       12 pricing_version (the pricing config version that priced the request; may be empty),
+--       13 occurred_at_ms (0: now; else the time the usage happened, used as the `at` of
+--          this hold's placed and posted events so the ledger orders it by event time)
 -- Reply: {'placed', at, deadline, draws, overdraft, over_limit, available_after}
 --        | {'replay', at, state, deadline, draws, overdraft, over_limit}
 --        | {'conflict', at, first_type, first_amount} | {'insufficient', at, available}
@@ -20,10 +22,13 @@ local route, e9 = text_arg(9, 'route')
 local feature, e10 = text_arg(10, 'feature')
 local retain_ms, e11 = int_arg(11, 'retain_ms', 1, MAX_TTL_MS)
 local pricing_version, e12 = text_arg(12, 'pricing_version')
-local err = e1 or e2 or e3 or e4 or e5 or e6 or e7 or e8 or e9 or e10 or e11 or e12
+local occurred, e13 = int_arg(13, 'occurred_at_ms', 0, MAX_AMOUNT)
+local err = e1 or e2 or e3 or e4 or e5 or e6 or e7 or e8 or e9 or e10 or e11 or e12 or e13
 if err then return redis.error_reply(err) end
 
 local now = now_ms()
+local event_at = now
+if occurred > 0 then event_at = occurred end
 local first = hold_fields(KEYS[3])
 if first then
   if first.customer ~= customer or first.type ~= ctype or tonumber(first.amount) ~= amount then
@@ -54,10 +59,10 @@ redis.call('HSET', KEYS[3], 'state', 'pending', 'customer', customer, 'type', ct
   'amount', fmt(amount), 'deadline', fmt(deadline), 'created', fmt(now), 'draws', draws_s,
   'overdraft', fmt(overdraft), 'over_limit', fmt(over_limit), 'request_id', request_id,
   'route', route, 'feature', feature, 'retain', fmt(retain_ms),
-  'pricing_version', pricing_version)
+  'pricing_version', pricing_version, 'occurred', fmt(occurred))
 redis.call('ZADD', KEYS[4], deadline, customer .. '/' .. hold_id)
 xadd(KEYS[6], {
-  'v', '1', 'event_id', 'hold:' .. hold_id .. ':placed', 'kind', 'hold_placed', 'at', fmt(now),
+  'v', '1', 'event_id', 'hold:' .. hold_id .. ':placed', 'kind', 'hold_placed', 'at', fmt(event_at),
   'customer', customer, 'credit_type', ctype, 'hold_id', hold_id, 'amount', fmt(amount),
   'draws', draws_s, 'overdraft', fmt(overdraft), 'deadline', fmt(deadline),
   'over_limit', fmt(over_limit), 'request_id', request_id, 'route', route, 'feature', feature,

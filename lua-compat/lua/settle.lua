@@ -42,8 +42,12 @@ if actual > held then
 end
 finish_hold(KEYS[3], KEYS[4], customer, hold_id, 'posted', posted, now)
 local list, total = usable_grants(KEYS[1], ctype, now)
+-- A hold placed for usage that happened earlier posts at that time too (see reserve).
+local event_at = now
+local occurred = tonumber(h.occurred or '0') or 0
+if occurred > 0 then event_at = occurred end
 xadd(KEYS[6], {
-  'v', '1', 'event_id', 'hold:' .. hold_id .. ':posted', 'kind', 'hold_posted', 'at', fmt(now),
+  'v', '1', 'event_id', 'hold:' .. hold_id .. ':posted', 'kind', 'hold_posted', 'at', fmt(event_at),
   'customer', customer, 'credit_type', ctype, 'hold_id', hold_id, 'held', fmt(held),
   'requested', fmt(actual), 'posted', fmt(posted), 'burns', fmt_draws(burns),
   'overdraft', fmt(od_posted), 'returned', fmt_draws(returned), 'returned_overdraft', fmt(od_back),

@@ -116,6 +116,8 @@ impl Customer {
 struct StoredHold {
     record: HoldRecord,
     retain_ms: u64,
+    /// `ReserveRequest::occurred_at_ms`: the `at` of the hold's placed and posted events.
+    occurred_ms: Option<u64>,
 }
 
 /// A sorted-set index: member → score, ordered like Redis (score, then member bytes).
@@ -417,6 +419,7 @@ impl Model {
             StoredHold {
                 record,
                 retain_ms: req.retain_ms,
+                occurred_ms: req.occurred_at_ms,
             },
         );
         shard
@@ -425,7 +428,7 @@ impl Model {
             .insert(member(&req.customer, &req.hold_id), deadline);
         self.emit(Event {
             event_id: format!("hold:{}:placed", req.hold_id),
-            at_ms: now,
+            at_ms: req.occurred_at_ms.unwrap_or(now),
             customer: req.customer.clone(),
             credit_type: req.credit_type.clone(),
             body: EventBody::HoldPlaced {
@@ -545,6 +548,9 @@ impl Model {
             customer: req.customer.clone(),
             hold_id: req.hold_id.clone(),
         };
+        let occurred_ms = self
+            .live_hold(now, &req.customer, &req.hold_id)
+            .and_then(|stored| stored.occurred_ms);
         let h = match self.pending_hold(now, &hold) {
             Ok(h) => h,
             Err(outcome) => return outcome,
@@ -580,7 +586,7 @@ impl Model {
         let available_after = c.available(t, total);
         self.emit(Event {
             event_id: format!("hold:{}:posted", req.hold_id),
-            at_ms: now,
+            at_ms: occurred_ms.unwrap_or(now),
             customer: req.customer.clone(),
             credit_type: t.clone(),
             body: EventBody::HoldPosted {

@@ -581,6 +581,7 @@ impl CreditStore for RedisStore {
             req.feature.clone(),
             req.retain_ms.to_string(),
             req.pricing_version.clone(),
+            req.occurred_at_ms.unwrap_or(0).to_string(),
         ];
         let r = self.eval(&SCRIPTS.reserve, &keys, &args).await?;
         let at_ms = r.uint(1)?;

@@ -126,6 +126,10 @@ pub struct ReserveRequest {
     /// config crate); stored on the hold and carried on its events, so each ledger burn
     /// records it. May be empty.
     pub pricing_version: String,
+    /// When the usage happened (ms since epoch), for usage metered after the fact: the hold's
+    /// placed and posted events carry it as their `at`, so the ledger orders them by event
+    /// time. `None`: now (store time), as for every gateway request.
+    pub occurred_at_ms: Option<u64>,
 }
 
 /// Posts the actual cost of a pending hold.
@@ -226,7 +230,13 @@ impl ReserveRequest {
         text("route", &self.route)?;
         text("feature", &self.feature)?;
         range("retain_ms", self.retain_ms, 1, MAX_TTL_MS)?;
-        text("pricing_version", &self.pricing_version)
+        text("pricing_version", &self.pricing_version)?;
+        range(
+            "occurred_at_ms",
+            self.occurred_at_ms.unwrap_or(1),
+            1,
+            MAX_AMOUNT,
+        )
     }
 }
 

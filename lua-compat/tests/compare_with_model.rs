@@ -192,6 +192,12 @@ impl Generator {
             feature: "chat".into(),
             retain_ms: HOUR_MS,
             pricing_version: format!("{}-cafe", self.rng.random_range(1..4u32)),
+            // Usage metered after the fact: its events carry the time it happened.
+            occurred_at_ms: if self.rng.random_bool(0.2) {
+                Some(self.rng.random_range(1_600_000_000_000..1_800_000_000_000))
+            } else {
+                None
+            },
         };
         if !reuse {
             self.holds

@@ -61,6 +61,7 @@ fn reserve(hold_id: &str, amount: u64, overdraft_limit: u64) -> ReserveRequest {
         feature: "chat".into(),
         retain_ms: 86_400_000,
         pricing_version: String::new(),
+        occurred_at_ms: None,
     }
 }
 

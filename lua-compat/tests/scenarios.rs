@@ -40,6 +40,7 @@ fn reserve(customer: &str, hold_id: &str, amount: u64) -> ReserveRequest {
         feature: "things".into(),
         retain_ms: 86_400_000,
         pricing_version: String::new(),
+        occurred_at_ms: None,
     }
 }
 

@@ -1,11 +1,13 @@
-//! The sidecar's HTTP listener: `/metrics`, `/healthz`, `/readyz`, and read-only ledger
-//! queries as JSON. Nothing here writes credits; mutations come with the admin API.
+//! The sidecar's HTTP listener: `/metrics`, `/healthz`, `/readyz`, read-only ledger
+//! queries as JSON, and the usage-events route (its own module). Other mutations come with
+//! the admin API.
 //!
 //! - `GET /v1/customers/{customer}/balance?at_ms=` — balance per credit type and per grant
 //! - `GET /v1/usage?customer=&from_ms=&to_ms=` — usage by UTC day and feature
 //! - `GET /v1/requests/{request_id}/trail` — a request's hold and what it drew and returned
 //! - `GET /v1/revenue?from_ms=&to_ms=` — recognized, breakage and deferred revenue
 //! - `GET /v1/reconcile` — the last comparison of Redis with the ledger
+//! - `POST /v1/usage-events` — usage events from the product ([`crate::usage_events`])
 
 use std::sync::Arc;
 
@@ -189,6 +191,7 @@ pub fn router(sidecar: Arc<Sidecar>) -> Router {
         .route("/v1/requests/{request_id}/trail", get(trail))
         .route("/v1/revenue", get(revenue))
         .route("/v1/reconcile", get(last_reconcile))
+        .merge(crate::usage_events::routes::router())
         .with_state(sidecar.clone())
         .merge(crate::control_api::router(sidecar))
 }

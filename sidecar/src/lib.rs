@@ -21,6 +21,7 @@ pub mod mode_commands;
 pub mod outbox;
 pub mod reconcile;
 pub mod render;
+pub mod usage_events;
 pub mod writer;
 
 use std::io::Write;

@@ -214,6 +214,7 @@ impl Sim {
                 feature: feature.into(),
                 retain_ms: DEFAULT_RETAIN_MS,
                 pricing_version: String::new(),
+                occurred_at_ms: None,
             },
         );
         self.snap(customer);

@@ -460,6 +460,7 @@ fn reserve_request(
         feature: "generated".to_string(),
         retain_ms: DEFAULT_RETAIN_MS,
         pricing_version: String::new(),
+        occurred_at_ms: None,
     }
 }
 

@@ -134,6 +134,7 @@ async fn burn(store: &RedisStore, customer: &str, hold_id: String) -> anyhow::Re
         feature: "bench".to_string(),
         retain_ms: DEFAULT_RETAIN_MS,
         pricing_version: String::new(),
+        occurred_at_ms: None,
     };
     match store.reserve(&reserve).await? {
         ReserveOutcome::Placed { .. } => {}

@@ -48,6 +48,7 @@ mod cluster;
 mod gateway;
 mod http;
 mod metrics;
+mod model_server;
 mod postgres;
 mod redis_server;
 mod sidecar;
@@ -61,6 +62,7 @@ pub use gateway::{
 };
 pub use http::{HTTP_GET_MAX_BYTES, HttpResponse, http_get};
 pub use metrics::{Sample, metric_value, parse_samples};
+pub use model_server::ModelServer;
 pub use postgres::{PG_BIN_ENV, Postgres};
 pub use redis_server::RedisServer;
 pub use sidecar::{

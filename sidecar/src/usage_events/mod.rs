@@ -1,0 +1,293 @@
+//! Usage events from the product (asynchronous metering): actions that are not HTTP calls
+//! through the gateway (a batch export, a background job) reported to the sidecar, priced by
+//! the pricing config and burned through the same reserve and settle scripts as gateway
+//! traffic, so the ledger looks the same.
+//!
+//! This module is the pure part: reading one event out of the request JSON with errors
+//! that name the field, the late window, and pricing. [`routes`] does the I/O.
+
+pub mod routes;
+
+use creditgate_config::{CostRule, MAX_AMOUNT, PricingConfig};
+use serde_json::{Map, Value};
+
+/// How old an event may be when it arrives, in milliseconds: 7 days. Older usage is
+/// rejected (the ledger's past balances are final by then); the hold records that make
+/// retries idempotent are kept at least this long.
+pub const DEFAULT_LATE_WINDOW_MS: u64 = 7 * 86_400_000;
+
+/// How far in the future an event's time may be, in milliseconds: 5 minutes of clock skew
+/// between the product's hosts and Redis.
+pub const MAX_CLOCK_SKEW_MS: u64 = 300_000;
+
+/// Most events in one request: 1 000, which a sidecar burns in well under a second and
+/// keeps a request's answer small.
+pub const MAX_EVENTS_PER_REQUEST: usize = 1_000;
+
+/// Largest request body, in bytes: 2 MiB, axum's default body limit, room for a full batch
+/// with some metadata per event.
+pub const MAX_REQUEST_BYTES: usize = 2 << 20;
+
+/// Longest idempotency key, in bytes: 200, enough for a UUID with a prefix or a job path.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+
+/// Largest `metadata` object of one event, serialized, in bytes: 4 KiB. Metadata is for
+/// tracing an event back to its job, not for payloads.
+pub const MAX_METADATA_BYTES: usize = 4_096;
+
+/// One event as the product sent it, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageEvent {
+    /// The customer using the feature.
+    pub customer: String,
+    /// The feature used (a feature of the pricing config).
+    pub feature: String,
+    /// How many units were used (≥ 0).
+    pub quantity: u64,
+    /// When the usage happened, ms since the Unix epoch.
+    pub occurred_at_ms: u64,
+    /// The product's id for the event: the same key burns once.
+    pub idempotency_key: String,
+    /// Free-form object kept with the event's result.
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// Why an event was rejected: the field (`events[3].occurred_at_ms`) and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The JSON path of the offending field.
+    pub field: String,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+impl Rejection {
+    fn new(field: String, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads event `index` of the request, checking every field and the late window against
+/// `now_ms`.
+pub fn parse_event(
+    index: usize,
+    value: &Value,
+    now_ms: u64,
+    late_window_ms: u64,
+) -> Result<UsageEvent, Rejection> {
+    let at = |field: &str| format!("events[{index}].{field}");
+    let object = value
+        .as_object()
+        .ok_or_else(|| Rejection::new(format!("events[{index}]"), "must be a JSON object"))?;
+    for key in object.keys() {
+        if !matches!(
+            key.as_str(),
+            "customer" | "feature" | "quantity" | "occurred_at_ms" | "idempotency_key" | "metadata"
+        ) {
+            return Err(Rejection::new(
+                at(key),
+                "unknown field (known: customer, feature, quantity, occurred_at_ms, \
+                 idempotency_key, metadata)",
+            ));
+        }
+    }
+    let text = |field: &str| -> Result<String, Rejection> {
+        match object.get(field) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(Rejection::new(at(field), "must be a string")),
+            None => Err(Rejection::new(at(field), "is required")),
+        }
+    };
+    let integer = |field: &str| -> Result<u64, Rejection> {
+        match object.get(field) {
+            Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
+                Rejection::new(
+                    at(field),
+                    format!("must be a non-negative integer, got {n}"),
+                )
+            }),
+            Some(_) => Err(Rejection::new(at(field), "must be a non-negative integer")),
+            None => Err(Rejection::new(at(field), "is required")),
+        }
+    };
+    let customer = text("customer")?;
+    creditgate_protocol::keys::validate_id("customer", &customer)
+        .map_err(|e| Rejection::new(at("customer"), e))?;
+    let feature = text("feature")?;
+    let quantity = integer("quantity")?;
+    let occurred_at_ms = integer("occurred_at_ms")?;
+    let idempotency_key = text("idempotency_key")?;
+    if idempotency_key.is_empty()
+        || idempotency_key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || !idempotency_key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(Rejection::new(
+            at("idempotency_key"),
+            format!(
+                "must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters without spaces"
+            ),
+        ));
+    }
+    let metadata = match object.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(map)) => {
+            let size = Value::Object(map.clone()).to_string().len();
+            if size > MAX_METADATA_BYTES {
+                return Err(Rejection::new(
+                    at("metadata"),
+                    format!("is {size} bytes serialized, more than {MAX_METADATA_BYTES}"),
+                ));
+            }
+            Some(map.clone())
+        }
+        Some(_) => return Err(Rejection::new(at("metadata"), "must be a JSON object")),
+    };
+    let oldest = now_ms.saturating_sub(late_window_ms);
+    if occurred_at_ms < oldest {
+        return Err(Rejection::new(
+            at("occurred_at_ms"),
+            format!(
+                "{occurred_at_ms} is {} ms before now, outside the late window of {} days \
+                 ({late_window_ms} ms): usage older than that is not accepted",
+                now_ms - occurred_at_ms,
+                late_window_ms / 86_400_000
+            ),
+        ));
+    }
+    if occurred_at_ms > now_ms + MAX_CLOCK_SKEW_MS {
+        return Err(Rejection::new(
+            at("occurred_at_ms"),
+            format!(
+                "{occurred_at_ms} is {} ms in the future (at most {MAX_CLOCK_SKEW_MS} ms of \
+                 clock skew is accepted)",
+                occurred_at_ms - now_ms
+            ),
+        ));
+    }
+    Ok(UsageEvent {
+        customer,
+        feature,
+        quantity,
+        occurred_at_ms,
+        idempotency_key,
+        metadata,
+    })
+}
+
+/// An event's price under the config in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Priced {
+    /// The credit type burned.
+    pub credit_type: String,
+    /// The amount, in the credit type's smallest unit.
+    pub amount: u64,
+    /// The customer's overdraft for that credit type.
+    pub overdraft: u64,
+}
+
+/// Prices `event` as the gateway would price `quantity` units of its feature:
+/// `fixed`: amount × quantity; `per_unit`: quantity × rate capped at max; `free`: 0;
+/// `from_response` with a usage header: quantity × its rate capped at max. A
+/// `from_response` rule without a per-unit rate cannot price a count and is rejected.
+pub fn price(
+    config: &PricingConfig,
+    index: usize,
+    event: &UsageEvent,
+) -> Result<Priced, Rejection> {
+    let cost = config
+        .cost_for(&event.feature, Some(&event.customer))
+        .ok_or_else(|| {
+            Rejection::new(
+                format!("events[{index}].feature"),
+                format!("unknown feature {:?} in the pricing config", event.feature),
+            )
+        })?;
+    let q = event.quantity;
+    let amount = match cost.rule {
+        CostRule::Free => 0,
+        CostRule::Fixed { amount } => q.saturating_mul(*amount),
+        CostRule::PerUnit { rate, max, .. } => q.saturating_mul(*rate).min(*max),
+        CostRule::FromResponse { max, usage, .. } => match &usage.header {
+            Some(header) => q.saturating_mul(header.rate).min(*max),
+            None => {
+                return Err(Rejection::new(
+                    format!("events[{index}].feature"),
+                    format!(
+                        "feature {:?} is priced from responses by usage fields; usage events \
+                         need a fixed, per_unit or header-rated rule",
+                        event.feature
+                    ),
+                ));
+            }
+        },
+    };
+    if amount > MAX_AMOUNT {
+        return Err(Rejection::new(
+            format!("events[{index}].quantity"),
+            format!("{q} units cost more than the largest amount {MAX_AMOUNT}"),
+        ));
+    }
+    Ok(Priced {
+        credit_type: cost.credit_type.name.clone(),
+        amount,
+        overdraft: cost.overdraft,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn event(overrides: Value) -> Value {
+        let mut base = json!({
+            "customer": "acme", "feature": "export", "quantity": 3,
+            "occurred_at_ms": NOW - 1_000, "idempotency_key": "job-1",
+        });
+        if let (Some(base), Some(o)) = (base.as_object_mut(), overrides.as_object()) {
+            for (k, v) in o {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+        base
+    }
+
+    #[test]
+    fn fields_are_checked_and_named() {
+        let ok = parse_event(0, &event(json!({})), NOW, DEFAULT_LATE_WINDOW_MS).unwrap();
+        assert_eq!(ok.quantity, 3);
+        for (overrides, field) in [
+            (json!({"quantity": -1}), "events[2].quantity"),
+            (json!({"quantity": "3"}), "events[2].quantity"),
+            (json!({"customer": "a b"}), "events[2].customer"),
+            (json!({"idempotency_key": ""}), "events[2].idempotency_key"),
+            (json!({"metadata": [1]}), "events[2].metadata"),
+            (json!({"extra": 1}), "events[2].extra"),
+            (
+                json!({"occurred_at_ms": NOW + 600_000}),
+                "events[2].occurred_at_ms",
+            ),
+        ] {
+            let err =
+                parse_event(2, &event(overrides.clone()), NOW, DEFAULT_LATE_WINDOW_MS).unwrap_err();
+            assert_eq!(err.field, field, "{overrides}");
+        }
+    }
+
+    #[test]
+    fn an_eight_day_old_event_is_rejected_naming_the_window() {
+        let old = event(json!({"occurred_at_ms": NOW - 8 * 86_400_000}));
+        let err = parse_event(0, &old, NOW, DEFAULT_LATE_WINDOW_MS).unwrap_err();
+        assert_eq!(err.field, "events[0].occurred_at_ms");
+        assert!(
+            err.message.contains("late window of 7 days (604800000 ms)"),
+            "{}",
+            err.message
+        );
+    }
+}

@@ -1,0 +1,354 @@
+//! Routes priced from the response, end to end: the real gateway between a real Redis and
+//! the fake model server, which answers JSON and SSE with known token usage. Each test
+//! asserts the exact amount burned, which would be the reserved estimate without settling
+//! from the response.
+//!
+//! Needs `redis-server` and a built gateway (`cargo build -p creditgate-gateway`).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use creditgate_e2e::{ALICE, ALICE_KEY, Credits, Reply, base_config, http_client, send};
+use creditgate_testkit::{Gateway, GatewayOptions, ModelServer, RedisServer};
+
+/// Reserved up front for every response-priced route of the test config.
+const ESTIMATE: i64 = 5_000;
+/// Charged when a response's usage cannot be read.
+const FALLBACK: i64 = 3_000;
+/// Charged per event forwarded by a stream cut short before its usage.
+const PER_EVENT: i64 = 10;
+/// Per-token rates of the test config.
+const PROMPT_RATE: i64 = 2;
+const COMPLETION_RATE: i64 = 6;
+/// Per-unit rate of the `x-usage-units` header.
+const UNIT_RATE: i64 = 7;
+/// The test config's inspection limit, in bytes.
+const INSPECT_MAX_BYTES: i64 = 4_096;
+/// The model upstream's read timeout, for the stalled-stream test.
+const READ_TIMEOUT_MS: u64 = 600;
+
+/// The base config with the model server as upstream `model` and three response-priced
+/// features: OpenAI-style fields, Anthropic-style fields and a usage header.
+fn config(model: SocketAddr) -> String {
+    base_config(model)
+        + &format!(
+            r#"
+[upstreams.model]
+address = "{model}"
+read_timeout_ms = {READ_TIMEOUT_MS}
+
+[features.chat]
+credit_type = "api"
+cost = {{ kind = "from_response", estimate = {ESTIMATE}, max = 100000, fallback = {FALLBACK}, per_event = {PER_EVENT}, inspect_max_bytes = {INSPECT_MAX_BYTES}, usage = {{ "usage.prompt_tokens" = {PROMPT_RATE}, "usage.completion_tokens" = {COMPLETION_RATE} }} }}
+
+[features.claude]
+credit_type = "api"
+cost = {{ kind = "from_response", estimate = {ESTIMATE}, max = 100000, usage = {{ "message.usage.input_tokens" = {PROMPT_RATE}, "usage.output_tokens" = {COMPLETION_RATE} }} }}
+
+[features.units]
+credit_type = "api"
+cost = {{ kind = "from_response", estimate = {ESTIMATE}, max = 100000, header = "x-usage-units", rate = {UNIT_RATE} }}
+
+[[routes]]
+name = "claude"
+method = "GET"
+path = "/v1/anthropic-stream"
+feature = "claude"
+upstream = "model"
+
+[[routes]]
+name = "units"
+method = "GET"
+path = "/v1/header-usage"
+feature = "units"
+upstream = "model"
+
+[[routes]]
+name = "chat"
+method = "GET"
+path = "/v1/*"
+feature = "chat"
+upstream = "model"
+"#
+        )
+}
+
+/// Redis, the model server and the gateway, stopped in reverse order on drop.
+struct ModelStack {
+    gateway: Gateway,
+    credits: Credits,
+    http: reqwest::blocking::Client,
+    _model: ModelServer,
+    _redis: RedisServer,
+}
+
+impl ModelStack {
+    fn start() -> Self {
+        let redis = RedisServer::start().expect("redis");
+        let model = ModelServer::start().expect("model server");
+        let credits = Credits::connect(&redis.url()).expect("credits");
+        let gateway = Gateway::start(GatewayOptions {
+            config_toml: config(model.addr()),
+            redis_url: Some(redis.url()),
+            ..GatewayOptions::default()
+        })
+        .expect("gateway");
+        Self {
+            gateway,
+            credits,
+            http: http_client(),
+            _model: model,
+            _redis: redis,
+        }
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        let url = format!("{}{path}", self.gateway.proxy_url());
+        send(&self.http, "GET", &url, Some(ALICE_KEY), &[])
+    }
+
+    /// Grants `amount`, runs `request`, waits for its settle and returns what it burned.
+    fn burned_by(&self, amount: u64, request: impl FnOnce(&Self)) -> i64 {
+        let (before, held) = self.credits.balance(ALICE).expect("balance");
+        assert_eq!(held, 0, "nothing pending before the request");
+        self.credits.grant(ALICE, amount).expect("grant");
+        request(self);
+        let (after, held) = self.credits.wait_until_settled(ALICE).expect("balance");
+        assert_eq!(held, 0, "the hold was settled: {}", self.log());
+        before + i64::try_from(amount).expect("small") - after
+    }
+
+    fn outcome(&self, route: &str, outcome: &str) -> f64 {
+        self.gateway.metric(
+            "creditgate_response_costs_total",
+            &[("route", route), ("outcome", outcome)],
+        )
+    }
+
+    fn log(&self) -> String {
+        self.gateway.log_tail(30)
+    }
+}
+
+#[test]
+fn json_completion_is_charged_per_token_and_the_rest_of_the_hold_returns() {
+    let stack = ModelStack::start();
+    let burned = stack.burned_by(10_000, |s| {
+        let reply = s.get("/v1/chat/completions?prompt=1200&completion=300");
+        assert_eq!(reply.status, 200, "{reply:#?}");
+        assert_eq!(reply.json()["usage"]["prompt_tokens"], 1200);
+        // The charge is not known when the headers go out: they show the hold.
+        assert_eq!(reply.header_i64("x-credits-charged"), ESTIMATE);
+    });
+    assert_eq!(
+        burned,
+        1_200 * PROMPT_RATE + 300 * COMPLETION_RATE,
+        "{}",
+        stack.log()
+    );
+    assert_eq!(
+        stack.credits.balance(ALICE).expect("balance"),
+        (10_000 - 4_200, 0),
+        "the hold's remainder (5 000 - 4 200) returned"
+    );
+    assert_eq!(stack.outcome("chat", "json"), 1.0);
+    let returned = stack.gateway.metric(
+        "creditgate_credits_returned_total",
+        &[("credit_type", "api")],
+    );
+    assert_eq!(returned, 800.0);
+}
+
+#[test]
+fn a_gzip_body_is_inspected_and_reaches_the_client_unchanged() {
+    let stack = ModelStack::start();
+    let burned = stack.burned_by(10_000, |s| {
+        let url = format!(
+            "{}/v1/chat/completions?prompt=1200&completion=300&gzip=1",
+            s.gateway.proxy_url()
+        );
+        let response = s
+            .http
+            .get(url)
+            .bearer_auth(ALICE_KEY)
+            .send()
+            .expect("request");
+        assert_eq!(
+            response
+                .headers()
+                .get("content-encoding")
+                .and_then(|v| v.to_str().ok()),
+            Some("gzip")
+        );
+        let body = response.bytes().expect("body");
+        assert_eq!(&body[..2], &[0x1f, 0x8b], "still gzip for the client");
+    });
+    assert_eq!(burned, 4_200, "{}", stack.log());
+    assert_eq!(stack.outcome("chat", "json"), 1.0);
+}
+
+#[test]
+fn streams_are_charged_from_their_final_usage_event() {
+    let stack = ModelStack::start();
+    let burned = stack.burned_by(10_000, |s| {
+        let reply = s.get("/v1/stream?chunks=50&prompt=100&completion=400");
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.body.matches("data: ").count(),
+            52,
+            "every event reached the client"
+        );
+    });
+    assert_eq!(
+        burned,
+        100 * PROMPT_RATE + 400 * COMPLETION_RATE,
+        "{}",
+        stack.log()
+    );
+    assert_eq!(stack.outcome("chat", "sse"), 1.0);
+
+    let burned = stack.burned_by(10_000, |s| {
+        let reply = s.get("/v1/anthropic-stream?chunks=20&prompt=700&completion=90");
+        assert_eq!(reply.status, 200);
+    });
+    assert_eq!(
+        burned,
+        700 * PROMPT_RATE + 90 * COMPLETION_RATE,
+        "{}",
+        stack.log()
+    );
+    assert_eq!(stack.outcome("claude", "sse"), 1.0);
+}
+
+#[test]
+fn a_usage_header_wins_and_is_priced_per_unit() {
+    let stack = ModelStack::start();
+    let burned = stack.burned_by(10_000, |s| {
+        assert_eq!(s.get("/v1/header-usage?units=30").status, 200);
+    });
+    assert_eq!(burned, 30 * UNIT_RATE);
+    assert_eq!(stack.outcome("units", "header"), 1.0);
+}
+
+/// Sends a GET on a raw socket and reads until `events` SSE events arrived, then closes
+/// the connection: a client giving up mid-stream.
+fn read_events_then_disconnect(gateway: &Gateway, path: &str, events: usize) {
+    let mut socket =
+        TcpStream::connect(("127.0.0.1", gateway.proxy_port())).expect("connect to gateway");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        socket,
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {ALICE_KEY}\r\n\r\n"
+    )
+    .expect("send");
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while String::from_utf8_lossy(&seen).matches("data: ").count() < events {
+        let n = socket.read(&mut buffer).expect("read");
+        assert!(n > 0, "the stream ended before {events} events");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    drop(socket);
+}
+
+#[test]
+fn a_stream_cut_by_the_client_pays_per_event_forwarded() {
+    let stack = ModelStack::start();
+    // 40 events 50 ms apart; the client leaves after 20 (half). The documented rule: the
+    // larger of the usage seen (none yet) and per_event × events forwarded. The gateway
+    // notices the closed socket on a later write, so an event or two more may have gone.
+    let burned = stack.burned_by(10_000, |s| {
+        read_events_then_disconnect(
+            &s.gateway,
+            "/v1/stream?chunks=40&delay_ms=50&prompt=1000&completion=1000",
+            20,
+        );
+    });
+    assert!(
+        (20 * PER_EVENT..=23 * PER_EVENT).contains(&burned),
+        "burned {burned}, expected 20 to 23 events at {PER_EVENT}: {}",
+        stack.log()
+    );
+    assert_eq!(stack.outcome("chat", "stream_cut"), 1.0);
+}
+
+#[test]
+fn a_stream_the_upstream_stalls_is_charged_for_what_it_produced() {
+    let stack = ModelStack::start();
+    let started = Instant::now();
+    let burned = stack.burned_by(10_000, |s| {
+        let url = format!("{}/v1/stream?chunks=5&stall_ms=3000", s.gateway.proxy_url());
+        // The gateway's read timeout cuts the stream after the fifth event.
+        let result = s
+            .http
+            .get(url)
+            .bearer_auth(ALICE_KEY)
+            .send()
+            .and_then(|r| r.text());
+        if let Ok(body) = result {
+            assert!(
+                !body.contains("usage\":{"),
+                "the usage event never came: {body}"
+            );
+        }
+    });
+    assert!(
+        started.elapsed() < Duration::from_millis(2_900),
+        "cut by the read timeout"
+    );
+    assert_eq!(burned, 5 * PER_EVENT, "{}", stack.log());
+    assert_eq!(stack.outcome("chat", "stream_cut"), 1.0);
+}
+
+#[test]
+fn unreadable_usage_settles_the_fallback_and_moves_its_counter() {
+    let stack = ModelStack::start();
+    for (path, outcome) in [
+        ("/v1/no-usage", "missing"),
+        ("/v1/garbage-usage", "unparseable"),
+        (
+            &*format!("/v1/big?pad={}", INSPECT_MAX_BYTES * 2),
+            "over_limit",
+        ),
+        ("/v1/stream?chunks=3&prompt=0&completion=0&gzip=0", "sse"),
+    ] {
+        let burned = stack.burned_by(10_000, |s| assert_eq!(s.get(path).status, 200));
+        let expected = if outcome == "sse" { 0 } else { FALLBACK };
+        assert_eq!(burned, expected, "{path}: {}", stack.log());
+        assert_eq!(stack.outcome("chat", outcome), 1.0, "{path}");
+    }
+    // Just under the limit, the same padded body is read.
+    let pad = INSPECT_MAX_BYTES - 400;
+    let burned = stack.burned_by(10_000, |s| {
+        assert_eq!(
+            s.get(&format!("/v1/big?pad={pad}&prompt=10&completion=10"))
+                .status,
+            200
+        );
+    });
+    assert_eq!(burned, 10 * PROMPT_RATE + 10 * COMPLETION_RATE);
+    assert_eq!(stack.outcome("chat", "json"), 1.0);
+}
+
+#[test]
+fn usage_above_the_balance_burns_what_it_can_and_records_the_shortfall() {
+    let stack = ModelStack::start();
+    // 5 000 granted and held; the response costs 1 500 × 2 + 1 000 × 6 = 9 000.
+    let burned = stack.burned_by(5_000, |s| {
+        assert_eq!(
+            s.get("/v1/chat/completions?prompt=1500&completion=1000")
+                .status,
+            200
+        );
+    });
+    assert_eq!(burned, 5_000);
+    assert_eq!(stack.credits.balance(ALICE).expect("balance"), (0, 0));
+    let shortfall = stack.gateway.metric(
+        "creditgate_credits_shortfall_total",
+        &[("credit_type", "api")],
+    );
+    assert_eq!(shortfall, 4_000.0, "{}", stack.log());
+}

@@ -1,0 +1,269 @@
+//! Usage events from the product, end to end: the real sidecar (SQLite ledger, pricing
+//! config) on a real Redis burns them through the same scripts as gateway traffic; the
+//! ledger orders them by event time, duplicates burn once, late events are rejected.
+//!
+//! Needs `redis-server` and a built sidecar (`cargo build -p creditgate-sidecar`).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use creditgate_e2e::{ALICE, Credits, base_config, http_client};
+use creditgate_sidecar::ledger::{EntryKind, EntryQuery, Ledger, SqliteLedger};
+use creditgate_testkit::{LedgerTarget, RedisServer, Sidecar, SidecarOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+/// Price of one unit of the `export` feature in the test config.
+const EXPORT_PRICE: i64 = 2;
+/// Credits granted before the events: less than they cost, so later events go into
+/// overdraft.
+const GRANTED: i64 = 1_000;
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis(),
+    )
+    .expect("fits")
+}
+
+struct EventStack {
+    sidecar: Sidecar,
+    credits: Credits,
+    http: reqwest::blocking::Client,
+    ledger_path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    _redis: RedisServer,
+}
+
+impl EventStack {
+    fn start() -> Self {
+        let redis = RedisServer::start().expect("redis");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("pricing.toml");
+        let unused: SocketAddr = "127.0.0.1:9".parse().expect("address");
+        let config = base_config(unused)
+            + &format!(
+                r#"
+[features.export]
+credit_type = "api"
+cost = {{ kind = "fixed", amount = {EXPORT_PRICE} }}
+
+[features.chat]
+credit_type = "api"
+cost = {{ kind = "from_response", estimate = 10, max = 100, usage = {{ "usage.total_tokens" = 1 }} }}
+"#
+            );
+        std::fs::write(&config_path, config).expect("write config");
+        let ledger_path = dir.path().join("ledger.db");
+        let mut options =
+            SidecarOptions::new(redis.url(), LedgerTarget::Sqlite(ledger_path.clone()));
+        options.extra_args = vec!["--config".into(), config_path.display().to_string()];
+        let sidecar = Sidecar::start(options).expect("sidecar");
+        let credits = Credits::connect(&redis.url()).expect("credits");
+        Self {
+            sidecar,
+            credits,
+            http: http_client(),
+            ledger_path,
+            _dir: dir,
+            _redis: redis,
+        }
+    }
+
+    fn post(&self, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/v1/usage-events", self.sidecar.url()))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .expect("POST /v1/usage-events");
+        let status = response.status().as_u16();
+        (status, response.json().expect("JSON answer"))
+    }
+}
+
+fn event(key: &str, occurred_at_ms: u64) -> Value {
+    json!({"customer": ALICE, "feature": "export", "quantity": 1,
+        "occurred_at_ms": occurred_at_ms, "idempotency_key": key,
+        "metadata": {"job": "nightly-export"}})
+}
+
+#[test]
+fn a_thousand_events_with_duplicates_and_late_arrivals_burn_once_in_event_time_order() {
+    let stack = EventStack::start();
+    stack.credits.grant(ALICE, GRANTED as u64).expect("grant");
+    std::thread::sleep(Duration::from_millis(5));
+    // 900 distinct events 100 ms apart, starting just after the grant.
+    let base = now_ms();
+    let mut events: Vec<(String, u64)> = (0..900u64)
+        .map(|i| (format!("export-{i}"), base + i * 100))
+        .collect();
+    let mut rng = StdRng::seed_from_u64(7);
+    // 50 arrive out of order: moved to random later positions.
+    for _ in 0..50 {
+        let from = rng.random_range(0..events.len() - 1);
+        let to = rng.random_range(from + 1..events.len());
+        let moved = events.remove(from);
+        events.insert(to, moved);
+    }
+    // 100 duplicates of already sent events, interleaved.
+    for _ in 0..100 {
+        let at = rng.random_range(1..events.len());
+        let copy = events[rng.random_range(0..at)].clone();
+        events.insert(at, copy);
+    }
+    assert_eq!(events.len(), 1_000);
+    let mut statuses = std::collections::BTreeMap::<String, usize>::new();
+    let mut overdraft = 0;
+    for batch in events.chunks(250) {
+        let body = json!({"events": batch.iter().map(|(k, t)| event(k, *t)).collect::<Vec<_>>()});
+        let (status, answer) = stack.post(&body);
+        assert_eq!(status, 200, "{answer}");
+        let results = answer["results"].as_array().expect("results");
+        assert_eq!(results.len(), batch.len(), "one result per event");
+        for (result, (key, _)) in results.iter().zip(batch) {
+            assert_eq!(
+                result["idempotency_key"],
+                key.as_str(),
+                "results in request order"
+            );
+            *statuses
+                .entry(result["status"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
+            if result["overdraft"] == true {
+                overdraft += 1;
+            }
+        }
+    }
+    assert_eq!(statuses.get("burned"), Some(&900), "{statuses:?}");
+    assert_eq!(statuses.get("duplicate"), Some(&100), "{statuses:?}");
+    // 1 000 credits cover 500 events; the other 400 burned into overdraft and say so.
+    assert_eq!(overdraft, 400);
+    assert_eq!(
+        stack.credits.balance(ALICE).expect("balance"),
+        (GRANTED - 900 * EXPORT_PRICE, 0)
+    );
+
+    // The ledger: 900 posted entries, stamped with their event times and read back in
+    // event-time order although 50 arrived late.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ledger = runtime
+        .block_on(SqliteLedger::open(&stack.ledger_path))
+        .expect("ledger");
+    let query = |seq_order| EntryQuery {
+        customer: Some(ALICE.into()),
+        kinds: vec![EntryKind::HoldPosted],
+        seq_order,
+        ..EntryQuery::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let by_time = loop {
+        let entries = runtime
+            .block_on(ledger.entries(&query(false)))
+            .expect("entries");
+        if entries.len() == 900 || Instant::now() > deadline {
+            break entries;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(by_time.len(), 900, "{}", stack.sidecar.log_tail(20));
+    let times: Vec<u64> = by_time.iter().map(|e| e.entry.event_at_ms).collect();
+    let expected: Vec<u64> = (0..900u64).map(|i| base + i * 100).collect();
+    assert_eq!(
+        times, expected,
+        "ordered by event time, each at its own time"
+    );
+    let by_seq: Vec<u64> = runtime
+        .block_on(ledger.entries(&query(true)))
+        .expect("entries")
+        .iter()
+        .map(|e| e.entry.event_at_ms)
+        .collect();
+    assert!(
+        by_seq.windows(2).any(|w| w[0] > w[1]),
+        "arrival order differs from event order"
+    );
+
+    // Balance at an instant counts the events that happened by then, whatever their arrival.
+    let at = base + 449 * 100 + 50;
+    let balance: Value = serde_json::from_str(
+        &stack
+            .sidecar
+            .get_ok(&format!("/v1/customers/{ALICE}/balance?at_ms={at}")),
+    )
+    .expect("balance JSON");
+    let api = balance["types"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["credit_type"] == "api"))
+        .expect("api balance");
+    assert_eq!(api["total"], GRANTED - 450 * EXPORT_PRICE, "{balance}");
+}
+
+#[test]
+fn a_batch_answers_per_event_and_rejects_old_and_bad_events_by_field() {
+    let stack = EventStack::start();
+    stack.credits.grant(ALICE, GRANTED as u64).expect("grant");
+    let now = now_ms();
+    let eight_days_ago = now - 8 * 86_400_000;
+    let body = json!({"events": [
+        event("ok-1", now - 1_000),
+        event("old-1", eight_days_ago),
+        {"customer": ALICE, "feature": "export", "quantity": "three", "occurred_at_ms": now, "idempotency_key": "bad-1"},
+        {"customer": ALICE, "feature": "nope", "quantity": 1, "occurred_at_ms": now, "idempotency_key": "bad-2"},
+        {"customer": ALICE, "feature": "chat", "quantity": 1, "occurred_at_ms": now, "idempotency_key": "bad-3"},
+        event("ok-1", now - 1_000),
+        event("ok-2", now - 2_000),
+    ]});
+    let (status, answer) = stack.post(&body);
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().expect("results");
+    let summary: Vec<(&str, &str)> = results
+        .iter()
+        .map(|r| {
+            (
+                r["status"].as_str().unwrap_or("?"),
+                r["error"]["field"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("burned", ""),
+            ("rejected", "events[1].occurred_at_ms"),
+            ("rejected", "events[2].quantity"),
+            ("rejected", "events[3].feature"),
+            ("rejected", "events[4].feature"),
+            ("duplicate", ""),
+            ("burned", ""),
+        ],
+        "{answer}"
+    );
+    let old = results[1]["error"]["message"].as_str().expect("message");
+    assert!(
+        old.contains("late window of 7 days (604800000 ms)"),
+        "{old}"
+    );
+    assert_eq!(
+        (answer["burned"].as_u64(), answer["rejected"].as_u64()),
+        (Some(2), Some(4))
+    );
+    assert_eq!(
+        stack.credits.balance(ALICE).expect("balance"),
+        (GRANTED - 2 * EXPORT_PRICE, 0),
+        "only the two good events burned"
+    );
+
+    // A malformed body is a 400 naming the field.
+    let (status, answer) = stack.post(&json!({"event": []}));
+    assert_eq!(status, 400);
+    assert_eq!(answer["field"], "events", "{answer}");
+}
