@@ -586,6 +586,17 @@ fn flips_reach_both_gateways_within_a_second_via_api_and_cli() {
     for g in &fleet.gateways {
         assert_eq!(g.metric("creditgate_mode", &[("mode", "enforce")]), 1.0);
     }
+    // The restarts emptied Redis: the sidecar published the config again, under a higher
+    // number, and the gateways follow it.
+    wait_for("the sidecar to republish after Redis lost its data", || {
+        fleet.published_version() >= 2
+    });
+    let published = fleet.published_version() as f64;
+    for g in &fleet.gateways {
+        wait_for("the gateway to follow the republished config", || {
+            g.metric("creditgate_config_version", &[]) == published
+        });
+    }
     let _ = &mut fleet;
 }
 
