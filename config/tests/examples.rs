@@ -136,6 +136,17 @@ fn ai_api_validates_and_resolves_prices() {
         Some(50_000_000)
     );
 
+    let grandfathered = config
+        .cost_for("embeddings", Some("globex"))
+        .expect("embeddings");
+    assert_eq!(grandfathered.source, CostSource::Cohort);
+    assert_eq!(grandfathered.cohort, Some("embeddings_2025"));
+    assert_eq!(grandfathered.rule.reserve_amount(&NoValues), 400);
+    let list = config
+        .cost_for("embeddings", Some("acme-corp"))
+        .expect("embeddings");
+    assert_eq!(list.rule.reserve_amount(&NoValues), 500);
+
     let images = config.match_route("POST", None, "/v1/images/generations");
     assert_eq!(
         images.map(|found| found.route.on_upstream_error),

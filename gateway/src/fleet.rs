@@ -265,8 +265,8 @@ impl FleetSync {
         if self.source != ConfigSource::Published {
             return true;
         }
-        let published = match redis.published_version().await {
-            Ok(Some((version, _))) => version,
+        let (published, published_hash) = match redis.published_version().await {
+            Ok(Some(found)) => found,
             Ok(None) => return true,
             Err(e) => {
                 self.metrics.control_read_error("config");
@@ -274,9 +274,12 @@ impl FleetSync {
                 return false;
             }
         };
-        state.published_version = state.published_version.max(published);
+        state.published_version = published;
         let current = self.config.load();
-        if published <= current.version() || state.refused_version == Some(published) {
+        // The published config is authoritative: follow it whenever it differs, even to a
+        // lower number (a Redis that lost its data and a restarted publisher start over).
+        let same = published == current.version() && published_hash == current.content_hash();
+        if same || state.refused_version == Some(published) {
             return true;
         }
         let Ok(Some(found)) = redis.published_config().await else {

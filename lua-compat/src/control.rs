@@ -332,14 +332,17 @@ impl ControlKeys {
 }
 
 /// Publishes a config text unless it is already the published one: numbers it with the
-/// next version, stores it and announces `config:<version>` on the channel, atomically.
-/// KEYS: 1 config. ARGV: 1 hash, 2 text, 3 file, 4 channel.
+/// next version (above both the stored one and the caller's floor, so numbers keep
+/// increasing even after Redis lost the hash), stores it and announces `config:<version>`
+/// on the channel, atomically. KEYS: 1 config. ARGV: 1 hash, 2 text, 3 file, 4 channel,
+/// 5 floor (the newest version the caller knows of).
 const PUBLISH_CONFIG_LUA: &str = r"
 local cur = redis.call('HGET', KEYS[1], 'hash')
 if cur == ARGV[1] then
   return {0, tonumber(redis.call('HGET', KEYS[1], 'version'))}
 end
-local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local v = math.max(tonumber(redis.call('HGET', KEYS[1], 'version') or '0'), tonumber(ARGV[5])) + 1
+redis.call('HSET', KEYS[1], 'version', v)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'text', ARGV[2], 'file', ARGV[3],
@@ -376,12 +379,14 @@ impl RedisStore {
         ControlKeys::new(self.keyspace())
     }
 
-    /// Publishes `text` (already validated by the caller) as the fleet's pricing config.
+    /// Publishes `text` (already validated by the caller) as the fleet's pricing config,
+    /// numbered above `floor` (the newest version the caller published or saw).
     pub async fn publish_config(
         &self,
         hash: &str,
         text: &str,
         file: &str,
+        floor: u64,
     ) -> Result<PublishOutcome, StoreError> {
         if text.len() > CONFIG_TEXT_MAX_BYTES {
             return Err(StoreError::Protocol {
@@ -397,7 +402,8 @@ impl RedisStore {
             .arg(hash)
             .arg(text)
             .arg(file)
-            .arg(&k.notify);
+            .arg(&k.notify)
+            .arg(floor);
         let mut conn = self.conn.clone();
         let (published, version): (u8, u64) = self
             .with_timeout("publish_config", async { conn.query(&cmd).await })

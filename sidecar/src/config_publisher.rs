@@ -40,12 +40,14 @@ pub struct ConfigPublisher {
 }
 
 /// What the last pass saw.
-#[derive(Default)]
 struct Seen {
     /// SHA-1 of the last text read (valid or not), so each content is handled once.
     hash: Option<String>,
-    /// Whether the last valid text still has to be published (Redis was down).
+    /// Whether the last valid text still has to be published (Redis was down, or lost it).
     unpublished: bool,
+    /// The newest version this publisher published or found published: the floor of the
+    /// next number, so versions keep increasing even if Redis lost the published one.
+    newest_version: u64,
 }
 
 impl ConfigPublisher {
@@ -55,12 +57,17 @@ impl ConfigPublisher {
             // The file loaded at start-up still needs publishing.
             hash: Some(self.pricing.load().content_hash().to_string()),
             unpublished: true,
+            newest_version: 0,
         };
         let mut last_status = Instant::now() - Duration::from_millis(FLEET_STATUS_MS);
         while !*stop.borrow() {
             self.pass(&mut seen).await;
             if last_status.elapsed() >= Duration::from_millis(FLEET_STATUS_MS) {
                 last_status = Instant::now();
+                // A Redis that lost its data lost the published config too: publish again.
+                if let Ok(None) = self.redis.published_version().await {
+                    seen.unpublished = true;
+                }
                 refresh_fleet_metrics(&self.redis, &self.metrics).await;
             }
             tokio::select! {
@@ -101,14 +108,17 @@ impl ConfigPublisher {
                 }
             }
         }
-        if seen.unpublished {
-            self.publish().await;
-            seen.unpublished = self.pricing.load().version() == 0;
+        if seen.unpublished
+            && let Some(version) = self.publish(seen.newest_version).await
+        {
+            seen.newest_version = seen.newest_version.max(version);
+            seen.unpublished = false;
         }
     }
 
-    /// Publishes the config in `pricing` and records the version Redis gave it.
-    async fn publish(&self) {
+    /// Publishes the config in `pricing` and records the version Redis gave it; `None`
+    /// when it could not (retried on the next pass).
+    async fn publish(&self, floor: u64) -> Option<u64> {
         let config = self.pricing.load_full();
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text)
@@ -117,11 +127,11 @@ impl ConfigPublisher {
                 text
             }
             // The file changed again since it was validated: the next pass handles it.
-            _ => return,
+            _ => return None,
         };
         match self
             .redis
-            .publish_config(config.content_hash(), &text, config.file_name())
+            .publish_config(config.content_hash(), &text, config.file_name(), floor)
             .await
         {
             Ok(outcome) => {
@@ -133,12 +143,11 @@ impl ConfigPublisher {
                 }
                 self.metrics.config_version.set(version as i64);
                 self.pricing.store(Arc::new(config));
+                Some(version)
             }
             Err(e) => {
                 warn!(error = %e, "publishing the pricing config failed; retrying");
-                // Marks it unpublished for the next pass.
-                self.pricing
-                    .store(Arc::new((*config).clone().with_version(0)));
+                None
             }
         }
     }

@@ -4,7 +4,9 @@
 //! `run` is the long-running sidecar ([`daemon`], [`writer`], [`outbox`], [`reconcile`],
 //! [`http`]) over the durable [`ledger`]; `grant`, `ledger verify|balance` and `reconcile`
 //! are one-shot commands for ops ([`commands`]); `inspect` reads the credit store
-//! ([`inspect`], rendered by [`render`]). The binary in `main.rs` only parses the command
+//! ([`inspect`], rendered by [`render`]); `mode` reads and changes the fleet's modes
+//! ([`mode_commands`]); the config publisher ([`config_publisher`]) and the control routes
+//! ([`control_api`]) run inside `run`. The binary in `main.rs` only parses the command
 //! line and calls [`run`].
 
 pub mod cli;

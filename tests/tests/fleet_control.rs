@@ -586,6 +586,17 @@ fn flips_reach_both_gateways_within_a_second_via_api_and_cli() {
     for g in &fleet.gateways {
         assert_eq!(g.metric("creditgate_mode", &[("mode", "enforce")]), 1.0);
     }
+    // The restarts emptied Redis: the sidecar published the config again, under a higher
+    // number, and the gateways follow it.
+    wait_for("the sidecar to republish after Redis lost its data", || {
+        fleet.published_version() >= 2
+    });
+    let published = fleet.published_version() as f64;
+    for g in &fleet.gateways {
+        wait_for("the gateway to follow the republished config", || {
+            g.metric("creditgate_config_version", &[]) == published
+        });
+    }
     let _ = &mut fleet;
 }
 
@@ -796,4 +807,34 @@ fn the_fleet_list_shows_versions_and_a_gateway_behind_and_a_gateway_can_watch_it
     assert_eq!(charged(&fleet.search(&watcher, "acme")), 9);
     watcher.stop().expect("stop");
     let _ = &mut fleet;
+}
+
+/// The flip-latency measurement behind `benches/RESULTS.md`: 50 flips between shadow and
+/// enforce through the admin API, each timed from the API's answer until both gateways
+/// apply it (probing with requests). Ignored by default (slow); run with `--ignored`.
+#[test]
+#[ignore]
+fn measure_flip_latency() {
+    let fleet = Fleet::start(5);
+    let mut took: Vec<Duration> = Vec::new();
+    for i in 0..50 {
+        let mode = if i % 2 == 0 { "shadow" } else { "enforce" };
+        let (status, _) = fleet.api_post(
+            "/v1/control/mode",
+            json!({"mode": mode, "actor": "bench", "reason": "flip latency"}),
+        );
+        assert_eq!(status, 200);
+        took.push(fleet.wait_mode(mode, "broke"));
+    }
+    took.sort();
+    let at = |q: f64| took[((took.len() - 1) as f64 * q).round() as usize];
+    eprintln!(
+        "flip latency over {} flips, both gateways: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+        took.len(),
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        took[took.len() - 1]
+    );
+    assert!(took[took.len() - 1] < PROPAGATION_GOAL);
 }
