@@ -68,7 +68,7 @@ async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.db");
     let ledger = SqliteLedger::open(&path).await.unwrap();
-    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2]);
+    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 5]);
     Backend {
         ledger: Box::new(ledger),
         raw: Raw::Sqlite(path),
@@ -82,7 +82,7 @@ async fn postgres() -> Backend {
         .unwrap()
         .expect("postgres starts");
     let ledger = PostgresLedger::connect(&pg.url()).await.unwrap();
-    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2]);
+    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 5]);
     Backend {
         ledger: Box::new(ledger),
         raw: Raw::Postgres(Arc::new(pg)),
@@ -122,7 +122,52 @@ on_both_backends!(
     the_fold_matches_the_model_in_a_scripted_run,
     the_fold_matches_the_model_in_random_runs,
     adjustments_change_the_total,
+    usage_events_are_recorded_once_and_append_only,
 );
+
+async fn usage_events_are_recorded_once_and_append_only(b: &Backend) {
+    let l = &*b.ledger;
+    let record = creditgate_sidecar::ledger::UsageEventRecord {
+        customer: "acme".into(),
+        idempotency_key: "export-1".into(),
+        feature: "export".into(),
+        quantity: 3,
+        occurred_at_ms: 1_700_000_000_000,
+        received_at_ms: 1_700_000_000_500,
+        credit_type: "api".into(),
+        amount: 6,
+        hold_id: "ue-1".into(),
+        pricing_version: "abc".into(),
+        metadata: Some(r#"{"job":"nightly"}"#.into()),
+    };
+    assert!(l.record_usage_event(&record).await.unwrap());
+    let retry = creditgate_sidecar::ledger::UsageEventRecord {
+        received_at_ms: 1_700_000_009_000,
+        ..record.clone()
+    };
+    assert!(
+        !l.record_usage_event(&retry).await.unwrap(),
+        "recorded once"
+    );
+    let other = creditgate_sidecar::ledger::UsageEventRecord {
+        customer: "globex".into(),
+        metadata: None,
+        ..record
+    };
+    assert!(
+        l.record_usage_event(&other).await.unwrap(),
+        "keys are per customer"
+    );
+    let refused = b
+        .raw
+        .exec("UPDATE usage_events SET amount = 0")
+        .await
+        .expect_err("append-only");
+    assert!(
+        refused.contains("append-only") || refused.contains("refused"),
+        "{refused}"
+    );
+}
 
 // ---------------------------------------------------------------------------------------
 // A reference-model run that records its events and balances
@@ -408,14 +453,14 @@ async fn migrations_run_twice_are_a_no_op(b: &Backend) {
     let l = &*b.ledger;
     assert_eq!(l.migrate().await.unwrap(), Vec::<i64>::new());
     assert_eq!(l.migrate().await.unwrap(), Vec::<i64>::new());
-    assert_eq!(l.applied_migrations().await.unwrap(), vec![1, 2]);
+    assert_eq!(l.applied_migrations().await.unwrap(), vec![1, 2, 5]);
     // A second process opening the same database finds it up to date.
     let other: Box<dyn Ledger> = match &b.raw {
         Raw::Sqlite(path) => Box::new(SqliteLedger::open(path).await.unwrap()),
         Raw::Postgres(pg) => Box::new(PostgresLedger::connect(&pg.url()).await.unwrap()),
     };
     assert_eq!(other.migrate().await.unwrap(), Vec::<i64>::new());
-    assert_eq!(other.applied_migrations().await.unwrap(), vec![1, 2]);
+    assert_eq!(other.applied_migrations().await.unwrap(), vec![1, 2, 5]);
     // The Redis generation markers the ledger records can be set and replaced.
     assert_eq!(l.redis_generation(3).await.unwrap(), None);
     l.set_redis_generation(3, "gen-a").await.unwrap();

@@ -601,6 +601,29 @@ where
         Ok(done.rows_affected() == 1)
     }
 
+    /// Records a usage event as received; false when its key was recorded before.
+    pub(crate) async fn record_usage_event(
+        &self,
+        event: &super::usage_events::UsageEventRecord,
+    ) -> LedgerResult<bool> {
+        let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let done = sqlx::query(super::usage_events::INSERT_USAGE_EVENT)
+            .bind(event.customer.as_str())
+            .bind(event.idempotency_key.as_str())
+            .bind(event.feature.as_str())
+            .bind(int(event.quantity))
+            .bind(int(event.occurred_at_ms))
+            .bind(int(event.received_at_ms))
+            .bind(event.credit_type.as_str())
+            .bind(int(event.amount))
+            .bind(event.hold_id.as_str())
+            .bind(event.pricing_version.as_str())
+            .bind(event.metadata.as_deref())
+            .execute(self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub(crate) async fn mark_grant_attempt_failed(
         &self,
         grant_id: &str,

@@ -7,7 +7,8 @@
 /// One schema migration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Migration {
-    /// Version number, increasing by one from 1.
+    /// Version number, increasing from 1. Gaps are allowed (each engineer's branch takes its
+    /// own number); every missing version is applied in order.
     pub version: i64,
     /// Short name, recorded beside the version.
     pub name: &'static str,
@@ -31,6 +32,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "redis_generations",
         sql: include_str!("../../migrations/sqlite/0002_redis_generations.sql"),
     },
+    Migration {
+        version: 5,
+        name: "usage_events",
+        sql: include_str!("../../migrations/sqlite/0005_usage_events.sql"),
+    },
 ];
 
 /// Postgres migrations, in version order.
@@ -44,5 +50,10 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 2,
         name: "redis_generations",
         sql: include_str!("../../migrations/postgres/0002_redis_generations.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "usage_events",
+        sql: include_str!("../../migrations/postgres/0005_usage_events.sql"),
     },
 ];

@@ -17,6 +17,7 @@ mod migrations;
 mod postgres;
 mod sql;
 mod sqlite;
+mod usage_events;
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -36,6 +37,7 @@ pub use grants::{GrantRecord, OutboxState, RecordGrantOutcome};
 pub use migrations::Migration;
 pub use postgres::{DEFAULT_PG_MAX_CONNECTIONS, PostgresLedger};
 pub use sqlite::{DEFAULT_SQLITE_READERS, SqliteLedger};
+pub use usage_events::UsageEventRecord;
 
 /// A ledger failure.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +182,10 @@ pub trait Ledger: Send + Sync {
     /// Marks a grant delivered to Redis at `at_ms`; false when it is unknown or was
     /// marked before (the first mark stays).
     async fn mark_grant_applied(&self, grant_id: &str, at_ms: u64) -> LedgerResult<bool>;
+
+    /// Records a usage event as received and priced, before it is burned; false when the
+    /// customer's idempotency key was recorded before (the first record stays).
+    async fn record_usage_event(&self, event: &UsageEventRecord) -> LedgerResult<bool>;
 
     /// Counts a failed delivery attempt and keeps its error; false when the grant is
     /// unknown or already applied.

@@ -19,6 +19,7 @@ use super::entry::{GENESIS_HASH, LedgerEntry, NewEntry};
 use super::grants::{GrantRecord, OutboxState, RecordGrantOutcome};
 use super::migrations::{CREATE_SCHEMA_MIGRATIONS, POSTGRES};
 use super::sql::{self, Dialect, Heads};
+use super::usage_events::UsageEventRecord;
 use super::{AppendOutcome, EntryQuery, Ledger, LedgerResult};
 
 /// Connections per sidecar when the caller does not say: one writer batch, the outbox and
@@ -170,6 +171,10 @@ impl Ledger for PostgresLedger {
 
     async fn pending_grants(&self, limit: u32) -> LedgerResult<Vec<GrantRecord>> {
         self.shared().pending_grants(limit).await
+    }
+
+    async fn record_usage_event(&self, event: &UsageEventRecord) -> LedgerResult<bool> {
+        self.shared().record_usage_event(event).await
     }
 
     async fn mark_grant_applied(&self, grant_id: &str, at_ms: u64) -> LedgerResult<bool> {

@@ -21,6 +21,7 @@ use super::entry::{LedgerEntry, NewEntry};
 use super::grants::{GrantRecord, OutboxState, RecordGrantOutcome};
 use super::migrations::{CREATE_SCHEMA_MIGRATIONS, SQLITE};
 use super::sql::{Dialect, Heads};
+use super::usage_events::UsageEventRecord;
 use super::{AppendOutcome, EntryQuery, Ledger, LedgerResult};
 
 /// Reader connections when the caller does not say: queries are short folds, and two
@@ -164,6 +165,10 @@ impl Ledger for SqliteLedger {
 
     async fn pending_grants(&self, limit: u32) -> LedgerResult<Vec<GrantRecord>> {
         self.shared().pending_grants(limit).await
+    }
+
+    async fn record_usage_event(&self, event: &UsageEventRecord) -> LedgerResult<bool> {
+        self.shared().record_usage_event(event).await
     }
 
     async fn mark_grant_applied(&self, grant_id: &str, at_ms: u64) -> LedgerResult<bool> {

@@ -28,7 +28,7 @@ use super::{
     UsageEvent, parse_event, price,
 };
 use crate::daemon::Sidecar;
-use crate::ledger::now_ms;
+use crate::ledger::{UsageEventRecord, now_ms};
 
 /// The route name recorded on the holds of usage events (where gateway holds have theirs).
 pub const USAGE_EVENTS_ROUTE: &str = "usage-events";
@@ -152,6 +152,31 @@ async fn burn(
     version: &str,
 ) -> Result<Value, Rejection> {
     let hold_id = hold_id(&event.customer, &event.idempotency_key);
+    // Ledger first, as for grants: once recorded, a crash before the burn loses nothing
+    // (the product's retry finds the record and burns once).
+    let record = UsageEventRecord {
+        customer: event.customer.clone(),
+        idempotency_key: event.idempotency_key.clone(),
+        feature: event.feature.clone(),
+        quantity: event.quantity,
+        occurred_at_ms: event.occurred_at_ms,
+        received_at_ms: now_ms(),
+        credit_type: priced.credit_type.clone(),
+        amount: priced.amount,
+        hold_id: hold_id.clone(),
+        pricing_version: version.to_string(),
+        metadata: event
+            .metadata
+            .as_ref()
+            .map(|m| Value::Object(m.clone()).to_string()),
+    };
+    if let Err(e) = s.ledger.record_usage_event(&record).await {
+        warn!(customer = %event.customer, key = %event.idempotency_key, error = %e, "usage event not recorded");
+        return Err(Rejection {
+            field: "idempotency_key".into(),
+            message: format!("the ledger failed ({e}); retry the event, it burns once"),
+        });
+    }
     let store_error = |e: &dyn std::fmt::Display| {
         warn!(customer = %event.customer, key = %event.idempotency_key, error = %e, "usage event not burned");
         Rejection {

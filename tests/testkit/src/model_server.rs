@@ -9,7 +9,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `/v1/chat/completions` | JSON completion with `usage.prompt_tokens = prompt`, `usage.completion_tokens = completion` |
-//! | `/v1/stream` | SSE: `chunks` content events `delay_ms` apart, then the usage event, then `data: [DONE]`; `stall_ms` > 0 stalls before the usage event |
+//! | `/v1/stream` (any path ending in `/stream`) | SSE: `chunks` content events `delay_ms` apart, then the usage event, then `data: [DONE]`; `stall_ms` > 0 stalls before the usage event |
 //! | `/v1/anthropic-stream` | SSE: `message_start` (input tokens), `chunks` deltas, `message_delta` (output tokens) |
 //! | `/v1/no-usage` | JSON without usage |
 //! | `/v1/garbage-usage` | JSON whose `usage.prompt_tokens` is a string |
@@ -239,7 +239,9 @@ async fn answer(stream: &mut TcpStream, target: &Target) -> std::io::Result<()> 
         )
     };
     match target.path.as_str() {
-        "/v1/stream" => stream_openai(stream, target, prompt, completion).await,
+        path if path.ends_with("/stream") => {
+            stream_openai(stream, target, prompt, completion).await
+        }
         "/v1/anthropic-stream" => stream_anthropic(stream, target, prompt, completion).await,
         path => {
             let response = match path {
