@@ -45,6 +45,9 @@ pub enum Command {
     /// Reads credit state from Redis for ops; never writes credits.
     #[command(subcommand)]
     Inspect(InspectCommand),
+    /// Credit operations: admin tokens, and the admin API's calls from a terminal.
+    #[command(subcommand)]
+    Admin(crate::admin_cli::AdminCommand),
 }
 
 /// Where the sidecar listens for HTTP (metrics, health, read-only queries) when not told:
@@ -85,6 +88,14 @@ pub struct RunArgs {
     /// sidecar without one still moves events into the ledger but cannot price anything.
     #[arg(long = "config", value_name = "FILE", env = "CREDITGATE_CONFIG")]
     pub config: Option<std::path::PathBuf>,
+    /// Address of the admin API's listener (credit operations); off when not given. Bind
+    /// it to a private interface: it changes credits.
+    #[arg(long, env = "CREDITGATE_ADMIN_LISTEN", requires = "operations")]
+    pub admin_listen: Option<String>,
+    /// The credit-operations file (credit types, reason codes, role limits, bundles,
+    /// schedules); needed by the admin API.
+    #[arg(long, value_name = "FILE", env = "CREDITGATE_OPERATIONS")]
+    pub operations: Option<std::path::PathBuf>,
 }
 
 /// Options of `grant`.

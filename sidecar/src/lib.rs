@@ -5,8 +5,12 @@
 //! [`http`]) over the durable [`ledger`]; `grant`, `ledger verify|balance` and `reconcile`
 //! are one-shot commands for ops ([`commands`]); `inspect` reads the credit store
 //! ([`inspect`], rendered by [`render`]). The binary in `main.rs` only parses the command
-//! line and calls [`run`].
+//! line and calls [`run`]. With `--admin-listen`, `run` also serves the [`admin`] API
+//! (credit operations, configured by the [`operations`] file); `admin token` manages its
+//! bearer tokens.
 
+pub mod admin;
+pub mod admin_cli;
 pub mod cli;
 pub mod commands;
 pub mod daemon;
@@ -14,6 +18,7 @@ pub mod http;
 pub mod inspect;
 pub mod ledger;
 pub mod metrics;
+pub mod operations;
 pub mod outbox;
 pub mod reconcile;
 pub mod render;
@@ -66,6 +71,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<String> {
             customer,
         }) => commands::ledger_balance(ledger, customer, at_ms).await,
         Command::Reconcile(args) => commands::reconcile(args).await,
+        Command::Admin(command) => crate::admin_cli::execute(command).await,
         Command::Inspect(InspectCommand::Balance {
             redis,
             json,

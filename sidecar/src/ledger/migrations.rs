@@ -7,7 +7,8 @@
 /// One schema migration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Migration {
-    /// Version number, increasing by one from 1.
+    /// Version number, increasing from 1; gaps are allowed (each version is applied
+    /// once, in order, whatever is missing).
     pub version: i64,
     /// Short name, recorded beside the version.
     pub name: &'static str,
@@ -31,6 +32,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "redis_generations",
         sql: include_str!("../../migrations/sqlite/0002_redis_generations.sql"),
     },
+    Migration {
+        version: 4,
+        name: "admin",
+        sql: include_str!("../../migrations/sqlite/0004_admin.sql"),
+    },
 ];
 
 /// Postgres migrations, in version order.
@@ -44,5 +50,10 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 2,
         name: "redis_generations",
         sql: include_str!("../../migrations/postgres/0002_redis_generations.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "admin",
+        sql: include_str!("../../migrations/postgres/0004_admin.sql"),
     },
 ];
