@@ -33,6 +33,10 @@ pub const MAX_GRANT_PRIORITY: u64 = 1_000_000;
 /// One UTC day, ms: the window of per-day limits.
 const DAY_MS: u64 = 86_400_000;
 
+/// How long a void waits for the ledger to catch up with Redis before it answers 409:
+/// the writer's lag on a healthy system is tens of milliseconds.
+pub const VOID_CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Most approvals listed per call.
 const APPROVALS_LIST_MAX: i64 = 500;
 
@@ -553,31 +557,40 @@ pub async fn void(
         let busy = |message: &str| {
             ApiError::new(StatusCode::CONFLICT, "retry_later", None, message.to_string())
         };
-        let live = st
-            .sidecar
-            .redis
-            .balance(customer)
-            .await
-            .map_err(|e| ApiError::unavailable("credit store", e))?;
-        if live.types.iter().any(|t| t.held != 0) {
-            return Err(busy("the customer has holds pending; retry when they are resolved"));
-        }
-        let in_redis = live
-            .grants
-            .iter()
-            .find(|g| g.grant_id == grant_id)
-            .map(|g| g.remaining)
-            .unwrap_or(0);
-        let booked = ledger
-            .balance_at(customer, now_ms())
-            .await
-            .map_err(unavailable)?
-            .grant(grant_id)
-            .map(|g| g.remaining.max(0) as u64)
-            .unwrap_or(0);
-        if in_redis != booked {
-            return Err(busy("the ledger is catching up with Redis; retry in a moment"));
-        }
+        // The ledger learns of the grant's burns through the event stream: wait (briefly)
+        // until it agrees with Redis on what is left, so the void removes exactly that.
+        let started = std::time::Instant::now();
+        let booked = loop {
+            let live = st
+                .sidecar
+                .redis
+                .balance(customer)
+                .await
+                .map_err(|e| ApiError::unavailable("credit store", e))?;
+            if live.types.iter().any(|t| t.held != 0) {
+                return Err(busy("the customer has holds pending; retry when they are resolved"));
+            }
+            let in_redis = live
+                .grants
+                .iter()
+                .find(|g| g.grant_id == grant_id)
+                .map(|g| g.remaining)
+                .unwrap_or(0);
+            let booked = ledger
+                .balance_at(customer, now_ms())
+                .await
+                .map_err(unavailable)?
+                .grant(grant_id)
+                .map(|g| g.remaining.max(0) as u64)
+                .unwrap_or(0);
+            if in_redis == booked {
+                break booked;
+            }
+            if started.elapsed() > VOID_CATCH_UP_WAIT {
+                return Err(busy("the ledger is catching up with Redis; retry in a moment"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
         let credit_type = known
             .iter()
             .find(|g| g.grant_id == grant_id)
