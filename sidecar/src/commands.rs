@@ -119,6 +119,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
                 .await
                 .with_context(|| format!("binding the admin listener to {listen}"))?;
             tokio::spawn(crate::admin::schedule::run(state.clone(), stop_rx.clone()));
+            tokio::spawn(crate::admin::alerts::run(state.clone(), stop_rx.clone()));
             Some(tokio::spawn(crate::admin::serve(
                 listener,
                 state,

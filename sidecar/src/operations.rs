@@ -40,6 +40,22 @@ struct FileOperations {
     bundles: Vec<Spanned<FileBundle>>,
     #[serde(default)]
     schedules: Vec<Spanned<FileSchedule>>,
+    #[serde(default)]
+    webhooks: Option<Spanned<FileEndpoint>>,
+    #[serde(default)]
+    auto_recharge: Option<Spanned<FileEndpoint>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEndpoint {
+    url: String,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    secret_env: Option<String>,
+    #[serde(default)]
+    expiring_within_days: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +122,33 @@ pub struct Schedule {
     pub expires_after_days: Option<u64>,
 }
 
+/// Shortest webhook signing secret, bytes: 128 bits of a random hex string.
+pub const WEBHOOK_SECRET_MIN_LEN: usize = 32;
+
+/// How many days ahead the expiring-grants webhook looks when the file does not say.
+pub const DEFAULT_EXPIRING_WITHIN_DAYS: u64 = 7;
+
+/// Where a signed webhook goes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// The HMAC-SHA256 key the body is signed with.
+    pub secret: String,
+    /// How far ahead grant expiry is announced, days (events webhook only).
+    pub expiring_within_days: u64,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .field("expiring_within_days", &self.expiring_within_days)
+            .finish()
+    }
+}
+
 /// The validated operations settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Operations {
@@ -121,6 +164,10 @@ pub struct Operations {
     pub bundles: BTreeMap<String, Bundle>,
     /// Scheduled grants.
     pub schedules: Vec<Schedule>,
+    /// The events webhook (low balance, depleted, grants expiring), if configured.
+    pub webhooks: Option<Endpoint>,
+    /// The billing webhook called to top a customer up, if configured.
+    pub auto_recharge: Option<Endpoint>,
 }
 
 impl Default for Operations {
@@ -132,6 +179,8 @@ impl Default for Operations {
             limits: BTreeMap::new(),
             bundles: BTreeMap::new(),
             schedules: Vec::new(),
+            webhooks: None,
+            auto_recharge: None,
         }
     }
 }
@@ -409,6 +458,86 @@ impl Operations {
                 expires_after_days: s.expires_after_days,
             });
         }
+        for (name, raw_endpoint) in [
+            ("webhooks", &raw.webhooks),
+            ("auto_recharge", &raw.auto_recharge),
+        ] {
+            let Some(e) = raw_endpoint else { continue };
+            let span = e.span();
+            let e = e.get_ref();
+            if !(e.url.starts_with("http://") || e.url.starts_with("https://")) {
+                err(
+                    span.clone(),
+                    format!("{name}.url"),
+                    "must be an http:// or https:// URL".into(),
+                );
+            }
+            let secret = match (&e.secret, &e.secret_env) {
+                (Some(s), None) => Some(s.clone()),
+                (None, Some(var)) => match std::env::var(var) {
+                    Ok(s) => Some(s),
+                    Err(_) => {
+                        err(
+                            span.clone(),
+                            format!("{name}.secret_env"),
+                            format!("environment variable {var} is not set"),
+                        );
+                        None
+                    }
+                },
+                _ => {
+                    err(
+                        span.clone(),
+                        format!("{name}.secret"),
+                        "give exactly one of secret and secret_env".into(),
+                    );
+                    None
+                }
+            };
+            if let Some(s) = &secret
+                && s.len() < WEBHOOK_SECRET_MIN_LEN
+            {
+                err(
+                    span.clone(),
+                    format!(
+                        "{name}.{}",
+                        if e.secret.is_some() {
+                            "secret"
+                        } else {
+                            "secret_env"
+                        }
+                    ),
+                    format!("the secret must be at least {WEBHOOK_SECRET_MIN_LEN} bytes"),
+                );
+            }
+            let days = e
+                .expiring_within_days
+                .unwrap_or(DEFAULT_EXPIRING_WITHIN_DAYS);
+            if name == "auto_recharge" && e.expiring_within_days.is_some() {
+                err(
+                    span.clone(),
+                    format!("{name}.expiring_within_days"),
+                    "belongs to [webhooks]".into(),
+                );
+            }
+            if days == 0 || days > 366 {
+                err(
+                    span.clone(),
+                    format!("{name}.expiring_within_days"),
+                    "must be from 1 to 366 days".into(),
+                );
+            }
+            let endpoint = Endpoint {
+                url: e.url.clone(),
+                secret: secret.unwrap_or_default(),
+                expiring_within_days: days,
+            };
+            if name == "webhooks" {
+                ops.webhooks = Some(endpoint);
+            } else {
+                ops.auto_recharge = Some(endpoint);
+            }
+        }
         if errors.is_empty() {
             Ok(ops)
         } else {
@@ -465,6 +594,10 @@ amount = 10000
         let bad = GOOD.replace("[limits.support]", "[limits.readonly]");
         let e = Operations::parse("ops.toml", &bad).unwrap_err().to_string();
         assert!(e.starts_with("ops.toml:5: limits.readonly: "), "{e}");
+        let bad = format!("{GOOD}\n[webhooks]\nurl = \"ftp://x\"\nsecret = \"short\"\n");
+        let e = Operations::parse("ops.toml", &bad).unwrap_err().to_string();
+        assert!(e.contains("ops.toml:22: webhooks.url: "), "{e}");
+        assert!(e.contains("ops.toml:23: webhooks.secret: "), "{e}");
         let bad = GOOD.replace("amount = 10000", "amount = 1\nextra = 2");
         let e = Operations::parse("ops.toml", &bad).unwrap_err().to_string();
         assert!(

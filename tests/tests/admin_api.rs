@@ -14,10 +14,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use creditgate_e2e::http_client;
-use creditgate_protocol::{CreditStore, GrantSource, Keyspace, RedisStore, RedisTarget};
+use creditgate_protocol::types::DEFAULT_RETAIN_MS;
+use creditgate_protocol::{
+    CreditStore, GrantSource, Keyspace, RedisStore, RedisTarget, ReserveOutcome, ReserveRequest,
+    ResolveOutcome, SettleRequest,
+};
 use creditgate_sidecar::ledger::{GrantRecord, Ledger, PostgresLedger, SqliteLedger};
 use creditgate_testkit::{
-    LedgerTarget, Postgres, RedisServer, Sidecar, SidecarOptions, free_port, sidecar_command,
+    LedgerTarget, Postgres, ReceivedWebhook, RedisServer, Sidecar, SidecarOptions, WebhookReceiver,
+    free_port, sidecar_command,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -140,6 +145,10 @@ struct Harness {
 
 impl Harness {
     fn start(backend: Backend) -> Self {
+        Self::start_with(backend, OPERATIONS)
+    }
+
+    fn start_with(backend: Backend, operations: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let redis = RedisServer::start().expect("redis starts");
         let (pg, target) = match backend {
@@ -150,7 +159,7 @@ impl Harness {
             }
         };
         let ops = dir.path().join("operations.toml");
-        std::fs::write(&ops, OPERATIONS).expect("write the operations file");
+        std::fs::write(&ops, operations).expect("write the operations file");
         let mut tokens = BTreeMap::new();
         for name in ROLES.iter().copied().chain([SECOND_ADMIN]) {
             let role = if name == SECOND_ADMIN { "admin" } else { name };
@@ -305,6 +314,97 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Burns `amount` credits of `credit_type` with a reserve and a settle.
+    fn burn(&self, customer: &str, credit_type: &str, amount: u64) {
+        let hold_id = format!("h-{}", KEY_SEQ.fetch_add(1, Ordering::SeqCst));
+        let placed = self
+            .rt
+            .block_on(self.store.reserve(&ReserveRequest {
+                customer: customer.to_string(),
+                hold_id: hold_id.clone(),
+                credit_type: credit_type.to_string(),
+                amount,
+                ttl_ms: 60_000,
+                overdraft_limit: 0,
+                force: false,
+                request_id: format!("req-{hold_id}"),
+                route: "burst".to_string(),
+                feature: "burst".to_string(),
+                retain_ms: DEFAULT_RETAIN_MS,
+            }))
+            .expect("reserve");
+        assert!(
+            matches!(placed, ReserveOutcome::Placed { .. }),
+            "{placed:?}"
+        );
+        let settled = self
+            .rt
+            .block_on(self.store.settle(&SettleRequest {
+                customer: customer.to_string(),
+                hold_id,
+                actual: amount,
+                overdraft_limit: 0,
+            }))
+            .expect("settle");
+        assert!(
+            matches!(settled, ResolveOutcome::Posted { .. }),
+            "{settled:?}"
+        );
+    }
+}
+
+/// The signing secret of the webhook tests.
+const WEBHOOK_SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+/// Checks a webhook's signature the way a receiver should, and returns its JSON body.
+fn verified(w: &ReceivedWebhook) -> Value {
+    use hmac::{Hmac, Mac};
+    let sig = w
+        .header("x-creditgate-signature")
+        .expect("signature header");
+    let (t, v1) = sig
+        .strip_prefix("t=")
+        .and_then(|r| r.split_once(",v1="))
+        .expect("t=…,v1=…");
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(w.body.as_bytes());
+    mac.verify_slice(&hex::decode(v1).expect("hex"))
+        .expect("the signature verifies");
+    let body: Value = serde_json::from_str(&w.body).expect("JSON");
+    assert_eq!(
+        w.header("x-creditgate-delivery"),
+        body["delivery_id"].as_str(),
+        "the delivery header names the body's delivery"
+    );
+    body
+}
+
+/// Waits until the receiver has `n` successfully answered webhooks.
+fn wait_for_webhooks(h: &Harness, receiver: &WebhookReceiver, n: usize) -> Vec<ReceivedWebhook> {
+    let started = Instant::now();
+    loop {
+        let ok: Vec<_> = receiver
+            .received()
+            .into_iter()
+            .filter(|w| w.answered == 200)
+            .collect();
+        if ok.len() >= n {
+            return ok;
+        }
+        if started.elapsed() > WAIT {
+            panic!(
+                "{} webhooks, expected {n}: {:?}\nlog:\n{}",
+                ok.len(),
+                receiver.received(),
+                h.sidecar.log_tail(30)
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn create_token(target: &LedgerTarget, dir: PathBuf, name: &str, role: &str) -> String {
     let mut args = vec!["admin".to_string(), "token".into(), "create".into()];
     args.extend(target.args());
@@ -337,7 +437,162 @@ on_both_backends!(
     bad_input_names_the_field_and_writes_nothing,
     a_void_removes_only_the_remaining_credits,
     a_monthly_allotment_missed_while_down_is_granted_once_on_restart,
+    an_auto_recharge_burst_fires_one_webhook_and_its_top_up_lands_once,
+    events_fire_once_per_crossing_signed_and_retried,
 );
+
+fn an_auto_recharge_burst_fires_one_webhook_and_its_top_up_lands_once(backend: Backend) {
+    let receiver = WebhookReceiver::start(0).expect("receiver");
+    let ops = format!(
+        "{OPERATIONS}\n[auto_recharge]\nurl = \"{}\"\nsecret = \"{WEBHOOK_SECRET}\"\n",
+        receiver.url("/recharge")
+    );
+    let h = Harness::start_with(backend, &ops);
+    h.create_customer("acme", None);
+    let a = h.post(
+        "admin",
+        "/v1/admin/customers/acme/grants",
+        json!({"source": "adjustment", "credit_type": "api", "amount": 1000, "reason_code": "onboarding"}),
+    );
+    assert_eq!(a.status, 201, "{a:?}");
+    let set = h.call(
+        Some("billing"),
+        "PUT",
+        "/v1/admin/customers/acme/alerts",
+        Some(&key()),
+        Some(&json!({"credit_type": "api", "recharge_threshold": 500, "recharge_target": 2000})),
+    );
+    assert_eq!(set.status, 200, "{set:?}");
+    h.wait_available("acme", "api", 1000);
+    // A burst across the threshold, then more burns while the recharge is in flight,
+    // spread over several passes of the watcher.
+    for _ in 0..6 {
+        h.burn("acme", "api", 100);
+    }
+    let first = wait_for_webhooks(&h, &receiver, 1);
+    for _ in 0..2 {
+        h.burn("acme", "api", 100);
+        thread::sleep(Duration::from_millis(700));
+    }
+    thread::sleep(Duration::from_millis(1_500));
+    let all = receiver.received();
+    assert_eq!(
+        all.len(),
+        1,
+        "exactly one recharge webhook for one crossing: {all:?}"
+    );
+    let body = verified(&first[0]);
+    assert_eq!(body["kind"], "auto_recharge");
+    assert_eq!(body["customer"], "acme");
+    assert_eq!(body["target"], 2000);
+    let amount = body["amount"].as_u64().expect("amount");
+    assert_eq!(amount, 2000 - body["available"].as_u64().unwrap());
+    // The receiver (the product's billing backend) charges and tops up, retrying its own
+    // call once: the delivery id is its Idempotency-Key, so one grant lands.
+    let delivery = body["delivery_id"].as_str().unwrap().to_string();
+    let top_up = json!({"source": "purchase", "credit_type": "api", "amount": amount,
+                        "amount_paid_micros": amount * 50_000, "reason_code": "purchase",
+                        "note": format!("auto-recharge {delivery}")});
+    let path = "/v1/admin/customers/acme/grants";
+    let r1 = h.call(
+        Some("billing"),
+        "POST",
+        path,
+        Some(&delivery),
+        Some(&top_up),
+    );
+    let r2 = h.call(
+        Some("billing"),
+        "POST",
+        path,
+        Some(&delivery),
+        Some(&top_up),
+    );
+    assert_eq!(r1.status, 201, "{r1:?}");
+    assert_eq!(r1, r2);
+    let purchases: Vec<_> = h
+        .grants_of("acme")
+        .into_iter()
+        .filter(|g| g.source == GrantSource::Purchase)
+        .collect();
+    assert_eq!(purchases.len(), 1, "{purchases:?}");
+    h.wait_available("acme", "api", 200 + amount as i64);
+    let log = h
+        .get("readonly", "/v1/admin/webhook-deliveries?customer=acme")
+        .json();
+    assert_eq!(log["deliveries"][0]["state"], "delivered", "{log}");
+    // Back above the threshold, the next crossing recharges again: a second webhook.
+    let available = h.available("acme", "api") as u64;
+    h.burn("acme", "api", available - 100);
+    let both = wait_for_webhooks(&h, &receiver, 2);
+    let second = verified(&both[1]);
+    assert_ne!(second["delivery_id"], body["delivery_id"]);
+    assert_eq!(second["amount"], 1900);
+}
+
+fn events_fire_once_per_crossing_signed_and_retried(backend: Backend) {
+    // The receiver fails the first two attempts: the sidecar retries with backoff.
+    let receiver = WebhookReceiver::start(2).expect("receiver");
+    let ops = format!(
+        "{OPERATIONS}\n[webhooks]\nurl = \"{}\"\nsecret = \"{WEBHOOK_SECRET}\"\nexpiring_within_days = 7\n",
+        receiver.url("/events")
+    );
+    let h = Harness::start_with(backend, &ops);
+    h.create_customer("acme", None);
+    let set = h.call(
+        Some("support"),
+        "PUT",
+        "/v1/admin/customers/acme/alerts",
+        Some(&key()),
+        Some(&json!({"credit_type": "api", "low_balance_threshold": 300})),
+    );
+    assert_eq!(set.status, 200, "{set:?}");
+    let promo = h.post(
+        "sales",
+        "/v1/admin/customers/acme/grants",
+        json!({"source": "promotion", "credit_type": "api", "amount": 100, "reason_code": "onboarding",
+               "expires_at_ms": creditgate_sidecar::ledger::now_ms() + 3 * 86_400_000}),
+    );
+    assert_eq!(promo.status, 201, "{promo:?}");
+    let base = h.post(
+        "admin",
+        "/v1/admin/customers/acme/grants",
+        json!({"source": "adjustment", "credit_type": "api", "amount": 500, "reason_code": "onboarding"}),
+    );
+    assert_eq!(base.status, 201, "{base:?}");
+    let expiring = wait_for_webhooks(&h, &receiver, 1);
+    assert_eq!(verified(&expiring[0])["kind"], "grant.expiring");
+    h.burn("acme", "api", 350);
+    let low = wait_for_webhooks(&h, &receiver, 2);
+    let low_body = verified(&low[1]);
+    assert_eq!(low_body["kind"], "balance.low");
+    assert_eq!(low_body["available"], 250);
+    h.burn("acme", "api", 100);
+    h.burn("acme", "api", 150);
+    let depleted = wait_for_webhooks(&h, &receiver, 3);
+    assert_eq!(verified(&depleted[2])["kind"], "balance.depleted");
+    thread::sleep(Duration::from_millis(2_500));
+    let all = receiver.received();
+    let delivered: Vec<_> = all.iter().filter(|w| w.answered == 200).collect();
+    assert_eq!(delivered.len(), 3, "each event once: {all:?}");
+    assert_eq!(all.len(), 5, "two failed attempts, then retried: {all:?}");
+    let ids: BTreeSet<_> = all
+        .iter()
+        .map(|w| w.header("x-creditgate-delivery").unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3, "retries carry the same delivery id");
+    let log = h.get("readonly", "/v1/admin/webhook-deliveries").json();
+    let attempts: i64 = log["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["state"], "delivered", "{d}");
+            d["attempts"].as_i64().unwrap()
+        })
+        .sum();
+    assert_eq!(attempts, 5, "{log}");
+}
 
 /// The table every role is checked against: route → roles allowed. Written out here,
 /// independently of the server's own table, so a change of either shows.
@@ -380,6 +635,12 @@ fn expected_roles() -> Vec<(&'static str, &'static str, &'static [&'static str])
         ),
         ("GET", "/v1/admin/customers/{customer}/balance", ALL),
         ("GET", "/v1/admin/customers/{customer}/ledger", ALL),
+        (
+            "PUT",
+            "/v1/admin/customers/{customer}/alerts",
+            &["admin", "billing", "support"],
+        ),
+        ("GET", "/v1/admin/webhook-deliveries", ALL),
         ("GET", "/v1/admin/grant-approvals", ALL),
         (
             "POST",
@@ -441,6 +702,7 @@ fn every_route_allows_exactly_its_roles(backend: Backend) {
                     json!({"reason": "test"})
                 }
                 "/v1/admin/customers/{customer}/purchases" => json!({"bundle": "usd50"}),
+                "/v1/admin/customers/{customer}/alerts" => json!({"credit_type": "api"}),
                 _ => json!({}),
             };
             let a = if method == "GET" {
@@ -466,7 +728,7 @@ fn every_route_allows_exactly_its_roles(backend: Backend) {
             checked += 1;
         }
     }
-    assert_eq!(checked, 14 * 5);
+    assert_eq!(checked, 16 * 5);
 
     // Each grant source is open to exactly its roles.
     let sources: [(&str, &[&str]); 5] = [

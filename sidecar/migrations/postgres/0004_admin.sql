@@ -77,3 +77,46 @@ CREATE TABLE idempotency_keys (
 );
 
 CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at_ms);
+
+-- Per customer and credit type: the low-balance alert threshold and the auto-recharge
+-- threshold and target (credit units).
+CREATE TABLE customer_alerts (
+    customer              TEXT    NOT NULL,
+    credit_type           TEXT    NOT NULL,
+    low_balance_threshold BIGINT,
+    recharge_threshold    BIGINT,
+    recharge_target       BIGINT,
+    updated_by            TEXT    NOT NULL,
+    updated_at_ms         BIGINT NOT NULL,
+    PRIMARY KEY (customer, credit_type)
+);
+
+-- Whether a balance is below a threshold now, and how many times it crossed below: one
+-- webhook per crossing, and one auto-recharge in flight until the balance is back above.
+CREATE TABLE balance_crossings (
+    customer    TEXT    NOT NULL,
+    credit_type TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
+    below       BIGINT NOT NULL,
+    crossings   BIGINT NOT NULL,
+    PRIMARY KEY (customer, credit_type, kind)
+);
+
+-- The webhook delivery log: one row per event, retried with backoff until delivered.
+CREATE TABLE webhook_deliveries (
+    delivery_id        TEXT    PRIMARY KEY,
+    kind               TEXT    NOT NULL,
+    customer           TEXT    NOT NULL,
+    url                TEXT    NOT NULL,
+    payload            TEXT    NOT NULL,
+    state              TEXT    NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts           BIGINT NOT NULL,
+    next_attempt_at_ms BIGINT NOT NULL,
+    last_status        BIGINT,
+    last_error         TEXT,
+    created_at_ms      BIGINT NOT NULL,
+    delivered_at_ms    BIGINT
+);
+
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (state, next_attempt_at_ms);
+CREATE INDEX webhook_deliveries_customer ON webhook_deliveries (customer, created_at_ms);

@@ -266,6 +266,19 @@ pub async fn issue(
         now as i64,
     )
     .map_err(unavailable)?;
+    if p.source == GrantSource::Purchase.as_str() {
+        // A purchase ends the auto-recharge in flight for this credit type (it is the
+        // top-up, or made one unnecessary): the watcher may recharge again if the balance
+        // is still, or again, below its threshold.
+        exec!(
+            &st.db,
+            "UPDATE balance_crossings SET below = 0 WHERE customer = $1 AND credit_type = $2 \
+             AND kind = 'auto_recharge'",
+            p.customer.as_str(),
+            p.credit_type.as_str(),
+        )
+        .map_err(unavailable)?;
+    }
     let applied = !matches!(issued, Issued::Recorded { .. });
     Ok(json!({
         "status": "granted",

@@ -7,6 +7,7 @@
 //! This module wires routes to handlers; the rules live in [`grants`], [`customers`],
 //! [`reads`] and [`schedule`].
 
+pub mod alerts;
 pub mod auth;
 pub mod customers;
 pub mod db;
@@ -16,6 +17,7 @@ pub mod grants;
 pub mod idempotency;
 pub mod reads;
 pub mod schedule;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -140,6 +142,16 @@ pub const ROUTES: &[RouteSpec] = &[
     RouteSpec {
         method: Method::GET,
         path: "/v1/admin/customers/{customer}/ledger",
+        roles: ALL,
+    },
+    RouteSpec {
+        method: Method::PUT,
+        path: "/v1/admin/customers/{customer}/alerts",
+        roles: ADMIN_BILLING_SUPPORT,
+    },
+    RouteSpec {
+        method: Method::GET,
+        path: "/v1/admin/webhook-deliveries",
         roles: ALL,
     },
     RouteSpec {
@@ -414,6 +426,36 @@ async fn approve(
     .await
 }
 
+async fn set_alerts(
+    State(st): St,
+    caller: Caller,
+    Path(customer): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    mutate(
+        &st,
+        &caller,
+        Method::PUT,
+        "/v1/admin/customers/{customer}/alerts",
+        (&uri, &headers, &body),
+        || alerts::set(&st, &caller, &customer, &body),
+    )
+    .await
+}
+
+async fn deliveries(
+    State(st): St,
+    caller: Caller,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    if let Err(e) = caller.require(roles_of(Method::GET, "/v1/admin/webhook-deliveries")) {
+        return e.into_response();
+    }
+    json_response(alerts::deliveries(&st, &q).await)
+}
+
 /// The handler of each route of [`ROUTES`], by path.
 fn handlers() -> Vec<(&'static str, MethodRouter<Arc<AdminState>>)> {
     vec![
@@ -438,6 +480,8 @@ fn handlers() -> Vec<(&'static str, MethodRouter<Arc<AdminState>>)> {
         ("/v1/admin/customers/{customer}/purchases", post(purchase)),
         ("/v1/admin/customers/{customer}/balance", get(balance)),
         ("/v1/admin/customers/{customer}/ledger", get(ledger)),
+        ("/v1/admin/customers/{customer}/alerts", put(set_alerts)),
+        ("/v1/admin/webhook-deliveries", get(deliveries)),
         ("/v1/admin/grant-approvals", get(approvals)),
         (
             "/v1/admin/grant-approvals/{request_id}/approve",
