@@ -1076,7 +1076,7 @@ fn a_void_removes_only_the_remaining_credits(backend: Backend) {
     let again = h.post("support", &path, json!({"reason": "twice"}));
     assert_eq!(again.status, 409, "{again:?}");
     let balance = h.get("readonly", "/v1/admin/customers/acme/balance").json();
-    let ledger_grant = balance["grants"]
+    let ledger_grant = balance["ledger"]["grants"]
         .as_array()
         .unwrap()
         .iter()
@@ -1174,4 +1174,76 @@ fn the_openapi_file_matches_the_served_routes() {
     assert_eq!(missing.status, 404);
     let wrong_method = h.call(None, "DELETE", "/v1/admin/customers", None, None);
     assert_eq!(wrong_method.status, 405);
+}
+
+/// The ops CLI drives the same API: same roles, idempotency and field errors.
+#[test]
+fn the_cli_calls_the_admin_api() {
+    let h = Harness::start(Backend::Sqlite);
+    let cli = |who: &str, args: &[&str]| {
+        let mut all = vec![
+            "admin".to_string(),
+            "call".into(),
+            "--url".into(),
+            h.admin_url.clone(),
+            "--token".into(),
+            h.token(who).to_string(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        sidecar_command(&all, h._dir.path()).expect("the CLI runs")
+    };
+    let out = cli("billing", &["create-customer", "acme", "--plan", "pro"]);
+    assert!(out.status.success(), "{out:?}");
+    let grant = [
+        "--idempotency-key",
+        "ticket-17",
+        "grant",
+        "acme",
+        "--source",
+        "goodwill",
+        "--credit-type",
+        "api",
+        "--amount",
+        "250",
+        "--reason-code",
+        "outage",
+        "--note",
+        "ticket 17",
+    ];
+    let first = cli("support", &grant);
+    let retry = cli("support", &grant);
+    assert!(first.status.success(), "{first:?}");
+    assert_eq!(
+        first.stdout, retry.stdout,
+        "a retried key replays the answer"
+    );
+    assert_eq!(h.grants_of("acme").len(), 1);
+    let bad = cli(
+        "support",
+        &[
+            "grant",
+            "acme",
+            "--source",
+            "goodwill",
+            "--credit-type",
+            "gold",
+            "--amount",
+            "5",
+            "--reason-code",
+            "outage",
+        ],
+    );
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("400") && stderr.contains("\"credit_type\""),
+        "{stderr}"
+    );
+    let forbidden = cli("readonly", &["purchase", "acme", "--bundle", "usd50"]);
+    assert!(String::from_utf8_lossy(&forbidden.stderr).contains("403"));
+    h.wait_available("acme", "api", 250);
+    let balance = cli("readonly", &["balance", "acme"]);
+    let body: Value = serde_json::from_slice(&balance.stdout).expect("JSON");
+    assert_eq!(body["live"]["grants"][0]["remaining"], 250, "{body}");
+    assert_eq!(body["live"]["types"][0]["available"], 250, "{body}");
 }

@@ -223,6 +223,50 @@ where
     }
 }
 
+/// Puts every route of `router` behind a token with one of `roles`: the same check, rate
+/// limit and 401/403/429 answers as the admin routes. For routes served by other modules
+/// (say, mode switches behind [`Role::Admin`]); the caller is put in the request's
+/// extensions, so handlers can read it with `Extension<Caller>` to record the actor.
+pub fn require_role<S>(
+    router: axum::Router<S>,
+    auth: AuthState,
+    roles: &'static [Role],
+) -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    router.layer(axum::middleware::from_fn_with_state(
+        (auth, roles),
+        role_gate,
+    ))
+}
+
+async fn role_gate(
+    axum::extract::State((auth, roles)): axum::extract::State<(AuthState, &'static [Role])>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let header = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let caller = match auth.authenticate(ip, header).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = caller.require(roles) {
+        return e.into_response();
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
 /// The SHA-256 hex of a secret (admin token or customer API key), as stored.
 pub fn secret_hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))

@@ -9,6 +9,8 @@ use super::AdminState;
 use super::customers::plan_of;
 use super::error::ApiError;
 use super::idempotency::{Reply, reply};
+use creditgate_protocol::CreditStore;
+
 use crate::ledger::{EntryKind, EntryQuery, LedgerEntry, now_ms};
 
 /// Entries per ledger page when the call does not say.
@@ -39,18 +41,50 @@ pub fn bundles(st: &AdminState) -> Reply {
     reply(StatusCode::OK, &json!({"bundles": list}))
 }
 
-/// `GET /v1/admin/customers/{customer}/balance`: from the ledger, now.
+/// `GET /v1/admin/customers/{customer}/balance`: `live`, the credit store's balance now
+/// (what the gateways enforce), per credit type and per live grant with its expiry; and
+/// `ledger`, the durable ledger's figures (every grant the customer ever had), which trail
+/// the live ones by the writer's lag.
 pub async fn balance(st: &AdminState, customer: &str) -> Reply {
     run(async {
         plan_of(st, customer).await?;
+        let live = st
+            .sidecar
+            .redis
+            .balance(customer)
+            .await
+            .map_err(|e| ApiError::unavailable("credit store", e))?;
         let b = st
             .sidecar
             .ledger
             .balance_at(customer, now_ms())
             .await
             .map_err(unavailable)?;
-        let body = serde_json::to_value(&b).map_err(unavailable)?;
-        Ok(reply(StatusCode::OK, &body))
+        let ledger = serde_json::to_value(&b).map_err(unavailable)?;
+        let types: Vec<Value> = live
+            .types
+            .iter()
+            .map(|t| {
+                json!({"credit_type": t.credit_type, "available": t.available, "held": t.held,
+                       "debt": t.debt})
+            })
+            .collect();
+        let grants: Vec<Value> = live
+            .grants
+            .iter()
+            .map(|g| {
+                json!({"grant_id": g.grant_id, "credit_type": g.credit_type,
+                       "remaining": g.remaining, "held": g.held, "priority": g.priority,
+                       "expires_at_ms": g.expires_at_ms, "cost_basis_micros": g.cost_basis,
+                       "created_at_ms": g.created_ms})
+            })
+            .collect();
+        Ok(reply(
+            StatusCode::OK,
+            &json!({"customer": customer,
+                    "live": {"at_ms": live.at_ms, "types": types, "grants": grants},
+                    "ledger": ledger}),
+        ))
     })
     .await
 }
