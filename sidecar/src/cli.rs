@@ -1,8 +1,7 @@
 //! The sidecar's command line: the subcommands and their options, parsed with clap.
 //!
-//! This module only describes the command line; it must not connect to anything. For now
-//! the sidecar offers read-only inspection for ops; the ledger writer, sweeper and admin
-//! API will be further subcommands.
+//! This module only describes the command line; it must not connect to anything. The
+//! `admin` subcommands are described beside their code, in `admin_cli`.
 
 use clap::{Args, Parser, Subcommand};
 use creditgate_protocol::keys::{DEFAULT_PREFIX, DEFAULT_SHARDS};

@@ -1,5 +1,6 @@
 //! The sidecar's HTTP listener: `/metrics`, `/healthz`, `/readyz`, and read-only ledger
-//! queries as JSON. Nothing here writes credits; mutations come with the admin API.
+//! queries as JSON. Nothing here writes credits; mutations are the admin API's
+//! ([`crate::admin`]), on its own listener.
 //!
 //! - `GET /v1/customers/{customer}/balance?at_ms=` — balance per credit type and per grant
 //! - `GET /v1/usage?customer=&from_ms=&to_ms=` — usage by UTC day and feature

@@ -587,6 +587,24 @@ amount = 10000
     }
 
     #[test]
+    fn the_example_file_is_valid() {
+        // Inline secrets instead of the environment, so the test does not depend on it.
+        let text = include_str!("../examples/operations.toml")
+            .replace(
+                "secret_env = \"CREDITGATE_WEBHOOK_SECRET\"",
+                &format!("secret = \"{}\"", "s".repeat(32)),
+            )
+            .replace(
+                "secret_env = \"CREDITGATE_RECHARGE_SECRET\"",
+                &format!("secret = \"{}\"", "r".repeat(32)),
+            );
+        let ops = Operations::parse("operations.toml", &text).unwrap();
+        assert_eq!(ops.bundles.len(), 2);
+        assert_eq!(ops.webhooks.unwrap().expiring_within_days, 7);
+        assert!(ops.auto_recharge.is_some());
+    }
+
+    #[test]
     fn errors_name_file_line_and_field() {
         let bad = GOOD.replace("credits = 1000", "credits = 0");
         let e = Operations::parse("ops.toml", &bad).unwrap_err().to_string();
