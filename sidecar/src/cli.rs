@@ -1,6 +1,7 @@
 //! The sidecar's command line: the subcommands and their options, parsed with clap.
 //!
-//! This module only describes the command line; it must not connect to anything.
+//! This module only describes the command line; it must not connect to anything. The
+//! `admin` subcommands are described beside their code, in `admin_cli`.
 
 use clap::{Args, Parser, Subcommand};
 use creditgate_protocol::keys::{DEFAULT_PREFIX, DEFAULT_SHARDS};
@@ -48,6 +49,9 @@ pub enum Command {
     /// is written to the audit log.
     #[command(subcommand)]
     Mode(ModeCommand),
+    /// Credit operations: admin tokens, and the admin API's calls from a terminal.
+    #[command(subcommand)]
+    Admin(crate::admin_cli::AdminCommand),
 }
 
 /// What `mode` does.
@@ -147,6 +151,14 @@ pub struct RunArgs {
     /// sidecar without one still moves events into the ledger but cannot price anything.
     #[arg(long = "config", value_name = "FILE", env = "CREDITGATE_CONFIG")]
     pub config: Option<std::path::PathBuf>,
+    /// Address of the admin API's listener (credit operations); off when not given. Bind
+    /// it to a private interface: it changes credits.
+    #[arg(long, env = "CREDITGATE_ADMIN_LISTEN", requires = "operations")]
+    pub admin_listen: Option<String>,
+    /// The credit-operations file (credit types, reason codes, role limits, bundles,
+    /// schedules); needed by the admin API.
+    #[arg(long, value_name = "FILE", env = "CREDITGATE_OPERATIONS")]
+    pub operations: Option<std::path::PathBuf>,
 }
 
 /// Options of `grant`.

@@ -69,6 +69,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
         }
         None => None,
     };
+    let operations = match &args.operations {
+        Some(path) => Some(Arc::new(
+            crate::operations::Operations::load(path)
+                .map_err(|errors| anyhow::anyhow!("{errors}"))?,
+        )),
+        None => None,
+    };
     let ledger = open_ledger(&args.ledger).await?;
     // A sidecar started while Redis is down waits for it rather than exit.
     let redis = loop {
@@ -128,12 +135,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
         sidecar.clone(),
         stop_rx.clone(),
     ));
+    let admin = match (&args.admin_listen, operations) {
+        (Some(listen), Some(ops)) => {
+            let state = crate::admin_cli::admin_state(sidecar.clone(), &args.ledger, ops).await?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding the admin listener to {listen}"))?;
+            tokio::spawn(crate::admin::schedule::run(state.clone(), stop_rx.clone()));
+            tokio::spawn(crate::admin::alerts::run(state.clone(), stop_rx.clone()));
+            Some(tokio::spawn(crate::admin::serve(
+                listener,
+                state,
+                stop_rx.clone(),
+            )))
+        }
+        _ => None,
+    };
     tokio::spawn(async move {
         crate::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
     sidecar.run(stop_rx).await?;
     http.await.context("HTTP listener task")??;
+    if let Some(admin) = admin {
+        admin.await.context("admin listener task")??;
+    }
     Ok(String::new())
 }
 

@@ -1,7 +1,7 @@
 //! The sidecar's HTTP listener: `/metrics`, `/healthz`, `/readyz`, read-only ledger
-//! queries as JSON, with the usage-events route of [`crate::usage_events`] and the fleet
-//! control routes of [`crate::control_api`] merged in. Other mutations come with the admin
-//! API.
+//! queries as JSON, with the usage-events route of [`crate::usage_events`] merged in.
+//! Credit operations and fleet control are the admin API's ([`crate::admin`]), on its own
+//! listener behind bearer tokens.
 //!
 //! - `GET /v1/customers/{customer}/balance?at_ms=` — balance per credit type and per grant
 //! - `GET /v1/usage?customer=&from_ms=&to_ms=` — usage by UTC day and feature

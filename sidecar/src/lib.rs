@@ -5,10 +5,14 @@
 //! [`http`]) over the durable [`ledger`]; `grant`, `ledger verify|balance` and `reconcile`
 //! are one-shot commands for ops ([`commands`]); `inspect` reads the credit store
 //! ([`inspect`], rendered by [`render`]); `mode` reads and changes the fleet's modes
-//! ([`mode_commands`]); the config publisher ([`config_publisher`]) and the control routes
-//! ([`control_api`]) run inside `run`. The binary in `main.rs` only parses the command
-//! line and calls [`run`].
+//! ([`mode_commands`]); the config publisher ([`config_publisher`]) runs inside `run`. With
+//! `--admin-listen`, `run` also serves the [`admin`] API (credit operations, configured by
+//! the [`operations`] file, and the fleet control routes of [`control_api`]); `admin token`
+//! manages its bearer tokens. The binary in `main.rs` only parses the command line and
+//! calls [`run`].
 
+pub mod admin;
+pub mod admin_cli;
 pub mod cli;
 pub mod commands;
 pub mod config_publisher;
@@ -20,6 +24,7 @@ pub mod inspect;
 pub mod ledger;
 pub mod metrics;
 pub mod mode_commands;
+pub mod operations;
 pub mod outbox;
 pub mod reconcile;
 pub mod render;
@@ -75,6 +80,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<String> {
         }) => commands::ledger_balance(ledger, customer, at_ms).await,
         Command::Reconcile(args) => commands::reconcile(args).await,
         Command::Mode(command) => mode_command(command).await,
+        Command::Admin(command) => crate::admin_cli::execute(command).await,
         Command::Inspect(InspectCommand::Balance {
             redis,
             json,

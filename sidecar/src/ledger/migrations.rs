@@ -33,6 +33,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         sql: include_str!("../../migrations/sqlite/0002_redis_generations.sql"),
     },
     Migration {
+        version: 4,
+        name: "admin",
+        sql: include_str!("../../migrations/sqlite/0004_admin.sql"),
+    },
+    Migration {
         version: 5,
         name: "usage_events",
         sql: include_str!("../../migrations/sqlite/0005_usage_events.sql"),
@@ -50,6 +55,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 2,
         name: "redis_generations",
         sql: include_str!("../../migrations/postgres/0002_redis_generations.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "admin",
+        sql: include_str!("../../migrations/postgres/0004_admin.sql"),
     },
     Migration {
         version: 5,

@@ -54,6 +54,7 @@ mod redis_server;
 mod sidecar;
 mod upstream;
 mod util;
+mod webhook;
 
 pub use cluster::RedisCluster;
 pub use gateway::{
@@ -71,6 +72,7 @@ pub use sidecar::{
 };
 pub use upstream::{RecordedRequest, UPSTREAM_BODY_MAX_BYTES, Upstream};
 pub use util::{free_cluster_port, free_port, require, which};
+pub use webhook::{ReceivedWebhook, WebhookReceiver};
 
 /// Install hint for the Redis binaries (`redis-server`, `redis-cli`).
 pub const REDIS_INSTALL_HINT: &str = "apt-get install -y redis-server redis-tools";

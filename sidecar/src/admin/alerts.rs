@@ -1,0 +1,327 @@
+//! Balance watching: per customer and credit type, a low-balance threshold and an
+//! auto-recharge threshold and target; the pass that compares live Redis balances with
+//! them and queues webhooks once per crossing (low balance, depleted, auto-recharge) and
+//! once per grant expiring soon.
+//!
+//! A crossing is recorded in `balance_crossings` with a conditional update, so however
+//! many passes (or sidecars) see a balance below its threshold, one of them queues one
+//! webhook; the next is armed only when the balance is back at or above the threshold.
+//! For auto-recharge that makes exactly one recharge in flight per customer and credit
+//! type: the next is armed by a purchase grant (the top-up landing) or by a pass that sees
+//! the balance back at or above the threshold.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use creditgate_protocol::CreditStore;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tracing::error;
+
+use super::AdminState;
+use super::auth::Caller;
+use super::customers::plan_of;
+use super::db::{exec, fetch};
+use super::error::ApiError;
+use super::fields::Body;
+use super::idempotency::{Reply, reply};
+use super::webhooks;
+use crate::ledger::now_ms;
+
+/// How often balances are compared with their thresholds, ms: a recharge starts within a
+/// second of the crossing, and a pass is one Redis read per watched customer.
+pub const ALERT_PASS_MS: u64 = 1_000;
+
+/// Customers watched per pass at most; past it a warning says the pass is truncated.
+pub const WATCHED_CUSTOMERS_MAX: i64 = 10_000;
+
+/// `PUT /v1/admin/customers/{customer}/alerts`
+/// `{credit_type, low_balance_threshold?, recharge_threshold?, recharge_target?}`.
+pub async fn set(st: &AdminState, caller: &Caller, customer: &str, body: &[u8]) -> Reply {
+    let r: Result<Reply, ApiError> = async {
+        let mut b = Body::parse(body)?;
+        let credit_type = b.id("credit_type")?;
+        if !st.ops.credit_types.contains(&credit_type) {
+            return Err(ApiError::field("credit_type", format!("unknown credit type {credit_type:?}")));
+        }
+        let low = b.opt_u64("low_balance_threshold")?;
+        let threshold = b.opt_u64("recharge_threshold")?;
+        let target = b.opt_u64("recharge_target")?;
+        b.finish()?;
+        match (threshold, target) {
+            (None, None) => {}
+            (Some(t), Some(g)) if g > t => {
+                if st.ops.auto_recharge.is_none() {
+                    return Err(ApiError::field(
+                        "recharge_threshold",
+                        "auto-recharge is not configured ([auto_recharge] in the operations file)",
+                    ));
+                }
+            }
+            (Some(_), Some(_)) => {
+                return Err(ApiError::field("recharge_target", "must be above recharge_threshold"));
+            }
+            (Some(_), None) => return Err(ApiError::field("recharge_target", "is required with recharge_threshold")),
+            (None, Some(_)) => return Err(ApiError::field("recharge_threshold", "is required with recharge_target")),
+        }
+        if low.is_some() && st.ops.webhooks.is_none() {
+            return Err(ApiError::field(
+                "low_balance_threshold",
+                "webhooks are not configured ([webhooks] in the operations file)",
+            ));
+        }
+        plan_of(st, customer).await?;
+        let now = now_ms();
+        let to_i64 = |v: Option<u64>| v.map(|v| v as i64);
+        let db = &st.db;
+        exec!(
+            db,
+            "INSERT INTO customer_alerts (customer, credit_type, low_balance_threshold, recharge_threshold, \
+             recharge_target, updated_by, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (customer, credit_type) DO UPDATE SET low_balance_threshold = excluded.low_balance_threshold, \
+             recharge_threshold = excluded.recharge_threshold, recharge_target = excluded.recharge_target, \
+             updated_by = excluded.updated_by, updated_at_ms = excluded.updated_at_ms",
+            customer,
+            credit_type.as_str(),
+            to_i64(low),
+            to_i64(threshold),
+            to_i64(target),
+            caller.name.as_str(),
+            now as i64,
+        )
+        .map_err(|e| ApiError::unavailable("admin database", e))?;
+        Ok(reply(
+            StatusCode::OK,
+            &json!({"customer": customer, "credit_type": credit_type, "low_balance_threshold": low,
+                    "recharge_threshold": threshold, "recharge_target": target,
+                    "updated_by": caller.name, "updated_at_ms": now}),
+        ))
+    }
+    .await;
+    r.unwrap_or_else(Reply::from)
+}
+
+/// `GET /v1/admin/webhook-deliveries?customer=`.
+pub async fn deliveries(st: &AdminState, query: &[(String, String)]) -> Reply {
+    let mut customer = None;
+    for (k, v) in query {
+        match k.as_str() {
+            "customer" => customer = Some(v.as_str()),
+            other => return ApiError::field(other, "unknown query parameter").into(),
+        }
+    }
+    match webhooks::list(&st.db, customer).await {
+        Ok(rows) => reply(StatusCode::OK, &json!({"deliveries": rows})),
+        Err(e) => ApiError::unavailable("admin database", e).into(),
+    }
+}
+
+fn short_hash(s: &str) -> String {
+    hex::encode(&Sha256::digest(s.as_bytes())[..10])
+}
+
+/// Records that the balance is below (`true`) or not below its threshold; returns the
+/// crossing's number when this call is the one that saw it go below.
+async fn cross(
+    st: &AdminState,
+    customer: &str,
+    credit_type: &str,
+    kind: &str,
+    below: bool,
+) -> Result<Option<i64>, sqlx::Error> {
+    let db = &st.db;
+    exec!(
+        db,
+        "INSERT INTO balance_crossings (customer, credit_type, kind, below, crossings) VALUES ($1, $2, $3, 0, 0) \
+         ON CONFLICT DO NOTHING",
+        customer,
+        credit_type,
+        kind,
+    )?;
+    if !below {
+        exec!(
+            db,
+            "UPDATE balance_crossings SET below = 0 WHERE customer = $1 AND credit_type = $2 AND kind = $3 AND below = 1",
+            customer,
+            credit_type,
+            kind,
+        )?;
+        return Ok(None);
+    }
+    let changed = exec!(
+        db,
+        "UPDATE balance_crossings SET below = 1, crossings = crossings + 1 \
+         WHERE customer = $1 AND credit_type = $2 AND kind = $3 AND below = 0",
+        customer,
+        credit_type,
+        kind,
+    )?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    let n = fetch!(
+        db,
+        "SELECT crossings FROM balance_crossings WHERE customer = $1 AND credit_type = $2 AND kind = $3",
+        [customer, credit_type, kind],
+        |row| row.try_get::<i64, _>("crossings")
+    )?;
+    Ok(n.into_iter().next())
+}
+
+type Thresholds = (String, String, Option<i64>, Option<i64>, Option<i64>);
+
+/// One pass over every customer (watched customers: those with alert settings, and, when
+/// the events webhook is configured, every customer).
+pub async fn pass(st: &AdminState) -> Result<(), sqlx::Error> {
+    let db = &st.db;
+    let settings: Vec<Thresholds> = fetch!(
+        db,
+        "SELECT customer, credit_type, low_balance_threshold, recharge_threshold, recharge_target \
+         FROM customer_alerts ORDER BY customer, credit_type LIMIT $1",
+        [WATCHED_CUSTOMERS_MAX],
+        |row| Ok((
+            row.try_get::<String, _>("customer")?,
+            row.try_get::<String, _>("credit_type")?,
+            row.try_get::<Option<i64>, _>("low_balance_threshold")?,
+            row.try_get::<Option<i64>, _>("recharge_threshold")?,
+            row.try_get::<Option<i64>, _>("recharge_target")?
+        ))
+    )?;
+    let mut customers: Vec<String> = if st.ops.webhooks.is_some() {
+        fetch!(
+            db,
+            "SELECT customer FROM customers ORDER BY customer LIMIT $1",
+            [WATCHED_CUSTOMERS_MAX],
+            |row| row.try_get::<String, _>("customer")
+        )?
+    } else {
+        Vec::new()
+    };
+    customers.extend(settings.iter().map(|s| s.0.clone()));
+    customers.sort();
+    customers.dedup();
+    let now = now_ms();
+    for customer in customers {
+        let balance = match st.sidecar.redis.balance(&customer).await {
+            Ok(b) => b,
+            Err(e) => {
+                error!(customer, error = %e, "alerts: reading the balance failed");
+                continue;
+            }
+        };
+        let mine: Vec<&Thresholds> = settings.iter().filter(|s| s.0 == customer).collect();
+        if let Some(hook) = &st.ops.webhooks {
+            for t in &balance.types {
+                if let Some(n) =
+                    cross(st, &customer, &t.credit_type, "depleted", t.available <= 0).await?
+                {
+                    let id = format!(
+                        "depleted-{}-{n}",
+                        short_hash(&format!("{customer}/{}", t.credit_type))
+                    );
+                    let payload = json!({"credit_type": t.credit_type, "available": t.available});
+                    webhooks::enqueue(db, &id, "balance.depleted", &customer, hook, payload, now)
+                        .await?;
+                }
+            }
+            for (_, credit_type, low, _, _) in &mine {
+                let Some(low) = low else { continue };
+                let available = balance.of(credit_type).map_or(0, |t| t.available);
+                if let Some(n) =
+                    cross(st, &customer, credit_type, "low_balance", available < *low).await?
+                {
+                    let id = format!(
+                        "low-{}-{n}",
+                        short_hash(&format!("{customer}/{credit_type}"))
+                    );
+                    let payload = json!({"credit_type": credit_type, "available": available, "threshold": low});
+                    webhooks::enqueue(db, &id, "balance.low", &customer, hook, payload, now)
+                        .await?;
+                }
+            }
+            let horizon = now + hook.expiring_within_days * 86_400_000;
+            for g in &balance.grants {
+                let Some(at) = g.expires_at_ms else { continue };
+                if g.remaining > 0 && at > now && at <= horizon {
+                    let id = format!("expiring-{}", g.grant_id);
+                    let payload = json!({"credit_type": g.credit_type, "grant_id": g.grant_id,
+                                         "remaining": g.remaining, "expires_at_ms": at});
+                    webhooks::enqueue(db, &id, "grant.expiring", &customer, hook, payload, now)
+                        .await?;
+                }
+            }
+        }
+        if let Some(billing) = &st.ops.auto_recharge {
+            for (_, credit_type, _, threshold, target) in &mine {
+                let (Some(threshold), Some(target)) = (threshold, target) else {
+                    continue;
+                };
+                let available = balance.of(credit_type).map_or(0, |t| t.available);
+                if let Some(n) = cross(
+                    st,
+                    &customer,
+                    credit_type,
+                    "auto_recharge",
+                    available < *threshold,
+                )
+                .await?
+                {
+                    let id = format!(
+                        "recharge-{}-{n}",
+                        short_hash(&format!("{customer}/{credit_type}"))
+                    );
+                    let payload = json!({"credit_type": credit_type, "available": available,
+                                         "threshold": threshold, "target": target,
+                                         "amount": (target - available).max(0)});
+                    webhooks::enqueue(db, &id, "auto_recharge", &customer, billing, payload, now)
+                        .await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Watches balances and delivers webhooks until `stop` turns true.
+pub async fn run(st: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+    if st.ops.webhooks.is_none() && st.ops.auto_recharge.is_none() {
+        return;
+    }
+    let client = match reqwest::Client::builder().build() {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "webhooks: building the HTTP client failed; no webhooks will be sent");
+            return;
+        }
+    };
+    let endpoints: Vec<_> = st
+        .ops
+        .webhooks
+        .iter()
+        .chain(st.ops.auto_recharge.iter())
+        .cloned()
+        .collect();
+    let secret_for = |url: &str| {
+        endpoints
+            .iter()
+            .find(|e| e.url == url)
+            .map(|e| e.secret.clone())
+    };
+    loop {
+        if let Err(e) = pass(&st).await {
+            error!(error = %e, "alerts pass failed; retrying next pass");
+        }
+        if let Err(e) = webhooks::deliver_due(&st.db, &client, secret_for, now_ms()).await {
+            error!(error = %e, "webhook delivery pass failed; retrying next pass");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(ALERT_PASS_MS)) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Customers, their plan and their API keys. A key's plaintext is returned once, at
+//! creation; only its SHA-256 hash is kept. Nothing here grants credits.
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use super::AdminState;
+use super::auth::{Caller, new_secret, secret_hash};
+use super::db::{exec, fetch};
+use super::error::ApiError;
+use super::fields::Body;
+use super::idempotency::{Reply, reply};
+use crate::ledger::now_ms;
+
+/// Prefix of customer API keys created here.
+pub const API_KEY_PREFIX: &str = "cgk_";
+
+fn unavailable(e: sqlx::Error) -> ApiError {
+    ApiError::unavailable("admin database", e)
+}
+
+/// The customer's plan, `Ok(None)` when it has none, or a 404 naming `customer`.
+pub async fn plan_of(st: &AdminState, customer: &str) -> Result<Option<String>, ApiError> {
+    let rows = fetch!(
+        &st.db,
+        "SELECT plan FROM customers WHERE customer = $1",
+        [customer],
+        |row| row.try_get::<Option<String>, _>("plan")
+    )
+    .map_err(unavailable)?;
+    rows.into_iter().next().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_customer",
+            Some("customer"),
+            format!("no customer {customer:?}; create it with POST /v1/admin/customers"),
+        )
+    })
+}
+
+async fn run(f: impl std::future::Future<Output = Result<Reply, ApiError>>) -> Reply {
+    f.await.unwrap_or_else(Reply::from)
+}
+
+/// `POST /v1/admin/customers` `{customer, plan?}`.
+pub async fn create(st: &AdminState, caller: &Caller, body: &[u8]) -> Reply {
+    run(async {
+        let mut b = Body::parse(body)?;
+        let customer = b.id("customer")?;
+        let plan = b.opt_id("plan")?;
+        b.finish()?;
+        let now = now_ms();
+        let inserted = exec!(
+            &st.db,
+            "INSERT INTO customers (customer, plan, created_by, created_at_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+            customer.as_str(),
+            plan.as_deref(),
+            caller.name.as_str(),
+            now as i64,
+        )
+        .map_err(unavailable)?;
+        if inserted == 0 {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "customer_exists",
+                Some("customer"),
+                format!("customer {customer:?} exists"),
+            ));
+        }
+        Ok(reply(
+            StatusCode::CREATED,
+            &json!({"customer": customer, "plan": plan, "created_by": caller.name, "created_at_ms": now}),
+        ))
+    })
+    .await
+}
+
+/// `GET /v1/admin/customers/{customer}`: the plan and the API keys (ids only).
+pub async fn get(st: &AdminState, customer: &str) -> Reply {
+    run(async {
+        let plan = plan_of(st, customer).await?;
+        let keys = fetch!(
+            &st.db,
+            "SELECT key_id, created_by, created_at_ms, revoked_by, revoked_at_ms FROM customer_api_keys \
+             WHERE customer = $1 ORDER BY created_at_ms, key_id",
+            [customer],
+            |row| Ok(json!({
+                "key_id": row.try_get::<String, _>("key_id")?,
+                "created_by": row.try_get::<String, _>("created_by")?,
+                "created_at_ms": row.try_get::<i64, _>("created_at_ms")?,
+                "revoked_by": row.try_get::<Option<String>, _>("revoked_by")?,
+                "revoked_at_ms": row.try_get::<Option<i64>, _>("revoked_at_ms")?,
+            }))
+        )
+        .map_err(unavailable)?;
+        Ok(reply(
+            StatusCode::OK,
+            &json!({"customer": customer, "plan": plan, "api_keys": keys}),
+        ))
+    })
+    .await
+}
+
+/// `PUT /v1/admin/customers/{customer}/plan` `{plan}`.
+pub async fn set_plan(st: &AdminState, caller: &Caller, customer: &str, body: &[u8]) -> Reply {
+    run(async {
+        let mut b = Body::parse(body)?;
+        let plan = b.id("plan")?;
+        b.finish()?;
+        plan_of(st, customer).await?;
+        exec!(
+            &st.db,
+            "UPDATE customers SET plan = $1 WHERE customer = $2",
+            plan.as_str(),
+            customer,
+        )
+        .map_err(unavailable)?;
+        tracing::info!(customer, plan, actor = %caller.name, "customer plan set");
+        Ok(reply(
+            StatusCode::OK,
+            &json!({"customer": customer, "plan": plan, "actor": caller.name}),
+        ))
+    })
+    .await
+}
+
+/// `POST /v1/admin/customers/{customer}/api-keys`: a new key, its plaintext shown once.
+pub async fn create_api_key(
+    st: &AdminState,
+    caller: &Caller,
+    customer: &str,
+    body: &[u8],
+) -> Reply {
+    run(async {
+        Body::parse(body)?.finish()?;
+        plan_of(st, customer).await?;
+        let key = new_secret(API_KEY_PREFIX);
+        let key_id = format!("k-{}", uuid::Uuid::new_v4().simple());
+        let now = now_ms();
+        exec!(
+            &st.db,
+            "INSERT INTO customer_api_keys (key_id, customer, key_hash, created_by, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
+            key_id.as_str(),
+            customer,
+            secret_hash(&key),
+            caller.name.as_str(),
+            now as i64,
+        )
+        .map_err(unavailable)?;
+        Ok(reply(
+            StatusCode::CREATED,
+            &json!({"customer": customer, "key_id": key_id, "api_key": key,
+                    "created_by": caller.name, "created_at_ms": now}),
+        ))
+    })
+    .await
+}
+
+/// `POST /v1/admin/customers/{customer}/api-keys/{key_id}/revoke`.
+pub async fn revoke_api_key(
+    st: &AdminState,
+    caller: &Caller,
+    customer: &str,
+    key_id: &str,
+    body: &[u8],
+) -> Reply {
+    run(async {
+        Body::parse(body)?.finish()?;
+        let now = now_ms();
+        let changed = exec!(
+            &st.db,
+            "UPDATE customer_api_keys SET revoked_by = $1, revoked_at_ms = $2 \
+             WHERE key_id = $3 AND customer = $4 AND revoked_at_ms IS NULL",
+            caller.name.as_str(),
+            now as i64,
+            key_id,
+            customer,
+        )
+        .map_err(unavailable)?;
+        if changed == 0 {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_api_key",
+                Some("key_id"),
+                format!("customer {customer:?} has no active key {key_id:?}"),
+            ));
+        }
+        Ok(reply(
+            StatusCode::OK,
+            &json!({"customer": customer, "key_id": key_id, "revoked_by": caller.name, "revoked_at_ms": now}),
+        ))
+    })
+    .await
+}

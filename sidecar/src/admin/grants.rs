@@ -1,0 +1,663 @@
+//! Grants through the admin API: the rules of each source (who may issue it, whether it
+//! must expire, whether it has a cost basis, which reason codes it takes), per-role limits
+//! with a second person's approval above them, purchases of configured bundles, and voids
+//! of a grant's remaining credits.
+//!
+//! Every grant goes through the ledger-first path of [`crate::outbox::issue_grant`]; this
+//! module decides whether and what to grant, never how it reaches Redis.
+
+use axum::http::StatusCode;
+use creditgate_protocol::{CreditStore, GrantSource};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::AdminState;
+use super::auth::{Caller, Role};
+use super::customers::plan_of;
+use super::db::{exec, fetch};
+use super::error::ApiError;
+use super::fields::Body;
+use super::idempotency::{Reply, reply};
+use crate::ledger::{Adjustment, GrantRecord, NewEntry, now_ms};
+use crate::operations::PURCHASE_REASON_CODE;
+use crate::outbox::{Issued, OutboxError, issue_grant};
+use crate::reconcile::{Rebuilt, rebuild_customer};
+
+/// Burn priority of API grants when the call does not say: the same for every source, so
+/// burn order falls to expiry (promotions, which must expire, burn before purchases).
+pub const DEFAULT_GRANT_PRIORITY: u32 = 100;
+
+/// Highest priority a call may set (the grant script's limit).
+pub const MAX_GRANT_PRIORITY: u64 = 1_000_000;
+
+/// One UTC day, ms: the window of per-day limits.
+const DAY_MS: u64 = 86_400_000;
+
+/// How long a void waits for the ledger to catch up with Redis before it answers 409:
+/// the writer's lag on a healthy system is tens of milliseconds.
+pub const VOID_CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Most approvals listed per call.
+const APPROVALS_LIST_MAX: i64 = 500;
+
+/// A validated grant, ready to record (kept as JSON while it waits for approval).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantParams {
+    /// The grant's id, chosen when the call is accepted (so an approval retried grants once).
+    pub grant_id: String,
+    /// The customer.
+    pub customer: String,
+    /// Source (wire name).
+    pub source: String,
+    /// The credit type.
+    pub credit_type: String,
+    /// Credits.
+    pub amount: u64,
+    /// Expiry, ms since epoch.
+    pub expires_at_ms: Option<u64>,
+    /// Money paid, currency micro-units.
+    pub cost_basis: u64,
+    /// Burn priority.
+    pub priority: u32,
+    /// Reason code.
+    pub reason_code: String,
+    /// Free text.
+    pub note: String,
+}
+
+/// Which roles may issue a source.
+fn source_roles(source: GrantSource) -> &'static [Role] {
+    match source {
+        GrantSource::Purchase | GrantSource::PlanAllotment => &[Role::Admin, Role::Billing],
+        GrantSource::Promotion => &[Role::Admin, Role::Sales],
+        GrantSource::Goodwill => &[Role::Admin, Role::Support],
+        GrantSource::Adjustment => &[Role::Admin],
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::unavailable("ledger", e)
+}
+
+/// Checks a grant request against the source's rules.
+pub fn parse_grant(
+    st: &AdminState,
+    caller: &Caller,
+    customer: &str,
+    body: &[u8],
+    now: u64,
+) -> Result<GrantParams, ApiError> {
+    let mut b = Body::parse(body)?;
+    let source_name = b.str("source")?;
+    let source: GrantSource = source_name.parse().map_err(|_| {
+        ApiError::field(
+            "source",
+            "must be one of purchase, promotion, plan_allotment, goodwill, adjustment",
+        )
+    })?;
+    let roles = source_roles(source);
+    if !roles.contains(&caller.role) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            Some("source"),
+            format!(
+                "role {} may not issue {} grants",
+                caller.role.as_str(),
+                source.as_str()
+            ),
+        ));
+    }
+    let credit_type = b.id("credit_type")?;
+    if !st.ops.credit_types.contains(&credit_type) {
+        return Err(ApiError::field(
+            "credit_type",
+            format!(
+                "unknown credit type {credit_type:?}; known: {:?}",
+                st.ops.credit_types
+            ),
+        ));
+    }
+    let amount = b.amount("amount")?;
+    let reason_code = b.id("reason_code")?;
+    let purchase_code = source == GrantSource::Purchase && reason_code == PURCHASE_REASON_CODE;
+    if !purchase_code && !st.ops.reason_codes.contains(&reason_code) {
+        return Err(ApiError::field(
+            "reason_code",
+            format!(
+                "unknown reason code {reason_code:?}; known: {:?}",
+                st.ops.reason_codes
+            ),
+        ));
+    }
+    let note = b.opt_text("note")?.unwrap_or_default();
+    let expires_at_ms = b.opt_u64("expires_at_ms")?;
+    if let Some(at) = expires_at_ms
+        && at <= now
+    {
+        return Err(ApiError::field("expires_at_ms", "is in the past"));
+    }
+    if source == GrantSource::Promotion {
+        let Some(at) = expires_at_ms else {
+            return Err(ApiError::field("expires_at_ms", "promotions must expire"));
+        };
+        let max = now + st.ops.promotion_max_days * DAY_MS;
+        if at > max {
+            return Err(ApiError::field(
+                "expires_at_ms",
+                format!(
+                    "promotions expire within {} days",
+                    st.ops.promotion_max_days
+                ),
+            ));
+        }
+    }
+    let paid = b.opt_u64("amount_paid_micros")?;
+    let cost_basis = match (source, paid) {
+        (GrantSource::Purchase, Some(p)) => p,
+        (GrantSource::Purchase, None) => {
+            return Err(ApiError::field(
+                "amount_paid_micros",
+                "purchases need the amount paid",
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::field(
+                "amount_paid_micros",
+                "only purchases have an amount paid",
+            ));
+        }
+        (_, None) => 0,
+    };
+    let priority = match b.opt_u64("priority")? {
+        None => DEFAULT_GRANT_PRIORITY,
+        Some(p) if p <= MAX_GRANT_PRIORITY => p as u32,
+        Some(_) => {
+            return Err(ApiError::field(
+                "priority",
+                format!("must be at most {MAX_GRANT_PRIORITY}"),
+            ));
+        }
+    };
+    b.finish()?;
+    Ok(GrantParams {
+        grant_id: format!("g-{}", uuid::Uuid::new_v4().simple()),
+        customer: customer.to_string(),
+        source: source.as_str().to_string(),
+        credit_type,
+        amount,
+        expires_at_ms,
+        cost_basis,
+        priority,
+        reason_code,
+        note,
+    })
+}
+
+fn record_of(p: &GrantParams, actor: &str, now: u64) -> Result<GrantRecord, ApiError> {
+    let source: GrantSource = p
+        .source
+        .parse()
+        .map_err(|e: String| ApiError::field("source", e))?;
+    let reason = if p.note.is_empty() {
+        p.reason_code.clone()
+    } else {
+        format!("{}: {}", p.reason_code, p.note)
+    };
+    let record = GrantRecord {
+        grant_id: p.grant_id.clone(),
+        customer: p.customer.clone(),
+        credit_type: p.credit_type.clone(),
+        amount: p.amount,
+        priority: p.priority,
+        expires_at_ms: p.expires_at_ms,
+        cost_basis: p.cost_basis,
+        source,
+        actor: actor.to_string(),
+        reason,
+        created_at_ms: now,
+    };
+    record
+        .validate()
+        .map_err(|e| ApiError::field("(body)", e.to_string()))?;
+    Ok(record)
+}
+
+/// Records the grant ledger-first, applies it, and keeps its details; the JSON of a
+/// granted answer.
+pub async fn issue(
+    st: &AdminState,
+    p: &GrantParams,
+    actor: &str,
+    approved_by: Option<&str>,
+    counts_toward_limit: bool,
+) -> Result<serde_json::Value, ApiError> {
+    let now = now_ms();
+    let record = record_of(p, actor, now)?;
+    let issued = issue_grant(
+        st.sidecar.ledger.as_ref(),
+        st.sidecar.redis.as_ref(),
+        &record,
+    )
+    .await
+    .map_err(|e| match e {
+        OutboxError::Conflict(id) => ApiError::new(
+            StatusCode::CONFLICT,
+            "grant_conflict",
+            Some("grant_id"),
+            format!("grant {id} was recorded before with other fields"),
+        ),
+        OutboxError::Ledger(e) => unavailable(e),
+    })?;
+    exec!(
+        &st.db,
+        "INSERT INTO admin_grants (grant_id, customer, source, amount, reason_code, note, actor, \
+         approved_by, counts_toward_limit, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT DO NOTHING",
+        p.grant_id.as_str(),
+        p.customer.as_str(),
+        p.source.as_str(),
+        p.amount as i64,
+        p.reason_code.as_str(),
+        p.note.as_str(),
+        actor,
+        approved_by,
+        i64::from(counts_toward_limit),
+        now as i64,
+    )
+    .map_err(unavailable)?;
+    if p.source == GrantSource::Purchase.as_str() {
+        // A purchase ends the auto-recharge in flight for this credit type (it is the
+        // top-up, or made one unnecessary): the watcher may recharge again if the balance
+        // is still, or again, below its threshold.
+        exec!(
+            &st.db,
+            "UPDATE balance_crossings SET below = 0 WHERE customer = $1 AND credit_type = $2 \
+             AND kind = 'auto_recharge'",
+            p.customer.as_str(),
+            p.credit_type.as_str(),
+        )
+        .map_err(unavailable)?;
+    }
+    let applied = !matches!(issued, Issued::Recorded { .. });
+    Ok(json!({
+        "status": "granted",
+        "applied": applied,
+        "grant": {
+            "grant_id": p.grant_id,
+            "customer": p.customer,
+            "source": p.source,
+            "credit_type": p.credit_type,
+            "amount": p.amount,
+            "expires_at_ms": p.expires_at_ms,
+            "cost_basis_micros": p.cost_basis,
+            "priority": p.priority,
+            "reason_code": p.reason_code,
+            "note": p.note,
+            "actor": actor,
+            "approved_by": approved_by,
+            "created_at_ms": now,
+        }
+    }))
+}
+
+/// What the caller's role has granted today (UTC) without approval, credit units.
+async fn granted_today(st: &AdminState, actor: &str, now: u64) -> Result<u64, ApiError> {
+    let day_start = (now / DAY_MS * DAY_MS) as i64;
+    let rows = fetch!(
+        &st.db,
+        "SELECT amount FROM admin_grants WHERE actor = $1 AND created_at_ms >= $2 AND counts_toward_limit = 1",
+        [actor, day_start],
+        |row| row.try_get::<i64, _>("amount")
+    )
+    .map_err(unavailable)?;
+    Ok(rows.into_iter().map(|a| a.max(0) as u64).sum())
+}
+
+async fn run(f: impl std::future::Future<Output = Result<Reply, ApiError>>) -> Reply {
+    f.await.unwrap_or_else(Reply::from)
+}
+
+/// `POST /v1/admin/customers/{customer}/grants`.
+pub async fn grant(st: &AdminState, caller: &Caller, customer: &str, body: &[u8]) -> Reply {
+    run(async {
+        let now = now_ms();
+        let params = parse_grant(st, caller, customer, body, now)?;
+        plan_of(st, customer).await?;
+        let Some(limit) = st.ops.limit(caller.role.as_str()) else {
+            let granted = issue(st, &params, &caller.name, None, false).await?;
+            return Ok(reply(StatusCode::CREATED, &granted));
+        };
+        let _guard = st.limit_lock.lock().await;
+        let today = granted_today(st, &caller.name, now).await?;
+        let over = params.amount > limit.per_grant_max
+            || today.saturating_add(params.amount) > limit.per_day_max;
+        if !over {
+            let granted = issue(st, &params, &caller.name, None, true).await?;
+            return Ok(reply(StatusCode::CREATED, &granted));
+        }
+        let request_id = format!("a-{}", uuid::Uuid::new_v4().simple());
+        let grant_json = serde_json::to_string(&params).map_err(unavailable)?;
+        exec!(
+            &st.db,
+            "INSERT INTO grant_approvals (request_id, customer, amount, grant_json, requested_by, \
+             requested_at_ms, state) VALUES ($1, $2, $3, $4, $5, $6, 'pending')",
+            request_id.as_str(),
+            customer,
+            params.amount as i64,
+            grant_json.as_str(),
+            caller.name.as_str(),
+            now as i64,
+        )
+        .map_err(unavailable)?;
+        Ok(reply(
+            StatusCode::ACCEPTED,
+            &json!({
+                "status": "pending_approval",
+                "request_id": request_id,
+                "grant_id": params.grant_id,
+                "requested_by": caller.name,
+                "message": format!(
+                    "over the {} limit ({} per grant, {} per day; {} granted today): an admin must approve it",
+                    caller.role.as_str(), limit.per_grant_max, limit.per_day_max, today
+                ),
+            }),
+        ))
+    })
+    .await
+}
+
+/// `POST /v1/admin/grant-approvals/{request_id}/approve`: a second person grants it.
+pub async fn approve(st: &AdminState, caller: &Caller, request_id: &str) -> Reply {
+    run(async {
+        let rows = fetch!(
+            &st.db,
+            "SELECT grant_json, requested_by, state FROM grant_approvals WHERE request_id = $1",
+            [request_id],
+            |row| Ok((
+                row.try_get::<String, _>("grant_json")?,
+                row.try_get::<String, _>("requested_by")?,
+                row.try_get::<String, _>("state")?
+            ))
+        )
+        .map_err(unavailable)?;
+        let Some((grant_json, requested_by, state)) = rows.into_iter().next() else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_request",
+                Some("request_id"),
+                format!("no grant approval {request_id:?}"),
+            ));
+        };
+        if requested_by == caller.name {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "same_person",
+                Some("Authorization"),
+                "a grant must be approved by someone other than who asked for it",
+            ));
+        }
+        if state != "pending" {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_decided",
+                Some("request_id"),
+                format!("grant approval {request_id:?} is {state}"),
+            ));
+        }
+        let params: GrantParams = serde_json::from_str(&grant_json).map_err(unavailable)?;
+        let now = now_ms();
+        let claimed = exec!(
+            &st.db,
+            "UPDATE grant_approvals SET state = 'approved', decided_by = $1, decided_at_ms = $2, grant_id = $3 \
+             WHERE request_id = $4 AND state = 'pending'",
+            caller.name.as_str(),
+            now as i64,
+            params.grant_id.as_str(),
+            request_id,
+        )
+        .map_err(unavailable)?;
+        if claimed == 0 {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_decided",
+                Some("request_id"),
+                format!("grant approval {request_id:?} was decided meanwhile"),
+            ));
+        }
+        match issue(st, &params, &requested_by, Some(&caller.name), false).await {
+            Ok(mut granted) => {
+                granted["request_id"] = json!(request_id);
+                Ok(reply(StatusCode::CREATED, &granted))
+            }
+            Err(e) => {
+                // Nothing was granted: put the request back so it can be approved again.
+                let _ = exec!(
+                    &st.db,
+                    "UPDATE grant_approvals SET state = 'pending', decided_by = NULL, decided_at_ms = NULL \
+                     WHERE request_id = $1",
+                    request_id,
+                );
+                Err(e)
+            }
+        }
+    })
+    .await
+}
+
+/// `GET /v1/admin/grant-approvals?state=pending|approved`.
+pub async fn list_approvals(st: &AdminState, query: &[(String, String)]) -> Reply {
+    run(async {
+        let mut state = "pending".to_string();
+        for (k, v) in query {
+            match k.as_str() {
+                "state" if v == "pending" || v == "approved" => state = v.clone(),
+                "state" => return Err(ApiError::field("state", "must be pending or approved")),
+                other => return Err(ApiError::field(other, "unknown query parameter")),
+            }
+        }
+        let rows = fetch!(
+            &st.db,
+            "SELECT request_id, customer, amount, grant_json, requested_by, requested_at_ms, state, \
+             decided_by, decided_at_ms, grant_id FROM grant_approvals WHERE state = $1 \
+             ORDER BY requested_at_ms, request_id LIMIT $2",
+            [state.as_str(), APPROVALS_LIST_MAX],
+            |row| Ok(json!({
+                "request_id": row.try_get::<String, _>("request_id")?,
+                "customer": row.try_get::<String, _>("customer")?,
+                "amount": row.try_get::<i64, _>("amount")?,
+                "grant": serde_json::from_str::<serde_json::Value>(&row.try_get::<String, _>("grant_json")?)
+                    .unwrap_or_default(),
+                "requested_by": row.try_get::<String, _>("requested_by")?,
+                "requested_at_ms": row.try_get::<i64, _>("requested_at_ms")?,
+                "state": row.try_get::<String, _>("state")?,
+                "approved_by": row.try_get::<Option<String>, _>("decided_by")?,
+                "approved_at_ms": row.try_get::<Option<i64>, _>("decided_at_ms")?,
+                "grant_id": row.try_get::<Option<String>, _>("grant_id")?,
+            }))
+        )
+        .map_err(unavailable)?;
+        Ok(reply(StatusCode::OK, &json!({"state": state, "approvals": rows})))
+    })
+    .await
+}
+
+/// `POST /v1/admin/customers/{customer}/purchases` `{bundle, payment_ref?}`: the product's
+/// backend after a payment succeeded.
+pub async fn purchase(st: &AdminState, caller: &Caller, customer: &str, body: &[u8]) -> Reply {
+    run(async {
+        let mut b = Body::parse(body)?;
+        let bundle_id = b.id("bundle")?;
+        let payment_ref = b.opt_text("payment_ref")?.unwrap_or_default();
+        b.finish()?;
+        let Some(bundle) = st.ops.bundles.get(&bundle_id) else {
+            return Err(ApiError::field(
+                "bundle",
+                format!(
+                    "unknown bundle {bundle_id:?}; known: {:?}",
+                    st.ops.bundles.keys().collect::<Vec<_>>()
+                ),
+            ));
+        };
+        plan_of(st, customer).await?;
+        let params = GrantParams {
+            grant_id: format!("g-{}", uuid::Uuid::new_v4().simple()),
+            customer: customer.to_string(),
+            source: GrantSource::Purchase.as_str().to_string(),
+            credit_type: bundle.credit_type.clone(),
+            amount: bundle.credits,
+            expires_at_ms: None,
+            cost_basis: bundle.price_micros,
+            priority: DEFAULT_GRANT_PRIORITY,
+            reason_code: PURCHASE_REASON_CODE.to_string(),
+            note: if payment_ref.is_empty() {
+                format!("bundle {bundle_id}")
+            } else {
+                format!("bundle {bundle_id}, payment {payment_ref}")
+            },
+        };
+        let mut granted = issue(st, &params, &caller.name, None, false).await?;
+        granted["bundle"] = json!(bundle_id);
+        Ok(reply(StatusCode::CREATED, &granted))
+    })
+    .await
+}
+
+/// `POST /v1/admin/customers/{customer}/grants/{grant_id}/void` `{reason}`: removes the
+/// grant's remaining credits with an adjustment entry, then rebuilds the customer in Redis
+/// from the ledger. Refused (409, retry) while the customer has holds pending or while the
+/// ledger has not caught up with Redis, so the two never disagree on what was voided.
+pub async fn void(
+    st: &AdminState,
+    caller: &Caller,
+    customer: &str,
+    grant_id: &str,
+    body: &[u8],
+) -> Reply {
+    run(async {
+        let mut b = Body::parse(body)?;
+        let reason = b
+            .opt_text("reason")?
+            .filter(|r| !r.trim().is_empty())
+            .ok_or_else(|| ApiError::field("reason", "is required"))?;
+        b.finish()?;
+        plan_of(st, customer).await?;
+        let ledger = st.sidecar.ledger.as_ref();
+        let known = ledger.grants_of(customer).await.map_err(unavailable)?;
+        if !known.iter().any(|g| g.grant_id == grant_id) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_grant",
+                Some("grant_id"),
+                format!("customer {customer:?} has no grant {grant_id:?}"),
+            ));
+        }
+        let voided = fetch!(
+            &st.db,
+            "SELECT grant_id FROM grant_voids WHERE grant_id = $1",
+            [grant_id],
+            |row| row.try_get::<String, _>("grant_id")
+        )
+        .map_err(unavailable)?;
+        if !voided.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_voided",
+                Some("grant_id"),
+                format!("grant {grant_id:?} was voided before"),
+            ));
+        }
+        let busy = |message: &str| {
+            ApiError::new(StatusCode::CONFLICT, "retry_later", None, message.to_string())
+        };
+        // The ledger learns of the grant's burns through the event stream: wait (briefly)
+        // until it agrees with Redis on what is left, so the void removes exactly that.
+        let started = std::time::Instant::now();
+        let booked = loop {
+            let live = st
+                .sidecar
+                .redis
+                .balance(customer)
+                .await
+                .map_err(|e| ApiError::unavailable("credit store", e))?;
+            if live.types.iter().any(|t| t.held != 0) {
+                return Err(busy("the customer has holds pending; retry when they are resolved"));
+            }
+            let in_redis = live
+                .grants
+                .iter()
+                .find(|g| g.grant_id == grant_id)
+                .map(|g| g.remaining)
+                .unwrap_or(0);
+            let booked = ledger
+                .balance_at(customer, now_ms())
+                .await
+                .map_err(unavailable)?
+                .grant(grant_id)
+                .map(|g| g.remaining.max(0) as u64)
+                .unwrap_or(0);
+            if in_redis == booked {
+                break booked;
+            }
+            if started.elapsed() > VOID_CATCH_UP_WAIT {
+                return Err(busy("the ledger is catching up with Redis; retry in a moment"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let credit_type = known
+            .iter()
+            .find(|g| g.grant_id == grant_id)
+            .map(|g| g.credit_type.clone())
+            .unwrap_or_default();
+        let now = now_ms();
+        let mut rebuilt = "not_needed";
+        if booked > 0 {
+            let entry = NewEntry::adjustment(&Adjustment {
+                adjustment_id: format!("void-{grant_id}"),
+                customer: customer.to_string(),
+                credit_type,
+                amount: -(booked as i64),
+                grant_id: Some(grant_id.to_string()),
+                actor: caller.name.clone(),
+                reason: format!("void: {reason}"),
+                at_ms: now,
+                shard: st.sidecar.redis.keyspace().shard_of(customer).0,
+            })
+            .map_err(unavailable)?;
+            ledger.append_batch(&[entry]).await.map_err(unavailable)?;
+            rebuilt = match rebuild_customer(ledger, &st.sidecar.redis, customer).await {
+                Ok(Rebuilt::Restored { .. }) => "done",
+                Ok(Rebuilt::Busy { .. }) => "pending",
+                Err(e) => {
+                    tracing::error!(customer, grant_id, error = %e, "void recorded; Redis rebuild failed");
+                    "pending"
+                }
+            };
+        }
+        exec!(
+            &st.db,
+            "INSERT INTO grant_voids (grant_id, customer, amount, reason, actor, voided_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            grant_id,
+            customer,
+            booked as i64,
+            reason.as_str(),
+            caller.name.as_str(),
+            now as i64,
+        )
+        .map_err(unavailable)?;
+        Ok(reply(
+            StatusCode::OK,
+            &json!({
+                "grant_id": grant_id,
+                "customer": customer,
+                "voided": booked,
+                "reason": reason,
+                "actor": caller.name,
+                "voided_at_ms": now,
+                "redis_rebuild": rebuilt,
+            }),
+        ))
+    })
+    .await
+}

@@ -1,0 +1,202 @@
+//! `Idempotency-Key` for every mutating admin call: the first call with a key runs and its
+//! answer is kept; a replay gets those bytes back; the same key with another request is a
+//! 422. Keys are scoped to the caller (token name) and kept [`IDEMPOTENCY_RETAIN_MS`].
+//!
+//! The first call claims the key with an insert before it runs, so concurrent calls with
+//! one key run the operation once: the others wait for the answer and replay it. Only
+//! successful (2xx) answers are kept; after a failure the claim is dropped and a retry
+//! runs again. This module never decides what a call does.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use sha2::{Digest, Sha256};
+
+use super::db::{AdminDb, exec, fetch};
+use super::error::ApiError;
+
+/// How long a key and its answer are kept: 48 hours, twice the promised 24, so a client
+/// retrying for a day never runs a call twice.
+pub const IDEMPOTENCY_RETAIN_MS: u64 = 48 * 3_600_000;
+
+/// Longest `Idempotency-Key`, bytes.
+pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 255;
+
+/// How long a call waits for a concurrent call with the same key to finish before it
+/// answers 409: longer than any admin call takes on a healthy system.
+pub const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(30);
+
+/// Pause between looks at a concurrent call's answer.
+const IDEMPOTENCY_POLL: Duration = Duration::from_millis(20);
+
+/// The header.
+pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+
+/// An answer: status and JSON body bytes.
+pub type Reply = (StatusCode, Vec<u8>);
+
+/// A JSON success answer.
+pub fn reply(status: StatusCode, body: &serde_json::Value) -> Reply {
+    (status, serde_json::to_vec(body).unwrap_or_default())
+}
+
+impl From<ApiError> for Reply {
+    fn from(e: ApiError) -> Reply {
+        (e.status, e.body())
+    }
+}
+
+/// The request's key, or a 400 naming the header.
+pub fn key_of(headers: &HeaderMap) -> Result<String, ApiError> {
+    let raw = headers.get(IDEMPOTENCY_HEADER).ok_or_else(|| {
+        ApiError::field(
+            IDEMPOTENCY_HEADER,
+            "every mutating call needs an Idempotency-Key header",
+        )
+    })?;
+    let key = raw
+        .to_str()
+        .map_err(|_| ApiError::field(IDEMPOTENCY_HEADER, "must be printable ASCII"))?;
+    if key.is_empty()
+        || key.len() > IDEMPOTENCY_KEY_MAX_LEN
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::field(
+            IDEMPOTENCY_HEADER,
+            format!(
+                "must be 1 to {IDEMPOTENCY_KEY_MAX_LEN} printable ASCII characters without spaces"
+            ),
+        ));
+    }
+    Ok(key.to_string())
+}
+
+enum Seen {
+    Missing,
+    Other,
+    Running,
+    Done(Reply),
+}
+
+async fn look(db: &AdminDb, actor: &str, key: &str, fingerprint: &str) -> Result<Seen, ApiError> {
+    let rows = fetch!(
+        db,
+        "SELECT fingerprint, status, body FROM idempotency_keys WHERE actor = $1 AND idem_key = $2",
+        [actor, key],
+        |row| Ok((
+            row.try_get::<String, _>("fingerprint")?,
+            row.try_get::<Option<i64>, _>("status")?,
+            row.try_get::<Option<String>, _>("body")?
+        ))
+    )
+    .map_err(|e| ApiError::unavailable("reading idempotency keys", e))?;
+    Ok(match rows.into_iter().next() {
+        None => Seen::Missing,
+        Some((f, _, _)) if f != fingerprint => Seen::Other,
+        Some((_, Some(status), Some(body))) => Seen::Done((
+            StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK),
+            body.into_bytes(),
+        )),
+        Some(_) => Seen::Running,
+    })
+}
+
+/// Runs `op` once per (caller, key): the first call runs it, replays and concurrent calls
+/// get its answer, byte for byte. `request` identifies the call (method, path and body).
+pub async fn once<F, Fut>(
+    db: &AdminDb,
+    actor: &str,
+    headers: &HeaderMap,
+    request: &[&[u8]],
+    now_ms: u64,
+    op: F,
+) -> Reply
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Reply>,
+{
+    let key = match key_of(headers) {
+        Ok(k) => k,
+        Err(e) => return e.into(),
+    };
+    let mut hasher = Sha256::new();
+    for part in request {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    let fingerprint = hex::encode(hasher.finalize());
+    let started = Instant::now();
+    loop {
+        let claimed = exec!(
+            db,
+            "INSERT INTO idempotency_keys (actor, idem_key, fingerprint, created_at_ms) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            actor,
+            key.as_str(),
+            fingerprint.as_str(),
+            now_ms as i64,
+        );
+        match claimed {
+            Ok(1) => break,
+            Ok(_) => {}
+            Err(e) => return ApiError::unavailable("claiming the idempotency key", e).into(),
+        }
+        match look(db, actor, &key, &fingerprint).await {
+            Err(e) => return e.into(),
+            Ok(Seen::Done(reply)) => return reply,
+            Ok(Seen::Other) => {
+                return ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    Some(IDEMPOTENCY_HEADER),
+                    "this Idempotency-Key was used for a different request; use a new key",
+                )
+                .into();
+            }
+            Ok(Seen::Missing | Seen::Running) => {}
+        }
+        if started.elapsed() > IDEMPOTENCY_WAIT {
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_progress",
+                Some(IDEMPOTENCY_HEADER),
+                "a call with this Idempotency-Key is still running; retry later",
+            )
+            .into();
+        }
+        tokio::time::sleep(IDEMPOTENCY_POLL).await;
+    }
+    let (status, body) = op().await;
+    let kept = if status.is_success() {
+        exec!(
+            db,
+            "UPDATE idempotency_keys SET status = $1, body = $2 WHERE actor = $3 AND idem_key = $4",
+            status.as_u16() as i64,
+            String::from_utf8_lossy(&body).into_owned(),
+            actor,
+            key.as_str(),
+        )
+    } else {
+        exec!(
+            db,
+            "DELETE FROM idempotency_keys WHERE actor = $1 AND idem_key = $2",
+            actor,
+            key.as_str(),
+        )
+    };
+    if let Err(e) = kept {
+        tracing::error!(actor, key, error = %e, "could not record an idempotent answer; a replay may run the call again");
+    }
+    (status, body)
+}
+
+/// Drops keys older than [`IDEMPOTENCY_RETAIN_MS`]; returns how many.
+pub async fn purge(db: &AdminDb, now_ms: u64) -> Result<u64, sqlx::Error> {
+    let before = now_ms.saturating_sub(IDEMPOTENCY_RETAIN_MS) as i64;
+    exec!(
+        db,
+        "DELETE FROM idempotency_keys WHERE created_at_ms < $1",
+        before
+    )
+}

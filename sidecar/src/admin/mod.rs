@@ -1,0 +1,535 @@
+//! The admin API: credit operations over HTTP on their own listener (`run --admin-listen`),
+//! for support, sales, finance and the product's billing backend. Every call needs a
+//! bearer token ([`auth`]); every mutating call needs an `Idempotency-Key`
+//! ([`idempotency`]) and records its actor. The routes and their roles are in [`ROUTES`];
+//! `sidecar/openapi.json` documents them and a test keeps the two in step.
+//!
+//! This module wires routes to handlers; the rules live in [`grants`], [`customers`],
+//! [`reads`] and [`schedule`].
+
+pub mod alerts;
+pub mod auth;
+pub mod customers;
+pub mod db;
+pub mod error;
+pub mod fields;
+pub mod grants;
+pub mod idempotency;
+pub mod reads;
+pub mod schedule;
+pub mod webhooks;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post, put};
+use tokio::sync::watch;
+
+use self::auth::{AuthState, Caller, Role};
+use self::db::AdminDb;
+use self::idempotency::Reply;
+use crate::daemon::Sidecar;
+use crate::ledger::now_ms;
+use crate::operations::Operations;
+
+/// Largest request body the admin API reads, bytes: admin calls are small JSON objects.
+pub const ADMIN_BODY_MAX_BYTES: usize = 64 * 1024;
+
+/// What the admin handlers share.
+pub struct AdminState {
+    /// The sidecar: ledger, credit store, pricing.
+    pub sidecar: Arc<Sidecar>,
+    /// The admin tables.
+    pub db: AdminDb,
+    /// Token checks.
+    pub auth: AuthState,
+    /// The operations settings.
+    pub ops: Arc<Operations>,
+    /// Held while a limited grant checks its role's daily total and is recorded, so two
+    /// concurrent grants of one sidecar cannot both pass the limit.
+    pub limit_lock: tokio::sync::Mutex<()>,
+}
+
+impl FromRef<Arc<AdminState>> for AuthState {
+    fn from_ref(state: &Arc<AdminState>) -> AuthState {
+        state.auth.clone()
+    }
+}
+
+type St = State<Arc<AdminState>>;
+
+/// Every role.
+const ALL: &[Role] = &Role::ALL;
+const ADMIN: &[Role] = &[Role::Admin];
+const ADMIN_BILLING: &[Role] = &[Role::Admin, Role::Billing];
+const ADMIN_BILLING_SUPPORT: &[Role] = &[Role::Admin, Role::Billing, Role::Support];
+const ADMIN_SUPPORT: &[Role] = &[Role::Admin, Role::Support];
+const GRANTERS: &[Role] = &[Role::Admin, Role::Billing, Role::Support, Role::Sales];
+
+/// One route: method, path (axum syntax, as in the OpenAPI file) and the roles that may
+/// call it.
+pub struct RouteSpec {
+    /// The HTTP method.
+    pub method: Method,
+    /// The path, with `{param}` segments.
+    pub path: &'static str,
+    /// Roles allowed (a grant's source narrows this further).
+    pub roles: &'static [Role],
+}
+
+/// Every admin route and who may call it.
+pub const ROUTES: &[RouteSpec] = &[
+    RouteSpec {
+        method: Method::GET,
+        path: "/v1/admin/whoami",
+        roles: ALL,
+    },
+    RouteSpec {
+        method: Method::GET,
+        path: "/v1/admin/bundles",
+        roles: ALL,
+    },
+    RouteSpec {
+        method: Method::POST,
+        path: "/v1/admin/customers",
+        roles: ADMIN_BILLING,
+    },
+    RouteSpec {
+        method: Method::GET,
+        path: "/v1/admin/customers/{customer}",
+        roles: ALL,
+    },
+    RouteSpec {
+        method: Method::PUT,
+        path: "/v1/admin/customers/{customer}/plan",
+        roles: ADMIN_BILLING,
+    },
+    RouteSpec {
+        method: Method::POST,
+        path: "/v1/admin/customers/{customer}/api-keys",
+        roles: ADMIN_BILLING,
+    },
+    RouteSpec {
+        method: Method::POST,
+        path: "/v1/admin/customers/{customer}/api-keys/{key_id}/revoke",
+        roles: ADMIN_BILLING_SUPPORT,
+    },
+    RouteSpec {
+        method: Method::POST,
+        path: "/v1/admin/customers/{customer}/grants",
+        roles: GRANTERS,
+    },
+    RouteSpec {
+        method: Method::POST,
+        path: "/v1/admin/customers/{customer}/grants/{grant_id}/void",
+        roles: ADMIN_SUPPORT,
+    },
+    RouteSpec {
+        method: Method::POST,
+        path: "/v1/admin/customers/{customer}/purchases",
+        roles: ADMIN_BILLING,
+    },
+    RouteSpec {
+        method: Method::GET,
+        path: "/v1/admin/customers/{customer}/balance",
+        roles: ALL,
+    },
+    RouteSpec {
+        method: Method::GET,
+        path: "/v1/admin/customers/{customer}/ledger",
+        roles: ALL,
+    },
+    RouteSpec {
+        method: Method::PUT,
+        path: "/v1/admin/customers/{customer}/alerts",
+        roles: ADMIN_BILLING_SUPPORT,
+    },
+    RouteSpec {
+        method: Method::GET,
+        path: "/v1/admin/webhook-deliveries",
+        roles: ALL,
+    },
+    RouteSpec {
+        method: Method::GET,
+        path: "/v1/admin/grant-approvals",
+        roles: ALL,
+    },
+    RouteSpec {
+        method: Method::POST,
+        path: "/v1/admin/grant-approvals/{request_id}/approve",
+        roles: ADMIN,
+    },
+];
+
+/// The roles of a route in [`ROUTES`].
+fn roles_of(method: Method, path: &str) -> &'static [Role] {
+    ROUTES
+        .iter()
+        .find(|r| r.method == method && r.path == path)
+        .map(|r| r.roles)
+        .unwrap_or(ADMIN)
+}
+
+fn json_response(reply: Reply) -> Response {
+    (
+        reply.0,
+        [(header::CONTENT_TYPE, "application/json")],
+        reply.1,
+    )
+        .into_response()
+}
+
+/// Checks the role, then runs `op` once per `Idempotency-Key`.
+async fn mutate<F, Fut>(
+    st: &AdminState,
+    caller: &Caller,
+    method: Method,
+    route: &'static str,
+    (uri, headers, body): (&Uri, &HeaderMap, &Bytes),
+    op: F,
+) -> Response
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Reply>,
+{
+    if let Err(e) = caller.require(roles_of(method.clone(), route)) {
+        return e.into_response();
+    }
+    let reply = idempotency::once(
+        &st.db,
+        &caller.name,
+        headers,
+        &[method.as_str().as_bytes(), uri.path().as_bytes(), body],
+        now_ms(),
+        op,
+    )
+    .await;
+    json_response(reply)
+}
+
+fn read(caller: &Caller, route: &'static str, reply: impl FnOnce() -> Reply) -> Response {
+    match caller.require(roles_of(Method::GET, route)) {
+        Ok(()) => json_response(reply()),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn whoami(caller: Caller) -> Response {
+    read(&caller, "/v1/admin/whoami", || {
+        idempotency::reply(
+            StatusCode::OK,
+            &serde_json::json!({"name": caller.name, "role": caller.role.as_str()}),
+        )
+    })
+}
+
+async fn bundles(State(st): St, caller: Caller) -> Response {
+    read(&caller, "/v1/admin/bundles", || reads::bundles(&st))
+}
+
+async fn create_customer(
+    State(st): St,
+    caller: Caller,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    mutate(
+        &st,
+        &caller,
+        Method::POST,
+        "/v1/admin/customers",
+        (&uri, &headers, &body),
+        || customers::create(&st, &caller, &body),
+    )
+    .await
+}
+
+async fn get_customer(State(st): St, caller: Caller, Path(customer): Path<String>) -> Response {
+    if let Err(e) = caller.require(roles_of(Method::GET, "/v1/admin/customers/{customer}")) {
+        return e.into_response();
+    }
+    json_response(customers::get(&st, &customer).await)
+}
+
+async fn set_plan(
+    State(st): St,
+    caller: Caller,
+    Path(customer): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    mutate(
+        &st,
+        &caller,
+        Method::PUT,
+        "/v1/admin/customers/{customer}/plan",
+        (&uri, &headers, &body),
+        || customers::set_plan(&st, &caller, &customer, &body),
+    )
+    .await
+}
+
+async fn create_api_key(
+    State(st): St,
+    caller: Caller,
+    Path(customer): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    mutate(
+        &st,
+        &caller,
+        Method::POST,
+        "/v1/admin/customers/{customer}/api-keys",
+        (&uri, &headers, &body),
+        || customers::create_api_key(&st, &caller, &customer, &body),
+    )
+    .await
+}
+
+async fn revoke_api_key(
+    State(st): St,
+    caller: Caller,
+    Path((customer, key_id)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    mutate(
+        &st,
+        &caller,
+        Method::POST,
+        "/v1/admin/customers/{customer}/api-keys/{key_id}/revoke",
+        (&uri, &headers, &body),
+        || customers::revoke_api_key(&st, &caller, &customer, &key_id, &body),
+    )
+    .await
+}
+
+async fn create_grant(
+    State(st): St,
+    caller: Caller,
+    Path(customer): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    mutate(
+        &st,
+        &caller,
+        Method::POST,
+        "/v1/admin/customers/{customer}/grants",
+        (&uri, &headers, &body),
+        || grants::grant(&st, &caller, &customer, &body),
+    )
+    .await
+}
+
+async fn void_grant(
+    State(st): St,
+    caller: Caller,
+    Path((customer, grant_id)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    mutate(
+        &st,
+        &caller,
+        Method::POST,
+        "/v1/admin/customers/{customer}/grants/{grant_id}/void",
+        (&uri, &headers, &body),
+        || grants::void(&st, &caller, &customer, &grant_id, &body),
+    )
+    .await
+}
+
+async fn purchase(
+    State(st): St,
+    caller: Caller,
+    Path(customer): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    mutate(
+        &st,
+        &caller,
+        Method::POST,
+        "/v1/admin/customers/{customer}/purchases",
+        (&uri, &headers, &body),
+        || grants::purchase(&st, &caller, &customer, &body),
+    )
+    .await
+}
+
+async fn balance(State(st): St, caller: Caller, Path(customer): Path<String>) -> Response {
+    if let Err(e) = caller.require(roles_of(
+        Method::GET,
+        "/v1/admin/customers/{customer}/balance",
+    )) {
+        return e.into_response();
+    }
+    json_response(reads::balance(&st, &customer).await)
+}
+
+async fn ledger(
+    State(st): St,
+    caller: Caller,
+    Path(customer): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    if let Err(e) = caller.require(roles_of(
+        Method::GET,
+        "/v1/admin/customers/{customer}/ledger",
+    )) {
+        return e.into_response();
+    }
+    json_response(reads::ledger(&st, &customer, &q).await)
+}
+
+async fn approvals(
+    State(st): St,
+    caller: Caller,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    if let Err(e) = caller.require(roles_of(Method::GET, "/v1/admin/grant-approvals")) {
+        return e.into_response();
+    }
+    json_response(grants::list_approvals(&st, &q).await)
+}
+
+async fn approve(
+    State(st): St,
+    caller: Caller,
+    Path(request_id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    mutate(
+        &st,
+        &caller,
+        Method::POST,
+        "/v1/admin/grant-approvals/{request_id}/approve",
+        (&uri, &headers, &body),
+        || grants::approve(&st, &caller, &request_id),
+    )
+    .await
+}
+
+async fn set_alerts(
+    State(st): St,
+    caller: Caller,
+    Path(customer): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    mutate(
+        &st,
+        &caller,
+        Method::PUT,
+        "/v1/admin/customers/{customer}/alerts",
+        (&uri, &headers, &body),
+        || alerts::set(&st, &caller, &customer, &body),
+    )
+    .await
+}
+
+async fn deliveries(
+    State(st): St,
+    caller: Caller,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    if let Err(e) = caller.require(roles_of(Method::GET, "/v1/admin/webhook-deliveries")) {
+        return e.into_response();
+    }
+    json_response(alerts::deliveries(&st, &q).await)
+}
+
+/// The handler of each route of [`ROUTES`], by path.
+fn handlers() -> Vec<(&'static str, MethodRouter<Arc<AdminState>>)> {
+    vec![
+        ("/v1/admin/whoami", get(whoami)),
+        ("/v1/admin/bundles", get(bundles)),
+        ("/v1/admin/customers", post(create_customer)),
+        ("/v1/admin/customers/{customer}", get(get_customer)),
+        ("/v1/admin/customers/{customer}/plan", put(set_plan)),
+        (
+            "/v1/admin/customers/{customer}/api-keys",
+            post(create_api_key),
+        ),
+        (
+            "/v1/admin/customers/{customer}/api-keys/{key_id}/revoke",
+            post(revoke_api_key),
+        ),
+        ("/v1/admin/customers/{customer}/grants", post(create_grant)),
+        (
+            "/v1/admin/customers/{customer}/grants/{grant_id}/void",
+            post(void_grant),
+        ),
+        ("/v1/admin/customers/{customer}/purchases", post(purchase)),
+        ("/v1/admin/customers/{customer}/balance", get(balance)),
+        ("/v1/admin/customers/{customer}/ledger", get(ledger)),
+        ("/v1/admin/customers/{customer}/alerts", put(set_alerts)),
+        ("/v1/admin/webhook-deliveries", get(deliveries)),
+        ("/v1/admin/grant-approvals", get(approvals)),
+        (
+            "/v1/admin/grant-approvals/{request_id}/approve",
+            post(approve),
+        ),
+    ]
+}
+
+/// The admin router.
+pub fn router(state: Arc<AdminState>) -> Router {
+    let mut router = Router::new();
+    for (path, handler) in handlers() {
+        router = router.route(path, handler);
+    }
+    router
+        .layer(axum::extract::DefaultBodyLimit::max(ADMIN_BODY_MAX_BYTES))
+        .with_state(state)
+}
+
+/// Serves the admin API until `stop` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_has_a_handler_and_every_handler_a_route() {
+        let specs: Vec<&str> = ROUTES.iter().map(|r| r.path).collect();
+        let handled: Vec<&str> = handlers().iter().map(|(p, _)| *p).collect();
+        assert_eq!(specs, handled);
+    }
+}

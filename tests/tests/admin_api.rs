@@ -1,0 +1,1249 @@
+//! The sidecar's admin API end to end: the real `creditgate-sidecar run --admin-listen`
+//! binary on a real Redis and a real ledger (SQLite file or Postgres server), driven over
+//! HTTP with tokens made by the real `admin token create` command.
+//!
+//! Scenarios that touch the ledger run once per backend (`<scenario>::sqlite`,
+//! `<scenario>::postgres`). Needs `redis-server`, PostgreSQL and the built binaries:
+//! `cargo build -p creditgate-sidecar -p creditgate-gateway`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use creditgate_e2e::http_client;
+use creditgate_protocol::types::DEFAULT_RETAIN_MS;
+use creditgate_protocol::{
+    CreditStore, GrantSource, Keyspace, RedisStore, RedisTarget, ReserveOutcome, ReserveRequest,
+    ResolveOutcome, SettleRequest,
+};
+use creditgate_sidecar::ledger::{GrantRecord, Ledger, PostgresLedger, SqliteLedger};
+use creditgate_testkit::{
+    LedgerTarget, Postgres, ReceivedWebhook, RedisServer, Sidecar, SidecarOptions, WebhookReceiver,
+    free_port, sidecar_command,
+};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// The operations file of every test: two credit types, support limited to 1,000 credits
+/// per grant and 1,500 per day, one bundle, one monthly schedule for the `annual` plan.
+const OPERATIONS: &str = r#"
+credit_types = ["api", "ai"]
+reason_codes = ["outage", "onboarding"]
+promotion_max_days = 90
+
+[limits.support]
+per_grant_max = 1000
+per_day_max = 1500
+
+[[bundles]]
+id = "usd50"
+credit_type = "api"
+credits = 1000
+price_micros = 50000000
+
+[[schedules]]
+id = "annual-monthly"
+plan = "annual"
+credit_type = "ai"
+amount = 700
+"#;
+
+/// The token names, one per role (the role is the name).
+const ROLES: [&str; 5] = ["admin", "billing", "support", "sales", "readonly"];
+
+/// A second admin, for approvals.
+const SECOND_ADMIN: &str = "admin2";
+
+/// How long the test waits for something the sidecar does asynchronously.
+const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------
+// Harness
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+static SHARED_PG: Mutex<Weak<Postgres>> = Mutex::new(Weak::new());
+static DB_SEQ: AtomicU64 = AtomicU64::new(0);
+static KEY_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn postgres_database() -> (Arc<Postgres>, String) {
+    let pg = {
+        let mut shared = SHARED_PG.lock().unwrap_or_else(|e| e.into_inner());
+        match shared.upgrade() {
+            Some(pg) => pg,
+            None => {
+                let pg = Arc::new(Postgres::start().expect("postgres starts"));
+                *shared = Arc::downgrade(&pg);
+                pg
+            }
+        }
+    };
+    let name = format!("admin_{}", DB_SEQ.fetch_add(1, Ordering::SeqCst));
+    pg.create_database(&name).expect("create database");
+    let url = pg.url_for(&name);
+    (pg, url)
+}
+
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn sqlite() {
+                super::$scenario(super::Backend::Sqlite);
+            }
+
+            #[test]
+            fn postgres() {
+                super::$scenario(super::Backend::Postgres);
+            }
+        }
+    )*};
+}
+
+/// A fresh idempotency key.
+fn key() -> String {
+    format!(
+        "k-{}-{}",
+        std::process::id(),
+        KEY_SEQ.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// An answer: status and body text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Fields drop in order: the sidecar first, the servers last.
+struct Harness {
+    sidecar: Sidecar,
+    admin_url: String,
+    tokens: BTreeMap<String, String>,
+    ledger: Arc<dyn Ledger>,
+    store: RedisStore,
+    rt: tokio::runtime::Runtime,
+    client: reqwest::blocking::Client,
+    _redis: RedisServer,
+    _pg: Option<Arc<Postgres>>,
+    _dir: TempDir,
+}
+
+impl Harness {
+    fn start(backend: Backend) -> Self {
+        Self::start_with(backend, OPERATIONS)
+    }
+
+    fn start_with(backend: Backend, operations: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let redis = RedisServer::start().expect("redis starts");
+        let (pg, target) = match backend {
+            Backend::Sqlite => (None, LedgerTarget::Sqlite(dir.path().join("ledger.sqlite"))),
+            Backend::Postgres => {
+                let (pg, url) = postgres_database();
+                (Some(pg), LedgerTarget::Postgres(url))
+            }
+        };
+        let ops = dir.path().join("operations.toml");
+        std::fs::write(&ops, operations).expect("write the operations file");
+        let mut tokens = BTreeMap::new();
+        for name in ROLES.iter().copied().chain([SECOND_ADMIN]) {
+            let role = if name == SECOND_ADMIN { "admin" } else { name };
+            let token = create_token(&target, dir.path().to_path_buf(), name, role);
+            tokens.insert(name.to_string(), token);
+        }
+        let admin_port = free_port();
+        let mut options = SidecarOptions::new(redis.url(), target.clone());
+        options.extra_args = vec![
+            "--admin-listen".into(),
+            format!("127.0.0.1:{admin_port}"),
+            "--operations".into(),
+            ops.display().to_string(),
+        ];
+        let sidecar = Sidecar::start(options).expect("sidecar starts");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let store = rt
+            .block_on(RedisStore::connect(
+                &RedisTarget::Single(redis.url()),
+                Keyspace::new("cg", 16),
+                5_000,
+            ))
+            .expect("store connects");
+        let ledger: Arc<dyn Ledger> = match &target {
+            LedgerTarget::Sqlite(path) => {
+                Arc::new(rt.block_on(SqliteLedger::open(path)).expect("sqlite"))
+            }
+            LedgerTarget::Postgres(url) => {
+                Arc::new(rt.block_on(PostgresLedger::connect(url)).expect("postgres"))
+            }
+        };
+        let h = Self {
+            sidecar,
+            admin_url: format!("http://127.0.0.1:{admin_port}"),
+            tokens,
+            ledger,
+            store,
+            rt,
+            client: http_client(),
+            _redis: redis,
+            _pg: pg,
+            _dir: dir,
+        };
+        h.wait_for_admin();
+        h
+    }
+
+    fn wait_for_admin(&self) {
+        let started = Instant::now();
+        while started.elapsed() < WAIT {
+            if self
+                .client
+                .get(format!("{}/v1/admin/whoami", self.admin_url))
+                .send()
+                .is_ok()
+            {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("admin API not up; log:\n{}", self.sidecar.log_tail(30));
+    }
+
+    fn token(&self, name: &str) -> &str {
+        &self.tokens[name]
+    }
+
+    /// Sends a call as `who` (a token name, or `None` for no token).
+    fn call(
+        &self,
+        who: Option<&str>,
+        method: &str,
+        path: &str,
+        idem: Option<&str>,
+        body: Option<&Value>,
+    ) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.admin_url));
+        if let Some(who) = who {
+            req = req.bearer_auth(self.token(who));
+        }
+        if let Some(k) = idem {
+            req = req.header("Idempotency-Key", k);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req
+            .send()
+            .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"));
+        Answer {
+            status: resp.status().as_u16(),
+            body: resp.text().expect("body"),
+        }
+    }
+
+    fn post(&self, who: &str, path: &str, body: Value) -> Answer {
+        self.call(Some(who), "POST", path, Some(&key()), Some(&body))
+    }
+
+    fn get(&self, who: &str, path: &str) -> Answer {
+        self.call(Some(who), "GET", path, None, None)
+    }
+
+    fn create_customer(&self, customer: &str, plan: Option<&str>) {
+        let a = self.post(
+            "billing",
+            "/v1/admin/customers",
+            json!({"customer": customer, "plan": plan}),
+        );
+        assert_eq!(a.status, 201, "{a:?}");
+    }
+
+    fn grants_of(&self, customer: &str) -> Vec<GrantRecord> {
+        self.rt
+            .block_on(self.ledger.grants_of(customer))
+            .expect("grants")
+    }
+
+    /// The live Redis available balance of a credit type.
+    fn available(&self, customer: &str, credit_type: &str) -> i64 {
+        self.rt
+            .block_on(self.store.balance(customer))
+            .expect("balance")
+            .of(credit_type)
+            .map_or(0, |t| t.available)
+    }
+
+    fn wait_available(&self, customer: &str, credit_type: &str, expected: i64) {
+        let started = Instant::now();
+        loop {
+            let now = self.available(customer, credit_type);
+            if now == expected {
+                return;
+            }
+            if started.elapsed() > WAIT {
+                panic!(
+                    "{customer} {credit_type}: available {now}, expected {expected}; log:\n{}",
+                    self.sidecar.log_tail(30)
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Harness {
+    /// Burns `amount` credits of `credit_type` with a reserve and a settle.
+    fn burn(&self, customer: &str, credit_type: &str, amount: u64) {
+        let hold_id = format!("h-{}", KEY_SEQ.fetch_add(1, Ordering::SeqCst));
+        let placed = self
+            .rt
+            .block_on(self.store.reserve(&ReserveRequest {
+                customer: customer.to_string(),
+                hold_id: hold_id.clone(),
+                credit_type: credit_type.to_string(),
+                amount,
+                ttl_ms: 60_000,
+                overdraft_limit: 0,
+                force: false,
+                request_id: format!("req-{hold_id}"),
+                route: "burst".to_string(),
+                feature: "burst".to_string(),
+                retain_ms: DEFAULT_RETAIN_MS,
+            }))
+            .expect("reserve");
+        assert!(
+            matches!(placed, ReserveOutcome::Placed { .. }),
+            "{placed:?}"
+        );
+        let settled = self
+            .rt
+            .block_on(self.store.settle(&SettleRequest {
+                customer: customer.to_string(),
+                hold_id,
+                actual: amount,
+                overdraft_limit: 0,
+            }))
+            .expect("settle");
+        assert!(
+            matches!(settled, ResolveOutcome::Posted { .. }),
+            "{settled:?}"
+        );
+    }
+}
+
+/// The signing secret of the webhook tests.
+const WEBHOOK_SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+/// Checks a webhook's signature the way a receiver should, and returns its JSON body.
+fn verified(w: &ReceivedWebhook) -> Value {
+    use hmac::{Hmac, Mac};
+    let sig = w
+        .header("x-creditgate-signature")
+        .expect("signature header");
+    let (t, v1) = sig
+        .strip_prefix("t=")
+        .and_then(|r| r.split_once(",v1="))
+        .expect("t=…,v1=…");
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(w.body.as_bytes());
+    mac.verify_slice(&hex::decode(v1).expect("hex"))
+        .expect("the signature verifies");
+    let body: Value = serde_json::from_str(&w.body).expect("JSON");
+    assert_eq!(
+        w.header("x-creditgate-delivery"),
+        body["delivery_id"].as_str(),
+        "the delivery header names the body's delivery"
+    );
+    body
+}
+
+/// Waits until the receiver has `n` successfully answered webhooks.
+fn wait_for_webhooks(h: &Harness, receiver: &WebhookReceiver, n: usize) -> Vec<ReceivedWebhook> {
+    let started = Instant::now();
+    loop {
+        let ok: Vec<_> = receiver
+            .received()
+            .into_iter()
+            .filter(|w| w.answered == 200)
+            .collect();
+        if ok.len() >= n {
+            return ok;
+        }
+        if started.elapsed() > WAIT {
+            panic!(
+                "{} webhooks, expected {n}: {:?}\nlog:\n{}",
+                ok.len(),
+                receiver.received(),
+                h.sidecar.log_tail(30)
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn create_token(target: &LedgerTarget, dir: PathBuf, name: &str, role: &str) -> String {
+    let mut args = vec!["admin".to_string(), "token".into(), "create".into()];
+    args.extend(target.args());
+    args.extend(["--name".into(), name.into(), "--role".into(), role.into()]);
+    let out = sidecar_command(&args, &dir).expect("admin token create runs");
+    assert!(
+        out.status.success(),
+        "admin token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
+    assert!(token.starts_with("cgt_") && token.len() == 68, "{token}");
+    token
+}
+
+fn in_a_week_ms() -> u64 {
+    creditgate_sidecar::ledger::now_ms() + 7 * 86_400_000
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios
+
+on_both_backends!(
+    every_route_allows_exactly_its_roles,
+    support_over_its_limit_waits_for_a_second_person,
+    fifty_concurrent_purchases_with_one_key_grant_once,
+    bad_input_names_the_field_and_writes_nothing,
+    a_void_removes_only_the_remaining_credits,
+    a_monthly_allotment_missed_while_down_is_granted_once_on_restart,
+    an_auto_recharge_burst_fires_one_webhook_and_its_top_up_lands_once,
+    events_fire_once_per_crossing_signed_and_retried,
+);
+
+fn an_auto_recharge_burst_fires_one_webhook_and_its_top_up_lands_once(backend: Backend) {
+    let receiver = WebhookReceiver::start(0).expect("receiver");
+    let ops = format!(
+        "{OPERATIONS}\n[auto_recharge]\nurl = \"{}\"\nsecret = \"{WEBHOOK_SECRET}\"\n",
+        receiver.url("/recharge")
+    );
+    let h = Harness::start_with(backend, &ops);
+    h.create_customer("acme", None);
+    let a = h.post(
+        "admin",
+        "/v1/admin/customers/acme/grants",
+        json!({"source": "adjustment", "credit_type": "api", "amount": 1000, "reason_code": "onboarding"}),
+    );
+    assert_eq!(a.status, 201, "{a:?}");
+    let set = h.call(
+        Some("billing"),
+        "PUT",
+        "/v1/admin/customers/acme/alerts",
+        Some(&key()),
+        Some(&json!({"credit_type": "api", "recharge_threshold": 500, "recharge_target": 2000})),
+    );
+    assert_eq!(set.status, 200, "{set:?}");
+    h.wait_available("acme", "api", 1000);
+    // A burst across the threshold, then more burns while the recharge is in flight,
+    // spread over several passes of the watcher.
+    for _ in 0..6 {
+        h.burn("acme", "api", 100);
+    }
+    let first = wait_for_webhooks(&h, &receiver, 1);
+    for _ in 0..2 {
+        h.burn("acme", "api", 100);
+        thread::sleep(Duration::from_millis(700));
+    }
+    thread::sleep(Duration::from_millis(1_500));
+    let all = receiver.received();
+    assert_eq!(
+        all.len(),
+        1,
+        "exactly one recharge webhook for one crossing: {all:?}"
+    );
+    let body = verified(&first[0]);
+    assert_eq!(body["kind"], "auto_recharge");
+    assert_eq!(body["customer"], "acme");
+    assert_eq!(body["target"], 2000);
+    let amount = body["amount"].as_u64().expect("amount");
+    assert_eq!(amount, 2000 - body["available"].as_u64().unwrap());
+    // The receiver (the product's billing backend) charges and tops up, retrying its own
+    // call once: the delivery id is its Idempotency-Key, so one grant lands.
+    let delivery = body["delivery_id"].as_str().unwrap().to_string();
+    let top_up = json!({"source": "purchase", "credit_type": "api", "amount": amount,
+                        "amount_paid_micros": amount * 50_000, "reason_code": "purchase",
+                        "note": format!("auto-recharge {delivery}")});
+    let path = "/v1/admin/customers/acme/grants";
+    let r1 = h.call(
+        Some("billing"),
+        "POST",
+        path,
+        Some(&delivery),
+        Some(&top_up),
+    );
+    let r2 = h.call(
+        Some("billing"),
+        "POST",
+        path,
+        Some(&delivery),
+        Some(&top_up),
+    );
+    assert_eq!(r1.status, 201, "{r1:?}");
+    assert_eq!(r1, r2);
+    let purchases: Vec<_> = h
+        .grants_of("acme")
+        .into_iter()
+        .filter(|g| g.source == GrantSource::Purchase)
+        .collect();
+    assert_eq!(purchases.len(), 1, "{purchases:?}");
+    h.wait_available("acme", "api", 200 + amount as i64);
+    let log = h
+        .get("readonly", "/v1/admin/webhook-deliveries?customer=acme")
+        .json();
+    assert_eq!(log["deliveries"][0]["state"], "delivered", "{log}");
+    // Back above the threshold, the next crossing recharges again: a second webhook.
+    let available = h.available("acme", "api") as u64;
+    h.burn("acme", "api", available - 100);
+    let both = wait_for_webhooks(&h, &receiver, 2);
+    let second = verified(&both[1]);
+    assert_ne!(second["delivery_id"], body["delivery_id"]);
+    assert_eq!(second["amount"], 1900);
+}
+
+fn events_fire_once_per_crossing_signed_and_retried(backend: Backend) {
+    // The receiver fails the first two attempts: the sidecar retries with backoff.
+    let receiver = WebhookReceiver::start(2).expect("receiver");
+    let ops = format!(
+        "{OPERATIONS}\n[webhooks]\nurl = \"{}\"\nsecret = \"{WEBHOOK_SECRET}\"\nexpiring_within_days = 7\n",
+        receiver.url("/events")
+    );
+    let h = Harness::start_with(backend, &ops);
+    h.create_customer("acme", None);
+    let set = h.call(
+        Some("support"),
+        "PUT",
+        "/v1/admin/customers/acme/alerts",
+        Some(&key()),
+        Some(&json!({"credit_type": "api", "low_balance_threshold": 300})),
+    );
+    assert_eq!(set.status, 200, "{set:?}");
+    let promo = h.post(
+        "sales",
+        "/v1/admin/customers/acme/grants",
+        json!({"source": "promotion", "credit_type": "api", "amount": 100, "reason_code": "onboarding",
+               "expires_at_ms": creditgate_sidecar::ledger::now_ms() + 3 * 86_400_000}),
+    );
+    assert_eq!(promo.status, 201, "{promo:?}");
+    let base = h.post(
+        "admin",
+        "/v1/admin/customers/acme/grants",
+        json!({"source": "adjustment", "credit_type": "api", "amount": 500, "reason_code": "onboarding"}),
+    );
+    assert_eq!(base.status, 201, "{base:?}");
+    let expiring = wait_for_webhooks(&h, &receiver, 1);
+    assert_eq!(verified(&expiring[0])["kind"], "grant.expiring");
+    h.burn("acme", "api", 350);
+    let low = wait_for_webhooks(&h, &receiver, 2);
+    let low_body = verified(&low[1]);
+    assert_eq!(low_body["kind"], "balance.low");
+    assert_eq!(low_body["available"], 250);
+    h.burn("acme", "api", 100);
+    h.burn("acme", "api", 150);
+    let depleted = wait_for_webhooks(&h, &receiver, 3);
+    assert_eq!(verified(&depleted[2])["kind"], "balance.depleted");
+    thread::sleep(Duration::from_millis(2_500));
+    let all = receiver.received();
+    let delivered: Vec<_> = all.iter().filter(|w| w.answered == 200).collect();
+    assert_eq!(delivered.len(), 3, "each event once: {all:?}");
+    assert_eq!(all.len(), 5, "two failed attempts, then retried: {all:?}");
+    let ids: BTreeSet<_> = all
+        .iter()
+        .map(|w| w.header("x-creditgate-delivery").unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3, "retries carry the same delivery id");
+    let log = h.get("readonly", "/v1/admin/webhook-deliveries").json();
+    let attempts: i64 = log["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["state"], "delivered", "{d}");
+            d["attempts"].as_i64().unwrap()
+        })
+        .sum();
+    assert_eq!(attempts, 5, "{log}");
+}
+
+/// The table every role is checked against: route → roles allowed. Written out here,
+/// independently of the server's own table, so a change of either shows.
+fn expected_roles() -> Vec<(&'static str, &'static str, &'static [&'static str])> {
+    const ALL: &[&str] = &["admin", "billing", "support", "sales", "readonly"];
+    vec![
+        ("GET", "/v1/admin/whoami", ALL),
+        ("GET", "/v1/admin/bundles", ALL),
+        ("POST", "/v1/admin/customers", &["admin", "billing"]),
+        ("GET", "/v1/admin/customers/{customer}", ALL),
+        (
+            "PUT",
+            "/v1/admin/customers/{customer}/plan",
+            &["admin", "billing"],
+        ),
+        (
+            "POST",
+            "/v1/admin/customers/{customer}/api-keys",
+            &["admin", "billing"],
+        ),
+        (
+            "POST",
+            "/v1/admin/customers/{customer}/api-keys/{key_id}/revoke",
+            &["admin", "billing", "support"],
+        ),
+        (
+            "POST",
+            "/v1/admin/customers/{customer}/grants",
+            &["admin", "billing", "support", "sales"],
+        ),
+        (
+            "POST",
+            "/v1/admin/customers/{customer}/grants/{grant_id}/void",
+            &["admin", "support"],
+        ),
+        (
+            "POST",
+            "/v1/admin/customers/{customer}/purchases",
+            &["admin", "billing"],
+        ),
+        ("GET", "/v1/admin/customers/{customer}/balance", ALL),
+        ("GET", "/v1/admin/customers/{customer}/ledger", ALL),
+        (
+            "PUT",
+            "/v1/admin/customers/{customer}/alerts",
+            &["admin", "billing", "support"],
+        ),
+        ("GET", "/v1/admin/webhook-deliveries", ALL),
+        ("GET", "/v1/admin/grant-approvals", ALL),
+        (
+            "POST",
+            "/v1/admin/grant-approvals/{request_id}/approve",
+            &["admin"],
+        ),
+    ]
+}
+
+fn every_route_allows_exactly_its_roles(backend: Backend) {
+    let h = Harness::start(backend);
+    h.create_customer("acme", None);
+    let mut checked = 0;
+    for (method, route, allowed) in expected_roles() {
+        for role in ROLES {
+            // A fresh customer, key and grant per call, so every call is valid for an
+            // allowed role and only the role decides.
+            let customer = format!("c{checked}");
+            h.create_customer(&customer, None);
+            let grant = h.post(
+                "admin",
+                &format!("/v1/admin/customers/{customer}/grants"),
+                json!({"source": "adjustment", "credit_type": "api", "amount": 10, "reason_code": "outage"}),
+            );
+            assert_eq!(grant.status, 201, "{grant:?}");
+            let grant_id = grant.json()["grant"]["grant_id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let api_key = h.post(
+                "admin",
+                &format!("/v1/admin/customers/{customer}/api-keys"),
+                json!({}),
+            );
+            let key_id = api_key.json()["key_id"].as_str().unwrap().to_string();
+            let path = route
+                .replace("{customer}", &customer)
+                .replace("{grant_id}", &grant_id)
+                .replace("{key_id}", &key_id)
+                .replace("{request_id}", "a-none");
+            let body = match route {
+                "/v1/admin/customers" => json!({"customer": format!("new{checked}")}),
+                "/v1/admin/customers/{customer}/plan" => json!({"plan": "pro"}),
+                "/v1/admin/customers/{customer}/grants" => {
+                    // A source every allowed role may issue on this route: each role's own.
+                    let source = match role {
+                        "billing" => "plan_allotment",
+                        "sales" => "promotion",
+                        "support" => "goodwill",
+                        _ => "adjustment",
+                    };
+                    let mut b = json!({"source": source, "credit_type": "api", "amount": 5, "reason_code": "outage"});
+                    if source == "promotion" {
+                        b["expires_at_ms"] = json!(in_a_week_ms());
+                    }
+                    b
+                }
+                "/v1/admin/customers/{customer}/grants/{grant_id}/void" => {
+                    json!({"reason": "test"})
+                }
+                "/v1/admin/customers/{customer}/purchases" => json!({"bundle": "usd50"}),
+                "/v1/admin/customers/{customer}/alerts" => json!({"credit_type": "api"}),
+                _ => json!({}),
+            };
+            let a = if method == "GET" {
+                h.get(role, &path)
+            } else {
+                h.call(Some(role), method, &path, Some(&key()), Some(&body))
+            };
+            if allowed.contains(&role) {
+                // Allowed: done, or (approving a request that does not exist) a 404.
+                let ok = if route.ends_with("/approve") {
+                    a.status == 404 && a.json()["field"] == "request_id"
+                } else {
+                    (200..300).contains(&a.status)
+                };
+                assert!(ok, "{role} {method} {route}: {a:?}");
+            } else {
+                assert_eq!(a.status, 403, "{role} {method} {route}: {a:?}");
+                assert_eq!(a.json()["field"], "Authorization", "{a:?}");
+            }
+            // No token at all: 401 everywhere.
+            let anon = h.call(None, method, &path, Some(&key()), Some(&body));
+            assert_eq!(anon.status, 401, "anonymous {method} {route}: {anon:?}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 16 * 5);
+
+    // Each grant source is open to exactly its roles.
+    let sources: [(&str, &[&str]); 5] = [
+        ("purchase", &["admin", "billing"]),
+        ("plan_allotment", &["admin", "billing"]),
+        ("promotion", &["admin", "sales"]),
+        ("goodwill", &["admin", "support"]),
+        ("adjustment", &["admin"]),
+    ];
+    for (source, allowed) in sources {
+        for role in ROLES.into_iter().filter(|r| *r != "readonly") {
+            let mut b = json!({"source": source, "credit_type": "api", "amount": 1, "reason_code": "outage"});
+            if source == "promotion" {
+                b["expires_at_ms"] = json!(in_a_week_ms());
+            }
+            if source == "purchase" {
+                b["amount_paid_micros"] = json!(1000);
+            }
+            let a = h.post(role, "/v1/admin/customers/acme/grants", b);
+            if allowed.contains(&role) {
+                assert_eq!(a.status, 201, "{role} {source}: {a:?}");
+                assert_eq!(a.json()["grant"]["actor"], role, "the actor is recorded");
+            } else {
+                assert_eq!(a.status, 403, "{role} {source}: {a:?}");
+                assert_eq!(a.json()["field"], "source", "{a:?}");
+            }
+        }
+    }
+    let by_actor: BTreeSet<String> = h.grants_of("acme").into_iter().map(|g| g.actor).collect();
+    assert_eq!(
+        by_actor,
+        ["admin", "billing", "sales", "support"]
+            .map(String::from)
+            .into()
+    );
+}
+
+fn support_over_its_limit_waits_for_a_second_person(backend: Backend) {
+    let h = Harness::start(backend);
+    h.create_customer("acme", None);
+    let goodwill = |amount: u64| {
+        h.post(
+            "support",
+            "/v1/admin/customers/acme/grants",
+            json!({"source": "goodwill", "credit_type": "api", "amount": amount,
+                   "reason_code": "outage", "note": "ticket 4711"}),
+        )
+    };
+    // Within the limit: granted at once.
+    let a = goodwill(900);
+    assert_eq!(a.status, 201, "{a:?}");
+    h.wait_available("acme", "api", 900);
+    // Over the per-grant limit, and (separately) over the per-day limit: pending.
+    let over_grant = goodwill(5_000);
+    assert_eq!(over_grant.status, 202, "{over_grant:?}");
+    let over_day = goodwill(700);
+    assert_eq!(over_day.status, 202, "{over_day:?}");
+    let request_id = over_grant.json()["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        h.available("acme", "api"),
+        900,
+        "no credits before approval"
+    );
+    assert_eq!(
+        h.grants_of("acme").len(),
+        1,
+        "nothing recorded before approval"
+    );
+    let pending = h.get("readonly", "/v1/admin/grant-approvals").json();
+    assert_eq!(
+        pending["approvals"].as_array().unwrap().len(),
+        2,
+        "{pending}"
+    );
+
+    // Support cannot approve; nor can an admin approve their own request.
+    let path = format!("/v1/admin/grant-approvals/{request_id}/approve");
+    assert_eq!(h.post("support", &path, json!({})).status, 403);
+    let own = h.post(
+        "admin",
+        "/v1/admin/customers/acme/grants",
+        json!({"source": "adjustment", "credit_type": "api", "amount": 1, "reason_code": "outage"}),
+    );
+    assert_eq!(own.status, 201, "admins have no limit: {own:?}");
+    // A second person approves: the credits appear and the approver is recorded.
+    let approved = h.post(SECOND_ADMIN, &path, json!({}));
+    assert_eq!(approved.status, 201, "{approved:?}");
+    assert_eq!(approved.json()["grant"]["approved_by"], SECOND_ADMIN);
+    assert_eq!(approved.json()["grant"]["actor"], "support");
+    h.wait_available("acme", "api", 900 + 5_000 + 1);
+    let again = h.post("admin", &path, json!({}));
+    assert_eq!(again.status, 409, "decided once: {again:?}");
+    let done = h
+        .get("readonly", "/v1/admin/grant-approvals?state=approved")
+        .json();
+    assert_eq!(done["approvals"][0]["approved_by"], SECOND_ADMIN, "{done}");
+    assert_eq!(done["approvals"][0]["requested_by"], "support", "{done}");
+    let granted = h.grants_of("acme");
+    let g = granted
+        .iter()
+        .find(|g| g.amount == 5_000)
+        .expect("the approved grant");
+    assert_eq!(g.actor, "support");
+    assert_eq!(g.source, GrantSource::Goodwill);
+    assert!(g.reason.starts_with("outage: ticket 4711"), "{}", g.reason);
+}
+
+fn fifty_concurrent_purchases_with_one_key_grant_once(backend: Backend) {
+    let h = Arc::new(Harness::start(backend));
+    h.create_customer("acme", None);
+    let idem = key();
+    let body = json!({"bundle": "usd50", "payment_ref": "pi_123"});
+    let barrier = Arc::new(Barrier::new(50));
+    let answers: Vec<Answer> = (0..50)
+        .map(|_| {
+            let (h, idem, body, barrier) = (h.clone(), idem.clone(), body.clone(), barrier.clone());
+            thread::spawn(move || {
+                barrier.wait();
+                h.call(
+                    Some("billing"),
+                    "POST",
+                    "/v1/admin/customers/acme/purchases",
+                    Some(&idem),
+                    Some(&body),
+                )
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    assert_eq!(answers[0].status, 201, "{:?}", answers[0]);
+    assert!(
+        answers.iter().all(|a| a == &answers[0]),
+        "50 identical answers: {:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    let grants = h.grants_of("acme");
+    assert_eq!(grants.len(), 1, "one grant: {grants:?}");
+    assert_eq!(grants[0].amount, 1_000);
+    assert_eq!(
+        grants[0].cost_basis, 50_000_000,
+        "cost basis is the price paid"
+    );
+    assert_eq!(grants[0].expires_at_ms, None, "purchases do not expire");
+    h.wait_available("acme", "api", 1_000);
+    // A replay later: the same bytes; the same key for another request: 422.
+    let replay = h.call(
+        Some("billing"),
+        "POST",
+        "/v1/admin/customers/acme/purchases",
+        Some(&idem),
+        Some(&body),
+    );
+    assert_eq!(replay, answers[0]);
+    let other = h.call(
+        Some("billing"),
+        "POST",
+        "/v1/admin/customers/acme/purchases",
+        Some(&idem),
+        Some(&json!({"bundle": "usd50", "payment_ref": "pi_999"})),
+    );
+    assert_eq!(other.status, 422, "{other:?}");
+    assert_eq!(other.json()["field"], "Idempotency-Key");
+    assert_eq!(h.grants_of("acme").len(), 1);
+}
+
+fn bad_input_names_the_field_and_writes_nothing(backend: Backend) {
+    let h = Harness::start(backend);
+    h.create_customer("acme", None);
+    let grants = "/v1/admin/customers/acme/grants";
+    let base =
+        json!({"source": "goodwill", "credit_type": "api", "amount": 10, "reason_code": "outage"});
+    let with = |k: &str, v: Value| {
+        let mut b = base.clone();
+        b[k] = v;
+        b
+    };
+    let cases: Vec<(&str, &str, Option<Value>, &str, u16)> = vec![
+        (
+            "admin",
+            grants,
+            Some(with("amount", json!(-5))),
+            "amount",
+            400,
+        ),
+        (
+            "admin",
+            grants,
+            Some(with("amount", json!(0))),
+            "amount",
+            400,
+        ),
+        (
+            "admin",
+            grants,
+            Some(with("amount", json!(9_007_199_254_740_992u64))),
+            "amount",
+            400,
+        ),
+        (
+            "admin",
+            grants,
+            Some(with("amount", json!("10"))),
+            "amount",
+            400,
+        ),
+        (
+            "admin",
+            grants,
+            Some(with("credit_type", json!("gold"))),
+            "credit_type",
+            400,
+        ),
+        (
+            "admin",
+            grants,
+            Some(with("reason_code", json!("because"))),
+            "reason_code",
+            400,
+        ),
+        (
+            "admin",
+            grants,
+            Some(with("source", json!("gift"))),
+            "source",
+            400,
+        ),
+        (
+            "admin",
+            grants,
+            Some(with("colour", json!("red"))),
+            "colour",
+            400,
+        ),
+        (
+            "sales",
+            grants,
+            Some(with("source", json!("promotion"))),
+            "expires_at_ms",
+            400,
+        ),
+        (
+            "sales",
+            grants,
+            Some(
+                json!({"source": "promotion", "credit_type": "api", "amount": 10,
+                        "reason_code": "outage", "expires_at_ms": 1_000}),
+            ),
+            "expires_at_ms",
+            400,
+        ),
+        (
+            "admin",
+            "/v1/admin/customers/nobody/grants",
+            Some(base.clone()),
+            "customer",
+            404,
+        ),
+        (
+            "billing",
+            "/v1/admin/customers/acme/purchases",
+            Some(json!({"bundle": "usd5"})),
+            "bundle",
+            400,
+        ),
+        (
+            "billing",
+            "/v1/admin/customers",
+            Some(json!({"customer": "a b"})),
+            "customer",
+            400,
+        ),
+    ];
+    for (who, path, body, field, status) in cases {
+        let a = h.post(who, path, body.clone().unwrap());
+        assert_eq!(a.status, status, "{body:?}: {a:?}");
+        assert_eq!(a.json()["field"], field, "{body:?}: {a:?}");
+    }
+    // Malformed JSON and a missing Idempotency-Key.
+    let raw = h
+        .client
+        .post(format!("{}{grants}", h.admin_url))
+        .bearer_auth(h.token("admin"))
+        .header("Idempotency-Key", key())
+        .body("{\"source\": ")
+        .send()
+        .unwrap();
+    assert_eq!(raw.status().as_u16(), 400);
+    assert_eq!(raw.json::<Value>().unwrap()["field"], "(body)");
+    let no_key = h.call(Some("admin"), "POST", grants, None, Some(&base));
+    assert_eq!(no_key.status, 400);
+    assert_eq!(no_key.json()["field"], "Idempotency-Key");
+    assert!(h.grants_of("acme").is_empty(), "nothing was written");
+    assert_eq!(h.available("acme", "api"), 0);
+
+    // Tokens: a wrong one is 401; after 20 failures from one address even a right one is
+    // refused (429) for the rest of the minute.
+    for _ in 0..20 {
+        let a = h
+            .client
+            .get(format!("{}/v1/admin/whoami", h.admin_url))
+            .bearer_auth("cgt_wrong")
+            .send()
+            .unwrap();
+        assert_eq!(a.status().as_u16(), 401);
+    }
+    assert_eq!(h.get("admin", "/v1/admin/whoami").status, 429);
+}
+
+fn a_void_removes_only_the_remaining_credits(backend: Backend) {
+    let h = Harness::start(backend);
+    h.create_customer("acme", None);
+    let keep = h.post(
+        "admin",
+        "/v1/admin/customers/acme/grants",
+        json!({"source": "adjustment", "credit_type": "api", "amount": 300, "reason_code": "outage"}),
+    );
+    assert_eq!(keep.status, 201, "{keep:?}");
+    let g = h.post(
+        "support",
+        "/v1/admin/customers/acme/grants",
+        json!({"source": "goodwill", "credit_type": "api", "amount": 200, "reason_code": "outage"}),
+    );
+    assert_eq!(g.status, 201, "{g:?}");
+    let grant_id = g.json()["grant"]["grant_id"].as_str().unwrap().to_string();
+    h.wait_available("acme", "api", 500);
+    // Let the ledger writer catch up with both grants.
+    let started = Instant::now();
+    let path = format!("/v1/admin/customers/acme/grants/{grant_id}/void");
+    let voided = loop {
+        let a = h.post("support", &path, json!({"reason": "issued by mistake"}));
+        if a.status != 409 || started.elapsed() > WAIT {
+            break a;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(voided.status, 200, "{voided:?}");
+    assert_eq!(voided.json()["voided"], 200);
+    h.wait_available("acme", "api", 300);
+    let again = h.post("support", &path, json!({"reason": "twice"}));
+    assert_eq!(again.status, 409, "{again:?}");
+    let balance = h.get("readonly", "/v1/admin/customers/acme/balance").json();
+    let ledger_grant = balance["ledger"]["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["grant_id"] == grant_id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(ledger_grant["remaining"], 0, "{balance}");
+    let entries = h
+        .get(
+            "readonly",
+            "/v1/admin/customers/acme/ledger?kind=adjustment",
+        )
+        .json();
+    assert_eq!(entries["entries"].as_array().unwrap().len(), 1, "{entries}");
+    assert_eq!(entries["entries"][0]["amount"], -200);
+}
+
+fn a_monthly_allotment_missed_while_down_is_granted_once_on_restart(backend: Backend) {
+    let mut h = Harness::start(backend);
+    // The customer joins the annual plan; its month's allotment falls due on the next pass
+    // (a minute away), but the sidecar goes down first.
+    h.create_customer("acme", Some("annual"));
+    h.sidecar.stop().expect("sidecar stops");
+    assert!(
+        h.grants_of("acme").is_empty(),
+        "not granted before the restart"
+    );
+    h.sidecar.restart().expect("sidecar restarts");
+    h.wait_for_admin();
+    h.wait_available("acme", "ai", 700);
+    let grants = h.grants_of("acme");
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    let period =
+        creditgate_sidecar::admin::schedule::period_of(creditgate_sidecar::ledger::now_ms());
+    assert!(grants[0].grant_id.contains(&period), "{:?}", grants[0]);
+    assert!(
+        grants[0].reason.contains(&format!("period {period}")),
+        "{:?}",
+        grants[0]
+    );
+    assert_eq!(grants[0].source, GrantSource::PlanAllotment);
+    // Restarting again within the period grants nothing more.
+    h.sidecar.stop().expect("sidecar stops");
+    h.sidecar.restart().expect("sidecar restarts");
+    h.wait_for_admin();
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(h.grants_of("acme").len(), 1);
+    assert_eq!(h.available("acme", "ai"), 700);
+}
+
+/// The OpenAPI file lists exactly the routes the server serves: every documented route
+/// answers (401 without a token, never 404 or 405), the file and the server's route table
+/// agree, and an undocumented path is a 404.
+#[test]
+fn the_openapi_file_matches_the_served_routes() {
+    let file = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sidecar/openapi.json"),
+    )
+    .expect("sidecar/openapi.json");
+    let doc: Value = serde_json::from_str(&file).expect("valid JSON");
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().unwrap().keys() {
+            documented.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    let served: BTreeSet<(String, String)> = creditgate_sidecar::admin::ROUTES
+        .iter()
+        .map(|r| (r.method.to_string(), r.path.to_string()))
+        .collect();
+    assert_eq!(documented, served);
+    // The documented roles agree with the server's.
+    for r in creditgate_sidecar::admin::ROUTES {
+        let roles: Vec<&str> = r.roles.iter().map(|r| r.as_str()).collect();
+        let doc_roles: Vec<&str> =
+            doc["paths"][r.path][r.method.as_str().to_lowercase()]["x-roles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+        assert_eq!(roles, doc_roles, "{} {}", r.method, r.path);
+    }
+    let h = Harness::start(Backend::Sqlite);
+    for (method, path) in &documented {
+        let concrete = path
+            .replace("{customer}", "acme")
+            .replace("{grant_id}", "g")
+            .replace("{key_id}", "k")
+            .replace("{request_id}", "r");
+        let a = h.call(None, method, &concrete, Some(&key()), Some(&json!({})));
+        assert_eq!(a.status, 401, "{method} {path}: {a:?}");
+    }
+    let missing = h.call(None, "GET", "/v1/admin/undocumented", None, None);
+    assert_eq!(missing.status, 404);
+    let wrong_method = h.call(None, "DELETE", "/v1/admin/customers", None, None);
+    assert_eq!(wrong_method.status, 405);
+}
+
+/// The ops CLI drives the same API: same roles, idempotency and field errors.
+#[test]
+fn the_cli_calls_the_admin_api() {
+    let h = Harness::start(Backend::Sqlite);
+    let cli = |who: &str, args: &[&str]| {
+        let mut all = vec![
+            "admin".to_string(),
+            "call".into(),
+            "--url".into(),
+            h.admin_url.clone(),
+            "--token".into(),
+            h.token(who).to_string(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        sidecar_command(&all, h._dir.path()).expect("the CLI runs")
+    };
+    let out = cli("billing", &["create-customer", "acme", "--plan", "pro"]);
+    assert!(out.status.success(), "{out:?}");
+    let grant = [
+        "--idempotency-key",
+        "ticket-17",
+        "grant",
+        "acme",
+        "--source",
+        "goodwill",
+        "--credit-type",
+        "api",
+        "--amount",
+        "250",
+        "--reason-code",
+        "outage",
+        "--note",
+        "ticket 17",
+    ];
+    let first = cli("support", &grant);
+    let retry = cli("support", &grant);
+    assert!(first.status.success(), "{first:?}");
+    assert_eq!(
+        first.stdout, retry.stdout,
+        "a retried key replays the answer"
+    );
+    assert_eq!(h.grants_of("acme").len(), 1);
+    let bad = cli(
+        "support",
+        &[
+            "grant",
+            "acme",
+            "--source",
+            "goodwill",
+            "--credit-type",
+            "gold",
+            "--amount",
+            "5",
+            "--reason-code",
+            "outage",
+        ],
+    );
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("400") && stderr.contains("\"credit_type\""),
+        "{stderr}"
+    );
+    let forbidden = cli("readonly", &["purchase", "acme", "--bundle", "usd50"]);
+    assert!(String::from_utf8_lossy(&forbidden.stderr).contains("403"));
+    h.wait_available("acme", "api", 250);
+    let balance = cli("readonly", &["balance", "acme"]);
+    let body: Value = serde_json::from_slice(&balance.stdout).expect("JSON");
+    assert_eq!(body["live"]["grants"][0]["remaining"], 250, "{body}");
+    assert_eq!(body["live"]["types"][0]["available"], 250, "{body}");
+}
