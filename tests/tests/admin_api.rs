@@ -332,6 +332,8 @@ impl Harness {
                 route: "burst".to_string(),
                 feature: "burst".to_string(),
                 retain_ms: DEFAULT_RETAIN_MS,
+                pricing_version: String::new(),
+                occurred_at_ms: None,
             }))
             .expect("reserve");
         assert!(
