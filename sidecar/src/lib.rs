@@ -9,6 +9,7 @@
 //! ([`control_api`]) run inside `run`. The binary in `main.rs` only parses the command
 //! line and calls [`run`].
 
+pub mod audit_mirror;
 pub mod cli;
 pub mod commands;
 pub mod config_publisher;

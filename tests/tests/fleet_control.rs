@@ -530,6 +530,9 @@ fn flips_reach_both_gateways_within_a_second_via_api_and_cli() {
         );
         timings.push(took);
         if mode == "off" {
+            // The sidecar copies CLI changes into the ledger within a second (its loop);
+            // let it, so the audit check below sees them after Redis loses its data.
+            thread::sleep(Duration::from_millis(1_500));
             fleet.redis.stop();
             for g in &fleet.gateways {
                 assert_eq!(fleet.observed_mode(g, "broke"), "off");
@@ -552,9 +555,19 @@ fn flips_reach_both_gateways_within_a_second_via_api_and_cli() {
             "a flip took {took:?}: {timings:?}"
         );
     }
-    // The audit log lists the changes with their actors, through the API and the CLI.
+    // The audit log lists the changes with their actors, through the API (the ledger's
+    // durable copy: it kept the changes made before Redis lost its data) and the CLI
+    // (Redis's stream).
     let audit: Value =
-        serde_json::from_str(&fleet.sidecar.get_ok("/v1/control/audit?limit=10")).expect("json");
+        serde_json::from_str(&fleet.sidecar.get_ok("/v1/control/audit?limit=50")).expect("json");
+    let reasons: Vec<&str> = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert_eq!(reasons.len(), 8, "{audit}");
+    assert_eq!(reasons.last(), Some(&"api flip to shadow"), "{audit}");
     let first = &audit["entries"][0];
     assert_eq!(
         (first["change"].as_str(), first["actor"].as_str()),

@@ -31,6 +31,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "redis_generations",
         sql: include_str!("../../migrations/sqlite/0002_redis_generations.sql"),
     },
+    Migration {
+        version: 3,
+        name: "control_audit",
+        sql: include_str!("../../migrations/sqlite/0003_control_audit.sql"),
+    },
 ];
 
 /// Postgres migrations, in version order.
@@ -44,5 +49,10 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 2,
         name: "redis_generations",
         sql: include_str!("../../migrations/postgres/0002_redis_generations.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "control_audit",
+        sql: include_str!("../../migrations/postgres/0003_control_audit.sql"),
     },
 ];
