@@ -128,7 +128,7 @@ impl Fleet {
         );
         options.extra_args = vec!["--config".into(), config.path().display().to_string()];
         let sidecar = Sidecar::start(options).expect("sidecar");
-        let fleet = Self {
+        let mut fleet = Self {
             gateways: Vec::new(),
             sidecar,
             credits: Credits::connect(&redis.url()).expect("credits"),
@@ -138,7 +138,6 @@ impl Fleet {
             upstream,
             redis,
         };
-        let mut fleet = fleet;
         fleet.wait_published(1);
         for _ in 0..2 {
             let gateway = fleet.start_gateway(Vec::new(), Vec::new());
@@ -423,7 +422,6 @@ fn a_price_change_reaches_both_gateways_within_a_second_under_load() {
     wait_for("the sidecar metric to show v2", || {
         fleet.sidecar.metric("creditgate_config_version", &[]) == 2.0
     });
-    let _ = &mut fleet;
 }
 
 #[test]
@@ -466,7 +464,6 @@ fn an_invalid_edit_is_refused_and_both_gateways_keep_the_old_price() {
     // A fixed file is published as the next version.
     fleet.config.update(&pricing(fleet.upstream.addr(), 6, ""));
     fleet.wait_published(2);
-    let _ = &mut fleet;
 }
 
 #[test]
@@ -610,7 +607,6 @@ fn flips_reach_both_gateways_within_a_second_via_api_and_cli() {
             g.metric("creditgate_config_version", &[]) == published
         });
     }
-    let _ = &mut fleet;
 }
 
 /// The customers of `customers` a gateway enforces (answers 402, as none has credits).
@@ -660,7 +656,6 @@ fn a_ten_percent_rollout_enforces_a_stable_tenth_of_customers() {
     );
     assert_eq!(status, 200);
     fleet.wait_mode("shadow", &first[0]);
-    let _ = &mut fleet;
 }
 
 #[test]
@@ -716,7 +711,6 @@ fn the_local_kill_switch_turns_enforcement_off_with_redis_down() {
     wait_for("enforcement to resume without the flag", || {
         fleet.search(&switchable, "broke").status == 503
     });
-    let _ = &mut fleet;
 }
 
 #[test]
@@ -755,7 +749,6 @@ customers = ["early-bird"]
             json!(version)
         );
     }
-    let _ = &mut fleet;
 }
 
 #[test]
@@ -819,7 +812,6 @@ fn the_fleet_list_shows_versions_and_a_gateway_behind_and_a_gateway_can_watch_it
     });
     assert_eq!(charged(&fleet.search(&watcher, "acme")), 9);
     watcher.stop().expect("stop");
-    let _ = &mut fleet;
 }
 
 /// The flip-latency measurement behind `benches/RESULTS.md`: 50 flips between shadow and
