@@ -9,7 +9,8 @@
 //!   "customer"?: ID, "actor": .., "reason": ..}` (neither route nor customer: global;
 //!   `null` clears the override)
 //! - `POST /v1/control/rollout` — `{"percent": 0..100 | null, "actor": .., "reason": ..}`
-//! - `GET /v1/control/audit?limit=N` — the newest changes first
+//! - `GET /v1/control/audit?limit=N` — the newest changes first, from the ledger's
+//!   durable copy (brought up to date from Redis first when Redis answers)
 //! - `GET /v1/fleet/gateways` — gateways with a live heartbeat
 //!
 //! The router is separate from `http.rs` so it can be put behind the admin role's auth.
@@ -30,6 +31,7 @@ use creditgate_protocol::{RedisStore, StoreError};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::audit_mirror::mirror_audit;
 use crate::daemon::Sidecar;
 
 /// Audit entries listed when the request does not say.
@@ -169,7 +171,7 @@ fn rollout_change(body: &Map<String, Value>) -> Result<ControlChange, BadField> 
     Ok(ControlChange::Rollout(percent))
 }
 
-async fn apply(redis: &RedisStore, body: &Map<String, Value>, change: ControlChange) -> Response {
+async fn apply(s: &Sidecar, body: &Map<String, Value>, change: ControlChange) -> Response {
     let change = AuditedChange {
         change,
         actor: match required_text(body, "actor") {
@@ -185,8 +187,12 @@ async fn apply(redis: &RedisStore, body: &Map<String, Value>, change: ControlCha
         let field = message.split(' ').next().unwrap_or("").to_string();
         return bad_field(&field, message).into_response();
     }
-    match redis.change_control(&change).await {
+    match s.redis.change_control(&change).await {
         Ok(version) => {
+            // Copy it to the ledger now; the sidecar's loop retries if this fails.
+            if let Err(e) = mirror_audit(&s.redis, s.ledger.as_ref()).await {
+                tracing::warn!(error = %format!("{e:#}"), "copying the audit log to the ledger failed; retrying in the background");
+            }
             tracing::warn!(change = %change.change.describe(), actor = %change.actor, reason = %change.reason, version, "control state changed");
             axum::Json(json!({"version": version, "change": change.change.describe()}))
                 .into_response()
@@ -201,7 +207,7 @@ async fn set_mode(State(s): State<Arc<Sidecar>>, body: Bytes) -> Response {
         Err(r) => return r.into_response(),
     };
     match mode_change(&body) {
-        Ok(change) => apply(&s.redis, &body, change).await,
+        Ok(change) => apply(&s, &body, change).await,
         Err(r) => r.into_response(),
     }
 }
@@ -212,7 +218,7 @@ async fn set_rollout(State(s): State<Arc<Sidecar>>, body: Bytes) -> Response {
         Err(r) => return r.into_response(),
     };
     match rollout_change(&body) {
-        Ok(change) => apply(&s.redis, &body, change).await,
+        Ok(change) => apply(&s, &body, change).await,
         Err(r) => r.into_response(),
     }
 }
@@ -311,12 +317,20 @@ async fn audit(State(s): State<Arc<Sidecar>>, Query(q): Query<LimitQuery>) -> Re
         )
         .into_response();
     }
-    match s.redis.audit_log(limit).await {
+    // Bring the durable copy up to date; with Redis down it still lists what it has.
+    if let Err(e) = mirror_audit(&s.redis, s.ledger.as_ref()).await {
+        tracing::warn!(error = %format!("{e:#}"), "audit log not copied from Redis; listing the ledger's copy");
+    }
+    match s.ledger.control_audit(limit as u32).await {
         Ok(entries) => axum::Json(json!({
             "entries": entries.iter().map(audit_json).collect::<Vec<_>>(),
         }))
         .into_response(),
-        Err(e) => store_error(e),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"error": "ledger_unavailable", "message": e.to_string()})),
+        )
+            .into_response(),
     }
 }
 

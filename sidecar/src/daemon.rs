@@ -153,6 +153,9 @@ impl Sidecar {
             }
             Err(e) => self.task_error("outbox", &e),
         }
+        if let Err(e) = crate::audit_mirror::mirror_audit(&self.redis, self.ledger.as_ref()).await {
+            self.task_error("audit_mirror", &e);
+        }
     }
 
     /// Compares Redis with the ledger after draining the streams. Drift counts only when

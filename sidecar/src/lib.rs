@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod admin_cli;
+pub mod audit_mirror;
 pub mod cli;
 pub mod commands;
 pub mod config_publisher;

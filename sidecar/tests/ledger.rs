@@ -68,7 +68,7 @@ async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.db");
     let ledger = SqliteLedger::open(&path).await.unwrap();
-    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 4, 5]);
+    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 3, 4, 5]);
     Backend {
         ledger: Box::new(ledger),
         raw: Raw::Sqlite(path),
@@ -82,7 +82,7 @@ async fn postgres() -> Backend {
         .unwrap()
         .expect("postgres starts");
     let ledger = PostgresLedger::connect(&pg.url()).await.unwrap();
-    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 4, 5]);
+    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 3, 4, 5]);
     Backend {
         ledger: Box::new(ledger),
         raw: Raw::Postgres(Arc::new(pg)),
@@ -453,14 +453,14 @@ async fn migrations_run_twice_are_a_no_op(b: &Backend) {
     let l = &*b.ledger;
     assert_eq!(l.migrate().await.unwrap(), Vec::<i64>::new());
     assert_eq!(l.migrate().await.unwrap(), Vec::<i64>::new());
-    assert_eq!(l.applied_migrations().await.unwrap(), vec![1, 2, 4, 5]);
+    assert_eq!(l.applied_migrations().await.unwrap(), vec![1, 2, 3, 4, 5]);
     // A second process opening the same database finds it up to date.
     let other: Box<dyn Ledger> = match &b.raw {
         Raw::Sqlite(path) => Box::new(SqliteLedger::open(path).await.unwrap()),
         Raw::Postgres(pg) => Box::new(PostgresLedger::connect(&pg.url()).await.unwrap()),
     };
     assert_eq!(other.migrate().await.unwrap(), Vec::<i64>::new());
-    assert_eq!(other.applied_migrations().await.unwrap(), vec![1, 2, 4, 5]);
+    assert_eq!(other.applied_migrations().await.unwrap(), vec![1, 2, 3, 4, 5]);
     // The Redis generation markers the ledger records can be set and replaced.
     assert_eq!(l.redis_generation(3).await.unwrap(), None);
     l.set_redis_generation(3, "gen-a").await.unwrap();
@@ -470,6 +470,27 @@ async fn migrations_run_twice_are_a_no_op(b: &Backend) {
         Some("gen-b")
     );
     assert_eq!(l.redis_generation(4).await.unwrap(), None);
+    // The copy of the control audit log: idempotent by id, listed newest first.
+    let change = |id: &str, at_ms: u64, change: &str| creditgate_protocol::control::AuditEntry {
+        id: id.into(),
+        at_ms,
+        actor: "sre@example.com".into(),
+        reason: "incident 42".into(),
+        change: change.into(),
+        version: at_ms,
+    };
+    let first = [
+        change("1-0", 1, "global=off"),
+        change("2-0", 2, "global=enforce"),
+    ];
+    assert_eq!(l.record_control_audit(&first).await.unwrap(), 2);
+    let again = [
+        change("2-0", 2, "global=enforce"),
+        change("3-0", 3, "rollout_percent=10"),
+    ];
+    assert_eq!(l.record_control_audit(&again).await.unwrap(), 1);
+    let listed = other.control_audit(2).await.unwrap();
+    assert_eq!(listed, vec![again[1].clone(), first[1].clone()]);
 }
 
 async fn a_batch_skips_duplicates_and_reports_conflicts(b: &Backend) {
@@ -590,11 +611,22 @@ async fn entries_and_grants_refuse_update_and_delete(b: &Backend) {
     let l = &*b.ledger;
     l.append_batch(&sample_entries()).await.unwrap();
     l.record_grant(&grant_record("g-1", 10)).await.unwrap();
+    let change = creditgate_protocol::control::AuditEntry {
+        id: "1-0".into(),
+        at_ms: 1,
+        actor: "sre@example.com".into(),
+        reason: "incident 42".into(),
+        change: "global=off".into(),
+        version: 1,
+    };
+    l.record_control_audit(&[change]).await.unwrap();
     for sql in [
         "UPDATE ledger_entries SET amount = 0",
         "DELETE FROM ledger_entries",
         "UPDATE grants SET amount = 1",
         "DELETE FROM grants",
+        "UPDATE control_audit SET actor = 'someone else'",
+        "DELETE FROM control_audit",
     ] {
         let err = b.raw.exec(sql).await.expect_err(sql);
         assert!(err.contains("append-only"), "{sql}: {err}");

@@ -17,6 +17,8 @@ use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type,
 };
 
+use creditgate_protocol::control::AuditEntry;
+
 use super::chain::ChainHead;
 use super::entry::{GENESIS_HASH, LedgerEntry, NewEntry, entry_hash};
 use super::grants::{GrantRecord, OutboxState, RecordGrantOutcome};
@@ -506,6 +508,51 @@ where
         .execute(self.writer)
         .await?;
         Ok(())
+    }
+
+    pub(crate) async fn record_control_audit(&self, entries: &[AuditEntry]) -> LedgerResult<u64> {
+        let mut tx = self.writer.begin().await?;
+        let mut new = 0;
+        for e in entries {
+            let done = sqlx::query(
+                "INSERT INTO control_audit (audit_id, at_ms, actor, reason, change, version, \
+                 recorded_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (audit_id) DO NOTHING",
+            )
+            .bind(&e.id)
+            .bind(e.at_ms as i64)
+            .bind(&e.actor)
+            .bind(&e.reason)
+            .bind(&e.change)
+            .bind(e.version as i64)
+            .bind(now_ms() as i64)
+            .execute(&mut *tx)
+            .await?;
+            new += done.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    pub(crate) async fn control_audit(&self, limit: u32) -> LedgerResult<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT audit_id, at_ms, actor, reason, change, version FROM control_audit \
+             ORDER BY at_ms DESC, audit_id DESC LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(self.readers)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get(0)?,
+                    at_ms: r.try_get::<i64, _>(1)?.max(0) as u64,
+                    actor: r.try_get(2)?,
+                    reason: r.try_get(3)?,
+                    change: r.try_get(4)?,
+                    version: r.try_get::<i64, _>(5)?.max(0) as u64,
+                })
+            })
+            .collect()
     }
 
     pub(crate) async fn customers(&self) -> LedgerResult<Vec<String>> {

@@ -33,6 +33,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         sql: include_str!("../../migrations/sqlite/0002_redis_generations.sql"),
     },
     Migration {
+        version: 3,
+        name: "control_audit",
+        sql: include_str!("../../migrations/sqlite/0003_control_audit.sql"),
+    },
+    Migration {
         version: 4,
         name: "admin",
         sql: include_str!("../../migrations/sqlite/0004_admin.sql"),
@@ -55,6 +60,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 2,
         name: "redis_generations",
         sql: include_str!("../../migrations/postgres/0002_redis_generations.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "control_audit",
+        sql: include_str!("../../migrations/postgres/0003_control_audit.sql"),
     },
     Migration {
         version: 4,

@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use creditgate_protocol::control::AuditEntry;
 
 pub use chain::{BreakKind, BrokenLink, ChainHead, VerifyReport, verify_customer};
 pub use entry::{
@@ -166,6 +167,13 @@ pub trait Ledger: Send + Sync {
 
     /// Records the generation marker set in a Redis shard.
     async fn set_redis_generation(&self, shard: u32, generation: &str) -> LedgerResult<()>;
+
+    /// Copies audit entries of fleet control changes; an entry already recorded (same id)
+    /// is skipped. Returns how many were new.
+    async fn record_control_audit(&self, entries: &[AuditEntry]) -> LedgerResult<u64>;
+
+    /// The newest recorded control changes, newest first, at most `limit`.
+    async fn control_audit(&self, limit: u32) -> LedgerResult<Vec<AuditEntry>>;
 
     /// The customer's chain head.
     async fn chain_head(&self, customer: &str) -> LedgerResult<Option<ChainHead>>;

@@ -151,6 +151,20 @@ impl Ledger for PostgresLedger {
         self.shared().set_redis_generation(shard, generation).await
     }
 
+    async fn record_control_audit(
+        &self,
+        entries: &[creditgate_protocol::control::AuditEntry],
+    ) -> LedgerResult<u64> {
+        self.shared().record_control_audit(entries).await
+    }
+
+    async fn control_audit(
+        &self,
+        limit: u32,
+    ) -> LedgerResult<Vec<creditgate_protocol::control::AuditEntry>> {
+        self.shared().control_audit(limit).await
+    }
+
     async fn customers(&self) -> LedgerResult<Vec<String>> {
         self.shared().customers().await
     }
