@@ -126,7 +126,7 @@ pub struct RequestCtx {
     upstream_status: Option<u16>,
     counted: bool,
     /// The route's response-usage rule and `max`, until the response headers arrive.
-    response_cost: Option<(creditgate_config::ResponseUsage, u64)>,
+    response_cost: Option<(Arc<creditgate_config::ResponseUsage>, u64)>,
     /// Reads the actual cost of a response-priced request as its body passes.
     inspector: Option<ResponseInspector>,
 }
