@@ -100,6 +100,9 @@ cat >"$WORK/sse.toml" <<EOF
 [defaults]
 mode = "enforce"
 failure_policy = "fail_closed"
+# The bench measures body inspection, not store timeouts: on a shared machine a 50 ms
+# timeout turns scheduling stalls into 503s that would skew one arm.
+store_timeout_ms = 1000
 
 [credit_types.api]
 scale = 0
@@ -113,7 +116,7 @@ cost = { kind = "fixed", amount = 100 }
 
 [features.metered]
 credit_type = "api"
-cost = { kind = "from_response", estimate = 100, max = 1000000, usage = { "usage.prompt_tokens" = 1, "usage.completion_tokens" = 3 } }
+cost = { kind = "from_response", estimate = 300, max = 1000000, usage = { "usage.prompt_tokens" = 1, "usage.completion_tokens" = 3 } }
 
 [[routes]]
 method = "GET"

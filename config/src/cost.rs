@@ -3,6 +3,8 @@
 //! Nothing here does I/O or reads a clock: the gateway hands in a [`RequestValues`] view of
 //! the request, and settling from the response is the gateway's job.
 
+use std::sync::Arc;
+
 use crate::limits::MAX_AMOUNT;
 use crate::usage::ResponseUsage;
 
@@ -40,8 +42,9 @@ pub enum CostRule {
         estimate: u64,
         /// The most one request is ever charged, in the smallest unit (≥ `estimate`).
         max: u64,
-        /// Where the actual usage is read and what is charged when it cannot be.
-        usage: ResponseUsage,
+        /// Where the actual usage is read and what is charged when it cannot be; shared, so
+        /// the gateway hands it to each response's inspector without copying it.
+        usage: Arc<ResponseUsage>,
     },
 }
 
@@ -206,13 +209,13 @@ mod tests {
         let rule = CostRule::FromResponse {
             estimate: 5,
             max: 50,
-            usage: ResponseUsage {
+            usage: Arc::new(ResponseUsage {
                 header: None,
                 fields: Vec::new(),
                 fallback: 5,
                 per_event: None,
                 inspect_max_bytes: crate::usage::DEFAULT_INSPECT_MAX_BYTES,
-            },
+            }),
         };
         assert_eq!(rule.reserve_amount(&empty), 5);
         assert_eq!(rule.max_amount(), 50);

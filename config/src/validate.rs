@@ -1291,7 +1291,7 @@ impl Checker<'_> {
                     (Some(estimate), Some(max), Some(usage)) => Some(CostRule::FromResponse {
                         estimate,
                         max,
-                        usage,
+                        usage: std::sync::Arc::new(usage),
                     }),
                     _ => None,
                 }

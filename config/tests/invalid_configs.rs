@@ -287,6 +287,12 @@ const CASES: &[(&str, &[&str])] = &[
         &[r#"syntax_error.toml:2: invalid basic string, expected `"`"#],
     ),
     (
+        "too_many_usage_fields",
+        &[
+            r#"too_many_usage_fields.toml:14: features.chat.cost.usage: 17 fields, more than the limit 16"#,
+        ],
+    ),
+    (
         "unknown_cost_kind",
         &[
             r#"unknown_cost_kind.toml:9: features.search.cost.kind: unknown cost kind "flat" (known: free, fixed, per_unit, from_response)"#,
@@ -340,6 +346,12 @@ const CASES: &[(&str, &[&str])] = &[
         "usage_header_without_rate",
         &[
             r#"usage_header_without_rate.toml:14: features.export.cost.header: needs rate = <amount per unit> to price the header's unit count"#,
+        ],
+    ),
+    (
+        "usage_rate_without_header",
+        &[
+            r#"usage_rate_without_header.toml:14: features.chat.cost.rate: prices the units of a response header: set header = "..." too, or price body fields under usage"#,
         ],
     ),
     (
@@ -663,4 +675,14 @@ fn fallback_above_max() {
 #[test]
 fn usage_header_without_rate() {
     check("usage_header_without_rate");
+}
+
+#[test]
+fn too_many_usage_fields() {
+    check("too_many_usage_fields");
+}
+
+#[test]
+fn usage_rate_without_header() {
+    check("usage_rate_without_header");
 }

@@ -3,6 +3,9 @@
 //! background task that settles or voids it (retrying on store errors), so the connection
 //! is free for its next request while the store call runs.
 //!
+//! Routes priced from the response hand each body chunk to a [`ResponseInspector`]
+//! (`crate::usage`) in `response_body_filter`; `logging` settles what it read.
+//!
 //! Per-request state lives in [`RequestCtx`]; shared state (the swappable pricing config,
 //! the store client, metrics) in [`CreditGate`]. A request is priced by the config version
 //! it started with, even if a new one is swapped in meanwhile.
@@ -129,7 +132,7 @@ pub struct RequestCtx {
     counted: bool,
     pricing_version: Option<String>,
     /// The route's response-usage rule and `max`, until the response headers arrive.
-    response_cost: Option<(creditgate_config::ResponseUsage, u64)>,
+    response_cost: Option<(Arc<creditgate_config::ResponseUsage>, u64)>,
     /// Reads the actual cost of a response-priced request as its body passes.
     inspector: Option<ResponseInspector>,
 }

@@ -10,6 +10,8 @@ pub mod gzip;
 pub mod json;
 pub mod sse;
 
+use std::sync::Arc;
+
 use creditgate_config::{ResponseUsage, UnitSource, UnitsValue};
 use http::HeaderMap;
 
@@ -79,7 +81,7 @@ enum Body {
 /// Inspects one response for a `from_response` rule.
 #[derive(Debug)]
 pub struct ResponseInspector {
-    usage: ResponseUsage,
+    usage: Arc<ResponseUsage>,
     max: u64,
     header_units: Option<UnitsValue>,
     body: Body,
@@ -89,7 +91,7 @@ pub struct ResponseInspector {
 
 impl ResponseInspector {
     /// Starts inspecting a response with these headers under `usage`, capping at `max`.
-    pub fn new(usage: ResponseUsage, max: u64, headers: &HeaderMap) -> Self {
+    pub fn new(usage: Arc<ResponseUsage>, max: u64, headers: &HeaderMap) -> Self {
         let header_units = usage.header.as_ref().and_then(|header| {
             let source = UnitSource::Header(header.name.clone());
             match source.read(&HeaderValues(headers)) {
@@ -111,7 +113,7 @@ impl ResponseInspector {
             (Body::Ignored, None)
         } else {
             let body = if stream {
-                Body::Sse(SseReader::new(usage.fields.len(), limit))
+                Body::Sse(SseReader::new(&usage.fields, limit))
             } else {
                 Body::Json {
                     buffer: Vec::new(),
@@ -338,7 +340,7 @@ mod tests {
     }
 
     fn run(pairs: &[(&'static str, &str)], body: &[u8], complete: bool) -> Settlement {
-        let mut inspector = ResponseInspector::new(usage(), 100_000, &headers(pairs));
+        let mut inspector = ResponseInspector::new(Arc::new(usage()), 100_000, &headers(pairs));
         let chunks: Vec<&[u8]> = body.chunks(9).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             inspector.feed(chunk, complete && i + 1 == chunks.len());

@@ -31,11 +31,19 @@ pub struct SseReader {
     /// The current event has at least one data line.
     event_has_data: bool,
     line_max_bytes: usize,
+    /// One searcher per field for its innermost key, built once per stream: most lines
+    /// are content, and this rules them out without parsing.
+    leaf_finders: Vec<memchr::memmem::Finder<'static>>,
 }
 
 impl SseReader {
-    /// A reader for `fields_count` fields, skipping lines longer than `line_max_bytes`.
-    pub fn new(fields_count: usize, line_max_bytes: usize) -> Self {
+    /// A reader for `fields`, skipping lines longer than `line_max_bytes`.
+    pub fn new(fields: &[UsageField], line_max_bytes: usize) -> Self {
+        let fields_count = fields.len();
+        let leaf_finders = fields
+            .iter()
+            .map(|field| memchr::memmem::Finder::new(field.path.leaf().as_bytes()).into_owned())
+            .collect();
         Self {
             usage: SseUsage {
                 values: vec![None; fields_count],
@@ -47,13 +55,14 @@ impl SseReader {
             skipping: false,
             event_has_data: false,
             line_max_bytes,
+            leaf_finders,
         }
     }
 
     /// Reads the next bytes of the stream.
     pub fn feed(&mut self, mut chunk: &[u8], fields: &[UsageField]) {
         while !chunk.is_empty() {
-            let Some(end) = chunk.iter().position(|&b| b == b'\n') else {
+            let Some(end) = memchr::memchr(b'\n', chunk) else {
                 self.keep_partial(chunk);
                 return;
             };
@@ -118,9 +127,10 @@ impl SseReader {
         self.event_has_data = true;
         let data = data.strip_prefix(b" ").unwrap_or(data);
         // Most events carry content, not usage: look for a field's name before parsing.
-        let mentions_usage = fields
+        let mentions_usage = self
+            .leaf_finders
             .iter()
-            .any(|field| contains(data, field.path.leaf().as_bytes()));
+            .any(|finder| !finder.needle().is_empty() && finder.find(data).is_some());
         if !mentions_usage {
             return;
         }
@@ -135,14 +145,6 @@ impl SseReader {
             FieldsRead::Garbage(why) => self.usage.garbage = Some(why),
         }
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty()
-        && haystack.len() >= needle.len()
-        && haystack
-            .windows(needle.len())
-            .any(|window| window == needle)
 }
 
 #[cfg(test)]
@@ -170,7 +172,7 @@ mod tests {
     fn reads_the_final_usage_event_whatever_the_chunking() {
         let f = fields();
         for size in [1, 3, 7, 64, STREAM.len()] {
-            let mut reader = SseReader::new(2, 1024);
+            let mut reader = SseReader::new(&f, 1024);
             for chunk in STREAM.as_bytes().chunks(size) {
                 reader.feed(chunk, &f);
             }
@@ -184,7 +186,7 @@ mod tests {
     #[test]
     fn long_lines_are_skipped_and_garbage_is_reported() {
         let f = fields();
-        let mut reader = SseReader::new(2, 32);
+        let mut reader = SseReader::new(&f, 32);
         let long = format!("data: {{\"pad\":\"{}\"}}\n\n", "x".repeat(100));
         for chunk in long.as_bytes().chunks(10) {
             reader.feed(chunk, &f);
