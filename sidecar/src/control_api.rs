@@ -1,28 +1,25 @@
-//! The fleet control routes of the sidecar's admin API: mode overrides (global kill
+//! The fleet control handlers of the sidecar's admin API: mode overrides (global kill
 //! switch, per route, per customer), the rollout percentage, the audit log of changes and
-//! the list of gateways with their config version and mode. Every change names its actor
-//! and reason (400 naming the field otherwise) and is written to the audit log atomically
-//! with the change itself.
+//! the list of gateways with their config version and mode. Every change records the
+//! caller's token name as its actor and needs a reason (400 naming the field otherwise);
+//! it is written to the audit log atomically with the change itself.
 //!
 //! - `GET /v1/control` — the control state, the published config version, the gateways
 //! - `POST /v1/control/mode` — `{"mode": "off"|"shadow"|"enforce"|null, "route"?: NAME,
-//!   "customer"?: ID, "actor": .., "reason": ..}` (neither route nor customer: global;
-//!   `null` clears the override)
-//! - `POST /v1/control/rollout` — `{"percent": 0..100 | null, "actor": .., "reason": ..}`
+//!   "customer"?: ID, "reason": ..}` (neither route nor customer: global; `null` clears
+//!   the override)
+//! - `POST /v1/control/rollout` — `{"percent": 0..100 | null, "reason": ..}`
 //! - `GET /v1/control/audit?limit=N` — the newest changes first, from the ledger's
 //!   durable copy (brought up to date from Redis first when Redis answers)
 //! - `GET /v1/fleet/gateways` — gateways with a live heartbeat
 //!
-//! The router is separate from `http.rs` so it can be put behind the admin role's auth.
+//! The routes and their roles are in [`crate::admin::ROUTES`]; they are served only on the
+//! admin listener, behind bearer tokens. A body's `actor` field is ignored: the actor is
+//! always the token's name, so nobody can record a change under another name.
 
-use std::sync::Arc;
-
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use creditgate_protocol::control::{
     AUDIT_LIST_MAX, AuditEntry, AuditedChange, ControlChange, ControlMode, ControlState, Heartbeat,
     parse_percent,
@@ -171,13 +168,15 @@ fn rollout_change(body: &Map<String, Value>) -> Result<ControlChange, BadField> 
     Ok(ControlChange::Rollout(percent))
 }
 
-async fn apply(s: &Sidecar, body: &Map<String, Value>, change: ControlChange) -> Response {
+async fn apply(
+    s: &Sidecar,
+    actor: &str,
+    body: &Map<String, Value>,
+    change: ControlChange,
+) -> Response {
     let change = AuditedChange {
         change,
-        actor: match required_text(body, "actor") {
-            Ok(a) => a,
-            Err(r) => return r.into_response(),
-        },
+        actor: actor.to_string(),
         reason: match required_text(body, "reason") {
             Ok(r) => r,
             Err(r) => return r.into_response(),
@@ -194,31 +193,36 @@ async fn apply(s: &Sidecar, body: &Map<String, Value>, change: ControlChange) ->
                 tracing::warn!(error = %format!("{e:#}"), "copying the audit log to the ledger failed; retrying in the background");
             }
             tracing::warn!(change = %change.change.describe(), actor = %change.actor, reason = %change.reason, version, "control state changed");
-            axum::Json(json!({"version": version, "change": change.change.describe()}))
-                .into_response()
+            axum::Json(
+                json!({"version": version, "change": change.change.describe(),
+                "actor": change.actor, "reason": change.reason}),
+            )
+            .into_response()
         }
         Err(e) => store_error(e),
     }
 }
 
-async fn set_mode(State(s): State<Arc<Sidecar>>, body: Bytes) -> Response {
-    let body = match body_object(&body) {
+/// `POST /v1/control/mode`, by `actor` (the caller's token name).
+pub async fn set_mode(s: &Sidecar, actor: &str, body: &Bytes) -> Response {
+    let body = match body_object(body) {
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
     match mode_change(&body) {
-        Ok(change) => apply(&s, &body, change).await,
+        Ok(change) => apply(s, actor, &body, change).await,
         Err(r) => r.into_response(),
     }
 }
 
-async fn set_rollout(State(s): State<Arc<Sidecar>>, body: Bytes) -> Response {
-    let body = match body_object(&body) {
+/// `POST /v1/control/rollout`, by `actor` (the caller's token name).
+pub async fn set_rollout(s: &Sidecar, actor: &str, body: &Bytes) -> Response {
+    let body = match body_object(body) {
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
     match rollout_change(&body) {
-        Ok(change) => apply(&s, &body, change).await,
+        Ok(change) => apply(s, actor, &body, change).await,
         Err(r) => r.into_response(),
     }
 }
@@ -267,7 +271,8 @@ async fn published(redis: &RedisStore) -> Result<(u64, Option<String>), StoreErr
     })
 }
 
-async fn show(State(s): State<Arc<Sidecar>>) -> Response {
+/// `GET /v1/control`: the control state, the published config version, the gateways.
+pub async fn show(s: &Sidecar) -> Response {
     let state = match s.redis.control_state().await {
         Ok(state) => state,
         Err(e) => return store_error(e),
@@ -288,7 +293,8 @@ async fn show(State(s): State<Arc<Sidecar>>) -> Response {
     .into_response()
 }
 
-async fn gateways(State(s): State<Arc<Sidecar>>) -> Response {
+/// `GET /v1/fleet/gateways`: the gateways with a live heartbeat.
+pub async fn gateways(s: &Sidecar) -> Response {
     let (version, _) = match published(&s.redis).await {
         Ok(p) => p,
         Err(e) => return store_error(e),
@@ -303,12 +309,15 @@ async fn gateways(State(s): State<Arc<Sidecar>>) -> Response {
     }
 }
 
+/// The query of `GET /v1/control/audit`.
 #[derive(Deserialize)]
-struct LimitQuery {
-    limit: Option<usize>,
+pub struct LimitQuery {
+    /// Entries to list, 1 to `AUDIT_LIST_MAX`; [`DEFAULT_AUDIT_LIMIT`] when absent.
+    pub limit: Option<usize>,
 }
 
-async fn audit(State(s): State<Arc<Sidecar>>, Query(q): Query<LimitQuery>) -> Response {
+/// `GET /v1/control/audit?limit=N`: the newest changes first.
+pub async fn audit(s: &Sidecar, q: LimitQuery) -> Response {
     let limit = q.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
     if !(1..=AUDIT_LIST_MAX).contains(&limit) {
         return bad_field(
@@ -332,17 +341,6 @@ async fn audit(State(s): State<Arc<Sidecar>>, Query(q): Query<LimitQuery>) -> Re
         )
             .into_response(),
     }
-}
-
-/// The fleet control routes, to merge into the sidecar's router.
-pub fn router(sidecar: Arc<Sidecar>) -> Router {
-    Router::new()
-        .route("/v1/control", get(show))
-        .route("/v1/control/mode", post(set_mode))
-        .route("/v1/control/rollout", post(set_rollout))
-        .route("/v1/control/audit", get(audit))
-        .route("/v1/fleet/gateways", get(gateways))
-        .with_state(sidecar)
 }
 
 #[cfg(test)]

@@ -1,14 +1,13 @@
-//! The sidecar's HTTP listener: `/metrics`, `/healthz`, `/readyz`, read-only ledger
-//! queries as JSON, with the usage-events route of [`crate::usage_events`] merged in.
-//! Credit operations and fleet control are the admin API's ([`crate::admin`]), on its own
-//! listener behind bearer tokens.
+//! The sidecar's unauthenticated HTTP listener: `/metrics`, `/healthz`, `/readyz` and
+//! read-only ledger queries as JSON. Everything that changes state or takes input from the
+//! product — credit operations, fleet control, usage events — is the admin API's
+//! ([`crate::admin`]), on its own listener behind bearer tokens.
 //!
 //! - `GET /v1/customers/{customer}/balance?at_ms=` — balance per credit type and per grant
 //! - `GET /v1/usage?customer=&from_ms=&to_ms=` — usage by UTC day and feature
 //! - `GET /v1/requests/{request_id}/trail` — a request's hold and what it drew and returned
 //! - `GET /v1/revenue?from_ms=&to_ms=` — recognized, breakage and deferred revenue
 //! - `GET /v1/reconcile` — the last comparison of Redis with the ledger
-//! - `POST /v1/usage-events` — usage events from the product ([`crate::usage_events`])
 
 use std::sync::Arc;
 
@@ -192,9 +191,7 @@ pub fn router(sidecar: Arc<Sidecar>) -> Router {
         .route("/v1/requests/{request_id}/trail", get(trail))
         .route("/v1/revenue", get(revenue))
         .route("/v1/reconcile", get(last_reconcile))
-        .merge(crate::usage_events::routes::router())
-        .with_state(sidecar.clone())
-        .merge(crate::control_api::router(sidecar))
+        .with_state(sidecar)
 }
 
 /// Serves until `stop` turns true.

@@ -460,7 +460,10 @@ async fn migrations_run_twice_are_a_no_op(b: &Backend) {
         Raw::Postgres(pg) => Box::new(PostgresLedger::connect(&pg.url()).await.unwrap()),
     };
     assert_eq!(other.migrate().await.unwrap(), Vec::<i64>::new());
-    assert_eq!(other.applied_migrations().await.unwrap(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        other.applied_migrations().await.unwrap(),
+        vec![1, 2, 3, 4, 5]
+    );
     // The Redis generation markers the ledger records can be set and replaced.
     assert_eq!(l.redis_generation(3).await.unwrap(), None);
     l.set_redis_generation(3, "gen-a").await.unwrap();

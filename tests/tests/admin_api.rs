@@ -13,7 +13,7 @@ use std::sync::{Arc, Barrier, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use creditgate_e2e::http_client;
+use creditgate_e2e::{base_config, http_client};
 use creditgate_protocol::types::DEFAULT_RETAIN_MS;
 use creditgate_protocol::{
     CreditStore, GrantSource, Keyspace, RedisStore, RedisTarget, ReserveOutcome, ReserveRequest,
@@ -166,6 +166,10 @@ impl Harness {
             let token = create_token(&target, dir.path().to_path_buf(), name, role);
             tokens.insert(name.to_string(), token);
         }
+        // A pricing config, so usage events (feature `search`, 1 api credit) can be priced.
+        let pricing = dir.path().join("pricing.toml");
+        let unused: std::net::SocketAddr = "127.0.0.1:9".parse().expect("address");
+        std::fs::write(&pricing, base_config(unused)).expect("write the pricing config");
         let admin_port = free_port();
         let mut options = SidecarOptions::new(redis.url(), target.clone());
         options.extra_args = vec![
@@ -173,6 +177,8 @@ impl Harness {
             format!("127.0.0.1:{admin_port}"),
             "--operations".into(),
             ops.display().to_string(),
+            "--config".into(),
+            pricing.display().to_string(),
         ];
         let sidecar = Sidecar::start(options).expect("sidecar starts");
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -649,6 +655,20 @@ fn expected_roles() -> Vec<(&'static str, &'static str, &'static [&'static str])
             "/v1/admin/grant-approvals/{request_id}/approve",
             &["admin"],
         ),
+        ("GET", "/v1/control", &["admin", "support", "readonly"]),
+        ("POST", "/v1/control/mode", &["admin"]),
+        ("POST", "/v1/control/rollout", &["admin"]),
+        (
+            "GET",
+            "/v1/control/audit",
+            &["admin", "support", "readonly"],
+        ),
+        (
+            "GET",
+            "/v1/fleet/gateways",
+            &["admin", "support", "readonly"],
+        ),
+        ("POST", "/v1/usage-events", &["admin", "billing"]),
     ]
 }
 
@@ -705,6 +725,12 @@ fn every_route_allows_exactly_its_roles(backend: Backend) {
                 }
                 "/v1/admin/customers/{customer}/purchases" => json!({"bundle": "usd50"}),
                 "/v1/admin/customers/{customer}/alerts" => json!({"credit_type": "api"}),
+                "/v1/control/mode" => json!({"mode": "enforce", "reason": "test"}),
+                "/v1/control/rollout" => json!({"percent": null, "reason": "test"}),
+                "/v1/usage-events" => json!({"events": [{"customer": customer,
+                    "feature": "search", "quantity": 1,
+                    "occurred_at_ms": creditgate_sidecar::ledger::now_ms(),
+                    "idempotency_key": format!("e{checked}")}]}),
                 _ => json!({}),
             };
             let a = if method == "GET" {
@@ -716,6 +742,10 @@ fn every_route_allows_exactly_its_roles(backend: Backend) {
                 // Allowed: done, or (approving a request that does not exist) a 404.
                 let ok = if route.ends_with("/approve") {
                     a.status == 404 && a.json()["field"] == "request_id"
+                } else if route == "/v1/usage-events" {
+                    a.status == 200 && a.json()["burned"] == 1
+                } else if route == "/v1/control/mode" || route == "/v1/control/rollout" {
+                    a.status == 200 && a.json()["actor"] == role
                 } else {
                     (200..300).contains(&a.status)
                 };
@@ -730,7 +760,7 @@ fn every_route_allows_exactly_its_roles(backend: Backend) {
             checked += 1;
         }
     }
-    assert_eq!(checked, 16 * 5);
+    assert_eq!(checked, expected_roles().len() * 5);
 
     // Each grant source is open to exactly its roles.
     let sources: [(&str, &[&str]); 5] = [

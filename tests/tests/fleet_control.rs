@@ -3,7 +3,8 @@
 //! gateways following it. Covers price changes under load, refused invalid edits, mode
 //! flips through the admin API and the CLI (timed), the rollout share, the local kill
 //! switch with Redis down, grandfathered prices, the fleet list and a gateway watching its
-//! own file.
+//! own file. The control API is the admin listener's, behind bearer tokens: the test
+//! creates an `admin` token (`sre`) and a `readonly` one (`watcher`) with the real CLI.
 //!
 //! Run `cargo build -p creditgate-gateway -p creditgate-sidecar` first.
 
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use creditgate_e2e::{Credits, http_client, send};
 use creditgate_testkit::{
     Gateway, GatewayOptions, LedgerTarget, RedisServer, Sidecar, SidecarOptions, Upstream,
-    sidecar_command,
+    add_admin_listener, create_admin_token, sidecar_command,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -32,6 +33,12 @@ const CUSTOMER_HEADER: &str = "x-test-customer";
 
 /// The test route.
 const SEARCH: &str = "/v1/search";
+
+/// The name of the `admin` token the test changes modes with: the actor of its changes.
+const SRE: &str = "sre";
+
+/// The name of a `billing` token, which may not change modes.
+const BILLING: &str = "billing";
 
 /// A pricing config: `search` costs `search_cost`; `extra` is appended (cohorts, or
 /// mistakes).
@@ -111,6 +118,10 @@ struct Fleet {
     credits: Credits,
     http: reqwest::blocking::Client,
     config: ConfigMap,
+    /// The admin API's base URL.
+    admin_url: String,
+    /// Token by name: [`SRE`] (admin), [`BILLING`] (billing).
+    tokens: std::collections::BTreeMap<&'static str, String>,
     _ledger_dir: TempDir,
     redis: RedisServer,
 }
@@ -122,11 +133,18 @@ impl Fleet {
         let text = pricing(upstream.addr(), search_cost, "");
         let config = ConfigMap::new(&text);
         let ledger_dir = tempfile::tempdir().expect("temp dir");
-        let mut options = SidecarOptions::new(
-            redis.url(),
-            LedgerTarget::Sqlite(ledger_dir.path().join("ledger.sqlite")),
-        );
+        let target = LedgerTarget::Sqlite(ledger_dir.path().join("ledger.sqlite"));
+        let tokens = [(SRE, "admin"), (BILLING, "billing")]
+            .into_iter()
+            .map(|(name, role)| {
+                let token = create_admin_token(&target, ledger_dir.path(), name, role)
+                    .expect("admin token create");
+                (name, token)
+            })
+            .collect();
+        let mut options = SidecarOptions::new(redis.url(), target);
         options.extra_args = vec!["--config".into(), config.path().display().to_string()];
+        let admin_url = add_admin_listener(&mut options, ledger_dir.path()).expect("admin");
         let sidecar = Sidecar::start(options).expect("sidecar");
         let mut fleet = Self {
             gateways: Vec::new(),
@@ -134,6 +152,8 @@ impl Fleet {
             credits: Credits::connect(&redis.url()).expect("credits"),
             http: http_client(),
             config,
+            admin_url,
+            tokens,
             _ledger_dir: ledger_dir,
             upstream,
             redis,
@@ -163,9 +183,24 @@ impl Fleet {
         .expect("gateway")
     }
 
+    /// `GET path` on the admin API as [`SRE`]; `Value::Null` while it does not answer 200
+    /// (the admin listener starts just after the sidecar is ready).
+    fn admin_get(&self, path: &str) -> Value {
+        match self
+            .http
+            .get(format!("{}{path}", self.admin_url))
+            .bearer_auth(&self.tokens[SRE])
+            .send()
+        {
+            Ok(r) if r.status() == 200 => r.json().expect("JSON answer"),
+            _ => Value::Null,
+        }
+    }
+
     fn published_version(&self) -> u64 {
-        let body: Value = serde_json::from_str(&self.sidecar.get_ok("/v1/control")).expect("json");
-        body["config"]["version"].as_u64().unwrap_or(0)
+        self.admin_get("/v1/control")["config"]["version"]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     fn wait_published(&self, version: u64) {
@@ -215,10 +250,17 @@ impl Fleet {
         started.elapsed()
     }
 
+    /// `POST path` on the admin API as [`SRE`].
     fn api_post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.api_post_as(SRE, path, body)
+    }
+
+    /// `POST path` on the admin API with the token named `who`.
+    fn api_post_as(&self, who: &str, path: &str, body: Value) -> (u16, Value) {
         let response = self
             .http
-            .post(format!("{}{path}", self.sidecar.url()))
+            .post(format!("{}{path}", self.admin_url))
+            .bearer_auth(&self.tokens[who])
             .json(&body)
             .send()
             .expect("sidecar request");
@@ -467,20 +509,66 @@ fn an_invalid_edit_is_refused_and_both_gateways_keep_the_old_price() {
 }
 
 #[test]
+fn the_control_api_is_only_on_the_admin_listener_behind_an_admin_token() {
+    let fleet = Fleet::start(5);
+    // The unauthenticated listener no longer serves any control route.
+    for (method, path) in [
+        ("GET", "/v1/control"),
+        ("POST", "/v1/control/mode"),
+        ("POST", "/v1/control/rollout"),
+        ("GET", "/v1/control/audit"),
+        ("GET", "/v1/fleet/gateways"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let reply = fleet
+            .http
+            .request(method.clone(), format!("{}{path}", fleet.sidecar.url()))
+            .json(&json!({"mode": "off", "percent": 0, "actor": "anyone", "reason": "test"}))
+            .send()
+            .expect("sidecar request");
+        assert_eq!(reply.status(), 404, "{method} {path} on the open listener");
+    }
+    // On the admin listener: no token is a 401, a billing token a 403 naming the header.
+    let anonymous = fleet
+        .http
+        .post(format!("{}/v1/control/mode", fleet.admin_url))
+        .json(&json!({"mode": "off", "reason": "test"}))
+        .send()
+        .expect("admin request");
+    assert_eq!(anonymous.status(), 401);
+    let (status, body) = fleet.api_post_as(
+        BILLING,
+        "/v1/control/mode",
+        json!({"mode": "off", "reason": "test"}),
+    );
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (403, Some("Authorization")),
+        "{body}"
+    );
+    // Neither changed anything: the gateways still enforce and the audit log is empty.
+    fleet.wait_mode("enforce", "broke");
+    assert_eq!(fleet.admin_get("/v1/control/audit")["entries"], json!([]));
+    let (status, body) = fleet.api_post(
+        "/v1/control/mode",
+        json!({"mode": "shadow", "reason": "test"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    fleet.wait_mode("shadow", "broke");
+}
+
+#[test]
 fn flips_reach_both_gateways_within_a_second_via_api_and_cli() {
     let mut fleet = Fleet::start(5);
     // "broke" has no credits: enforce answers 402, shadow 200 with a charge, off 200
     // without one.
     fleet.wait_mode("enforce", "broke");
-    // A change without an actor is refused with the field named.
-    let (status, body) =
-        fleet.api_post("/v1/control/mode", json!({"mode": "off", "reason": "test"}));
+    // A change without a reason is refused with the field named.
+    let (status, body) = fleet.api_post("/v1/control/mode", json!({"mode": "off"}));
     assert_eq!(status, 400);
-    assert_eq!(body["field"], "actor", "{body}");
-    let (status, body) = fleet.api_post(
-        "/v1/control/mode",
-        json!({"mode": "of", "actor": "sre", "reason": "test"}),
-    );
+    assert_eq!(body["field"], "reason", "{body}");
+    let (status, body) =
+        fleet.api_post("/v1/control/mode", json!({"mode": "of", "reason": "test"}));
     assert_eq!(
         (status, body["field"].as_str()),
         (400, Some("mode")),
@@ -491,9 +579,11 @@ fn flips_reach_both_gateways_within_a_second_via_api_and_cli() {
     for mode in ["shadow", "off", "enforce"] {
         let (status, body) = fleet.api_post(
             "/v1/control/mode",
-            json!({"mode": mode, "actor": "sre@example.com", "reason": format!("api flip to {mode}")}),
+            // A body's actor is ignored: the token's name is recorded.
+            json!({"mode": mode, "actor": "someone-else", "reason": format!("api flip to {mode}")}),
         );
         assert_eq!(status, 200, "{body}");
+        assert_eq!(body["actor"], SRE, "{body}");
         let took = fleet.wait_mode(mode, "broke");
         eprintln!("API flip to {mode}: both gateways in {took:?}");
         timings.push(took);
@@ -509,8 +599,7 @@ fn flips_reach_both_gateways_within_a_second_via_api_and_cli() {
             // The restarted Redis is empty: set off again so the next flip is a real one.
             // The sidecar's connection reconnects on its next calls.
             wait_for("the sidecar to reach the restarted Redis", || {
-                let body =
-                    json!({"mode": "off", "actor": "sre@example.com", "reason": "after restart"});
+                let body = json!({"mode": "off", "reason": "after restart"});
                 fleet.api_post("/v1/control/mode", body).0 == 200
             });
             fleet.wait_mode("off", "broke");
@@ -555,8 +644,7 @@ fn flips_reach_both_gateways_within_a_second_via_api_and_cli() {
     // The audit log lists the changes with their actors, through the API (the ledger's
     // durable copy: it kept the changes made before Redis lost its data) and the CLI
     // (Redis's stream).
-    let audit: Value =
-        serde_json::from_str(&fleet.sidecar.get_ok("/v1/control/audit?limit=50")).expect("json");
+    let audit = fleet.admin_get("/v1/control/audit?limit=50");
     let reasons: Vec<&str> = audit["entries"]
         .as_array()
         .expect("entries")
@@ -565,6 +653,14 @@ fn flips_reach_both_gateways_within_a_second_via_api_and_cli() {
         .collect();
     assert_eq!(reasons.len(), 8, "{audit}");
     assert_eq!(reasons.last(), Some(&"api flip to shadow"), "{audit}");
+    let oldest = audit["entries"]
+        .as_array()
+        .and_then(|e| e.last())
+        .expect("an entry");
+    assert_eq!(
+        oldest["actor"], SRE,
+        "the token's name, not the body's actor: {audit}"
+    );
     let first = &audit["entries"][0];
     assert_eq!(
         (first["change"].as_str(), first["actor"].as_str()),
@@ -623,7 +719,7 @@ fn a_ten_percent_rollout_enforces_a_stable_tenth_of_customers() {
     let mut fleet = Fleet::start(5);
     let (status, body) = fleet.api_post(
         "/v1/control/rollout",
-        json!({"percent": 10, "actor": "sre@example.com", "reason": "start enforcing slowly"}),
+        json!({"percent": 10, "reason": "start enforcing slowly"}),
     );
     assert_eq!(status, 200, "{body}");
     for g in &fleet.gateways {
@@ -652,7 +748,7 @@ fn a_ten_percent_rollout_enforces_a_stable_tenth_of_customers() {
     // A rollout does not enforce where the mode is shadow.
     let (status, _) = fleet.api_post(
         "/v1/control/mode",
-        json!({"mode": "shadow", "actor": "sre@example.com", "reason": "pause"}),
+        json!({"mode": "shadow", "reason": "pause"}),
     );
     assert_eq!(status, 200);
     fleet.wait_mode("shadow", &first[0]);
@@ -759,9 +855,7 @@ fn the_fleet_list_shows_versions_and_a_gateway_behind_and_a_gateway_can_watch_it
     let mut watcher = fleet.start_gateway(vec!["--watch-config".into()], Vec::new());
     fleet.config.update(&pricing(fleet.upstream.addr(), 6, ""));
     fleet.wait_published(2);
-    let list = || -> Value {
-        serde_json::from_str(&fleet.sidecar.get_ok("/v1/fleet/gateways")).expect("json")
-    };
+    let list = || -> Value { fleet.admin_get("/v1/fleet/gateways") };
     wait_for("three gateways listed, two on v2", || {
         let body = list();
         let gateways = body["gateways"].as_array().cloned().unwrap_or_default();
@@ -826,7 +920,7 @@ fn measure_flip_latency() {
         let mode = if i % 2 == 0 { "shadow" } else { "enforce" };
         let (status, _) = fleet.api_post(
             "/v1/control/mode",
-            json!({"mode": mode, "actor": "bench", "reason": "flip latency"}),
+            json!({"mode": mode, "reason": "flip latency"}),
         );
         assert_eq!(status, 200);
         took.push(fleet.wait_mode(mode, "broke"));

@@ -1,6 +1,7 @@
 //! Usage events from the product, end to end: the real sidecar (SQLite ledger, pricing
 //! config) on a real Redis burns them through the same scripts as gateway traffic; the
 //! ledger orders them by event time, duplicates burn once, late events are rejected.
+//! Events are posted to the admin listener with a `billing` token, as the product would.
 //!
 //! Needs `redis-server` and a built sidecar (`cargo build -p creditgate-sidecar`).
 
@@ -9,7 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use creditgate_e2e::{ALICE, Credits, base_config, http_client};
 use creditgate_sidecar::ledger::{EntryKind, EntryQuery, Ledger, SqliteLedger};
-use creditgate_testkit::{LedgerTarget, RedisServer, Sidecar, SidecarOptions};
+use creditgate_testkit::{
+    LedgerTarget, RedisServer, Sidecar, SidecarOptions, add_admin_listener, create_admin_token,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -30,11 +33,18 @@ fn now_ms() -> u64 {
     .expect("fits")
 }
 
+/// Token names of the test, each with the role of the same name.
+const TOKEN_ROLES: [&str; 3] = ["billing", "admin", "support"];
+
 struct EventStack {
     sidecar: Sidecar,
     credits: Credits,
     http: reqwest::blocking::Client,
     ledger_path: std::path::PathBuf,
+    /// The admin API's base URL.
+    admin_url: String,
+    /// Token by name (= role).
+    tokens: std::collections::BTreeMap<&'static str, String>,
     _dir: tempfile::TempDir,
     _redis: RedisServer,
 }
@@ -59,31 +69,62 @@ cost = {{ kind = "from_response", estimate = 10, max = 100, usage = {{ "usage.to
             );
         std::fs::write(&config_path, config).expect("write config");
         let ledger_path = dir.path().join("ledger.db");
-        let mut options =
-            SidecarOptions::new(redis.url(), LedgerTarget::Sqlite(ledger_path.clone()));
+        let target = LedgerTarget::Sqlite(ledger_path.clone());
+        let tokens = TOKEN_ROLES
+            .into_iter()
+            .map(|role| {
+                let token =
+                    create_admin_token(&target, dir.path(), role, role).expect("token create");
+                (role, token)
+            })
+            .collect();
+        let mut options = SidecarOptions::new(redis.url(), target);
         options.extra_args = vec!["--config".into(), config_path.display().to_string()];
+        let admin_url = add_admin_listener(&mut options, dir.path()).expect("admin listener");
         let sidecar = Sidecar::start(options).expect("sidecar");
         let credits = Credits::connect(&redis.url()).expect("credits");
-        Self {
+        let stack = Self {
             sidecar,
             credits,
             http: http_client(),
             ledger_path,
+            admin_url,
+            tokens,
             _dir: dir,
             _redis: redis,
+        };
+        // The admin listener starts just after the sidecar is ready.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stack
+            .http
+            .get(format!("{}/v1/admin/whoami", stack.admin_url))
+            .send()
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "admin listener not up");
+            std::thread::sleep(Duration::from_millis(20));
         }
+        stack
     }
 
+    /// Posts a batch as the product's backend (a `billing` token).
     fn post(&self, body: &Value) -> (u16, Value) {
-        let response = self
+        self.post_to(&self.admin_url, Some("billing"), body)
+    }
+
+    /// Posts a batch to the listener at `base` with the token named `who`, if any.
+    fn post_to(&self, base: &str, who: Option<&str>, body: &Value) -> (u16, Value) {
+        let mut request = self
             .http
-            .post(format!("{}/v1/usage-events", self.sidecar.url()))
+            .post(format!("{base}/v1/usage-events"))
             .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .expect("POST /v1/usage-events");
+            .body(body.to_string());
+        if let Some(who) = who {
+            request = request.bearer_auth(&self.tokens[who]);
+        }
+        let response = request.send().expect("POST /v1/usage-events");
         let status = response.status().as_u16();
-        (status, response.json().expect("JSON answer"))
+        (status, response.json().unwrap_or(Value::Null))
     }
 }
 
@@ -266,4 +307,45 @@ fn a_batch_answers_per_event_and_rejects_old_and_bad_events_by_field() {
     let (status, answer) = stack.post(&json!({"event": []}));
     assert_eq!(status, 400);
     assert_eq!(answer["field"], "events", "{answer}");
+}
+
+#[test]
+fn usage_events_need_a_billing_or_admin_token_on_the_admin_listener() {
+    let stack = EventStack::start();
+    stack.credits.grant(ALICE, GRANTED as u64).expect("grant");
+    let now = now_ms();
+    let batch = |key: &str| json!({"events": [event(key, now - 1_000)]});
+    // The unauthenticated listener no longer takes usage events.
+    let open = stack.sidecar.url();
+    assert_eq!(stack.post_to(&open, None, &batch("open-1")).0, 404);
+    // No token: 401; a support token: 403 naming the header.
+    assert_eq!(
+        stack.post_to(&stack.admin_url, None, &batch("anon-1")).0,
+        401
+    );
+    let (status, answer) = stack.post_to(&stack.admin_url, Some("support"), &batch("support-1"));
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (403, Some("Authorization")),
+        "{answer}"
+    );
+    assert_eq!(
+        stack.credits.balance(ALICE).expect("balance"),
+        (GRANTED, 0),
+        "nothing burned by the refused calls"
+    );
+    // billing and admin may.
+    for who in ["billing", "admin"] {
+        let (status, answer) =
+            stack.post_to(&stack.admin_url, Some(who), &batch(&format!("{who}-1")));
+        assert_eq!(
+            (status, answer["burned"].as_u64()),
+            (200, Some(1)),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        stack.credits.balance(ALICE).expect("balance"),
+        (GRANTED - 2 * EXPORT_PRICE, 0)
+    );
 }

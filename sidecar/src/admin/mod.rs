@@ -1,8 +1,12 @@
 //! The admin API: credit operations over HTTP on their own listener (`run --admin-listen`),
-//! for support, sales, finance and the product's billing backend. Every call needs a
-//! bearer token ([`auth`]); every mutating call needs an `Idempotency-Key`
-//! ([`idempotency`]) and records its actor. The routes and their roles are in [`ROUTES`];
-//! `sidecar/openapi.json` documents them and a test keeps the two in step.
+//! for support, sales, finance and the product's billing backend, plus fleet control
+//! ([`crate::control_api`]) and usage events ([`crate::usage_events`]). Every call needs a
+//! bearer token ([`auth`]); every mutating credit operation needs an `Idempotency-Key`
+//! ([`idempotency`]) and records its actor. Fleet control changes record the token's name
+//! as their actor and are set-to-a-value (a repeat changes nothing but adds an audit
+//! entry); usage events carry an idempotency key per event, so neither takes the header.
+//! The routes and their roles are in [`ROUTES`]; `sidecar/openapi.json` documents them
+//! and a test keeps the two in step.
 //!
 //! This module wires routes to handlers; the rules live in [`grants`], [`customers`],
 //! [`reads`] and [`schedule`].
@@ -70,6 +74,9 @@ const ADMIN_BILLING: &[Role] = &[Role::Admin, Role::Billing];
 const ADMIN_BILLING_SUPPORT: &[Role] = &[Role::Admin, Role::Billing, Role::Support];
 const ADMIN_SUPPORT: &[Role] = &[Role::Admin, Role::Support];
 const GRANTERS: &[Role] = &[Role::Admin, Role::Billing, Role::Support, Role::Sales];
+/// Who may read the fleet's control state, audit log and gateways: the people who operate
+/// or watch it. Not billing or sales, whose work is credits, not the fleet.
+const CONTROL_READERS: &[Role] = &[Role::Admin, Role::Support, Role::Readonly];
 
 /// One route: method, path (axum syntax, as in the OpenAPI file) and the roles that may
 /// call it.
@@ -163,6 +170,36 @@ pub const ROUTES: &[RouteSpec] = &[
         method: Method::POST,
         path: "/v1/admin/grant-approvals/{request_id}/approve",
         roles: ADMIN,
+    },
+    RouteSpec {
+        method: Method::GET,
+        path: "/v1/control",
+        roles: CONTROL_READERS,
+    },
+    RouteSpec {
+        method: Method::POST,
+        path: "/v1/control/mode",
+        roles: ADMIN,
+    },
+    RouteSpec {
+        method: Method::POST,
+        path: "/v1/control/rollout",
+        roles: ADMIN,
+    },
+    RouteSpec {
+        method: Method::GET,
+        path: "/v1/control/audit",
+        roles: CONTROL_READERS,
+    },
+    RouteSpec {
+        method: Method::GET,
+        path: "/v1/fleet/gateways",
+        roles: CONTROL_READERS,
+    },
+    RouteSpec {
+        method: Method::POST,
+        path: "/v1/usage-events",
+        roles: ADMIN_BILLING,
     },
 ];
 
@@ -456,6 +493,81 @@ async fn deliveries(
     json_response(alerts::deliveries(&st, &q).await)
 }
 
+/// A 403 unless `caller` may call `method route`; else `handler`'s answer.
+async fn gated<Fut>(caller: &Caller, method: Method, route: &'static str, handler: Fut) -> Response
+where
+    Fut: std::future::Future<Output = Response>,
+{
+    match caller.require(roles_of(method, route)) {
+        Ok(()) => handler.await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn control_show(State(st): St, caller: Caller) -> Response {
+    gated(
+        &caller,
+        Method::GET,
+        "/v1/control",
+        crate::control_api::show(&st.sidecar),
+    )
+    .await
+}
+
+async fn control_mode(State(st): St, caller: Caller, body: Bytes) -> Response {
+    gated(
+        &caller,
+        Method::POST,
+        "/v1/control/mode",
+        crate::control_api::set_mode(&st.sidecar, &caller.name, &body),
+    )
+    .await
+}
+
+async fn control_rollout(State(st): St, caller: Caller, body: Bytes) -> Response {
+    gated(
+        &caller,
+        Method::POST,
+        "/v1/control/rollout",
+        crate::control_api::set_rollout(&st.sidecar, &caller.name, &body),
+    )
+    .await
+}
+
+async fn control_audit(
+    State(st): St,
+    caller: Caller,
+    Query(q): Query<crate::control_api::LimitQuery>,
+) -> Response {
+    gated(
+        &caller,
+        Method::GET,
+        "/v1/control/audit",
+        crate::control_api::audit(&st.sidecar, q),
+    )
+    .await
+}
+
+async fn fleet_gateways(State(st): St, caller: Caller) -> Response {
+    gated(
+        &caller,
+        Method::GET,
+        "/v1/fleet/gateways",
+        crate::control_api::gateways(&st.sidecar),
+    )
+    .await
+}
+
+async fn usage_events(State(st): St, caller: Caller, body: Bytes) -> Response {
+    gated(
+        &caller,
+        Method::POST,
+        "/v1/usage-events",
+        crate::usage_events::routes::ingest(&st.sidecar, &body),
+    )
+    .await
+}
+
 /// The handler of each route of [`ROUTES`], by path.
 fn handlers() -> Vec<(&'static str, MethodRouter<Arc<AdminState>>)> {
     vec![
@@ -486,6 +598,18 @@ fn handlers() -> Vec<(&'static str, MethodRouter<Arc<AdminState>>)> {
         (
             "/v1/admin/grant-approvals/{request_id}/approve",
             post(approve),
+        ),
+        ("/v1/control", get(control_show)),
+        ("/v1/control/mode", post(control_mode)),
+        ("/v1/control/rollout", post(control_rollout)),
+        ("/v1/control/audit", get(control_audit)),
+        ("/v1/fleet/gateways", get(fleet_gateways)),
+        (
+            "/v1/usage-events",
+            // A batch of events is bigger than an admin call.
+            post(usage_events).layer(axum::extract::DefaultBodyLimit::max(
+                crate::usage_events::MAX_REQUEST_BYTES,
+            )),
         ),
     ]
 }

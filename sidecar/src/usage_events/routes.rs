@@ -2,20 +2,20 @@
 //! scripts and answers one result per event. A bad event is rejected on its own (its result
 //! names the field); the rest of the batch still burns.
 //!
+//! Served on the admin listener only, to tokens of role `billing` or `admin` (see
+//! [`crate::admin::ROUTES`]):
+//!
 //! ```text
-//! curl -s localhost:9464/v1/usage-events -H 'content-type: application/json' -d '{"events":[
+//! curl -s localhost:9192/v1/usage-events -H "authorization: Bearer $TOKEN" \
+//!   -H 'content-type: application/json' -d '{"events":[
 //!   {"customer":"acme","feature":"export","quantity":3,"occurred_at_ms":1764000000000,
 //!    "idempotency_key":"export-81","metadata":{"job":"nightly"}}]}'
 //! ```
 
-use std::sync::Arc;
-
+use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use creditgate_protocol::{
     CreditStore, HoldState, ReserveOutcome, ReserveRequest, ResolveOutcome, SettleRequest,
 };
@@ -42,11 +42,6 @@ const USAGE_HOLD_TTL_MS: u64 = 60_000;
 /// plus a day, so a duplicate is recognised for as long as its event time is accepted.
 const USAGE_RETAIN_MS: u64 = DEFAULT_LATE_WINDOW_MS + 86_400_000;
 
-/// The routes of this module, merged into the sidecar's router.
-pub fn router() -> Router<Arc<Sidecar>> {
-    Router::new().route("/v1/usage-events", post(ingest))
-}
-
 fn bad_request(field: &str, message: String) -> Response {
     (
         StatusCode::BAD_REQUEST,
@@ -66,7 +61,8 @@ fn hold_id(customer: &str, key: &str) -> String {
     format!("ue-{}", &hex::encode(digest)[..40])
 }
 
-async fn ingest(State(s): State<Arc<Sidecar>>, body: Bytes) -> Response {
+/// `POST /v1/usage-events`: prices and burns each event of the batch in `body`.
+pub async fn ingest(s: &Sidecar, body: &Bytes) -> Response {
     if body.len() > MAX_REQUEST_BYTES {
         return bad_request(
             "events",
@@ -81,7 +77,7 @@ async fn ingest(State(s): State<Arc<Sidecar>>, body: Bytes) -> Response {
         )
             .into_response();
     };
-    let value: Value = match serde_json::from_slice(&body) {
+    let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return bad_request("events", format!("the body is not JSON: {e}")),
     };
@@ -109,7 +105,7 @@ async fn ingest(State(s): State<Arc<Sidecar>>, body: Bytes) -> Response {
         let key = raw.get("idempotency_key").cloned().unwrap_or(Value::Null);
         let outcome = match parse_event(index, raw, now, DEFAULT_LATE_WINDOW_MS) {
             Ok(event) => match price(&config, index, &event) {
-                Ok(priced) => burn(&s, &event, &priced, &version).await,
+                Ok(priced) => burn(s, &event, &priced, &version).await,
                 Err(rejection) => Err(rejection),
             },
             Err(rejection) => Err(rejection),

@@ -67,8 +67,8 @@ pub use model_server::ModelServer;
 pub use postgres::{PG_BIN_ENV, Postgres};
 pub use redis_server::RedisServer;
 pub use sidecar::{
-    LedgerTarget, SIDECAR_BIN, SIDECAR_READY_TIMEOUT, SIDECAR_STOP_TIMEOUT, Sidecar,
-    SidecarOptions, sidecar_command,
+    LedgerTarget, MINIMAL_OPERATIONS, SIDECAR_BIN, SIDECAR_READY_TIMEOUT, SIDECAR_STOP_TIMEOUT,
+    Sidecar, SidecarOptions, add_admin_listener, create_admin_token, sidecar_command,
 };
 pub use upstream::{RecordedRequest, UPSTREAM_BODY_MAX_BYTES, Upstream};
 pub use util::{free_cluster_port, free_port, require, which};

@@ -390,3 +390,44 @@ pub fn sidecar_command<S: AsRef<std::ffi::OsStr>>(
         .output()
         .with_context(|| format!("running {}", binary.display()))
 }
+
+/// The smallest operations file `run --operations` accepts. The admin listener needs one;
+/// fleet control and usage events use none of its credit-operation settings.
+pub const MINIMAL_OPERATIONS: &str = "credit_types = [\"api\"]\n";
+
+/// Writes [`MINIMAL_OPERATIONS`] into `dir`, adds `--admin-listen 127.0.0.1:PORT
+/// --operations FILE` to `options` and returns the admin API's base URL
+/// (`http://127.0.0.1:PORT`).
+pub fn add_admin_listener(options: &mut SidecarOptions, dir: &Path) -> anyhow::Result<String> {
+    let ops = dir.join("operations.toml");
+    fs::write(&ops, MINIMAL_OPERATIONS).with_context(|| format!("writing {}", ops.display()))?;
+    let port = free_port();
+    options.extra_args.extend([
+        "--admin-listen".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--operations".to_string(),
+        ops.display().to_string(),
+    ]);
+    Ok(format!("http://127.0.0.1:{port}"))
+}
+
+/// Creates an admin token named `name` with `role` in `ledger`'s database, by the real
+/// `creditgate-sidecar admin token create` command run in `dir`; returns the token.
+pub fn create_admin_token(
+    ledger: &LedgerTarget,
+    dir: &Path,
+    name: &str,
+    role: &str,
+) -> anyhow::Result<String> {
+    let mut args = vec!["admin".to_string(), "token".into(), "create".into()];
+    args.extend(ledger.args());
+    args.extend(["--name".into(), name.into(), "--role".into(), role.into()]);
+    let out = sidecar_command(&args, dir)?;
+    if !out.status.success() {
+        return Err(anyhow!(
+            "admin token create --name {name} --role {role}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
