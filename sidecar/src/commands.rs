@@ -103,7 +103,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
         consumer,
         last_reconcile: Default::default(),
         pricing,
+        pricing_history: Default::default(),
     });
+    if let Err(e) = sidecar
+        .pricing_history
+        .refresh(sidecar.ledger.as_ref())
+        .await
+    {
+        tracing::warn!(error = %e, "reading the recorded pricing versions failed; retried per usage-events request");
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     if let (Some(path), Some(pricing)) = (&args.config, &sidecar.pricing) {
         tokio::spawn(
@@ -112,6 +120,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
                 pricing: pricing.clone(),
                 redis: sidecar.redis.clone(),
                 metrics: fleet_metrics.clone(),
+                ledger: sidecar.ledger.clone(),
+                history: sidecar.pricing_history.clone(),
             }
             .run(stop_rx.clone()),
         );

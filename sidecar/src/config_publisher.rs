@@ -4,6 +4,12 @@
 //! `creditgate_config_reload_errors_total`), so the fleet keeps the last good version.
 //! Beside it, keeps the fleet metrics (control state, gateways behind) current.
 //!
+//! Every version it publishes is also recorded in the ledger (`config_versions`: number,
+//! label, hash, publication time, text) and added to the sidecar's [`PricingHistory`], so
+//! usage events are priced by the version in force at their event time. Its version
+//! numbers start above the newest the ledger knows, so they keep increasing even when
+//! Redis and the sidecar both restart empty-handed.
+//!
 //! The file is re-read by path on every pass, so a Kubernetes ConfigMap's symlink swap is
 //! seen like any edit. It never writes credits.
 
@@ -19,6 +25,8 @@ use tracing::{error, info, warn};
 
 use crate::daemon::SharedPricing;
 use crate::fleet_metrics::FleetMetrics;
+use crate::ledger::{ConfigVersionRecord, Ledger, now_ms};
+use crate::pricing_history::PricingHistory;
 
 /// How often the config file is re-read, in milliseconds: with the gateways' pub/sub, an
 /// edit reaches the fleet well within a second.
@@ -37,6 +45,10 @@ pub struct ConfigPublisher {
     pub redis: Arc<RedisStore>,
     /// Metrics.
     pub metrics: Arc<FleetMetrics>,
+    /// Where each published version is recorded.
+    pub ledger: Arc<dyn Ledger>,
+    /// The parsed published versions, shared with the usage-events route.
+    pub history: Arc<PricingHistory>,
 }
 
 /// What the last pass saw.
@@ -45,9 +57,13 @@ struct Seen {
     hash: Option<String>,
     /// Whether the last valid text still has to be published (Redis was down, or lost it).
     unpublished: bool,
-    /// The newest version this publisher published or found published: the floor of the
-    /// next number, so versions keep increasing even if Redis lost the published one.
+    /// The newest version this publisher published, found published or found in the
+    /// ledger: the floor of the next number, so versions keep increasing even if Redis lost
+    /// the published one.
     newest_version: u64,
+    /// A published version not yet recorded in the ledger (it was down): its number and
+    /// text, recorded on the next pass.
+    unrecorded: Option<(u64, String)>,
 }
 
 impl ConfigPublisher {
@@ -57,7 +73,8 @@ impl ConfigPublisher {
             // The file loaded at start-up still needs publishing.
             hash: Some(self.pricing.load().content_hash().to_string()),
             unpublished: true,
-            newest_version: 0,
+            newest_version: self.history.newest(),
+            unrecorded: None,
         };
         let mut last_status = Instant::now() - Duration::from_millis(FLEET_STATUS_MS);
         while !*stop.borrow() {
@@ -109,16 +126,62 @@ impl ConfigPublisher {
             }
         }
         if seen.unpublished
-            && let Some(version) = self.publish(seen.newest_version).await
+            && let Some((version, text)) = self.publish(seen.newest_version).await
         {
             seen.newest_version = seen.newest_version.max(version);
             seen.unpublished = false;
+            seen.unrecorded = Some((version, text));
+        }
+        if let Some((version, text)) = &seen.unrecorded
+            && self.record(*version, text).await
+        {
+            seen.unrecorded = None;
         }
     }
 
-    /// Publishes the config in `pricing` and records the version Redis gave it; `None`
-    /// when it could not (retried on the next pass).
-    async fn publish(&self, floor: u64) -> Option<u64> {
+    /// Records published `version` (the config in `pricing`, whose text is `text`) in the
+    /// ledger and the history; false when the ledger failed (retried on the next pass).
+    async fn record(&self, version: u64, text: &str) -> bool {
+        let config = self.pricing.load_full();
+        if config.version() != version {
+            // A newer edit replaced it before it was recorded; that one is recorded instead.
+            return true;
+        }
+        // Redis's clock stamps the publication; the sidecar's when Redis no longer has it.
+        let published_at_ms = match self.redis.published_config().await {
+            Ok(Some(p)) if p.version == version && p.hash == config.content_hash() => {
+                p.published_at_ms
+            }
+            _ => now_ms(),
+        };
+        let record = ConfigVersionRecord {
+            version,
+            version_label: config.version_label(),
+            content_hash: config.content_hash().to_string(),
+            published_at_ms,
+            file: config.file_name().to_string(),
+            toml: text.to_string(),
+        };
+        match self.ledger.record_config_version(&record).await {
+            Ok(_) => {
+                // The ledger's first record of the number wins; read it back into the
+                // history rather than assume it is this one.
+                if let Err(e) = self.history.refresh(self.ledger.as_ref()).await {
+                    warn!(error = %e, "reading the recorded pricing versions failed");
+                    self.history.insert(published_at_ms, config);
+                }
+                true
+            }
+            Err(e) => {
+                warn!(version, error = %e, "recording the published pricing version in the ledger failed; retrying");
+                false
+            }
+        }
+    }
+
+    /// Publishes the config in `pricing` and records the version Redis gave it; returns
+    /// the version and the text, or `None` when it could not (retried on the next pass).
+    async fn publish(&self, floor: u64) -> Option<(u64, String)> {
         let config = self.pricing.load_full();
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text)
@@ -143,7 +206,7 @@ impl ConfigPublisher {
                 }
                 self.metrics.config_version.set(version as i64);
                 self.pricing.store(Arc::new(config));
-                Some(version)
+                Some((version, text))
             }
             Err(e) => {
                 warn!(error = %e, "publishing the pricing config failed; retrying");

@@ -52,6 +52,8 @@ pub struct Sidecar {
     pub last_reconcile: LastReconcile,
     /// The pricing config in force, when the sidecar was given one (`--config`).
     pub pricing: Option<SharedPricing>,
+    /// Every published pricing version, for pricing usage events at their event time.
+    pub pricing_history: Arc<crate::pricing_history::PricingHistory>,
 }
 
 /// The pricing config, swapped whole when a new version is loaded.

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod mode_commands;
 pub mod operations;
 pub mod outbox;
+pub mod pricing_history;
 pub mod reconcile;
 pub mod render;
 pub mod usage_events;

@@ -68,7 +68,7 @@ async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.db");
     let ledger = SqliteLedger::open(&path).await.unwrap();
-    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 3, 4, 5, 6]);
     Backend {
         ledger: Box::new(ledger),
         raw: Raw::Sqlite(path),
@@ -82,7 +82,7 @@ async fn postgres() -> Backend {
         .unwrap()
         .expect("postgres starts");
     let ledger = PostgresLedger::connect(&pg.url()).await.unwrap();
-    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 3, 4, 5, 6]);
     Backend {
         ledger: Box::new(ledger),
         raw: Raw::Postgres(Arc::new(pg)),
@@ -453,7 +453,10 @@ async fn migrations_run_twice_are_a_no_op(b: &Backend) {
     let l = &*b.ledger;
     assert_eq!(l.migrate().await.unwrap(), Vec::<i64>::new());
     assert_eq!(l.migrate().await.unwrap(), Vec::<i64>::new());
-    assert_eq!(l.applied_migrations().await.unwrap(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        l.applied_migrations().await.unwrap(),
+        vec![1, 2, 3, 4, 5, 6]
+    );
     // A second process opening the same database finds it up to date.
     let other: Box<dyn Ledger> = match &b.raw {
         Raw::Sqlite(path) => Box::new(SqliteLedger::open(path).await.unwrap()),
@@ -462,7 +465,7 @@ async fn migrations_run_twice_are_a_no_op(b: &Backend) {
     assert_eq!(other.migrate().await.unwrap(), Vec::<i64>::new());
     assert_eq!(
         other.applied_migrations().await.unwrap(),
-        vec![1, 2, 3, 4, 5]
+        vec![1, 2, 3, 4, 5, 6]
     );
     // The Redis generation markers the ledger records can be set and replaced.
     assert_eq!(l.redis_generation(3).await.unwrap(), None);

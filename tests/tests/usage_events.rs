@@ -36,11 +36,30 @@ fn now_ms() -> u64 {
 /// Token names of the test, each with the role of the same name.
 const TOKEN_ROLES: [&str; 3] = ["billing", "admin", "support"];
 
+/// The test's pricing config, with `export` at `export_price` credits per unit.
+fn pricing_config(export_price: i64) -> String {
+    let unused: SocketAddr = "127.0.0.1:9".parse().expect("address");
+    base_config(unused)
+        + &format!(
+            r#"
+[features.export]
+credit_type = "api"
+cost = {{ kind = "fixed", amount = {export_price} }}
+
+[features.chat]
+credit_type = "api"
+cost = {{ kind = "from_response", estimate = 10, max = 100, usage = {{ "usage.total_tokens" = 1 }} }}
+"#
+        )
+}
+
 struct EventStack {
     sidecar: Sidecar,
     credits: Credits,
     http: reqwest::blocking::Client,
     ledger_path: std::path::PathBuf,
+    /// The pricing config the sidecar watches.
+    config_path: std::path::PathBuf,
     /// The admin API's base URL.
     admin_url: String,
     /// Token by name (= role).
@@ -54,20 +73,7 @@ impl EventStack {
         let redis = RedisServer::start().expect("redis");
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("pricing.toml");
-        let unused: SocketAddr = "127.0.0.1:9".parse().expect("address");
-        let config = base_config(unused)
-            + &format!(
-                r#"
-[features.export]
-credit_type = "api"
-cost = {{ kind = "fixed", amount = {EXPORT_PRICE} }}
-
-[features.chat]
-credit_type = "api"
-cost = {{ kind = "from_response", estimate = 10, max = 100, usage = {{ "usage.total_tokens" = 1 }} }}
-"#
-            );
-        std::fs::write(&config_path, config).expect("write config");
+        std::fs::write(&config_path, pricing_config(EXPORT_PRICE)).expect("write config");
         let ledger_path = dir.path().join("ledger.db");
         let target = LedgerTarget::Sqlite(ledger_path.clone());
         let tokens = TOKEN_ROLES
@@ -88,6 +94,7 @@ cost = {{ kind = "from_response", estimate = 10, max = 100, usage = {{ "usage.to
             credits,
             http: http_client(),
             ledger_path,
+            config_path,
             admin_url,
             tokens,
             _dir: dir,
@@ -105,6 +112,30 @@ cost = {{ kind = "from_response", estimate = 10, max = 100, usage = {{ "usage.to
             std::thread::sleep(Duration::from_millis(20));
         }
         stack
+    }
+
+    /// The pricing versions recorded in the ledger, waiting until there are `n`.
+    fn wait_recorded_versions(
+        &self,
+        n: usize,
+    ) -> Vec<creditgate_sidecar::ledger::ConfigVersionRecord> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let ledger = runtime
+            .block_on(SqliteLedger::open(&self.ledger_path))
+            .expect("ledger");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let versions = runtime
+                .block_on(ledger.config_versions_after(0))
+                .expect("config versions");
+            if versions.len() >= n || Instant::now() > deadline {
+                return versions;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Posts a batch as the product's backend (a `billing` token).
@@ -347,5 +378,98 @@ fn usage_events_need_a_billing_or_admin_token_on_the_admin_listener() {
     assert_eq!(
         stack.credits.balance(ALICE).expect("balance"),
         (GRANTED - 2 * EXPORT_PRICE, 0)
+    );
+}
+
+#[test]
+fn an_event_is_priced_by_the_version_in_force_at_its_event_time() {
+    const NEW_PRICE: i64 = 5;
+    let stack = EventStack::start();
+    stack.credits.grant(ALICE, GRANTED as u64).expect("grant");
+    let first = stack.wait_recorded_versions(1);
+    assert_eq!(first.len(), 1, "{}", stack.sidecar.log_tail(20));
+    // Usage that happened under the first version, reported only after the price change.
+    std::thread::sleep(Duration::from_millis(5));
+    let before_change = now_ms();
+    std::thread::sleep(Duration::from_millis(5));
+    std::fs::write(&stack.config_path, pricing_config(NEW_PRICE)).expect("edit the config");
+    let versions = stack.wait_recorded_versions(2);
+    assert_eq!(versions.len(), 2, "{}", stack.sidecar.log_tail(20));
+    let (v1, v2) = (&versions[0], &versions[1]);
+    assert_eq!((v1.version, v2.version), (1, 2));
+    assert!(v1.published_at_ms < before_change && before_change < v2.published_at_ms);
+    assert!(
+        v2.toml.contains(&format!("amount = {NEW_PRICE}")),
+        "the text is kept"
+    );
+    std::thread::sleep(Duration::from_millis(5));
+    let after_change = now_ms();
+    let (status, answer) = stack.post(&json!({"events": [
+        event("before-change", before_change),
+        event("after-change", after_change),
+    ]}));
+    assert_eq!(status, 200, "{answer}");
+    let charged: Vec<(i64, &str)> = answer["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| {
+            (
+                r["amount"].as_i64().unwrap_or(-1),
+                r["pricing_version"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        charged,
+        [
+            (EXPORT_PRICE, v1.version_label.as_str()),
+            (NEW_PRICE, v2.version_label.as_str())
+        ],
+        "{answer}"
+    );
+    assert_eq!(
+        stack.credits.balance(ALICE).expect("balance"),
+        (GRANTED - EXPORT_PRICE - NEW_PRICE, 0)
+    );
+    // The burns in the ledger carry the version that priced them.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ledger = runtime
+        .block_on(SqliteLedger::open(&stack.ledger_path))
+        .expect("ledger");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let burns = loop {
+        let entries = runtime
+            .block_on(ledger.entries(&EntryQuery {
+                customer: Some(ALICE.into()),
+                kinds: vec![EntryKind::HoldPosted],
+                ..EntryQuery::default()
+            }))
+            .expect("entries");
+        if entries.len() == 2 || Instant::now() > deadline {
+            break entries;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut burned: Vec<(u64, i64, String)> = burns
+        .iter()
+        .map(|e| {
+            (
+                e.entry.event_at_ms,
+                e.entry.amount,
+                e.entry.pricing_version.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    burned.sort();
+    assert_eq!(
+        burned,
+        [
+            (before_change, -EXPORT_PRICE, v1.version_label.clone()),
+            (after_change, -NEW_PRICE, v2.version_label.clone())
+        ]
     );
 }

@@ -671,6 +671,48 @@ where
         Ok(done.rows_affected() == 1)
     }
 
+    /// Records a published config version; false when its number was recorded before.
+    pub(crate) async fn record_config_version(
+        &self,
+        record: &super::ConfigVersionRecord,
+    ) -> LedgerResult<bool> {
+        let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let done = sqlx::query(super::config_versions::INSERT_CONFIG_VERSION)
+            .bind(int(record.version))
+            .bind(record.version_label.as_str())
+            .bind(record.content_hash.as_str())
+            .bind(int(record.published_at_ms))
+            .bind(record.file.as_str())
+            .bind(record.toml.as_str())
+            .bind(int(now_ms()))
+            .execute(self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The config versions numbered above `after`, oldest first.
+    pub(crate) async fn config_versions_after(
+        &self,
+        after: u64,
+    ) -> LedgerResult<Vec<super::ConfigVersionRecord>> {
+        let rows = sqlx::query(super::config_versions::SELECT_CONFIG_VERSIONS_AFTER)
+            .bind(i64::try_from(after).unwrap_or(i64::MAX))
+            .fetch_all(self.readers)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(super::ConfigVersionRecord {
+                    version: r.try_get::<i64, _>(0)?.max(0) as u64,
+                    version_label: r.try_get(1)?,
+                    content_hash: r.try_get(2)?,
+                    published_at_ms: r.try_get::<i64, _>(3)?.max(0) as u64,
+                    file: r.try_get(4)?,
+                    toml: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
     pub(crate) async fn mark_grant_attempt_failed(
         &self,
         grant_id: &str,

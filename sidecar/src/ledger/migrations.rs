@@ -47,6 +47,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "usage_events",
         sql: include_str!("../../migrations/sqlite/0005_usage_events.sql"),
     },
+    Migration {
+        version: 6,
+        name: "config_versions",
+        sql: include_str!("../../migrations/sqlite/0006_config_versions.sql"),
+    },
 ];
 
 /// Postgres migrations, in version order.
@@ -75,5 +80,10 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 5,
         name: "usage_events",
         sql: include_str!("../../migrations/postgres/0005_usage_events.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "config_versions",
+        sql: include_str!("../../migrations/postgres/0006_config_versions.sql"),
     },
 ];

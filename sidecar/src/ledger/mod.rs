@@ -10,6 +10,7 @@
 
 mod chain;
 mod common;
+mod config_versions;
 mod entry;
 mod fold;
 mod grants;
@@ -26,6 +27,7 @@ use async_trait::async_trait;
 use creditgate_protocol::control::AuditEntry;
 
 pub use chain::{BreakKind, BrokenLink, ChainHead, VerifyReport, verify_customer};
+pub use config_versions::ConfigVersionRecord;
 pub use entry::{
     ADJUSTMENT_EVENT_PREFIX, Adjustment, EntryKind, GENESIS_HASH, LedgerEntry, NewEntry,
     canonical_encoding, canonical_json, entry_hash, event_from_details,
@@ -194,6 +196,13 @@ pub trait Ledger: Send + Sync {
     /// Records a usage event as received and priced, before it is burned; false when the
     /// customer's idempotency key was recorded before (the first record stays).
     async fn record_usage_event(&self, event: &UsageEventRecord) -> LedgerResult<bool>;
+
+    /// Records a published pricing config version; false when its number was recorded
+    /// before (the first record stays).
+    async fn record_config_version(&self, record: &ConfigVersionRecord) -> LedgerResult<bool>;
+
+    /// The recorded config versions numbered above `after`, oldest first (0: all).
+    async fn config_versions_after(&self, after: u64) -> LedgerResult<Vec<ConfigVersionRecord>>;
 
     /// Counts a failed delivery attempt and keeps its error; false when the grant is
     /// unknown or already applied.

@@ -191,6 +191,20 @@ impl Ledger for PostgresLedger {
         self.shared().record_usage_event(event).await
     }
 
+    async fn record_config_version(
+        &self,
+        record: &super::ConfigVersionRecord,
+    ) -> LedgerResult<bool> {
+        self.shared().record_config_version(record).await
+    }
+
+    async fn config_versions_after(
+        &self,
+        after: u64,
+    ) -> LedgerResult<Vec<super::ConfigVersionRecord>> {
+        self.shared().config_versions_after(after).await
+    }
+
     async fn mark_grant_applied(&self, grant_id: &str, at_ms: u64) -> LedgerResult<bool> {
         self.shared().mark_grant_applied(grant_id, at_ms).await
     }

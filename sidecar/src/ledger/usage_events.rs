@@ -24,7 +24,8 @@ pub struct UsageEventRecord {
     pub amount: u64,
     /// The hold that burns it (its ledger entries carry the burn).
     pub hold_id: String,
-    /// The pricing config version (content hash) that priced it.
+    /// The label of the pricing version that priced it (the one in force at
+    /// `occurred_at_ms`, from `config_versions`).
     pub pricing_version: String,
     /// The event's metadata object as JSON text, if any.
     pub metadata: Option<String>,

@@ -96,18 +96,30 @@ pub async fn ingest(s: &Sidecar, body: &Bytes) -> Response {
             ),
         );
     }
-    let config = pricing.load_full();
-    let version = config.version_label();
+    // Versions published since the last request (one query, usually empty). With the
+    // ledger down, the versions already known still price.
+    if let Err(e) = s.pricing_history.refresh(s.ledger.as_ref()).await {
+        warn!(error = %e, "reading the recorded pricing versions failed; pricing with the ones known");
+    }
+    let current = pricing.load_full();
     let now = now_ms();
     let mut results = Vec::with_capacity(events.len());
     let mut counts = [0u64; 3];
     for (index, raw) in events.iter().enumerate() {
         let key = raw.get("idempotency_key").cloned().unwrap_or(Value::Null);
         let outcome = match parse_event(index, raw, now, DEFAULT_LATE_WINDOW_MS) {
-            Ok(event) => match price(&config, index, &event) {
-                Ok(priced) => burn(s, &event, &priced, &version).await,
-                Err(rejection) => Err(rejection),
-            },
+            Ok(event) => {
+                // The version in force when the usage happened; the one in force now when
+                // no version was recorded yet (the first publication has not happened).
+                let config = s
+                    .pricing_history
+                    .at(event.occurred_at_ms)
+                    .unwrap_or_else(|| current.clone());
+                match price(&config, index, &event) {
+                    Ok(priced) => burn(s, &event, &priced, &config.version_label()).await,
+                    Err(rejection) => Err(rejection),
+                }
+            }
             Err(rejection) => Err(rejection),
         };
         let result = match outcome {
@@ -130,7 +142,8 @@ pub async fn ingest(s: &Sidecar, body: &Bytes) -> Response {
         results.push(result);
     }
     Json(json!({
-        "pricing_version": version,
+        // The version in force now; each result names the one that priced it.
+        "pricing_version": current.version_label(),
         "burned": counts[0],
         "duplicates": counts[1],
         "rejected": counts[2],
