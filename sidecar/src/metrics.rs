@@ -45,6 +45,14 @@ pub struct SidecarMetrics {
     pub shards_rebuilt: IntCounter,
     /// Errors of the sidecar's loops, by task.
     pub task_errors: IntCounterVec,
+    /// Usage events burned (each once; duplicates are not counted here).
+    pub usage_events_accepted: IntCounter,
+    /// Usage events whose idempotency key had burned before.
+    pub usage_events_duplicates: IntCounter,
+    /// Usage events rejected, by reason (`RejectReason` labels).
+    pub usage_events_rejected: IntCounterVec,
+    /// Usage events burned into overdraft (the balance could not cover them).
+    pub usage_events_overdraft: IntCounter,
 }
 
 impl SidecarMetrics {
@@ -125,6 +133,30 @@ impl SidecarMetrics {
                 "creditgate_sidecar_task_errors_total",
                 "Failed passes of the sidecar's loops, by task.",
                 &["task"],
+            ),
+            usage_events_accepted: counter(
+                "creditgate_usage_events_accepted_total",
+                "Usage events burned.",
+            ),
+            usage_events_duplicates: counter(
+                "creditgate_usage_events_duplicate_total",
+                "Usage events whose idempotency key had burned before; not burned again.",
+            ),
+            usage_events_rejected: {
+                let rejected = counter_vec(
+                    "creditgate_usage_events_rejected_total",
+                    "Usage events rejected, by reason.",
+                    &["reason"],
+                );
+                // Every reason shows from the start, at 0, so a rate() sees its first one.
+                for reason in crate::usage_events::RejectReason::ALL {
+                    rejected.with_label_values(&[reason.as_str()]);
+                }
+                rejected
+            },
+            usage_events_overdraft: counter(
+                "creditgate_usage_events_overdraft_total",
+                "Usage events burned into overdraft because the balance could not cover them.",
             ),
             registry,
         }

@@ -216,6 +216,11 @@ fn a_thousand_events_with_duplicates_and_late_arrivals_burn_once_in_event_time_o
     assert_eq!(statuses.get("duplicate"), Some(&100), "{statuses:?}");
     // 1 000 credits cover 500 events; the other 400 burned into overdraft and say so.
     assert_eq!(overdraft, 400);
+    // The sidecar's /metrics count the same.
+    let metric = |name: &str| stack.sidecar.metric(name, &[]);
+    assert_eq!(metric("creditgate_usage_events_accepted_total"), 900.0);
+    assert_eq!(metric("creditgate_usage_events_duplicate_total"), 100.0);
+    assert_eq!(metric("creditgate_usage_events_overdraft_total"), 400.0);
     assert_eq!(
         stack.credits.balance(ALICE).expect("balance"),
         (GRANTED - 900 * EXPORT_PRICE, 0)
@@ -328,6 +333,29 @@ fn a_batch_answers_per_event_and_rejects_old_and_bad_events_by_field() {
         (answer["burned"].as_u64(), answer["rejected"].as_u64()),
         (Some(2), Some(4))
     );
+    // /metrics: two accepted, one duplicate, the rejections by reason, no overdraft.
+    let metric = |name: &str, labels: &[(&str, &str)]| stack.sidecar.metric(name, labels);
+    assert_eq!(metric("creditgate_usage_events_accepted_total", &[]), 2.0);
+    assert_eq!(metric("creditgate_usage_events_duplicate_total", &[]), 1.0);
+    assert_eq!(metric("creditgate_usage_events_overdraft_total", &[]), 0.0);
+    for (reason, count) in [
+        ("too_late", 1.0),
+        ("invalid", 1.0),
+        ("unknown_feature", 1.0),
+        ("unpriceable", 1.0),
+        ("in_the_future", 0.0),
+        ("key_reused", 0.0),
+        ("unavailable", 0.0),
+    ] {
+        assert_eq!(
+            metric(
+                "creditgate_usage_events_rejected_total",
+                &[("reason", reason)]
+            ),
+            count,
+            "{reason}"
+        );
+    }
     assert_eq!(
         stack.credits.balance(ALICE).expect("balance"),
         (GRANTED - 2 * EXPORT_PRICE, 0),

@@ -52,21 +52,78 @@ pub struct UsageEvent {
     pub metadata: Option<Map<String, Value>>,
 }
 
-/// Why an event was rejected: the field (`events[3].occurred_at_ms`) and a message.
+/// The kind of a rejection, the `reason` label of `creditgate_usage_events_rejected_total`:
+/// a short fixed set, so the metric's cardinality stays bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// A field is missing, of the wrong type or out of its limits.
+    Invalid,
+    /// The event is older than the late window.
+    TooLate,
+    /// The event is further in the future than the clock skew allowed.
+    InTheFuture,
+    /// The feature is not in the pricing version in force at the event time.
+    UnknownFeature,
+    /// The feature's cost rule cannot price a usage event (usage fields of a response).
+    Unpriceable,
+    /// The idempotency key was used for another event of the customer.
+    KeyReused,
+    /// The ledger or the credit store failed; a retry burns the event once.
+    Unavailable,
+}
+
+impl RejectReason {
+    /// Every reason, for initialising the metric's series.
+    pub const ALL: [RejectReason; 7] = [
+        Self::Invalid,
+        Self::TooLate,
+        Self::InTheFuture,
+        Self::UnknownFeature,
+        Self::Unpriceable,
+        Self::KeyReused,
+        Self::Unavailable,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::TooLate => "too_late",
+            Self::InTheFuture => "in_the_future",
+            Self::UnknownFeature => "unknown_feature",
+            Self::Unpriceable => "unpriceable",
+            Self::KeyReused => "key_reused",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Why an event was rejected: the field (`events[3].occurred_at_ms`), a message and the
+/// kind of rejection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     /// The JSON path of the offending field.
     pub field: String,
     /// What is wrong, for a person.
     pub message: String,
+    /// The kind, for the metrics.
+    pub reason: RejectReason,
 }
 
 impl Rejection {
-    fn new(field: String, message: impl Into<String>) -> Self {
+    /// An [`RejectReason::Invalid`] rejection of `field`.
+    pub fn new(field: String, message: impl Into<String>) -> Self {
         Self {
             field,
             message: message.into(),
+            reason: RejectReason::Invalid,
         }
+    }
+
+    /// The same rejection with another kind.
+    pub fn because(mut self, reason: RejectReason) -> Self {
+        self.reason = reason;
+        self
     }
 }
 
@@ -155,7 +212,8 @@ pub fn parse_event(
                 now_ms - occurred_at_ms,
                 late_window_ms / 86_400_000
             ),
-        ));
+        )
+        .because(RejectReason::TooLate));
     }
     if occurred_at_ms > now_ms + MAX_CLOCK_SKEW_MS {
         return Err(Rejection::new(
@@ -165,7 +223,8 @@ pub fn parse_event(
                  clock skew is accepted)",
                 occurred_at_ms - now_ms
             ),
-        ));
+        )
+        .because(RejectReason::InTheFuture));
     }
     Ok(UsageEvent {
         customer,
@@ -202,8 +261,14 @@ pub fn price(
         .ok_or_else(|| {
             Rejection::new(
                 format!("events[{index}].feature"),
-                format!("unknown feature {:?} in the pricing config", event.feature),
+                format!(
+                    "unknown feature {:?} in pricing version {}, the one in force at the \
+                     event time",
+                    event.feature,
+                    config.version_label()
+                ),
             )
+            .because(RejectReason::UnknownFeature)
         })?;
     let q = event.quantity;
     let amount = match cost.rule {
@@ -220,7 +285,8 @@ pub fn price(
                          need a fixed, per_unit or header-rated rule",
                         event.feature
                     ),
-                ));
+                )
+                .because(RejectReason::Unpriceable));
             }
         },
     };

@@ -24,8 +24,8 @@ use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use super::{
-    DEFAULT_LATE_WINDOW_MS, MAX_EVENTS_PER_REQUEST, MAX_REQUEST_BYTES, Priced, Rejection,
-    UsageEvent, parse_event, price,
+    DEFAULT_LATE_WINDOW_MS, MAX_EVENTS_PER_REQUEST, MAX_REQUEST_BYTES, Priced, RejectReason,
+    Rejection, UsageEvent, parse_event, price,
 };
 use crate::daemon::Sidecar;
 use crate::ledger::{UsageEventRecord, now_ms};
@@ -126,15 +126,28 @@ pub async fn ingest(s: &Sidecar, body: &Bytes) -> Response {
             Ok(mut result) => {
                 if result["status"] == "burned" {
                     counts[0] += 1;
+                    s.metrics.usage_events_accepted.inc();
+                    if result["overdraft"] == true {
+                        s.metrics.usage_events_overdraft.inc();
+                    }
                 } else {
                     counts[1] += 1;
+                    s.metrics.usage_events_duplicates.inc();
                 }
                 result["index"] = json!(index);
                 result["idempotency_key"] = key;
                 result
             }
-            Err(Rejection { field, message }) => {
+            Err(Rejection {
+                field,
+                message,
+                reason,
+            }) => {
                 counts[2] += 1;
+                s.metrics
+                    .usage_events_rejected
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
                 json!({"index": index, "idempotency_key": key, "status": "rejected",
                     "error": {"field": field, "message": message}})
             }
@@ -184,6 +197,7 @@ async fn burn(
         return Err(Rejection {
             field: "idempotency_key".into(),
             message: format!("the ledger failed ({e}); retry the event, it burns once"),
+            reason: RejectReason::Unavailable,
         });
     }
     let store_error = |e: &dyn std::fmt::Display| {
@@ -191,6 +205,7 @@ async fn burn(
         Rejection {
             field: "idempotency_key".into(),
             message: format!("the credit store failed ({e}); retry the event, it burns once"),
+            reason: RejectReason::Unavailable,
         }
     };
     let reserve = ReserveRequest {
@@ -229,6 +244,7 @@ async fn burn(
                     "already used for another event of this customer ({first_amount} \
                      {first_credit_type}); idempotency keys must be unique per event"
                 ),
+                reason: RejectReason::KeyReused,
             });
         }
         Ok(ReserveOutcome::Insufficient { available, .. }) => {
