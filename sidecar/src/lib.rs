@@ -7,7 +7,8 @@
 //! ([`inspect`], rendered by [`render`]); `mode` reads and changes the fleet's modes
 //! ([`mode_commands`]); the config publisher ([`config_publisher`]) runs inside `run`. With
 //! `--admin-listen`, `run` also serves the [`admin`] API (credit operations, configured by
-//! the [`operations`] file, and the fleet control routes of [`control_api`]); `admin token`
+//! the [`operations`] file, the fleet control routes of [`control_api`] and the
+//! [`usage_events`] route, all behind bearer tokens); `admin token`
 //! manages its bearer tokens. The binary in `main.rs` only parses the command line and
 //! calls [`run`].
 

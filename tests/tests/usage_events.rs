@@ -407,6 +407,16 @@ fn usage_events_need_a_billing_or_admin_token_on_the_admin_listener() {
         stack.credits.balance(ALICE).expect("balance"),
         (GRANTED - 2 * EXPORT_PRICE, 0)
     );
+    // A full batch is larger than the admin API's 64 KiB limit for its other calls; the
+    // usage-events route takes it (one key 1,000 times: burned once).
+    let full = json!({"events": vec![event("full-batch", now - 1_000); 1_000]});
+    assert!(full.to_string().len() > 64 * 1024);
+    let (status, answer) = stack.post(&full);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (answer["burned"].as_u64(), answer["duplicates"].as_u64()),
+        (Some(1), Some(999))
+    );
 }
 
 #[test]
