@@ -194,7 +194,7 @@ async fn mutate<F, Fut>(
     op: F,
 ) -> Response
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = Reply>,
 {
     if let Err(e) = caller.require(roles_of(method.clone(), route)) {
@@ -245,7 +245,7 @@ async fn create_customer(
         Method::POST,
         "/v1/admin/customers",
         (&uri, &headers, &body),
-        || customers::create(&st, &caller, &body),
+        |_| customers::create(&st, &caller, &body),
     )
     .await
 }
@@ -271,7 +271,7 @@ async fn set_plan(
         Method::PUT,
         "/v1/admin/customers/{customer}/plan",
         (&uri, &headers, &body),
-        || customers::set_plan(&st, &caller, &customer, &body),
+        |_| customers::set_plan(&st, &caller, &customer, &body),
     )
     .await
 }
@@ -290,7 +290,7 @@ async fn create_api_key(
         Method::POST,
         "/v1/admin/customers/{customer}/api-keys",
         (&uri, &headers, &body),
-        || customers::create_api_key(&st, &caller, &customer, &body),
+        |_| customers::create_api_key(&st, &caller, &customer, &body),
     )
     .await
 }
@@ -309,7 +309,7 @@ async fn revoke_api_key(
         Method::POST,
         "/v1/admin/customers/{customer}/api-keys/{key_id}/revoke",
         (&uri, &headers, &body),
-        || customers::revoke_api_key(&st, &caller, &customer, &key_id, &body),
+        |_| customers::revoke_api_key(&st, &caller, &customer, &key_id, &body),
     )
     .await
 }
@@ -328,7 +328,12 @@ async fn create_grant(
         Method::POST,
         "/v1/admin/customers/{customer}/grants",
         (&uri, &headers, &body),
-        || grants::grant(&st, &caller, &customer, &body),
+        {
+            let (st, caller, customer, body) = (&*st, &caller, &customer, &body);
+            move |call_id: String| async move {
+                grants::grant(st, caller, customer, body, &call_id).await
+            }
+        },
     )
     .await
 }
@@ -347,7 +352,7 @@ async fn void_grant(
         Method::POST,
         "/v1/admin/customers/{customer}/grants/{grant_id}/void",
         (&uri, &headers, &body),
-        || grants::void(&st, &caller, &customer, &grant_id, &body),
+        |_| grants::void(&st, &caller, &customer, &grant_id, &body),
     )
     .await
 }
@@ -366,7 +371,12 @@ async fn purchase(
         Method::POST,
         "/v1/admin/customers/{customer}/purchases",
         (&uri, &headers, &body),
-        || grants::purchase(&st, &caller, &customer, &body),
+        {
+            let (st, caller, customer, body) = (&*st, &caller, &customer, &body);
+            move |call_id: String| async move {
+                grants::purchase(st, caller, customer, body, &call_id).await
+            }
+        },
     )
     .await
 }
@@ -421,7 +431,7 @@ async fn approve(
         Method::POST,
         "/v1/admin/grant-approvals/{request_id}/approve",
         (&uri, &headers, &body),
-        || grants::approve(&st, &caller, &request_id),
+        |_| grants::approve(&st, &caller, &request_id),
     )
     .await
 }
@@ -440,7 +450,7 @@ async fn set_alerts(
         Method::PUT,
         "/v1/admin/customers/{customer}/alerts",
         (&uri, &headers, &body),
-        || alerts::set(&st, &caller, &customer, &body),
+        |_| alerts::set(&st, &caller, &customer, &body),
     )
     .await
 }
