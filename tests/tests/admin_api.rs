@@ -1092,6 +1092,50 @@ fn a_void_removes_only_the_remaining_credits(backend: Backend) {
         .json();
     assert_eq!(entries["entries"].as_array().unwrap().len(), 1, "{entries}");
     assert_eq!(entries["entries"][0]["amount"], -200);
+    // Paging one entry at a time walks the same entries as one page, in order.
+    let all = h.get("readonly", "/v1/admin/customers/acme/ledger").json();
+    let all_seqs: Vec<i64> = all["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(all_seqs.len(), 3, "two grants and the void: {all}");
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/admin/customers/acme/ledger?limit=1&cursor={c}"),
+            None => "/v1/admin/customers/acme/ledger?limit=1".to_string(),
+        };
+        let page = h.get("readonly", &path).json();
+        for e in page["entries"].as_array().unwrap() {
+            paged.push(e["seq"].as_i64().unwrap());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+        assert!(paged.len() <= 3, "paging ends: {paged:?}");
+    }
+    assert_eq!(paged, all_seqs);
+    let later = all["entries"][2]["event_at_ms"].as_u64().unwrap();
+    let since = h
+        .get(
+            "readonly",
+            &format!("/v1/admin/customers/acme/ledger?from_ms={later}"),
+        )
+        .json();
+    assert!(
+        since["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["event_at_ms"].as_u64().unwrap() >= later)
+    );
+    let bad = h.get("readonly", "/v1/admin/customers/acme/ledger?limit=0");
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["field"], "limit");
 }
 
 fn a_monthly_allotment_missed_while_down_is_granted_once_on_restart(backend: Backend) {
