@@ -898,6 +898,20 @@ fn fifty_concurrent_purchases_with_one_key_grant_once(backend: Backend) {
     assert_eq!(other.status, 422, "{other:?}");
     assert_eq!(other.json()["field"], "Idempotency-Key");
     assert_eq!(h.grants_of("acme").len(), 1);
+    // The key outlives the process: after a restart the replay is still the first answer.
+    let mut h = Arc::try_unwrap(h).unwrap_or_else(|_| panic!("the threads are done"));
+    h.sidecar.stop().expect("sidecar stops");
+    h.sidecar.restart().expect("sidecar restarts");
+    h.wait_for_admin();
+    let after_restart = h.call(
+        Some("billing"),
+        "POST",
+        "/v1/admin/customers/acme/purchases",
+        Some(&idem),
+        Some(&body),
+    );
+    assert_eq!(after_restart, answers[0]);
+    assert_eq!(h.grants_of("acme").len(), 1);
 }
 
 fn bad_input_names_the_field_and_writes_nothing(backend: Backend) {
