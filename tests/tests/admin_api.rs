@@ -149,6 +149,10 @@ impl Harness {
     }
 
     fn start_with(backend: Backend, operations: &str) -> Self {
+        Self::start_with_pricing(backend, operations, None)
+    }
+
+    fn start_with_pricing(backend: Backend, operations: &str, pricing: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let redis = RedisServer::start().expect("redis starts");
         let (pg, target) = match backend {
@@ -174,6 +178,12 @@ impl Harness {
             "--operations".into(),
             ops.display().to_string(),
         ];
+        if let Some(pricing) = pricing {
+            let path = dir.path().join("pricing.toml");
+            std::fs::write(&path, pricing).expect("write the pricing config");
+            options.extra_args.push("--config".into());
+            options.extra_args.push(path.display().to_string());
+        }
         let sidecar = Sidecar::start(options).expect("sidecar starts");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -1304,4 +1314,39 @@ fn the_cli_calls_the_admin_api() {
     let body: Value = serde_json::from_slice(&balance.stdout).expect("JSON");
     assert_eq!(body["live"]["grants"][0]["remaining"], 250, "{body}");
     assert_eq!(body["live"]["types"][0]["available"], 250, "{body}");
+}
+
+/// With a pricing config, a customer's plan must be one of its plans.
+#[test]
+fn plans_are_checked_against_the_pricing_config() {
+    let pricing = format!(
+        "{}\n[plans.annual]\ndescription = \"Annual, billed monthly in credits.\"\n",
+        creditgate_e2e::base_config("127.0.0.1:9".parse().unwrap())
+    );
+    let h = Harness::start_with_pricing(Backend::Sqlite, OPERATIONS, Some(&pricing));
+    h.create_customer("acme", Some("annual"));
+    let unknown = h.post(
+        "billing",
+        "/v1/admin/customers",
+        json!({"customer": "globex", "plan": "platinum"}),
+    );
+    assert_eq!(unknown.status, 400, "{unknown:?}");
+    assert_eq!(unknown.json()["field"], "plan");
+    let set = h.call(
+        Some("billing"),
+        "PUT",
+        "/v1/admin/customers/acme/plan",
+        Some(&key()),
+        Some(&json!({"plan": "platinum"})),
+    );
+    assert_eq!(set.status, 400, "{set:?}");
+    assert_eq!(
+        h.get("readonly", "/v1/admin/customers/acme").json()["plan"],
+        "annual"
+    );
+    assert_eq!(
+        h.get("readonly", "/v1/admin/customers/globex").status,
+        404,
+        "nothing was written"
+    );
 }

@@ -38,6 +38,26 @@ pub async fn plan_of(st: &AdminState, customer: &str) -> Result<Option<String>, 
     })
 }
 
+/// A 400 naming `plan` when the sidecar runs with a pricing config (`--config`) that
+/// does not define the plan; without one, any plan id is taken.
+fn check_plan(st: &AdminState, plan: &str) -> Result<(), ApiError> {
+    let Some(pricing) = &st.sidecar.pricing else {
+        return Ok(());
+    };
+    let config = pricing.load();
+    if config.plans().contains_key(plan) {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            "plan",
+            format!(
+                "unknown plan {plan:?}; the pricing config defines {:?}",
+                config.plans().keys().collect::<Vec<_>>()
+            ),
+        ))
+    }
+}
+
 async fn run(f: impl std::future::Future<Output = Result<Reply, ApiError>>) -> Reply {
     f.await.unwrap_or_else(Reply::from)
 }
@@ -49,6 +69,9 @@ pub async fn create(st: &AdminState, caller: &Caller, body: &[u8]) -> Reply {
         let customer = b.id("customer")?;
         let plan = b.opt_id("plan")?;
         b.finish()?;
+        if let Some(p) = &plan {
+            check_plan(st, p)?;
+        }
         let now = now_ms();
         let inserted = exec!(
             &st.db,
@@ -108,6 +131,7 @@ pub async fn set_plan(st: &AdminState, caller: &Caller, customer: &str, body: &[
         let mut b = Body::parse(body)?;
         let plan = b.id("plan")?;
         b.finish()?;
+        check_plan(st, &plan)?;
         plan_of(st, customer).await?;
         exec!(
             &st.db,
