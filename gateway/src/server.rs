@@ -186,6 +186,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("connecting to Redis at {target:?}"))?;
         info!(target = ?target, "connected to the Redis credit store");
         StoreClient::redis(Arc::new(redis), metrics.clone())
+            .with_key_cache_ttl_ms(args.api_key_cache_ttl_ms)
     };
     let store = Arc::new(store);
     info!(config = %args.config.display(), summary = %config.summary(), hash = %config.content_hash(), "pricing config loaded");

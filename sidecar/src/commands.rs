@@ -120,6 +120,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
                 .with_context(|| format!("binding the admin listener to {listen}"))?;
             tokio::spawn(crate::admin::schedule::run(state.clone(), stop_rx.clone()));
             tokio::spawn(crate::admin::alerts::run(state.clone(), stop_rx.clone()));
+            tokio::spawn(crate::admin::key_sync::run(state.clone(), stop_rx.clone()));
             Some(tokio::spawn(crate::admin::serve(
                 listener,
                 state,

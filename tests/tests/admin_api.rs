@@ -13,7 +13,7 @@ use std::sync::{Arc, Barrier, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use creditgate_e2e::http_client;
+use creditgate_e2e::{http_client, sha256_hex};
 use creditgate_protocol::types::DEFAULT_RETAIN_MS;
 use creditgate_protocol::{
     CreditStore, GrantSource, Keyspace, RedisStore, RedisTarget, ReserveOutcome, ReserveRequest,
@@ -21,8 +21,8 @@ use creditgate_protocol::{
 };
 use creditgate_sidecar::ledger::{GrantRecord, Ledger, PostgresLedger, SqliteLedger};
 use creditgate_testkit::{
-    LedgerTarget, Postgres, ReceivedWebhook, RedisServer, Sidecar, SidecarOptions, WebhookReceiver,
-    free_port, sidecar_command,
+    Gateway, GatewayOptions, LedgerTarget, Postgres, ReceivedWebhook, RedisServer, Sidecar,
+    SidecarOptions, Upstream, WebhookReceiver, free_port, sidecar_command,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -138,7 +138,7 @@ struct Harness {
     store: RedisStore,
     rt: tokio::runtime::Runtime,
     client: reqwest::blocking::Client,
-    _redis: RedisServer,
+    redis: RedisServer,
     _pg: Option<Arc<Postgres>>,
     _dir: TempDir,
 }
@@ -213,7 +213,7 @@ impl Harness {
             store,
             rt,
             client: http_client(),
-            _redis: redis,
+            redis,
             _pg: pg,
             _dir: dir,
         };
@@ -1349,4 +1349,193 @@ fn plans_are_checked_against_the_pricing_config() {
         404,
         "nothing was written"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// API keys at the gateway
+
+/// The gateway's API key cache TTL in these tests, ms: short, so a revocation shows fast.
+const GATEWAY_KEY_TTL_MS: u64 = 300;
+
+/// Credits one `/search` costs at the gateway.
+const SEARCH_COST: i64 = 7;
+
+/// A pricing config with one charged route and no `[[api_keys]]`: every key comes from
+/// Redis, where the sidecar publishes them.
+fn gateway_config(upstream: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+[defaults]
+mode = "enforce"
+failure_policy = "fail_closed"
+store_timeout_ms = 500
+unmatched = "not_found"
+
+[billing]
+top_up_url = "https://billing.example.test/top-up"
+
+[credit_types.api]
+scale = 0
+
+[upstreams.default]
+address = "{upstream}"
+connect_timeout_ms = 500
+read_timeout_ms = 2000
+
+[features.search]
+credit_type = "api"
+cost = {{ kind = "fixed", amount = {SEARCH_COST} }}
+
+[[routes]]
+name = "search"
+method = "GET"
+path = "/search"
+feature = "search"
+"#
+    )
+}
+
+/// `GET /search` at the gateway with `api_key`; the status.
+fn search(client: &reqwest::blocking::Client, gateway: &Gateway, api_key: &str) -> u16 {
+    client
+        .get(format!("{}/search", gateway.proxy_url()))
+        .bearer_auth(api_key)
+        .send()
+        .expect("gateway answers")
+        .status()
+        .as_u16()
+}
+
+/// Polls `search` until it answers `want`: how long that took and how many of the
+/// answers were 200 (each one charged).
+fn until_status(
+    client: &reqwest::blocking::Client,
+    gateway: &Gateway,
+    api_key: &str,
+    want: u16,
+    within: Duration,
+) -> (Duration, i64) {
+    let started = Instant::now();
+    let mut seen = BTreeMap::new();
+    loop {
+        let got = search(client, gateway, api_key);
+        *seen.entry(got).or_insert(0i64) += 1;
+        if got == want {
+            eprintln!("statuses seen while waiting for {want}: {seen:?}");
+            return (started.elapsed(), seen.get(&200).copied().unwrap_or(0));
+        }
+        assert!(
+            started.elapsed() < within,
+            "gateway still answers {got} (want {want}) after {:?}; gateway log:\n{}",
+            started.elapsed(),
+            gateway.log_tail(20)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A key issued by the admin API is accepted by the real gateway and charges its customer;
+/// once revoked the gateway rejects it within its key cache TTL. After Redis loses every
+/// key (`FLUSHALL`), the sidecar republishes the active ones and the revoked one stays
+/// revoked.
+#[test]
+fn api_keys_issued_by_the_admin_api_work_at_the_gateway_until_revoked() {
+    const GRANTED: i64 = 10_000;
+    let h = Harness::start(Backend::Sqlite);
+    let upstream = Upstream::start().expect("upstream");
+    let gateway = Gateway::start(GatewayOptions {
+        config_toml: gateway_config(upstream.addr()),
+        redis_url: Some(h.redis.url()),
+        extra_args: vec![
+            "--api-key-cache-ttl-ms".into(),
+            GATEWAY_KEY_TTL_MS.to_string(),
+        ],
+        ..GatewayOptions::default()
+    })
+    .expect("gateway starts");
+    let client = http_client();
+    h.create_customer("acme", None);
+    let grant = h.post(
+        "admin",
+        "/v1/admin/customers/acme/grants",
+        json!({"source": "adjustment", "credit_type": "api", "amount": GRANTED, "reason_code": "onboarding"}),
+    );
+    assert_eq!(grant.status, 201, "{grant:?}");
+    h.wait_available("acme", "api", GRANTED);
+
+    let issue = |who: &str| {
+        let a = h.post(who, "/v1/admin/customers/acme/api-keys", json!({}));
+        assert_eq!(a.status, 201, "{a:?}");
+        let v = a.json();
+        assert_eq!(v["published"], true, "{a:?}");
+        (
+            v["key_id"].as_str().unwrap().to_string(),
+            v["api_key"].as_str().unwrap().to_string(),
+        )
+    };
+    let (first_id, first) = issue("billing");
+    let (_, second) = issue("admin");
+    // Redis holds the hash, never the plaintext.
+    let stored = h
+        .redis
+        .cli(&["GET", &format!("cg:apikey:{}", sha256_hex(&first))]);
+    assert_eq!(stored.expect("redis-cli").trim(), "acme");
+
+    // Accepted at once (nothing cached yet), and the customer is charged.
+    assert_eq!(search(&client, &gateway, &first), 200);
+    h.wait_available("acme", "api", GRANTED - SEARCH_COST);
+    assert_eq!(search(&client, &gateway, "cgk_not-a-key"), 401);
+
+    // Revoked: rejected within the cache TTL (plus polling slack).
+    let revoke = h.post(
+        "support",
+        &format!("/v1/admin/customers/acme/api-keys/{first_id}/revoke"),
+        json!({}),
+    );
+    assert_eq!(revoke.status, 200, "{revoke:?}");
+    assert_eq!(revoke.json()["withdrawn"], true, "{revoke:?}");
+    let (took, charged) = until_status(&client, &gateway, &first, 401, Duration::from_secs(5));
+    eprintln!("revoked key rejected after {took:?} (cache TTL {GATEWAY_KEY_TTL_MS} ms)");
+    assert!(
+        took < Duration::from_millis(GATEWAY_KEY_TTL_MS + 1_000),
+        "revocation took {took:?}"
+    );
+    let mut expected = GRANTED - SEARCH_COST * (1 + charged);
+    h.wait_available("acme", "api", expected);
+    assert_eq!(search(&client, &gateway, &second), 200);
+    expected -= SEARCH_COST;
+    h.wait_available("acme", "api", expected);
+
+    // The ledger has every charge (so the data loss below loses none).
+    let started = Instant::now();
+    loop {
+        let sums = h.rt.block_on(h.ledger.amount_sums()).expect("ledger sums");
+        let acme = sums
+            .iter()
+            .find(|(c, t, _)| c == "acme" && t == "api")
+            .map(|(_, _, sum)| *sum);
+        if acme == Some(expected) {
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "ledger at {acme:?}, expected {expected}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Redis loses everything: keys and balances. The sidecar rebuilds the balances from
+    // the ledger and republishes the active key; the revoked one stays revoked.
+    h.redis.cli(&["FLUSHALL"]).expect("FLUSHALL");
+    let gone = h
+        .redis
+        .cli(&["EXISTS", &format!("cg:apikey:{}", sha256_hex(&second))]);
+    assert_eq!(gone.expect("redis-cli").trim(), "0");
+    let (took, _) = until_status(&client, &gateway, &second, 200, WAIT);
+    eprintln!("active key usable again {took:?} after FLUSHALL");
+    h.wait_available("acme", "api", expected - SEARCH_COST);
+    assert_eq!(search(&client, &gateway, &first), 401);
+    let revoked = h
+        .redis
+        .cli(&["EXISTS", &format!("cg:apikey:{}", sha256_hex(&first))]);
+    assert_eq!(revoked.expect("redis-cli").trim(), "0");
 }

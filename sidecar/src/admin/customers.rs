@@ -1,5 +1,6 @@
 //! Customers, their plan and their API keys. A key's plaintext is returned once, at
-//! creation; only its SHA-256 hash is kept. Nothing here grants credits.
+//! creation; only its SHA-256 hash is kept, in the ledger database and, for the gateways,
+//! in Redis ([`super::key_sync`]). Nothing here grants credits.
 
 use axum::http::StatusCode;
 use serde_json::json;
@@ -10,6 +11,7 @@ use super::db::{exec, fetch};
 use super::error::ApiError;
 use super::fields::Body;
 use super::idempotency::{Reply, reply};
+use super::key_sync;
 use crate::ledger::now_ms;
 
 /// Prefix of customer API keys created here.
@@ -161,6 +163,7 @@ pub async fn create_api_key(
         plan_of(st, customer).await?;
         let key = new_secret(API_KEY_PREFIX);
         let key_id = format!("k-{}", uuid::Uuid::new_v4().simple());
+        let hash = secret_hash(&key);
         let now = now_ms();
         exec!(
             &st.db,
@@ -168,15 +171,18 @@ pub async fn create_api_key(
              VALUES ($1, $2, $3, $4, $5)",
             key_id.as_str(),
             customer,
-            secret_hash(&key),
+            hash.as_str(),
             caller.name.as_str(),
             now as i64,
         )
         .map_err(unavailable)?;
+        // Recorded: the key exists. Publishing it is retried by the key sync pass when
+        // Redis fails now, so the answer is a success either way.
+        let published = key_sync::publish(st, &hash, customer).await;
         Ok(reply(
             StatusCode::CREATED,
             &json!({"customer": customer, "key_id": key_id, "api_key": key,
-                    "created_by": caller.name, "created_at_ms": now}),
+                    "created_by": caller.name, "created_at_ms": now, "published": published}),
         ))
     })
     .await
@@ -193,6 +199,13 @@ pub async fn revoke_api_key(
     run(async {
         Body::parse(body)?.finish()?;
         let now = now_ms();
+        let hashes = fetch!(
+            &st.db,
+            "SELECT key_hash FROM customer_api_keys WHERE key_id = $1 AND customer = $2",
+            [key_id, customer],
+            |row| row.try_get::<String, _>("key_hash")
+        )
+        .map_err(unavailable)?;
         let changed = exec!(
             &st.db,
             "UPDATE customer_api_keys SET revoked_by = $1, revoked_at_ms = $2 \
@@ -211,9 +224,15 @@ pub async fn revoke_api_key(
                 format!("customer {customer:?} has no active key {key_id:?}"),
             ));
         }
+        // Recorded: the key is revoked. A failed delete is retried by the key sync pass.
+        let mut withdrawn = true;
+        for hash in &hashes {
+            withdrawn &= key_sync::withdraw(st, hash).await;
+        }
         Ok(reply(
             StatusCode::OK,
-            &json!({"customer": customer, "key_id": key_id, "revoked_by": caller.name, "revoked_at_ms": now}),
+            &json!({"customer": customer, "key_id": key_id, "revoked_by": caller.name,
+                    "revoked_at_ms": now, "withdrawn": withdrawn}),
         ))
     })
     .await

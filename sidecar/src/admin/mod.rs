@@ -15,6 +15,7 @@ pub mod error;
 pub mod fields;
 pub mod grants;
 pub mod idempotency;
+pub mod key_sync;
 pub mod reads;
 pub mod schedule;
 pub mod webhooks;
