@@ -447,6 +447,7 @@ on_both_backends!(
     bad_input_names_the_field_and_writes_nothing,
     a_void_removes_only_the_remaining_credits,
     a_monthly_allotment_missed_while_down_is_granted_once_on_restart,
+    whole_months_missed_while_down_are_back_filled_once_each,
     an_auto_recharge_burst_fires_one_webhook_and_its_top_up_lands_once,
     events_fire_once_per_crossing_signed_and_retried,
 );
@@ -1193,6 +1194,84 @@ fn a_monthly_allotment_missed_while_down_is_granted_once_on_restart(backend: Bac
     thread::sleep(Duration::from_millis(500));
     assert_eq!(h.grants_of("acme").len(), 1);
     assert_eq!(h.available("acme", "ai"), 700);
+}
+
+/// Records the `annual-monthly` allotment of the period `month` (a month index) for
+/// `customer` straight in the ledger and Redis, as a sidecar running then would have.
+fn seed_allotment(h: &Harness, customer: &str, month: i64) {
+    use creditgate_sidecar::admin::schedule::{period_label, schedule_grant_id};
+    let period = period_label(month);
+    let record = GrantRecord {
+        grant_id: schedule_grant_id("annual-monthly", &period, customer),
+        customer: customer.to_string(),
+        credit_type: "ai".into(),
+        amount: 700,
+        priority: creditgate_sidecar::admin::grants::DEFAULT_GRANT_PRIORITY,
+        expires_at_ms: None,
+        cost_basis: 0,
+        source: GrantSource::PlanAllotment,
+        actor: "schedule:annual-monthly".into(),
+        reason: format!("scheduled_allotment: period {period}"),
+        created_at_ms: creditgate_sidecar::ledger::now_ms(),
+    };
+    h.rt.block_on(creditgate_sidecar::outbox::issue_grant(
+        h.ledger.as_ref(),
+        &h.store,
+        &record,
+    ))
+    .expect("seed the allotment");
+}
+
+/// The periods of a customer's `annual-monthly` grants, sorted, each with how many grants
+/// carry it; every reason names its period.
+fn allotment_periods(h: &Harness, customer: &str) -> BTreeMap<String, usize> {
+    let mut periods = BTreeMap::new();
+    for g in h.grants_of(customer) {
+        assert_eq!(g.source, GrantSource::PlanAllotment, "{g:?}");
+        let period = g.grant_id["s-annual-monthly-".len()..][..7].to_string();
+        assert!(g.reason.contains(&format!("period {period}")), "{g:?}");
+        *periods.entry(period).or_insert(0) += 1;
+    }
+    periods
+}
+
+fn whole_months_missed_while_down_are_back_filled_once_each(backend: Backend) {
+    use creditgate_sidecar::admin::schedule::{BACKFILL_MAX_PERIODS, month_index, period_label};
+    let mut h = Harness::start(backend);
+    h.create_customer("acme", Some("annual"));
+    h.create_customer("globex", Some("annual"));
+    // The sidecar was down for months: acme last got its allotment 4 months ago, globex
+    // 20 months ago (past the back-fill bound).
+    h.sidecar.stop().expect("sidecar stops");
+    let current = month_index(creditgate_sidecar::ledger::now_ms());
+    seed_allotment(&h, "acme", current - 4);
+    seed_allotment(&h, "globex", current - 20);
+    h.sidecar.restart().expect("sidecar restarts");
+    h.wait_for_admin();
+
+    // acme: the 3 missed months and the current one, once each.
+    h.wait_available("acme", "ai", 700 * 5);
+    let want: BTreeMap<String, usize> = (current - 4..=current)
+        .map(|m| (period_label(m), 1))
+        .collect();
+    assert_eq!(allotment_periods(&h, "acme"), want);
+    // globex: the 12 months before the current one and the current one; older ones not.
+    let granted = 1 + BACKFILL_MAX_PERIODS + 1;
+    h.wait_available("globex", "ai", 700 * granted);
+    let mut want: BTreeMap<String, usize> = (current - BACKFILL_MAX_PERIODS..=current)
+        .map(|m| (period_label(m), 1))
+        .collect();
+    want.insert(period_label(current - 20), 1);
+    assert_eq!(allotment_periods(&h, "globex"), want);
+
+    // Another restart grants nothing more.
+    h.sidecar.stop().expect("sidecar stops");
+    h.sidecar.restart().expect("sidecar restarts");
+    h.wait_for_admin();
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(h.grants_of("acme").len(), 5);
+    assert_eq!(h.grants_of("globex").len() as i64, granted);
+    assert_eq!(h.available("acme", "ai"), 700 * 5);
 }
 
 /// The OpenAPI file lists exactly the routes the server serves: every documented route
