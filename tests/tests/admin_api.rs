@@ -603,6 +603,21 @@ fn events_fire_once_per_crossing_signed_and_retried(backend: Backend) {
         })
         .sum();
     assert_eq!(attempts, 5, "{log}");
+    // The sidecar's /metrics counts each attempt by kind and outcome.
+    let deliveries = |kind: &str, outcome: &str| {
+        h.sidecar.metric(
+            "creditgate_webhook_deliveries_total",
+            &[("kind", kind), ("outcome", outcome)],
+        )
+    };
+    for kind in ["grant.expiring", "balance.low", "balance.depleted"] {
+        assert_eq!(deliveries(kind, "delivered"), 1.0, "{kind}");
+    }
+    let retried: f64 = ["grant.expiring", "balance.low", "balance.depleted"]
+        .iter()
+        .map(|k| deliveries(k, "retry"))
+        .sum();
+    assert_eq!(retried, 2.0);
 }
 
 /// The table every role is checked against: route → roles allowed. Written out here,
@@ -1272,6 +1287,95 @@ fn whole_months_missed_while_down_are_back_filled_once_each(backend: Backend) {
     assert_eq!(h.grants_of("acme").len(), 5);
     assert_eq!(h.grants_of("globex").len() as i64, granted);
     assert_eq!(h.available("acme", "ai"), 700 * 5);
+}
+
+/// The sidecar's /metrics counts admin calls by route template, method and status class,
+/// authentication failures by reason, and shows the grants waiting for approval.
+#[test]
+fn admin_calls_auth_failures_and_pending_approvals_are_metrics() {
+    let h = Harness::start(Backend::Sqlite);
+    let calls = |route: &str, method: &str, status: &str| {
+        h.sidecar.metric(
+            "creditgate_admin_calls_total",
+            &[("route", route), ("method", method), ("status", status)],
+        )
+    };
+    let auth_failures = |reason: &str| {
+        h.sidecar.metric(
+            "creditgate_admin_auth_failures_total",
+            &[("reason", reason)],
+        )
+    };
+    let pending = || h.sidecar.metric("creditgate_admin_pending_approvals", &[]);
+    // The harness polled whoami without a token while the sidecar started: counted too.
+    let whoami = calls("/v1/admin/whoami", "GET", "2xx");
+    let whoami_refused = calls("/v1/admin/whoami", "GET", "4xx");
+    let failures = auth_failures("unauthorized");
+    assert!(failures >= 1.0 && failures == whoami_refused);
+    for who in ["admin", "readonly"] {
+        assert_eq!(h.get(who, "/v1/admin/whoami").status, 200);
+    }
+    assert_eq!(calls("/v1/admin/whoami", "GET", "2xx"), whoami + 2.0);
+
+    // A wrong token and a missing one: 401s, counted as auth failures. A role refusal
+    // (403) is not an authentication failure.
+    let bad = h
+        .client
+        .get(format!("{}/v1/admin/whoami", h.admin_url))
+        .bearer_auth("cgt_wrong")
+        .send()
+        .expect("answer");
+    assert_eq!(bad.status().as_u16(), 401);
+    assert_eq!(
+        h.call(None, "GET", "/v1/admin/bundles", None, None).status,
+        401
+    );
+    assert_eq!(auth_failures("unauthorized"), failures + 2.0);
+    assert_eq!(
+        calls("/v1/admin/whoami", "GET", "4xx"),
+        whoami_refused + 1.0
+    );
+    assert_eq!(
+        h.post("readonly", "/v1/admin/customers", json!({"customer": "x"}))
+            .status,
+        403
+    );
+    assert_eq!(auth_failures("unauthorized"), failures + 2.0);
+    assert_eq!(calls("/v1/admin/customers", "POST", "4xx"), 1.0);
+    assert_eq!(
+        h.call(Some("admin"), "GET", "/v1/admin/nowhere", None, None)
+            .status,
+        404
+    );
+    assert_eq!(calls("unmatched", "GET", "4xx"), 1.0);
+
+    // A grant over support's limit waits for approval: the gauge shows it until approved.
+    h.create_customer("acme", None);
+    assert_eq!(calls("/v1/admin/customers", "POST", "2xx"), 1.0);
+    assert_eq!(pending(), 0.0);
+    let over = h.post(
+        "support",
+        "/v1/admin/customers/acme/grants",
+        json!({"source": "goodwill", "credit_type": "api", "amount": 5_000, "reason_code": "outage"}),
+    );
+    assert_eq!(over.status, 202, "{over:?}");
+    assert_eq!(pending(), 1.0);
+    let request_id = over.json()["request_id"].as_str().unwrap().to_string();
+    let approved = h.post(
+        "admin",
+        &format!("/v1/admin/grant-approvals/{request_id}/approve"),
+        json!({}),
+    );
+    assert_eq!(approved.status, 201, "{approved:?}");
+    assert_eq!(pending(), 0.0);
+    assert_eq!(
+        calls(
+            "/v1/admin/grant-approvals/{request_id}/approve",
+            "POST",
+            "2xx"
+        ),
+        1.0
+    );
 }
 
 /// The OpenAPI file lists exactly the routes the server serves: every documented route

@@ -356,7 +356,9 @@ pub async fn run(st: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
         if let Err(e) = pass(&st).await {
             error!(error = %e, "alerts pass failed; retrying next pass");
         }
-        if let Err(e) = webhooks::deliver_due(&st.db, &client, secret_for, now_ms()).await {
+        if let Err(e) =
+            webhooks::deliver_due(&st.db, &client, secret_for, now_ms(), &st.metrics).await
+        {
             error!(error = %e, "webhook delivery pass failed; retrying next pass");
         }
         tokio::select! {

@@ -455,6 +455,22 @@ pub async fn approve(st: &AdminState, caller: &Caller, request_id: &str) -> Repl
     .await
 }
 
+/// Sets the pending approvals gauge from the `grant_approvals` table (logged on failure).
+pub async fn refresh_pending_gauge(st: &AdminState) {
+    match fetch!(
+        &st.db,
+        "SELECT COUNT(*) AS n FROM grant_approvals WHERE state = 'pending'",
+        [],
+        |row| row.try_get::<i64, _>("n")
+    ) {
+        Ok(n) => st
+            .metrics
+            .pending_approvals
+            .set(n.first().copied().unwrap_or(0)),
+        Err(e) => tracing::warn!(error = %e, "counting pending approvals failed"),
+    }
+}
+
 /// `GET /v1/admin/grant-approvals?state=pending|approved`.
 pub async fn list_approvals(st: &AdminState, query: &[(String, String)]) -> Reply {
     run(async {

@@ -36,6 +36,7 @@ use self::db::AdminDb;
 use self::idempotency::Reply;
 use crate::daemon::Sidecar;
 use crate::ledger::now_ms;
+use crate::metrics::AdminMetrics;
 use crate::operations::Operations;
 
 /// Largest request body the admin API reads, bytes: admin calls are small JSON objects.
@@ -54,6 +55,8 @@ pub struct AdminState {
     /// Held while a limited grant checks its role's daily total and is recorded, so two
     /// concurrent grants of one sidecar cannot both pass the limit.
     pub limit_lock: tokio::sync::Mutex<()>,
+    /// The admin API's metrics, served on the sidecar's `/metrics`.
+    pub metrics: AdminMetrics,
 }
 
 impl FromRef<Arc<AdminState>> for AuthState {
@@ -323,7 +326,7 @@ async fn create_grant(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    mutate(
+    let answer = mutate(
         &st,
         &caller,
         Method::POST,
@@ -336,7 +339,9 @@ async fn create_grant(
             }
         },
     )
-    .await
+    .await;
+    grants::refresh_pending_gauge(&st).await;
+    answer
 }
 
 async fn void_grant(
@@ -426,7 +431,7 @@ async fn approve(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    mutate(
+    let answer = mutate(
         &st,
         &caller,
         Method::POST,
@@ -434,7 +439,9 @@ async fn approve(
         (&uri, &headers, &body),
         |_| grants::approve(&st, &caller, &request_id),
     )
-    .await
+    .await;
+    grants::refresh_pending_gauge(&st).await;
+    answer
 }
 
 async fn set_alerts(
@@ -508,8 +515,50 @@ pub fn router(state: Arc<AdminState>) -> Router {
         router = router.route(path, handler);
     }
     router
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_calls,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(ADMIN_BODY_MAX_BYTES))
         .with_state(state)
+}
+
+/// Counts every answered call by route template, method and status class, and the
+/// authentication failures (401: missing, unknown or revoked token; 429: locked out).
+async fn count_calls(
+    State(st): St,
+    matched: Option<axum::extract::MatchedPath>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().clone();
+    let route = matched.map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let response = next.run(req).await;
+    let status = response.status();
+    let class = match status.as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    st.metrics
+        .calls
+        .with_label_values(&[route.as_str(), method.as_str(), class])
+        .inc();
+    match status {
+        StatusCode::UNAUTHORIZED => st
+            .metrics
+            .auth_failures
+            .with_label_values(&["unauthorized"])
+            .inc(),
+        StatusCode::TOO_MANY_REQUESTS => st
+            .metrics
+            .auth_failures
+            .with_label_values(&["rate_limited"])
+            .inc(),
+        _ => {}
+    }
+    response
 }
 
 /// Serves the admin API until `stop` turns true.

@@ -218,6 +218,8 @@ pub async fn run(st: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
     let mut done = HashSet::new();
     loop {
         pass(&st, &mut done).await;
+        // Approvals made by another sidecar show here within a pass.
+        super::grants::refresh_pending_gauge(&st).await;
         if let Err(e) = idempotency::purge(&st.db, now_ms()).await {
             error!(error = %e, "dropping expired idempotency keys failed");
         }
