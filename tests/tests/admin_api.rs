@@ -1578,6 +1578,27 @@ feature = "search"
     )
 }
 
+/// Waits until the ledger's total of `customer`'s `api` credits is `expected`: every charge
+/// settled and written, none in flight.
+fn wait_ledger_api(h: &Harness, customer: &str, expected: i64) {
+    let started = Instant::now();
+    loop {
+        let sums = h.rt.block_on(h.ledger.amount_sums()).expect("ledger sums");
+        let total = sums
+            .iter()
+            .find(|(c, t, _)| c == customer && t == "api")
+            .map(|(_, _, sum)| *sum);
+        if total == Some(expected) {
+            return;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "ledger at {total:?}, expected {expected}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `GET /search` at the gateway with `api_key`; the status.
 fn search(client: &reqwest::blocking::Client, gateway: &Gateway, api_key: &str) -> u16 {
     client
@@ -1690,22 +1711,7 @@ fn api_keys_issued_by_the_admin_api_work_at_the_gateway_until_revoked() {
     h.wait_available("acme", "api", expected);
 
     // The ledger has every charge (so the data loss below loses none).
-    let started = Instant::now();
-    loop {
-        let sums = h.rt.block_on(h.ledger.amount_sums()).expect("ledger sums");
-        let acme = sums
-            .iter()
-            .find(|(c, t, _)| c == "acme" && t == "api")
-            .map(|(_, _, sum)| *sum);
-        if acme == Some(expected) {
-            break;
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "ledger at {acme:?}, expected {expected}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_ledger_api(&h, "acme", expected);
     // Redis loses everything: keys and balances. The sidecar rebuilds the balances from
     // the ledger and republishes the active key; the revoked one stays revoked.
     h.redis.cli(&["FLUSHALL"]).expect("FLUSHALL");
@@ -1721,4 +1727,74 @@ fn api_keys_issued_by_the_admin_api_work_at_the_gateway_until_revoked() {
         .redis
         .cli(&["EXISTS", &format!("cg:apikey:{}", sha256_hex(&first))]);
     assert_eq!(revoked.expect("redis-cli").trim(), "0");
+}
+
+/// Keys issued or revoked while Redis is down: the admin call still succeeds (recorded in
+/// the ledger, `published` / `withdrawn` false), and once Redis is back the key sync pass
+/// makes the gateway agree: the new key works, and the revoked key's mapping, even when it
+/// reappears in Redis (a stale replica, a restored snapshot), is deleted again.
+#[test]
+fn keys_issued_or_revoked_while_redis_is_down_converge_when_it_is_back() {
+    let mut h = Harness::start(Backend::Sqlite);
+    let upstream = Upstream::start().expect("upstream");
+    let gateway = Gateway::start(GatewayOptions {
+        config_toml: gateway_config(upstream.addr()),
+        redis_url: Some(h.redis.url()),
+        extra_args: vec![
+            "--api-key-cache-ttl-ms".into(),
+            GATEWAY_KEY_TTL_MS.to_string(),
+        ],
+        ..GatewayOptions::default()
+    })
+    .expect("gateway starts");
+    let client = http_client();
+    h.create_customer("acme", None);
+    let grant = h.post(
+        "admin",
+        "/v1/admin/customers/acme/grants",
+        json!({"source": "adjustment", "credit_type": "api", "amount": 10_000, "reason_code": "onboarding"}),
+    );
+    assert_eq!(grant.status, 201, "{grant:?}");
+    let old = h.post("billing", "/v1/admin/customers/acme/api-keys", json!({}));
+    assert_eq!(old.status, 201, "{old:?}");
+    let old_id = old.json()["key_id"].as_str().unwrap().to_string();
+    let old_key = old.json()["api_key"].as_str().unwrap().to_string();
+    h.wait_available("acme", "api", 10_000);
+    assert_eq!(search(&client, &gateway, &old_key), 200);
+    // Nothing in flight when Redis goes (a hold Redis loses delays the customer's rebuild
+    // until its deadline).
+    wait_ledger_api(&h, "acme", 10_000 - SEARCH_COST);
+
+    h.redis.stop();
+    let revoke = h.post(
+        "support",
+        &format!("/v1/admin/customers/acme/api-keys/{old_id}/revoke"),
+        json!({}),
+    );
+    assert_eq!(
+        revoke.status, 200,
+        "recorded although Redis is down: {revoke:?}"
+    );
+    assert_eq!(revoke.json()["withdrawn"], false, "{revoke:?}");
+    let new = h.post("billing", "/v1/admin/customers/acme/api-keys", json!({}));
+    assert_eq!(new.status, 201, "recorded although Redis is down: {new:?}");
+    assert_eq!(new.json()["published"], false, "{new:?}");
+    let new_key = new.json()["api_key"].as_str().unwrap().to_string();
+
+    // Redis comes back empty; the revoked key's mapping reappears as a stale copy would.
+    h.redis.restart().expect("redis restarts");
+    let stale = format!("cg:apikey:{}", sha256_hex(&old_key));
+    h.redis.cli(&["SET", &stale, "acme"]).expect("SET");
+    let (took, _) = until_status(&client, &gateway, &new_key, 200, WAIT);
+    eprintln!("key issued while Redis was down usable {took:?} after Redis came back");
+    let started = Instant::now();
+    while h.redis.cli(&["EXISTS", &stale]).expect("EXISTS").trim() != "0" {
+        assert!(
+            started.elapsed() < WAIT,
+            "the revoked key's mapping stays in Redis"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(GATEWAY_KEY_TTL_MS + 100));
+    assert_eq!(search(&client, &gateway, &old_key), 401);
 }
