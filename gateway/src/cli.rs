@@ -107,4 +107,14 @@ pub struct RunArgs {
     /// name and the admin address).
     #[arg(long, env = "CREDITGATE_GATEWAY_ID")]
     pub gateway_id: Option<String>,
+    /// Milliseconds an API key found in Redis is trusted without asking again: a key
+    /// revoked through the sidecar's admin API stops working within this time. Unknown
+    /// keys are remembered for the smaller of this and 5,000 ms.
+    #[arg(
+        long,
+        env = "CREDITGATE_API_KEY_CACHE_TTL_MS",
+        default_value_t = crate::store_client::KEY_CACHE_HIT_TTL_MS,
+        value_parser = clap::value_parser!(u64).range(1..=3_600_000)
+    )]
+    pub api_key_cache_ttl_ms: u64,
 }

@@ -190,6 +190,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             Ok(redis) => {
                 info!(target = ?target, "connected to the Redis credit store");
                 StoreClient::redis(Arc::new(redis), metrics.clone())
+                    .with_key_cache_ttl_ms(args.api_key_cache_ttl_ms)
             }
             // Forced off, the gateway makes no store call at all, so it can start and
             // pass traffic through while Redis is down: the kill switch without Redis.

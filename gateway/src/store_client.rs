@@ -14,8 +14,9 @@ use creditgate_protocol::{CreditStore, RedisStore, StoreError};
 use crate::breaker::CircuitBreaker;
 use crate::metrics::Metrics;
 
-/// How long a key found in Redis is trusted without asking again, in milliseconds: a
-/// revoked key stops working within this time.
+/// How long a key found in Redis is trusted without asking again, in milliseconds, unless
+/// `run --api-key-cache-ttl-ms` says otherwise: a revoked key stops working within this
+/// time (while Redis answers; see [`StoreClient::customer_for_key`]).
 pub const KEY_CACHE_HIT_TTL_MS: u64 = 30_000;
 
 /// How long an unknown key is remembered as unknown, in milliseconds: short, so a key
@@ -74,6 +75,7 @@ pub struct StoreClient {
     breaker: CircuitBreaker,
     metrics: Arc<Metrics>,
     keys: RwLock<HashMap<[u8; 32], CachedKey>>,
+    key_hit_ttl_ms: u64,
 }
 
 impl StoreClient {
@@ -85,6 +87,7 @@ impl StoreClient {
             breaker: CircuitBreaker::default(),
             metrics,
             keys: RwLock::new(HashMap::new()),
+            key_hit_ttl_ms: KEY_CACHE_HIT_TTL_MS,
         }
     }
 
@@ -96,7 +99,16 @@ impl StoreClient {
             breaker: CircuitBreaker::default(),
             metrics,
             keys: RwLock::new(HashMap::new()),
+            key_hit_ttl_ms: KEY_CACHE_HIT_TTL_MS,
         }
+    }
+
+    /// Trusts a key found in Redis for `ttl_ms` (a revocation is honoured within it);
+    /// unknown keys are remembered for the smaller of `ttl_ms` and
+    /// [`KEY_CACHE_MISS_TTL_MS`].
+    pub fn with_key_cache_ttl_ms(mut self, ttl_ms: u64) -> Self {
+        self.key_hit_ttl_ms = ttl_ms;
+        self
     }
 
     /// The store, for calls through [`StoreClient::call`].
@@ -153,7 +165,9 @@ impl StoreClient {
 
     /// The customer of an API key kept in Redis, by the key's SHA-256. `Ok(None)` for an
     /// unknown key, and always on the embedded store (its keys are in the config). A cached
-    /// answer is used while fresh; when Redis fails, a stale known key still works.
+    /// answer is used while fresh; when Redis fails, a stale known key still works, so a
+    /// key revoked during a Redis outage keeps working at a gateway that had it cached
+    /// until Redis answers again (failing open for paying customers over failing closed).
     pub async fn customer_for_key(
         &self,
         hash: &[u8; 32],
@@ -181,9 +195,9 @@ impl StoreClient {
         {
             Ok(customer) => {
                 let ttl = if customer.is_some() {
-                    KEY_CACHE_HIT_TTL_MS
+                    self.key_hit_ttl_ms
                 } else {
-                    KEY_CACHE_MISS_TTL_MS
+                    KEY_CACHE_MISS_TTL_MS.min(self.key_hit_ttl_ms)
                 };
                 let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
                 if keys.len() >= KEY_CACHE_MAX {

@@ -248,6 +248,29 @@ impl RedisStore {
         .await
     }
 
+    /// Publishes an API key for the gateways: its hex SHA-256 maps to `customer` (no
+    /// expiry). Idempotent; the sidecar's admin API calls it after recording the key.
+    pub async fn set_api_key(&self, sha256_hex: &str, customer: &str) -> Result<(), StoreError> {
+        bad_id("customer", customer)?;
+        let key = self.keyspace.api_key(sha256_hex);
+        let mut conn = self.conn.clone();
+        self.with_timeout("set_api_key", async {
+            conn.query::<()>(redis::cmd("SET").arg(&key).arg(customer))
+                .await
+        })
+        .await
+    }
+
+    /// Withdraws an API key from the gateways (idempotent: an absent key is fine).
+    pub async fn delete_api_key(&self, sha256_hex: &str) -> Result<(), StoreError> {
+        let key = self.keyspace.api_key(sha256_hex);
+        let mut conn = self.conn.clone();
+        self.with_timeout("delete_api_key", async {
+            conn.query::<()>(redis::cmd("DEL").arg(&key)).await
+        })
+        .await
+    }
+
     /// Checks that Redis answers (`PING`; every primary of a cluster).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();

@@ -395,7 +395,9 @@ pub async fn admin_state(
     let db = AdminDb::open(ledger)
         .await
         .context("opening the admin tables of the ledger database")?;
+    let metrics = sidecar.metrics.register_admin();
     Ok(Arc::new(AdminState {
+        metrics,
         sidecar,
         auth: AuthState::new(db.clone()),
         db,

@@ -34,6 +34,12 @@ pub enum Command {
     /// with metrics and read-only ledger queries over HTTP.
     Run(RunArgs),
     /// Issues a grant: recorded in the ledger first, then applied to Redis.
+    ///
+    /// The break-glass path: it bypasses the admin API's roles, per-role limits, approvals
+    /// and idempotency keys, so anyone holding the ledger and Redis credentials can grant
+    /// any amount with it. Day-to-day grants go through the admin API (`admin call grant`).
+    /// The ledger records the actor as `break-glass:<--actor>` with the OS user running the
+    /// command, so these grants stand out in audits.
     Grant(GrantArgs),
     /// Reads and checks the ledger.
     #[command(subcommand)]
@@ -195,7 +201,8 @@ pub struct GrantArgs {
     /// adjustment.
     #[arg(long, default_value = "adjustment")]
     pub source: String,
-    /// Who issues the grant.
+    /// Who issues the grant (a person's name or e-mail, 1 to 128 characters); recorded as
+    /// `break-glass:<actor>` with the OS user.
     #[arg(long)]
     pub actor: String,
     /// Why.

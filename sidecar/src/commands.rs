@@ -153,6 +153,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
                 .with_context(|| format!("binding the admin listener to {listen}"))?;
             tokio::spawn(crate::admin::schedule::run(state.clone(), stop_rx.clone()));
             tokio::spawn(crate::admin::alerts::run(state.clone(), stop_rx.clone()));
+            tokio::spawn(crate::admin::key_sync::run(state.clone(), stop_rx.clone()));
             Some(tokio::spawn(crate::admin::serve(
                 listener,
                 state,
@@ -173,8 +174,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
     Ok(String::new())
 }
 
-/// `grant`: ledger first, then Redis.
+/// Prefix of the actor recorded by `grant`: it bypasses the admin API's roles and limits,
+/// so its grants must be told apart from the admin API's in the ledger.
+pub const BREAK_GLASS_ACTOR_PREFIX: &str = "break-glass:";
+
+/// Longest `--actor` of `grant`, characters: a name or an e-mail address.
+pub const BREAK_GLASS_ACTOR_MAX_CHARS: usize = 128;
+
+/// The actor `grant` records: `break-glass:<actor>`, and ` (os user <name>)` when the
+/// environment names the OS user. Fails on an empty or too long `--actor`.
+pub fn break_glass_actor(actor: &str, os_user: Option<&str>) -> anyhow::Result<String> {
+    let actor = actor.trim();
+    if actor.is_empty() || actor.chars().count() > BREAK_GLASS_ACTOR_MAX_CHARS {
+        bail!("--actor: give who issues the grant (1 to {BREAK_GLASS_ACTOR_MAX_CHARS} characters)");
+    }
+    Ok(match os_user.map(str::trim).filter(|u| !u.is_empty()) {
+        Some(user) => format!("{BREAK_GLASS_ACTOR_PREFIX}{actor} (os user {user})"),
+        None => format!("{BREAK_GLASS_ACTOR_PREFIX}{actor}"),
+    })
+}
+
+/// `grant`: ledger first, then Redis. The break-glass path (see [`BREAK_GLASS_ACTOR_PREFIX`]).
 pub async fn grant(args: GrantArgs) -> anyhow::Result<String> {
+    let os_user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok();
+    let actor = break_glass_actor(&args.actor, os_user.as_deref())?;
     let source: GrantSource = args.source.parse().map_err(|e: String| {
         anyhow::anyhow!("--source: {e} (purchase, promotion, plan_allotment, goodwill, adjustment)")
     })?;
@@ -190,7 +215,7 @@ pub async fn grant(args: GrantArgs) -> anyhow::Result<String> {
         expires_at_ms: args.expires_in_days.map(|d| now + d * 86_400_000),
         cost_basis: args.cost_basis,
         source,
-        actor: args.actor,
+        actor,
         reason: args.reason,
         created_at_ms: now,
     };
@@ -304,4 +329,23 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<String> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn break_glass_grants_record_who_ran_them() {
+        assert_eq!(
+            break_glass_actor(" ops@example.test ", Some("alice")).unwrap(),
+            "break-glass:ops@example.test (os user alice)"
+        );
+        assert_eq!(break_glass_actor("ops", None).unwrap(), "break-glass:ops");
+        let err = break_glass_actor("  ", Some("alice"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--actor:"), "{err}");
+        assert!(break_glass_actor(&"x".repeat(129), None).is_err());
+    }
 }

@@ -181,3 +181,82 @@ impl Default for SidecarMetrics {
         Self::new()
     }
 }
+
+/// The admin API's metrics (`creditgate_admin_*`, `creditgate_webhook_*`), registered in
+/// the sidecar's registry by [`SidecarMetrics::register_admin`] when the admin API runs.
+#[derive(Clone)]
+pub struct AdminMetrics {
+    /// Admin calls answered, by route (its path template, or `unmatched`), method and
+    /// status class (`2xx`, `4xx`, `5xx`).
+    pub calls: IntCounterVec,
+    /// Admin calls refused at authentication, by reason (`unauthorized`: missing, unknown or
+    /// revoked token; `rate_limited`: too many failures from the address).
+    pub auth_failures: IntCounterVec,
+    /// Webhook delivery attempts, by kind (`balance.low`, `auto_recharge`, …) and outcome
+    /// (`delivered`; `retry`: failed, retried later; `failed`: given up).
+    pub webhook_deliveries: IntCounterVec,
+    /// Grant requests waiting for a second person's approval.
+    pub pending_approvals: IntGauge,
+}
+
+impl SidecarMetrics {
+    /// Builds and registers the admin API's metrics. Call once per registry.
+    pub fn register_admin(&self) -> AdminMetrics {
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = must(IntCounterVec::new(Opts::new(name, help), labels));
+            must(self.registry.register(Box::new(c.clone())));
+            c
+        };
+        let pending_approvals = must(IntGauge::new(
+            "creditgate_admin_pending_approvals",
+            "Grant requests waiting for a second person's approval.",
+        ));
+        must(self.registry.register(Box::new(pending_approvals.clone())));
+        AdminMetrics {
+            calls: counter_vec(
+                "creditgate_admin_calls_total",
+                "Admin API calls answered, by route, method and status class.",
+                &["route", "method", "status"],
+            ),
+            auth_failures: counter_vec(
+                "creditgate_admin_auth_failures_total",
+                "Admin API calls refused at authentication, by reason.",
+                &["reason"],
+            ),
+            webhook_deliveries: counter_vec(
+                "creditgate_webhook_deliveries_total",
+                "Webhook delivery attempts, by kind and outcome (delivered, retry, failed).",
+                &["kind", "outcome"],
+            ),
+            pending_approvals,
+        }
+    }
+}
+
+#[cfg(test)]
+mod admin_metrics_tests {
+    use super::*;
+
+    #[test]
+    fn admin_metrics_render_with_their_labels() {
+        let m = SidecarMetrics::new();
+        let a = m.register_admin();
+        a.calls
+            .with_label_values(&["/v1/admin/whoami", "GET", "2xx"])
+            .inc();
+        a.auth_failures.with_label_values(&["unauthorized"]).inc();
+        a.webhook_deliveries
+            .with_label_values(&["balance.low", "delivered"])
+            .inc();
+        a.pending_approvals.set(2);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(
+            r#"creditgate_admin_calls_total{method="GET",route="/v1/admin/whoami",status="2xx"} 1"#
+        ));
+        assert!(text.contains(r#"creditgate_admin_auth_failures_total{reason="unauthorized"} 1"#));
+        assert!(text.contains(
+            r#"creditgate_webhook_deliveries_total{kind="balance.low",outcome="delivered"} 1"#
+        ));
+        assert!(text.contains("creditgate_admin_pending_approvals 2"));
+    }
+}

@@ -13,7 +13,7 @@ use std::sync::{Arc, Barrier, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use creditgate_e2e::{base_config, http_client};
+use creditgate_e2e::{base_config, http_client, sha256_hex};
 use creditgate_protocol::types::DEFAULT_RETAIN_MS;
 use creditgate_protocol::{
     CreditStore, GrantSource, Keyspace, RedisStore, RedisTarget, ReserveOutcome, ReserveRequest,
@@ -21,8 +21,8 @@ use creditgate_protocol::{
 };
 use creditgate_sidecar::ledger::{GrantRecord, Ledger, PostgresLedger, SqliteLedger};
 use creditgate_testkit::{
-    LedgerTarget, Postgres, ReceivedWebhook, RedisServer, Sidecar, SidecarOptions, WebhookReceiver,
-    free_port, sidecar_command,
+    Gateway, GatewayOptions, LedgerTarget, Postgres, ReceivedWebhook, RedisServer, Sidecar,
+    SidecarOptions, Upstream, WebhookReceiver, free_port, sidecar_command,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -138,7 +138,7 @@ struct Harness {
     store: RedisStore,
     rt: tokio::runtime::Runtime,
     client: reqwest::blocking::Client,
-    _redis: RedisServer,
+    redis: RedisServer,
     _pg: Option<Arc<Postgres>>,
     _dir: TempDir,
 }
@@ -149,6 +149,10 @@ impl Harness {
     }
 
     fn start_with(backend: Backend, operations: &str) -> Self {
+        Self::start_with_pricing(backend, operations, None)
+    }
+
+    fn start_with_pricing(backend: Backend, operations: &str, pricing: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let redis = RedisServer::start().expect("redis starts");
         let (pg, target) = match backend {
@@ -180,6 +184,12 @@ impl Harness {
             "--config".into(),
             pricing.display().to_string(),
         ];
+        if let Some(pricing) = pricing {
+            let path = dir.path().join("pricing.toml");
+            std::fs::write(&path, pricing).expect("write the pricing config");
+            options.extra_args.push("--config".into());
+            options.extra_args.push(path.display().to_string());
+        }
         let sidecar = Sidecar::start(options).expect("sidecar starts");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -209,7 +219,7 @@ impl Harness {
             store,
             rt,
             client: http_client(),
-            _redis: redis,
+            redis,
             _pg: pg,
             _dir: dir,
         };
@@ -445,6 +455,7 @@ on_both_backends!(
     bad_input_names_the_field_and_writes_nothing,
     a_void_removes_only_the_remaining_credits,
     a_monthly_allotment_missed_while_down_is_granted_once_on_restart,
+    whole_months_missed_while_down_are_back_filled_once_each,
     an_auto_recharge_burst_fires_one_webhook_and_its_top_up_lands_once,
     events_fire_once_per_crossing_signed_and_retried,
 );
@@ -600,6 +611,21 @@ fn events_fire_once_per_crossing_signed_and_retried(backend: Backend) {
         })
         .sum();
     assert_eq!(attempts, 5, "{log}");
+    // The sidecar's /metrics counts each attempt by kind and outcome.
+    let deliveries = |kind: &str, outcome: &str| {
+        h.sidecar.metric(
+            "creditgate_webhook_deliveries_total",
+            &[("kind", kind), ("outcome", outcome)],
+        )
+    };
+    for kind in ["grant.expiring", "balance.low", "balance.depleted"] {
+        assert_eq!(deliveries(kind, "delivered"), 1.0, "{kind}");
+    }
+    let retried: f64 = ["grant.expiring", "balance.low", "balance.depleted"]
+        .iter()
+        .map(|k| deliveries(k, "retry"))
+        .sum();
+    assert_eq!(retried, 2.0);
 }
 
 /// The table every role is checked against: route → roles allowed. Written out here,
@@ -930,6 +956,20 @@ fn fifty_concurrent_purchases_with_one_key_grant_once(backend: Backend) {
     assert_eq!(other.status, 422, "{other:?}");
     assert_eq!(other.json()["field"], "Idempotency-Key");
     assert_eq!(h.grants_of("acme").len(), 1);
+    // The key outlives the process: after a restart the replay is still the first answer.
+    let mut h = Arc::try_unwrap(h).unwrap_or_else(|_| panic!("the threads are done"));
+    h.sidecar.stop().expect("sidecar stops");
+    h.sidecar.restart().expect("sidecar restarts");
+    h.wait_for_admin();
+    let after_restart = h.call(
+        Some("billing"),
+        "POST",
+        "/v1/admin/customers/acme/purchases",
+        Some(&idem),
+        Some(&body),
+    );
+    assert_eq!(after_restart, answers[0]);
+    assert_eq!(h.grants_of("acme").len(), 1);
 }
 
 fn bad_input_names_the_field_and_writes_nothing(backend: Backend) {
@@ -1124,6 +1164,50 @@ fn a_void_removes_only_the_remaining_credits(backend: Backend) {
         .json();
     assert_eq!(entries["entries"].as_array().unwrap().len(), 1, "{entries}");
     assert_eq!(entries["entries"][0]["amount"], -200);
+    // Paging one entry at a time walks the same entries as one page, in order.
+    let all = h.get("readonly", "/v1/admin/customers/acme/ledger").json();
+    let all_seqs: Vec<i64> = all["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(all_seqs.len(), 3, "two grants and the void: {all}");
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/admin/customers/acme/ledger?limit=1&cursor={c}"),
+            None => "/v1/admin/customers/acme/ledger?limit=1".to_string(),
+        };
+        let page = h.get("readonly", &path).json();
+        for e in page["entries"].as_array().unwrap() {
+            paged.push(e["seq"].as_i64().unwrap());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+        assert!(paged.len() <= 3, "paging ends: {paged:?}");
+    }
+    assert_eq!(paged, all_seqs);
+    let later = all["entries"][2]["event_at_ms"].as_u64().unwrap();
+    let since = h
+        .get(
+            "readonly",
+            &format!("/v1/admin/customers/acme/ledger?from_ms={later}"),
+        )
+        .json();
+    assert!(
+        since["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["event_at_ms"].as_u64().unwrap() >= later)
+    );
+    let bad = h.get("readonly", "/v1/admin/customers/acme/ledger?limit=0");
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["field"], "limit");
 }
 
 fn a_monthly_allotment_missed_while_down_is_granted_once_on_restart(backend: Backend) {
@@ -1157,6 +1241,173 @@ fn a_monthly_allotment_missed_while_down_is_granted_once_on_restart(backend: Bac
     thread::sleep(Duration::from_millis(500));
     assert_eq!(h.grants_of("acme").len(), 1);
     assert_eq!(h.available("acme", "ai"), 700);
+}
+
+/// Records the `annual-monthly` allotment of the period `month` (a month index) for
+/// `customer` straight in the ledger and Redis, as a sidecar running then would have.
+fn seed_allotment(h: &Harness, customer: &str, month: i64) {
+    use creditgate_sidecar::admin::schedule::{period_label, schedule_grant_id};
+    let period = period_label(month);
+    let record = GrantRecord {
+        grant_id: schedule_grant_id("annual-monthly", &period, customer),
+        customer: customer.to_string(),
+        credit_type: "ai".into(),
+        amount: 700,
+        priority: creditgate_sidecar::admin::grants::DEFAULT_GRANT_PRIORITY,
+        expires_at_ms: None,
+        cost_basis: 0,
+        source: GrantSource::PlanAllotment,
+        actor: "schedule:annual-monthly".into(),
+        reason: format!("scheduled_allotment: period {period}"),
+        created_at_ms: creditgate_sidecar::ledger::now_ms(),
+    };
+    h.rt.block_on(creditgate_sidecar::outbox::issue_grant(
+        h.ledger.as_ref(),
+        &h.store,
+        &record,
+    ))
+    .expect("seed the allotment");
+}
+
+/// The periods of a customer's `annual-monthly` grants, sorted, each with how many grants
+/// carry it; every reason names its period.
+fn allotment_periods(h: &Harness, customer: &str) -> BTreeMap<String, usize> {
+    let mut periods = BTreeMap::new();
+    for g in h.grants_of(customer) {
+        assert_eq!(g.source, GrantSource::PlanAllotment, "{g:?}");
+        let period = g.grant_id["s-annual-monthly-".len()..][..7].to_string();
+        assert!(g.reason.contains(&format!("period {period}")), "{g:?}");
+        *periods.entry(period).or_insert(0) += 1;
+    }
+    periods
+}
+
+fn whole_months_missed_while_down_are_back_filled_once_each(backend: Backend) {
+    use creditgate_sidecar::admin::schedule::{BACKFILL_MAX_PERIODS, month_index, period_label};
+    let mut h = Harness::start(backend);
+    h.create_customer("acme", Some("annual"));
+    h.create_customer("globex", Some("annual"));
+    // The sidecar was down for months: acme last got its allotment 4 months ago, globex
+    // 20 months ago (past the back-fill bound).
+    h.sidecar.stop().expect("sidecar stops");
+    let current = month_index(creditgate_sidecar::ledger::now_ms());
+    seed_allotment(&h, "acme", current - 4);
+    seed_allotment(&h, "globex", current - 20);
+    h.sidecar.restart().expect("sidecar restarts");
+    h.wait_for_admin();
+
+    // acme: the 3 missed months and the current one, once each.
+    h.wait_available("acme", "ai", 700 * 5);
+    let want: BTreeMap<String, usize> = (current - 4..=current)
+        .map(|m| (period_label(m), 1))
+        .collect();
+    assert_eq!(allotment_periods(&h, "acme"), want);
+    // globex: the 12 months before the current one and the current one; older ones not.
+    let granted = 1 + BACKFILL_MAX_PERIODS + 1;
+    h.wait_available("globex", "ai", 700 * granted);
+    let mut want: BTreeMap<String, usize> = (current - BACKFILL_MAX_PERIODS..=current)
+        .map(|m| (period_label(m), 1))
+        .collect();
+    want.insert(period_label(current - 20), 1);
+    assert_eq!(allotment_periods(&h, "globex"), want);
+
+    // Another restart grants nothing more.
+    h.sidecar.stop().expect("sidecar stops");
+    h.sidecar.restart().expect("sidecar restarts");
+    h.wait_for_admin();
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(h.grants_of("acme").len(), 5);
+    assert_eq!(h.grants_of("globex").len() as i64, granted);
+    assert_eq!(h.available("acme", "ai"), 700 * 5);
+}
+
+/// The sidecar's /metrics counts admin calls by route template, method and status class,
+/// authentication failures by reason, and shows the grants waiting for approval.
+#[test]
+fn admin_calls_auth_failures_and_pending_approvals_are_metrics() {
+    let h = Harness::start(Backend::Sqlite);
+    let calls = |route: &str, method: &str, status: &str| {
+        h.sidecar.metric(
+            "creditgate_admin_calls_total",
+            &[("route", route), ("method", method), ("status", status)],
+        )
+    };
+    let auth_failures = |reason: &str| {
+        h.sidecar.metric(
+            "creditgate_admin_auth_failures_total",
+            &[("reason", reason)],
+        )
+    };
+    let pending = || h.sidecar.metric("creditgate_admin_pending_approvals", &[]);
+    // The harness polled whoami without a token while the sidecar started: counted too.
+    let whoami = calls("/v1/admin/whoami", "GET", "2xx");
+    let whoami_refused = calls("/v1/admin/whoami", "GET", "4xx");
+    let failures = auth_failures("unauthorized");
+    assert!(failures >= 1.0 && failures == whoami_refused);
+    for who in ["admin", "readonly"] {
+        assert_eq!(h.get(who, "/v1/admin/whoami").status, 200);
+    }
+    assert_eq!(calls("/v1/admin/whoami", "GET", "2xx"), whoami + 2.0);
+
+    // A wrong token and a missing one: 401s, counted as auth failures. A role refusal
+    // (403) is not an authentication failure.
+    let bad = h
+        .client
+        .get(format!("{}/v1/admin/whoami", h.admin_url))
+        .bearer_auth("cgt_wrong")
+        .send()
+        .expect("answer");
+    assert_eq!(bad.status().as_u16(), 401);
+    assert_eq!(
+        h.call(None, "GET", "/v1/admin/bundles", None, None).status,
+        401
+    );
+    assert_eq!(auth_failures("unauthorized"), failures + 2.0);
+    assert_eq!(
+        calls("/v1/admin/whoami", "GET", "4xx"),
+        whoami_refused + 1.0
+    );
+    assert_eq!(
+        h.post("readonly", "/v1/admin/customers", json!({"customer": "x"}))
+            .status,
+        403
+    );
+    assert_eq!(auth_failures("unauthorized"), failures + 2.0);
+    assert_eq!(calls("/v1/admin/customers", "POST", "4xx"), 1.0);
+    assert_eq!(
+        h.call(Some("admin"), "GET", "/v1/admin/nowhere", None, None)
+            .status,
+        404
+    );
+    assert_eq!(calls("unmatched", "GET", "4xx"), 1.0);
+
+    // A grant over support's limit waits for approval: the gauge shows it until approved.
+    h.create_customer("acme", None);
+    assert_eq!(calls("/v1/admin/customers", "POST", "2xx"), 1.0);
+    assert_eq!(pending(), 0.0);
+    let over = h.post(
+        "support",
+        "/v1/admin/customers/acme/grants",
+        json!({"source": "goodwill", "credit_type": "api", "amount": 5_000, "reason_code": "outage"}),
+    );
+    assert_eq!(over.status, 202, "{over:?}");
+    assert_eq!(pending(), 1.0);
+    let request_id = over.json()["request_id"].as_str().unwrap().to_string();
+    let approved = h.post(
+        "admin",
+        &format!("/v1/admin/grant-approvals/{request_id}/approve"),
+        json!({}),
+    );
+    assert_eq!(approved.status, 201, "{approved:?}");
+    assert_eq!(pending(), 0.0);
+    assert_eq!(
+        calls(
+            "/v1/admin/grant-approvals/{request_id}/approve",
+            "POST",
+            "2xx"
+        ),
+        1.0
+    );
 }
 
 /// The OpenAPI file lists exactly the routes the server serves: every documented route
@@ -1278,4 +1529,304 @@ fn the_cli_calls_the_admin_api() {
     let body: Value = serde_json::from_slice(&balance.stdout).expect("JSON");
     assert_eq!(body["live"]["grants"][0]["remaining"], 250, "{body}");
     assert_eq!(body["live"]["types"][0]["available"], 250, "{body}");
+}
+
+/// With a pricing config, a customer's plan must be one of its plans.
+#[test]
+fn plans_are_checked_against_the_pricing_config() {
+    let pricing = format!(
+        "{}\n[plans.annual]\ndescription = \"Annual, billed monthly in credits.\"\n",
+        creditgate_e2e::base_config("127.0.0.1:9".parse().unwrap())
+    );
+    let h = Harness::start_with_pricing(Backend::Sqlite, OPERATIONS, Some(&pricing));
+    h.create_customer("acme", Some("annual"));
+    let unknown = h.post(
+        "billing",
+        "/v1/admin/customers",
+        json!({"customer": "globex", "plan": "platinum"}),
+    );
+    assert_eq!(unknown.status, 400, "{unknown:?}");
+    assert_eq!(unknown.json()["field"], "plan");
+    let set = h.call(
+        Some("billing"),
+        "PUT",
+        "/v1/admin/customers/acme/plan",
+        Some(&key()),
+        Some(&json!({"plan": "platinum"})),
+    );
+    assert_eq!(set.status, 400, "{set:?}");
+    assert_eq!(
+        h.get("readonly", "/v1/admin/customers/acme").json()["plan"],
+        "annual"
+    );
+    assert_eq!(
+        h.get("readonly", "/v1/admin/customers/globex").status,
+        404,
+        "nothing was written"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// API keys at the gateway
+
+/// The gateway's API key cache TTL in these tests, ms: short, so a revocation shows fast.
+const GATEWAY_KEY_TTL_MS: u64 = 300;
+
+/// Credits one `/search` costs at the gateway.
+const SEARCH_COST: i64 = 7;
+
+/// A pricing config with one charged route and no `[[api_keys]]`: every key comes from
+/// Redis, where the sidecar publishes them.
+fn gateway_config(upstream: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+[defaults]
+mode = "enforce"
+failure_policy = "fail_closed"
+store_timeout_ms = 500
+unmatched = "not_found"
+
+[billing]
+top_up_url = "https://billing.example.test/top-up"
+
+[credit_types.api]
+scale = 0
+
+[upstreams.default]
+address = "{upstream}"
+connect_timeout_ms = 500
+read_timeout_ms = 2000
+
+[features.search]
+credit_type = "api"
+cost = {{ kind = "fixed", amount = {SEARCH_COST} }}
+
+[[routes]]
+name = "search"
+method = "GET"
+path = "/search"
+feature = "search"
+"#
+    )
+}
+
+/// Waits until the ledger's total of `customer`'s `api` credits is `expected`: every charge
+/// settled and written, none in flight.
+fn wait_ledger_api(h: &Harness, customer: &str, expected: i64) {
+    let started = Instant::now();
+    loop {
+        let sums = h.rt.block_on(h.ledger.amount_sums()).expect("ledger sums");
+        let total = sums
+            .iter()
+            .find(|(c, t, _)| c == customer && t == "api")
+            .map(|(_, _, sum)| *sum);
+        if total == Some(expected) {
+            return;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "ledger at {total:?}, expected {expected}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `GET /search` at the gateway with `api_key`; the status.
+fn search(client: &reqwest::blocking::Client, gateway: &Gateway, api_key: &str) -> u16 {
+    client
+        .get(format!("{}/search", gateway.proxy_url()))
+        .bearer_auth(api_key)
+        .send()
+        .expect("gateway answers")
+        .status()
+        .as_u16()
+}
+
+/// Polls `search` until it answers `want`: how long that took and how many of the
+/// answers were 200 (each one charged).
+fn until_status(
+    client: &reqwest::blocking::Client,
+    gateway: &Gateway,
+    api_key: &str,
+    want: u16,
+    within: Duration,
+) -> (Duration, i64) {
+    let started = Instant::now();
+    let mut seen = BTreeMap::new();
+    loop {
+        let got = search(client, gateway, api_key);
+        *seen.entry(got).or_insert(0i64) += 1;
+        if got == want {
+            eprintln!("statuses seen while waiting for {want}: {seen:?}");
+            return (started.elapsed(), seen.get(&200).copied().unwrap_or(0));
+        }
+        assert!(
+            started.elapsed() < within,
+            "gateway still answers {got} (want {want}) after {:?}; gateway log:\n{}",
+            started.elapsed(),
+            gateway.log_tail(20)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A key issued by the admin API is accepted by the real gateway and charges its customer;
+/// once revoked the gateway rejects it within its key cache TTL. After Redis loses every
+/// key (`FLUSHALL`), the sidecar republishes the active ones and the revoked one stays
+/// revoked.
+#[test]
+fn api_keys_issued_by_the_admin_api_work_at_the_gateway_until_revoked() {
+    const GRANTED: i64 = 10_000;
+    let h = Harness::start(Backend::Sqlite);
+    let upstream = Upstream::start().expect("upstream");
+    let gateway = Gateway::start(GatewayOptions {
+        config_toml: gateway_config(upstream.addr()),
+        redis_url: Some(h.redis.url()),
+        extra_args: vec![
+            "--api-key-cache-ttl-ms".into(),
+            GATEWAY_KEY_TTL_MS.to_string(),
+        ],
+        ..GatewayOptions::default()
+    })
+    .expect("gateway starts");
+    let client = http_client();
+    h.create_customer("acme", None);
+    let grant = h.post(
+        "admin",
+        "/v1/admin/customers/acme/grants",
+        json!({"source": "adjustment", "credit_type": "api", "amount": GRANTED, "reason_code": "onboarding"}),
+    );
+    assert_eq!(grant.status, 201, "{grant:?}");
+    h.wait_available("acme", "api", GRANTED);
+
+    let issue = |who: &str| {
+        let a = h.post(who, "/v1/admin/customers/acme/api-keys", json!({}));
+        assert_eq!(a.status, 201, "{a:?}");
+        let v = a.json();
+        assert_eq!(v["published"], true, "{a:?}");
+        (
+            v["key_id"].as_str().unwrap().to_string(),
+            v["api_key"].as_str().unwrap().to_string(),
+        )
+    };
+    let (first_id, first) = issue("billing");
+    let (_, second) = issue("admin");
+    // Redis holds the hash, never the plaintext.
+    let stored = h
+        .redis
+        .cli(&["GET", &format!("cg:apikey:{}", sha256_hex(&first))]);
+    assert_eq!(stored.expect("redis-cli").trim(), "acme");
+
+    // Accepted at once (nothing cached yet), and the customer is charged.
+    assert_eq!(search(&client, &gateway, &first), 200);
+    h.wait_available("acme", "api", GRANTED - SEARCH_COST);
+    assert_eq!(search(&client, &gateway, "cgk_not-a-key"), 401);
+
+    // Revoked: rejected within the cache TTL (plus polling slack).
+    let revoke = h.post(
+        "support",
+        &format!("/v1/admin/customers/acme/api-keys/{first_id}/revoke"),
+        json!({}),
+    );
+    assert_eq!(revoke.status, 200, "{revoke:?}");
+    assert_eq!(revoke.json()["withdrawn"], true, "{revoke:?}");
+    let (took, charged) = until_status(&client, &gateway, &first, 401, Duration::from_secs(5));
+    eprintln!("revoked key rejected after {took:?} (cache TTL {GATEWAY_KEY_TTL_MS} ms)");
+    assert!(
+        took < Duration::from_millis(GATEWAY_KEY_TTL_MS + 1_000),
+        "revocation took {took:?}"
+    );
+    let mut expected = GRANTED - SEARCH_COST * (1 + charged);
+    h.wait_available("acme", "api", expected);
+    assert_eq!(search(&client, &gateway, &second), 200);
+    expected -= SEARCH_COST;
+    h.wait_available("acme", "api", expected);
+
+    // The ledger has every charge (so the data loss below loses none).
+    wait_ledger_api(&h, "acme", expected);
+    // Redis loses everything: keys and balances. The sidecar rebuilds the balances from
+    // the ledger and republishes the active key; the revoked one stays revoked.
+    h.redis.cli(&["FLUSHALL"]).expect("FLUSHALL");
+    let gone = h
+        .redis
+        .cli(&["EXISTS", &format!("cg:apikey:{}", sha256_hex(&second))]);
+    assert_eq!(gone.expect("redis-cli").trim(), "0");
+    let (took, _) = until_status(&client, &gateway, &second, 200, WAIT);
+    eprintln!("active key usable again {took:?} after FLUSHALL");
+    h.wait_available("acme", "api", expected - SEARCH_COST);
+    assert_eq!(search(&client, &gateway, &first), 401);
+    let revoked = h
+        .redis
+        .cli(&["EXISTS", &format!("cg:apikey:{}", sha256_hex(&first))]);
+    assert_eq!(revoked.expect("redis-cli").trim(), "0");
+}
+
+/// Keys issued or revoked while Redis is down: the admin call still succeeds (recorded in
+/// the ledger, `published` / `withdrawn` false), and once Redis is back the key sync pass
+/// makes the gateway agree: the new key works, and the revoked key's mapping, even when it
+/// reappears in Redis (a stale replica, a restored snapshot), is deleted again.
+#[test]
+fn keys_issued_or_revoked_while_redis_is_down_converge_when_it_is_back() {
+    let mut h = Harness::start(Backend::Sqlite);
+    let upstream = Upstream::start().expect("upstream");
+    let gateway = Gateway::start(GatewayOptions {
+        config_toml: gateway_config(upstream.addr()),
+        redis_url: Some(h.redis.url()),
+        extra_args: vec![
+            "--api-key-cache-ttl-ms".into(),
+            GATEWAY_KEY_TTL_MS.to_string(),
+        ],
+        ..GatewayOptions::default()
+    })
+    .expect("gateway starts");
+    let client = http_client();
+    h.create_customer("acme", None);
+    let grant = h.post(
+        "admin",
+        "/v1/admin/customers/acme/grants",
+        json!({"source": "adjustment", "credit_type": "api", "amount": 10_000, "reason_code": "onboarding"}),
+    );
+    assert_eq!(grant.status, 201, "{grant:?}");
+    let old = h.post("billing", "/v1/admin/customers/acme/api-keys", json!({}));
+    assert_eq!(old.status, 201, "{old:?}");
+    let old_id = old.json()["key_id"].as_str().unwrap().to_string();
+    let old_key = old.json()["api_key"].as_str().unwrap().to_string();
+    h.wait_available("acme", "api", 10_000);
+    assert_eq!(search(&client, &gateway, &old_key), 200);
+    // Nothing in flight when Redis goes (a hold Redis loses delays the customer's rebuild
+    // until its deadline).
+    wait_ledger_api(&h, "acme", 10_000 - SEARCH_COST);
+
+    h.redis.stop();
+    let revoke = h.post(
+        "support",
+        &format!("/v1/admin/customers/acme/api-keys/{old_id}/revoke"),
+        json!({}),
+    );
+    assert_eq!(
+        revoke.status, 200,
+        "recorded although Redis is down: {revoke:?}"
+    );
+    assert_eq!(revoke.json()["withdrawn"], false, "{revoke:?}");
+    let new = h.post("billing", "/v1/admin/customers/acme/api-keys", json!({}));
+    assert_eq!(new.status, 201, "recorded although Redis is down: {new:?}");
+    assert_eq!(new.json()["published"], false, "{new:?}");
+    let new_key = new.json()["api_key"].as_str().unwrap().to_string();
+
+    // Redis comes back empty; the revoked key's mapping reappears as a stale copy would.
+    h.redis.restart().expect("redis restarts");
+    let stale = format!("cg:apikey:{}", sha256_hex(&old_key));
+    h.redis.cli(&["SET", &stale, "acme"]).expect("SET");
+    let (took, _) = until_status(&client, &gateway, &new_key, 200, WAIT);
+    eprintln!("key issued while Redis was down usable {took:?} after Redis came back");
+    let started = Instant::now();
+    while h.redis.cli(&["EXISTS", &stale]).expect("EXISTS").trim() != "0" {
+        assert!(
+            started.elapsed() < WAIT,
+            "the revoked key's mapping stays in Redis"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(GATEWAY_KEY_TTL_MS + 100));
+    assert_eq!(search(&client, &gateway, &old_key), 401);
 }

@@ -1317,6 +1317,17 @@ fn a_ledger_first_grant_survives_a_redis_outage_and_applies_once(backend: Backen
             .expect("outbox state")
             .expect("recorded in the outbox");
     assert_eq!(state.applied_at_ms, None);
+    // The break-glass path records who ran it.
+    let recorded =
+        h.rt.block_on(h.ledger.grants_of("umbrella"))
+            .expect("grants");
+    assert!(
+        recorded[0]
+            .actor
+            .starts_with("break-glass:ops@example.test"),
+        "{:?}",
+        recorded[0]
+    );
 
     h.redis.restart().expect("redis restarts");
     wait_for(

@@ -92,13 +92,16 @@ CREATE TABLE customer_alerts (
 );
 
 -- Whether a balance is below a threshold now, and how many times it crossed below: one
--- webhook per crossing, and one auto-recharge in flight until the balance is back above.
+-- webhook per crossing, and one auto-recharge in flight until the balance is back above or
+-- a purchase lands (`rearms` counts those, so a pass acting on a balance read before one
+-- cannot fire a second recharge).
 CREATE TABLE balance_crossings (
     customer    TEXT    NOT NULL,
     credit_type TEXT    NOT NULL,
     kind        TEXT    NOT NULL,
     below       INTEGER NOT NULL,
     crossings   INTEGER NOT NULL,
+    rearms      INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (customer, credit_type, kind)
 );
 

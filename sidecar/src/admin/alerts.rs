@@ -122,10 +122,36 @@ fn short_hash(s: &str) -> String {
     hex::encode(&Sha256::digest(s.as_bytes())[..10])
 }
 
-/// Records that the balance is below (`true`) or not below its threshold; returns the
-/// crossing's number when this call is the one that saw it go below.
+/// A crossing row as read before the balance: (crossings, rearms).
+type Snapshot = std::collections::HashMap<(String, String), (i64, i64)>;
+
+/// The customer's crossing rows, read before its balance, so the updates below act only if
+/// nothing changed them meanwhile (another sidecar's pass, a purchase re-arming).
+async fn snapshot(st: &AdminState, customer: &str) -> Result<Snapshot, sqlx::Error> {
+    let rows = fetch!(
+        &st.db,
+        "SELECT credit_type, kind, crossings, rearms FROM balance_crossings WHERE customer = $1",
+        [customer],
+        |row| Ok((
+            (
+                row.try_get::<String, _>("credit_type")?,
+                row.try_get::<String, _>("kind")?
+            ),
+            (
+                row.try_get::<i64, _>("crossings")?,
+                row.try_get::<i64, _>("rearms")?
+            )
+        ))
+    )?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Records that the balance (read after `seen` was taken) is below (`true`) or not below
+/// its threshold; returns the crossing's number when this call is the one that saw it go
+/// below. Both updates are conditional on the row being as `seen` had it.
 async fn cross(
     st: &AdminState,
+    seen: &Snapshot,
     customer: &str,
     credit_type: &str,
     kind: &str,
@@ -134,40 +160,41 @@ async fn cross(
     let db = &st.db;
     exec!(
         db,
-        "INSERT INTO balance_crossings (customer, credit_type, kind, below, crossings) VALUES ($1, $2, $3, 0, 0) \
-         ON CONFLICT DO NOTHING",
+        "INSERT INTO balance_crossings (customer, credit_type, kind, below, crossings, rearms) \
+         VALUES ($1, $2, $3, 0, 0, 0) ON CONFLICT DO NOTHING",
         customer,
         credit_type,
         kind,
     )?;
+    let (crossings, rearms) = seen
+        .get(&(credit_type.to_string(), kind.to_string()))
+        .copied()
+        .unwrap_or((0, 0));
     if !below {
         exec!(
             db,
-            "UPDATE balance_crossings SET below = 0 WHERE customer = $1 AND credit_type = $2 AND kind = $3 AND below = 1",
+            "UPDATE balance_crossings SET below = 0 WHERE customer = $1 AND credit_type = $2 \
+             AND kind = $3 AND below = 1 AND crossings = $4 AND rearms = $5",
             customer,
             credit_type,
             kind,
+            crossings,
+            rearms,
         )?;
         return Ok(None);
     }
     let changed = exec!(
         db,
         "UPDATE balance_crossings SET below = 1, crossings = crossings + 1 \
-         WHERE customer = $1 AND credit_type = $2 AND kind = $3 AND below = 0",
+         WHERE customer = $1 AND credit_type = $2 AND kind = $3 AND below = 0 \
+         AND crossings = $4 AND rearms = $5",
         customer,
         credit_type,
         kind,
+        crossings,
+        rearms,
     )?;
-    if changed == 0 {
-        return Ok(None);
-    }
-    let n = fetch!(
-        db,
-        "SELECT crossings FROM balance_crossings WHERE customer = $1 AND credit_type = $2 AND kind = $3",
-        [customer, credit_type, kind],
-        |row| row.try_get::<i64, _>("crossings")
-    )?;
-    Ok(n.into_iter().next())
+    Ok((changed > 0).then_some(crossings + 1))
 }
 
 type Thresholds = (String, String, Option<i64>, Option<i64>, Option<i64>);
@@ -204,6 +231,7 @@ pub async fn pass(st: &AdminState) -> Result<(), sqlx::Error> {
     customers.dedup();
     let now = now_ms();
     for customer in customers {
+        let seen = snapshot(st, &customer).await?;
         let balance = match st.sidecar.redis.balance(&customer).await {
             Ok(b) => b,
             Err(e) => {
@@ -214,8 +242,15 @@ pub async fn pass(st: &AdminState) -> Result<(), sqlx::Error> {
         let mine: Vec<&Thresholds> = settings.iter().filter(|s| s.0 == customer).collect();
         if let Some(hook) = &st.ops.webhooks {
             for t in &balance.types {
-                if let Some(n) =
-                    cross(st, &customer, &t.credit_type, "depleted", t.available <= 0).await?
+                if let Some(n) = cross(
+                    st,
+                    &seen,
+                    &customer,
+                    &t.credit_type,
+                    "depleted",
+                    t.available <= 0,
+                )
+                .await?
                 {
                     let id = format!(
                         "depleted-{}-{n}",
@@ -229,8 +264,15 @@ pub async fn pass(st: &AdminState) -> Result<(), sqlx::Error> {
             for (_, credit_type, low, _, _) in &mine {
                 let Some(low) = low else { continue };
                 let available = balance.of(credit_type).map_or(0, |t| t.available);
-                if let Some(n) =
-                    cross(st, &customer, credit_type, "low_balance", available < *low).await?
+                if let Some(n) = cross(
+                    st,
+                    &seen,
+                    &customer,
+                    credit_type,
+                    "low_balance",
+                    available < *low,
+                )
+                .await?
                 {
                     let id = format!(
                         "low-{}-{n}",
@@ -261,6 +303,7 @@ pub async fn pass(st: &AdminState) -> Result<(), sqlx::Error> {
                 let available = balance.of(credit_type).map_or(0, |t| t.available);
                 if let Some(n) = cross(
                     st,
+                    &seen,
                     &customer,
                     credit_type,
                     "auto_recharge",
@@ -313,7 +356,9 @@ pub async fn run(st: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
         if let Err(e) = pass(&st).await {
             error!(error = %e, "alerts pass failed; retrying next pass");
         }
-        if let Err(e) = webhooks::deliver_due(&st.db, &client, secret_for, now_ms()).await {
+        if let Err(e) =
+            webhooks::deliver_due(&st.db, &client, secret_for, now_ms(), &st.metrics).await
+        {
             error!(error = %e, "webhook delivery pass failed; retrying next pass");
         }
         tokio::select! {

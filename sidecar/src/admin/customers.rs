@@ -1,5 +1,6 @@
 //! Customers, their plan and their API keys. A key's plaintext is returned once, at
-//! creation; only its SHA-256 hash is kept. Nothing here grants credits.
+//! creation; only its SHA-256 hash is kept, in the ledger database and, for the gateways,
+//! in Redis ([`super::key_sync`]). Nothing here grants credits.
 
 use axum::http::StatusCode;
 use serde_json::json;
@@ -10,6 +11,7 @@ use super::db::{exec, fetch};
 use super::error::ApiError;
 use super::fields::Body;
 use super::idempotency::{Reply, reply};
+use super::key_sync;
 use crate::ledger::now_ms;
 
 /// Prefix of customer API keys created here.
@@ -38,6 +40,26 @@ pub async fn plan_of(st: &AdminState, customer: &str) -> Result<Option<String>, 
     })
 }
 
+/// A 400 naming `plan` when the sidecar runs with a pricing config (`--config`) that
+/// does not define the plan; without one, any plan id is taken.
+fn check_plan(st: &AdminState, plan: &str) -> Result<(), ApiError> {
+    let Some(pricing) = &st.sidecar.pricing else {
+        return Ok(());
+    };
+    let config = pricing.load();
+    if config.plans().contains_key(plan) {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            "plan",
+            format!(
+                "unknown plan {plan:?}; the pricing config defines {:?}",
+                config.plans().keys().collect::<Vec<_>>()
+            ),
+        ))
+    }
+}
+
 async fn run(f: impl std::future::Future<Output = Result<Reply, ApiError>>) -> Reply {
     f.await.unwrap_or_else(Reply::from)
 }
@@ -49,6 +71,9 @@ pub async fn create(st: &AdminState, caller: &Caller, body: &[u8]) -> Reply {
         let customer = b.id("customer")?;
         let plan = b.opt_id("plan")?;
         b.finish()?;
+        if let Some(p) = &plan {
+            check_plan(st, p)?;
+        }
         let now = now_ms();
         let inserted = exec!(
             &st.db,
@@ -108,6 +133,7 @@ pub async fn set_plan(st: &AdminState, caller: &Caller, customer: &str, body: &[
         let mut b = Body::parse(body)?;
         let plan = b.id("plan")?;
         b.finish()?;
+        check_plan(st, &plan)?;
         plan_of(st, customer).await?;
         exec!(
             &st.db,
@@ -137,6 +163,7 @@ pub async fn create_api_key(
         plan_of(st, customer).await?;
         let key = new_secret(API_KEY_PREFIX);
         let key_id = format!("k-{}", uuid::Uuid::new_v4().simple());
+        let hash = secret_hash(&key);
         let now = now_ms();
         exec!(
             &st.db,
@@ -144,15 +171,18 @@ pub async fn create_api_key(
              VALUES ($1, $2, $3, $4, $5)",
             key_id.as_str(),
             customer,
-            secret_hash(&key),
+            hash.as_str(),
             caller.name.as_str(),
             now as i64,
         )
         .map_err(unavailable)?;
+        // Recorded: the key exists. Publishing it is retried by the key sync pass when
+        // Redis fails now, so the answer is a success either way.
+        let published = key_sync::publish(st, &hash, customer).await;
         Ok(reply(
             StatusCode::CREATED,
             &json!({"customer": customer, "key_id": key_id, "api_key": key,
-                    "created_by": caller.name, "created_at_ms": now}),
+                    "created_by": caller.name, "created_at_ms": now, "published": published}),
         ))
     })
     .await
@@ -169,6 +199,13 @@ pub async fn revoke_api_key(
     run(async {
         Body::parse(body)?.finish()?;
         let now = now_ms();
+        let hashes = fetch!(
+            &st.db,
+            "SELECT key_hash FROM customer_api_keys WHERE key_id = $1 AND customer = $2",
+            [key_id, customer],
+            |row| row.try_get::<String, _>("key_hash")
+        )
+        .map_err(unavailable)?;
         let changed = exec!(
             &st.db,
             "UPDATE customer_api_keys SET revoked_by = $1, revoked_at_ms = $2 \
@@ -187,9 +224,15 @@ pub async fn revoke_api_key(
                 format!("customer {customer:?} has no active key {key_id:?}"),
             ));
         }
+        // Recorded: the key is revoked. A failed delete is retried by the key sync pass.
+        let mut withdrawn = true;
+        for hash in &hashes {
+            withdrawn &= key_sync::withdraw(st, hash).await;
+        }
         Ok(reply(
             StatusCode::OK,
-            &json!({"customer": customer, "key_id": key_id, "revoked_by": caller.name, "revoked_at_ms": now}),
+            &json!({"customer": customer, "key_id": key_id, "revoked_by": caller.name,
+                    "revoked_at_ms": now, "withdrawn": withdrawn}),
         ))
     })
     .await

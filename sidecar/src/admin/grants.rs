@@ -80,12 +80,15 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// Checks a grant request against the source's rules.
+/// `call_id` identifies the API call (see [`super::idempotency::once`]); the grant's id
+/// derives from it, so a call re-run after a crash records the same grant, not a second.
 pub fn parse_grant(
     st: &AdminState,
     caller: &Caller,
     customer: &str,
     body: &[u8],
     now: u64,
+    call_id: &str,
 ) -> Result<GrantParams, ApiError> {
     let mut b = Body::parse(body)?;
     let source_name = b.str("source")?;
@@ -181,7 +184,7 @@ pub fn parse_grant(
     };
     b.finish()?;
     Ok(GrantParams {
-        grant_id: format!("g-{}", uuid::Uuid::new_v4().simple()),
+        grant_id: format!("g-{call_id}"),
         customer: customer.to_string(),
         source: source.as_str().to_string(),
         credit_type,
@@ -272,8 +275,9 @@ pub async fn issue(
         // is still, or again, below its threshold.
         exec!(
             &st.db,
-            "UPDATE balance_crossings SET below = 0 WHERE customer = $1 AND credit_type = $2 \
-             AND kind = 'auto_recharge'",
+            "INSERT INTO balance_crossings (customer, credit_type, kind, below, crossings, rearms) \
+             VALUES ($1, $2, 'auto_recharge', 0, 0, 1) ON CONFLICT (customer, credit_type, kind) \
+             DO UPDATE SET below = 0, rearms = balance_crossings.rearms + 1",
             p.customer.as_str(),
             p.credit_type.as_str(),
         )
@@ -319,10 +323,16 @@ async fn run(f: impl std::future::Future<Output = Result<Reply, ApiError>>) -> R
 }
 
 /// `POST /v1/admin/customers/{customer}/grants`.
-pub async fn grant(st: &AdminState, caller: &Caller, customer: &str, body: &[u8]) -> Reply {
+pub async fn grant(
+    st: &AdminState,
+    caller: &Caller,
+    customer: &str,
+    body: &[u8],
+    call_id: &str,
+) -> Reply {
     run(async {
         let now = now_ms();
-        let params = parse_grant(st, caller, customer, body, now)?;
+        let params = parse_grant(st, caller, customer, body, now, call_id)?;
         plan_of(st, customer).await?;
         let Some(limit) = st.ops.limit(caller.role.as_str()) else {
             let granted = issue(st, &params, &caller.name, None, false).await?;
@@ -336,12 +346,12 @@ pub async fn grant(st: &AdminState, caller: &Caller, customer: &str, body: &[u8]
             let granted = issue(st, &params, &caller.name, None, true).await?;
             return Ok(reply(StatusCode::CREATED, &granted));
         }
-        let request_id = format!("a-{}", uuid::Uuid::new_v4().simple());
+        let request_id = format!("a-{call_id}");
         let grant_json = serde_json::to_string(&params).map_err(unavailable)?;
         exec!(
             &st.db,
             "INSERT INTO grant_approvals (request_id, customer, amount, grant_json, requested_by, \
-             requested_at_ms, state) VALUES ($1, $2, $3, $4, $5, $6, 'pending')",
+             requested_at_ms, state) VALUES ($1, $2, $3, $4, $5, $6, 'pending') ON CONFLICT DO NOTHING",
             request_id.as_str(),
             customer,
             params.amount as i64,
@@ -445,6 +455,22 @@ pub async fn approve(st: &AdminState, caller: &Caller, request_id: &str) -> Repl
     .await
 }
 
+/// Sets the pending approvals gauge from the `grant_approvals` table (logged on failure).
+pub async fn refresh_pending_gauge(st: &AdminState) {
+    match fetch!(
+        &st.db,
+        "SELECT COUNT(*) AS n FROM grant_approvals WHERE state = 'pending'",
+        [],
+        |row| row.try_get::<i64, _>("n")
+    ) {
+        Ok(n) => st
+            .metrics
+            .pending_approvals
+            .set(n.first().copied().unwrap_or(0)),
+        Err(e) => tracing::warn!(error = %e, "counting pending approvals failed"),
+    }
+}
+
 /// `GET /v1/admin/grant-approvals?state=pending|approved`.
 pub async fn list_approvals(st: &AdminState, query: &[(String, String)]) -> Reply {
     run(async {
@@ -484,7 +510,13 @@ pub async fn list_approvals(st: &AdminState, query: &[(String, String)]) -> Repl
 
 /// `POST /v1/admin/customers/{customer}/purchases` `{bundle, payment_ref?}`: the product's
 /// backend after a payment succeeded.
-pub async fn purchase(st: &AdminState, caller: &Caller, customer: &str, body: &[u8]) -> Reply {
+pub async fn purchase(
+    st: &AdminState,
+    caller: &Caller,
+    customer: &str,
+    body: &[u8],
+    call_id: &str,
+) -> Reply {
     run(async {
         let mut b = Body::parse(body)?;
         let bundle_id = b.id("bundle")?;
@@ -501,7 +533,7 @@ pub async fn purchase(st: &AdminState, caller: &Caller, customer: &str, body: &[
         };
         plan_of(st, customer).await?;
         let params = GrantParams {
-            grant_id: format!("g-{}", uuid::Uuid::new_v4().simple()),
+            grant_id: format!("g-{call_id}"),
             customer: customer.to_string(),
             source: GrantSource::Purchase.as_str().to_string(),
             credit_type: bundle.credit_type.clone(),

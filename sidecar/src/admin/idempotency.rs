@@ -27,6 +27,11 @@ pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 255;
 /// answers 409: longer than any admin call takes on a healthy system.
 pub const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(30);
 
+/// Age after which a claim without an answer is taken to be abandoned (its sidecar died
+/// mid-call) and may be taken over, ms: well past [`IDEMPOTENCY_WAIT`]. The call's ids derive
+/// from the key, so running it again records the same grant rather than a second.
+pub const IDEMPOTENCY_ABANDONED_MS: u64 = 120_000;
+
 /// Pause between looks at a concurrent call's answer.
 const IDEMPOTENCY_POLL: Duration = Duration::from_millis(20);
 
@@ -75,35 +80,38 @@ pub fn key_of(headers: &HeaderMap) -> Result<String, ApiError> {
 enum Seen {
     Missing,
     Other,
-    Running,
+    Running { since_ms: i64 },
     Done(Reply),
 }
 
 async fn look(db: &AdminDb, actor: &str, key: &str, fingerprint: &str) -> Result<Seen, ApiError> {
     let rows = fetch!(
         db,
-        "SELECT fingerprint, status, body FROM idempotency_keys WHERE actor = $1 AND idem_key = $2",
+        "SELECT fingerprint, status, body, created_at_ms FROM idempotency_keys WHERE actor = $1 AND idem_key = $2",
         [actor, key],
         |row| Ok((
             row.try_get::<String, _>("fingerprint")?,
             row.try_get::<Option<i64>, _>("status")?,
-            row.try_get::<Option<String>, _>("body")?
+            row.try_get::<Option<String>, _>("body")?,
+            row.try_get::<i64, _>("created_at_ms")?
         ))
     )
     .map_err(|e| ApiError::unavailable("reading idempotency keys", e))?;
     Ok(match rows.into_iter().next() {
         None => Seen::Missing,
-        Some((f, _, _)) if f != fingerprint => Seen::Other,
-        Some((_, Some(status), Some(body))) => Seen::Done((
+        Some((f, _, _, _)) if f != fingerprint => Seen::Other,
+        Some((_, Some(status), Some(body), _)) => Seen::Done((
             StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK),
             body.into_bytes(),
         )),
-        Some(_) => Seen::Running,
+        Some((_, _, _, since_ms)) => Seen::Running { since_ms },
     })
 }
 
 /// Runs `op` once per (caller, key): the first call runs it, replays and concurrent calls
 /// get its answer, byte for byte. `request` identifies the call (method, path and body).
+/// `op` gets the call's id (hex, derived from the caller and the key) to derive the ids of
+/// what it creates.
 pub async fn once<F, Fut>(
     db: &AdminDb,
     actor: &str,
@@ -113,7 +121,7 @@ pub async fn once<F, Fut>(
     op: F,
 ) -> Reply
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(String) -> Fut,
     Fut: Future<Output = Reply>,
 {
     let key = match key_of(headers) {
@@ -126,6 +134,11 @@ where
         hasher.update(part);
     }
     let fingerprint = hex::encode(hasher.finalize());
+    let mut id_hasher = Sha256::new();
+    id_hasher.update((actor.len() as u64).to_be_bytes());
+    id_hasher.update(actor.as_bytes());
+    id_hasher.update(key.as_bytes());
+    let call_id = hex::encode(&id_hasher.finalize()[..16]);
     let started = Instant::now();
     loop {
         let claimed = exec!(
@@ -154,7 +167,24 @@ where
                 )
                 .into();
             }
-            Ok(Seen::Missing | Seen::Running) => {}
+            Ok(Seen::Running { since_ms })
+                if (now_ms as i64).saturating_sub(since_ms) > IDEMPOTENCY_ABANDONED_MS as i64 =>
+            {
+                // Take the abandoned claim over (one caller wins the conditional update).
+                let taken = exec!(
+                    db,
+                    "UPDATE idempotency_keys SET created_at_ms = $1 WHERE actor = $2 AND idem_key = $3 \
+                     AND status IS NULL AND created_at_ms = $4",
+                    now_ms as i64,
+                    actor,
+                    key.as_str(),
+                    since_ms,
+                );
+                if let Ok(1) = taken {
+                    break;
+                }
+            }
+            Ok(Seen::Missing | Seen::Running { .. }) => {}
         }
         if started.elapsed() > IDEMPOTENCY_WAIT {
             return ApiError::new(
@@ -167,7 +197,7 @@ where
         }
         tokio::time::sleep(IDEMPOTENCY_POLL).await;
     }
-    let (status, body) = op().await;
+    let (status, body) = op(call_id).await;
     let kept = if status.is_success() {
         exec!(
             db,

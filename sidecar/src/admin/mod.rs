@@ -19,6 +19,7 @@ pub mod error;
 pub mod fields;
 pub mod grants;
 pub mod idempotency;
+pub mod key_sync;
 pub mod reads;
 pub mod schedule;
 pub mod webhooks;
@@ -39,6 +40,7 @@ use self::db::AdminDb;
 use self::idempotency::Reply;
 use crate::daemon::Sidecar;
 use crate::ledger::now_ms;
+use crate::metrics::AdminMetrics;
 use crate::operations::Operations;
 
 /// Largest request body the admin API reads, bytes: admin calls are small JSON objects.
@@ -57,6 +59,8 @@ pub struct AdminState {
     /// Held while a limited grant checks its role's daily total and is recorded, so two
     /// concurrent grants of one sidecar cannot both pass the limit.
     pub limit_lock: tokio::sync::Mutex<()>,
+    /// The admin API's metrics, served on the sidecar's `/metrics`.
+    pub metrics: AdminMetrics,
 }
 
 impl FromRef<Arc<AdminState>> for AuthState {
@@ -231,7 +235,7 @@ async fn mutate<F, Fut>(
     op: F,
 ) -> Response
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = Reply>,
 {
     if let Err(e) = caller.require(roles_of(method.clone(), route)) {
@@ -282,7 +286,7 @@ async fn create_customer(
         Method::POST,
         "/v1/admin/customers",
         (&uri, &headers, &body),
-        || customers::create(&st, &caller, &body),
+        |_| customers::create(&st, &caller, &body),
     )
     .await
 }
@@ -308,7 +312,7 @@ async fn set_plan(
         Method::PUT,
         "/v1/admin/customers/{customer}/plan",
         (&uri, &headers, &body),
-        || customers::set_plan(&st, &caller, &customer, &body),
+        |_| customers::set_plan(&st, &caller, &customer, &body),
     )
     .await
 }
@@ -327,7 +331,7 @@ async fn create_api_key(
         Method::POST,
         "/v1/admin/customers/{customer}/api-keys",
         (&uri, &headers, &body),
-        || customers::create_api_key(&st, &caller, &customer, &body),
+        |_| customers::create_api_key(&st, &caller, &customer, &body),
     )
     .await
 }
@@ -346,7 +350,7 @@ async fn revoke_api_key(
         Method::POST,
         "/v1/admin/customers/{customer}/api-keys/{key_id}/revoke",
         (&uri, &headers, &body),
-        || customers::revoke_api_key(&st, &caller, &customer, &key_id, &body),
+        |_| customers::revoke_api_key(&st, &caller, &customer, &key_id, &body),
     )
     .await
 }
@@ -359,15 +363,22 @@ async fn create_grant(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    mutate(
+    let answer = mutate(
         &st,
         &caller,
         Method::POST,
         "/v1/admin/customers/{customer}/grants",
         (&uri, &headers, &body),
-        || grants::grant(&st, &caller, &customer, &body),
+        {
+            let (st, caller, customer, body) = (&*st, &caller, &customer, &body);
+            move |call_id: String| async move {
+                grants::grant(st, caller, customer, body, &call_id).await
+            }
+        },
     )
-    .await
+    .await;
+    grants::refresh_pending_gauge(&st).await;
+    answer
 }
 
 async fn void_grant(
@@ -384,7 +395,7 @@ async fn void_grant(
         Method::POST,
         "/v1/admin/customers/{customer}/grants/{grant_id}/void",
         (&uri, &headers, &body),
-        || grants::void(&st, &caller, &customer, &grant_id, &body),
+        |_| grants::void(&st, &caller, &customer, &grant_id, &body),
     )
     .await
 }
@@ -403,7 +414,12 @@ async fn purchase(
         Method::POST,
         "/v1/admin/customers/{customer}/purchases",
         (&uri, &headers, &body),
-        || grants::purchase(&st, &caller, &customer, &body),
+        {
+            let (st, caller, customer, body) = (&*st, &caller, &customer, &body);
+            move |call_id: String| async move {
+                grants::purchase(st, caller, customer, body, &call_id).await
+            }
+        },
     )
     .await
 }
@@ -452,15 +468,17 @@ async fn approve(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    mutate(
+    let answer = mutate(
         &st,
         &caller,
         Method::POST,
         "/v1/admin/grant-approvals/{request_id}/approve",
         (&uri, &headers, &body),
-        || grants::approve(&st, &caller, &request_id),
+        |_| grants::approve(&st, &caller, &request_id),
     )
-    .await
+    .await;
+    grants::refresh_pending_gauge(&st).await;
+    answer
 }
 
 async fn set_alerts(
@@ -477,7 +495,7 @@ async fn set_alerts(
         Method::PUT,
         "/v1/admin/customers/{customer}/alerts",
         (&uri, &headers, &body),
-        || alerts::set(&st, &caller, &customer, &body),
+        |_| alerts::set(&st, &caller, &customer, &body),
     )
     .await
 }
@@ -621,8 +639,50 @@ pub fn router(state: Arc<AdminState>) -> Router {
         router = router.route(path, handler);
     }
     router
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_calls,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(ADMIN_BODY_MAX_BYTES))
         .with_state(state)
+}
+
+/// Counts every answered call by route template, method and status class, and the
+/// authentication failures (401: missing, unknown or revoked token; 429: locked out).
+async fn count_calls(
+    State(st): St,
+    matched: Option<axum::extract::MatchedPath>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().clone();
+    let route = matched.map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let response = next.run(req).await;
+    let status = response.status();
+    let class = match status.as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    st.metrics
+        .calls
+        .with_label_values(&[route.as_str(), method.as_str(), class])
+        .inc();
+    match status {
+        StatusCode::UNAUTHORIZED => st
+            .metrics
+            .auth_failures
+            .with_label_values(&["unauthorized"])
+            .inc(),
+        StatusCode::TOO_MANY_REQUESTS => st
+            .metrics
+            .auth_failures
+            .with_label_values(&["rate_limited"])
+            .inc(),
+        _ => {}
+    }
+    response
 }
 
 /// Serves the admin API until `stop` turns true.

@@ -4,6 +4,12 @@
 //! however often the pass runs, across restarts and across several sidecars; a period that
 //! began while the sidecar was down is granted by the first pass after it starts.
 //!
+//! Whole periods missed while the sidecar was down are back-filled: when a customer's last
+//! granted period of a schedule is older than the previous month, every period after it is
+//! granted, each with its own period in its id and reason, at most
+//! [`BACKFILL_MAX_PERIODS`] before the current one. A customer with no grant of the
+//! schedule yet gets the current period only (joining a plan grants no past months).
+//!
 //! The loop also drops expired idempotency keys. It decides what is due; the ledger-first
 //! path of [`crate::outbox::issue_grant`] grants it.
 
@@ -14,7 +20,7 @@ use std::time::Duration;
 use creditgate_protocol::GrantSource;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::AdminState;
 use super::db::fetch;
@@ -27,7 +33,12 @@ use crate::outbox::{OutboxError, issue_grant};
 /// the first pass runs at start-up.
 pub const SCHEDULE_PASS_MS: u64 = 60_000;
 
-/// Days from 1970-01-01 to (year, month), UTC civil calendar.
+/// Most missed periods granted in one catch-up, before the current one: a year, so a
+/// sidecar down for longer (or a ledger restored from an old backup) cannot flood a
+/// customer with allotments; older periods are logged and left to an operator.
+pub const BACKFILL_MAX_PERIODS: i64 = 12;
+
+/// (year, month) of a time in ms since the Unix epoch, UTC civil calendar.
 pub fn year_month(at_ms: u64) -> (i64, u32) {
     let days = (at_ms / 86_400_000) as i64;
     // Civil-from-days (proleptic Gregorian), on eras of 400 years.
@@ -44,8 +55,43 @@ pub fn year_month(at_ms: u64) -> (i64, u32) {
 
 /// The period label, `YYYY-MM`.
 pub fn period_of(at_ms: u64) -> String {
+    period_label(month_index(at_ms))
+}
+
+/// Months since year 0 of a time (`year * 12 + month - 1`): consecutive periods are
+/// consecutive numbers.
+pub fn month_index(at_ms: u64) -> i64 {
     let (y, m) = year_month(at_ms);
-    format!("{y:04}-{m:02}")
+    y * 12 + i64::from(m) - 1
+}
+
+/// The `YYYY-MM` label of a [`month_index`].
+pub fn period_label(index: i64) -> String {
+    format!(
+        "{:04}-{:02}",
+        index.div_euclid(12),
+        index.rem_euclid(12) + 1
+    )
+}
+
+/// The [`month_index`] of a `YYYY-MM` label; `None` when it is not one.
+pub fn parse_period(label: &str) -> Option<i64> {
+    let (y, m) = label.split_once('-')?;
+    if y.len() != 4 || m.len() != 2 {
+        return None;
+    }
+    let (y, m): (i64, i64) = (y.parse().ok()?, m.parse().ok()?);
+    (1..=12).contains(&m).then_some(y * 12 + m - 1)
+}
+
+/// The periods to grant now: every one after `last_granted` up to `current`, at most
+/// [`BACKFILL_MAX_PERIODS`] before `current`; only `current` when nothing was granted yet.
+/// Empty when `current` is granted.
+pub fn due_periods(last_granted: Option<i64>, current: i64) -> std::ops::RangeInclusive<i64> {
+    match last_granted {
+        None => current..=current,
+        Some(last) => (last + 1).max(current - BACKFILL_MAX_PERIODS)..=current,
+    }
 }
 
 /// The grant id of a schedule's period for a customer (at most 128 bytes whatever the
@@ -55,11 +101,16 @@ pub fn schedule_grant_id(schedule: &str, period: &str, customer: &str) -> String
     format!("s-{schedule}-{period}-{h}")
 }
 
-/// The record of a schedule's grant for one customer and period.
+/// The record of a schedule's grant for one customer and the current period.
 pub fn schedule_record(s: &Schedule, customer: &str, now: u64) -> GrantRecord {
-    let period = period_of(now);
+    period_record(s, customer, &period_of(now), now)
+}
+
+/// The record of a schedule's grant for one customer and `period` (`YYYY-MM`), granted at
+/// `now` (a back-filled period's expiry counts from `now`, so it is usable).
+pub fn period_record(s: &Schedule, customer: &str, period: &str, now: u64) -> GrantRecord {
     GrantRecord {
-        grant_id: schedule_grant_id(&s.id, &period, customer),
+        grant_id: schedule_grant_id(&s.id, period, customer),
         customer: customer.to_string(),
         credit_type: s.credit_type.clone(),
         amount: s.amount,
@@ -92,36 +143,69 @@ pub async fn pass(st: &AdminState, done: &mut HashSet<String>) -> u64 {
             }
         };
         for customer in customers {
-            let mut record = schedule_record(s, &customer, now);
-            if done.contains(&record.grant_id) {
+            let current = schedule_record(s, &customer, now);
+            if done.contains(&current.grant_id) {
                 continue;
             }
-            // A retry of a recorded period must carry the same fields: keep the first
-            // record's expiry by recomputing from the registry when it exists.
-            if let Ok(known) = st.sidecar.ledger.grants_of(&customer).await
-                && let Some(first) = known.iter().find(|g| g.grant_id == record.grant_id)
-            {
-                record = first.clone();
-            }
-            match issue_grant(
-                st.sidecar.ledger.as_ref(),
-                st.sidecar.redis.as_ref(),
-                &record,
-            )
-            .await
-            {
-                Ok(outcome) => {
-                    info!(schedule = %s.id, customer, grant_id = %record.grant_id, ?outcome, "scheduled grant");
-                    done.insert(record.grant_id);
-                    issued += 1;
-                }
-                Err(OutboxError::Conflict(id)) => {
-                    error!(grant_id = %id, "scheduled grant id recorded before with other fields");
-                    done.insert(record.grant_id);
-                }
+            let known = match st.sidecar.ledger.grants_of(&customer).await {
+                Ok(known) => known,
                 Err(e) => {
-                    error!(schedule = %s.id, customer, error = %e, "scheduled grant failed; retrying next pass")
+                    error!(schedule = %s.id, customer, error = %e, "scheduled grants: reading grants failed; retrying next pass");
+                    continue;
                 }
+            };
+            // The latest period of this schedule granted to this customer, read from the
+            // grant ids (`s-<schedule>-<YYYY-MM>-<customer hash>`).
+            let hash_suffix = schedule_grant_id(&s.id, "", &customer);
+            let hash_suffix = &hash_suffix[format!("s-{}-", s.id).len()..];
+            let prefix = format!("s-{}-", s.id);
+            let last = known
+                .iter()
+                .filter_map(|g| {
+                    g.grant_id
+                        .strip_prefix(&prefix)?
+                        .strip_suffix(hash_suffix)
+                        .and_then(parse_period)
+                })
+                .max();
+            let current_index = month_index(now);
+            if let Some(last) = last
+                && current_index - last > BACKFILL_MAX_PERIODS + 1
+            {
+                warn!(schedule = %s.id, customer, last_granted = %period_label(last),
+                      skipped = current_index - last - 1 - BACKFILL_MAX_PERIODS,
+                      "scheduled grants: periods older than the back-fill bound are not granted");
+            }
+            let mut all_ok = true;
+            for index in due_periods(last, current_index) {
+                let mut record = period_record(s, &customer, &period_label(index), now);
+                // A retry of a recorded period must carry the same fields (its expiry).
+                if let Some(first) = known.iter().find(|g| g.grant_id == record.grant_id) {
+                    record = first.clone();
+                }
+                match issue_grant(
+                    st.sidecar.ledger.as_ref(),
+                    st.sidecar.redis.as_ref(),
+                    &record,
+                )
+                .await
+                {
+                    Ok(outcome) => {
+                        info!(schedule = %s.id, customer, grant_id = %record.grant_id, ?outcome, "scheduled grant");
+                        issued += 1;
+                    }
+                    Err(OutboxError::Conflict(id)) => {
+                        error!(grant_id = %id, "scheduled grant id recorded before with other fields");
+                    }
+                    Err(e) => {
+                        all_ok = false;
+                        error!(schedule = %s.id, customer, error = %e, "scheduled grant failed; retrying next pass");
+                        break;
+                    }
+                }
+            }
+            if all_ok {
+                done.insert(current.grant_id);
             }
         }
     }
@@ -134,6 +218,8 @@ pub async fn run(st: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
     let mut done = HashSet::new();
     loop {
         pass(&st, &mut done).await;
+        // Approvals made by another sidecar show here within a pass.
+        super::grants::refresh_pending_gauge(&st).await;
         if let Err(e) = idempotency::purge(&st.db, now_ms()).await {
             error!(error = %e, "dropping expired idempotency keys failed");
         }
@@ -162,6 +248,26 @@ mod tests {
         // 2025-12-31T23:59:59.999Z and the next millisecond.
         assert_eq!(period_of(1_767_225_599_999), "2025-12");
         assert_eq!(period_of(1_767_225_600_000), "2026-01");
+    }
+
+    #[test]
+    fn due_periods_back_fill_at_most_a_year() {
+        let nov = parse_period("2026-11").unwrap();
+        assert_eq!(period_label(nov), "2026-11");
+        assert_eq!(parse_period("2026-13"), None);
+        assert_eq!(parse_period("26-11"), None);
+        assert_eq!(due_periods(None, nov).collect::<Vec<_>>(), vec![nov]);
+        assert!(due_periods(Some(nov), nov).is_empty());
+        let labels = |r: std::ops::RangeInclusive<i64>| r.map(period_label).collect::<Vec<_>>();
+        assert_eq!(
+            labels(due_periods(parse_period("2026-08"), nov)),
+            ["2026-09", "2026-10", "2026-11"]
+        );
+        // Across a year boundary, bounded at 12 before the current period.
+        let all = labels(due_periods(parse_period("2024-01"), nov));
+        assert_eq!(all.len(), 13);
+        assert_eq!(all[0], "2025-11");
+        assert_eq!(all[12], "2026-11");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use sha2::Sha256;
 use tracing::{info, warn};
 
 use super::db::{AdminDb, exec, fetch};
+use crate::metrics::AdminMetrics;
 use crate::operations::Endpoint;
 
 /// Attempts before a delivery is given up (state `failed`, kept in the log): with the
@@ -101,14 +102,16 @@ pub async fn deliver_due(
     client: &reqwest::Client,
     secret_for: impl Fn(&str) -> Option<String>,
     now_ms: u64,
+    metrics: &AdminMetrics,
 ) -> Result<u64, sqlx::Error> {
     let due = fetch!(
         db,
-        "SELECT delivery_id, url, payload, attempts, next_attempt_at_ms FROM webhook_deliveries \
+        "SELECT delivery_id, kind, url, payload, attempts, next_attempt_at_ms FROM webhook_deliveries \
          WHERE state = 'pending' AND next_attempt_at_ms <= $1 ORDER BY next_attempt_at_ms LIMIT $2",
         [now_ms as i64, WEBHOOK_BATCH_MAX],
         |row| Ok((
             row.try_get::<String, _>("delivery_id")?,
+            row.try_get::<String, _>("kind")?,
             row.try_get::<String, _>("url")?,
             row.try_get::<String, _>("payload")?,
             row.try_get::<i64, _>("attempts")?,
@@ -116,7 +119,13 @@ pub async fn deliver_due(
         ))
     )?;
     let mut delivered = 0;
-    for (id, url, payload, attempts, next_at) in due {
+    for (id, kind, url, payload, attempts, next_at) in due {
+        let count = |outcome: &str| {
+            metrics
+                .webhook_deliveries
+                .with_label_values(&[kind.as_str(), outcome])
+                .inc()
+        };
         // Claim it, so a second sidecar (or an overlapping pass) does not send it too.
         let claimed = exec!(
             db,
@@ -136,6 +145,7 @@ pub async fn deliver_due(
                 "the URL is no longer configured",
                 id.as_str(),
             )?;
+            count("failed");
             continue;
         };
         let t = crate::ledger::now_ms();
@@ -172,6 +182,7 @@ pub async fn deliver_due(
                     id.as_str(),
                 )?;
                 delivered += 1;
+                count("delivered");
             }
             Some(error) => {
                 let state = if attempts >= WEBHOOK_ATTEMPTS_MAX {
@@ -180,6 +191,7 @@ pub async fn deliver_due(
                     "pending"
                 };
                 warn!(delivery_id = %id, attempts, error, "webhook delivery failed");
+                count(if state == "failed" { "failed" } else { "retry" });
                 exec!(
                     db,
                     "UPDATE webhook_deliveries SET state = $1, attempts = $2, last_status = $3, last_error = $4, \
