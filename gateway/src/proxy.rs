@@ -601,8 +601,8 @@ async fn resolve_once(
         } => {
             metrics.resolved(&hold.credit_type, *posted, *returned);
             if *shortfall > 0 {
-                // The ledger keeps it too: the hold_posted entry of this request id carries
-                // the shortfall, so finance can bill or write it off.
+                // The ledger keeps it too: the sidecar's writer records an `overage` entry
+                // with this request id, so finance can bill or write it off.
                 metrics.shortfall(&hold.credit_type, *shortfall);
                 warn!(request_id, hold_id = %hold.hold_id, customer = %hold.customer,
                     shortfall, posted, "settled above what the balance and overdraft allow; shortfall recorded as overage");

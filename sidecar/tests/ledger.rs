@@ -68,7 +68,7 @@ async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.db");
     let ledger = SqliteLedger::open(&path).await.unwrap();
-    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 5]);
+    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 5, 6]);
     Backend {
         ledger: Box::new(ledger),
         raw: Raw::Sqlite(path),
@@ -82,7 +82,7 @@ async fn postgres() -> Backend {
         .unwrap()
         .expect("postgres starts");
     let ledger = PostgresLedger::connect(&pg.url()).await.unwrap();
-    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 5]);
+    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 5, 6]);
     Backend {
         ledger: Box::new(ledger),
         raw: Raw::Postgres(Arc::new(pg)),
@@ -123,7 +123,77 @@ on_both_backends!(
     the_fold_matches_the_model_in_random_runs,
     adjustments_change_the_total,
     usage_events_are_recorded_once_and_append_only,
+    a_shortfall_is_recorded_as_an_overage_entry,
 );
+
+async fn a_shortfall_is_recorded_as_an_overage_entry(b: &Backend) {
+    let l = &*b.ledger;
+    let mut sim = Sim::new();
+    sim.grant("acme", "g1", "api", 100, 0, None, 1_000_000);
+    sim.reserve("acme", "h1", "api", 50, 20, false, "chat");
+    // 180 asked; the balance (100) and overdraft (20) allow 120.
+    let ResolveOutcome::Posted {
+        posted, shortfall, ..
+    } = sim.settle("acme", "h1", 180, 20)
+    else {
+        panic!("settled");
+    };
+    assert_eq!((posted, shortfall), (120, 60));
+    sim.reserve("acme", "h2", "api", 10, 20, true, "chat");
+    sim.settle("acme", "h2", 0, 20); // no shortfall: no overage entry
+    let entries = sim.entries();
+    feed(l, &sim, 100).await;
+
+    let trail = l.trail("req-h1").await.unwrap();
+    let kinds: Vec<EntryKind> = trail.iter().map(|e| e.entry.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            EntryKind::HoldPlaced,
+            EntryKind::HoldPosted,
+            EntryKind::Overage
+        ]
+    );
+    let overage = &trail[2];
+    assert_eq!(overage.entry.event_id, "hold:h1:overage");
+    assert_eq!(overage.entry.request_id.as_deref(), Some("req-h1"));
+    assert_eq!(overage.entry.hold_id.as_deref(), Some("h1"));
+    assert_eq!(overage.entry.credit_type, "api");
+    assert_eq!(overage.entry.feature.as_deref(), Some("chat"));
+    assert_eq!(overage.entry.amount, 0, "an overage moves no credits");
+    assert_eq!(overage.overage().unwrap().unwrap(), 60);
+    assert!(overage.event().is_none());
+    let h2 = l.trail("req-h2").await.unwrap();
+    assert!(h2.iter().all(|e| e.entry.kind != EntryKind::Overage));
+
+    // Redelivered: every entry, the overage included, is a duplicate.
+    let again = l.append_batch(&entries).await.unwrap();
+    assert!(
+        again
+            .iter()
+            .all(|o| matches!(o, AppendOutcome::Duplicate { .. })),
+        "{again:?}"
+    );
+    assert!(l.verify_chain(None).await.unwrap().is_intact());
+
+    // Usage shows it beside what was burned; revenue as unbilled credits, not money.
+    let usage = l.usage(Some("acme"), T0, T0 + DAY_MS).await.unwrap();
+    assert_eq!(usage.len(), 1, "{usage:?}");
+    assert_eq!(
+        (usage[0].requests, usage[0].burned, usage[0].overage),
+        (2, 120, 60)
+    );
+    let revenue = l.revenue(T0, T0 + DAY_MS).await.unwrap();
+    assert_eq!(revenue.unbilled_overage.get("api"), Some(&60));
+    assert_eq!(
+        revenue.recognized_micros, 1_000_000,
+        "the whole grant was consumed"
+    );
+    // The balance is what Redis says: 100 granted, 120 posted, 20 of debt.
+    let totals = l.customer_totals().await.unwrap();
+    assert_eq!(totals.len(), 1);
+    assert_eq!((totals[0].total, totals[0].held), (-20, 0));
+}
 
 async fn usage_events_are_recorded_once_and_append_only(b: &Backend) {
     let l = &*b.ledger;
@@ -319,8 +389,10 @@ impl Sim {
         self.events()
             .iter()
             .enumerate()
-            .map(|(i, (shard, e))| {
-                NewEntry::from_event(e, *shard, Some(format!("{}-{i}", T0 + i as u64))).unwrap()
+            .flat_map(|(i, (shard, e))| {
+                // As the writer does: a posted hold with a shortfall adds its overage entry.
+                NewEntry::from_event_with_overage(e, *shard, Some(format!("{}-{i}", T0 + i as u64)))
+                    .unwrap()
             })
             .collect()
     }
@@ -452,14 +524,14 @@ async fn migrations_run_twice_are_a_no_op(b: &Backend) {
     let l = &*b.ledger;
     assert_eq!(l.migrate().await.unwrap(), Vec::<i64>::new());
     assert_eq!(l.migrate().await.unwrap(), Vec::<i64>::new());
-    assert_eq!(l.applied_migrations().await.unwrap(), vec![1, 2, 5]);
+    assert_eq!(l.applied_migrations().await.unwrap(), vec![1, 2, 5, 6]);
     // A second process opening the same database finds it up to date.
     let other: Box<dyn Ledger> = match &b.raw {
         Raw::Sqlite(path) => Box::new(SqliteLedger::open(path).await.unwrap()),
         Raw::Postgres(pg) => Box::new(PostgresLedger::connect(&pg.url()).await.unwrap()),
     };
     assert_eq!(other.migrate().await.unwrap(), Vec::<i64>::new());
-    assert_eq!(other.applied_migrations().await.unwrap(), vec![1, 2, 5]);
+    assert_eq!(other.applied_migrations().await.unwrap(), vec![1, 2, 5, 6]);
     // The Redis generation markers the ledger records can be set and replaced.
     assert_eq!(l.redis_generation(3).await.unwrap(), None);
     l.set_redis_generation(3, "gen-a").await.unwrap();
@@ -662,6 +734,7 @@ async fn usage_by_day_and_feature(b: &Backend) {
         credit_type: credit_type.into(),
         requests,
         burned,
+        overage: 0,
     };
     let acme = l.usage(Some("acme"), T0, T0 + 3 * DAY_MS).await.unwrap();
     assert_eq!(

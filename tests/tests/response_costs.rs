@@ -10,7 +10,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use creditgate_e2e::{ALICE, ALICE_KEY, Credits, Reply, base_config, http_client, send};
-use creditgate_testkit::{Gateway, GatewayOptions, ModelServer, RedisServer};
+use creditgate_testkit::{
+    Gateway, GatewayOptions, LedgerTarget, ModelServer, RedisServer, Sidecar, SidecarOptions,
+};
 
 /// Reserved up front for every response-priced route of the test config.
 const ESTIMATE: i64 = 5_000;
@@ -97,7 +99,7 @@ struct ModelStack {
     credits: Credits,
     http: reqwest::blocking::Client,
     model: ModelServer,
-    _redis: RedisServer,
+    redis: RedisServer,
 }
 
 impl ModelStack {
@@ -116,7 +118,7 @@ impl ModelStack {
             credits,
             http: http_client(),
             model,
-            _redis: redis,
+            redis,
         }
     }
 
@@ -368,6 +370,89 @@ fn usage_above_the_balance_burns_what_it_can_and_records_the_shortfall() {
         &[("credit_type", "api")],
     );
     assert_eq!(shortfall, 4_000.0, "{}", stack.log());
+}
+
+#[test]
+fn the_shortfall_is_an_overage_entry_in_the_ledger_with_the_request_id() {
+    let stack = ModelStack::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sidecar = Sidecar::start(SidecarOptions::new(
+        stack.redis.url(),
+        LedgerTarget::Sqlite(dir.path().join("ledger.db")),
+    ))
+    .expect("sidecar");
+    let from_ms = now_ms();
+    let mut request_id = String::new();
+    // 5 000 granted and held; the response costs 1 500 × 2 + 1 000 × 6 = 9 000.
+    let burned = stack.burned_by(5_000, |s| {
+        let reply = s.get("/v1/chat/completions?prompt=1500&completion=1000");
+        assert_eq!(reply.status, 200);
+        request_id = reply.header("x-request-id").expect("x-request-id");
+    });
+    assert_eq!(burned, 5_000);
+    let path = format!("/v1/requests/{request_id}/trail");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let trail = loop {
+        let response = sidecar.http_get(&path).expect("trail");
+        if response.status == 200 {
+            let trail: serde_json::Value = serde_json::from_str(&response.body).expect("JSON");
+            if trail["entries"].as_array().map_or(0, Vec::len) >= 3 {
+                break trail;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no overage in the trail: {} {}",
+            response.body,
+            sidecar.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let entries = trail["entries"].as_array().expect("entries");
+    let kinds: Vec<&str> = entries.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["hold_placed", "hold_posted", "overage"],
+        "{trail:#}"
+    );
+    let overage = &entries[2];
+    assert_eq!(overage["overage"], 4_000, "{overage:#}");
+    assert_eq!(overage["amount"], 0);
+    assert_eq!(overage["credit_type"], "api");
+    assert_eq!(overage["request_id"], request_id.as_str());
+    assert_eq!(overage["hold_id"], entries[1]["hold_id"]);
+    assert_eq!(overage["details"]["shortfall"], "4000");
+    // Reporting: the day's usage row carries it as unbilled, beside what was burned.
+    let usage: serde_json::Value = serde_json::from_str(&sidecar.get_ok(&format!(
+        "/v1/usage?customer={ALICE}&from_ms={from_ms}&to_ms={}",
+        now_ms() + 1
+    )))
+    .expect("JSON");
+    let rows = usage["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{usage:#}");
+    assert_eq!(
+        (rows[0]["burned"].as_i64(), rows[0]["overage"].as_i64()),
+        (Some(5_000), Some(4_000))
+    );
+    let revenue: serde_json::Value = serde_json::from_str(&sidecar.get_ok(&format!(
+        "/v1/revenue?from_ms={from_ms}&to_ms={}",
+        now_ms() + 1
+    )))
+    .expect("JSON");
+    assert_eq!(
+        revenue["revenue"]["unbilled_overage"]["api"], 4_000,
+        "{revenue:#}"
+    );
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis(),
+    )
+    .expect("ms fit u64")
 }
 
 /// POSTs `body` as JSON to the `estimated` route; returns what the gateway said it reserved

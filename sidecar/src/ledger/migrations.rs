@@ -37,6 +37,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "usage_events",
         sql: include_str!("../../migrations/sqlite/0005_usage_events.sql"),
     },
+    Migration {
+        version: 6,
+        name: "overage_entries",
+        sql: include_str!("../../migrations/sqlite/0006_overage_entries.sql"),
+    },
 ];
 
 /// Postgres migrations, in version order.
@@ -55,5 +60,10 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 5,
         name: "usage_events",
         sql: include_str!("../../migrations/postgres/0005_usage_events.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "overage_entries",
+        sql: include_str!("../../migrations/postgres/0006_overage_entries.sql"),
     },
 ];
