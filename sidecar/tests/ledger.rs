@@ -1243,3 +1243,50 @@ async fn concurrent_appends_on_postgres_keep_every_chain_intact() {
     // The totals are right whatever order the events landed in.
     assert_totals_match(&*b.ledger, &sim, &["acme", "beta", "gamma"]).await;
 }
+
+/// SQLite rebuilds `ledger_entries` in migration 6 (a `CHECK` cannot be altered): a ledger
+/// written before it keeps every row, `seq` and hash, stays append-only, and takes
+/// overage entries after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_migration_6_keeps_every_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let ledger = SqliteLedger::open(&path).await.unwrap();
+    let raw = Raw::Sqlite(path.clone());
+    // The schema as migrations 1, 2 and 5 left it.
+    raw.exec(&format!(
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, \
+         applied_at_ms BIGINT NOT NULL);\n{}\n{}\n{}\n\
+         INSERT INTO schema_migrations VALUES (1, 'ledger', 0), (2, 'redis_generations', 0), \
+         (5, 'usage_events', 0);",
+        include_str!("../migrations/sqlite/0001_ledger.sql"),
+        include_str!("../migrations/sqlite/0002_redis_generations.sql"),
+        include_str!("../migrations/sqlite/0005_usage_events.sql"),
+    ))
+    .await
+    .unwrap();
+    ledger.append_batch(&sample_entries()).await.unwrap();
+    let before = ledger.entries(&EntryQuery::default()).await.unwrap();
+    assert!(!before.is_empty());
+
+    assert_eq!(ledger.migrate().await.unwrap(), vec![6]);
+    let after = ledger.entries(&EntryQuery::default()).await.unwrap();
+    assert_eq!(after, before, "same rows, seq and hashes");
+    assert!(ledger.verify_chain(None).await.unwrap().is_intact());
+    let err = raw
+        .exec("DELETE FROM ledger_entries")
+        .await
+        .expect_err("still append-only");
+    assert!(err.contains("append-only"), "{err}");
+
+    let mut sim = Sim::new();
+    sim.grant("gamma", "g9", "api", 10, 0, None, 0);
+    sim.reserve("gamma", "h9", "api", 10, 0, false, "chat");
+    sim.settle("gamma", "h9", 25, 0);
+    let out = ledger.append_batch(&sim.entries()).await.unwrap();
+    assert_eq!(out.len(), 4, "grant, placed, posted, overage");
+    let overage = ledger.trail("req-h9").await.unwrap();
+    let last = overage.last().unwrap();
+    assert_eq!(last.entry.kind, EntryKind::Overage);
+    assert!(last.seq > before.iter().map(|e| e.seq).max().unwrap());
+}
