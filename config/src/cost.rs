@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::limits::MAX_AMOUNT;
-use crate::usage::ResponseUsage;
+use crate::usage::{RequestEstimate, ResponseUsage};
 
 /// How a feature is priced. Every amount is an integer in the smallest unit of the feature's
 /// credit type and at most [`MAX_AMOUNT`].
@@ -45,6 +45,9 @@ pub enum CostRule {
         /// Where the actual usage is read and what is charged when it cannot be; shared, so
         /// the gateway hands it to each response's inspector without copying it.
         usage: Arc<ResponseUsage>,
+        /// Where the request body says how much to reserve instead of `estimate`
+        /// (`estimate_from`); `None` always reserves `estimate`.
+        estimate_from: Option<Arc<RequestEstimate>>,
     },
 }
 
@@ -65,7 +68,9 @@ impl CostRule {
     /// - `per_unit`: `units × rate` capped at `max` (the product saturates, so it never
     ///   overflows); a missing or unparseable value counts as `default_units`, or as `max`
     ///   when the rule has no `default_units`.
-    /// - `from_response`: the estimate.
+    /// - `from_response`: the fixed estimate. A rule with `estimate_from` reserves from the
+    ///   request body instead, which the gateway reads itself (see [`RequestEstimate`]);
+    ///   this is what it reserves when the body cannot be read.
     ///
     /// The result is never above [`MAX_AMOUNT`] for a validated rule.
     pub fn reserve_amount<R: RequestValues + ?Sized>(&self, request: &R) -> u64 {
@@ -216,6 +221,7 @@ mod tests {
                 per_event: None,
                 inspect_max_bytes: crate::usage::DEFAULT_INSPECT_MAX_BYTES,
             }),
+            estimate_from: None,
         };
         assert_eq!(rule.reserve_amount(&empty), 5);
         assert_eq!(rule.max_amount(), 50);

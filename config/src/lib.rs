@@ -27,7 +27,7 @@ pub use model::{
 pub use pattern::{PathPattern, Segment, path_segments};
 pub use route_table::{Route, RouteMatch, RouteTable};
 pub use usage::{
-    DEFAULT_INSPECT_MAX_BYTES, MAX_INSPECT_MAX_BYTES, MAX_USAGE_FIELDS, MAX_USAGE_PATH_SEGMENTS,
-    ResponseUsage, UsageField, UsageHeader, UsagePath,
+    DEFAULT_INSPECT_MAX_BYTES, MAX_ESTIMATE_BODY_BYTES, MAX_INSPECT_MAX_BYTES, MAX_USAGE_FIELDS,
+    MAX_USAGE_PATH_SEGMENTS, RequestEstimate, ResponseUsage, UsageField, UsageHeader, UsagePath,
 };
 pub use validate::{DEFAULT_UPSTREAM, is_identifier};

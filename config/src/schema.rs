@@ -92,6 +92,10 @@ pub(crate) struct CostFile {
     pub fallback: Option<Spanned<i64>>,
     pub per_event: Option<Spanned<i64>>,
     pub inspect_max_bytes: Option<Spanned<i64>>,
+    pub estimate_from: Option<Spanned<String>>,
+    pub estimate_rate: Option<Spanned<i64>>,
+    pub estimate_base: Option<Spanned<i64>>,
+    pub estimate_max_body_bytes: Option<Spanned<i64>>,
 }
 
 /// `[[routes]]`.

@@ -119,6 +119,43 @@ impl ResponseUsage {
     }
 }
 
+/// Where a `from_response` rule reads its up-front estimate in the request body:
+/// `base + value × rate` of one JSON field (e.g. `max_tokens`), capped at the rule's `max`.
+///
+/// A body the gateway cannot read (larger than `max_body_bytes`, sent without a length,
+/// not JSON, without the field, or with a field that is not a non-negative integer)
+/// reserves the rule's fixed `estimate` instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestEstimate {
+    /// The JSON field of the request body with a unit count (e.g. `max_tokens`).
+    pub path: UsagePath,
+    /// Amount per unit of the field, in the credit type's smallest unit (> 0).
+    pub rate: u64,
+    /// Added to `value × rate`, in the smallest unit (≥ 0): an allowance for what the
+    /// field does not count, such as the prompt.
+    pub base: u64,
+    /// The most request-body bytes read before reserving (1 to
+    /// [`MAX_ESTIMATE_BODY_BYTES`]); a larger body reserves the fixed estimate.
+    pub max_body_bytes: u64,
+}
+
+impl RequestEstimate {
+    /// The amount to reserve for `units` of the field: `base + units × rate`, saturating,
+    /// capped at `max`, in the smallest unit.
+    pub fn amount(&self, units: u64, max: u64) -> u64 {
+        self.base
+            .saturating_add(units.saturating_mul(self.rate))
+            .min(max)
+            .min(MAX_AMOUNT)
+    }
+}
+
+/// The largest (and default) `estimate_max_body_bytes`: 64 KiB, the size of the request-body
+/// buffer Pingora replays to the upstream. The gateway reads the body before reserving and
+/// relies on that buffer to forward it unchanged, so it never reads more than the buffer
+/// holds; a larger request reserves the fixed estimate and streams through unread.
+pub const MAX_ESTIMATE_BODY_BYTES: u64 = 64 << 10;
+
 /// The default `inspect_max_bytes`: 1 MiB. A chat completion's JSON body is a few KiB to a
 /// few hundred KiB even for long answers; this keeps one in-flight request's inspection
 /// buffer bounded while covering them.

@@ -33,8 +33,8 @@ use crate::schema::{
     RouteFile, UpstreamFile,
 };
 use crate::usage::{
-    DEFAULT_INSPECT_MAX_BYTES, MAX_INSPECT_MAX_BYTES, MAX_USAGE_FIELDS, MAX_USAGE_PATH_SEGMENTS,
-    ResponseUsage, UsageField, UsageHeader, UsagePath,
+    DEFAULT_INSPECT_MAX_BYTES, MAX_ESTIMATE_BODY_BYTES, MAX_INSPECT_MAX_BYTES, MAX_USAGE_FIELDS,
+    MAX_USAGE_PATH_SEGMENTS, RequestEstimate, ResponseUsage, UsageField, UsageHeader, UsagePath,
 };
 
 /// The name of the upstream used by routes without `upstream` and by `pass_through`.
@@ -1133,8 +1133,12 @@ impl Checker<'_> {
             fallback,
             per_event,
             inspect_max_bytes,
+            estimate_from,
+            estimate_rate,
+            estimate_base,
+            estimate_max_body_bytes,
         } = cost.get_ref();
-        let present: [(&str, Option<Range<usize>>); 11] = [
+        let present: [(&str, Option<Range<usize>>); 15] = [
             ("amount", amount.as_ref().map(Spanned::span)),
             ("header", header.as_ref().map(Spanned::span)),
             ("query", query.as_ref().map(Spanned::span)),
@@ -1148,6 +1152,13 @@ impl Checker<'_> {
             (
                 "inspect_max_bytes",
                 inspect_max_bytes.as_ref().map(Spanned::span),
+            ),
+            ("estimate_from", estimate_from.as_ref().map(Spanned::span)),
+            ("estimate_rate", estimate_rate.as_ref().map(Spanned::span)),
+            ("estimate_base", estimate_base.as_ref().map(Spanned::span)),
+            (
+                "estimate_max_body_bytes",
+                estimate_max_body_bytes.as_ref().map(Spanned::span),
             ),
         ];
         let allowed: &[&str] = match kind.get_ref().as_str() {
@@ -1163,6 +1174,10 @@ impl Checker<'_> {
                 "fallback",
                 "per_event",
                 "inspect_max_bytes",
+                "estimate_from",
+                "estimate_rate",
+                "estimate_base",
+                "estimate_max_body_bytes",
             ],
             other => {
                 self.report(
@@ -1287,18 +1302,145 @@ impl Checker<'_> {
                     );
                 }
                 let usage = self.response_usage(path, cost, estimate, max);
-                match (estimate, max, usage) {
-                    (Some(estimate), Some(max), Some(usage)) => Some(CostRule::FromResponse {
-                        estimate,
-                        max,
-                        usage: std::sync::Arc::new(usage),
-                    }),
+                let estimate_from = self.request_estimate(path, cost.get_ref(), max);
+                match (estimate, max, usage, estimate_from) {
+                    (Some(estimate), Some(max), Some(usage), Some(estimate_from)) => {
+                        Some(CostRule::FromResponse {
+                            estimate,
+                            max,
+                            usage: std::sync::Arc::new(usage),
+                            estimate_from: estimate_from.map(std::sync::Arc::new),
+                        })
+                    }
                     _ => None,
                 }
             }
             _ => None,
         };
         rule.filter(|_| ok)
+    }
+
+    /// The request-estimate part of a `from_response` rule: `estimate_from` names a valid
+    /// field path and comes with `estimate_rate`; `estimate_base` stays within `max`; the
+    /// body bound fits Pingora's replay buffer. `Some(None)`: the rule has none (valid);
+    /// `None`: something was wrong (reported).
+    fn request_estimate(
+        &mut self,
+        path: &str,
+        file: &CostFile,
+        max: Option<u64>,
+    ) -> Option<Option<RequestEstimate>> {
+        let Some(from) = &file.estimate_from else {
+            let strays = [
+                (
+                    "estimate_rate",
+                    file.estimate_rate.as_ref().map(Spanned::span),
+                ),
+                (
+                    "estimate_base",
+                    file.estimate_base.as_ref().map(Spanned::span),
+                ),
+                (
+                    "estimate_max_body_bytes",
+                    file.estimate_max_body_bytes.as_ref().map(Spanned::span),
+                ),
+            ];
+            let mut ok = true;
+            for (field, span) in strays {
+                if let Some(span) = span {
+                    ok = false;
+                    self.report(
+                        format!("{path}.{field}"),
+                        Some(span),
+                        "belongs to an estimate read from the request body: set \
+                         estimate_from = \"<JSON field>\" too, or leave it out"
+                            .to_owned(),
+                    );
+                }
+            }
+            return ok.then_some(None);
+        };
+        let mut ok = true;
+        let parsed = UsagePath::parse(from.get_ref());
+        if parsed.is_none() {
+            ok = false;
+            self.report(
+                format!("{path}.estimate_from"),
+                Some(from.span()),
+                format!(
+                    "{:?} is not a request field path: write JSON object keys (A-Z a-z 0-9 _ -) \
+                     separated by dots, at most {MAX_USAGE_PATH_SEGMENTS} deep, e.g. \"max_tokens\"",
+                    from.get_ref()
+                ),
+            );
+        }
+        let rate = match &file.estimate_rate {
+            Some(value) => {
+                self.checked_amount(&format!("{path}.estimate_rate"), value, Positive::Yes)
+            }
+            None => {
+                self.report(
+                    format!("{path}.estimate_from"),
+                    Some(from.span()),
+                    "needs estimate_rate = <amount per unit> to price the field's unit count"
+                        .to_owned(),
+                );
+                None
+            }
+        };
+        let base = match &file.estimate_base {
+            Some(value) => {
+                let field = format!("{path}.estimate_base");
+                let base = self.checked_amount(&field, value, Positive::No);
+                if let (Some(base), Some(max)) = (base, max)
+                    && base > max
+                {
+                    ok = false;
+                    self.report(
+                        field,
+                        Some(value.span()),
+                        format!(
+                            "{base} is above max ({max}); every request would reserve max \
+                             whatever the field says"
+                        ),
+                    );
+                }
+                base
+            }
+            None => Some(0),
+        };
+        let max_body_bytes = match &file.estimate_max_body_bytes {
+            Some(value) => {
+                let number = *value.get_ref();
+                match u64::try_from(number) {
+                    Ok(bytes) if (1..=MAX_ESTIMATE_BODY_BYTES).contains(&bytes) => Some(bytes),
+                    _ => {
+                        self.report(
+                            format!("{path}.estimate_max_body_bytes"),
+                            Some(value.span()),
+                            format!(
+                                "must be between 1 and {MAX_ESTIMATE_BODY_BYTES} bytes (the \
+                                 request body the gateway can replay to the upstream), got \
+                                 {number}"
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+            None => Some(MAX_ESTIMATE_BODY_BYTES),
+        };
+        match (ok, parsed, rate, base, max_body_bytes) {
+            (true, Some(path), Some(rate), Some(base), Some(max_body_bytes)) => {
+                Some(Some(RequestEstimate {
+                    path,
+                    rate,
+                    base,
+                    max_body_bytes,
+                }))
+            }
+            _ => None,
+        }
     }
 
     /// The response-usage part of a `from_response` rule: header and rate together, valid

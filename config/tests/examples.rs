@@ -103,11 +103,22 @@ fn ai_api_validates_and_resolves_prices() {
         estimate,
         max,
         usage,
+        estimate_from,
     } = pro.rule
     else {
         panic!("chat is priced from the response: {:?}", pro.rule);
     };
     assert_eq!((*estimate, *max), (15_000, 1_500_000));
+    let from = estimate_from
+        .as_ref()
+        .expect("the plan estimates from max_tokens");
+    assert_eq!(from.path.as_str(), "max_tokens");
+    assert_eq!(
+        (from.rate, from.base, from.max_body_bytes),
+        (6, 15_000, 65_536)
+    );
+    assert_eq!(from.amount(500, *max), 18_000, "15_000 + 500 x 6");
+    assert_eq!(from.amount(1_000_000, *max), 1_500_000, "capped at max");
     let rates: Vec<(&str, u64)> = usage
         .fields
         .iter()

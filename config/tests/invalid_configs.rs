@@ -62,6 +62,37 @@ const CASES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "bad_estimate_from",
+        &[
+            r#"bad_estimate_from.toml:14: features.chat.cost.estimate_from: "messages[0].max_tokens" is not a request field path: write JSON object keys (A-Z a-z 0-9 _ -) separated by dots, at most 8 deep, e.g. "max_tokens""#,
+        ],
+    ),
+    (
+        "estimate_from_without_rate",
+        &[
+            r#"estimate_from_without_rate.toml:14: features.chat.cost.estimate_from: needs estimate_rate = <amount per unit> to price the field's unit count"#,
+        ],
+    ),
+    (
+        "estimate_rate_without_field",
+        &[
+            r#"estimate_rate_without_field.toml:14: features.chat.cost.estimate_rate: belongs to an estimate read from the request body: set estimate_from = "<JSON field>" too, or leave it out"#,
+            r#"estimate_rate_without_field.toml:15: features.chat.cost.estimate_base: belongs to an estimate read from the request body: set estimate_from = "<JSON field>" too, or leave it out"#,
+        ],
+    ),
+    (
+        "bad_estimate_max_body_bytes",
+        &[
+            r#"bad_estimate_max_body_bytes.toml:16: features.chat.cost.estimate_max_body_bytes: must be between 1 and 65536 bytes (the request body the gateway can replay to the upstream), got 1048576"#,
+        ],
+    ),
+    (
+        "estimate_base_above_max",
+        &[
+            r#"estimate_base_above_max.toml:16: features.chat.cost.estimate_base: 200000 is above max (100000); every request would reserve max whatever the field says"#,
+        ],
+    ),
+    (
         "amount_overflow",
         &[
             r#"amount_overflow.toml:9: features.search.cost.amount: 9007199254740992 is above the limit 9007199254740991 (2^53 - 1: amounts must stay exact in the doubles of Redis Lua)"#,
@@ -685,4 +716,29 @@ fn too_many_usage_fields() {
 #[test]
 fn usage_rate_without_header() {
     check("usage_rate_without_header");
+}
+
+#[test]
+fn bad_estimate_from() {
+    check("bad_estimate_from");
+}
+
+#[test]
+fn estimate_from_without_rate() {
+    check("estimate_from_without_rate");
+}
+
+#[test]
+fn estimate_rate_without_field() {
+    check("estimate_rate_without_field");
+}
+
+#[test]
+fn bad_estimate_max_body_bytes() {
+    check("bad_estimate_max_body_bytes");
+}
+
+#[test]
+fn estimate_base_above_max() {
+    check("estimate_base_above_max");
 }

@@ -74,6 +74,7 @@ pub struct Metrics {
     mode: IntGaugeVec,
     forced_off: IntGauge,
     response_costs: IntCounterVec,
+    request_estimates: IntCounterVec,
     credits_shortfall: IntCounterVec,
 }
 
@@ -194,6 +195,11 @@ impl Metrics {
             "Requests settled from the response, by route and how the cost was found (header, json, sse, stream_cut; missing, unparseable, over_limit settle the fallback).",
             &["route", "outcome"],
         );
+        let request_estimates = counter(
+            "creditgate_request_estimates_total",
+            "Reservations of routes that estimate from the request body, by route and how the amount was found (body; missing, unparseable, over_limit reserve the fixed estimate).",
+            &["route", "outcome"],
+        );
         let credits_shortfall = counter(
             "creditgate_credits_shortfall_total",
             "Credits settled above what the balance and overdraft allowed (recorded as overage in the ledger), in each credit type's smallest unit.",
@@ -202,6 +208,7 @@ impl Metrics {
         Self {
             registry,
             response_costs,
+            request_estimates,
             credits_shortfall,
             decisions,
             credits_reserved,
@@ -250,6 +257,13 @@ impl Metrics {
     /// Counts one settlement of a response-priced request by how its cost was found.
     pub fn response_cost(&self, route: &str, outcome: &str) {
         self.response_costs
+            .with_label_values(&[route, outcome])
+            .inc();
+    }
+
+    /// Counts one reservation estimated from the request body by how its amount was found.
+    pub fn request_estimate(&self, route: &str, outcome: &str) {
+        self.request_estimates
             .with_label_values(&[route, outcome])
             .inc();
     }

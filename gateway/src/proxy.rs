@@ -3,6 +3,8 @@
 //! background task that settles or voids it (retrying on store errors), so the connection
 //! is free for its next request while the store call runs.
 //!
+//! Routes that estimate from the request (`estimate_from`) read a bounded request body in
+//! `request_filter` before reserving; Pingora's retry buffer forwards it unchanged.
 //! Routes priced from the response hand each body chunk to a [`ResponseInspector`]
 //! (`crate::usage`) in `response_body_filter`; `logging` settles what it read.
 //!
@@ -38,6 +40,7 @@ use crate::responses::{
 };
 use crate::store_client::{StoreClient, StoreFailure};
 use crate::usage::ResponseInspector;
+use crate::usage::request::{Estimate, EstimateOutcome, estimate_from_body, estimate_unread};
 
 /// How many holds one `Idempotency-Key` may use: a retry after a voided or expired attempt
 /// is charged anew under the next hold id, up to this many attempts.
@@ -135,6 +138,9 @@ pub struct RequestCtx {
     response_cost: Option<(Arc<creditgate_config::ResponseUsage>, u64)>,
     /// Reads the actual cost of a response-priced request as its body passes.
     inspector: Option<ResponseInspector>,
+    /// The gateway read the body and answered `Expect: 100-continue` itself, so the
+    /// upstream request goes without `Expect` (the body follows at once).
+    body_read: bool,
 }
 
 /// The request as cost rules see it.
@@ -252,7 +258,7 @@ impl CreditGate {
     /// Everything `request_filter` decides; an `Err` is answered to the client.
     async fn decide(
         &self,
-        session: &Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
         config: &PricingConfig,
     ) -> Result<(), Refusal> {
@@ -298,7 +304,24 @@ impl CreditGate {
         let credit_type = cost.credit_type.name.clone();
         let pricing_version = config.pricing_version_of(&cost);
         ctx.pricing_version = Some(pricing_version.clone());
-        let amount = cost.rule.reserve_amount(&RequestView(req));
+        let amount = match cost.rule {
+            CostRule::FromResponse {
+                estimate,
+                max,
+                estimate_from: Some(from),
+                ..
+            } => {
+                let estimate = read_estimate(session, from, *estimate, *max).await?;
+                ctx.body_read = estimate.outcome != EstimateOutcome::OverLimit;
+                self.metrics
+                    .request_estimate(&route.name, estimate.outcome.as_str());
+                debug!(request_id = %ctx.request_id, route = %route.name, amount = estimate.amount,
+                    outcome = estimate.outcome.as_str(), problem = ?estimate.problem, "estimated from the request");
+                estimate.amount
+            }
+            rule => rule.reserve_amount(&RequestView(session.req_header())),
+        };
+        let req = session.req_header();
         if let CostRule::FromResponse { max, usage, .. } = cost.rule {
             ctx.response_cost = Some((usage.clone(), *max));
         }
@@ -471,6 +494,74 @@ impl CreditGate {
     }
 }
 
+/// Reads the request body, at most `from.max_body_bytes` of it, and estimates the amount to
+/// reserve from it (`fixed` when it cannot).
+///
+/// Only a body with a `content-length` within the bound is read: the bytes read are kept in
+/// Pingora's retry buffer (`enable_retry_buffering`, 64 KiB, which the bound never exceeds),
+/// and Pingora sends that buffer to the upstream before anything else, so the upstream gets
+/// the body byte for byte. A body without a length up front (chunked) could outgrow the
+/// buffer mid-read, losing bytes already taken off the socket, so it is not read at all.
+/// `Err`: reading failed (the client broke off or mis-framed the body).
+async fn read_estimate(
+    session: &mut Session,
+    from: &creditgate_config::RequestEstimate,
+    fixed: u64,
+    max: u64,
+) -> Result<Estimate, Refusal> {
+    if session.is_body_empty() {
+        return Ok(estimate_from_body(b"", from, fixed, max));
+    }
+    let length = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let Some(length) = length else {
+        return Ok(estimate_unread(fixed, "the body has no content-length"));
+    };
+    if length > from.max_body_bytes {
+        return Ok(estimate_unread(
+            fixed,
+            &format!(
+                "the body has {length} bytes, more than estimate_max_body_bytes ({})",
+                from.max_body_bytes
+            ),
+        ));
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        // The client waits for this before sending the body; the upstream gets the request
+        // without `Expect` (see `upstream_request_filter`).
+        session
+            .write_continue_response()
+            .await
+            .map_err(|e| Refusal::unreadable_body(&format!("cannot answer 100-continue: {e}")))?;
+    }
+    session.enable_retry_buffering();
+    // `length` is at most MAX_ESTIMATE_BODY_BYTES (64 KiB), so this never grows past it.
+    let mut body = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
+    while let Some(chunk) = session
+        .read_request_body()
+        .await
+        .map_err(|e| Refusal::unreadable_body(&format!("reading the request body failed: {e}")))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() as u64 > from.max_body_bytes {
+            // Framing guarantees otherwise; never buffer past the bound.
+            return Err(Refusal::unreadable_body(
+                "the request body is longer than its content-length",
+            ));
+        }
+    }
+    Ok(estimate_from_body(&body, from, fixed, max))
+}
+
 /// Where resolving a hold stands after one try.
 #[derive(Debug, PartialEq, Eq)]
 enum Resolution {
@@ -532,8 +623,8 @@ async fn resolve_once(
         } => {
             metrics.resolved(&hold.credit_type, *posted, *returned);
             if *shortfall > 0 {
-                // The ledger keeps it too: the hold_posted entry of this request id carries
-                // the shortfall, so finance can bill or write it off.
+                // The ledger keeps it too: the sidecar's writer records an `overage` entry
+                // with this request id, so finance can bill or write it off.
                 metrics.shortfall(&hold.credit_type, *shortfall);
                 warn!(request_id, hold_id = %hold.hold_id, customer = %hold.customer,
                     shortfall, posted, "settled above what the balance and overdraft allow; shortfall recorded as overage");
@@ -659,6 +750,10 @@ impl ProxyHttp for CreditGate {
                 upstream_request
                     .insert_header(identity.customer_header.clone(), customer.as_str())?;
             }
+        }
+        if ctx.body_read {
+            // Already answered with 100 Continue, and the body is sent right behind.
+            upstream_request.remove_header(&http::header::EXPECT);
         }
         upstream_request.insert_header(HEADER_REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())

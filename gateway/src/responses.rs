@@ -61,6 +61,15 @@ impl Refusal {
         }
     }
 
+    /// 400: the request body could not be read (the client broke off, or its framing is
+    /// invalid) while the gateway read it to estimate the cost.
+    pub fn unreadable_body(message: &str) -> Self {
+        Self {
+            status: 400,
+            body: json!({"error": "unreadable_body", "message": message}),
+        }
+    }
+
     /// 404: no route matches and the config says unmatched requests are refused.
     pub fn no_route(method: &str, path: &str) -> Self {
         Self {

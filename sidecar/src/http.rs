@@ -98,6 +98,7 @@ fn entry_json(e: &LedgerEntry) -> Value {
         "event_at_ms": n.event_at_ms,
         "recorded_at_ms": e.recorded_at_ms,
         "details": n.details,
+        "overage": e.overage().and_then(Result::ok),
         "hash": e.hash,
     })
 }

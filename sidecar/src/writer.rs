@@ -243,16 +243,20 @@ impl LedgerWriter {
             ..PassReport::default()
         };
         let mut batch = Vec::with_capacity(entries.len());
+        // The stream entry of each ledger entry: a posted hold with a shortfall gives two
+        // (the posted entry and its overage), acknowledged once both are in the ledger.
         let mut ids = Vec::with_capacity(entries.len());
         for entry in entries {
             let parsed = entry.event.map_err(|e| e.to_string()).and_then(|event| {
-                NewEntry::from_event(&event, shard.0, Some(entry.stream_id.clone()))
+                NewEntry::from_event_with_overage(&event, shard.0, Some(entry.stream_id.clone()))
                     .map_err(|e| e.to_string())
             });
             match parsed {
                 Ok(new) => {
-                    batch.push(new);
-                    ids.push(entry.stream_id);
+                    for one in new {
+                        batch.push(one);
+                        ids.push(entry.stream_id.clone());
+                    }
                 }
                 Err(message) => {
                     report.rejected += 1;
@@ -268,7 +272,8 @@ impl LedgerWriter {
         }
         let outcomes = self.ledger.append_batch(&batch).await?;
         let committed_ms = now_ms();
-        let mut ack = Vec::with_capacity(ids.len());
+        let mut ack: Vec<String> = Vec::with_capacity(ids.len());
+        let mut refused: Vec<String> = Vec::new();
         for ((outcome, id), entry) in outcomes.into_iter().zip(ids).zip(&batch) {
             match outcome {
                 AppendOutcome::Inserted { .. } => {
@@ -288,6 +293,7 @@ impl LedgerWriter {
                     ack.push(id);
                 }
                 AppendOutcome::Conflict { event_id, existing } => {
+                    refused.push(id.clone());
                     report.rejected += 1;
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     self.metrics.conflicts.inc();
@@ -296,6 +302,10 @@ impl LedgerWriter {
                 }
             }
         }
+        // One stream entry may stand behind two ledger entries: acknowledge it once, and
+        // not at all when either was refused.
+        ack.dedup();
+        ack.retain(|id| !refused.contains(id));
         self.stats
             .written
             .fetch_add(report.written, Ordering::Relaxed);

@@ -68,7 +68,7 @@ async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.db");
     let ledger = SqliteLedger::open(&path).await.unwrap();
-    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 3, 4, 5, 6, 7]);
     Backend {
         ledger: Box::new(ledger),
         raw: Raw::Sqlite(path),
@@ -82,7 +82,7 @@ async fn postgres() -> Backend {
         .unwrap()
         .expect("postgres starts");
     let ledger = PostgresLedger::connect(&pg.url()).await.unwrap();
-    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 3, 4, 5, 6, 7]);
     Backend {
         ledger: Box::new(ledger),
         raw: Raw::Postgres(Arc::new(pg)),
@@ -123,7 +123,77 @@ on_both_backends!(
     the_fold_matches_the_model_in_random_runs,
     adjustments_change_the_total,
     usage_events_are_recorded_once_and_append_only,
+    a_shortfall_is_recorded_as_an_overage_entry,
 );
+
+async fn a_shortfall_is_recorded_as_an_overage_entry(b: &Backend) {
+    let l = &*b.ledger;
+    let mut sim = Sim::new();
+    sim.grant("acme", "g1", "api", 100, 0, None, 1_000_000);
+    sim.reserve("acme", "h1", "api", 50, 20, false, "chat");
+    // 180 asked; the balance (100) and overdraft (20) allow 120.
+    let ResolveOutcome::Posted {
+        posted, shortfall, ..
+    } = sim.settle("acme", "h1", 180, 20)
+    else {
+        panic!("settled");
+    };
+    assert_eq!((posted, shortfall), (120, 60));
+    sim.reserve("acme", "h2", "api", 10, 20, true, "chat");
+    sim.settle("acme", "h2", 0, 20); // no shortfall: no overage entry
+    let entries = sim.entries();
+    feed(l, &sim, 100).await;
+
+    let trail = l.trail("req-h1").await.unwrap();
+    let kinds: Vec<EntryKind> = trail.iter().map(|e| e.entry.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            EntryKind::HoldPlaced,
+            EntryKind::HoldPosted,
+            EntryKind::Overage
+        ]
+    );
+    let overage = &trail[2];
+    assert_eq!(overage.entry.event_id, "hold:h1:overage");
+    assert_eq!(overage.entry.request_id.as_deref(), Some("req-h1"));
+    assert_eq!(overage.entry.hold_id.as_deref(), Some("h1"));
+    assert_eq!(overage.entry.credit_type, "api");
+    assert_eq!(overage.entry.feature.as_deref(), Some("chat"));
+    assert_eq!(overage.entry.amount, 0, "an overage moves no credits");
+    assert_eq!(overage.overage().unwrap().unwrap(), 60);
+    assert!(overage.event().is_none());
+    let h2 = l.trail("req-h2").await.unwrap();
+    assert!(h2.iter().all(|e| e.entry.kind != EntryKind::Overage));
+
+    // Redelivered: every entry, the overage included, is a duplicate.
+    let again = l.append_batch(&entries).await.unwrap();
+    assert!(
+        again
+            .iter()
+            .all(|o| matches!(o, AppendOutcome::Duplicate { .. })),
+        "{again:?}"
+    );
+    assert!(l.verify_chain(None).await.unwrap().is_intact());
+
+    // Usage shows it beside what was burned; revenue as unbilled credits, not money.
+    let usage = l.usage(Some("acme"), T0, T0 + DAY_MS).await.unwrap();
+    assert_eq!(usage.len(), 1, "{usage:?}");
+    assert_eq!(
+        (usage[0].requests, usage[0].burned, usage[0].overage),
+        (2, 120, 60)
+    );
+    let revenue = l.revenue(T0, T0 + DAY_MS).await.unwrap();
+    assert_eq!(revenue.unbilled_overage.get("api"), Some(&60));
+    assert_eq!(
+        revenue.recognized_micros, 1_000_000,
+        "the whole grant was consumed"
+    );
+    // The balance is what Redis says: 100 granted, 120 posted, 20 of debt.
+    let totals = l.customer_totals().await.unwrap();
+    assert_eq!(totals.len(), 1);
+    assert_eq!((totals[0].total, totals[0].held), (-20, 0));
+}
 
 async fn usage_events_are_recorded_once_and_append_only(b: &Backend) {
     let l = &*b.ledger;
@@ -320,8 +390,10 @@ impl Sim {
         self.events()
             .iter()
             .enumerate()
-            .map(|(i, (shard, e))| {
-                NewEntry::from_event(e, *shard, Some(format!("{}-{i}", T0 + i as u64))).unwrap()
+            .flat_map(|(i, (shard, e))| {
+                // As the writer does: a posted hold with a shortfall adds its overage entry.
+                NewEntry::from_event_with_overage(e, *shard, Some(format!("{}-{i}", T0 + i as u64)))
+                    .unwrap()
             })
             .collect()
     }
@@ -455,7 +527,7 @@ async fn migrations_run_twice_are_a_no_op(b: &Backend) {
     assert_eq!(l.migrate().await.unwrap(), Vec::<i64>::new());
     assert_eq!(
         l.applied_migrations().await.unwrap(),
-        vec![1, 2, 3, 4, 5, 6]
+        vec![1, 2, 3, 4, 5, 6, 7]
     );
     // A second process opening the same database finds it up to date.
     let other: Box<dyn Ledger> = match &b.raw {
@@ -465,7 +537,7 @@ async fn migrations_run_twice_are_a_no_op(b: &Backend) {
     assert_eq!(other.migrate().await.unwrap(), Vec::<i64>::new());
     assert_eq!(
         other.applied_migrations().await.unwrap(),
-        vec![1, 2, 3, 4, 5, 6]
+        vec![1, 2, 3, 4, 5, 6, 7]
     );
     // The Redis generation markers the ledger records can be set and replaced.
     assert_eq!(l.redis_generation(3).await.unwrap(), None);
@@ -701,6 +773,7 @@ async fn usage_by_day_and_feature(b: &Backend) {
         credit_type: credit_type.into(),
         requests,
         burned,
+        overage: 0,
     };
     let acme = l.usage(Some("acme"), T0, T0 + 3 * DAY_MS).await.unwrap();
     assert_eq!(
@@ -1208,4 +1281,55 @@ async fn concurrent_appends_on_postgres_keep_every_chain_intact() {
     assert_eq!(report.customers_checked, 3);
     // The totals are right whatever order the events landed in.
     assert_totals_match(&*b.ledger, &sim, &["acme", "beta", "gamma"]).await;
+}
+
+/// SQLite rebuilds `ledger_entries` in migration 7 (a `CHECK` cannot be altered): a ledger
+/// written before it keeps every row, `seq` and hash, stays append-only, and takes
+/// overage entries after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_migration_7_keeps_every_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let ledger = SqliteLedger::open(&path).await.unwrap();
+    let raw = Raw::Sqlite(path.clone());
+    // The schema as migrations 1 to 6 left it.
+    raw.exec(&format!(
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, \
+         applied_at_ms BIGINT NOT NULL);\n{}\n{}\n{}\n{}\n{}\n{}\n\
+         INSERT INTO schema_migrations VALUES (1, 'ledger', 0), (2, 'redis_generations', 0), \
+         (3, 'control_audit', 0), (4, 'admin', 0), (5, 'usage_events', 0), \
+         (6, 'config_versions', 0);",
+        include_str!("../migrations/sqlite/0001_ledger.sql"),
+        include_str!("../migrations/sqlite/0002_redis_generations.sql"),
+        include_str!("../migrations/sqlite/0003_control_audit.sql"),
+        include_str!("../migrations/sqlite/0004_admin.sql"),
+        include_str!("../migrations/sqlite/0005_usage_events.sql"),
+        include_str!("../migrations/sqlite/0006_config_versions.sql"),
+    ))
+    .await
+    .unwrap();
+    ledger.append_batch(&sample_entries()).await.unwrap();
+    let before = ledger.entries(&EntryQuery::default()).await.unwrap();
+    assert!(!before.is_empty());
+
+    assert_eq!(ledger.migrate().await.unwrap(), vec![7]);
+    let after = ledger.entries(&EntryQuery::default()).await.unwrap();
+    assert_eq!(after, before, "same rows, seq and hashes");
+    assert!(ledger.verify_chain(None).await.unwrap().is_intact());
+    let err = raw
+        .exec("DELETE FROM ledger_entries")
+        .await
+        .expect_err("still append-only");
+    assert!(err.contains("append-only"), "{err}");
+
+    let mut sim = Sim::new();
+    sim.grant("gamma", "g9", "api", 10, 0, None, 0);
+    sim.reserve("gamma", "h9", "api", 10, 0, false, "chat");
+    sim.settle("gamma", "h9", 25, 0);
+    let out = ledger.append_batch(&sim.entries()).await.unwrap();
+    assert_eq!(out.len(), 4, "grant, placed, posted, overage");
+    let overage = ledger.trail("req-h9").await.unwrap();
+    let last = overage.last().unwrap();
+    assert_eq!(last.entry.kind, EntryKind::Overage);
+    assert!(last.seq > before.iter().map(|e| e.seq).max().unwrap());
 }

@@ -10,7 +10,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use creditgate_e2e::{ALICE, ALICE_KEY, Credits, Reply, base_config, http_client, send};
-use creditgate_testkit::{Gateway, GatewayOptions, ModelServer, RedisServer};
+use creditgate_testkit::{
+    Gateway, GatewayOptions, LedgerTarget, ModelServer, RedisServer, Sidecar, SidecarOptions,
+};
 
 /// Reserved up front for every response-priced route of the test config.
 const ESTIMATE: i64 = 5_000;
@@ -25,6 +27,12 @@ const COMPLETION_RATE: i64 = 6;
 const UNIT_RATE: i64 = 7;
 /// The test config's inspection limit, in bytes.
 const INSPECT_MAX_BYTES: i64 = 4_096;
+/// The `estimated` feature: `ESTIMATE_BASE + max_tokens × ESTIMATE_RATE` reserved from the
+/// request body, capped at `ESTIMATED_MAX`, read from bodies of up to `ESTIMATE_BODY_BYTES`.
+const ESTIMATE_RATE: i64 = 9;
+const ESTIMATE_BASE: i64 = 100;
+const ESTIMATED_MAX: i64 = 20_000;
+const ESTIMATE_BODY_BYTES: usize = 1_024;
 /// The model upstream's read timeout, for the stalled-stream test.
 const READ_TIMEOUT_MS: u64 = 600;
 
@@ -49,6 +57,17 @@ cost = {{ kind = "from_response", estimate = {ESTIMATE}, max = 100000, usage = {
 [features.units]
 credit_type = "api"
 cost = {{ kind = "from_response", estimate = {ESTIMATE}, max = 100000, header = "x-usage-units", rate = {UNIT_RATE} }}
+
+[features.estimated]
+credit_type = "api"
+cost = {{ kind = "from_response", estimate = {ESTIMATE}, max = {ESTIMATED_MAX}, estimate_from = "max_tokens", estimate_rate = {ESTIMATE_RATE}, estimate_base = {ESTIMATE_BASE}, estimate_max_body_bytes = {ESTIMATE_BODY_BYTES}, usage = {{ "usage.prompt_tokens" = {PROMPT_RATE}, "usage.completion_tokens" = {COMPLETION_RATE} }} }}
+
+[[routes]]
+name = "estimated"
+method = "POST"
+path = "/v1/chat/completions"
+feature = "estimated"
+upstream = "model"
 
 [[routes]]
 name = "claude"
@@ -79,8 +98,8 @@ struct ModelStack {
     gateway: Gateway,
     credits: Credits,
     http: reqwest::blocking::Client,
-    _model: ModelServer,
-    _redis: RedisServer,
+    model: ModelServer,
+    redis: RedisServer,
 }
 
 impl ModelStack {
@@ -98,8 +117,8 @@ impl ModelStack {
             gateway,
             credits,
             http: http_client(),
-            _model: model,
-            _redis: redis,
+            model,
+            redis,
         }
     }
 
@@ -351,4 +370,236 @@ fn usage_above_the_balance_burns_what_it_can_and_records_the_shortfall() {
         &[("credit_type", "api")],
     );
     assert_eq!(shortfall, 4_000.0, "{}", stack.log());
+}
+
+#[test]
+fn the_shortfall_is_an_overage_entry_in_the_ledger_with_the_request_id() {
+    let stack = ModelStack::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sidecar = Sidecar::start(SidecarOptions::new(
+        stack.redis.url(),
+        LedgerTarget::Sqlite(dir.path().join("ledger.db")),
+    ))
+    .expect("sidecar");
+    let from_ms = now_ms();
+    let mut request_id = String::new();
+    // 5 000 granted and held; the response costs 1 500 × 2 + 1 000 × 6 = 9 000.
+    let burned = stack.burned_by(5_000, |s| {
+        let reply = s.get("/v1/chat/completions?prompt=1500&completion=1000");
+        assert_eq!(reply.status, 200);
+        request_id = reply.header("x-request-id").expect("x-request-id");
+    });
+    assert_eq!(burned, 5_000);
+    let path = format!("/v1/requests/{request_id}/trail");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let trail = loop {
+        let response = sidecar.http_get(&path).expect("trail");
+        if response.status == 200 {
+            let trail: serde_json::Value = serde_json::from_str(&response.body).expect("JSON");
+            if trail["entries"].as_array().map_or(0, Vec::len) >= 3 {
+                break trail;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no overage in the trail: {} {}",
+            response.body,
+            sidecar.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let entries = trail["entries"].as_array().expect("entries");
+    let kinds: Vec<&str> = entries.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["hold_placed", "hold_posted", "overage"],
+        "{trail:#}"
+    );
+    let overage = &entries[2];
+    assert_eq!(overage["overage"], 4_000, "{overage:#}");
+    assert_eq!(overage["amount"], 0);
+    assert_eq!(overage["credit_type"], "api");
+    assert_eq!(overage["request_id"], request_id.as_str());
+    assert_eq!(overage["hold_id"], entries[1]["hold_id"]);
+    assert_eq!(overage["details"]["shortfall"], "4000");
+    // Reporting: the day's usage row carries it as unbilled, beside what was burned.
+    let usage: serde_json::Value = serde_json::from_str(&sidecar.get_ok(&format!(
+        "/v1/usage?customer={ALICE}&from_ms={from_ms}&to_ms={}",
+        now_ms() + 1
+    )))
+    .expect("JSON");
+    let rows = usage["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{usage:#}");
+    assert_eq!(
+        (rows[0]["burned"].as_i64(), rows[0]["overage"].as_i64()),
+        (Some(5_000), Some(4_000))
+    );
+    let revenue: serde_json::Value = serde_json::from_str(&sidecar.get_ok(&format!(
+        "/v1/revenue?from_ms={from_ms}&to_ms={}",
+        now_ms() + 1
+    )))
+    .expect("JSON");
+    assert_eq!(
+        revenue["revenue"]["unbilled_overage"]["api"], 4_000,
+        "{revenue:#}"
+    );
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis(),
+    )
+    .expect("ms fit u64")
+}
+
+/// POSTs `body` as JSON to the `estimated` route; returns what the gateway said it reserved
+/// (`x-credits-charged`, the hold placed before the upstream was called).
+fn post_estimated(stack: &ModelStack, query: &str, body: &[u8]) -> i64 {
+    let reply = stack
+        .http
+        .post(format!(
+            "{}/v1/chat/completions?{query}",
+            stack.gateway.proxy_url()
+        ))
+        .bearer_auth(ALICE_KEY)
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .expect("request");
+    assert_eq!(reply.status().as_u16(), 200, "{}", stack.log());
+    let charged = reply
+        .headers()
+        .get("x-credits-charged")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("x-credits-charged");
+    let _ = reply.bytes();
+    charged
+}
+
+#[test]
+fn the_estimate_is_read_from_the_request_body_which_reaches_the_upstream_unchanged() {
+    let stack = ModelStack::start();
+    let reserved_metric = || {
+        stack.gateway.metric(
+            "creditgate_credits_reserved_total",
+            &[("credit_type", "api")],
+        )
+    };
+    let estimates = |outcome: &str| {
+        stack.gateway.metric(
+            "creditgate_request_estimates_total",
+            &[("route", "estimated"), ("outcome", outcome)],
+        )
+    };
+    let padded = |max_tokens: &str, pad: usize| {
+        format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}]{max_tokens}}}"#,
+            "é".repeat(pad)
+        )
+        .into_bytes()
+    };
+    let cases: [(&str, Vec<u8>, i64, &str); 5] = [
+        // 100 + 500 × 9: read from the body.
+        (
+            "500 max_tokens",
+            padded(r#","max_tokens":500"#, 10),
+            ESTIMATE_BASE + 500 * ESTIMATE_RATE,
+            "body",
+        ),
+        // 100 + 100 000 × 9 is above max: capped.
+        (
+            "over the cap",
+            padded(r#","max_tokens":100000"#, 10),
+            ESTIMATED_MAX,
+            "body",
+        ),
+        ("no max_tokens", padded("", 10), ESTIMATE, "missing"),
+        (
+            "not JSON",
+            b"max_tokens=500".to_vec(),
+            ESTIMATE,
+            "unparseable",
+        ),
+        // More than ESTIMATE_BODY_BYTES: not read, streamed through, the fixed estimate.
+        (
+            "over the body bound",
+            padded(r#","max_tokens":500"#, ESTIMATE_BODY_BYTES),
+            ESTIMATE,
+            "over_limit",
+        ),
+    ];
+    for (name, body, expected, outcome) in cases {
+        let before = reserved_metric();
+        let counted = estimates(outcome);
+        let mut reserved = 0;
+        // prompt 10 × 2 + completion 10 × 6 = 80 settles, whatever was reserved.
+        let burned = stack.burned_by(30_000, |s| {
+            reserved = post_estimated(s, "prompt=10&completion=10", &body);
+        });
+        assert_eq!(reserved, expected, "{name}: {}", stack.log());
+        assert_eq!(reserved_metric() - before, expected as f64, "{name}");
+        assert_eq!(estimates(outcome), counted + 1.0, "{name}");
+        assert_eq!(burned, 10 * PROMPT_RATE + 10 * COMPLETION_RATE, "{name}");
+        assert_eq!(
+            stack.model.last_body(),
+            body,
+            "{name}: the upstream got the body byte for byte"
+        );
+    }
+}
+
+#[test]
+fn a_client_waiting_for_100_continue_gets_it_before_the_body_is_read() {
+    let stack = ModelStack::start();
+    let body = br#"{"model":"m","max_tokens":200}"#;
+    let mut reserved = 0;
+    let burned = stack.burned_by(30_000, |s| {
+        let mut socket =
+            TcpStream::connect(("127.0.0.1", s.gateway.proxy_port())).expect("connect to gateway");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            socket,
+            "POST /v1/chat/completions?prompt=10&completion=10 HTTP/1.1\r\nhost: localhost\r\n\
+             authorization: Bearer {ALICE_KEY}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nexpect: 100-continue\r\n\r\n",
+            body.len()
+        )
+        .expect("send head");
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        // Without the gateway's 100 Continue this read times out: the body is not sent yet.
+        while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+            let n = socket.read(&mut buffer).expect("read 100 Continue");
+            assert!(n > 0, "closed before 100 Continue");
+            seen.extend_from_slice(&buffer[..n]);
+        }
+        assert!(
+            String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 100"),
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
+        socket.write_all(body).expect("send body");
+        let mut response = Vec::new();
+        while !String::from_utf8_lossy(&response).contains("\"usage\"") {
+            let n = socket.read(&mut buffer).expect("read response");
+            assert!(n > 0, "closed before the response");
+            response.extend_from_slice(&buffer[..n]);
+        }
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.contains(" 200 "), "{text}");
+        reserved = text
+            .lines()
+            .find_map(|line| line.strip_prefix("x-credits-charged: "))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .expect("x-credits-charged");
+    });
+    assert_eq!(reserved, ESTIMATE_BASE + 200 * ESTIMATE_RATE);
+    assert_eq!(burned, 10 * PROMPT_RATE + 10 * COMPLETION_RATE);
+    assert_eq!(stack.model.last_body(), body);
 }

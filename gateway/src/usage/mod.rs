@@ -8,6 +8,7 @@
 
 pub mod gzip;
 pub mod json;
+pub mod request;
 pub mod sse;
 
 use std::sync::Arc;

@@ -22,6 +22,10 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 /// Prefix of every adjustment's `event_id` (`adjustment:<id>`).
 pub const ADJUSTMENT_EVENT_PREFIX: &str = "adjustment:";
 
+/// Suffix of an overage entry's `event_id` (`hold:<id>:overage`), beside the hold's
+/// `hold:<id>:posted`: one overage per hold, so a redelivered event records it once.
+pub const OVERAGE_EVENT_SUFFIX: &str = ":overage";
+
 /// Version tag that starts the canonical encoding; a new field layout needs a new tag.
 const CANONICAL_TAG: &[u8] = b"creditgate-ledger-entry-v1\n";
 
@@ -42,11 +46,16 @@ pub enum EntryKind {
     GrantExpired,
     /// A correction written by an admin or the reconciler, never by a script.
     Adjustment,
+    /// What a settle could not take (`overage`): the shortfall of a posted hold whose
+    /// actual cost was above what the balance and overdraft allowed. Written by the ledger
+    /// writer beside the `hold_posted` entry; amount 0 (nothing moved), the unbilled amount
+    /// in [`LedgerEntry::overage`].
+    Overage,
 }
 
 impl EntryKind {
     /// Every kind.
-    pub const ALL: [EntryKind; 7] = [
+    pub const ALL: [EntryKind; 8] = [
         Self::GrantAdded,
         Self::HoldPlaced,
         Self::HoldPosted,
@@ -54,6 +63,7 @@ impl EntryKind {
         Self::HoldExpired,
         Self::GrantExpired,
         Self::Adjustment,
+        Self::Overage,
     ];
 
     /// The stored name (the event kind's wire name, or `adjustment`).
@@ -66,6 +76,7 @@ impl EntryKind {
             Self::HoldExpired => "hold_expired",
             Self::GrantExpired => "grant_expired",
             Self::Adjustment => "adjustment",
+            Self::Overage => "overage",
         }
     }
 
@@ -164,12 +175,18 @@ pub struct LedgerEntry {
 
 impl LedgerEntry {
     /// The stream event this entry came from, parsed back from `details`; `None` for
-    /// adjustments.
+    /// adjustments and overages, which no stream event is.
     pub fn event(&self) -> Option<Result<Event, LedgerError>> {
-        if self.entry.kind == EntryKind::Adjustment {
+        if matches!(self.entry.kind, EntryKind::Adjustment | EntryKind::Overage) {
             return None;
         }
         Some(event_from_details(&self.entry.details))
+    }
+
+    /// For an `overage` entry, the unbilled amount (the settle's shortfall), in the credit
+    /// type's smallest unit; `None` for other kinds.
+    pub fn overage(&self) -> Option<Result<u64, LedgerError>> {
+        (self.entry.kind == EntryKind::Overage).then(|| overage_of(&self.entry))
     }
 
     /// The hash this entry should carry given its stored `prev_hash`.
@@ -362,6 +379,48 @@ impl NewEntry {
         Ok(entry)
     }
 
+    /// The entries for one stream event: its own ([`NewEntry::from_event`]) and, for a
+    /// posted hold with a shortfall, the [`EntryKind::Overage`] entry that records it.
+    pub fn from_event_with_overage(
+        event: &Event,
+        shard: u32,
+        stream_id: Option<String>,
+    ) -> Result<Vec<NewEntry>, LedgerError> {
+        let entry = NewEntry::from_event(event, shard, stream_id)?;
+        let overage = match &event.body {
+            EventBody::HoldPosted {
+                hold_id,
+                requested,
+                posted,
+                shortfall,
+                ..
+            } if *shortfall > 0 => {
+                let mut overage = entry.clone();
+                overage.event_id = format!("hold:{hold_id}{OVERAGE_EVENT_SUFFIX}");
+                overage.kind = EntryKind::Overage;
+                overage.amount = 0;
+                overage.grants = json!({});
+                let mut details = Map::new();
+                details.insert("v".into(), json!("1"));
+                details.insert("event_id".into(), json!(overage.event_id));
+                details.insert("kind".into(), json!("overage"));
+                details.insert("source_event_id".into(), json!(event.event_id));
+                details.insert("at".into(), json!(event.at_ms.to_string()));
+                details.insert("customer".into(), json!(event.customer));
+                details.insert("credit_type".into(), json!(event.credit_type));
+                details.insert("hold_id".into(), json!(hold_id));
+                details.insert("requested".into(), json!(requested.to_string()));
+                details.insert("posted".into(), json!(posted.to_string()));
+                details.insert("shortfall".into(), json!(shortfall.to_string()));
+                overage.details = Value::Object(details);
+                overage.validate()?;
+                Some(overage)
+            }
+            _ => None,
+        };
+        Ok(std::iter::once(entry).chain(overage).collect())
+    }
+
     /// The entry for an adjustment (`event_id` `adjustment:<adjustment_id>`).
     pub fn adjustment(adjustment: &Adjustment) -> Result<NewEntry, LedgerError> {
         let a = adjustment;
@@ -474,6 +533,21 @@ impl NewEntry {
             && self.pricing_version == other.pricing_version
             && canonical_json(&self.details) == canonical_json(&other.details)
     }
+}
+
+/// The shortfall recorded in an overage entry's `details`.
+fn overage_of(entry: &NewEntry) -> Result<u64, LedgerError> {
+    entry
+        .details
+        .get("shortfall")
+        .and_then(Value::as_str)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            LedgerError::Corrupt(format!(
+                "overage entry {} has no numeric details.shortfall",
+                entry.event_id
+            ))
+        })
 }
 
 /// Parses an event back from the `details` of an entry.
@@ -641,6 +715,35 @@ mod tests {
         assert_eq!(entry.pricing_version.as_deref(), Some("7-3f2a9c1b04de"));
         assert_eq!(entry.hold_id.as_deref(), Some("h1"));
         assert_eq!(event_from_details(&entry.details).unwrap(), e);
+    }
+
+    #[test]
+    fn a_shortfall_adds_an_overage_entry_and_nothing_else_does() {
+        let e = posted();
+        assert_eq!(
+            NewEntry::from_event_with_overage(&e, 3, None)
+                .unwrap()
+                .len(),
+            1
+        );
+        let mut short = e.clone();
+        if let EventBody::HoldPosted { shortfall, .. } = &mut short.body {
+            *shortfall = 7;
+        }
+        let entries = NewEntry::from_event_with_overage(&short, 3, Some("1-0".into())).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            entries[0],
+            NewEntry::from_event(&short, 3, Some("1-0".into())).unwrap()
+        );
+        let overage = &entries[1];
+        assert_eq!(overage.event_id, "hold:h1:overage");
+        assert_eq!(overage.kind, EntryKind::Overage);
+        assert_eq!(overage.amount, 0, "nothing moved");
+        assert_eq!(overage.request_id.as_deref(), Some("r1"));
+        assert_eq!(overage.hold_id.as_deref(), Some("h1"));
+        assert_eq!(overage_of(overage).unwrap(), 7);
+        assert_eq!(overage.details["source_event_id"], "hold:h1:posted");
     }
 
     #[test]

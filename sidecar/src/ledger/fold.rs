@@ -365,6 +365,9 @@ pub struct UsageRow {
     pub requests: u64,
     /// Credits burned (posted), credit units.
     pub burned: u64,
+    /// Unbilled overage: what settles could not take because the balance and overdraft
+    /// ran out (the `overage` entries' shortfalls), credit units. Not in `burned`.
+    pub overage: u64,
 }
 
 /// The UTC calendar day of an instant, `YYYY-MM-DD` (Howard Hinnant's civil-from-days).
@@ -382,13 +385,23 @@ pub fn utc_day(ms: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
-/// Groups `hold_posted` entries by UTC day, feature and credit type, sorted by those.
+/// Groups `hold_posted` entries (and the `overage` entries beside them) by UTC day,
+/// feature and credit type, sorted by those.
 pub fn fold_usage(entries: &[LedgerEntry]) -> Result<Vec<UsageRow>, LedgerError> {
-    let mut rows: BTreeMap<(String, String, String), (u64, u64)> = BTreeMap::new();
-    for entry in entries
-        .iter()
-        .filter(|e| e.entry.kind == EntryKind::HoldPosted)
-    {
+    let mut rows: BTreeMap<(String, String, String), (u64, u64, u64)> = BTreeMap::new();
+    for entry in entries {
+        if let Some(overage) = entry.overage() {
+            let key = (
+                utc_day(entry.entry.event_at_ms),
+                entry.entry.feature.clone().unwrap_or_default(),
+                entry.entry.credit_type.clone(),
+            );
+            rows.entry(key).or_default().2 += overage?;
+            continue;
+        }
+        if entry.entry.kind != EntryKind::HoldPosted {
+            continue;
+        }
         let Some(event) = entry.event() else { continue };
         if let EventBody::HoldPosted {
             posted, context, ..
@@ -407,12 +420,13 @@ pub fn fold_usage(entries: &[LedgerEntry]) -> Result<Vec<UsageRow>, LedgerError>
     Ok(rows
         .into_iter()
         .map(
-            |((day, feature, credit_type), (requests, burned))| UsageRow {
+            |((day, feature, credit_type), (requests, burned, overage))| UsageRow {
                 day,
                 feature,
                 credit_type,
                 requests,
                 burned,
+                overage,
             },
         )
         .collect())
@@ -429,6 +443,11 @@ pub struct Revenue {
     /// Value of credits granted before the window's end and neither consumed nor expired
     /// by then.
     pub deferred_micros_at_end: i128,
+    /// Unbilled overage of the window per credit type, in **credit units** (not money): what
+    /// settles could not take because balance and overdraft ran out. No grant backs these
+    /// credits, so they have no cost basis; finance bills them (at list price) or writes
+    /// them off. Not part of recognized revenue.
+    pub unbilled_overage: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -467,9 +486,18 @@ pub fn fold_revenue(
     let mut grants: HashMap<(String, String), GrantValue> = HashMap::new();
     let mut out = Revenue::default();
     for entry in entries.iter().filter(|e| e.entry.event_at_ms < to_ms) {
+        let in_window = entry.entry.event_at_ms >= from_ms;
+        if let Some(overage) = entry.overage() {
+            let overage = overage?;
+            if in_window {
+                *out.unbilled_overage
+                    .entry(entry.entry.credit_type.clone())
+                    .or_default() += overage;
+            }
+            continue;
+        }
         let Some(event) = entry.event() else { continue };
         let event = event?;
-        let in_window = entry.entry.event_at_ms >= from_ms;
         let customer = event.customer.clone();
         if let EventBody::GrantAdded {
             grant_id,

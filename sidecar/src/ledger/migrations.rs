@@ -52,6 +52,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "config_versions",
         sql: include_str!("../../migrations/sqlite/0006_config_versions.sql"),
     },
+    Migration {
+        version: 7,
+        name: "overage_entries",
+        sql: include_str!("../../migrations/sqlite/0007_overage_entries.sql"),
+    },
 ];
 
 /// Postgres migrations, in version order.
@@ -85,5 +90,10 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 6,
         name: "config_versions",
         sql: include_str!("../../migrations/postgres/0006_config_versions.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "overage_entries",
+        sql: include_str!("../../migrations/postgres/0007_overage_entries.sql"),
     },
 ];

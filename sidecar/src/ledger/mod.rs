@@ -256,7 +256,7 @@ pub trait Ledger: Send + Sync {
     }
 
     /// Posted holds in `[from_ms, to_ms)` by UTC day, feature and credit type, of one
-    /// customer or all.
+    /// customer or all, with the unbilled overage of those days.
     async fn usage(
         &self,
         customer: Option<&str>,
@@ -266,7 +266,7 @@ pub trait Ledger: Send + Sync {
         let entries = self
             .entries(&EntryQuery {
                 customer: customer.map(str::to_string),
-                kinds: vec![EntryKind::HoldPosted],
+                kinds: vec![EntryKind::HoldPosted, EntryKind::Overage],
                 from_ms: Some(from_ms),
                 until_ms: Some(to_ms),
                 ..EntryQuery::default()
@@ -275,8 +275,9 @@ pub trait Ledger: Send + Sync {
         fold_usage(&entries)
     }
 
-    /// The hold entries of a request (placed, then posted, voided or expired), in seq
-    /// order, with the grants drawn, burned and returned in each entry's `grants`.
+    /// The hold entries of a request (placed, then posted, voided or expired, and the
+    /// overage of a settle that could not take everything), in seq order, with the grants
+    /// drawn, burned and returned in each entry's `grants`.
     async fn trail(&self, request_id: &str) -> LedgerResult<Vec<LedgerEntry>> {
         self.entries(&EntryQuery {
             request_id: Some(request_id.to_string()),
@@ -285,6 +286,7 @@ pub trait Ledger: Send + Sync {
                 EntryKind::HoldPosted,
                 EntryKind::HoldVoided,
                 EntryKind::HoldExpired,
+                EntryKind::Overage,
             ],
             seq_order: true,
             ..EntryQuery::default()
@@ -302,6 +304,7 @@ pub trait Ledger: Send + Sync {
                     EntryKind::HoldVoided,
                     EntryKind::HoldExpired,
                     EntryKind::GrantExpired,
+                    EntryKind::Overage,
                 ],
                 until_ms: Some(to_ms),
                 ..EntryQuery::default()

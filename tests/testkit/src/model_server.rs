@@ -18,12 +18,15 @@
 //!
 //! Query parameters (all optional): `prompt`, `completion`, `chunks`, `delay_ms`,
 //! `stall_ms`, `pad`, `units`, `gzip=1` (gzip the body, `content-encoding: gzip`).
+//!
+//! The server keeps the body of the last request it read ([`ModelServer::last_body`]), so a
+//! test can check the gateway forwarded it byte for byte.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -39,11 +42,15 @@ const MODEL_REQUEST_MAX_BYTES: usize = 1 << 20;
 /// without competing much with the gateway on a small machine.
 const MODEL_WORKER_THREADS: usize = 2;
 
+/// The body of the last request read (bounded by `MODEL_REQUEST_MAX_BYTES`).
+type LastBody = Arc<Mutex<Vec<u8>>>;
+
 /// The fake model server; stops when dropped.
 #[derive(Debug)]
 pub struct ModelServer {
     addr: SocketAddr,
     requests: Arc<AtomicU64>,
+    last_body: LastBody,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -66,15 +73,17 @@ impl ModelServer {
             .context("binding the model server")?;
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicU64::new(0));
+        let last_body = LastBody::default();
         let (shutdown, stop) = oneshot::channel::<()>();
         let counter = requests.clone();
+        let bodies = last_body.clone();
         let thread = thread::Builder::new()
             .name("model-server".into())
             .spawn(move || {
                 runtime.block_on(async move {
                     tokio::select! {
                         _ = stop => {}
-                        () = accept_loop(listener, counter) => {}
+                        () = accept_loop(listener, counter, bodies) => {}
                     }
                 });
                 runtime.shutdown_timeout(Duration::from_millis(200));
@@ -83,6 +92,7 @@ impl ModelServer {
         Ok(Self {
             addr,
             requests,
+            last_body,
             shutdown: Some(shutdown),
             thread: Some(thread),
         })
@@ -96,6 +106,14 @@ impl ModelServer {
     /// Requests answered or being answered so far.
     pub fn count(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The body of the last request the server read (empty before the first).
+    pub fn last_body(&self) -> Vec<u8> {
+        self.last_body
+            .lock()
+            .map(|body| body.clone())
+            .unwrap_or_default()
     }
 
     /// Serves until the process is killed (for the load benchmark's helper binary).
@@ -117,13 +135,17 @@ impl Drop for ModelServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, requests: Arc<AtomicU64>) {
+async fn accept_loop(listener: TcpListener, requests: Arc<AtomicU64>, last_body: LastBody) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(stream, requests.clone()));
+        tokio::spawn(serve_connection(
+            stream,
+            requests.clone(),
+            last_body.clone(),
+        ));
     }
 }
 
@@ -131,6 +153,7 @@ async fn accept_loop(listener: TcpListener, requests: Arc<AtomicU64>) {
 struct Target {
     path: String,
     query: HashMap<String, String>,
+    body: Vec<u8>,
 }
 
 impl Target {
@@ -142,12 +165,15 @@ impl Target {
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, requests: Arc<AtomicU64>) {
+async fn serve_connection(mut stream: TcpStream, requests: Arc<AtomicU64>, last_body: LastBody) {
     let mut buffer = Vec::new();
     loop {
         let Some(target) = read_request(&mut stream, &mut buffer).await else {
             return;
         };
+        if let Ok(mut last) = last_body.lock() {
+            last.clone_from(&target.body);
+        }
         requests.fetch_add(1, Ordering::SeqCst);
         if answer(&mut stream, &target).await.is_err() {
             return;
@@ -190,6 +216,7 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Ta
         }
         buffer.extend_from_slice(&chunk[..n]);
     }
+    let body = buffer[head_end + 4..total].to_vec();
     buffer.drain(..total);
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let query = query
@@ -200,6 +227,7 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Ta
     Some(Target {
         path: path.to_string(),
         query,
+        body,
     })
 }
 
