@@ -170,10 +170,15 @@ impl Harness {
             let token = create_token(&target, dir.path().to_path_buf(), name, role);
             tokens.insert(name.to_string(), token);
         }
-        // A pricing config, so usage events (feature `search`, 1 api credit) can be priced.
-        let pricing = dir.path().join("pricing.toml");
+        // A pricing config, so usage events (feature `search`, 1 api credit) can be priced;
+        // a test may bring its own.
+        let pricing_path = dir.path().join("pricing.toml");
         let unused: std::net::SocketAddr = "127.0.0.1:9".parse().expect("address");
-        std::fs::write(&pricing, base_config(unused)).expect("write the pricing config");
+        let pricing_text = match pricing {
+            Some(text) => text.to_string(),
+            None => base_config(unused),
+        };
+        std::fs::write(&pricing_path, pricing_text).expect("write the pricing config");
         let admin_port = free_port();
         let mut options = SidecarOptions::new(redis.url(), target.clone());
         options.extra_args = vec![
@@ -182,14 +187,8 @@ impl Harness {
             "--operations".into(),
             ops.display().to_string(),
             "--config".into(),
-            pricing.display().to_string(),
+            pricing_path.display().to_string(),
         ];
-        if let Some(pricing) = pricing {
-            let path = dir.path().join("pricing.toml");
-            std::fs::write(&path, pricing).expect("write the pricing config");
-            options.extra_args.push("--config".into());
-            options.extra_args.push(path.display().to_string());
-        }
         let sidecar = Sidecar::start(options).expect("sidecar starts");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
