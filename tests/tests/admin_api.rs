@@ -176,7 +176,7 @@ impl Harness {
         let unused: std::net::SocketAddr = "127.0.0.1:9".parse().expect("address");
         let pricing_text = match pricing {
             Some(text) => text.to_string(),
-            None => base_config(unused),
+            None => format!("{}{TEST_PLANS}", base_config(unused)),
         };
         std::fs::write(&pricing_path, pricing_text).expect("write the pricing config");
         let admin_port = free_port();
@@ -1576,6 +1576,16 @@ const SEARCH_COST: i64 = 7;
 
 /// A pricing config with one charged route and no `[[api_keys]]`: every key comes from
 /// Redis, where the sidecar publishes them.
+/// The plans the tests attach customers to; the sidecar checks plans against its pricing
+/// config.
+const TEST_PLANS: &str = "
+[plans.pro]
+description = \"Pro.\"
+
+[plans.annual]
+description = \"Annual, billed monthly in credits.\"
+";
+
 fn gateway_config(upstream: std::net::SocketAddr) -> String {
     format!(
         r#"
@@ -1676,8 +1686,14 @@ fn until_status(
 #[test]
 fn api_keys_issued_by_the_admin_api_work_at_the_gateway_until_revoked() {
     const GRANTED: i64 = 10_000;
-    let h = Harness::start(Backend::Sqlite);
     let upstream = Upstream::start().expect("upstream");
+    // The sidecar publishes its pricing config to the fleet and the gateway follows it, so
+    // both get the gateway's.
+    let h = Harness::start_with_pricing(
+        Backend::Sqlite,
+        OPERATIONS,
+        Some(&gateway_config(upstream.addr())),
+    );
     let gateway = Gateway::start(GatewayOptions {
         config_toml: gateway_config(upstream.addr()),
         redis_url: Some(h.redis.url()),
@@ -1766,8 +1782,14 @@ fn api_keys_issued_by_the_admin_api_work_at_the_gateway_until_revoked() {
 /// reappears in Redis (a stale replica, a restored snapshot), is deleted again.
 #[test]
 fn keys_issued_or_revoked_while_redis_is_down_converge_when_it_is_back() {
-    let mut h = Harness::start(Backend::Sqlite);
     let upstream = Upstream::start().expect("upstream");
+    // The sidecar publishes its pricing config to the fleet and the gateway follows it, so
+    // both get the gateway's.
+    let mut h = Harness::start_with_pricing(
+        Backend::Sqlite,
+        OPERATIONS,
+        Some(&gateway_config(upstream.addr())),
+    );
     let gateway = Gateway::start(GatewayOptions {
         config_toml: gateway_config(upstream.addr()),
         redis_url: Some(h.redis.url()),
