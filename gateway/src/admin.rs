@@ -1,5 +1,6 @@
 //! The admin listener, apart from the proxy listener: `/metrics` (Prometheus text),
-//! `/healthz` (the process is up) and `/readyz` (a valid config and a reachable store).
+//! `/healthz` (the process is up) and `/readyz` (a valid config and a reachable store, or
+//! forced off locally: then no request needs the store).
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::control::FleetControl;
 use crate::metrics::Metrics;
 use crate::store_client::StoreClient;
 
@@ -18,12 +20,17 @@ pub const READY_TIMEOUT_MS: u64 = 500;
 pub struct AdminApp {
     metrics: Arc<Metrics>,
     store: Arc<StoreClient>,
+    control: Arc<FleetControl>,
 }
 
 impl AdminApp {
-    /// An admin app over these metrics and this store.
-    pub fn new(metrics: Arc<Metrics>, store: Arc<StoreClient>) -> Self {
-        Self { metrics, store }
+    /// An admin app over these metrics, this store and this control.
+    pub fn new(metrics: Arc<Metrics>, store: Arc<StoreClient>, control: Arc<FleetControl>) -> Self {
+        Self {
+            metrics,
+            store,
+            control,
+        }
     }
 }
 
@@ -44,7 +51,10 @@ impl ServeHttp for AdminApp {
             "/metrics" => response(200, "text/plain; version=0.0.4", self.metrics.render()),
             "/healthz" => response(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                if self.store.ready(READY_TIMEOUT_MS).await {
+                // Forced off, every request passes through without a store call, so a
+                // gateway started (or left) under the kill switch while Redis is down
+                // still takes traffic.
+                if self.control.forced_off() || self.store.ready(READY_TIMEOUT_MS).await {
                     response(200, "text/plain", b"ready\n".to_vec())
                 } else {
                     response(503, "text/plain", b"credit store unreachable\n".to_vec())

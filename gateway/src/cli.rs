@@ -97,10 +97,13 @@ pub struct RunArgs {
     pub watch_config: bool,
     /// While this file exists, the gateway runs in mode `off` (passes everything through
     /// with no store call), whatever Redis says: the kill switch that works without Redis.
+    /// If it exists at start-up the gateway starts even with Redis unreachable, connects
+    /// in the background, and meters through Redis once the file is removed.
     #[arg(long, env = "CREDITGATE_KILL_SWITCH_FILE", value_name = "FILE")]
     pub kill_switch_file: Option<PathBuf>,
-    /// Run in mode `off` from the start, whatever Redis says, and start even when Redis is
-    /// unreachable (`CREDITGATE_FORCE_OFF=1`; also true/yes/on).
+    /// Run in mode `off` for the life of the process, whatever Redis says, and start even
+    /// when Redis is unreachable, connecting in the background (`CREDITGATE_FORCE_OFF=1`;
+    /// also true/yes/on).
     #[arg(long, env = "CREDITGATE_FORCE_OFF", value_parser = clap::builder::BoolishValueParser::new())]
     pub force_off: bool,
     /// This gateway's id in heartbeats and the sidecar's fleet list (default: the host

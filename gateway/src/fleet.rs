@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::control::FleetControl;
 use crate::metrics::Metrics;
+use crate::store_connect::RedisSlot;
 
 /// How often the loop wakes, in milliseconds: the kill switch file is checked this often,
 /// so a local `off` takes effect within this time.
@@ -72,8 +73,9 @@ pub struct FleetSync {
     pub control: Arc<FleetControl>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// The credit store's Redis, when the gateway runs on Redis.
-    pub redis: Option<Arc<RedisStore>>,
+    /// Where the credit store's Redis appears once connected, when the gateway runs on
+    /// Redis (it may connect after start-up; see [`crate::store_connect`]).
+    pub redis: Option<RedisSlot>,
     /// A Redis URL to subscribe to change notifications on (the first `--redis` URL; in a
     /// cluster, PUBLISH reaches every node).
     pub subscribe_url: Option<String>,
@@ -149,10 +151,8 @@ impl FleetSync {
             // Its own task: nothing Redis does can delay the local kill switch.
             tokio::spawn(watch_kill_switch(path, self.control.clone()));
         }
-        if let (Some(url), Some(redis)) = (&self.subscribe_url, &self.redis) {
-            let channel = ControlKeys::new(redis.keyspace()).notify;
-            tokio::spawn(subscribe(url.clone(), channel, wake_tx));
-        }
+        // Taken by the subscriber once Redis is connected.
+        let mut wake_tx = Some(wake_tx);
         let mut tick = tokio::time::interval(Duration::from_millis(SYNC_TICK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let long_ago = Instant::now() - Duration::from_secs(3_600);
@@ -170,7 +170,12 @@ impl FleetSync {
                 last_file = Instant::now();
                 self.reload_file(path, &mut state);
             }
-            if let Some(redis) = &self.redis {
+            let redis = self.redis.as_ref().and_then(|slot| slot.get().cloned());
+            if let Some(redis) = &redis {
+                if let (Some(url), Some(wake)) = (&self.subscribe_url, wake_tx.take()) {
+                    let channel = ControlKeys::new(redis.keyspace()).notify;
+                    tokio::spawn(subscribe(url.clone(), channel, wake));
+                }
                 if woken || last_poll.elapsed() >= Duration::from_millis(REDIS_POLL_MS) {
                     last_poll = Instant::now();
                     let pass = self.poll_redis(redis, &mut state);

@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod responses;
 pub mod server;
 pub mod store_client;
+pub mod store_connect;
 pub mod usage;
 
 use std::io::{self, Write};

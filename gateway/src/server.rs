@@ -1,6 +1,9 @@
 //! Assembles and runs the gateway process: loads the config, connects the store, builds
 //! the Pingora server with the proxy and admin services, and runs until a signal.
 //!
+//! Redis unreachable at start-up is an error, unless the gateway starts forced off
+//! (`--force-off` or an existing kill switch file): then it connects in the background.
+//!
 //! SIGTERM is a graceful shutdown: the listeners close after the grace period and
 //! in-flight requests get the shutdown timeout to finish and settle. SIGINT exits at once.
 
@@ -29,6 +32,7 @@ use crate::fleet::{ConfigSource, FleetSync};
 use crate::metrics::Metrics;
 use crate::proxy::{CreditGate, InFlight};
 use crate::store_client::StoreClient;
+use crate::store_connect::connect_in_background;
 
 /// Timeout of the first connection to Redis at start-up, in milliseconds.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
@@ -159,6 +163,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the store runtime")?;
     let keyspace = Keyspace::new(&args.redis_prefix, args.shards);
+    // Read once here and handed to the control below, so even the first request honours a
+    // kill switch file that exists at start-up.
+    let kill_switch_at_start = args.kill_switch_file.as_ref().is_some_and(|f| f.exists());
+    let forced_off_at_start = args.force_off || kill_switch_at_start;
     let store = if args.redis.is_empty() {
         if args.redis_cluster {
             bail!("--redis-cluster needs the cluster's node URLs in --redis");
@@ -192,11 +200,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 StoreClient::redis(Arc::new(redis), metrics.clone())
                     .with_key_cache_ttl_ms(args.api_key_cache_ttl_ms)
             }
-            // Forced off, the gateway makes no store call at all, so it can start and
-            // pass traffic through while Redis is down: the kill switch without Redis.
-            Err(e) if args.force_off => {
-                warn!(error = %format!("{e:#}"), "Redis unreachable; starting anyway because --force-off is set (no store calls until restarted without it)");
-                StoreClient::embedded(Arc::new(MemoryStore::new(keyspace)), metrics.clone())
+            // Forced off (flag, or kill switch file present at start-up), the gateway
+            // makes no store call, so it may start and pass traffic through while Redis is
+            // down. Redis is connected in the background and used as soon as it answers:
+            // once the kill switch file is removed, metering resumes through Redis without
+            // a restart (and until Redis is connected, routes follow their failure policy).
+            Err(e) if forced_off_at_start => {
+                warn!(error = %format!("{e:#}"), "Redis unreachable; starting anyway because the gateway is forced off (--force-off or the kill switch file); connecting in the background");
+                let slot = Arc::new(std::sync::OnceLock::new());
+                store_runtime.spawn(connect_in_background(
+                    target,
+                    keyspace,
+                    REDIS_CALL_TIMEOUT_MS,
+                    slot.clone(),
+                ));
+                StoreClient::connecting(slot, metrics.clone())
+                    .with_key_cache_ttl_ms(args.api_key_cache_ttl_ms)
             }
             Err(e) => return Err(e),
         }
@@ -235,6 +254,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let in_flight = InFlight::default();
     let control = Arc::new(FleetControl::new(args.force_off));
+    control.set_forced_off_by_file(kill_switch_at_start);
+    if kill_switch_at_start {
+        warn!(file = ?args.kill_switch_file, "kill switch file present at start-up: every route runs in mode off (no metering) until it is removed");
+    }
     if args.force_off {
         warn!("--force-off / CREDITGATE_FORCE_OFF: every route runs in mode off (no metering)");
     }
@@ -254,7 +277,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             config: config.clone(),
             control: control.clone(),
             metrics: metrics.clone(),
-            redis: store.redis_store(),
+            redis: store.redis_slot(),
             subscribe_url: args.redis.first().cloned(),
             source,
             kill_switch_file: args.kill_switch_file.clone(),
@@ -263,13 +286,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .run(),
     );
     let gateway = CreditGate::new(config, store.clone(), metrics.clone(), in_flight.clone())
-        .with_control(control);
+        .with_control(control.clone());
     store_runtime.spawn(exit_when_drained(server.watch_execution_phase(), in_flight));
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&args.listen);
     let mut admin = Service::new(
         "creditgate admin".to_string(),
-        AdminApp::new(metrics, store),
+        AdminApp::new(metrics, store, control),
     );
     admin.add_tcp(&args.admin_listen);
     info!(listen = %args.listen, admin = %args.admin_listen, "gateway starting");

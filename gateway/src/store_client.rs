@@ -2,17 +2,20 @@
 //! a per-route timeout and the store metrics.
 //!
 //! The store itself is either Redis ([`RedisStore`]) or the embedded reference model; the
-//! proxy never cares which. API keys kept in Redis are looked up here too, through a small
+//! proxy never cares which. Redis may also be still connecting (a gateway started forced
+//! off while Redis was down, see [`crate::store_connect`]): calls then fail as
+//! `unavailable` until the background connection fills the slot. API keys kept in Redis are looked up here too, through a small
 //! cache so a known key costs no round trip.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use creditgate_protocol::{CreditStore, RedisStore, StoreError};
 
 use crate::breaker::CircuitBreaker;
 use crate::metrics::Metrics;
+use crate::store_connect::{NotConnected, RedisSlot, unavailable};
 
 /// How long a key found in Redis is trusted without asking again, in milliseconds, unless
 /// `run --api-key-cache-ttl-ms` says otherwise: a revoked key stops working within this
@@ -70,8 +73,10 @@ struct CachedKey {
 
 /// The credit store with breaker, timeouts and metrics.
 pub struct StoreClient {
-    store: Arc<dyn CreditStore>,
-    redis: Option<Arc<RedisStore>>,
+    /// The in-process store, when running without Redis.
+    embedded: Option<Arc<dyn CreditStore>>,
+    /// Redis once connected (empty while connecting, and always on the embedded store).
+    redis: RedisSlot,
     breaker: CircuitBreaker,
     metrics: Arc<Metrics>,
     keys: RwLock<HashMap<[u8; 32], CachedKey>>,
@@ -81,9 +86,15 @@ pub struct StoreClient {
 impl StoreClient {
     /// A client on Redis.
     pub fn redis(store: Arc<RedisStore>, metrics: Arc<Metrics>) -> Self {
+        Self::connecting(Arc::new(OnceLock::from(store)), metrics)
+    }
+
+    /// A client on a Redis that is still being connected in the background: its calls
+    /// fail as `unavailable` until `slot` is filled.
+    pub fn connecting(slot: RedisSlot, metrics: Arc<Metrics>) -> Self {
         Self {
-            store: store.clone(),
-            redis: Some(store),
+            embedded: None,
+            redis: slot,
             breaker: CircuitBreaker::default(),
             metrics,
             keys: RwLock::new(HashMap::new()),
@@ -94,8 +105,8 @@ impl StoreClient {
     /// A client on an in-process store (the embedded default).
     pub fn embedded(store: Arc<dyn CreditStore>, metrics: Arc<Metrics>) -> Self {
         Self {
-            store,
-            redis: None,
+            embedded: Some(store),
+            redis: Arc::new(OnceLock::new()),
             breaker: CircuitBreaker::default(),
             metrics,
             keys: RwLock::new(HashMap::new()),
@@ -112,18 +123,28 @@ impl StoreClient {
     }
 
     /// The store, for calls through [`StoreClient::call`].
+    /// A stand-in that fails every call while Redis is not connected yet.
     pub fn store(&self) -> &dyn CreditStore {
-        self.store.as_ref()
+        match (&self.embedded, self.redis.get()) {
+            (Some(embedded), _) => embedded.as_ref(),
+            (None, Some(redis)) => redis.as_ref(),
+            (None, None) => &NotConnected,
+        }
     }
 
-    /// The Redis store, unless running on the embedded one.
+    /// The Redis store, once connected; `None` on the embedded store.
     pub fn redis_store(&self) -> Option<Arc<RedisStore>> {
-        self.redis.clone()
+        self.redis.get().cloned()
+    }
+
+    /// Where the Redis store appears once connected; `None` on the embedded store.
+    pub fn redis_slot(&self) -> Option<RedisSlot> {
+        self.embedded.is_none().then(|| self.redis.clone())
     }
 
     /// True when running on the embedded store.
     pub fn is_embedded(&self) -> bool {
-        self.redis.is_none()
+        self.embedded.is_some()
     }
 
     /// Runs one store call under the breaker and a timeout, recording latency and errors.
@@ -133,6 +154,13 @@ impl StoreClient {
         timeout_ms: u64,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreFailure> {
+        if self.embedded.is_none() && self.redis.get().is_none() {
+            // Not connected yet: fails at once without touching the breaker, so the calls
+            // made before the background connection succeeds do not hold the circuit open
+            // after it (the breaker is for a store that is slow or failing, not absent).
+            self.metrics.store_error(op, "unavailable");
+            return Err(StoreFailure::Store(unavailable(op)));
+        }
         if !self.breaker.allow() {
             self.metrics.store_error(op, "circuit_open");
             return Err(StoreFailure::CircuitOpen);
@@ -173,9 +201,9 @@ impl StoreClient {
         hash: &[u8; 32],
         timeout_ms: u64,
     ) -> Result<Option<String>, StoreFailure> {
-        let Some(redis) = &self.redis else {
+        if self.is_embedded() {
             return Ok(None);
-        };
+        }
         let now = Instant::now();
         let cached = self
             .keys
@@ -189,10 +217,17 @@ impl StoreClient {
             return Ok(c.customer.clone());
         }
         let hex = hex::encode(hash);
-        match self
-            .call("api_key", timeout_ms, redis.api_key_customer(&hex))
-            .await
-        {
+        let answer = match self.redis.get() {
+            Some(redis) => {
+                self.call("api_key", timeout_ms, redis.api_key_customer(&hex))
+                    .await
+            }
+            None => {
+                self.metrics.store_error("api_key", "unavailable");
+                Err(StoreFailure::Store(unavailable("api_key")))
+            }
+        };
+        match answer {
             Ok(customer) => {
                 let ttl = if customer.is_some() {
                     self.key_hit_ttl_ms
@@ -224,8 +259,11 @@ impl StoreClient {
 
     /// Whether the store answers now (for `/readyz`).
     pub async fn ready(&self, timeout_ms: u64) -> bool {
-        match &self.redis {
-            None => true,
+        if self.is_embedded() {
+            return true;
+        }
+        match self.redis.get() {
+            None => false,
             Some(redis) => matches!(
                 tokio::time::timeout(Duration::from_millis(timeout_ms), redis.ping()).await,
                 Ok(Ok(()))

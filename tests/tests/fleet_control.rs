@@ -2,7 +2,8 @@
 //! publishing the pricing config from a ConfigMap-style directory (symlink swaps), two
 //! gateways following it. Covers price changes under load, refused invalid edits, mode
 //! flips through the admin API and the CLI (timed), the rollout share, the local kill
-//! switch with Redis down, grandfathered prices, the fleet list and a gateway watching its
+//! switch with Redis down (including a gateway started under it without Redis, which
+//! meters through Redis once the file is removed), grandfathered prices, the fleet list and a gateway watching its
 //! own file. The control API is the admin listener's, behind bearer tokens: the test
 //! creates an `admin` token (`sre`) and a `readonly` one (`watcher`) with the real CLI.
 //!
@@ -936,4 +937,89 @@ fn measure_flip_latency() {
         took[took.len() - 1]
     );
     assert!(took[took.len() - 1] < PROPAGATION_GOAL);
+}
+
+#[test]
+fn a_gateway_started_under_the_kill_switch_file_with_redis_down_meters_through_redis_once_it_is_removed()
+ {
+    let mut fleet = Fleet::start(5);
+    fleet.redis.stop();
+    let flag_dir = tempfile::tempdir().expect("temp dir");
+    let recovering_flag = flag_dir.path().join("off-recovering");
+    let outage_flag = flag_dir.path().join("off-outage");
+    std::fs::write(&recovering_flag, "incident 43\n").expect("flag");
+    std::fs::write(&outage_flag, "incident 43\n").expect("flag");
+    // Both start although Redis is down, because their kill switch file exists…
+    let recovering = fleet.start_gateway(
+        vec![
+            "--kill-switch-file".into(),
+            recovering_flag.display().to_string(),
+        ],
+        Vec::new(),
+    );
+    let outage = fleet.start_gateway(
+        vec![
+            "--kill-switch-file".into(),
+            outage_flag.display().to_string(),
+        ],
+        Vec::new(),
+    );
+    // …and pass traffic through with no charge.
+    for gateway in [&recovering, &outage] {
+        assert_eq!(fleet.observed_mode(gateway, "early"), "off");
+        assert_eq!(gateway.metric("creditgate_mode_forced_off", &[]), 1.0);
+    }
+    // The file removed while Redis is still down: an ordinary store outage, so the
+    // fail-closed route refuses.
+    std::fs::remove_file(&outage_flag).expect("remove flag");
+    wait_for("the fail-closed route to refuse without Redis", || {
+        fleet.search(&outage, "early").status == 503
+    });
+    wait_for("the metrics to show the kill switch released", || {
+        outage.metric("creditgate_mode_forced_off", &[]) == 0.0
+    });
+    // Redis back with credits, then the file removed: the gateway started without Redis
+    // now enforces and charges through it, without a restart.
+    fleet.redis.restart().expect("redis restart");
+    let credits = Credits::connect(&fleet.redis.url()).expect("credits");
+    credits.grant("early", 100).expect("grant");
+    assert_eq!(
+        fleet.observed_mode(&recovering, "early"),
+        "off",
+        "still killed"
+    );
+    assert_eq!(credits.balance("early").expect("balance").0, 100);
+    std::fs::remove_file(&recovering_flag).expect("remove flag");
+    let started = Instant::now();
+    let reply = loop {
+        let reply = fleet.search(&recovering, "early");
+        if reply.status == 200 && reply.header("x-credits-charged").is_some() {
+            break reply;
+        }
+        assert!(
+            started.elapsed() < PROPAGATION_GOAL,
+            "not metering {:?} after the flag was removed: {} {:?} {}\n{}",
+            started.elapsed(),
+            reply.status,
+            reply.header("x-credits-charged"),
+            reply.body,
+            recovering
+                .log_tail(400)
+                .lines()
+                .filter(|l| !l.contains("circuit open"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!(
+        "metering through Redis {:?} after the flag was removed",
+        started.elapsed()
+    );
+    assert_eq!(charged(&reply), 5);
+    credits
+        .wait_for_balance("early", (95, 0))
+        .expect("the charge lands in Redis");
+    // Enforced, not shadowed: a customer without credits is refused.
+    assert_eq!(fleet.observed_mode(&recovering, "broke"), "enforce");
 }
