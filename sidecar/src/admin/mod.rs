@@ -14,6 +14,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod customers;
+pub mod day_limit;
 pub mod db;
 pub mod error;
 pub mod fields;
