@@ -139,6 +139,8 @@ struct Harness {
     rt: tokio::runtime::Runtime,
     client: reqwest::blocking::Client,
     redis: RedisServer,
+    /// The ledger the sidecar writes.
+    target: LedgerTarget,
     _pg: Option<Arc<Postgres>>,
     _dir: TempDir,
 }
@@ -219,11 +221,48 @@ impl Harness {
             rt,
             client: http_client(),
             redis,
+            target,
             _pg: pg,
             _dir: dir,
         };
         h.wait_for_admin();
         h
+    }
+
+    /// Another sidecar on the same ledger, Redis, operations and pricing files, and the
+    /// base URL of its admin API (up when this returns).
+    fn second_sidecar(&self) -> (Sidecar, String) {
+        let admin_port = free_port();
+        let mut options = SidecarOptions::new(self.redis.url(), self.target.clone());
+        options.extra_args = vec![
+            "--admin-listen".into(),
+            format!("127.0.0.1:{admin_port}"),
+            "--operations".into(),
+            self._dir
+                .path()
+                .join("operations.toml")
+                .display()
+                .to_string(),
+            "--config".into(),
+            self._dir.path().join("pricing.toml").display().to_string(),
+        ];
+        let sidecar = Sidecar::start(options).expect("second sidecar starts");
+        let url = format!("http://127.0.0.1:{admin_port}");
+        let started = Instant::now();
+        while self
+            .client
+            .get(format!("{url}/v1/admin/whoami"))
+            .send()
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < WAIT,
+                "second admin API not up; log:\n{}",
+                sidecar.log_tail(30)
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        (sidecar, url)
     }
 
     fn wait_for_admin(&self) {
@@ -895,6 +934,74 @@ fn support_over_its_limit_waits_for_a_second_person(backend: Backend) {
     assert_eq!(g.actor, "support");
     assert_eq!(g.source, GrantSource::Goodwill);
     assert!(g.reason.starts_with("outage: ticket 4711"), "{}", g.reason);
+}
+
+#[test]
+fn the_support_day_limit_holds_across_two_sidecars_on_one_postgres_ledger() {
+    // Several support people (the limit is per actor and day), each sending grants that
+    // together exceed the day's limit to both sidecars at once: one round per person, so
+    // that a race between the sidecars would show in at least one round.
+    const ACTORS: usize = 6;
+    const GRANTS_EACH: usize = 10;
+    const AMOUNT: u64 = 100;
+    const PER_DAY_MAX: u64 = 1_500;
+    const ALLOWED: u64 = PER_DAY_MAX / AMOUNT;
+    let h = Harness::start(Backend::Postgres);
+    h.create_customer("acme", None);
+    let (second, second_url) = h.second_sidecar();
+    let bases = [h.admin_url.clone(), second_url];
+    for n in 0..ACTORS {
+        let actor = format!("support-{n}");
+        let token = create_token(&h.target, h._dir.path().to_path_buf(), &actor, "support");
+        let barrier = Barrier::new(2 * GRANTS_EACH);
+        let answers: Vec<Answer> = thread::scope(|scope| {
+            let calls: Vec<_> = (0..2 * GRANTS_EACH)
+                .map(|i| {
+                    let (h, token, barrier, base) = (&h, &token, &barrier, &bases[i % 2]);
+                    scope.spawn(move || {
+                        let request = h
+                            .client
+                            .post(format!("{base}/v1/admin/customers/acme/grants"))
+                            .bearer_auth(token)
+                            .header("Idempotency-Key", key())
+                            .header("content-type", "application/json")
+                            .body(
+                                json!({"source": "goodwill", "credit_type": "api",
+                                       "amount": AMOUNT, "reason_code": "outage"})
+                                .to_string(),
+                            );
+                        barrier.wait();
+                        let resp = request.send().expect("POST grant");
+                        Answer {
+                            status: resp.status().as_u16(),
+                            body: resp.text().expect("body"),
+                        }
+                    })
+                })
+                .collect();
+            calls
+                .into_iter()
+                .map(|c| c.join().expect("caller"))
+                .collect()
+        });
+        let granted = answers.iter().filter(|a| a.status == 201).count() as u64;
+        let pending = answers.iter().filter(|a| a.status == 202).count() as u64;
+        assert_eq!(
+            (granted, pending),
+            (ALLOWED, 2 * GRANTS_EACH as u64 - ALLOWED),
+            "{actor}: {answers:?}\n{}",
+            second.log_tail(20)
+        );
+    }
+    let actors = ACTORS as u64;
+    h.wait_available("acme", "api", (actors * PER_DAY_MAX) as i64);
+    assert_eq!(h.grants_of("acme").len() as u64, actors * ALLOWED);
+    let approvals = h.get("readonly", "/v1/admin/grant-approvals").json();
+    assert_eq!(
+        approvals["approvals"].as_array().map(Vec::len),
+        Some((actors * (2 * GRANTS_EACH as u64 - ALLOWED)) as usize),
+        "{approvals}"
+    );
 }
 
 fn fifty_concurrent_purchases_with_one_key_grant_once(backend: Backend) {

@@ -65,7 +65,7 @@ struct EventStack {
     /// Token by name (= role).
     tokens: std::collections::BTreeMap<&'static str, String>,
     _dir: tempfile::TempDir,
-    _redis: RedisServer,
+    redis: RedisServer,
 }
 
 impl EventStack {
@@ -98,7 +98,7 @@ impl EventStack {
             admin_url,
             tokens,
             _dir: dir,
-            _redis: redis,
+            redis,
         };
         // The admin listener starts just after the sidecar is ready.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -133,6 +133,39 @@ impl EventStack {
                 .expect("config versions");
             if versions.len() >= n || Instant::now() > deadline {
                 return versions;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The ledger's burns (`hold_posted`) of `customer`, waiting until there are `n`.
+    fn wait_burns(&self, customer: &str, n: usize) -> Vec<(i64, String)> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let ledger = runtime
+            .block_on(SqliteLedger::open(&self.ledger_path))
+            .expect("ledger");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let entries = runtime
+                .block_on(ledger.entries(&EntryQuery {
+                    customer: Some(customer.into()),
+                    kinds: vec![EntryKind::HoldPosted],
+                    ..EntryQuery::default()
+                }))
+                .expect("entries");
+            if entries.len() >= n || Instant::now() > deadline {
+                return entries
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.entry.amount,
+                            e.entry.pricing_version.clone().unwrap_or_default(),
+                        )
+                    })
+                    .collect();
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -510,4 +543,110 @@ fn an_event_is_priced_by_the_version_in_force_at_its_event_time() {
             (after_change, -NEW_PRICE, v2.version_label.clone())
         ]
     );
+}
+
+#[test]
+fn a_cohort_pinned_customer_burns_at_the_cohort_price_under_the_cohort_version() {
+    const COHORT_PRICE: i64 = 1;
+    const EARLY: &str = "early-bird";
+    let stack = EventStack::start();
+    let cohort = format!(
+        r#"
+[cohorts.launch_2025]
+description = "customers who signed before the price change"
+costs = {{ export = {{ kind = "fixed", amount = {COHORT_PRICE} }} }}
+customers = ["{EARLY}"]
+"#
+    );
+    std::fs::write(
+        &stack.config_path,
+        pricing_config(EXPORT_PRICE + 1) + &cohort,
+    )
+    .expect("edit the config");
+    let versions = stack.wait_recorded_versions(2);
+    assert_eq!(versions.len(), 2, "{}", stack.sidecar.log_tail(20));
+    let label = versions[1].version_label.clone();
+    stack.credits.grant(EARLY, GRANTED as u64).expect("grant");
+    stack.credits.grant(ALICE, GRANTED as u64).expect("grant");
+    std::thread::sleep(Duration::from_millis(5));
+    let at = now_ms();
+    let mut early = event("pinned-1", at);
+    early["customer"] = json!(EARLY);
+    let (status, answer) = stack.post(&json!({"events": [early, event("new-1", at)]}));
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().expect("results");
+    let pinned = format!("{label}@launch_2025");
+    assert_eq!(
+        (
+            results[0]["amount"].as_i64(),
+            results[0]["pricing_version"].as_str()
+        ),
+        (Some(COHORT_PRICE), Some(pinned.as_str())),
+        "{answer}"
+    );
+    assert_eq!(
+        (
+            results[1]["amount"].as_i64(),
+            results[1]["pricing_version"].as_str()
+        ),
+        (Some(EXPORT_PRICE + 1), Some(label.as_str())),
+        "{answer}"
+    );
+    // The ledger's burns record the same versions as the gateway's would.
+    assert_eq!(stack.wait_burns(EARLY, 1), [(-COHORT_PRICE, pinned)]);
+    assert_eq!(stack.wait_burns(ALICE, 1), [(-(EXPORT_PRICE + 1), label)]);
+}
+
+#[test]
+fn with_redis_down_each_event_is_rejected_by_its_indexed_key_and_a_retry_burns_once() {
+    let mut stack = EventStack::start();
+    let at = now_ms();
+    let batch = json!({"events": [event("down-0", at), event("down-1", at + 1)]});
+    stack.redis.stop();
+    let (status, answer) = stack.post(&batch);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["rejected"], 2, "{answer}");
+    for (i, result) in answer["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(result["status"], "rejected", "{answer}");
+        assert_eq!(
+            result["error"]["field"],
+            format!("events[{i}].idempotency_key"),
+            "{answer}"
+        );
+        let message = result["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains("retry the event"), "{message}");
+    }
+    // Redis back (empty): the product retries the same batch; each event burns once.
+    stack.redis.restart().expect("redis restart");
+    let credits = Credits::connect(&stack.redis.url()).expect("credits");
+    credits.grant(ALICE, GRANTED as u64).expect("grant");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let (status, answer) = stack.post(&batch);
+        assert_eq!(status, 200, "{answer}");
+        if answer["rejected"] == 0 || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(answer["burned"], 2, "{answer}");
+    let (_, again) = stack.post(&batch);
+    assert_eq!(
+        (again["burned"].clone(), again["duplicates"].clone()),
+        (json!(0), json!(2)),
+        "{again}"
+    );
+    assert_eq!(
+        credits.balance(ALICE).expect("balance"),
+        (GRANTED - 2 * EXPORT_PRICE, 0)
+    );
+    let burns = stack.wait_burns(ALICE, 2);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(burns.len(), 2, "{burns:?}");
+    assert_eq!(stack.wait_burns(ALICE, 3).len(), 2, "nothing burned twice");
 }

@@ -14,12 +14,13 @@ use serde_json::json;
 use super::AdminState;
 use super::auth::{Caller, Role};
 use super::customers::plan_of;
+use super::day_limit::DayLock;
 use super::db::{exec, fetch};
 use super::error::ApiError;
 use super::fields::Body;
 use super::idempotency::{Reply, reply};
 use crate::ledger::{Adjustment, GrantRecord, NewEntry, now_ms};
-use crate::operations::PURCHASE_REASON_CODE;
+use crate::operations::{PURCHASE_REASON_CODE, RoleLimit};
 use crate::outbox::{Issued, OutboxError, issue_grant};
 use crate::reconcile::{Rebuilt, rebuild_customer};
 
@@ -338,17 +339,44 @@ pub async fn grant(
             let granted = issue(st, &params, &caller.name, None, false).await?;
             return Ok(reply(StatusCode::CREATED, &granted));
         };
+        // One check-and-record at a time per actor and day: within this sidecar (the
+        // mutex, which also keeps it to one pooled connection holding a lock) and across
+        // sidecars sharing a Postgres ledger (an advisory lock held until the grant or
+        // approval request is recorded).
         let _guard = st.limit_lock.lock().await;
-        let today = granted_today(st, &caller.name, now).await?;
-        let over = params.amount > limit.per_grant_max
-            || today.saturating_add(params.amount) > limit.per_day_max;
-        if !over {
-            let granted = issue(st, &params, &caller.name, None, true).await?;
-            return Ok(reply(StatusCode::CREATED, &granted));
-        }
-        let request_id = format!("a-{call_id}");
-        let grant_json = serde_json::to_string(&params).map_err(unavailable)?;
-        exec!(
+        let lock = DayLock::acquire(&st.db, &caller.name, now / DAY_MS)
+            .await
+            .map_err(unavailable)?;
+        let outcome = within_limit(st, caller, customer, &params, &limit, now, call_id).await;
+        let released = lock.release().await;
+        let reply = outcome?;
+        released.map_err(unavailable)?;
+        Ok(reply)
+    })
+    .await
+}
+
+/// Checks the caller's limit and grants at once or records an approval request; called
+/// with the actor's day lock held.
+async fn within_limit(
+    st: &AdminState,
+    caller: &Caller,
+    customer: &str,
+    params: &GrantParams,
+    limit: &RoleLimit,
+    now: u64,
+    call_id: &str,
+) -> Result<Reply, ApiError> {
+    let today = granted_today(st, &caller.name, now).await?;
+    let over = params.amount > limit.per_grant_max
+        || today.saturating_add(params.amount) > limit.per_day_max;
+    if !over {
+        let granted = issue(st, params, &caller.name, None, true).await?;
+        return Ok(reply(StatusCode::CREATED, &granted));
+    }
+    let request_id = format!("a-{call_id}");
+    let grant_json = serde_json::to_string(params).map_err(unavailable)?;
+    exec!(
             &st.db,
             "INSERT INTO grant_approvals (request_id, customer, amount, grant_json, requested_by, \
              requested_at_ms, state) VALUES ($1, $2, $3, $4, $5, $6, 'pending') ON CONFLICT DO NOTHING",
@@ -360,21 +388,19 @@ pub async fn grant(
             now as i64,
         )
         .map_err(unavailable)?;
-        Ok(reply(
-            StatusCode::ACCEPTED,
-            &json!({
-                "status": "pending_approval",
-                "request_id": request_id,
-                "grant_id": params.grant_id,
-                "requested_by": caller.name,
-                "message": format!(
-                    "over the {} limit ({} per grant, {} per day; {} granted today): an admin must approve it",
-                    caller.role.as_str(), limit.per_grant_max, limit.per_day_max, today
-                ),
-            }),
-        ))
-    })
-    .await
+    Ok(reply(
+        StatusCode::ACCEPTED,
+        &json!({
+            "status": "pending_approval",
+            "request_id": request_id,
+            "grant_id": params.grant_id,
+            "requested_by": caller.name,
+            "message": format!(
+                "over the {} limit ({} per grant, {} per day; {} granted today): an admin must approve it",
+                caller.role.as_str(), limit.per_grant_max, limit.per_day_max, today
+            ),
+        }),
+    ))
 }
 
 /// `POST /v1/admin/grant-approvals/{request_id}/approve`: a second person grants it.

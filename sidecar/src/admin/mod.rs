@@ -14,6 +14,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod customers;
+pub mod day_limit;
 pub mod db;
 pub mod error;
 pub mod fields;
@@ -57,7 +58,8 @@ pub struct AdminState {
     /// The operations settings.
     pub ops: Arc<Operations>,
     /// Held while a limited grant checks its role's daily total and is recorded, so two
-    /// concurrent grants of one sidecar cannot both pass the limit.
+    /// concurrent grants of one sidecar cannot both pass the limit (across sidecars, the
+    /// [`day_limit`] lock does that on Postgres).
     pub limit_lock: tokio::sync::Mutex<()>,
     /// The admin API's metrics, served on the sidecar's `/metrics`.
     pub metrics: AdminMetrics,

@@ -245,6 +245,9 @@ pub struct Priced {
     pub amount: u64,
     /// The customer's overdraft for that credit type.
     pub overdraft: u64,
+    /// The pricing version recorded with the burn, as the gateway records it:
+    /// `<label>@<cohort>` when a grandfathered cohort's pinned price applied.
+    pub pricing_version: String,
 }
 
 /// Prices `event` as the gateway would price `quantity` units of its feature:
@@ -300,6 +303,7 @@ pub fn price(
         credit_type: cost.credit_type.name.clone(),
         amount,
         overdraft: cost.overdraft,
+        pricing_version: config.pricing_version_of(&cost),
     })
 }
 

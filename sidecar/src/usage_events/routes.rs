@@ -116,7 +116,7 @@ pub async fn ingest(s: &Sidecar, body: &Bytes) -> Response {
                     .at(event.occurred_at_ms)
                     .unwrap_or_else(|| current.clone());
                 match price(&config, index, &event) {
-                    Ok(priced) => burn(s, &event, &priced, &config.version_label()).await,
+                    Ok(priced) => burn(s, index, &event, &priced).await,
                     Err(rejection) => Err(rejection),
                 }
             }
@@ -169,10 +169,12 @@ pub async fn ingest(s: &Sidecar, body: &Bytes) -> Response {
 /// than dropping usage that already happened), then settle the same amount.
 async fn burn(
     s: &Sidecar,
+    index: usize,
     event: &UsageEvent,
     priced: &Priced,
-    version: &str,
 ) -> Result<Value, Rejection> {
+    let version = priced.pricing_version.as_str();
+    let field = || format!("events[{index}].idempotency_key");
     let hold_id = hold_id(&event.customer, &event.idempotency_key);
     // Ledger first, as for grants: once recorded, a crash before the burn loses nothing
     // (the product's retry finds the record and burns once).
@@ -195,7 +197,7 @@ async fn burn(
     if let Err(e) = s.ledger.record_usage_event(&record).await {
         warn!(customer = %event.customer, key = %event.idempotency_key, error = %e, "usage event not recorded");
         return Err(Rejection {
-            field: "idempotency_key".into(),
+            field: field(),
             message: format!("the ledger failed ({e}); retry the event, it burns once"),
             reason: RejectReason::Unavailable,
         });
@@ -203,7 +205,7 @@ async fn burn(
     let store_error = |e: &dyn std::fmt::Display| {
         warn!(customer = %event.customer, key = %event.idempotency_key, error = %e, "usage event not burned");
         Rejection {
-            field: "idempotency_key".into(),
+            field: field(),
             message: format!("the credit store failed ({e}); retry the event, it burns once"),
             reason: RejectReason::Unavailable,
         }
@@ -239,7 +241,7 @@ async fn burn(
             ..
         }) => {
             return Err(Rejection {
-                field: "idempotency_key".into(),
+                field: field(),
                 message: format!(
                     "already used for another event of this customer ({first_amount} \
                      {first_credit_type}); idempotency keys must be unique per event"
