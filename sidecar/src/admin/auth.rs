@@ -208,19 +208,27 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let auth = AuthState::from_ref(state);
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let caller = auth.authenticate(ip, header).await?;
+        let caller = authenticate_request(&auth, &parts.extensions, &parts.headers).await?;
         parts.extensions.insert(caller.clone());
         Ok(caller)
     }
+}
+
+/// Authenticates a request by its `Authorization` header, rate-limited by the peer address
+/// (unspecified when the listener did not record it).
+async fn authenticate_request(
+    auth: &AuthState,
+    extensions: &axum::http::Extensions,
+    headers: &axum::http::HeaderMap,
+) -> Result<Caller, ApiError> {
+    let ip = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    auth.authenticate(ip, header).await
 }
 
 /// Puts every route of `router` behind a token with one of `roles`: the same check, rate
@@ -247,16 +255,7 @@ async fn role_gate(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let ip = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let header = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let caller = match auth.authenticate(ip, header).await {
+    let caller = match authenticate_request(&auth, request.extensions(), request.headers()).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
