@@ -3,7 +3,7 @@
 //! gateway matches requests against.
 //!
 //! This crate does no network I/O and keeps no global state; loading a file is the only I/O.
-//! See `config/README.md` for the file format.
+//! See `docs/configuration.md` for the file format.
 
 mod config;
 mod cost;

@@ -6,7 +6,7 @@
 //! [`PostgresLedger`] (production, several sidecars at once). Entries are only ever
 //! inserted: no code path here updates or deletes one, and the schema's triggers refuse
 //! it. This module stores and reads; it must not talk to Redis, read streams or decide
-//! when to retry a delivery (the writer, outbox and reconciler do). See `LEDGER.md`.
+//! when to retry a delivery (the writer, outbox and reconciler do). See `docs/ledger.md`.
 
 mod chain;
 mod common;
