@@ -21,6 +21,7 @@ use creditgate_config::{
     CostRule, DEFAULT_UPSTREAM, Mode, PricingConfig, RequestValues, Route, Unmatched,
     UpstreamErrorPolicy, query_param,
 };
+use creditgate_protocol::meter::{GATEWAY_IDEMPOTENT_PREFIX, idempotent_hold_id};
 use creditgate_protocol::{
     DEFAULT_RETAIN_MS, HoldRef, HoldState, ReserveOutcome, ReserveRequest, ResolveOutcome,
     SettleRequest,
@@ -28,7 +29,6 @@ use creditgate_protocol::{
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
-use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
 use crate::control::FleetControl;
@@ -173,14 +173,7 @@ fn host_of(req: &RequestHeader) -> Option<&str> {
 /// that a retry finds the first attempt's hold.
 fn base_hold_id(customer: &str, idempotency_key: Option<&str>, request_id: &str) -> String {
     match idempotency_key {
-        Some(key) => {
-            let digest = Sha256::new()
-                .chain_update(customer.as_bytes())
-                .chain_update([0u8])
-                .chain_update(key.as_bytes())
-                .finalize();
-            format!("idem-{}", &hex::encode(digest)[..40])
-        }
+        Some(key) => idempotent_hold_id(GATEWAY_IDEMPOTENT_PREFIX, customer, key),
         None => format!("h-{request_id}"),
     }
 }

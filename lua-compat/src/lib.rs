@@ -9,6 +9,7 @@
 pub mod control;
 pub mod event;
 pub mod keys;
+pub mod meter;
 pub mod model;
 pub mod redis_store;
 pub mod scripts;
