@@ -21,8 +21,9 @@ pub use cost::{CostRule, RequestValues, UnitSource, UnitsValue, query_param};
 pub use error::{ConfigError, ConfigErrors};
 pub use limits::*;
 pub use model::{
-    ApiKey, Billing, Cohort, CreditType, Customer, Defaults, EmbeddedGrant, FailurePolicy, Feature,
-    Identity, Method, Mode, Overdraft, Plan, Unmatched, Upstream, UpstreamErrorPolicy,
+    ApiKey, Billing, Cohort, CreditType, Customer, DEFAULT_FAILURE_POLICY, DEFAULT_MODE,
+    DEFAULT_UNMATCHED, DEFAULT_UPSTREAM_ERROR_POLICY, Defaults, EmbeddedGrant, FailurePolicy,
+    Feature, Identity, Method, Mode, Overdraft, Plan, Unmatched, Upstream, UpstreamErrorPolicy,
 };
 pub use pattern::{PathPattern, Segment, path_segments};
 pub use route_table::{Route, RouteMatch, RouteTable};

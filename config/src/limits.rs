@@ -1,30 +1,24 @@
-//! Every default and every limit of the pricing config, as typed constants with the reason
-//! for each value.
+//! Every limit and every numeric or textual default of the pricing config, as typed constants
+//! with the reason for each value. The defaults that name a model enum (mode, failure policy,
+//! unmatched requests, upstream errors) live beside their enums in `model`.
 //!
-//! Validation and the docs read these; nothing else should hard-code a number.
-
-use crate::model::{FailurePolicy, Mode, Unmatched, UpstreamErrorPolicy};
+//! Validation and the docs read these; nothing else should hard-code a number. This module
+//! imports nothing from the crate, so every other module may depend on it.
 
 /// The largest amount (in a credit type's smallest unit) the config may hold: 2^53 - 1.
 ///
 /// Redis runs the credit scripts in Lua, whose numbers are IEEE doubles; every integer up to
 /// 2^53 - 1 is exact there, and anything above may silently round. Costs, caps, estimates
-/// and overdrafts are all bounded by this.
-pub const MAX_AMOUNT: u64 = (1 << 53) - 1;
+/// and overdrafts are all bounded by this. The bound belongs to the store's protocol, which
+/// defines it once; the config re-exports it so that no file can hold more than a script
+/// accepts.
+pub use creditgate_protocol::MAX_AMOUNT;
 
 /// The largest `scale` of a credit type: 12 decimal places (pico-credits).
 ///
 /// With 12 places one displayed credit is 10^12 stored units, which still leaves
 /// `MAX_AMOUNT / 10^12` ≈ 9 007 whole credits per amount; more places would leave too few.
 pub const MAX_SCALE: u32 = 12;
-
-/// The default mode: `enforce`, because a pricing config is meant to price; rolling out in
-/// `shadow` first is an explicit choice written in the file.
-pub const DEFAULT_MODE: Mode = Mode::Enforce;
-
-/// The default store failure policy: `fail_closed`, because failing open gives away paid
-/// usage; routes where availability matters more say `fail_open` explicitly.
-pub const DEFAULT_FAILURE_POLICY: FailurePolicy = FailurePolicy::FailClosed;
 
 /// The default store (Redis) timeout in milliseconds: 50 ms.
 ///
@@ -36,10 +30,6 @@ pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 50;
 /// The largest store timeout in milliseconds: 10 s. A store that needs longer is down, and
 /// every request would wait that long before the failure policy applies.
 pub const MAX_STORE_TIMEOUT_MS: u64 = 10_000;
-
-/// What the gateway does with a request no route matches: `not_found`, because passing
-/// unknown paths through would let a new upstream endpoint be used for free.
-pub const DEFAULT_UNMATCHED: Unmatched = Unmatched::NotFound;
 
 /// How long a hold (reservation) lives before the sweeper may expire it, in milliseconds:
 /// 5 minutes, longer than nearly every API call including long LLM generations, short enough
@@ -92,11 +82,6 @@ pub const MAX_ROUTE_NAME_LEN: usize = 256;
 
 /// The longest host name in bytes: 253, the DNS limit.
 pub const MAX_HOST_LEN: usize = 253;
-
-/// What a route does with the hold when its upstream failed (connect error or 5xx): `void`,
-/// because a customer should not pay for a call that did not work; upstreams whose failures
-/// still cost money say `settle` on their routes.
-pub const DEFAULT_UPSTREAM_ERROR_POLICY: UpstreamErrorPolicy = UpstreamErrorPolicy::Void;
 
 /// The header carrying the API key: `authorization`, where HTTP clients and SDKs already put
 /// credentials (and which proxies and logs already treat as secret).

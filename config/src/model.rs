@@ -33,6 +33,10 @@ impl Mode {
     }
 }
 
+/// The default mode: `enforce`, because a pricing config is meant to price; rolling out in
+/// `shadow` first is an explicit choice written in the file.
+pub const DEFAULT_MODE: Mode = Mode::Enforce;
+
 /// What the gateway does when the store (Redis) fails or times out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,6 +57,10 @@ impl FailurePolicy {
     }
 }
 
+/// The default store failure policy: `fail_closed`, because failing open gives away paid
+/// usage; routes where availability matters more say `fail_open` explicitly.
+pub const DEFAULT_FAILURE_POLICY: FailurePolicy = FailurePolicy::FailClosed;
+
 /// What the gateway does with a request that no route matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -72,6 +80,10 @@ impl Unmatched {
         }
     }
 }
+
+/// What the gateway does with a request no route matches: `not_found`, because passing
+/// unknown paths through would let a new upstream endpoint be used for free.
+pub const DEFAULT_UNMATCHED: Unmatched = Unmatched::NotFound;
 
 /// What the gateway does with a request's hold when the upstream failed: it could not be
 /// reached, or it answered a 5xx.
@@ -94,6 +106,11 @@ impl UpstreamErrorPolicy {
         }
     }
 }
+
+/// What a route does with the hold when its upstream failed (connect error or 5xx): `void`,
+/// because a customer should not pay for a call that did not work; upstreams whose failures
+/// still cost money say `settle` on their routes.
+pub const DEFAULT_UPSTREAM_ERROR_POLICY: UpstreamErrorPolicy = UpstreamErrorPolicy::Void;
 
 /// The `[defaults]` table with every default applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
