@@ -1,11 +1,17 @@
 //! "Meter once": the pieces that make a metered request or usage event charge at most once,
-//! shared by the gateway and the sidecar so both derive the same ids the same way.
+//! shared by the gateway and the sidecar so both derive the same ids the same way, and the
+//! forced reserve-then-settle that posts usage which already happened.
 //!
-//! Pure functions only: nothing here talks to a store or reads a clock.
+//! The id derivation is pure. [`force_reserve_then_settle`] talks to a store only through
+//! the [`CreditStore`] trait, so it runs the same on Redis and on the reference model; it
+//! never reads a clock and knows nothing of HTTP or the ledger.
 
 use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
+
+use crate::store::{CreditStore, StoreError};
+use crate::types::{HoldState, ReserveOutcome, ReserveRequest, ResolveOutcome, SettleRequest};
 
 /// Prefix of the hold ids the gateway derives from a request's `Idempotency-Key`.
 pub const GATEWAY_IDEMPOTENT_PREFIX: &str = "idem";
@@ -37,9 +43,267 @@ pub fn idempotent_hold_id(prefix: &str, customer: &str, key: &str) -> String {
     id
 }
 
+/// What [`force_reserve_then_settle`] did with one usage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MeterOutcome {
+    /// This call posted the usage (or finished a first attempt that reserved but never
+    /// settled).
+    Posted {
+        /// Credits burned.
+        posted: u64,
+        /// Requested but neither held nor available within the overdraft limit.
+        shortfall: u64,
+        /// Live available credits after the post (negative in overdraft).
+        available_after: i64,
+        /// Whether the usage took the balance into overdraft or past its limit.
+        overdraft: bool,
+    },
+    /// An earlier call with the same hold id got there first; nothing changed.
+    Duplicate {
+        /// The state that earlier call left the hold in (posted, voided or expired).
+        first_state: HoldState,
+    },
+    /// The hold id was used for other usage of the customer (another credit type or
+    /// amount); nothing changed.
+    IdReused {
+        /// Credit type of the existing hold.
+        first_credit_type: String,
+        /// Amount of the existing hold.
+        first_amount: u64,
+    },
+}
+
+/// Why [`force_reserve_then_settle`] could not tell whether the usage is posted. Retrying
+/// with the same request is safe: it posts at most once.
+#[derive(Debug, thiserror::Error)]
+pub enum MeterError {
+    /// The store call failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store refused a forced reserve, which it never should.
+    #[error("a forced reserve was refused (available {available})")]
+    ForcedReserveRefused {
+        /// Live available credits the store reported.
+        available: i64,
+    },
+    /// The settle answered something other than posted (the hold was voided or expired
+    /// between the two calls).
+    #[error("settle answered {0:?}")]
+    UnexpectedSettle(ResolveOutcome),
+}
+
+/// Posts usage that already happened exactly once: a reserve forced past the balance (an
+/// empty balance goes into overdraft rather than dropping the usage), then a settle of the
+/// same amount.
+///
+/// `reserve.force` is set whatever the caller passed. The hold id makes it idempotent: a
+/// replay of a posted, voided or expired hold changes nothing and answers
+/// [`MeterOutcome::Duplicate`]; a first attempt that reserved but never settled (the caller
+/// stopped between the two calls) is settled now.
+pub async fn force_reserve_then_settle(
+    store: &dyn CreditStore,
+    reserve: &ReserveRequest,
+) -> Result<MeterOutcome, MeterError> {
+    let forced = ReserveRequest {
+        force: true,
+        ..reserve.clone()
+    };
+    let over_limit = match store.reserve(&forced).await? {
+        ReserveOutcome::Placed { hold, .. } => hold.over_limit,
+        ReserveOutcome::Replay { state, .. } if state != HoldState::Pending => {
+            return Ok(MeterOutcome::Duplicate { first_state: state });
+        }
+        // A first attempt reserved but never settled: finish it now.
+        ReserveOutcome::Replay { hold, .. } => hold.over_limit,
+        ReserveOutcome::Conflict {
+            first_credit_type,
+            first_amount,
+            ..
+        } => {
+            return Ok(MeterOutcome::IdReused {
+                first_credit_type,
+                first_amount,
+            });
+        }
+        ReserveOutcome::Insufficient { available, .. } => {
+            return Err(MeterError::ForcedReserveRefused { available });
+        }
+    };
+    let settle = SettleRequest {
+        customer: forced.customer,
+        hold_id: forced.hold_id,
+        actual: forced.amount,
+        overdraft_limit: forced.overdraft_limit,
+    };
+    match store.settle(&settle).await? {
+        ResolveOutcome::Posted {
+            posted,
+            shortfall,
+            available_after,
+            ..
+        } => Ok(MeterOutcome::Posted {
+            posted,
+            shortfall,
+            available_after,
+            overdraft: over_limit || available_after < 0,
+        }),
+        ResolveOutcome::AlreadyPosted { .. } => Ok(MeterOutcome::Duplicate {
+            first_state: HoldState::Posted,
+        }),
+        other => Err(MeterError::UnexpectedSettle(other)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::keys::Keyspace;
+    use crate::model::MemoryStore;
+    use crate::types::{GrantRequest, GrantSource, HoldRef};
+
+    fn usage(customer: &str, key: &str, amount: u64) -> ReserveRequest {
+        ReserveRequest {
+            customer: customer.into(),
+            hold_id: idempotent_hold_id(USAGE_EVENT_PREFIX, customer, key),
+            credit_type: "credits".into(),
+            amount,
+            ttl_ms: 60_000,
+            overdraft_limit: 0,
+            force: false,
+            request_id: format!("usage-event:{key}"),
+            route: "usage-events".into(),
+            feature: "export".into(),
+            retain_ms: 86_400_000,
+            pricing_version: "v1".into(),
+            occurred_at_ms: None,
+        }
+    }
+
+    async fn store_with_credits(customer: &str, amount: u64) -> MemoryStore {
+        let store = MemoryStore::new(Keyspace::default());
+        let grant = GrantRequest {
+            customer: customer.into(),
+            grant_id: "g1".into(),
+            credit_type: "credits".into(),
+            amount,
+            priority: 10,
+            expires_at_ms: None,
+            cost_basis: 0,
+            source: GrantSource::Promotion,
+            actor: "test".into(),
+            reason: "meter test".into(),
+        };
+        store.grant(&grant).await.expect("grant");
+        store
+    }
+
+    async fn available(store: &MemoryStore, customer: &str) -> i64 {
+        let balance = store.balance(customer).await.expect("balance");
+        balance.of("credits").map_or(0, |t| t.available)
+    }
+
+    #[tokio::test]
+    async fn a_replay_posts_once() {
+        let store = store_with_credits("acme", 100).await;
+        let req = usage("acme", "job-1", 30);
+        let first = force_reserve_then_settle(&store, &req)
+            .await
+            .expect("first");
+        assert_eq!(
+            first,
+            MeterOutcome::Posted {
+                posted: 30,
+                shortfall: 0,
+                available_after: 70,
+                overdraft: false
+            }
+        );
+        let replay = force_reserve_then_settle(&store, &req)
+            .await
+            .expect("replay");
+        assert_eq!(
+            replay,
+            MeterOutcome::Duplicate {
+                first_state: HoldState::Posted
+            }
+        );
+        assert_eq!(available(&store, "acme").await, 70);
+    }
+
+    #[tokio::test]
+    async fn an_empty_balance_goes_into_overdraft() {
+        let store = MemoryStore::new(Keyspace::default());
+        let outcome = force_reserve_then_settle(&store, &usage("acme", "job-1", 5))
+            .await
+            .expect("posted");
+        let MeterOutcome::Posted { overdraft, .. } = outcome else {
+            panic!("not posted: {outcome:?}");
+        };
+        assert!(overdraft, "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn a_first_attempt_that_only_reserved_is_settled() {
+        let store = store_with_credits("acme", 100).await;
+        let req = usage("acme", "job-1", 30);
+        let placed = store
+            .reserve(&ReserveRequest {
+                force: true,
+                ..req.clone()
+            })
+            .await
+            .expect("reserve");
+        assert!(
+            matches!(placed, ReserveOutcome::Placed { .. }),
+            "{placed:?}"
+        );
+        let outcome = force_reserve_then_settle(&store, &req)
+            .await
+            .expect("finish");
+        assert!(
+            matches!(outcome, MeterOutcome::Posted { posted: 30, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(available(&store, "acme").await, 70);
+    }
+
+    #[tokio::test]
+    async fn a_voided_first_attempt_is_a_duplicate_and_another_amount_a_reused_id() {
+        let store = store_with_credits("acme", 100).await;
+        let req = usage("acme", "job-1", 30);
+        store
+            .reserve(&ReserveRequest {
+                force: true,
+                ..req.clone()
+            })
+            .await
+            .expect("reserve");
+        let hold = HoldRef {
+            customer: "acme".into(),
+            hold_id: req.hold_id.clone(),
+        };
+        store.void(&hold).await.expect("void");
+        assert_eq!(
+            force_reserve_then_settle(&store, &req)
+                .await
+                .expect("replay"),
+            MeterOutcome::Duplicate {
+                first_state: HoldState::Voided
+            }
+        );
+        let other = usage("acme", "job-1", 31);
+        assert_eq!(
+            force_reserve_then_settle(&store, &other)
+                .await
+                .expect("reused"),
+            MeterOutcome::IdReused {
+                first_credit_type: "credits".into(),
+                first_amount: 30
+            }
+        );
+        assert_eq!(available(&store, "acme").await, 100);
+    }
 
     #[test]
     fn gateway_ids_are_pinned() {
