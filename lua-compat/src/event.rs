@@ -304,35 +304,27 @@ impl Event {
             ("customer", self.customer.clone()),
             ("credit_type", self.credit_type.clone()),
         ];
-        let ctx = |out: &mut Vec<(&'static str, String)>, c: &RequestContext| {
-            out.push(("request_id", c.request_id.clone()));
-            out.push(("route", c.route.clone()));
-            out.push(("feature", c.feature.clone()));
-            out.push(("pricing_version", c.pricing_version.clone()));
-        };
-        match &self.body {
-            EventBody::GrantAdded {
-                grant_id,
-                amount,
-                debt_repaid,
-                priority,
-                expires_at_ms,
-                cost_basis,
-                source,
-                actor,
-                reason,
-            } => {
-                out.push(("grant_id", grant_id.clone()));
-                out.push(("amount", amount.to_string()));
-                out.push(("debt_repaid", debt_repaid.to_string()));
-                out.push(("priority", priority.to_string()));
-                out.push(("expires_at", expires_at_ms.unwrap_or(0).to_string()));
-                out.push(("cost_basis", cost_basis.to_string()));
-                out.push(("source", source.as_str().to_string()));
-                out.push(("actor", actor.clone()));
-                out.push(("reason", reason.clone()));
-            }
-            EventBody::HoldPlaced {
+        self.body.push_fields(&mut out);
+        out
+    }
+}
+
+/// Appends a hold's request context, the last fields of every hold event.
+fn push_context(out: &mut Vec<(&'static str, String)>, c: &RequestContext) {
+    out.extend([
+        ("request_id", c.request_id.clone()),
+        ("route", c.route.clone()),
+        ("feature", c.feature.clone()),
+        ("pricing_version", c.pricing_version.clone()),
+    ]);
+}
+
+impl EventBody {
+    /// Appends the kind-specific fields, in the order the scripts write them.
+    fn push_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        match self {
+            Self::GrantAdded { .. } => self.push_grant_added(out),
+            Self::HoldPlaced {
                 hold_id,
                 amount,
                 draws,
@@ -341,58 +333,97 @@ impl Event {
                 over_limit,
                 context,
             } => {
-                out.push(("hold_id", hold_id.clone()));
-                out.push(("amount", amount.to_string()));
-                out.push(("draws", format_draws(draws)));
-                out.push(("overdraft", overdraft.to_string()));
-                out.push(("deadline", deadline_ms.to_string()));
-                out.push(("over_limit", u8::from(*over_limit).to_string()));
-                ctx(&mut out, context);
+                out.extend([
+                    ("hold_id", hold_id.clone()),
+                    ("amount", amount.to_string()),
+                    ("draws", format_draws(draws)),
+                    ("overdraft", overdraft.to_string()),
+                    ("deadline", deadline_ms.to_string()),
+                    ("over_limit", u8::from(*over_limit).to_string()),
+                ]);
+                push_context(out, context);
             }
-            EventBody::HoldPosted {
-                hold_id,
-                held,
-                requested,
-                posted,
-                burns,
-                overdraft,
-                returned,
-                returned_overdraft,
-                breakage,
-                shortfall,
-                context,
-            } => {
-                out.push(("hold_id", hold_id.clone()));
-                out.push(("held", held.to_string()));
-                out.push(("requested", requested.to_string()));
-                out.push(("posted", posted.to_string()));
-                out.push(("burns", format_draws(burns)));
-                out.push(("overdraft", overdraft.to_string()));
-                out.push(("returned", format_draws(returned)));
-                out.push(("returned_overdraft", returned_overdraft.to_string()));
-                out.push(("breakage", format_draws(breakage)));
-                out.push(("shortfall", shortfall.to_string()));
-                ctx(&mut out, context);
+            Self::HoldPosted { .. } => self.push_hold_posted(out),
+            Self::HoldVoided(r) | Self::HoldExpired(r) => {
+                out.extend([
+                    ("hold_id", r.hold_id.clone()),
+                    ("held", r.held.to_string()),
+                    ("returned", format_draws(&r.returned)),
+                    ("returned_overdraft", r.returned_overdraft.to_string()),
+                    ("breakage", format_draws(&r.breakage)),
+                ]);
+                push_context(out, &r.context);
             }
-            EventBody::HoldVoided(r) | EventBody::HoldExpired(r) => {
-                out.push(("hold_id", r.hold_id.clone()));
-                out.push(("held", r.held.to_string()));
-                out.push(("returned", format_draws(&r.returned)));
-                out.push(("returned_overdraft", r.returned_overdraft.to_string()));
-                out.push(("breakage", format_draws(&r.breakage)));
-                ctx(&mut out, &r.context);
-            }
-            EventBody::GrantExpired {
+            Self::GrantExpired {
                 grant_id,
                 amount,
                 held,
-            } => {
-                out.push(("grant_id", grant_id.clone()));
-                out.push(("amount", amount.to_string()));
-                out.push(("held", held.to_string()));
-            }
+            } => out.extend([
+                ("grant_id", grant_id.clone()),
+                ("amount", amount.to_string()),
+                ("held", held.to_string()),
+            ]),
         }
-        out
+    }
+
+    /// The fields of `grant_added`; appends nothing for another kind.
+    fn push_grant_added(&self, out: &mut Vec<(&'static str, String)>) {
+        if let Self::GrantAdded {
+            grant_id,
+            amount,
+            debt_repaid,
+            priority,
+            expires_at_ms,
+            cost_basis,
+            source,
+            actor,
+            reason,
+        } = self
+        {
+            out.extend([
+                ("grant_id", grant_id.clone()),
+                ("amount", amount.to_string()),
+                ("debt_repaid", debt_repaid.to_string()),
+                ("priority", priority.to_string()),
+                ("expires_at", expires_at_ms.unwrap_or(0).to_string()),
+                ("cost_basis", cost_basis.to_string()),
+                ("source", source.as_str().to_string()),
+                ("actor", actor.clone()),
+                ("reason", reason.clone()),
+            ]);
+        }
+    }
+
+    /// The fields of `hold_posted`; appends nothing for another kind.
+    fn push_hold_posted(&self, out: &mut Vec<(&'static str, String)>) {
+        if let Self::HoldPosted {
+            hold_id,
+            held,
+            requested,
+            posted,
+            burns,
+            overdraft,
+            returned,
+            returned_overdraft,
+            breakage,
+            shortfall,
+            context,
+        } = self
+        {
+            out.extend([
+                ("hold_id", hold_id.clone()),
+                ("held", held.to_string()),
+                ("requested", requested.to_string()),
+                ("posted", posted.to_string()),
+                ("burns", format_draws(burns)),
+                ("overdraft", overdraft.to_string()),
+                ("returned", format_draws(returned)),
+                ("returned_overdraft", returned_overdraft.to_string()),
+                ("breakage", format_draws(breakage)),
+                ("shortfall", shortfall.to_string()),
+            ]);
+            push_context(out, context);
+        }
     }
 }
 

@@ -8,10 +8,12 @@
 
 pub mod control;
 pub mod event;
+pub mod invariants;
 pub mod keys;
 pub mod meter;
 pub mod model;
 pub mod redis_store;
+mod replies;
 pub mod scripts;
 pub mod store;
 pub mod streams;
@@ -19,6 +21,7 @@ pub mod sweep;
 pub mod types;
 
 pub use event::{Event, EventBody, Release, RequestContext};
+pub use invariants::InvariantViolation;
 pub use keys::{Keyspace, MAX_AMOUNT, Shard};
 pub use model::{MemoryStore, Model};
 pub use redis_store::{RedisStore, RedisTarget};

@@ -15,6 +15,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 use crate::event::{Event, EventBody, Release, RequestContext};
+use crate::invariants::{
+    InvariantViolation, TypeTotals, check_balance, check_event, check_expire_hold, check_grant,
+    check_grant_expiry, check_hold_record, check_reserve, check_settle, check_type_totals,
+    check_void,
+};
 use crate::keys::{Keyspace, Shard};
 use crate::store::{CreditStore, DueEntry, StoreError};
 use crate::types::{
@@ -109,6 +114,33 @@ impl Customer {
         usable_total as i64
             - self.counter(credit_type, |c| c.debt)
             - self.counter(credit_type, |c| c.odheld)
+    }
+
+    /// Checks every credit type's counters against what its grants hold and have left.
+    fn check_totals(&self, customer: &str) -> Result<(), InvariantViolation> {
+        let mut types: Vec<&String> = self.counters.keys().collect();
+        types.extend(self.grants.values().map(|g| &g.credit_type));
+        types.sort();
+        types.dedup();
+        for t in types {
+            let (grants_held, grants_remaining) = self
+                .grants
+                .values()
+                .filter(|g| &g.credit_type == t)
+                .fold((0u64, 0u64), |(h, r), g| {
+                    (h.saturating_add(g.held), r.saturating_add(g.remaining))
+                });
+            let totals = TypeTotals {
+                held: self.counter(t, |c| c.held),
+                debt: self.counter(t, |c| c.debt),
+                overdraft_held: self.counter(t, |c| c.odheld),
+                book_available: self.counter(t, |c| c.avail),
+                grants_held,
+                grants_remaining,
+            };
+            check_type_totals(customer, t, &totals)?;
+        }
+        Ok(())
     }
 }
 
@@ -347,27 +379,7 @@ impl Model {
     /// Places a hold at store time `now`.
     pub fn reserve(&mut self, now: u64, req: &ReserveRequest) -> ReserveOutcome {
         if let Some(first) = self.live_hold(now, &req.customer, &req.hold_id) {
-            let r = first.record;
-            if r.customer != req.customer
-                || r.credit_type != req.credit_type
-                || r.amount != req.amount
-            {
-                return ReserveOutcome::Conflict {
-                    at_ms: now,
-                    first_credit_type: r.credit_type,
-                    first_amount: r.amount,
-                };
-            }
-            return ReserveOutcome::Replay {
-                at_ms: now,
-                state: r.state,
-                hold: PlacedHold {
-                    deadline_ms: r.deadline_ms,
-                    draws: r.draws,
-                    overdraft: r.overdraft,
-                    over_limit: r.over_limit,
-                },
-            };
+            return Self::replay(now, req, first.record);
         }
         let c = self.customers.entry(req.customer.clone()).or_default();
         let (order, total) = c.usable_grants(&req.credit_type, now);
@@ -382,7 +394,6 @@ impl Model {
         }
         let (draws, taken) = self.take(&req.customer, &order, req.amount, true);
         let overdraft = req.amount - taken;
-        let deadline = now + req.ttl_ms;
         let c = self
             .customers
             .get_mut(&req.customer)
@@ -390,6 +401,47 @@ impl Model {
         c.add(&req.credit_type, |x| &mut x.avail, -amount);
         c.add(&req.credit_type, |x| &mut x.held, amount);
         c.add(&req.credit_type, |x| &mut x.odheld, overdraft as i64);
+        let hold = PlacedHold {
+            deadline_ms: now + req.ttl_ms,
+            draws,
+            overdraft,
+            over_limit,
+        };
+        self.record_placed(now, req, &hold);
+        ReserveOutcome::Placed {
+            at_ms: now,
+            hold,
+            available_after: avail - amount,
+        }
+    }
+
+    /// The outcome of a reserve whose hold id exists: the first outcome, or a conflict when
+    /// the existing hold is another customer's, type's or amount's.
+    fn replay(now: u64, req: &ReserveRequest, first: HoldRecord) -> ReserveOutcome {
+        if first.customer != req.customer
+            || first.credit_type != req.credit_type
+            || first.amount != req.amount
+        {
+            return ReserveOutcome::Conflict {
+                at_ms: now,
+                first_credit_type: first.credit_type,
+                first_amount: first.amount,
+            };
+        }
+        ReserveOutcome::Replay {
+            at_ms: now,
+            state: first.state,
+            hold: PlacedHold {
+                deadline_ms: first.deadline_ms,
+                draws: first.draws,
+                overdraft: first.overdraft,
+                over_limit: first.over_limit,
+            },
+        }
+    }
+
+    /// Stores a placed hold's record, indexes its deadline and emits `hold_placed`.
+    fn record_placed(&mut self, now: u64, req: &ReserveRequest, hold: &PlacedHold) {
         let context = RequestContext {
             request_id: req.request_id.clone(),
             route: req.route.clone(),
@@ -401,11 +453,11 @@ impl Model {
             customer: req.customer.clone(),
             credit_type: req.credit_type.clone(),
             amount: req.amount,
-            deadline_ms: deadline,
+            deadline_ms: hold.deadline_ms,
             created_ms: now,
-            draws: draws.clone(),
-            overdraft,
-            over_limit,
+            draws: hold.draws.clone(),
+            overdraft: hold.overdraft,
+            over_limit: hold.over_limit,
             request_id: req.request_id.clone(),
             route: req.route.clone(),
             feature: req.feature.clone(),
@@ -425,7 +477,7 @@ impl Model {
         shard
             .deadlines
             .0
-            .insert(member(&req.customer, &req.hold_id), deadline);
+            .insert(member(&req.customer, &req.hold_id), hold.deadline_ms);
         self.emit(Event {
             event_id: format!("hold:{}:placed", req.hold_id),
             at_ms: req.occurred_at_ms.unwrap_or(now),
@@ -434,23 +486,13 @@ impl Model {
             body: EventBody::HoldPlaced {
                 hold_id: req.hold_id.clone(),
                 amount: req.amount,
-                draws: draws.clone(),
-                overdraft,
-                deadline_ms: deadline,
-                over_limit,
+                draws: hold.draws.clone(),
+                overdraft: hold.overdraft,
+                deadline_ms: hold.deadline_ms,
+                over_limit: hold.over_limit,
                 context,
             },
         });
-        ReserveOutcome::Placed {
-            at_ms: now,
-            hold: PlacedHold {
-                deadline_ms: deadline,
-                draws,
-                overdraft,
-                over_limit,
-            },
-            available_after: avail - amount,
-        }
     }
 
     /// Posts `post` of a pending hold and returns the rest, as the scripts' `release`.
@@ -775,6 +817,20 @@ impl Model {
         }
     }
 
+    /// Checks a customer's state at store time `now` against the money invariants: its
+    /// balance as [`check_balance`] does, every credit type's counters against its grants,
+    /// and the newest event of its shard. The embedded store runs it after every call.
+    pub fn check_customer(&self, now: u64, customer: &str) -> Result<(), InvariantViolation> {
+        check_balance(customer, &self.balance(now, customer))?;
+        if let Some(c) = self.customers.get(customer) {
+            c.check_totals(customer)?;
+        }
+        match self.events(self.keyspace.shard_of(customer)).last() {
+            Some(event) => check_event(event),
+            None => Ok(()),
+        }
+    }
+
     /// A hold's record at store time `now`, while pending or retained.
     pub fn hold(&mut self, now: u64, hold: &HoldRef) -> Option<HoldRecord> {
         self.live_hold(now, &hold.customer, &hold.hold_id)
@@ -885,6 +941,24 @@ impl MemoryStore {
         f(&mut state.model, now)
     }
 
+    /// Runs `f` for `customer` and checks its outcome with `check_outcome`, then the
+    /// customer's state ([`Model::check_customer`]): a broken invariant is an error of `op`.
+    fn checked<T>(
+        &self,
+        op: &'static str,
+        customer: &str,
+        f: impl FnOnce(&mut Model, u64) -> T,
+        check_outcome: impl FnOnce(&T) -> Result<(), InvariantViolation>,
+    ) -> Result<T, StoreError> {
+        self.with(|m, now| {
+            let outcome = f(m, now);
+            check_outcome(&outcome)
+                .and_then(|()| m.check_customer(now, customer))
+                .map_err(|violation| StoreError::invariant(op, violation))?;
+            Ok(outcome)
+        })
+    }
+
     /// A copy of one shard's events, oldest first.
     pub fn events(&self, shard: Shard) -> Vec<Event> {
         self.with(|m, _| m.events(shard).to_vec())
@@ -895,32 +969,62 @@ impl MemoryStore {
 impl CreditStore for MemoryStore {
     async fn grant(&self, req: &GrantRequest) -> Result<GrantOutcome, StoreError> {
         req.validate()?;
-        Ok(self.with(|m, now| m.grant(now, req)))
+        self.checked(
+            "grant",
+            &req.customer,
+            |m, now| m.grant(now, req),
+            |o| check_grant(req, o),
+        )
     }
 
     async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
         req.validate()?;
-        Ok(self.with(|m, now| m.reserve(now, req)))
+        self.checked(
+            "reserve",
+            &req.customer,
+            |m, now| m.reserve(now, req),
+            |o| check_reserve(req, o),
+        )
     }
 
     async fn settle(&self, req: &SettleRequest) -> Result<ResolveOutcome, StoreError> {
         req.validate()?;
-        Ok(self.with(|m, now| m.settle(now, req)))
+        self.checked(
+            "settle",
+            &req.customer,
+            |m, now| m.settle(now, req),
+            |o| check_settle(req, o),
+        )
     }
 
     async fn void(&self, hold: &HoldRef) -> Result<ResolveOutcome, StoreError> {
         hold.validate()?;
-        Ok(self.with(|m, now| m.void(now, hold)))
+        self.checked(
+            "void",
+            &hold.customer,
+            |m, now| m.void(now, hold),
+            |o| check_void(hold, o),
+        )
     }
 
     async fn expire_hold(&self, hold: &HoldRef) -> Result<ResolveOutcome, StoreError> {
         hold.validate()?;
-        Ok(self.with(|m, now| m.expire_hold(now, hold)))
+        self.checked(
+            "expire_hold",
+            &hold.customer,
+            |m, now| m.expire_hold(now, hold),
+            |o| check_expire_hold(hold, o),
+        )
     }
 
     async fn expire_grant(&self, grant: &GrantRef) -> Result<GrantExpiryOutcome, StoreError> {
         grant.validate()?;
-        Ok(self.with(|m, now| m.expire_grant(now, grant)))
+        self.checked(
+            "expire_grant",
+            &grant.customer,
+            |m, now| m.expire_grant(now, grant),
+            |o| check_grant_expiry(grant, o),
+        )
     }
 
     async fn balance(&self, customer: &str) -> Result<Balance, StoreError> {
@@ -930,12 +1034,22 @@ impl CreditStore for MemoryStore {
                 message,
             }
         })?;
-        Ok(self.with(|m, now| m.balance(now, customer)))
+        self.checked(
+            "balance",
+            customer,
+            |m, now| m.balance(now, customer),
+            |b| check_balance(customer, b),
+        )
     }
 
     async fn hold(&self, hold: &HoldRef) -> Result<Option<HoldRecord>, StoreError> {
         hold.validate()?;
-        Ok(self.with(|m, now| m.hold(now, hold)))
+        self.checked(
+            "hold",
+            &hold.customer,
+            |m, now| m.hold(now, hold),
+            |r| r.as_ref().map_or(Ok(()), |r| check_hold_record(hold, r)),
+        )
     }
 
     async fn due_holds(

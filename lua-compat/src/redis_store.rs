@@ -17,12 +17,16 @@ use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
 
 use crate::event::Event;
 use crate::keys::{Keyspace, Shard, validate_id};
+use crate::replies::{
+    EntryError, decode_balance, decode_entry, decode_expire_hold, decode_grant,
+    decode_grant_expiry, decode_hold, decode_reserve, decode_restore, decode_settle, decode_void,
+};
 use crate::scripts::{SCRIPTS, Script};
 use crate::store::{CreditStore, DueEntry, StoreError};
 use crate::types::{
-    Balance, GrantExpiryOutcome, GrantOutcome, GrantRef, GrantRequest, GrantState, HoldRecord,
-    HoldRef, HoldState, InvalidArgument, PlacedHold, ReserveOutcome, ReserveRequest,
-    ResolveOutcome, RestoreOutcome, RestoreState, SettleRequest, TypeBalance, parse_draws,
+    Balance, GrantExpiryOutcome, GrantOutcome, GrantRef, GrantRequest, HoldRecord, HoldRef,
+    InvalidArgument, ReserveOutcome, ReserveRequest, ResolveOutcome, RestoreOutcome, RestoreState,
+    SettleRequest,
 };
 
 /// Per-call timeout when the deployment does not choose one: 50 ms is far above a script's
@@ -102,71 +106,6 @@ fn map_err(op: &'static str, e: RedisError) -> StoreError {
             message: e.to_string(),
         }
     }
-}
-
-/// Reads a script's array reply by position, with errors naming the position.
-struct Reply {
-    op: &'static str,
-    items: Vec<Value>,
-}
-
-impl Reply {
-    fn new(op: &'static str, v: Value) -> Result<Self, StoreError> {
-        match v {
-            Value::Array(items) => Ok(Self { op, items }),
-            other => Err(StoreError::Protocol {
-                op,
-                message: format!("expected an array reply, got {other:?}"),
-            }),
-        }
-    }
-
-    fn bad(&self, i: usize, what: &str) -> StoreError {
-        StoreError::Protocol {
-            op: self.op,
-            message: format!(
-                "reply item {i}: expected {what}, got {:?}",
-                self.items.get(i)
-            ),
-        }
-    }
-
-    fn str(&self, i: usize) -> Result<String, StoreError> {
-        match self.items.get(i) {
-            Some(Value::BulkString(b)) => {
-                String::from_utf8(b.clone()).map_err(|_| self.bad(i, "utf-8 text"))
-            }
-            Some(Value::SimpleString(s)) => Ok(s.clone()),
-            _ => Err(self.bad(i, "a string")),
-        }
-    }
-
-    fn int(&self, i: usize) -> Result<i64, StoreError> {
-        match self.items.get(i) {
-            Some(Value::Int(n)) => Ok(*n),
-            _ => Err(self.bad(i, "an integer")),
-        }
-    }
-
-    fn uint(&self, i: usize) -> Result<u64, StoreError> {
-        u64::try_from(self.int(i)?).map_err(|_| self.bad(i, "a non-negative integer"))
-    }
-
-    fn draws(&self, i: usize) -> Result<Vec<crate::types::Draw>, StoreError> {
-        parse_draws(&self.str(i)?).map_err(|_| self.bad(i, "draws"))
-    }
-}
-
-/// Parses one stream entry into an event; the error names what is wrong.
-pub(crate) fn parse_entry(entry: redis::streams::StreamId) -> Result<Event, String> {
-    let fields: Vec<(String, String)> = entry
-        .map
-        .into_iter()
-        .map(|(k, v)| Ok((k, String::from_redis_value(v)?)))
-        .collect::<Result<_, redis::ParsingError>>()
-        .map_err(|e| e.to_string())?;
-    Event::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .map_err(|e| e.to_string())
 }
 
 fn bad_id(field: &'static str, id: &str) -> Result<(), StoreError> {
@@ -316,19 +255,7 @@ impl RedisStore {
             &*k.grant_expiry,
             &*k.deadlines,
         ];
-        let r = self.eval(&SCRIPTS.restore, &keys, &args).await?;
-        let at_ms = r.uint(1)?;
-        Ok(match r.str(0)?.as_str() {
-            "restored" => RestoreOutcome::Restored {
-                at_ms,
-                grants: r.uint(2)?,
-            },
-            "busy" => RestoreOutcome::Busy {
-                at_ms,
-                pending_holds: r.uint(2)?,
-            },
-            _ => return Err(r.bad(0, "a restore status")),
-        })
+        decode_restore(self.eval(&SCRIPTS.restore, &keys, &args).await?)
     }
 
     /// How many times a `NOSCRIPT` reply made this client reload a script.
@@ -367,24 +294,22 @@ impl RedisStore {
         script: &Script,
         keys: &[&str],
         args: &[String],
-    ) -> Result<Reply, StoreError> {
+    ) -> Result<Value, StoreError> {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&script.sha).arg(keys.len()).arg(keys).arg(args);
         let mut conn = self.conn.clone();
-        let value = self
-            .with_timeout(script.name, async {
-                match conn.query::<Value>(&cmd).await {
-                    Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        self.reloads.fetch_add(1, Ordering::Relaxed);
-                        conn.query::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(&script.source))
-                            .await?;
-                        conn.query::<Value>(&cmd).await
-                    }
-                    other => other,
+        self.with_timeout(script.name, async {
+            match conn.query::<Value>(&cmd).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    self.reloads.fetch_add(1, Ordering::Relaxed);
+                    conn.query::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(&script.source))
+                        .await?;
+                    conn.query::<Value>(&cmd).await
                 }
-            })
-            .await?;
-        Reply::new(script.name, value)
+                other => other,
+            }
+        })
+        .await
     }
 
     /// The oldest events of one shard's stream with their stream entry ids, oldest first,
@@ -442,9 +367,12 @@ impl RedisStore {
             .into_iter()
             .map(|entry| {
                 let id = entry.id.clone();
-                let event = parse_entry(entry).map_err(|message| StoreError::Protocol {
-                    op,
-                    message: format!("entry {id} of {key}: {message}"),
+                let event = decode_entry(entry).map_err(|e| match e {
+                    EntryError::Invariant(violation) => StoreError::invariant(op, violation),
+                    EntryError::Unreadable(message) => StoreError::Protocol {
+                        op,
+                        message: format!("entry {id} of {key}: {message}"),
+                    },
                 })?;
                 Ok((id, event))
             })
@@ -501,47 +429,18 @@ impl RedisStore {
         ]
     }
 
+    /// Runs settle, void or expire_hold on a hold, with the script's extra arguments.
     async fn resolve(
         &self,
         script: &Script,
         hold: &HoldRef,
         extra: &[String],
-    ) -> Result<ResolveOutcome, StoreError> {
+    ) -> Result<Value, StoreError> {
         let keys = self.hold_keys(&hold.customer, &hold.hold_id);
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let mut args = vec![hold.customer.clone(), hold.hold_id.clone()];
         args.extend_from_slice(extra);
-        let r = self.eval(script, &keys, &args).await?;
-        let at_ms = r.uint(1)?;
-        Ok(match r.str(0)?.as_str() {
-            "posted" => ResolveOutcome::Posted {
-                at_ms,
-                posted: r.uint(2)?,
-                shortfall: r.uint(3)?,
-                returned: r.uint(4)?,
-                available_after: r.int(5)?,
-            },
-            "voided" => ResolveOutcome::Voided {
-                at_ms,
-                returned: r.uint(2)?,
-            },
-            "expired" => ResolveOutcome::Expired {
-                at_ms,
-                returned: r.uint(2)?,
-            },
-            "not_due" => ResolveOutcome::NotDue {
-                at_ms,
-                deadline_ms: r.uint(2)?,
-            },
-            "already_posted" => ResolveOutcome::AlreadyPosted {
-                at_ms,
-                posted: r.uint(2)?,
-            },
-            "already_voided" => ResolveOutcome::AlreadyVoided { at_ms },
-            "already_expired" => ResolveOutcome::AlreadyExpired { at_ms },
-            "unknown" => ResolveOutcome::Unknown { at_ms },
-            _ => return Err(r.bad(0, "a resolve status")),
-        })
+        self.eval(script, &keys, &args).await
     }
 }
 
@@ -569,22 +468,7 @@ impl CreditStore for RedisStore {
             &*k.grant_expiry,
             &*k.events,
         ];
-        let r = self.eval(&SCRIPTS.grant, &keys, &args).await?;
-        let at_ms = r.uint(1)?;
-        Ok(match r.str(0)?.as_str() {
-            "granted" => GrantOutcome::Granted {
-                at_ms,
-                debt_repaid: r.uint(2)?,
-            },
-            "duplicate" => GrantOutcome::Duplicate { at_ms },
-            "conflict" => GrantOutcome::Conflict {
-                at_ms,
-                first_credit_type: r.str(2)?,
-                first_amount: r.uint(3)?,
-            },
-            "already_expired" => GrantOutcome::AlreadyExpired { at_ms },
-            _ => return Err(r.bad(0, "a grant status")),
-        })
+        decode_grant(req, self.eval(&SCRIPTS.grant, &keys, &args).await?)
     }
 
     async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
@@ -606,40 +490,7 @@ impl CreditStore for RedisStore {
             req.pricing_version.clone(),
             req.occurred_at_ms.unwrap_or(0).to_string(),
         ];
-        let r = self.eval(&SCRIPTS.reserve, &keys, &args).await?;
-        let at_ms = r.uint(1)?;
-        Ok(match r.str(0)?.as_str() {
-            "placed" => ReserveOutcome::Placed {
-                at_ms,
-                hold: PlacedHold {
-                    deadline_ms: r.uint(2)?,
-                    draws: r.draws(3)?,
-                    overdraft: r.uint(4)?,
-                    over_limit: r.int(5)? == 1,
-                },
-                available_after: r.int(6)?,
-            },
-            "replay" => ReserveOutcome::Replay {
-                at_ms,
-                state: r.str(2)?.parse().map_err(|_| r.bad(2, "a hold state"))?,
-                hold: PlacedHold {
-                    deadline_ms: r.uint(3)?,
-                    draws: r.draws(4)?,
-                    overdraft: r.uint(5)?,
-                    over_limit: r.int(6)? == 1,
-                },
-            },
-            "conflict" => ReserveOutcome::Conflict {
-                at_ms,
-                first_credit_type: r.str(2)?,
-                first_amount: r.uint(3)?,
-            },
-            "insufficient" => ReserveOutcome::Insufficient {
-                at_ms,
-                available: r.int(2)?,
-            },
-            _ => return Err(r.bad(0, "a reserve status")),
-        })
+        decode_reserve(req, self.eval(&SCRIPTS.reserve, &keys, &args).await?)
     }
 
     async fn settle(&self, req: &SettleRequest) -> Result<ResolveOutcome, StoreError> {
@@ -648,22 +499,18 @@ impl CreditStore for RedisStore {
             customer: req.customer.clone(),
             hold_id: req.hold_id.clone(),
         };
-        self.resolve(
-            &SCRIPTS.settle,
-            &hold,
-            &[req.actual.to_string(), req.overdraft_limit.to_string()],
-        )
-        .await
+        let extra = [req.actual.to_string(), req.overdraft_limit.to_string()];
+        decode_settle(req, self.resolve(&SCRIPTS.settle, &hold, &extra).await?)
     }
 
     async fn void(&self, hold: &HoldRef) -> Result<ResolveOutcome, StoreError> {
         hold.validate()?;
-        self.resolve(&SCRIPTS.void, hold, &[]).await
+        decode_void(hold, self.resolve(&SCRIPTS.void, hold, &[]).await?)
     }
 
     async fn expire_hold(&self, hold: &HoldRef) -> Result<ResolveOutcome, StoreError> {
         hold.validate()?;
-        self.resolve(&SCRIPTS.expire_hold, hold, &[]).await
+        decode_expire_hold(hold, self.resolve(&SCRIPTS.expire_hold, hold, &[]).await?)
     }
 
     async fn expire_grant(&self, grant: &GrantRef) -> Result<GrantExpiryOutcome, StoreError> {
@@ -671,70 +518,20 @@ impl CreditStore for RedisStore {
         let k = self.keyspace.customer(&grant.customer);
         let keys = [&*k.grants, &*k.balance, &*k.grant_expiry, &*k.events];
         let args = [grant.customer.clone(), grant.grant_id.clone()];
-        let r = self.eval(&SCRIPTS.expire_grant, &keys, &args).await?;
-        let at_ms = r.uint(1)?;
-        Ok(match r.str(0)?.as_str() {
-            "expired" => GrantExpiryOutcome::Expired {
-                at_ms,
-                amount: r.uint(2)?,
-            },
-            "not_due" => GrantExpiryOutcome::NotDue {
-                at_ms,
-                expires_at_ms: r.uint(2)?,
-            },
-            "already_expired" => GrantExpiryOutcome::AlreadyExpired { at_ms },
-            "unknown" => GrantExpiryOutcome::Unknown { at_ms },
-            _ => return Err(r.bad(0, "a grant expiry status")),
-        })
+        decode_grant_expiry(grant, self.eval(&SCRIPTS.expire_grant, &keys, &args).await?)
     }
 
     async fn balance(&self, customer: &str) -> Result<Balance, StoreError> {
         bad_id("customer", customer)?;
         let k = self.keyspace.customer(customer);
-        let r = self
+        let reply = self
             .eval(
                 &SCRIPTS.balance,
                 &[&k.grants, &k.balance],
                 &[customer.to_string()],
             )
             .await?;
-        let at_ms = r.uint(0)?;
-        let n_types = r.uint(1)? as usize;
-        let mut i = 2;
-        let mut types = Vec::with_capacity(n_types);
-        for _ in 0..n_types {
-            types.push(TypeBalance {
-                credit_type: r.str(i)?,
-                available: r.int(i + 1)?,
-                held: r.int(i + 2)?,
-                debt: r.int(i + 3)?,
-                book_available: r.int(i + 4)?,
-            });
-            i += 5;
-        }
-        let n_grants = r.uint(i)? as usize;
-        i += 1;
-        let mut grants = Vec::with_capacity(n_grants);
-        for _ in 0..n_grants {
-            let expires = r.uint(i + 5)?;
-            grants.push(GrantState {
-                grant_id: r.str(i)?,
-                credit_type: r.str(i + 1)?,
-                remaining: r.uint(i + 2)?,
-                held: r.uint(i + 3)?,
-                priority: u32::try_from(r.uint(i + 4)?).map_err(|_| r.bad(i + 4, "a priority"))?,
-                expires_at_ms: (expires != 0).then_some(expires),
-                cost_basis: r.uint(i + 6)?,
-                created_ms: r.uint(i + 7)?,
-                expired: r.int(i + 8)? == 1,
-            });
-            i += 9;
-        }
-        Ok(Balance {
-            at_ms,
-            types,
-            grants,
-        })
+        decode_balance(customer, reply)
     }
 
     async fn hold(&self, hold: &HoldRef) -> Result<Option<HoldRecord>, StoreError> {
@@ -747,50 +544,7 @@ impl CreditStore for RedisStore {
                 conn.query(redis::cmd("HGETALL").arg(&key)).await
             })
             .await?;
-        if h.is_empty() || h.get("customer") != Some(&hold.customer) {
-            return Ok(None);
-        }
-        let field = |name: &str| -> Result<&String, StoreError> {
-            h.get(name).ok_or_else(|| StoreError::Protocol {
-                op,
-                message: format!("hold {key} lacks field {name:?}"),
-            })
-        };
-        let num = |name: &str| -> Result<u64, StoreError> {
-            field(name)?.parse().map_err(|_| StoreError::Protocol {
-                op,
-                message: format!("hold {key} field {name:?} is not an integer"),
-            })
-        };
-        let state: HoldState = field("state")?
-            .parse()
-            .map_err(|message| StoreError::Protocol { op, message })?;
-        Ok(Some(HoldRecord {
-            state,
-            customer: field("customer")?.clone(),
-            credit_type: field("type")?.clone(),
-            amount: num("amount")?,
-            deadline_ms: num("deadline")?,
-            created_ms: num("created")?,
-            draws: parse_draws(field("draws")?)
-                .map_err(|message| StoreError::Protocol { op, message })?,
-            overdraft: num("overdraft")?,
-            over_limit: num("over_limit")? == 1,
-            request_id: field("request_id")?.clone(),
-            route: field("route")?.clone(),
-            feature: field("feature")?.clone(),
-            pricing_version: h.get("pricing_version").cloned().unwrap_or_default(),
-            posted: if h.contains_key("posted") {
-                num("posted")?
-            } else {
-                0
-            },
-            resolved_ms: if h.contains_key("resolved") {
-                Some(num("resolved")?)
-            } else {
-                None
-            },
-        }))
+        decode_hold(hold, &key, &h)
     }
 
     async fn due_holds(

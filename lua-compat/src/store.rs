@@ -5,6 +5,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
+use crate::invariants::InvariantViolation;
 use crate::keys::Shard;
 use crate::types::{
     Balance, GrantExpiryOutcome, GrantOutcome, GrantRef, GrantRequest, HoldRecord, HoldRef,
@@ -42,6 +43,16 @@ pub enum StoreError {
         /// What went wrong.
         message: String,
     },
+    /// The store's answer broke a money invariant (posted + shortfall = requested, an
+    /// amount beyond `MAX_AMOUNT`, …): a bug in the store or this client, or data changed
+    /// by hand. Never retried, and the numbers are never used.
+    #[error("money invariant broken during {op}: {violation}")]
+    Invariant {
+        /// The operation.
+        op: &'static str,
+        /// Which field broke what, with the values.
+        violation: InvariantViolation,
+    },
 }
 
 /// The kind of a store error, for metrics labels and failure policies.
@@ -55,6 +66,8 @@ pub enum StoreErrorKind {
     Unavailable,
     /// Error reply or unexpected reply.
     Protocol,
+    /// An answer that broke a money invariant.
+    Invariant,
 }
 
 impl StoreErrorKind {
@@ -65,6 +78,7 @@ impl StoreErrorKind {
             Self::Timeout => "timeout",
             Self::Unavailable => "unavailable",
             Self::Protocol => "protocol",
+            Self::Invariant => "invariant",
         }
     }
 }
@@ -83,12 +97,19 @@ impl StoreError {
             Self::Timeout { .. } => StoreErrorKind::Timeout,
             Self::Unavailable { .. } => StoreErrorKind::Unavailable,
             Self::Protocol { .. } => StoreErrorKind::Protocol,
+            Self::Invariant { .. } => StoreErrorKind::Invariant,
         }
     }
 
-    /// Whether retrying the same call (same ids) may succeed.
+    /// Whether retrying the same call (same ids) may succeed. A broken invariant is not:
+    /// the store would give the same answer again.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Timeout { .. } | Self::Unavailable { .. })
+    }
+
+    /// A broken money invariant found in the answer to `op`.
+    pub fn invariant(op: &'static str, violation: InvariantViolation) -> Self {
+        Self::Invariant { op, violation }
     }
 }
 

@@ -10,7 +10,8 @@ use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 
 use crate::event::Event;
 use crate::keys::Shard;
-use crate::redis_store::{RedisStore, parse_entry};
+use crate::redis_store::RedisStore;
+use crate::replies::parse_entry;
 use crate::store::StoreError;
 
 /// One stream entry as read by a consumer group.
