@@ -12,32 +12,19 @@
 //! manages its bearer tokens. The binary in `main.rs` only parses the command line and
 //! calls [`run`].
 
-pub mod admin;
-pub mod admin_cli;
-pub mod audit_mirror;
+pub mod api;
 pub mod cli;
-pub mod commands;
-pub mod config_publisher;
-pub mod control_api;
-pub mod daemon;
-pub mod fleet_metrics;
-pub mod http;
-pub mod inspect;
+pub mod jobs;
 pub mod ledger;
 pub mod metrics;
-pub mod mode_commands;
 pub mod operations;
-pub mod outbox;
 pub mod pricing_history;
-pub mod reconcile;
-pub mod render;
-pub mod usage_events;
-pub mod writer;
 
 use std::io::Write;
 
-use crate::cli::{Cli, Command, InspectCommand, LedgerCommand};
-use crate::mode_commands::mode_command;
+use crate::cli::args::{Cli, Command, InspectCommand, LedgerCommand};
+use crate::cli::mode_commands::mode_command;
+use crate::cli::{commands, inspect, render};
 
 /// Process exit status of a successful command.
 pub const EXIT_OK: u8 = 0;
@@ -83,7 +70,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<String> {
         }) => commands::ledger_balance(ledger, customer, at_ms).await,
         Command::Reconcile(args) => commands::reconcile(args).await,
         Command::Mode(command) => mode_command(command).await,
-        Command::Admin(command) => crate::admin_cli::execute(command).await,
+        Command::Admin(command) => crate::cli::admin_commands::execute(command).await,
         Command::Inspect(InspectCommand::Balance {
             redis,
             json,

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use creditgate_sidecar::cli::Cli;
+use creditgate_sidecar::cli::args::Cli;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {

@@ -149,7 +149,7 @@ impl SidecarMetrics {
                     &["reason"],
                 );
                 // Every reason shows from the start, at 0, so a rate() sees its first one.
-                for reason in crate::usage_events::RejectReason::ALL {
+                for reason in crate::api::usage_events::RejectReason::ALL {
                     rejected.with_label_values(&[reason.as_str()]);
                 }
                 rejected

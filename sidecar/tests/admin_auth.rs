@@ -4,9 +4,9 @@
 
 use axum::Router;
 use axum::routing::get;
-use creditgate_sidecar::admin::auth::{AuthState, Caller, Role, create_token, require_role};
-use creditgate_sidecar::admin::db::AdminDb;
-use creditgate_sidecar::cli::LedgerArgs;
+use creditgate_sidecar::api::admin::auth::{AuthState, Caller, Role, create_token, require_role};
+use creditgate_sidecar::api::admin::db::AdminDb;
+use creditgate_sidecar::cli::args::LedgerArgs;
 use creditgate_sidecar::ledger::{Ledger, SqliteLedger};
 
 #[tokio::test]

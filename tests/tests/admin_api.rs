@@ -1332,7 +1332,7 @@ fn a_monthly_allotment_missed_while_down_is_granted_once_on_restart(backend: Bac
     let grants = h.grants_of("acme");
     assert_eq!(grants.len(), 1, "{grants:?}");
     let period =
-        creditgate_sidecar::admin::schedule::period_of(creditgate_sidecar::ledger::now_ms());
+        creditgate_sidecar::api::admin::schedule::period_of(creditgate_sidecar::ledger::now_ms());
     assert!(grants[0].grant_id.contains(&period), "{:?}", grants[0]);
     assert!(
         grants[0].reason.contains(&format!("period {period}")),
@@ -1352,14 +1352,14 @@ fn a_monthly_allotment_missed_while_down_is_granted_once_on_restart(backend: Bac
 /// Records the `annual-monthly` allotment of the period `month` (a month index) for
 /// `customer` straight in the ledger and Redis, as a sidecar running then would have.
 fn seed_allotment(h: &Harness, customer: &str, month: i64) {
-    use creditgate_sidecar::admin::schedule::{period_label, schedule_grant_id};
+    use creditgate_sidecar::api::admin::schedule::{period_label, schedule_grant_id};
     let period = period_label(month);
     let record = GrantRecord {
         grant_id: schedule_grant_id("annual-monthly", &period, customer),
         customer: customer.to_string(),
         credit_type: "ai".into(),
         amount: 700,
-        priority: creditgate_sidecar::admin::grants::DEFAULT_GRANT_PRIORITY,
+        priority: creditgate_sidecar::api::admin::grants::DEFAULT_GRANT_PRIORITY,
         expires_at_ms: None,
         cost_basis: 0,
         source: GrantSource::PlanAllotment,
@@ -1367,7 +1367,7 @@ fn seed_allotment(h: &Harness, customer: &str, month: i64) {
         reason: format!("scheduled_allotment: period {period}"),
         created_at_ms: creditgate_sidecar::ledger::now_ms(),
     };
-    h.rt.block_on(creditgate_sidecar::outbox::issue_grant(
+    h.rt.block_on(creditgate_sidecar::jobs::outbox::issue_grant(
         h.ledger.as_ref(),
         &h.store,
         &record,
@@ -1389,7 +1389,9 @@ fn allotment_periods(h: &Harness, customer: &str) -> BTreeMap<String, usize> {
 }
 
 fn whole_months_missed_while_down_are_back_filled_once_each(backend: Backend) {
-    use creditgate_sidecar::admin::schedule::{BACKFILL_MAX_PERIODS, month_index, period_label};
+    use creditgate_sidecar::api::admin::schedule::{
+        BACKFILL_MAX_PERIODS, month_index, period_label,
+    };
     let mut h = Harness::start(backend);
     h.create_customer("acme", Some("annual"));
     h.create_customer("globex", Some("annual"));
@@ -1532,13 +1534,13 @@ fn the_openapi_file_matches_the_served_routes() {
             documented.insert((method.to_uppercase(), path.clone()));
         }
     }
-    let served: BTreeSet<(String, String)> = creditgate_sidecar::admin::ROUTES
+    let served: BTreeSet<(String, String)> = creditgate_sidecar::api::admin::ROUTES
         .iter()
         .map(|r| (r.method.to_string(), r.path.to_string()))
         .collect();
     assert_eq!(documented, served);
     // The documented roles agree with the server's.
-    for r in creditgate_sidecar::admin::ROUTES {
+    for r in creditgate_sidecar::api::admin::ROUTES {
         let roles: Vec<&str> = r.roles.iter().map(|r| r.as_str()).collect();
         let doc_roles: Vec<&str> =
             doc["paths"][r.path][r.method.as_str().to_lowercase()]["x-roles"]

@@ -13,7 +13,7 @@
 //!   durable copy (brought up to date from Redis first when Redis answers)
 //! - `GET /v1/fleet/gateways` — gateways with a live heartbeat
 //!
-//! The routes and their roles are in [`crate::admin::ROUTES`]; they are served only on the
+//! The routes and their roles are in [`crate::api::admin::ROUTES`]; they are served only on the
 //! admin listener, behind bearer tokens. A body's `actor` field is ignored: the actor is
 //! always the token's name, so nobody can record a change under another name.
 
@@ -28,8 +28,8 @@ use creditgate_protocol::{RedisStore, StoreError};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::audit_mirror::mirror_audit;
-use crate::daemon::Sidecar;
+use crate::jobs::audit_mirror::mirror_audit;
+use crate::jobs::daemon::Sidecar;
 
 /// Audit entries listed when the request does not say.
 pub const DEFAULT_AUDIT_LIMIT: usize = 50;

@@ -1,7 +1,7 @@
 //! The sidecar's unauthenticated HTTP listener: `/metrics`, `/healthz`, `/readyz` and
 //! read-only ledger queries as JSON. Everything that changes state or takes input from the
 //! product — credit operations, fleet control, usage events — is the admin API's
-//! ([`crate::admin`]), on its own listener behind bearer tokens.
+//! ([`crate::api::admin`]), on its own listener behind bearer tokens.
 //!
 //! - `GET /v1/customers/{customer}/balance?at_ms=` — balance per credit type and per grant
 //! - `GET /v1/usage?customer=&from_ms=&to_ms=` — usage by UTC day and feature
@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::daemon::Sidecar;
+use crate::jobs::daemon::Sidecar;
 use crate::ledger::{LedgerEntry, now_ms};
 
 /// Widest range a usage or revenue query may span, in milliseconds (a little over a year),

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
-use crate::admin::AdminState;
-use crate::admin::auth::{AuthState, Role, create_token, list_tokens, revoke_token};
-use crate::admin::db::AdminDb;
-use crate::cli::LedgerArgs;
-use crate::commands::open_ledger;
-use crate::daemon::Sidecar;
+use crate::api::admin::AdminState;
+use crate::api::admin::auth::{AuthState, Role, create_token, list_tokens, revoke_token};
+use crate::api::admin::db::AdminDb;
+use crate::cli::args::LedgerArgs;
+use crate::cli::commands::open_ledger;
+use crate::jobs::daemon::Sidecar;
 use crate::ledger::now_ms;
 use crate::operations::Operations;
 

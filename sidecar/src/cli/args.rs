@@ -57,7 +57,7 @@ pub enum Command {
     Mode(ModeCommand),
     /// Credit operations: admin tokens, and the admin API's calls from a terminal.
     #[command(subcommand)]
-    Admin(crate::admin_cli::AdminCommand),
+    Admin(crate::cli::admin_commands::AdminCommand),
 }
 
 /// What `mode` does.

@@ -7,15 +7,17 @@ use anyhow::{Context, bail};
 use creditgate_protocol::{GrantSource, Keyspace, RedisStore, RedisTarget};
 use tokio::sync::watch;
 
-use crate::cli::{DEFAULT_SQLITE_PATH, GrantArgs, LedgerArgs, ReconcileArgs, RedisArgs, RunArgs};
-use crate::daemon::Sidecar;
+use crate::cli::args::{
+    DEFAULT_SQLITE_PATH, GrantArgs, LedgerArgs, ReconcileArgs, RedisArgs, RunArgs,
+};
+use crate::jobs::daemon::Sidecar;
+use crate::jobs::outbox::{Issued, issue_grant};
+use crate::jobs::reconcile::{Rebuilt, compare, rebuild_customer};
+use crate::jobs::writer::LedgerWriter;
 use crate::ledger::{
     GrantRecord, Ledger, PostgresLedger, RecordGrantOutcome, SqliteLedger, now_ms,
 };
 use crate::metrics::SidecarMetrics;
-use crate::outbox::{Issued, issue_grant};
-use crate::reconcile::{Rebuilt, compare, rebuild_customer};
-use crate::writer::LedgerWriter;
 
 /// Opens the ledger the arguments name and runs its migrations.
 pub async fn open_ledger(args: &LedgerArgs) -> anyhow::Result<Arc<dyn Ledger>> {
@@ -23,7 +25,7 @@ pub async fn open_ledger(args: &LedgerArgs) -> anyhow::Result<Arc<dyn Ledger>> {
         (_, Some(url)) => Arc::new(PostgresLedger::connect(url).await.with_context(|| {
             format!(
                 "opening the Postgres ledger at {}",
-                crate::inspect::redact_url(url)
+                crate::cli::inspect::redact_url(url)
             )
         })?),
         (path, None) => {
@@ -51,7 +53,7 @@ pub async fn connect_redis(args: &RedisArgs) -> anyhow::Result<Arc<RedisStore>> 
     .with_context(|| {
         format!(
             "connecting to Redis at {}",
-            crate::inspect::redact_url(&args.url)
+            crate::cli::inspect::redact_url(&args.url)
         )
     })?;
     Ok(Arc::new(store))
@@ -95,7 +97,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
         Some(c) => c,
         None => std::env::var("HOSTNAME").unwrap_or_else(|_| "sidecar".to_string()),
     };
-    let fleet_metrics = Arc::new(crate::fleet_metrics::FleetMetrics::new(metrics.registry()));
+    let fleet_metrics = Arc::new(crate::jobs::fleet_metrics::FleetMetrics::new(
+        metrics.registry(),
+    ));
     let sidecar = Arc::new(Sidecar {
         redis,
         ledger,
@@ -115,7 +119,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
     let (stop_tx, stop_rx) = watch::channel(false);
     if let (Some(path), Some(pricing)) = (&args.config, &sidecar.pricing) {
         tokio::spawn(
-            crate::config_publisher::ConfigPublisher {
+            crate::jobs::config_publisher::ConfigPublisher {
                 path: path.clone(),
                 pricing: pricing.clone(),
                 redis: sidecar.redis.clone(),
@@ -129,9 +133,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
         let (redis, metrics, mut stop) = (sidecar.redis.clone(), fleet_metrics, stop_rx.clone());
         tokio::spawn(async move {
             while !*stop.borrow() {
-                crate::config_publisher::refresh_fleet_metrics(&redis, &metrics).await;
+                crate::jobs::config_publisher::refresh_fleet_metrics(&redis, &metrics).await;
                 tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(crate::config_publisher::FLEET_STATUS_MS)) => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(crate::jobs::config_publisher::FLEET_STATUS_MS)) => {}
                     _ = stop.changed() => {}
                 }
             }
@@ -140,21 +144,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding the HTTP listener to {}", args.listen))?;
-    let http = tokio::spawn(crate::http::serve(
+    let http = tokio::spawn(crate::api::read_listener::serve(
         listener,
         sidecar.clone(),
         stop_rx.clone(),
     ));
     let admin = match (&args.admin_listen, operations) {
         (Some(listen), Some(ops)) => {
-            let state = crate::admin_cli::admin_state(sidecar.clone(), &args.ledger, ops).await?;
+            let state =
+                crate::cli::admin_commands::admin_state(sidecar.clone(), &args.ledger, ops).await?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding the admin listener to {listen}"))?;
-            tokio::spawn(crate::admin::schedule::run(state.clone(), stop_rx.clone()));
-            tokio::spawn(crate::admin::alerts::run(state.clone(), stop_rx.clone()));
-            tokio::spawn(crate::admin::key_sync::run(state.clone(), stop_rx.clone()));
-            Some(tokio::spawn(crate::admin::serve(
+            tokio::spawn(crate::api::admin::schedule::run(
+                state.clone(),
+                stop_rx.clone(),
+            ));
+            tokio::spawn(crate::api::admin::alerts::run(
+                state.clone(),
+                stop_rx.clone(),
+            ));
+            tokio::spawn(crate::api::admin::key_sync::run(
+                state.clone(),
+                stop_rx.clone(),
+            ));
+            Some(tokio::spawn(crate::api::admin::serve(
                 listener,
                 state,
                 stop_rx.clone(),

@@ -3,14 +3,14 @@
 //!
 //! Nothing here writes credits or acknowledges stream entries: balances come from the
 //! protocol's `balance` script and events from `XREVRANGE`, which consumer groups do not
-//! notice. Every Redis call has a timeout. Formatting is [`crate::render`]'s job.
+//! notice. Every Redis call has a timeout. Formatting is [`crate::cli::render`]'s job.
 
 use creditgate_protocol::keys::validate_id;
 use creditgate_protocol::{
     Balance, CreditStore, Event, Keyspace, RedisStore, RedisTarget, Shard, StoreError,
 };
 
-use crate::cli::{RedisArgs, StreamSelector};
+use crate::cli::args::{RedisArgs, StreamSelector};
 
 /// Stream entries read per `XREVRANGE` while looking for one customer's events. Large
 /// enough that a busy shard needs few round trips, small enough that one reply stays a few

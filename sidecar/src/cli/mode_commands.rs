@@ -4,9 +4,9 @@
 
 use creditgate_protocol::control::{AuditedChange, ControlChange, parse_percent};
 
-use crate::cli::ModeCommand;
-use crate::commands::connect_redis;
-use crate::control_api::{audit_json, gateway_json, parse_mode_or_clear, state_json};
+use crate::api::control::{audit_json, gateway_json, parse_mode_or_clear, state_json};
+use crate::cli::args::ModeCommand;
+use crate::cli::commands::connect_redis;
 
 /// Runs one `mode` subcommand and returns what it prints.
 pub async fn mode_command(command: ModeCommand) -> anyhow::Result<String> {
@@ -68,7 +68,7 @@ pub async fn mode_command(command: ModeCommand) -> anyhow::Result<String> {
 }
 
 async fn change_control(
-    redis: &crate::cli::RedisArgs,
+    redis: &crate::cli::args::RedisArgs,
     change: ControlChange,
     actor: String,
     reason: String,

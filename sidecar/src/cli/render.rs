@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use creditgate_protocol::{Draw, EventBody, GrantState, TypeBalance};
 use serde_json::{Value, json};
 
-use crate::inspect::{BalanceReport, EventsReport, StreamEvent};
+use crate::cli::inspect::{BalanceReport, EventsReport, StreamEvent};
 
 /// How a table column is aligned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,7 +252,7 @@ pub fn events_table(report: &EventsReport) -> String {
         let _ = writeln!(
             out,
             "(searched only the newest {} entries of shard {shard}; older events may exist)",
-            crate::inspect::EVENTS_SCAN_MAX
+            crate::cli::inspect::EVENTS_SCAN_MAX
         );
     }
     out

@@ -23,8 +23,8 @@ use creditgate_protocol::control::PublishOutcome;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::daemon::SharedPricing;
-use crate::fleet_metrics::FleetMetrics;
+use crate::jobs::daemon::SharedPricing;
+use crate::jobs::fleet_metrics::FleetMetrics;
 use crate::ledger::{ConfigVersionRecord, Ledger, now_ms};
 use crate::pricing_history::PricingHistory;
 

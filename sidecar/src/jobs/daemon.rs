@@ -15,11 +15,11 @@ use creditgate_protocol::{RedisStore, SweepReport, sweep_once};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::jobs::outbox::deliver_pending;
+use crate::jobs::reconcile::{ReconcileReport, check_generations, compare};
+use crate::jobs::writer::{CLAIM_IDLE_MS, LedgerWriter};
 use crate::ledger::{Ledger, now_ms};
 use crate::metrics::SidecarMetrics;
-use crate::outbox::deliver_pending;
-use crate::reconcile::{ReconcileReport, check_generations, compare};
-use crate::writer::{CLAIM_IDLE_MS, LedgerWriter};
 
 /// How long the writer waits when every stream was empty, in milliseconds: bounds the lag
 /// from a burn to its ledger entry on a quiet system.
@@ -155,7 +155,9 @@ impl Sidecar {
             }
             Err(e) => self.task_error("outbox", &e),
         }
-        if let Err(e) = crate::audit_mirror::mirror_audit(&self.redis, self.ledger.as_ref()).await {
+        if let Err(e) =
+            crate::jobs::audit_mirror::mirror_audit(&self.redis, self.ledger.as_ref()).await
+        {
             self.task_error("audit_mirror", &e);
         }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
-use crate::cli::{DEFAULT_SQLITE_PATH, LedgerArgs};
+use crate::cli::args::{DEFAULT_SQLITE_PATH, LedgerArgs};
 
 /// Connections of the admin pool: admin calls are few; two keep a slow call from
 /// blocking every other one.
@@ -33,9 +33,9 @@ pub enum AdminDb {
 macro_rules! exec {
     ($db:expr, $sql:expr $(, $arg:expr)* $(,)?) => {
         match $db {
-            $crate::admin::db::AdminDb::Sqlite(p) => sqlx::query($sql)$(.bind($arg))*
+            $crate::api::admin::db::AdminDb::Sqlite(p) => sqlx::query($sql)$(.bind($arg))*
                 .execute(p).await.map(|r| r.rows_affected()),
-            $crate::admin::db::AdminDb::Postgres(p) => sqlx::query($sql)$(.bind($arg))*
+            $crate::api::admin::db::AdminDb::Postgres(p) => sqlx::query($sql)$(.bind($arg))*
                 .execute(p).await.map(|r| r.rows_affected()),
         }
     };
@@ -46,12 +46,12 @@ macro_rules! exec {
 macro_rules! fetch {
     ($db:expr, $sql:expr, [$($arg:expr),* $(,)?], |$row:ident| $map:expr) => {
         match $db {
-            $crate::admin::db::AdminDb::Sqlite(p) => sqlx::query($sql)$(.bind($arg))*
+            $crate::api::admin::db::AdminDb::Sqlite(p) => sqlx::query($sql)$(.bind($arg))*
                 .fetch_all(p).await.and_then(|rows| rows.iter().map(|$row| {
                     use sqlx::Row as _;
                     $map
                 }).collect::<Result<Vec<_>, sqlx::Error>>()),
-            $crate::admin::db::AdminDb::Postgres(p) => sqlx::query($sql)$(.bind($arg))*
+            $crate::api::admin::db::AdminDb::Postgres(p) => sqlx::query($sql)$(.bind($arg))*
                 .fetch_all(p).await.and_then(|rows| rows.iter().map(|$row| {
                     use sqlx::Row as _;
                     $map

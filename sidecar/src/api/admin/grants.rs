@@ -3,7 +3,7 @@
 //! with a second person's approval above them, purchases of configured bundles, and voids
 //! of a grant's remaining credits.
 //!
-//! Every grant goes through the ledger-first path of [`crate::outbox::issue_grant`]; this
+//! Every grant goes through the ledger-first path of [`crate::jobs::outbox::issue_grant`]; this
 //! module decides whether and what to grant, never how it reaches Redis.
 
 use axum::http::StatusCode;
@@ -19,10 +19,10 @@ use super::db::{exec, fetch};
 use super::error::ApiError;
 use super::fields::Body;
 use super::idempotency::{Reply, reply};
+use crate::jobs::outbox::{Issued, OutboxError, issue_grant};
+use crate::jobs::reconcile::{Rebuilt, rebuild_customer};
 use crate::ledger::{Adjustment, GrantRecord, NewEntry, now_ms};
 use crate::operations::{PURCHASE_REASON_CODE, RoleLimit};
-use crate::outbox::{Issued, OutboxError, issue_grant};
-use crate::reconcile::{Rebuilt, rebuild_customer};
 
 /// Burn priority of API grants when the call does not say: the same for every source, so
 /// burn order falls to expiry (promotions, which must expire, burn before purchases).

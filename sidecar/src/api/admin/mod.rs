@@ -1,6 +1,6 @@
 //! The admin API: credit operations over HTTP on their own listener (`run --admin-listen`),
 //! for support, sales, finance and the product's billing backend, plus fleet control
-//! ([`crate::control_api`]) and usage events ([`crate::usage_events`]). Every call needs a
+//! ([`crate::api::control`]) and usage events ([`crate::api::usage_events`]). Every call needs a
 //! bearer token ([`auth`]); every mutating credit operation needs an `Idempotency-Key`
 //! ([`idempotency`]) and records its actor. Fleet control changes record the token's name
 //! as their actor and are set-to-a-value (a repeat changes nothing but adds an audit
@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use self::auth::{AuthState, Caller, Role};
 use self::db::AdminDb;
 use self::idempotency::Reply;
-use crate::daemon::Sidecar;
+use crate::jobs::daemon::Sidecar;
 use crate::ledger::now_ms;
 use crate::metrics::AdminMetrics;
 use crate::operations::Operations;
@@ -529,7 +529,7 @@ async fn control_show(State(st): St, caller: Caller) -> Response {
         &caller,
         Method::GET,
         "/v1/control",
-        crate::control_api::show(&st.sidecar),
+        crate::api::control::show(&st.sidecar),
     )
     .await
 }
@@ -539,7 +539,7 @@ async fn control_mode(State(st): St, caller: Caller, body: Bytes) -> Response {
         &caller,
         Method::POST,
         "/v1/control/mode",
-        crate::control_api::set_mode(&st.sidecar, &caller.name, &body),
+        crate::api::control::set_mode(&st.sidecar, &caller.name, &body),
     )
     .await
 }
@@ -549,7 +549,7 @@ async fn control_rollout(State(st): St, caller: Caller, body: Bytes) -> Response
         &caller,
         Method::POST,
         "/v1/control/rollout",
-        crate::control_api::set_rollout(&st.sidecar, &caller.name, &body),
+        crate::api::control::set_rollout(&st.sidecar, &caller.name, &body),
     )
     .await
 }
@@ -557,13 +557,13 @@ async fn control_rollout(State(st): St, caller: Caller, body: Bytes) -> Response
 async fn control_audit(
     State(st): St,
     caller: Caller,
-    Query(q): Query<crate::control_api::LimitQuery>,
+    Query(q): Query<crate::api::control::LimitQuery>,
 ) -> Response {
     gated(
         &caller,
         Method::GET,
         "/v1/control/audit",
-        crate::control_api::audit(&st.sidecar, q),
+        crate::api::control::audit(&st.sidecar, q),
     )
     .await
 }
@@ -573,7 +573,7 @@ async fn fleet_gateways(State(st): St, caller: Caller) -> Response {
         &caller,
         Method::GET,
         "/v1/fleet/gateways",
-        crate::control_api::gateways(&st.sidecar),
+        crate::api::control::gateways(&st.sidecar),
     )
     .await
 }
@@ -583,7 +583,7 @@ async fn usage_events(State(st): St, caller: Caller, body: Bytes) -> Response {
         &caller,
         Method::POST,
         "/v1/usage-events",
-        crate::usage_events::routes::ingest(&st.sidecar, &body),
+        crate::api::usage_events::routes::ingest(&st.sidecar, &body),
     )
     .await
 }
@@ -628,7 +628,7 @@ fn handlers() -> Vec<(&'static str, MethodRouter<Arc<AdminState>>)> {
             "/v1/usage-events",
             // A batch of events is bigger than an admin call.
             post(usage_events).layer(axum::extract::DefaultBodyLimit::max(
-                crate::usage_events::MAX_REQUEST_BYTES,
+                crate::api::usage_events::MAX_REQUEST_BYTES,
             )),
         ),
     ]

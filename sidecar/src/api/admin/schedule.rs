@@ -11,7 +11,7 @@
 //! schedule yet gets the current period only (joining a plan grants no past months).
 //!
 //! The loop also drops expired idempotency keys. It decides what is due; the ledger-first
-//! path of [`crate::outbox::issue_grant`] grants it.
+//! path of [`crate::jobs::outbox::issue_grant`] grants it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -25,9 +25,9 @@ use tracing::{error, info, warn};
 use super::AdminState;
 use super::db::fetch;
 use super::idempotency;
+use crate::jobs::outbox::{OutboxError, issue_grant};
 use crate::ledger::{GrantRecord, now_ms};
 use crate::operations::{SCHEDULE_REASON_CODE, Schedule};
-use crate::outbox::{OutboxError, issue_grant};
 
 /// How often the scheduled grants are checked, ms: a minute is far finer than a month, and
 /// the first pass runs at start-up.

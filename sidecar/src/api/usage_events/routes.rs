@@ -3,7 +3,7 @@
 //! names the field); the rest of the batch still burns.
 //!
 //! Served on the admin listener only, to tokens of role `billing` or `admin` (see
-//! [`crate::admin::ROUTES`]):
+//! [`crate::api::admin::ROUTES`]):
 //!
 //! ```text
 //! curl -s localhost:9192/v1/usage-events -H "authorization: Bearer $TOKEN" \
@@ -27,7 +27,7 @@ use super::{
     DEFAULT_LATE_WINDOW_MS, MAX_EVENTS_PER_REQUEST, MAX_REQUEST_BYTES, Priced, RejectReason,
     Rejection, UsageEvent, parse_event, price,
 };
-use crate::daemon::Sidecar;
+use crate::jobs::daemon::Sidecar;
 use crate::ledger::{UsageEventRecord, now_ms};
 
 /// The route name recorded on the holds of usage events (where gateway holds have theirs).
