@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use crate::cost::CostRule;
-use crate::error::{ConfigError, ConfigErrors, LineIndex};
+use crate::diagnostics::{ConfigError, ConfigErrors, LineIndex};
 use crate::limits::DEFAULT_OVERDRAFT;
 use crate::model::{
     ApiKey, Billing, Cohort, CreditType, Customer, Defaults, EmbeddedGrant, Feature, Identity,

@@ -1,9 +1,12 @@
-//! Config errors: one [`ConfigError`] per problem, each with the file, the field path and
-//! the line, collected into [`ConfigErrors`] so that ops see every mistake in one run.
+//! The `file:line: field: message` diagnostics of every file the product reads (the pricing
+//! config here, the sidecar's operations file): one [`ConfigError`] per problem, each with
+//! the file, the field path and the line, collected by [`Diagnostics`] into [`ConfigErrors`]
+//! so that ops see every mistake in one run.
 //!
-//! This module only formats and carries errors; it never decides what is valid.
+//! This module only locates, formats and carries errors; it never decides what is valid.
 
 use std::fmt;
+use std::ops::Range;
 
 /// One problem found in a pricing config file.
 ///
@@ -53,6 +56,12 @@ impl ConfigErrors {
         Self { errors }
     }
 
+    /// Wraps the collected errors in the order they were found, for files whose checks
+    /// already walk the file section by section (the operations file).
+    pub fn in_order_found(errors: Vec<ConfigError>) -> Self {
+        Self { errors }
+    }
+
     /// The errors, sorted by line.
     pub fn errors(&self) -> &[ConfigError] {
         &self.errors
@@ -99,22 +108,110 @@ impl IntoIterator for ConfigErrors {
 
 /// Maps byte offsets in the file text to 1-based line numbers.
 #[derive(Debug)]
-pub(crate) struct LineIndex {
+pub struct LineIndex {
     /// Byte offset where each line starts; the first entry is always 0.
     line_starts: Vec<usize>,
 }
 
 impl LineIndex {
-    pub(crate) fn new(text: &str) -> Self {
+    /// Indexes the line starts of `text`.
+    pub fn new(text: &str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(offset, _)| offset + 1));
         Self { line_starts }
     }
 
-    /// The 1-based line holding `offset`.
-    pub(crate) fn line_of(&self, offset: usize) -> u32 {
+    /// The 1-based line holding `offset`; offsets past the end are on the last line.
+    pub fn line_of(&self, offset: usize) -> u32 {
         let line = self.line_starts.partition_point(|&start| start <= offset);
         u32::try_from(line).unwrap_or(u32::MAX)
+    }
+}
+
+/// The errors of one file as its checks find them: each report names a field path and is
+/// placed on a line from a byte span of the file's text.
+#[derive(Debug)]
+pub struct Diagnostics<'a> {
+    file: &'a str,
+    text: &'a str,
+    lines: LineIndex,
+    errors: Vec<ConfigError>,
+}
+
+impl<'a> Diagnostics<'a> {
+    /// Starts collecting the errors of `text`, read from the file named `file`.
+    pub fn new(file: &'a str, text: &'a str) -> Self {
+        Self {
+            file,
+            text,
+            lines: LineIndex::new(text),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Records a problem with `field` on the line where `span` starts (no line without one).
+    pub fn report(
+        &mut self,
+        field: impl Into<String>,
+        span: Option<Range<usize>>,
+        message: String,
+    ) {
+        let line = span.map(|span| self.lines.line_of(span.start));
+        self.report_on_line(field, line, message);
+    }
+
+    /// Records a problem with `field` on a line already known.
+    pub fn report_on_line(&mut self, field: impl Into<String>, line: Option<u32>, message: String) {
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            field: field.into(),
+            line,
+            message,
+        });
+    }
+
+    /// Records a problem with `field` (a dotted path) in the table whose span is `table`, on
+    /// the line of the field's key (see [`Diagnostics::key_line`]).
+    pub fn report_in_table(&mut self, table: Range<usize>, field: String, message: String) {
+        let line = self.key_line(table, &field);
+        self.report_on_line(field, Some(line), message);
+    }
+
+    /// The 1-based line holding byte `offset` of the text.
+    pub fn line_of(&self, offset: usize) -> u32 {
+        self.lines.line_of(offset)
+    }
+
+    /// The line of `field`'s last key (`key = ...`) in the table that starts at `table`,
+    /// searched up to the next table header; the table's first line when the key is not
+    /// written there. For files deserialised with a span per table rather than per value.
+    pub fn key_line(&self, table: Range<usize>, field: &str) -> u32 {
+        let key = field.rsplit('.').next().unwrap_or(field);
+        let start = table.start.min(self.text.len());
+        let mut offset = start;
+        for (index, line) in self.text[start..].split_inclusive('\n').enumerate() {
+            let trimmed = line.trim_start();
+            if index > 0 && trimmed.starts_with('[') && !trimmed.starts_with("[\"") {
+                break;
+            }
+            if let Some(rest) = trimmed.strip_prefix(key)
+                && rest.trim_start().starts_with('=')
+            {
+                return self.lines.line_of(offset);
+            }
+            offset += line.len();
+        }
+        self.lines.line_of(start)
+    }
+
+    /// Whether no problem was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// The problems recorded, in the order they were found.
+    pub fn into_errors(self) -> Vec<ConfigError> {
+        self.errors
     }
 }
 
@@ -131,6 +228,16 @@ mod tests {
         assert_eq!(index.line_of(5), 3);
         assert_eq!(index.line_of(6), 4);
         assert_eq!(index.line_of(100), 4);
+    }
+
+    #[test]
+    fn key_lines_find_the_key_inside_its_table() {
+        let text = "[a]\nx = 1\ny = 2\n[b]\ny = 3\n";
+        let diagnostics = Diagnostics::new("f.toml", text);
+        assert_eq!(diagnostics.key_line(0..text.len(), "a.y"), 3);
+        // Not written in [a]: the table's own line, not the y of [b].
+        assert_eq!(diagnostics.key_line(0..text.len(), "a.z"), 1);
+        assert_eq!(diagnostics.key_line(16..text.len(), "b.y"), 5);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 mod config;
 mod cost;
-mod error;
+mod diagnostics;
 mod limits;
 mod model;
 mod pattern;
@@ -18,7 +18,7 @@ mod validate;
 
 pub use config::{CostSource, PricingConfig, ResolvedCost, UNPUBLISHED_VERSION};
 pub use cost::{CostRule, RequestValues, UnitSource, UnitsValue, query_param};
-pub use error::{ConfigError, ConfigErrors};
+pub use diagnostics::{ConfigError, ConfigErrors, Diagnostics, LineIndex};
 pub use limits::*;
 pub use model::{
     ApiKey, Billing, Cohort, CreditType, Customer, DEFAULT_FAILURE_POLICY, DEFAULT_MODE,
