@@ -6,14 +6,19 @@
 //! `main.rs` only parses the command line and calls [`run`].
 
 pub mod admin;
+pub mod admission;
 pub mod breaker;
 pub mod cli;
 pub mod control;
 pub mod demo;
 pub mod fleet;
+pub mod gate;
+pub mod hold;
 pub mod identity;
+pub mod in_flight;
 pub mod metrics;
 pub mod proxy;
+pub mod request_body;
 pub mod responses;
 pub mod server;
 pub mod store_client;

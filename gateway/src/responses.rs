@@ -1,5 +1,6 @@
-//! The gateway's own responses (401, 402, 404, 409, 422, 503): JSON bodies with an error
-//! code a program can branch on and a message a person can read.
+//! The gateway's own responses (400, 401, 402, 404, 409, 422, 500, 503): JSON bodies with an
+//! error code a program can branch on and a message a person can read; and the headers that
+//! tell the client what a proxied request was charged.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -112,6 +113,15 @@ impl Refusal {
         }
     }
 
+    /// 500: the gateway itself is at fault (a bug or an inconsistent config), not the
+    /// client nor the store; retrying does not help.
+    pub fn internal_error(message: &str) -> Self {
+        Self {
+            status: 500,
+            body: json!({"error": "internal_error", "message": message}),
+        }
+    }
+
     /// Writes the refusal to the client, with the request id in body and header.
     pub async fn send(self, session: &mut Session, request_id: &str) -> pingora::Result<()> {
         let mut body = self.body;
@@ -128,5 +138,37 @@ impl Refusal {
             .write_response_header(Box::new(header), false)
             .await?;
         session.write_response_body(Some(bytes), true).await
+    }
+}
+
+/// What the response headers say about the charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// The credit type charged.
+    pub credit_type: String,
+    /// Credits charged (for routes settled from the response, what was reserved).
+    pub charged: u64,
+    /// Credits of the type left after the reservation, when known.
+    pub remaining: Option<i64>,
+}
+
+impl Charge {
+    /// Nothing charged: a free request, or an idempotent replay of one already charged.
+    pub fn nothing(credit_type: &str) -> Self {
+        Self {
+            credit_type: credit_type.to_string(),
+            charged: 0,
+            remaining: None,
+        }
+    }
+
+    /// Adds the charge headers to a response.
+    pub fn insert_headers(&self, response: &mut ResponseHeader) -> pingora::Result<()> {
+        response.insert_header(HEADER_CHARGED, self.charged.to_string())?;
+        response.insert_header(HEADER_CREDIT_TYPE, self.credit_type.as_str())?;
+        if let Some(remaining) = self.remaining {
+            response.insert_header(HEADER_REMAINING, remaining.to_string())?;
+        }
+        Ok(())
     }
 }

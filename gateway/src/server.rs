@@ -29,8 +29,9 @@ use crate::cli::RunArgs;
 use crate::control::FleetControl;
 use crate::demo::DemoUpstream;
 use crate::fleet::{ConfigSource, FleetSync};
+use crate::gate::CreditGate;
+use crate::in_flight::InFlight;
 use crate::metrics::Metrics;
-use crate::proxy::{CreditGate, InFlight};
 use crate::store_client::StoreClient;
 use crate::store_connect::connect_in_background;
 

@@ -1,0 +1,279 @@
+//! The gateway service: its shared state ([`CreditGate`]: the swappable pricing config, the
+//! store client, metrics, the fleet's control state), each request's state
+//! ([`RequestCtx`]), and the work of the phases that do more than copy headers: admitting
+//! a request in `request_filter` ([`CreditGate::admit`]) and ending its hold in `logging`
+//! ([`CreditGate::finish`]).
+//!
+//! This module sequences; it decides nothing itself. Decisions are
+//! [`crate::admission`]'s, the hold's store calls [`crate::hold`]'s, and the phase
+//! callbacks that call in here are `crate::proxy`'s. A request is priced by the config
+//! version it started with, even if a new one is swapped in meanwhile.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use creditgate_config::{DEFAULT_UPSTREAM, Mode, PricingConfig, ResponseUsage, Route};
+use pingora::Error;
+use pingora::http::RequestHeader;
+use pingora::prelude::Session;
+use tracing::{debug, error, warn};
+
+use crate::admission::{
+    self, Caller, Price, ReserveAmount, RouteDecision, UNMATCHED_ROUTE, store_failure_decision,
+};
+use crate::control::FleetControl;
+use crate::hold::{Holds, RequestHold};
+use crate::in_flight::InFlight;
+use crate::metrics::{Metrics, Outcome};
+use crate::request_body::read_estimate;
+use crate::responses::{Charge, Refusal};
+use crate::store_client::StoreClient;
+use crate::usage::ResponseInspector;
+use crate::usage::request::EstimateOutcome;
+
+/// The credit-enforcing proxy.
+pub struct CreditGate {
+    pub(crate) config: Arc<ArcSwap<PricingConfig>>,
+    store: Arc<StoreClient>,
+    metrics: Arc<Metrics>,
+    pub(crate) in_flight: InFlight,
+    control: Arc<FleetControl>,
+    holds: Holds,
+}
+
+/// Per-request state.
+#[derive(Debug, Default)]
+pub struct RequestCtx {
+    pub(crate) request_id: String,
+    pub(crate) config: Option<Arc<PricingConfig>>,
+    route: String,
+    pub(crate) upstream: Option<String>,
+    pub(crate) customer: Option<String>,
+    hold: Option<RequestHold>,
+    pub(crate) charge: Option<Charge>,
+    upstream_status: Option<u16>,
+    /// Whether `request_filter` counted this request in flight (`logging` uncounts it).
+    pub(crate) counted: bool,
+    pub(crate) pricing_version: Option<String>,
+    /// The route's response-usage rule and `max`, until the response headers arrive.
+    response_cost: Option<(Arc<ResponseUsage>, u64)>,
+    /// Reads the actual cost of a response-priced request as its body passes.
+    inspector: Option<ResponseInspector>,
+    /// The gateway read the body and answered `Expect: 100-continue` itself, so the
+    /// upstream request goes without `Expect` (the body follows at once).
+    pub(crate) body_read: bool,
+}
+
+impl RequestCtx {
+    /// Per-request state with a fresh request id.
+    pub fn new() -> Self {
+        Self {
+            request_id: uuid::Uuid::new_v4().simple().to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// The upstream answered with `status` and `headers`: remember the status (it decides
+    /// settle or void) and, for a route priced from the response, start reading its usage.
+    pub(crate) fn upstream_answered(&mut self, status: u16, headers: &http::HeaderMap) {
+        self.upstream_status = Some(status);
+        if let Some((usage, max)) = self.response_cost.take() {
+            self.inspector = Some(ResponseInspector::new(usage, max, headers));
+        }
+    }
+
+    /// A chunk of the response body passed (for a route priced from the response).
+    pub(crate) fn response_body(&mut self, chunk: &[u8], end_of_stream: bool) {
+        if let Some(inspector) = &mut self.inspector {
+            inspector.feed(chunk, end_of_stream);
+        }
+    }
+}
+
+impl CreditGate {
+    /// A gateway on this config, store and metrics.
+    pub fn new(
+        config: Arc<ArcSwap<PricingConfig>>,
+        store: Arc<StoreClient>,
+        metrics: Arc<Metrics>,
+        in_flight: InFlight,
+    ) -> Self {
+        let holds = Holds::new(store.clone(), metrics.clone(), in_flight.clone());
+        Self {
+            config,
+            store,
+            metrics,
+            in_flight,
+            control: Arc::new(FleetControl::new(false)),
+            holds,
+        }
+    }
+
+    /// This gateway with the fleet's control state (mode overrides, kill switch).
+    pub fn with_control(mut self, control: Arc<FleetControl>) -> Self {
+        self.control = control;
+        self
+    }
+
+    /// The `request_filter` phase's work: route, mode, identity, price, reserve. `Ok`
+    /// proxies the request; an `Err` is answered to the client.
+    pub(crate) async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        config: &PricingConfig,
+    ) -> Result<(), Refusal> {
+        // One view of the control state for the whole request.
+        let control = self.control.view();
+        let (found, route_mode) =
+            match admission::decide_route(config, &control, session.req_header()) {
+                RouteDecision::NoRoute(refusal) => {
+                    self.unmatched(ctx);
+                    return Err(refusal);
+                }
+                RouteDecision::PassThrough => {
+                    self.unmatched(ctx);
+                    ctx.upstream = Some(DEFAULT_UPSTREAM.to_string());
+                    return Ok(());
+                }
+                RouteDecision::Unmetered(route) => {
+                    self.matched(ctx, route);
+                    self.metrics.decision(&route.name, Outcome::Allowed);
+                    return Ok(());
+                }
+                RouteDecision::Metered { found, mode } => (found, mode),
+            };
+        let route = found.route;
+        self.matched(ctx, route);
+        let Some(customer) = self.identify(config, session.req_header(), route).await? else {
+            return Ok(());
+        };
+        ctx.customer = Some(customer.clone());
+        let mode = control.customer_mode(route_mode, &customer);
+        if mode == Mode::Off {
+            self.metrics.decision(&route.name, Outcome::Allowed);
+            return Ok(());
+        }
+        let price = admission::price_request(config, &found, &customer).map_err(|e| {
+            error!(request_id = %ctx.request_id, error = %e, "cannot price the request");
+            e.refusal()
+        })?;
+        ctx.pricing_version = Some(price.pricing_version.clone());
+        ctx.response_cost = price.response_cost();
+        let amount = self.reserve_amount(session, ctx, route, &price).await?;
+        if amount == 0 {
+            self.metrics.decision(&route.name, Outcome::Allowed);
+            ctx.charge = Some(Charge::nothing(price.credit_type()));
+            return Ok(());
+        }
+        let plan = admission::plan_reserve(
+            config,
+            &found,
+            &price,
+            &customer,
+            mode,
+            amount,
+            session.req_header(),
+            &ctx.request_id,
+        );
+        let reserved = self.holds.reserve_for_request(&plan).await?;
+        ctx.hold = reserved.hold;
+        ctx.charge = reserved.charge;
+        Ok(())
+    }
+
+    fn unmatched(&self, ctx: &mut RequestCtx) {
+        self.metrics.decision(UNMATCHED_ROUTE, Outcome::Unmatched);
+        ctx.route = UNMATCHED_ROUTE.to_string();
+    }
+
+    fn matched(&self, ctx: &mut RequestCtx, route: &Route) {
+        ctx.route = route.name.clone();
+        ctx.upstream = Some(route.upstream.clone());
+    }
+
+    /// Finds the customer, asking the store for an API key the config does not list.
+    /// `Ok(None)` means the store failed and the route fails open.
+    async fn identify(
+        &self,
+        config: &PricingConfig,
+        req: &RequestHeader,
+        route: &Route,
+    ) -> Result<Option<String>, Refusal> {
+        let refused = |refusal: Refusal| {
+            self.metrics.decision(&route.name, Outcome::Unauthorized);
+            refusal
+        };
+        let hash = match admission::identify_caller(config, req) {
+            Caller::Customer(customer) => return Ok(Some(customer)),
+            Caller::Unauthorized(refusal) => return Err(refused(refusal)),
+            Caller::LookUpApiKey(hash) => hash,
+        };
+        match self
+            .store
+            .customer_for_key(&hash, route.store_timeout_ms)
+            .await
+        {
+            Ok(Some(customer)) => Ok(Some(customer)),
+            Ok(None) => Err(refused(admission::unknown_api_key())),
+            Err(failure) => {
+                warn!(route = %route.name, op = "api_key", error = %failure, policy = route.failure_policy.as_str(), "credit store call failed");
+                let (outcome, decision) = store_failure_decision(route.failure_policy, &failure);
+                self.metrics.decision(&route.name, outcome);
+                decision.map(|()| None)
+            }
+        }
+    }
+
+    /// How much to reserve, reading the body first for a route that estimates from it.
+    async fn reserve_amount(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        price: &Price<'_>,
+    ) -> Result<u64, Refusal> {
+        let (from, fixed, max) = match price.reserve_amount(session.req_header()) {
+            ReserveAmount::Known(amount) => return Ok(amount),
+            ReserveAmount::FromBody {
+                from,
+                estimate,
+                max,
+            } => (from, estimate, max),
+        };
+        let estimate = read_estimate(session, from, fixed, max).await?;
+        ctx.body_read = estimate.outcome != EstimateOutcome::OverLimit;
+        self.metrics
+            .request_estimate(&route.name, estimate.outcome.as_str());
+        debug!(request_id = %ctx.request_id, route = %route.name, amount = estimate.amount,
+            outcome = estimate.outcome.as_str(), problem = ?estimate.problem, "estimated from the request");
+        Ok(estimate.amount)
+    }
+
+    /// The `logging` phase's work: hands the request's hold, if any, to a background
+    /// settle or void, with the cost read from the response for routes priced from it.
+    pub(crate) fn finish(&self, session: &Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map(|r| r.status.as_u16());
+        if let Some(e) = error {
+            warn!(request_id = %ctx.request_id, route = %ctx.route, customer = ?ctx.customer, error = %e, "request failed");
+        }
+        let Some(mut hold) = ctx.hold.take() else {
+            debug!(request_id = %ctx.request_id, route = %ctx.route, customer = ?ctx.customer, status = ?status, "request done");
+            return;
+        };
+        let end = hold.end_for(ctx.upstream_status);
+        if let Some(inspector) = ctx.inspector.take() {
+            let settlement = inspector.settle();
+            self.metrics
+                .response_cost(&ctx.route, settlement.outcome.as_str());
+            if let Some(problem) = &settlement.problem {
+                warn!(request_id = %ctx.request_id, route = %ctx.route, hold_id = %hold.hold_id(),
+                    problem, fallback = settlement.amount, "response usage not readable; settling the fallback");
+            }
+            debug!(request_id = %ctx.request_id, hold_id = %hold.hold_id(), amount = settlement.amount,
+                outcome = settlement.outcome.as_str(), "cost read from the response");
+            hold.settle_amount(settlement.amount);
+        }
+        self.holds.settle_or_void(hold, end, &ctx.request_id);
+    }
+}
