@@ -7,7 +7,7 @@ use axum::routing::get;
 use creditgate_sidecar::api::admin::auth::{AuthState, Caller, Role, create_token, require_role};
 use creditgate_sidecar::api::admin::db::AdminDb;
 use creditgate_sidecar::cli::args::LedgerArgs;
-use creditgate_sidecar::ledger::{Ledger, SqliteLedger};
+use creditgate_sidecar::ledger::{LedgerAdmin, SqliteLedger};
 
 #[tokio::test]
 async fn require_role_guards_other_modules_routes() {

@@ -12,8 +12,9 @@ use creditgate_protocol::{
     Keyspace, Model, ReserveOutcome, ReserveRequest, ResolveOutcome, SettleRequest,
 };
 use creditgate_sidecar::ledger::{
-    Adjustment, AppendOutcome, BreakKind, EntryKind, EntryQuery, GrantRecord, Ledger,
-    LedgerBalance, NewEntry, PostgresLedger, RecordGrantOutcome, SqliteLedger, UsageRow,
+    Adjustment, AppendOutcome, BreakKind, EntryKind, EntryQuery, GrantRecord, Ledger, LedgerAdmin,
+    LedgerBalance, LedgerEntries, NewEntry, PostgresLedger, RecordGrantOutcome, SqliteLedger,
+    UsageRow,
 };
 use creditgate_testkit::Postgres;
 use sqlx::Connection;

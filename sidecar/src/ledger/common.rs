@@ -2,14 +2,14 @@
 //!
 //! A backend hands out a [`Shared`] view of itself: its [`Dialect`], the pool queries read
 //! from and the pool single write statements go through (SQLite: its reader pool and its
-//! one-connection writer pool; Postgres: its one pool for both). The `Ledger` methods of
-//! both backends delegate here. What differs stays in the backend files: connecting, the
-//! migration loop and its locking, and how a write transaction begins (SQLite: `BEGIN
-//! IMMEDIATE` on the writer; Postgres: a plain `BEGIN`, then `append_batch` locks the
-//! batch's chain heads `FOR UPDATE` in sorted order). The backend begins the transaction
-//! and passes it to [`Shared::append_in`] or [`Shared::record_grant_in`], which run the
-//! common statements in it and commit. Like the backends, nothing here updates or deletes
-//! an entry.
+//! one-connection writer pool; Postgres: its one pool for both). [`forward_ledger_roles!`]
+//! implements every role trait for a backend once, delegating here. What differs is the
+//! backend's [`SqlBackend`] implementation in its own file: connecting, the migration loop
+//! and its locking, and how a write transaction begins (SQLite: `BEGIN IMMEDIATE` on the
+//! writer; Postgres: a plain `BEGIN`, then the batch's chain heads are locked `FOR UPDATE`
+//! in sorted order). The forwarding begins the transaction and passes it to
+//! [`Shared::append_in`] or [`Shared::record_grant_in`], which run the common statements in
+//! it and commit. Like the backends, nothing here updates or deletes an entry.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -52,6 +52,84 @@ struct Pending<'e> {
     hash: String,
 }
 
+/// A batch being appended: the chain heads as its entries move them, the entries queued
+/// for the next insert statement, and each entry's outcome once known.
+struct Append<'e> {
+    /// The sidecar clock stamped on every entry of the batch.
+    recorded_at_ms: u64,
+    /// Each customer's head, moved past the entries queued or inserted so far.
+    heads: Heads,
+    /// The heads the queued entries' customers had before the first of them.
+    saved: HashMap<String, ChainHead>,
+    /// Entries chained but not inserted yet, at most [`sql::INSERT_CHUNK`].
+    pending: Vec<Pending<'e>>,
+    /// Event ids queued so far (inserted or pending): a repeat is answered from the store.
+    queued: HashSet<&'e str>,
+    /// Customers whose head moved: written back before the commit.
+    dirty: BTreeSet<String>,
+    /// The outcome of each entry, by its place in the batch.
+    out: Vec<Option<AppendOutcome>>,
+}
+
+impl<'e> Append<'e> {
+    fn new(len: usize, heads: Heads, recorded_at_ms: u64) -> Self {
+        Self {
+            recorded_at_ms,
+            heads,
+            saved: HashMap::new(),
+            pending: Vec::with_capacity(sql::INSERT_CHUNK),
+            queued: HashSet::new(),
+            dirty: BTreeSet::new(),
+            out: vec![None; len],
+        }
+    }
+
+    /// Chains `e` after its customer's head and queues it for the next insert statement.
+    fn queue(&mut self, index: usize, e: &'e NewEntry) -> LedgerResult<()> {
+        let head = self.heads.get_mut(&e.customer).ok_or_else(|| {
+            LedgerError::Corrupt(format!("no chain head loaded for {}", e.customer))
+        })?;
+        if !self.saved.contains_key(&e.customer) {
+            self.saved.insert(e.customer.clone(), head.clone());
+        }
+        let prev_hash = head.last_hash.clone();
+        let hash = entry_hash(&prev_hash, e, self.recorded_at_ms)?;
+        head.last_hash = hash.clone();
+        self.queued.insert(e.event_id.as_str());
+        self.pending.push(Pending {
+            index,
+            entry: e,
+            prev_hash,
+            hash,
+        });
+        Ok(())
+    }
+
+    /// Records that a queued entry was inserted with `seq`.
+    fn inserted(&mut self, p: &Pending<'_>, seq: i64) {
+        if let Some(head) = self.heads.get_mut(&p.entry.customer) {
+            head.last_seq = seq;
+        }
+        self.dirty.insert(p.entry.customer.clone());
+        self.out[p.index] = Some(AppendOutcome::Inserted { seq });
+    }
+
+    /// Puts back the heads the queued entries' customers had before them.
+    fn restore_heads(&mut self) {
+        for (customer, head) in self.saved.drain() {
+            self.heads.insert(customer, head);
+        }
+    }
+
+    /// Every entry's outcome, in batch order.
+    fn outcomes(self) -> LedgerResult<Vec<AppendOutcome>> {
+        self.out
+            .into_iter()
+            .map(|o| o.ok_or_else(|| LedgerError::Corrupt("an entry got no outcome".into())))
+            .collect()
+    }
+}
+
 /// A backend as the shared code sees it.
 pub(crate) struct Shared<'a, DB: Database> {
     /// How JSON columns are written and read.
@@ -73,6 +151,217 @@ pub(crate) fn start_batch(entries: &[NewEntry]) -> LedgerResult<Option<u64>> {
     }
     Ok(Some(now_ms()))
 }
+
+/// What differs between the backends. Everything else is written once: the statements in
+/// [`Shared`], and the role traits' forwarding in [`forward_ledger_roles!`].
+#[async_trait::async_trait]
+pub(crate) trait SqlBackend: Send + Sync {
+    /// The sqlx database.
+    type Db: Database;
+
+    /// The backend's name, as [`LedgerAdmin::backend`](super::LedgerAdmin::backend) says it.
+    const NAME: &'static str;
+
+    /// The shared ledger logic on this backend's pools.
+    fn shared(&self) -> Shared<'_, Self::Db>;
+
+    /// Applies the migrations not applied yet, under the backend's own locking.
+    async fn migrate_schema(&self) -> LedgerResult<Vec<i64>>;
+
+    /// Begins the transaction of an append or a grant (SQLite: `BEGIN IMMEDIATE` on the
+    /// one writer; Postgres: a plain `BEGIN`).
+    async fn begin_write(&self) -> LedgerResult<Transaction<'_, Self::Db>>;
+
+    /// Begins an append's transaction and locks in it the chain heads of the batch's
+    /// customers when concurrent writers need that (Postgres overrides this); by default
+    /// no head is locked, for a backend that serialises its writers (SQLite).
+    async fn begin_append(
+        &self,
+        entries: &[NewEntry],
+    ) -> LedgerResult<(Transaction<'_, Self::Db>, Heads)> {
+        let _ = entries;
+        Ok((self.begin_write().await?, Heads::new()))
+    }
+}
+
+/// Implements every ledger role for a [`SqlBackend`] by forwarding to its [`Shared`] view:
+/// the one place the role methods meet the backends.
+macro_rules! forward_ledger_roles {
+    ($backend:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::ledger::LedgerAdmin for $backend {
+            fn backend(&self) -> &'static str {
+                <Self as $crate::ledger::common::SqlBackend>::NAME
+            }
+
+            async fn migrate(&self) -> $crate::ledger::LedgerResult<Vec<i64>> {
+                $crate::ledger::common::SqlBackend::migrate_schema(self).await
+            }
+
+            async fn applied_migrations(&self) -> $crate::ledger::LedgerResult<Vec<i64>> {
+                self.shared().applied_migrations().await
+            }
+
+            async fn redis_generation(
+                &self,
+                shard: u32,
+            ) -> $crate::ledger::LedgerResult<Option<String>> {
+                self.shared().redis_generation(shard).await
+            }
+
+            async fn set_redis_generation(
+                &self,
+                shard: u32,
+                generation: &str,
+            ) -> $crate::ledger::LedgerResult<()> {
+                self.shared().set_redis_generation(shard, generation).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::ledger::LedgerEntries for $backend {
+            async fn append_batch(
+                &self,
+                entries: &[$crate::ledger::NewEntry],
+            ) -> $crate::ledger::LedgerResult<Vec<$crate::ledger::AppendOutcome>> {
+                let Some(recorded_at_ms) = $crate::ledger::common::start_batch(entries)? else {
+                    return Ok(Vec::new());
+                };
+                let (tx, heads) = self.begin_append(entries).await?;
+                self.shared()
+                    .append_in(tx, entries, heads, recorded_at_ms)
+                    .await
+            }
+
+            async fn entry(
+                &self,
+                event_id: &str,
+            ) -> $crate::ledger::LedgerResult<Option<$crate::ledger::LedgerEntry>> {
+                self.shared().entry(event_id).await
+            }
+
+            async fn entries(
+                &self,
+                query: &$crate::ledger::EntryQuery,
+            ) -> $crate::ledger::LedgerResult<Vec<$crate::ledger::LedgerEntry>> {
+                self.shared().entries(query).await
+            }
+
+            async fn customers(&self) -> $crate::ledger::LedgerResult<Vec<String>> {
+                self.shared().customers().await
+            }
+
+            async fn chain_head(
+                &self,
+                customer: &str,
+            ) -> $crate::ledger::LedgerResult<Option<$crate::ledger::ChainHead>> {
+                self.shared().chain_head(customer).await
+            }
+
+            async fn amount_sums(
+                &self,
+            ) -> $crate::ledger::LedgerResult<Vec<(String, String, i64)>> {
+                self.shared().amount_sums().await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::ledger::LedgerGrants for $backend {
+            async fn record_grant(
+                &self,
+                grant: &$crate::ledger::GrantRecord,
+            ) -> $crate::ledger::LedgerResult<$crate::ledger::RecordGrantOutcome> {
+                grant.validate()?;
+                let tx = self.begin_write().await?;
+                self.shared().record_grant_in(tx, grant).await
+            }
+
+            async fn pending_grants(
+                &self,
+                limit: u32,
+            ) -> $crate::ledger::LedgerResult<Vec<$crate::ledger::GrantRecord>> {
+                self.shared().pending_grants(limit).await
+            }
+
+            async fn mark_grant_applied(
+                &self,
+                grant_id: &str,
+                at_ms: u64,
+            ) -> $crate::ledger::LedgerResult<bool> {
+                self.shared().mark_grant_applied(grant_id, at_ms).await
+            }
+
+            async fn mark_grant_attempt_failed(
+                &self,
+                grant_id: &str,
+                error: &str,
+            ) -> $crate::ledger::LedgerResult<bool> {
+                self.shared()
+                    .mark_grant_attempt_failed(grant_id, error)
+                    .await
+            }
+
+            async fn outbox_state(
+                &self,
+                grant_id: &str,
+            ) -> $crate::ledger::LedgerResult<Option<$crate::ledger::OutboxState>> {
+                self.shared().outbox_state(grant_id).await
+            }
+
+            async fn grants_of(
+                &self,
+                customer: &str,
+            ) -> $crate::ledger::LedgerResult<Vec<$crate::ledger::GrantRecord>> {
+                self.shared().grants_of(customer).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::ledger::LedgerControlAudit for $backend {
+            async fn record_control_audit(
+                &self,
+                entries: &[creditgate_protocol::control::AuditEntry],
+            ) -> $crate::ledger::LedgerResult<u64> {
+                self.shared().record_control_audit(entries).await
+            }
+
+            async fn control_audit(
+                &self,
+                limit: u32,
+            ) -> $crate::ledger::LedgerResult<Vec<creditgate_protocol::control::AuditEntry>> {
+                self.shared().control_audit(limit).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::ledger::LedgerPricingVersions for $backend {
+            async fn record_config_version(
+                &self,
+                record: &$crate::ledger::ConfigVersionRecord,
+            ) -> $crate::ledger::LedgerResult<bool> {
+                self.shared().record_config_version(record).await
+            }
+
+            async fn config_versions_after(
+                &self,
+                after: u64,
+            ) -> $crate::ledger::LedgerResult<Vec<$crate::ledger::ConfigVersionRecord>> {
+                self.shared().config_versions_after(after).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::ledger::LedgerUsageEvents for $backend {
+            async fn record_usage_event(
+                &self,
+                event: &$crate::ledger::UsageEventRecord,
+            ) -> $crate::ledger::LedgerResult<bool> {
+                self.shared().record_usage_event(event).await
+            }
+        }
+    };
+}
+pub(crate) use forward_ledger_roles;
 
 /// The bounds say what the ledger binds and reads: text, `BIGINT` and their nullable forms,
 /// columns by name or position, and statements run on a connection, a transaction or a
@@ -240,23 +529,21 @@ where
         Ok(())
     }
 
-    /// Inserts `e` after `heads`' head of its customer, or reports the entry stored under
-    /// its event id (another writer inserted it since the batch looked).
+    /// Inserts `e` after the batch's head of its customer, or reports the entry stored
+    /// under its event id (another writer inserted it since the batch looked).
     async fn insert_one(
         &self,
         conn: &mut DB::Connection,
         e: &NewEntry,
-        heads: &mut Heads,
-        dirty: &mut BTreeSet<String>,
-        recorded_at_ms: u64,
+        batch: &mut Append<'_>,
     ) -> LedgerResult<AppendOutcome> {
-        let prev_hash = heads[&e.customer].last_hash.clone();
-        let hash = entry_hash(&prev_hash, e, recorded_at_ms)?;
+        let prev_hash = batch.heads[&e.customer].last_hash.clone();
+        let hash = entry_hash(&prev_hash, e, batch.recorded_at_ms)?;
         let insert = sql::insert_entry(self.dialect);
         let row = bind_entry!(
             sqlx::query(&insert),
             e,
-            recorded_at_ms,
+            batch.recorded_at_ms,
             prev_hash.as_str(),
             hash.as_str()
         )
@@ -265,14 +552,12 @@ where
         match row {
             Some(row) => {
                 let seq: i64 = row.try_get("seq")?;
-                heads.insert(
-                    e.customer.clone(),
-                    ChainHead {
-                        last_seq: seq,
-                        last_hash: hash,
-                    },
-                );
-                dirty.insert(e.customer.clone());
+                let head = ChainHead {
+                    last_seq: seq,
+                    last_hash: hash,
+                };
+                batch.heads.insert(e.customer.clone(), head);
+                batch.dirty.insert(e.customer.clone());
                 Ok(AppendOutcome::Inserted { seq })
             }
             None => self.stored_outcome(conn, e).await,
@@ -291,68 +576,43 @@ where
         Ok(sql::existing_outcome(existing, e))
     }
 
-    /// Inserts the pending entries of a batch with one statement, inside a savepoint. Each
-    /// pending entry carries the prev_hash and hash computed from `heads` when it was
-    /// queued; `saved` holds the heads its customers had before the first of them. When
+    /// Inserts the batch's queued entries with one statement, inside a savepoint. Each
+    /// queued entry carries the prev_hash and hash computed when it was queued. When
     /// another writer inserted one of the event ids meanwhile (the statement skips it), the
     /// chain computed for the rest no longer holds: roll back to the savepoint, restore the
     /// heads and insert the entries one by one instead.
-    #[allow(clippy::too_many_arguments)]
-    async fn flush(
-        &self,
-        conn: &mut DB::Connection,
-        pending: &mut Vec<Pending<'_>>,
-        saved: &mut HashMap<String, ChainHead>,
-        heads: &mut Heads,
-        dirty: &mut BTreeSet<String>,
-        out: &mut [Option<AppendOutcome>],
-        recorded_at_ms: u64,
-    ) -> LedgerResult<()> {
-        if pending.is_empty() {
+    async fn flush(&self, conn: &mut DB::Connection, batch: &mut Append<'_>) -> LedgerResult<()> {
+        if batch.pending.is_empty() {
             return Ok(());
         }
         sqlx::Executor::execute(&mut *conn, "SAVEPOINT ledger_append").await?;
-        let text = sql::insert_entries(self.dialect, pending.len());
+        let text = sql::insert_entries(self.dialect, batch.pending.len());
         let mut q = sqlx::query(&text);
-        for p in pending.iter() {
-            q = bind_entry!(
-                q,
-                p.entry,
-                recorded_at_ms,
-                p.prev_hash.as_str(),
-                p.hash.as_str()
-            );
+        for p in &batch.pending {
+            let (prev, hash) = (p.prev_hash.as_str(), p.hash.as_str());
+            q = bind_entry!(q, p.entry, batch.recorded_at_ms, prev, hash);
         }
         let rows = q.fetch_all(&mut *conn).await?;
         let mut seqs: HashMap<String, i64> = HashMap::with_capacity(rows.len());
         for row in &rows {
             seqs.insert(row.try_get("event_id")?, row.try_get("seq")?);
         }
+        let pending = std::mem::take(&mut batch.pending);
         let all_in = rows.len() == pending.len()
             && pending.iter().all(|p| seqs.contains_key(&p.entry.event_id));
         if all_in {
-            for p in pending.iter() {
-                let seq = seqs[&p.entry.event_id];
-                if let Some(head) = heads.get_mut(&p.entry.customer) {
-                    head.last_seq = seq;
-                }
-                dirty.insert(p.entry.customer.clone());
-                out[p.index] = Some(AppendOutcome::Inserted { seq });
+            for p in &pending {
+                batch.inserted(p, seqs[&p.entry.event_id]);
             }
         } else {
             sqlx::Executor::execute(&mut *conn, "ROLLBACK TO SAVEPOINT ledger_append").await?;
-            for (customer, head) in saved.drain() {
-                heads.insert(customer, head);
-            }
-            for p in pending.iter() {
-                let outcome = self
-                    .insert_one(conn, p.entry, heads, dirty, recorded_at_ms)
-                    .await?;
-                out[p.index] = Some(outcome);
+            batch.restore_heads();
+            for p in &pending {
+                let outcome = self.insert_one(conn, p.entry, batch).await?;
+                batch.out[p.index] = Some(outcome);
             }
         }
-        pending.clear();
-        saved.clear();
+        batch.saved.clear();
         Ok(())
     }
 
@@ -385,72 +645,23 @@ where
         if !missing.is_empty() {
             self.load_heads(&mut tx, &missing, &mut heads).await?;
         }
-
-        let mut dirty = BTreeSet::new();
-        let mut out: Vec<Option<AppendOutcome>> = vec![None; entries.len()];
-        let mut queued: HashSet<&str> = HashSet::new();
-        let mut pending: Vec<Pending<'_>> = Vec::with_capacity(sql::INSERT_CHUNK);
-        let mut saved: HashMap<String, ChainHead> = HashMap::new();
+        let mut batch = Append::new(entries.len(), heads, recorded_at_ms);
         for (index, e) in entries.iter().enumerate() {
-            if queued.contains(e.event_id.as_str()) {
-                self.flush(
-                    &mut tx,
-                    &mut pending,
-                    &mut saved,
-                    &mut heads,
-                    &mut dirty,
-                    &mut out,
-                    recorded_at_ms,
-                )
-                .await?;
-                out[index] = Some(self.stored_outcome(&mut tx, e).await?);
-                continue;
-            }
-            if let Some(stored) = existing.get(&e.event_id) {
-                out[index] = Some(sql::existing_outcome(stored.clone(), e));
-                continue;
-            }
-            let head = heads.get_mut(&e.customer).ok_or_else(|| {
-                LedgerError::Corrupt(format!("no chain head loaded for {}", e.customer))
-            })?;
-            if !saved.contains_key(&e.customer) {
-                saved.insert(e.customer.clone(), head.clone());
-            }
-            let prev_hash = head.last_hash.clone();
-            let hash = entry_hash(&prev_hash, e, recorded_at_ms)?;
-            head.last_hash = hash.clone();
-            queued.insert(e.event_id.as_str());
-            pending.push(Pending {
-                index,
-                entry: e,
-                prev_hash,
-                hash,
-            });
-            if pending.len() == sql::INSERT_CHUNK {
-                self.flush(
-                    &mut tx,
-                    &mut pending,
-                    &mut saved,
-                    &mut heads,
-                    &mut dirty,
-                    &mut out,
-                    recorded_at_ms,
-                )
-                .await?;
+            if batch.queued.contains(e.event_id.as_str()) {
+                self.flush(&mut tx, &mut batch).await?;
+                batch.out[index] = Some(self.stored_outcome(&mut tx, e).await?);
+            } else if let Some(stored) = existing.get(&e.event_id) {
+                batch.out[index] = Some(sql::existing_outcome(stored.clone(), e));
+            } else {
+                batch.queue(index, e)?;
+                if batch.pending.len() == sql::INSERT_CHUNK {
+                    self.flush(&mut tx, &mut batch).await?;
+                }
             }
         }
-        self.flush(
-            &mut tx,
-            &mut pending,
-            &mut saved,
-            &mut heads,
-            &mut dirty,
-            &mut out,
-            recorded_at_ms,
-        )
-        .await?;
-        for customer in dirty {
-            let head = &heads[&customer];
+        self.flush(&mut tx, &mut batch).await?;
+        for customer in &batch.dirty {
+            let head = &batch.heads[customer];
             sqlx::query(sql::UPSERT_HEAD)
                 .bind(customer.as_str())
                 .bind(head.last_seq)
@@ -459,9 +670,7 @@ where
                 .await?;
         }
         tx.commit().await?;
-        out.into_iter()
-            .map(|o| o.ok_or_else(|| LedgerError::Corrupt("an entry got no outcome".into())))
-            .collect()
+        batch.outcomes()
     }
 
     pub(crate) async fn entry(&self, event_id: &str) -> LedgerResult<Option<LedgerEntry>> {

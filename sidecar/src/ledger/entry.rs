@@ -1,5 +1,6 @@
 //! Ledger entries: what one row of `ledger_entries` holds, how stream events and
-//! adjustments become entries, and the canonical encoding the hash chain signs.
+//! adjustments become entries, the canonical encoding the hash chain signs, and the one
+//! JSON shape in which the HTTP APIs return a stored entry.
 //!
 //! Pure code: no I/O and no clock. It must never change the canonical encoding of an
 //! existing field layout (that would break every stored chain); a new layout needs a new
@@ -10,7 +11,8 @@ use std::str::FromStr;
 
 use creditgate_protocol::keys::validate_id;
 use creditgate_protocol::types::{Draw, MAX_TEXT_LEN};
-use creditgate_protocol::{Event, EventBody, MAX_AMOUNT};
+use creditgate_protocol::{Event, EventBody, MAX_AMOUNT, RequestContext};
+use serde::{Serialize, Serializer};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -195,6 +197,58 @@ impl LedgerEntry {
     }
 }
 
+/// The one JSON shape of a stored entry, for every API that returns entries: its fields,
+/// `kind` by its stored name, the overage's unbilled amount (null for other kinds or when
+/// unreadable) and its chain hash. `prev_hash`, `shard` and `stream_id` stay internal.
+#[derive(Serialize)]
+struct EntryJson<'a> {
+    seq: i64,
+    event_id: &'a str,
+    kind: &'static str,
+    customer: &'a str,
+    credit_type: &'a str,
+    amount: i64,
+    grant_id: Option<&'a str>,
+    hold_id: Option<&'a str>,
+    request_id: Option<&'a str>,
+    route: Option<&'a str>,
+    feature: Option<&'a str>,
+    pricing_version: Option<&'a str>,
+    grants: &'a Value,
+    event_at_ms: u64,
+    recorded_at_ms: u64,
+    details: &'a Value,
+    overage: Option<u64>,
+    hash: &'a str,
+}
+
+impl Serialize for LedgerEntry {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let n = &self.entry;
+        EntryJson {
+            seq: self.seq,
+            event_id: &n.event_id,
+            kind: n.kind.as_str(),
+            customer: &n.customer,
+            credit_type: &n.credit_type,
+            amount: n.amount,
+            grant_id: n.grant_id.as_deref(),
+            hold_id: n.hold_id.as_deref(),
+            request_id: n.request_id.as_deref(),
+            route: n.route.as_deref(),
+            feature: n.feature.as_deref(),
+            pricing_version: n.pricing_version.as_deref(),
+            grants: &n.grants,
+            event_at_ms: n.event_at_ms,
+            recorded_at_ms: self.recorded_at_ms,
+            details: &n.details,
+            overage: self.overage().and_then(Result::ok),
+            hash: &self.hash,
+        }
+        .serialize(serializer)
+    }
+}
+
 /// A correction, written by an admin or the reconciler. Positive amounts on a grant add
 /// to its remaining credits; without a grant, the amount is booked against the credit
 /// type's debt (negative raises the debt, positive repays it).
@@ -270,6 +324,15 @@ impl NewEntry {
         check_id("customer", &event.customer)?;
         check_id("credit_type", &event.credit_type)?;
         check_time("at", event.at_ms)?;
+        let mut entry = NewEntry::carrying(event, shard, stream_id);
+        entry.record_body(&event.body)?;
+        entry.validate()?;
+        Ok(entry)
+    }
+
+    /// The fields every event's entry has: ids, time, delivery metadata and every event
+    /// field in `details`; the kind-specific fields are left for [`Self::record_body`].
+    fn carrying(event: &Event, shard: u32, stream_id: Option<String>) -> NewEntry {
         let details = Value::Object(
             event
                 .to_fields()
@@ -277,7 +340,7 @@ impl NewEntry {
                 .map(|(k, v)| (k.to_string(), Value::String(v)))
                 .collect::<Map<String, Value>>(),
         );
-        let mut entry = NewEntry {
+        NewEntry {
             event_id: event.event_id.clone(),
             kind: EntryKind::GrantAdded,
             customer: event.customer.clone(),
@@ -296,17 +359,23 @@ impl NewEntry {
             details,
             shard,
             stream_id,
-        };
-        let context =
-            |entry: &mut NewEntry, hold_id: &str, c: &creditgate_protocol::RequestContext| {
-                entry.hold_id = Some(hold_id.to_string());
-                entry.request_id = Some(c.request_id.clone());
-                entry.route = Some(c.route.clone());
-                entry.feature = Some(c.feature.clone());
-                // Holds placed before versions were recorded carry none.
-                entry.pricing_version = Some(c.pricing_version.clone()).filter(|v| !v.is_empty());
-            };
-        match &event.body {
+        }
+    }
+
+    /// Sets the hold's ids and the request context of a hold kind.
+    fn record_hold(&mut self, kind: EntryKind, hold_id: &str, c: &RequestContext) {
+        self.kind = kind;
+        self.hold_id = Some(hold_id.to_string());
+        self.request_id = Some(c.request_id.clone());
+        self.route = Some(c.route.clone());
+        self.feature = Some(c.feature.clone());
+        // Holds placed before versions were recorded carry none.
+        self.pricing_version = Some(c.pricing_version.clone()).filter(|v| !v.is_empty());
+    }
+
+    /// Sets the kind, the signed amount, the ids and the grants touched of one event body.
+    fn record_body(&mut self, body: &EventBody) -> Result<(), LedgerError> {
+        match body {
             EventBody::GrantAdded {
                 grant_id,
                 amount,
@@ -314,24 +383,21 @@ impl NewEntry {
                 reason,
                 ..
             } => {
-                entry.kind = EntryKind::GrantAdded;
-                entry.amount = signed("amount", *amount)?;
-                entry.grant_id = Some(grant_id.clone());
-                entry.actor = Some(actor.clone());
-                entry.reason = Some(reason.clone());
-                entry.grants = json!({
-                    "added": [{"grant_id": grant_id, "amount": amount}],
-                });
+                self.kind = EntryKind::GrantAdded;
+                self.amount = signed("amount", *amount)?;
+                self.grant_id = Some(grant_id.clone());
+                self.actor = Some(actor.clone());
+                self.reason = Some(reason.clone());
+                self.grants = json!({ "added": [{"grant_id": grant_id, "amount": amount}] });
             }
             EventBody::HoldPlaced {
                 hold_id,
                 draws,
-                context: c,
+                context,
                 ..
             } => {
-                entry.kind = EntryKind::HoldPlaced;
-                context(&mut entry, hold_id, c);
-                entry.grants = json!({ "draws": draws_json(draws) });
+                self.record_hold(EntryKind::HoldPlaced, hold_id, context);
+                self.grants = json!({ "draws": draws_json(draws) });
             }
             EventBody::HoldPosted {
                 hold_id,
@@ -339,27 +405,26 @@ impl NewEntry {
                 burns,
                 returned,
                 breakage,
-                context: c,
+                context,
                 ..
             } => {
-                entry.kind = EntryKind::HoldPosted;
-                context(&mut entry, hold_id, c);
-                entry.amount = -signed("posted", posted + sum(breakage))?;
-                entry.grants = json!({
+                self.record_hold(EntryKind::HoldPosted, hold_id, context);
+                self.amount = -signed("posted", posted + sum(breakage))?;
+                self.grants = json!({
                     "burns": draws_json(burns),
                     "returned": draws_json(returned),
                     "breakage": draws_json(breakage),
                 });
             }
             EventBody::HoldVoided(r) | EventBody::HoldExpired(r) => {
-                entry.kind = if matches!(event.body, EventBody::HoldVoided(_)) {
+                let kind = if matches!(body, EventBody::HoldVoided(_)) {
                     EntryKind::HoldVoided
                 } else {
                     EntryKind::HoldExpired
                 };
-                context(&mut entry, &r.hold_id, &r.context);
-                entry.amount = -signed("breakage", sum(&r.breakage))?;
-                entry.grants = json!({
+                self.record_hold(kind, &r.hold_id, &r.context);
+                self.amount = -signed("breakage", sum(&r.breakage))?;
+                self.grants = json!({
                     "returned": draws_json(&r.returned),
                     "breakage": draws_json(&r.breakage),
                 });
@@ -367,16 +432,13 @@ impl NewEntry {
             EventBody::GrantExpired {
                 grant_id, amount, ..
             } => {
-                entry.kind = EntryKind::GrantExpired;
-                entry.amount = -signed("amount", *amount)?;
-                entry.grant_id = Some(grant_id.clone());
-                entry.grants = json!({
-                    "expired": [{"grant_id": grant_id, "amount": amount}],
-                });
+                self.kind = EntryKind::GrantExpired;
+                self.amount = -signed("amount", *amount)?;
+                self.grant_id = Some(grant_id.clone());
+                self.grants = json!({ "expired": [{"grant_id": grant_id, "amount": amount}] });
             }
         }
-        entry.validate()?;
-        Ok(entry)
+        Ok(())
     }
 
     /// The entries for one stream event: its own ([`NewEntry::from_event`]) and, for a
@@ -672,7 +734,6 @@ pub fn entry_hash(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use creditgate_protocol::RequestContext;
 
     fn posted() -> Event {
         Event {
@@ -744,6 +805,48 @@ mod tests {
         assert_eq!(overage.hold_id.as_deref(), Some("h1"));
         assert_eq!(overage_of(overage).unwrap(), 7);
         assert_eq!(overage.details["source_event_id"], "hold:h1:posted");
+    }
+
+    #[test]
+    fn a_stored_entry_has_one_json_shape() {
+        let entry = LedgerEntry {
+            seq: 9,
+            entry: NewEntry::from_event(&posted(), 3, Some("1-0".into())).unwrap(),
+            recorded_at_ms: 5,
+            prev_hash: GENESIS_HASH.into(),
+            hash: "ab".into(),
+        };
+        let v = serde_json::to_value(&entry).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = vec![
+            "seq",
+            "event_id",
+            "kind",
+            "customer",
+            "credit_type",
+            "amount",
+            "grant_id",
+            "hold_id",
+            "request_id",
+            "route",
+            "feature",
+            "pricing_version",
+            "grants",
+            "event_at_ms",
+            "recorded_at_ms",
+            "details",
+            "overage",
+            "hash",
+        ];
+        want.sort_unstable();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, want);
+        assert_eq!(v["kind"], "hold_posted");
+        assert_eq!(v["amount"], -15);
+        assert_eq!(v["overage"], Value::Null);
+        assert_eq!(v["grants"]["burns"][0]["grant_id"], "g1");
+        assert_eq!(v["details"]["hold_id"], "h1");
     }
 
     #[test]

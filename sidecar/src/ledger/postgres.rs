@@ -10,17 +10,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
+use sqlx::{Row, Transaction};
 
+use super::LedgerResult;
 use super::chain::ChainHead;
-use super::common::{self, Shared};
-use super::entry::{GENESIS_HASH, LedgerEntry, NewEntry};
-use super::grants::{GrantRecord, OutboxState, RecordGrantOutcome};
+use super::common::{Shared, SqlBackend, forward_ledger_roles};
+use super::entry::{GENESIS_HASH, NewEntry};
 use super::migrations::{CREATE_SCHEMA_MIGRATIONS, POSTGRES};
 use super::sql::{self, Dialect, Heads};
-use super::usage_events::UsageEventRecord;
-use super::{AppendOutcome, EntryQuery, Ledger, LedgerResult};
 
 /// Connections per sidecar when the caller does not say: one writer batch, the outbox and
 /// a few queries at a time, without crowding a shared server's `max_connections`.
@@ -40,7 +38,8 @@ pub struct PostgresLedger {
 
 impl PostgresLedger {
     /// Connects to `url` (`postgres://user@host:port/db`) with
-    /// [`DEFAULT_PG_MAX_CONNECTIONS`] connections. Call [`Ledger::migrate`] before use.
+    /// [`DEFAULT_PG_MAX_CONNECTIONS`] connections. Call
+    /// [`LedgerAdmin::migrate`](super::LedgerAdmin::migrate) before use.
     pub async fn connect(url: &str) -> LedgerResult<Self> {
         Self::connect_with(url, DEFAULT_PG_MAX_CONNECTIONS).await
     }
@@ -60,8 +59,15 @@ impl PostgresLedger {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
 
-    /// The shared ledger logic on this database: one pool reads and writes.
+#[async_trait]
+impl SqlBackend for PostgresLedger {
+    type Db = Postgres;
+
+    const NAME: &'static str = "postgres";
+
+    /// One pool reads and writes.
     fn shared(&self) -> Shared<'_, Postgres> {
         Shared {
             dialect: Dialect::Postgres,
@@ -69,15 +75,8 @@ impl PostgresLedger {
             writer: &self.pool,
         }
     }
-}
 
-#[async_trait]
-impl Ledger for PostgresLedger {
-    fn backend(&self) -> &'static str {
-        "postgres"
-    }
-
-    async fn migrate(&self) -> LedgerResult<Vec<i64>> {
+    async fn migrate_schema(&self) -> LedgerResult<Vec<i64>> {
         let mut applied = Vec::new();
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -99,15 +98,17 @@ impl Ledger for PostgresLedger {
         Ok(applied)
     }
 
-    async fn applied_migrations(&self) -> LedgerResult<Vec<i64>> {
-        self.shared().applied_migrations().await
+    async fn begin_write(&self) -> LedgerResult<Transaction<'_, Postgres>> {
+        Ok(self.pool.begin().await?)
     }
 
-    async fn append_batch(&self, entries: &[NewEntry]) -> LedgerResult<Vec<AppendOutcome>> {
-        let Some(recorded_at_ms) = common::start_batch(entries)? else {
-            return Ok(Vec::new());
-        };
-        let mut tx = self.pool.begin().await?;
+    /// Creates the batch's missing heads, then locks each `FOR UPDATE` in sorted customer
+    /// order, so two batches never wait on each other in a cycle.
+    async fn begin_append(
+        &self,
+        entries: &[NewEntry],
+    ) -> LedgerResult<(Transaction<'_, Postgres>, Heads)> {
+        let mut tx = self.begin_write().await?;
         let mut heads = Heads::new();
         for customer in sql::batch_customers(entries) {
             sqlx::query(
@@ -130,96 +131,8 @@ impl Ledger for PostgresLedger {
             };
             heads.insert(customer, head);
         }
-        self.shared()
-            .append_in(tx, entries, heads, recorded_at_ms)
-            .await
-    }
-
-    async fn entry(&self, event_id: &str) -> LedgerResult<Option<LedgerEntry>> {
-        self.shared().entry(event_id).await
-    }
-
-    async fn entries(&self, query: &EntryQuery) -> LedgerResult<Vec<LedgerEntry>> {
-        self.shared().entries(query).await
-    }
-
-    async fn redis_generation(&self, shard: u32) -> LedgerResult<Option<String>> {
-        self.shared().redis_generation(shard).await
-    }
-
-    async fn set_redis_generation(&self, shard: u32, generation: &str) -> LedgerResult<()> {
-        self.shared().set_redis_generation(shard, generation).await
-    }
-
-    async fn record_control_audit(
-        &self,
-        entries: &[creditgate_protocol::control::AuditEntry],
-    ) -> LedgerResult<u64> {
-        self.shared().record_control_audit(entries).await
-    }
-
-    async fn control_audit(
-        &self,
-        limit: u32,
-    ) -> LedgerResult<Vec<creditgate_protocol::control::AuditEntry>> {
-        self.shared().control_audit(limit).await
-    }
-
-    async fn customers(&self) -> LedgerResult<Vec<String>> {
-        self.shared().customers().await
-    }
-
-    async fn chain_head(&self, customer: &str) -> LedgerResult<Option<ChainHead>> {
-        self.shared().chain_head(customer).await
-    }
-
-    async fn amount_sums(&self) -> LedgerResult<Vec<(String, String, i64)>> {
-        self.shared().amount_sums().await
-    }
-
-    async fn record_grant(&self, grant: &GrantRecord) -> LedgerResult<RecordGrantOutcome> {
-        grant.validate()?;
-        let tx = self.pool.begin().await?;
-        self.shared().record_grant_in(tx, grant).await
-    }
-
-    async fn pending_grants(&self, limit: u32) -> LedgerResult<Vec<GrantRecord>> {
-        self.shared().pending_grants(limit).await
-    }
-
-    async fn record_usage_event(&self, event: &UsageEventRecord) -> LedgerResult<bool> {
-        self.shared().record_usage_event(event).await
-    }
-
-    async fn record_config_version(
-        &self,
-        record: &super::ConfigVersionRecord,
-    ) -> LedgerResult<bool> {
-        self.shared().record_config_version(record).await
-    }
-
-    async fn config_versions_after(
-        &self,
-        after: u64,
-    ) -> LedgerResult<Vec<super::ConfigVersionRecord>> {
-        self.shared().config_versions_after(after).await
-    }
-
-    async fn mark_grant_applied(&self, grant_id: &str, at_ms: u64) -> LedgerResult<bool> {
-        self.shared().mark_grant_applied(grant_id, at_ms).await
-    }
-
-    async fn mark_grant_attempt_failed(&self, grant_id: &str, error: &str) -> LedgerResult<bool> {
-        self.shared()
-            .mark_grant_attempt_failed(grant_id, error)
-            .await
-    }
-
-    async fn outbox_state(&self, grant_id: &str) -> LedgerResult<Option<OutboxState>> {
-        self.shared().outbox_state(grant_id).await
-    }
-
-    async fn grants_of(&self, customer: &str) -> LedgerResult<Vec<GrantRecord>> {
-        self.shared().grants_of(customer).await
+        Ok((tx, heads))
     }
 }
+
+forward_ledger_roles!(PostgresLedger);

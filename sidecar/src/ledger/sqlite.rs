@@ -15,14 +15,12 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
-use super::chain::ChainHead;
-use super::common::{self, Shared};
-use super::entry::{LedgerEntry, NewEntry};
-use super::grants::{GrantRecord, OutboxState, RecordGrantOutcome};
+use sqlx::Transaction;
+
+use super::LedgerResult;
+use super::common::{Shared, SqlBackend, forward_ledger_roles};
 use super::migrations::{CREATE_SCHEMA_MIGRATIONS, SQLITE};
-use super::sql::{Dialect, Heads};
-use super::usage_events::UsageEventRecord;
-use super::{AppendOutcome, EntryQuery, Ledger, LedgerResult};
+use super::sql::Dialect;
 
 /// Reader connections when the caller does not say: queries are short folds, and two
 /// cores gain nothing from more.
@@ -42,7 +40,8 @@ pub struct SqliteLedger {
 
 impl SqliteLedger {
     /// Opens (creating if missing) the ledger file at `path` with
-    /// [`DEFAULT_SQLITE_READERS`] readers. Call [`Ledger::migrate`] before use.
+    /// [`DEFAULT_SQLITE_READERS`] readers. Call
+    /// [`LedgerAdmin::migrate`](super::LedgerAdmin::migrate) before use.
     pub async fn open(path: impl AsRef<Path>) -> LedgerResult<Self> {
         Self::open_with(path, DEFAULT_SQLITE_READERS).await
     }
@@ -83,8 +82,15 @@ impl SqliteLedger {
         self.readers.close().await;
         self.writer.close().await;
     }
+}
 
-    /// The shared ledger logic on this file: queries on the readers, writes on the writer.
+#[async_trait]
+impl SqlBackend for SqliteLedger {
+    type Db = Sqlite;
+
+    const NAME: &'static str = "sqlite";
+
+    /// Queries on the readers, writes on the writer.
     fn shared(&self) -> Shared<'_, Sqlite> {
         Shared {
             dialect: Dialect::Sqlite,
@@ -92,21 +98,14 @@ impl SqliteLedger {
             writer: &self.writer,
         }
     }
-}
 
-#[async_trait]
-impl Ledger for SqliteLedger {
-    fn backend(&self) -> &'static str {
-        "sqlite"
-    }
-
-    async fn migrate(&self) -> LedgerResult<Vec<i64>> {
+    async fn migrate_schema(&self) -> LedgerResult<Vec<i64>> {
         let mut applied = Vec::new();
         let mut conn = self.writer.acquire().await?;
         sqlx::Executor::execute(&mut *conn, CREATE_SCHEMA_MIGRATIONS).await?;
         drop(conn);
         for m in SQLITE {
-            let tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let tx = self.begin_write().await?;
             if self.shared().apply_migration(tx, m).await? {
                 applied.push(m.version);
             }
@@ -114,106 +113,10 @@ impl Ledger for SqliteLedger {
         Ok(applied)
     }
 
-    async fn applied_migrations(&self) -> LedgerResult<Vec<i64>> {
-        self.shared().applied_migrations().await
-    }
-
-    async fn append_batch(&self, entries: &[NewEntry]) -> LedgerResult<Vec<AppendOutcome>> {
-        let Some(recorded_at_ms) = common::start_batch(entries)? else {
-            return Ok(Vec::new());
-        };
-        // The one writer connection serialises appends: no head needs locking.
-        let tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        self.shared()
-            .append_in(tx, entries, Heads::new(), recorded_at_ms)
-            .await
-    }
-
-    async fn entry(&self, event_id: &str) -> LedgerResult<Option<LedgerEntry>> {
-        self.shared().entry(event_id).await
-    }
-
-    async fn entries(&self, query: &EntryQuery) -> LedgerResult<Vec<LedgerEntry>> {
-        self.shared().entries(query).await
-    }
-
-    async fn redis_generation(&self, shard: u32) -> LedgerResult<Option<String>> {
-        self.shared().redis_generation(shard).await
-    }
-
-    async fn set_redis_generation(&self, shard: u32, generation: &str) -> LedgerResult<()> {
-        self.shared().set_redis_generation(shard, generation).await
-    }
-
-    async fn record_control_audit(
-        &self,
-        entries: &[creditgate_protocol::control::AuditEntry],
-    ) -> LedgerResult<u64> {
-        self.shared().record_control_audit(entries).await
-    }
-
-    async fn control_audit(
-        &self,
-        limit: u32,
-    ) -> LedgerResult<Vec<creditgate_protocol::control::AuditEntry>> {
-        self.shared().control_audit(limit).await
-    }
-
-    async fn customers(&self) -> LedgerResult<Vec<String>> {
-        self.shared().customers().await
-    }
-
-    async fn chain_head(&self, customer: &str) -> LedgerResult<Option<ChainHead>> {
-        self.shared().chain_head(customer).await
-    }
-
-    async fn amount_sums(&self) -> LedgerResult<Vec<(String, String, i64)>> {
-        self.shared().amount_sums().await
-    }
-
-    async fn record_grant(&self, grant: &GrantRecord) -> LedgerResult<RecordGrantOutcome> {
-        grant.validate()?;
-        let tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        self.shared().record_grant_in(tx, grant).await
-    }
-
-    async fn pending_grants(&self, limit: u32) -> LedgerResult<Vec<GrantRecord>> {
-        self.shared().pending_grants(limit).await
-    }
-
-    async fn record_usage_event(&self, event: &UsageEventRecord) -> LedgerResult<bool> {
-        self.shared().record_usage_event(event).await
-    }
-
-    async fn record_config_version(
-        &self,
-        record: &super::ConfigVersionRecord,
-    ) -> LedgerResult<bool> {
-        self.shared().record_config_version(record).await
-    }
-
-    async fn config_versions_after(
-        &self,
-        after: u64,
-    ) -> LedgerResult<Vec<super::ConfigVersionRecord>> {
-        self.shared().config_versions_after(after).await
-    }
-
-    async fn mark_grant_applied(&self, grant_id: &str, at_ms: u64) -> LedgerResult<bool> {
-        self.shared().mark_grant_applied(grant_id, at_ms).await
-    }
-
-    async fn mark_grant_attempt_failed(&self, grant_id: &str, error: &str) -> LedgerResult<bool> {
-        self.shared()
-            .mark_grant_attempt_failed(grant_id, error)
-            .await
-    }
-
-    async fn outbox_state(&self, grant_id: &str) -> LedgerResult<Option<OutboxState>> {
-        self.shared().outbox_state(grant_id).await
-    }
-
-    async fn grants_of(&self, customer: &str) -> LedgerResult<Vec<GrantRecord>> {
-        self.shared().grants_of(customer).await
+    /// The one writer connection serialises appends, so no chain head needs locking.
+    async fn begin_write(&self) -> LedgerResult<Transaction<'_, Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
+
+forward_ledger_roles!(SqliteLedger);

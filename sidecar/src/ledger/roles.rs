@@ -1,0 +1,285 @@
+//! What the ledger can do, one trait per role: the schema and Redis generation markers
+//! ([`LedgerAdmin`]), the hash-chained entries and the queries folded from them
+//! ([`LedgerEntries`]), the grant registry and its delivery outbox ([`LedgerGrants`]), the
+//! copy of fleet control changes ([`LedgerControlAudit`]), the published pricing versions
+//! ([`LedgerPricingVersions`]) and the received usage events ([`LedgerUsageEvents`]).
+//! [`Ledger`] is all of them, for code that holds the whole ledger.
+//!
+//! A caller names the roles it uses, so a job's signature says what it reads and writes.
+//! Only declarations and the queries derived from other methods live here: no SQL.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use creditgate_protocol::control::AuditEntry;
+
+use super::chain::{ChainHead, VerifyReport, verify_customer};
+use super::config_versions::ConfigVersionRecord;
+use super::entry::{EntryKind, LedgerEntry, NewEntry};
+use super::fold::{LedgerBalance, Revenue, UsageRow, fold_balance, fold_revenue, fold_usage};
+use super::grants::{GrantRecord, OutboxState, RecordGrantOutcome};
+use super::usage_events::UsageEventRecord;
+use super::{AppendOutcome, CustomerTotal, EntryQuery, LedgerResult};
+
+/// The whole durable ledger: every role. Object-safe: the sidecar holds an
+/// `Arc<dyn Ledger>`. Implemented for every type that has all the roles.
+///
+/// Amounts are credit units of the entry's credit type; times are ms since the Unix
+/// epoch; money is currency micro-units.
+pub trait Ledger:
+    LedgerAdmin
+    + LedgerEntries
+    + LedgerGrants
+    + LedgerControlAudit
+    + LedgerPricingVersions
+    + LedgerUsageEvents
+{
+}
+
+impl<T> Ledger for T where
+    T: LedgerAdmin
+        + LedgerEntries
+        + LedgerGrants
+        + LedgerControlAudit
+        + LedgerPricingVersions
+        + LedgerUsageEvents
+        + ?Sized
+{
+}
+
+/// The database itself: which backend, its migrations, and the generation markers the
+/// sidecars set in Redis shards.
+#[async_trait]
+pub trait LedgerAdmin: Send + Sync {
+    /// `"sqlite"` or `"postgres"`.
+    fn backend(&self) -> &'static str;
+
+    /// Applies the migrations not applied yet, in version order, recording each in
+    /// `schema_migrations`; returns the versions applied now (empty when up to date).
+    async fn migrate(&self) -> LedgerResult<Vec<i64>>;
+
+    /// Versions recorded in `schema_migrations`, ascending.
+    async fn applied_migrations(&self) -> LedgerResult<Vec<i64>>;
+
+    /// The generation marker this ledger's sidecars set in a Redis shard, if any.
+    async fn redis_generation(&self, shard: u32) -> LedgerResult<Option<String>>;
+
+    /// Records the generation marker set in a Redis shard.
+    async fn set_redis_generation(&self, shard: u32, generation: &str) -> LedgerResult<()>;
+}
+
+/// The append-only, hash-chained entries, and what finance, support and the reconciler
+/// read from them.
+#[async_trait]
+pub trait LedgerEntries: Send + Sync {
+    /// Appends a batch in ONE transaction, in order: each entry is inserted, skipped as a
+    /// duplicate, or reported as a conflict (not inserted; the rest still commits). Each
+    /// inserted entry joins its customer's hash chain. On error nothing is committed.
+    async fn append_batch(&self, entries: &[NewEntry]) -> LedgerResult<Vec<AppendOutcome>>;
+
+    /// The entry with this event id.
+    async fn entry(&self, event_id: &str) -> LedgerResult<Option<LedgerEntry>>;
+
+    /// Entries matching `query`, by event time then seq (or by seq alone).
+    async fn entries(&self, query: &EntryQuery) -> LedgerResult<Vec<LedgerEntry>>;
+
+    /// Every customer with entries or a chain head, in byte order.
+    async fn customers(&self) -> LedgerResult<Vec<String>>;
+
+    /// The customer's chain head.
+    async fn chain_head(&self, customer: &str) -> LedgerResult<Option<ChainHead>>;
+
+    /// Σ amount per customer and credit type (the ledger total), in key order.
+    async fn amount_sums(&self) -> LedgerResult<Vec<(String, String, i64)>>;
+
+    /// Checks the hash chain of one customer, or of every customer in byte order, and
+    /// reports the first broken link.
+    async fn verify_chain(&self, customer: Option<&str>) -> LedgerResult<VerifyReport> {
+        let customers = match customer {
+            Some(c) => vec![c.to_string()],
+            None => self.customers().await?,
+        };
+        let mut report = VerifyReport::default();
+        for c in customers {
+            let entries = self
+                .entries(&EntryQuery {
+                    customer: Some(c.clone()),
+                    seq_order: true,
+                    ..EntryQuery::default()
+                })
+                .await?;
+            let head = self.chain_head(&c).await?;
+            let (checked, broken) = verify_customer(&c, &entries, head.as_ref());
+            report.customers_checked += 1;
+            report.entries_checked += checked;
+            if broken.is_some() {
+                report.first_broken = broken;
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The customer's balance at `at_ms`: entries with `event_at_ms <= at_ms`, folded
+    /// in event time, then seq order.
+    async fn balance_at(&self, customer: &str, at_ms: u64) -> LedgerResult<LedgerBalance> {
+        let entries = self
+            .entries(&EntryQuery {
+                customer: Some(customer.to_string()),
+                until_ms: Some(at_ms.saturating_add(1)),
+                ..EntryQuery::default()
+            })
+            .await?;
+        fold_balance(customer, at_ms, &entries)
+    }
+
+    /// Posted holds in `[from_ms, to_ms)` by UTC day, feature and credit type, of one
+    /// customer or all, with the unbilled overage of those days.
+    async fn usage(
+        &self,
+        customer: Option<&str>,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> LedgerResult<Vec<UsageRow>> {
+        let entries = self
+            .entries(&EntryQuery {
+                customer: customer.map(str::to_string),
+                kinds: vec![EntryKind::HoldPosted, EntryKind::Overage],
+                from_ms: Some(from_ms),
+                until_ms: Some(to_ms),
+                ..EntryQuery::default()
+            })
+            .await?;
+        fold_usage(&entries)
+    }
+
+    /// The hold entries of a request (placed, then posted, voided or expired, and the
+    /// overage of a settle that could not take everything), in seq order, with the grants
+    /// drawn, burned and returned in each entry's `grants`.
+    async fn trail(&self, request_id: &str) -> LedgerResult<Vec<LedgerEntry>> {
+        self.entries(&EntryQuery {
+            request_id: Some(request_id.to_string()),
+            kinds: vec![
+                EntryKind::HoldPlaced,
+                EntryKind::HoldPosted,
+                EntryKind::HoldVoided,
+                EntryKind::HoldExpired,
+                EntryKind::Overage,
+            ],
+            seq_order: true,
+            ..EntryQuery::default()
+        })
+        .await
+    }
+
+    /// Revenue of `[from_ms, to_ms)`, currency micro-units (see [`fold_revenue`]).
+    async fn revenue(&self, from_ms: u64, to_ms: u64) -> LedgerResult<Revenue> {
+        let entries = self
+            .entries(&EntryQuery {
+                kinds: vec![
+                    EntryKind::GrantAdded,
+                    EntryKind::HoldPosted,
+                    EntryKind::HoldVoided,
+                    EntryKind::HoldExpired,
+                    EntryKind::GrantExpired,
+                    EntryKind::Overage,
+                ],
+                until_ms: Some(to_ms),
+                ..EntryQuery::default()
+            })
+            .await?;
+        fold_revenue(from_ms, to_ms, &entries)
+    }
+
+    /// Every customer's total and held per credit type, in key order, for the reconciler.
+    async fn customer_totals(&self) -> LedgerResult<Vec<CustomerTotal>> {
+        let mut out: BTreeMap<(String, String), CustomerTotal> = BTreeMap::new();
+        for (customer, credit_type, total) in self.amount_sums().await? {
+            out.insert(
+                (customer.clone(), credit_type.clone()),
+                CustomerTotal {
+                    customer,
+                    credit_type,
+                    total,
+                    held: 0,
+                },
+            );
+        }
+        let pending = self
+            .entries(&EntryQuery {
+                pending_holds_only: true,
+                ..EntryQuery::default()
+            })
+            .await?;
+        for entry in pending {
+            let Some(event) = entry.event() else { continue };
+            if let creditgate_protocol::EventBody::HoldPlaced { amount, .. } = event?.body {
+                let e = entry.entry;
+                out.entry((e.customer.clone(), e.credit_type.clone()))
+                    .or_insert_with(|| CustomerTotal {
+                        customer: e.customer,
+                        credit_type: e.credit_type,
+                        total: 0,
+                        held: 0,
+                    })
+                    .held += amount as i64;
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+}
+
+/// The ledger-first grant registry and its delivery outbox: a grant is recorded here
+/// before it is applied to Redis, and the outbox tracks its delivery.
+#[async_trait]
+pub trait LedgerGrants: Send + Sync {
+    /// Records a grant and its outbox row in one transaction; idempotent by grant id.
+    async fn record_grant(&self, grant: &GrantRecord) -> LedgerResult<RecordGrantOutcome>;
+
+    /// Grants whose outbox row is not applied yet, oldest first, at most `limit`.
+    async fn pending_grants(&self, limit: u32) -> LedgerResult<Vec<GrantRecord>>;
+
+    /// Marks a grant delivered to Redis at `at_ms`; false when it is unknown or was
+    /// marked before (the first mark stays).
+    async fn mark_grant_applied(&self, grant_id: &str, at_ms: u64) -> LedgerResult<bool>;
+
+    /// Counts a failed delivery attempt and keeps its error; false when the grant is
+    /// unknown or already applied.
+    async fn mark_grant_attempt_failed(&self, grant_id: &str, error: &str) -> LedgerResult<bool>;
+
+    /// The delivery state of a grant's outbox row.
+    async fn outbox_state(&self, grant_id: &str) -> LedgerResult<Option<OutboxState>>;
+
+    /// The registry's grants of a customer, oldest first (for rebuilding Redis).
+    async fn grants_of(&self, customer: &str) -> LedgerResult<Vec<GrantRecord>>;
+}
+
+/// The durable copy of fleet control changes (modes, kill switches) mirrored from Redis.
+#[async_trait]
+pub trait LedgerControlAudit: Send + Sync {
+    /// Copies audit entries of fleet control changes; an entry already recorded (same id)
+    /// is skipped. Returns how many were new.
+    async fn record_control_audit(&self, entries: &[AuditEntry]) -> LedgerResult<u64>;
+
+    /// The newest recorded control changes, newest first, at most `limit`.
+    async fn control_audit(&self, limit: u32) -> LedgerResult<Vec<AuditEntry>>;
+}
+
+/// Every pricing config version the sidecars published to the fleet.
+#[async_trait]
+pub trait LedgerPricingVersions: Send + Sync {
+    /// Records a published pricing config version; false when its number was recorded
+    /// before (the first record stays).
+    async fn record_config_version(&self, record: &ConfigVersionRecord) -> LedgerResult<bool>;
+
+    /// The recorded config versions numbered above `after`, oldest first (0: all).
+    async fn config_versions_after(&self, after: u64) -> LedgerResult<Vec<ConfigVersionRecord>>;
+}
+
+/// Usage events received over HTTP, recorded before they are burned.
+#[async_trait]
+pub trait LedgerUsageEvents: Send + Sync {
+    /// Records a usage event as received and priced, before it is burned; false when the
+    /// customer's idempotency key was recorded before (the first record stays).
+    async fn record_usage_event(&self, event: &UsageEventRecord) -> LedgerResult<bool>;
+}
