@@ -1070,3 +1070,93 @@ impl CreditStore for MemoryStore {
         Ok(self.with(|m, _| m.due_grants(shard, now_ms, limit)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The model's own state checks: a counter out of step with the grants is an error of
+    //! the call that finds it, never a number handed out.
+
+    use super::*;
+    use crate::types::GrantSource;
+
+    fn grant(id: &str, amount: u64) -> GrantRequest {
+        GrantRequest {
+            customer: "acme".into(),
+            grant_id: id.into(),
+            credit_type: "api".into(),
+            amount,
+            priority: 0,
+            expires_at_ms: None,
+            cost_basis: 0,
+            source: GrantSource::Promotion,
+            actor: "ops".into(),
+            reason: "test".into(),
+        }
+    }
+
+    fn reserve(hold_id: &str, amount: u64) -> ReserveRequest {
+        ReserveRequest {
+            customer: "acme".into(),
+            hold_id: hold_id.into(),
+            credit_type: "api".into(),
+            amount,
+            ttl_ms: 60_000,
+            overdraft_limit: 0,
+            force: false,
+            request_id: "r1".into(),
+            route: "chat".into(),
+            feature: "chat".into(),
+            retain_ms: 60_000,
+            pricing_version: String::new(),
+            occurred_at_ms: None,
+        }
+    }
+
+    /// Changes one counter of `acme`'s `api` credits behind the model's back.
+    fn corrupt(store: &MemoryStore, field: fn(&mut Counters) -> &mut i64, delta: i64) {
+        let mut state = store.inner.lock().unwrap();
+        let c = state.model.customers.get_mut("acme").unwrap();
+        *field(c.counters.get_mut("api").unwrap()) += delta;
+    }
+
+    #[tokio::test]
+    async fn a_counter_out_of_step_with_the_grants_is_an_invariant_error() {
+        let store = MemoryStore::new(Keyspace::default());
+        store.grant(&grant("g1", 100)).await.unwrap();
+        store.reserve(&reserve("h1", 10)).await.unwrap();
+        corrupt(&store, |c| &mut c.held, 5);
+        let err = store.balance("acme").await.unwrap_err();
+        assert_eq!(err.kind(), crate::StoreErrorKind::Invariant);
+        assert!(!err.is_retryable());
+        assert_eq!(
+            err.to_string(),
+            "money invariant broken during balance: customer acme type api: held: \
+             15 != grants' held 10 + overdraft_held 0"
+        );
+        corrupt(&store, |c| &mut c.held, -5);
+        corrupt(&store, |c| &mut c.avail, 1);
+        let err = store.reserve(&reserve("h2", 1)).await.unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "during reserve: customer acme type api: book_available: \
+                 90 != grants' remaining 89 - debt 0 - overdraft_held 0"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn negative_debt_is_named() {
+        let mut m = Model::new(Keyspace::default());
+        m.grant(1, &grant("g1", 10));
+        m.customers
+            .get_mut("acme")
+            .unwrap()
+            .counters
+            .get_mut("api")
+            .unwrap()
+            .debt = -3;
+        let err = m.check_customer(2, "acme").unwrap_err();
+        assert_eq!((err.field, err.detail.as_str()), ("debt", "-3 is negative"));
+    }
+}

@@ -368,3 +368,450 @@ pub(crate) fn decode_entry(entry: redis::streams::StreamId) -> Result<Event, Ent
 pub(crate) fn parse_entry(entry: redis::streams::StreamId) -> Result<Event, String> {
     decode_entry(entry).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Crafted replies that break one invariant each: decoding must fail loudly, naming the
+    //! field and the values, and never hand out the numbers.
+
+    use super::*;
+    use crate::MAX_AMOUNT;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn int(n: i64) -> Value {
+        Value::Int(n)
+    }
+
+    fn max() -> i64 {
+        MAX_AMOUNT as i64
+    }
+
+    fn reserve_req(force: bool) -> ReserveRequest {
+        ReserveRequest {
+            customer: "acme".into(),
+            hold_id: "h1".into(),
+            credit_type: "api".into(),
+            amount: 10,
+            ttl_ms: 1_000,
+            overdraft_limit: 5,
+            force,
+            request_id: "r1".into(),
+            route: "chat".into(),
+            feature: "chat".into(),
+            retain_ms: 1_000,
+            pricing_version: String::new(),
+            occurred_at_ms: None,
+        }
+    }
+
+    fn settle_req(actual: u64) -> SettleRequest {
+        SettleRequest {
+            customer: "acme".into(),
+            hold_id: "h1".into(),
+            actual,
+            overdraft_limit: 5,
+        }
+    }
+
+    fn hold_ref() -> HoldRef {
+        HoldRef {
+            customer: "acme".into(),
+            hold_id: "h1".into(),
+        }
+    }
+
+    /// A `placed` reply at time 100 (deadline 1100).
+    fn placed(draws: &str, overdraft: i64, over_limit: i64, available_after: i64) -> Value {
+        Value::Array(vec![
+            bulk("placed"),
+            int(100),
+            int(1_100),
+            bulk(draws),
+            int(overdraft),
+            int(over_limit),
+            int(available_after),
+        ])
+    }
+
+    fn posted(posted: i64, shortfall: i64, returned: i64, available_after: i64) -> Value {
+        Value::Array(vec![
+            bulk("posted"),
+            int(100),
+            int(posted),
+            int(shortfall),
+            int(returned),
+            int(available_after),
+        ])
+    }
+
+    /// The broken invariant of an error, with the error's text.
+    #[track_caller]
+    fn broken<T: std::fmt::Debug>(result: Result<T, StoreError>) -> (InvariantViolation, String) {
+        match result {
+            Err(e @ StoreError::Invariant { .. }) => {
+                let text = e.to_string();
+                assert!(!e.is_retryable(), "{text}");
+                let StoreError::Invariant { violation, .. } = e else {
+                    unreachable!()
+                };
+                (violation, text)
+            }
+            other => panic!("expected a broken invariant, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn assert_broken<T: std::fmt::Debug>(result: Result<T, StoreError>, field: &str, has: &[&str]) {
+        let (violation, text) = broken(result);
+        assert_eq!(violation.field, field, "{text}");
+        for part in has {
+            assert!(text.contains(part), "{text:?} lacks {part:?}");
+        }
+    }
+
+    #[test]
+    fn consistent_replies_decode() {
+        let normal = decode_reserve(&reserve_req(false), placed("g1:6", 4, 0, -4)).unwrap();
+        assert!(
+            matches!(normal, ReserveOutcome::Placed { .. }),
+            "{normal:?}"
+        );
+        let forced = decode_reserve(&reserve_req(true), placed("", 10, 1, -10)).unwrap();
+        assert!(
+            matches!(forced, ReserveOutcome::Placed { .. }),
+            "{forced:?}"
+        );
+        let settled = decode_settle(&settle_req(12), posted(7, 5, 0, -5)).unwrap();
+        assert!(
+            matches!(settled, ResolveOutcome::Posted { .. }),
+            "{settled:?}"
+        );
+    }
+
+    #[test]
+    fn a_hold_must_take_exactly_its_amount() {
+        let (violation, text) =
+            broken(decode_reserve(&reserve_req(false), placed("g1:4", 5, 0, 0)));
+        assert_eq!(violation.field, "draws");
+        assert_eq!(violation.subject, "hold acme/h1");
+        assert_eq!(
+            text,
+            "money invariant broken during reserve: hold acme/h1: draws: \
+             draws 4 + overdraft 5 != amount 10"
+        );
+    }
+
+    #[test]
+    fn a_placed_hold_stays_within_the_overdraft_limit_unless_forced() {
+        assert_broken(
+            decode_reserve(&reserve_req(false), placed("g1:10", 0, 0, -7)),
+            "available_after",
+            &["-7", "overdraft_limit 5", "over_limit false"],
+        );
+        assert_broken(
+            decode_reserve(&reserve_req(false), placed("", 10, 1, -10)),
+            "over_limit",
+            &["without force"],
+        );
+    }
+
+    #[test]
+    fn amounts_beyond_max_amount_are_refused() {
+        let draws = format!("g1:{}", MAX_AMOUNT + 1);
+        assert_broken(
+            decode_reserve(&reserve_req(false), placed(&draws, 0, 0, 0)),
+            "draws",
+            &["9007199254740992 exceeds MAX_AMOUNT 9007199254740991"],
+        );
+        assert_broken(
+            decode_settle(&settle_req(10), posted(10, 0, max() + 1, 0)),
+            "returned",
+            &["9007199254740992"],
+        );
+        assert_broken(
+            decode_settle(&settle_req(10), posted(10, 0, max(), 0)),
+            "returned",
+            &["posted 10 + returned 9007199254740991"],
+        );
+    }
+
+    #[test]
+    fn insufficient_means_the_amount_was_not_covered() {
+        let reply = |available| Value::Array(vec![bulk("insufficient"), int(100), int(available)]);
+        assert_broken(
+            decode_reserve(&reserve_req(false), reply(6)),
+            "available",
+            &["6 + overdraft_limit 5 covers amount 10"],
+        );
+        assert_broken(
+            decode_reserve(&reserve_req(true), reply(0)),
+            "available",
+            &["force was set"],
+        );
+    }
+
+    #[test]
+    fn a_settle_posts_what_was_asked_less_the_shortfall() {
+        assert_broken(
+            decode_settle(&settle_req(10), posted(8, 1, 0, 0)),
+            "posted",
+            &["posted 8 + shortfall 1 != actual 10"],
+        );
+        assert_broken(
+            decode_settle(&settle_req(10), posted(8, 2, 3, -5)),
+            "returned",
+            &["3 returned although shortfall is 2"],
+        );
+        assert_broken(
+            decode_settle(&settle_req(10), posted(8, 2, 0, 0)),
+            "available_after",
+            &["0 above -overdraft_limit 5"],
+        );
+    }
+
+    #[test]
+    fn an_operation_answers_only_its_own_outcomes() {
+        let voided = || Value::Array(vec![bulk("voided"), int(100), int(3)]);
+        assert_broken(
+            decode_settle(&settle_req(10), voided()),
+            "status",
+            &["settle cannot answer Voided"],
+        );
+        assert_broken(
+            decode_expire_hold(&hold_ref(), voided()),
+            "status",
+            &["expire_hold"],
+        );
+        let not_due = Value::Array(vec![bulk("not_due"), int(100), int(100)]);
+        assert_broken(
+            decode_expire_hold(&hold_ref(), not_due),
+            "deadline_ms",
+            &["deadline 100 <= now 100"],
+        );
+        assert!(decode_void(&hold_ref(), voided()).is_ok());
+    }
+
+    #[test]
+    fn grant_outcomes_are_checked() {
+        let req = GrantRequest {
+            customer: "acme".into(),
+            grant_id: "g1".into(),
+            credit_type: "api".into(),
+            amount: 10,
+            priority: 0,
+            expires_at_ms: None,
+            cost_basis: 0,
+            source: crate::types::GrantSource::Promotion,
+            actor: "ops".into(),
+            reason: "test".into(),
+        };
+        let granted = Value::Array(vec![bulk("granted"), int(100), int(11)]);
+        assert_broken(
+            decode_grant(&req, granted),
+            "debt_repaid",
+            &["grant acme/g1", "11 > granted amount 10"],
+        );
+        let expired = Value::Array(vec![bulk("already_expired"), int(100)]);
+        assert_broken(decode_grant(&req, expired), "expires_at_ms", &["None"]);
+        let grant = GrantRef {
+            customer: "acme".into(),
+            grant_id: "g1".into(),
+        };
+        let not_due = Value::Array(vec![bulk("not_due"), int(100), int(50)]);
+        assert_broken(
+            decode_grant_expiry(&grant, not_due),
+            "expires_at_ms",
+            &["expiry 50 <= now 100"],
+        );
+    }
+
+    /// A balance reply of one type (`api`) and one grant (`g1`, of `api`).
+    fn balance(available: i64, held: i64, debt: i64, book: i64, grant_held: i64) -> Value {
+        Value::Array(vec![
+            int(100),
+            int(1),
+            bulk("api"),
+            int(available),
+            int(held),
+            int(debt),
+            int(book),
+            int(1),
+            bulk("g1"),
+            bulk("api"),
+            int(5),
+            int(grant_held),
+            int(0),
+            int(0),
+            int(0),
+            int(1),
+            int(0),
+        ])
+    }
+
+    #[test]
+    fn a_balance_never_holds_or_owes_a_negative_amount() {
+        assert!(decode_balance("acme", balance(5, 3, 0, 5, 3)).is_ok());
+        assert_broken(
+            decode_balance("acme", balance(5, -1, 0, 5, 0)),
+            "held",
+            &["customer acme", "-1 is negative"],
+        );
+        assert_broken(
+            decode_balance("acme", balance(5, 0, -2, 5, 0)),
+            "debt",
+            &["-2 is negative"],
+        );
+        assert_broken(
+            decode_balance("acme", balance(5, 2, 0, 5, 3)),
+            "held",
+            &["2 of api is less than the 3 its grants hold"],
+        );
+        assert_broken(
+            decode_balance("acme", balance(6, 0, 0, 5, 0)),
+            "available",
+            &["6 of api above book_available 5"],
+        );
+        assert_broken(
+            decode_balance("acme", balance(-max() - 1, 0, 0, 5, 0)),
+            "available",
+            &["beyond ±MAX_AMOUNT"],
+        );
+    }
+
+    fn hold_hash(state: &str, draws: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut h: HashMap<String, String> = [
+            ("state", state),
+            ("customer", "acme"),
+            ("type", "api"),
+            ("amount", "10"),
+            ("deadline", "1100"),
+            ("created", "100"),
+            ("draws", draws),
+            ("overdraft", "0"),
+            ("over_limit", "0"),
+            ("request_id", "r1"),
+            ("route", "chat"),
+            ("feature", "chat"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in extra {
+            h.insert(k.to_string(), v.to_string());
+        }
+        h
+    }
+
+    #[test]
+    fn a_stored_hold_is_checked() {
+        let key = "cg:{s0}:hold:h1";
+        assert!(decode_hold(&hold_ref(), key, &hold_hash("pending", "g1:10", &[])).is_ok());
+        assert_broken(
+            decode_hold(&hold_ref(), key, &hold_hash("pending", "g1:9", &[])),
+            "draws",
+            &["draws 9 + overdraft 0 != amount 10"],
+        );
+        let voided = [("posted", "4"), ("resolved", "200")];
+        assert_broken(
+            decode_hold(&hold_ref(), key, &hold_hash("voided", "g1:10", &voided)),
+            "posted",
+            &["4 posted by a voided hold"],
+        );
+        assert_broken(
+            decode_hold(
+                &hold_ref(),
+                key,
+                &hold_hash("posted", "g1:10", &[("posted", "4")]),
+            ),
+            "resolved_ms",
+            &["None on a posted hold"],
+        );
+    }
+
+    fn entry(fields: &[(&str, &str)]) -> redis::streams::StreamId {
+        redis::streams::StreamId {
+            id: "1-0".into(),
+            map: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), bulk(v)))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn hold_event(kind: &str, body: &[(&str, &str)]) -> redis::streams::StreamId {
+        let event_id = format!("hold:h1:{}", kind.trim_start_matches("hold_"));
+        let mut fields = vec![
+            ("v", "1"),
+            ("event_id", event_id.as_str()),
+            ("kind", kind),
+            ("at", "100"),
+            ("customer", "acme"),
+            ("credit_type", "api"),
+            ("hold_id", "h1"),
+            ("request_id", "r1"),
+            ("route", "chat"),
+            ("feature", "chat"),
+        ];
+        fields.extend_from_slice(body);
+        entry(&fields)
+    }
+
+    #[test]
+    fn a_posted_event_returns_what_it_did_not_post() {
+        let body = |returned| {
+            [
+                ("held", "10"),
+                ("requested", "6"),
+                ("posted", "6"),
+                ("burns", "g1:6"),
+                ("overdraft", "0"),
+                ("returned", returned),
+                ("returned_overdraft", "0"),
+                ("breakage", ""),
+                ("shortfall", "0"),
+            ]
+        };
+        assert!(decode_entry(hold_event("hold_posted", &body("g1:4"))).is_ok());
+        let err = parse_entry(hold_event("hold_posted", &body("g1:3"))).unwrap_err();
+        assert_eq!(
+            err,
+            "money invariant broken: event hold:h1:posted: returned: returned + \
+             returned_overdraft + breakage = 3, but held 10 - posted part 6 = 4"
+        );
+        let mut short = body("g1:4");
+        short[2] = ("posted", "5");
+        let err = parse_entry(hold_event("hold_posted", &short)).unwrap_err();
+        assert!(
+            err.contains("posted: posted 5 + shortfall 0 != requested 6"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_voided_event_returns_everything_held() {
+        let body = [
+            ("held", "10"),
+            ("returned", "g1:7"),
+            ("returned_overdraft", "1"),
+            ("breakage", "g2:1"),
+        ];
+        let err = parse_entry(hold_event("hold_voided", &body)).unwrap_err();
+        assert!(
+            err.contains("returned: returned + returned_overdraft + breakage = 9 != held 10"),
+            "{err}"
+        );
+        let placed = [
+            ("amount", "10"),
+            ("draws", "g1:7"),
+            ("overdraft", "2"),
+            ("deadline", "1100"),
+            ("over_limit", "0"),
+        ];
+        let err = parse_entry(hold_event("hold_placed", &placed)).unwrap_err();
+        assert!(err.contains("draws 7 + overdraft 2 != amount 10"), "{err}");
+    }
+}

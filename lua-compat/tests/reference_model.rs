@@ -603,3 +603,66 @@ fn pruning_drops_old_resolved_holds_and_old_events_only() {
     );
     assert_eq!(available(&m, T0 + 1_000), 98);
 }
+
+/// One random step of a seeded run: the outcome passes its own checks.
+fn random_step(
+    m: &mut Model,
+    rng: &mut rand::rngs::StdRng,
+    now: u64,
+    n: u32,
+) -> Result<(), String> {
+    use creditgate_protocol::invariants::{
+        check_expire_hold, check_grant, check_grant_expiry, check_reserve, check_settle, check_void,
+    };
+    use rand::Rng;
+    let h = hold(&format!("h{}", rng.random_range(0..n.max(1))));
+    let limit = [0, 0, 40][rng.random_range(0..3)];
+    let checked = match rng.random_range(0..6) {
+        0 => {
+            let mut g = plain("g", rng.random_range(1..200)).request();
+            g.grant_id = format!("g{n}");
+            g.priority = rng.random_range(0..3);
+            g.expires_at_ms = rng
+                .random_bool(0.5)
+                .then(|| now + rng.random_range(1..5_000));
+            check_grant(&g, &m.grant(now, &g))
+        }
+        1 | 2 => {
+            let mut r = reserve(&format!("h{n}"), rng.random_range(0..150), limit);
+            r.force = rng.random_bool(0.2);
+            check_reserve(&r, &m.reserve(now, &r))
+        }
+        3 => {
+            let s = settle(&h.hold_id, rng.random_range(0..300), limit);
+            check_settle(&s, &m.settle(now, &s))
+        }
+        4 => check_void(&h, &m.void(now, &h)),
+        _ if rng.random_bool(0.5) => check_expire_hold(&h, &m.expire_hold(now, &h)),
+        _ => {
+            let g = GrantRef {
+                customer: "acme".into(),
+                grant_id: format!("g{}", rng.random_range(0..n.max(1))),
+            };
+            check_grant_expiry(&g, &m.expire_grant(now, &g))
+        }
+    };
+    checked
+        .and_then(|()| m.check_customer(now, "acme"))
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_models_money_invariants_hold_through_seeded_random_runs() {
+    use rand::SeedableRng;
+    for seed in 0..300u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut m = model();
+        let mut now = T0;
+        for n in 0..60 {
+            now += 1 + n as u64 * 37 % 700;
+            if let Err(e) = random_step(&mut m, &mut rng, now, n) {
+                panic!("seed {seed} step {n}: {e}");
+            }
+        }
+    }
+}
