@@ -1,7 +1,7 @@
 //! The credit-operations file (`run --operations FILE`): the settings of the admin API
 //! that ops edit — known credit types, reason codes, per-role grant limits, top-up
 //! bundles and scheduled grants — parsed, then validated with every error naming
-//! `file:line: field`.
+//! `file:line: field` through the config crate's diagnostics, as the pricing config does.
 //!
 //! It is a separate file from the pricing config because it changes on a different
 //! rhythm and is owned by other people (finance and support leads, not the platform team);
@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
-use creditgate_protocol::MAX_AMOUNT;
+use creditgate_config::{ConfigError, ConfigErrors, Diagnostics, MAX_AMOUNT};
 use creditgate_protocol::keys::validate_id;
 use serde::Deserialize;
 use toml::Spanned;
@@ -185,363 +185,84 @@ impl Default for Operations {
     }
 }
 
-/// One problem with the file: where and what.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OperationsError {
-    /// The file.
-    pub file: String,
-    /// 1-based line.
-    pub line: usize,
-    /// The field path, e.g. `bundles[1].credits`.
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for OperationsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}: {}: {}",
-            self.file, self.line, self.field, self.message
-        )
-    }
-}
-
-/// Every problem found in the file, in file order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OperationsErrors(pub Vec<OperationsError>);
-
-impl fmt::Display for OperationsErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for OperationsErrors {}
-
 /// The roles a limit may name.
 const LIMITED_ROLES: [&str; 2] = ["support", "sales"];
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
-}
+/// Longest promotion lifetime and longest scheduled-grant life a file may set, days: ten
+/// years.
+const MAX_LIFETIME_DAYS: u64 = 3_660;
 
-/// The line of `field`'s last key in the table that starts at `span` (up to the next
-/// table header), else the span's first line.
-fn field_line(text: &str, span: std::ops::Range<usize>, field: &str) -> usize {
-    let key = field.rsplit('.').next().unwrap_or(field);
-    let start = span.start.min(text.len());
-    let mut offset = start;
-    for (i, line) in text[start..].split_inclusive('\n').enumerate() {
-        let trimmed = line.trim_start();
-        if i > 0 && trimmed.starts_with('[') && !trimmed.starts_with("[\"") {
-            break;
-        }
-        if let Some(rest) = trimmed.strip_prefix(key)
-            && rest.trim_start().starts_with('=')
-        {
-            return line_of(text, offset);
-        }
-        offset += line.len();
-    }
-    line_of(text, start)
-}
+/// Longest schedule id, bytes: the id is part of every grant id a schedule creates.
+const MAX_SCHEDULE_ID_LEN: usize = 40;
+
+/// Furthest ahead the expiring-grants webhook may look, days: one year.
+const MAX_EXPIRING_WITHIN_DAYS: u64 = 366;
 
 impl Operations {
     /// Reads and validates the file.
-    pub fn load(path: &Path) -> Result<Self, OperationsErrors> {
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
-            OperationsErrors(vec![OperationsError {
+            ConfigErrors::in_order_found(vec![ConfigError {
                 file: file.clone(),
-                line: 0,
                 field: "(file)".into(),
+                line: Some(0),
                 message: e.to_string(),
             }])
         })?;
         Self::parse(&file, &text)
     }
 
-    /// Parses and validates `text`, naming `file` in errors.
-    pub fn parse(file: &str, text: &str) -> Result<Self, OperationsErrors> {
-        let raw: FileOperations = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
-            OperationsErrors(vec![OperationsError {
-                file: file.to_string(),
-                line,
-                field: "(syntax)".into(),
-                message: e.message().to_string(),
-            }])
-        })?;
-        let mut errors = Vec::new();
-        let mut err = |span: std::ops::Range<usize>, field: String, message: String| {
-            errors.push(OperationsError {
-                file: file.to_string(),
-                line: field_line(text, span, &field),
-                field,
-                message,
-            });
+    /// Parses and validates `text`, naming `file` in errors. The errors come in the order
+    /// the sections are checked, each as `file:line: field: message`.
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigErrors> {
+        let mut diagnostics = Diagnostics::new(file, text);
+        let raw: FileOperations = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                // Line 0 when the parser cannot place the error, as the file has always said.
+                let line = e.span().map_or(0, |span| diagnostics.line_of(span.start));
+                diagnostics.report_on_line("(syntax)", Some(line), e.message().to_string());
+                return Err(ConfigErrors::in_order_found(diagnostics.into_errors()));
+            }
         };
-        let mut ops = Operations::default();
-        let types_span = raw.credit_types.span();
-        for t in raw.credit_types.into_inner() {
-            if let Err(m) = validate_id("credit type", &t) {
-                err(types_span.clone(), "credit_types".into(), m);
-            }
-            ops.credit_types.insert(t);
-        }
-        if ops.credit_types.is_empty() {
-            err(
-                types_span,
-                "credit_types".into(),
-                "must list at least one credit type".into(),
-            );
-        }
-        for (i, code) in raw.reason_codes.iter().enumerate() {
-            if let Err(m) = validate_id("reason code", code.get_ref()) {
-                err(code.span(), format!("reason_codes[{i}]"), m);
-            }
-            if !ops.reason_codes.insert(code.get_ref().clone()) {
-                err(
-                    code.span(),
-                    format!("reason_codes[{i}]"),
-                    format!("{:?} is listed twice", code.get_ref()),
-                );
-            }
-        }
-        if let Some(days) = raw.promotion_max_days {
-            if *days.get_ref() == 0 || *days.get_ref() > 3_660 {
-                err(
-                    days.span(),
-                    "promotion_max_days".into(),
-                    "must be from 1 to 3660 days".into(),
-                );
-            }
-            ops.promotion_max_days = *days.get_ref();
-        }
-        for (role, limit) in &raw.limits {
-            let field = format!("limits.{role}");
-            if !LIMITED_ROLES.contains(&role.as_str()) {
-                err(
-                    limit.span(),
-                    field.clone(),
-                    format!("limits apply to {LIMITED_ROLES:?} only"),
-                );
-            }
-            let l = limit.get_ref();
-            if l.per_grant_max == 0 || l.per_grant_max > MAX_AMOUNT {
-                err(
-                    limit.span(),
-                    format!("{field}.per_grant_max"),
-                    format!("must be from 1 to {MAX_AMOUNT}"),
-                );
-            }
-            if l.per_day_max < l.per_grant_max || l.per_day_max > MAX_AMOUNT {
-                err(
-                    limit.span(),
-                    format!("{field}.per_day_max"),
-                    format!("must be from per_grant_max to {MAX_AMOUNT}"),
-                );
-            }
-            ops.limits.insert(
-                role.clone(),
-                RoleLimit {
-                    per_grant_max: l.per_grant_max,
-                    per_day_max: l.per_day_max,
-                },
-            );
-        }
-        for (i, b) in raw.bundles.iter().enumerate() {
-            let span = b.span();
-            let b = b.get_ref();
-            let field = format!("bundles[{i}]");
-            if let Err(m) = validate_id("bundle id", &b.id) {
-                err(span.clone(), format!("{field}.id"), m);
-            }
-            if !ops.credit_types.contains(&b.credit_type) {
-                err(
-                    span.clone(),
-                    format!("{field}.credit_type"),
-                    format!("{:?} is not in credit_types", b.credit_type),
-                );
-            }
-            if b.credits == 0 || b.credits > MAX_AMOUNT {
-                err(
-                    span.clone(),
-                    format!("{field}.credits"),
-                    format!("must be from 1 to {MAX_AMOUNT}"),
-                );
-            }
-            if b.price_micros > MAX_AMOUNT {
-                err(
-                    span.clone(),
-                    format!("{field}.price_micros"),
-                    format!("must be at most {MAX_AMOUNT}"),
-                );
-            }
-            let bundle = Bundle {
-                id: b.id.clone(),
-                credit_type: b.credit_type.clone(),
-                credits: b.credits,
-                price_micros: b.price_micros,
-            };
-            if ops.bundles.insert(b.id.clone(), bundle).is_some() {
-                err(
-                    span,
-                    format!("{field}.id"),
-                    format!("bundle {:?} is defined twice", b.id),
-                );
-            }
-        }
-        let mut schedule_ids = BTreeSet::new();
-        for (i, s) in raw.schedules.iter().enumerate() {
-            let span = s.span();
-            let s = s.get_ref();
-            let field = format!("schedules[{i}]");
-            if let Err(m) = validate_id("schedule id", &s.id) {
-                err(span.clone(), format!("{field}.id"), m);
-            }
-            if s.id.len() > 40 {
-                err(
-                    span.clone(),
-                    format!("{field}.id"),
-                    "must be at most 40 bytes (it is part of every grant id)".into(),
-                );
-            }
-            if !schedule_ids.insert(s.id.clone()) {
-                err(
-                    span.clone(),
-                    format!("{field}.id"),
-                    format!("schedule {:?} is defined twice", s.id),
-                );
-            }
-            if let Err(m) = validate_id("plan", &s.plan) {
-                err(span.clone(), format!("{field}.plan"), m);
-            }
-            if !ops.credit_types.contains(&s.credit_type) {
-                err(
-                    span.clone(),
-                    format!("{field}.credit_type"),
-                    format!("{:?} is not in credit_types", s.credit_type),
-                );
-            }
-            if s.amount == 0 || s.amount > MAX_AMOUNT {
-                err(
-                    span.clone(),
-                    format!("{field}.amount"),
-                    format!("must be from 1 to {MAX_AMOUNT}"),
-                );
-            }
-            if s.expires_after_days == Some(0) || s.expires_after_days > Some(3_660) {
-                err(
-                    span,
-                    format!("{field}.expires_after_days"),
-                    "must be from 1 to 3660 days".into(),
-                );
-            }
-            ops.schedules.push(Schedule {
-                id: s.id.clone(),
-                plan: s.plan.clone(),
-                credit_type: s.credit_type.clone(),
-                amount: s.amount,
-                expires_after_days: s.expires_after_days,
-            });
-        }
-        for (name, raw_endpoint) in [
-            ("webhooks", &raw.webhooks),
-            ("auto_recharge", &raw.auto_recharge),
-        ] {
-            let Some(e) = raw_endpoint else { continue };
-            let span = e.span();
-            let e = e.get_ref();
-            if !(e.url.starts_with("http://") || e.url.starts_with("https://")) {
-                err(
-                    span.clone(),
-                    format!("{name}.url"),
-                    "must be an http:// or https:// URL".into(),
-                );
-            }
-            let secret = match (&e.secret, &e.secret_env) {
-                (Some(s), None) => Some(s.clone()),
-                (None, Some(var)) => match std::env::var(var) {
-                    Ok(s) => Some(s),
-                    Err(_) => {
-                        err(
-                            span.clone(),
-                            format!("{name}.secret_env"),
-                            format!("environment variable {var} is not set"),
-                        );
-                        None
-                    }
-                },
-                _ => {
-                    err(
-                        span.clone(),
-                        format!("{name}.secret"),
-                        "give exactly one of secret and secret_env".into(),
-                    );
-                    None
-                }
-            };
-            if let Some(s) = &secret
-                && s.len() < WEBHOOK_SECRET_MIN_LEN
-            {
-                err(
-                    span.clone(),
-                    format!(
-                        "{name}.{}",
-                        if e.secret.is_some() {
-                            "secret"
-                        } else {
-                            "secret_env"
-                        }
-                    ),
-                    format!("the secret must be at least {WEBHOOK_SECRET_MIN_LEN} bytes"),
-                );
-            }
-            let days = e
-                .expiring_within_days
-                .unwrap_or(DEFAULT_EXPIRING_WITHIN_DAYS);
-            if name == "auto_recharge" && e.expiring_within_days.is_some() {
-                err(
-                    span.clone(),
-                    format!("{name}.expiring_within_days"),
-                    "belongs to [webhooks]".into(),
-                );
-            }
-            if days == 0 || days > 366 {
-                err(
-                    span.clone(),
-                    format!("{name}.expiring_within_days"),
-                    "must be from 1 to 366 days".into(),
-                );
-            }
-            let endpoint = Endpoint {
-                url: e.url.clone(),
-                secret: secret.unwrap_or_default(),
-                expiring_within_days: days,
-            };
-            if name == "webhooks" {
-                ops.webhooks = Some(endpoint);
-            } else {
-                ops.auto_recharge = Some(endpoint);
-            }
-        }
-        if errors.is_empty() {
+        let ops = Self::from_file(&mut diagnostics, raw);
+        if diagnostics.is_empty() {
             Ok(ops)
         } else {
-            Err(OperationsErrors(errors))
+            Err(ConfigErrors::in_order_found(diagnostics.into_errors()))
+        }
+    }
+
+    /// Checks each section in file order, reporting into `diagnostics`; the result is only
+    /// meaningful when nothing was reported.
+    fn from_file(diagnostics: &mut Diagnostics<'_>, raw: FileOperations) -> Self {
+        let credit_types = credit_types(diagnostics, raw.credit_types);
+        let reason_codes = reason_codes(diagnostics, &raw.reason_codes);
+        let promotion_max_days = match raw.promotion_max_days {
+            Some(days) => promotion_max_days(diagnostics, &days),
+            None => DEFAULT_PROMOTION_MAX_DAYS,
+        };
+        let limits = limits(diagnostics, &raw.limits);
+        let bundles = bundles(diagnostics, &raw.bundles, &credit_types);
+        let schedules = schedules(diagnostics, &raw.schedules, &credit_types);
+        let webhooks = raw
+            .webhooks
+            .as_ref()
+            .map(|endpoint| webhook_endpoint(diagnostics, "webhooks", endpoint));
+        let auto_recharge = raw
+            .auto_recharge
+            .as_ref()
+            .map(|endpoint| webhook_endpoint(diagnostics, "auto_recharge", endpoint));
+        Self {
+            credit_types,
+            reason_codes,
+            promotion_max_days,
+            limits,
+            bundles,
+            schedules,
+            webhooks,
+            auto_recharge,
         }
     }
 
@@ -549,6 +270,314 @@ impl Operations {
     pub fn limit(&self, role: &str) -> Option<RoleLimit> {
         self.limits.get(role).copied()
     }
+}
+
+/// `credit_types`: at least one, each a valid id.
+fn credit_types(d: &mut Diagnostics<'_>, written: Spanned<Vec<String>>) -> BTreeSet<String> {
+    let span = written.span();
+    let mut credit_types = BTreeSet::new();
+    for credit_type in written.into_inner() {
+        if let Err(m) = validate_id("credit type", &credit_type) {
+            d.report_in_table(span.clone(), "credit_types".into(), m);
+        }
+        credit_types.insert(credit_type);
+    }
+    if credit_types.is_empty() {
+        d.report_in_table(
+            span,
+            "credit_types".into(),
+            "must list at least one credit type".into(),
+        );
+    }
+    credit_types
+}
+
+/// `reason_codes`: valid ids, each listed once.
+fn reason_codes(d: &mut Diagnostics<'_>, written: &[Spanned<String>]) -> BTreeSet<String> {
+    let mut reason_codes = BTreeSet::new();
+    for (i, code) in written.iter().enumerate() {
+        if let Err(m) = validate_id("reason code", code.get_ref()) {
+            d.report_in_table(code.span(), format!("reason_codes[{i}]"), m);
+        }
+        if !reason_codes.insert(code.get_ref().clone()) {
+            d.report_in_table(
+                code.span(),
+                format!("reason_codes[{i}]"),
+                format!("{:?} is listed twice", code.get_ref()),
+            );
+        }
+    }
+    reason_codes
+}
+
+/// `promotion_max_days`: 1 to [`MAX_LIFETIME_DAYS`].
+fn promotion_max_days(d: &mut Diagnostics<'_>, days: &Spanned<u64>) -> u64 {
+    if *days.get_ref() == 0 || *days.get_ref() > MAX_LIFETIME_DAYS {
+        d.report_in_table(
+            days.span(),
+            "promotion_max_days".into(),
+            format!("must be from 1 to {MAX_LIFETIME_DAYS} days"),
+        );
+    }
+    *days.get_ref()
+}
+
+/// `[limits.ROLE]`: only for [`LIMITED_ROLES`], a positive per-grant maximum no larger than
+/// the per-day one, both within [`MAX_AMOUNT`].
+fn limits(
+    d: &mut Diagnostics<'_>,
+    written: &BTreeMap<String, Spanned<FileLimit>>,
+) -> BTreeMap<String, RoleLimit> {
+    let mut limits = BTreeMap::new();
+    for (role, limit) in written {
+        let field = format!("limits.{role}");
+        if !LIMITED_ROLES.contains(&role.as_str()) {
+            d.report_in_table(
+                limit.span(),
+                field.clone(),
+                format!("limits apply to {LIMITED_ROLES:?} only"),
+            );
+        }
+        let l = limit.get_ref();
+        if l.per_grant_max == 0 || l.per_grant_max > MAX_AMOUNT {
+            d.report_in_table(
+                limit.span(),
+                format!("{field}.per_grant_max"),
+                format!("must be from 1 to {MAX_AMOUNT}"),
+            );
+        }
+        if l.per_day_max < l.per_grant_max || l.per_day_max > MAX_AMOUNT {
+            d.report_in_table(
+                limit.span(),
+                format!("{field}.per_day_max"),
+                format!("must be from per_grant_max to {MAX_AMOUNT}"),
+            );
+        }
+        let limit = RoleLimit {
+            per_grant_max: l.per_grant_max,
+            per_day_max: l.per_day_max,
+        };
+        limits.insert(role.clone(), limit);
+    }
+    limits
+}
+
+/// `[[bundles]]`: unique valid ids, a listed credit type, credits and price within
+/// [`MAX_AMOUNT`].
+fn bundles(
+    d: &mut Diagnostics<'_>,
+    written: &[Spanned<FileBundle>],
+    credit_types: &BTreeSet<String>,
+) -> BTreeMap<String, Bundle> {
+    let mut bundles = BTreeMap::new();
+    for (i, b) in written.iter().enumerate() {
+        let span = b.span();
+        let b = b.get_ref();
+        let field = format!("bundles[{i}]");
+        if let Err(m) = validate_id("bundle id", &b.id) {
+            d.report_in_table(span.clone(), format!("{field}.id"), m);
+        }
+        if !credit_types.contains(&b.credit_type) {
+            d.report_in_table(
+                span.clone(),
+                format!("{field}.credit_type"),
+                format!("{:?} is not in credit_types", b.credit_type),
+            );
+        }
+        if b.credits == 0 || b.credits > MAX_AMOUNT {
+            d.report_in_table(
+                span.clone(),
+                format!("{field}.credits"),
+                format!("must be from 1 to {MAX_AMOUNT}"),
+            );
+        }
+        if b.price_micros > MAX_AMOUNT {
+            d.report_in_table(
+                span.clone(),
+                format!("{field}.price_micros"),
+                format!("must be at most {MAX_AMOUNT}"),
+            );
+        }
+        let bundle = Bundle {
+            id: b.id.clone(),
+            credit_type: b.credit_type.clone(),
+            credits: b.credits,
+            price_micros: b.price_micros,
+        };
+        if bundles.insert(b.id.clone(), bundle).is_some() {
+            d.report_in_table(
+                span,
+                format!("{field}.id"),
+                format!("bundle {:?} is defined twice", b.id),
+            );
+        }
+    }
+    bundles
+}
+
+/// `[[schedules]]`: each checked by [`schedule`], ids unique.
+fn schedules(
+    d: &mut Diagnostics<'_>,
+    written: &[Spanned<FileSchedule>],
+    credit_types: &BTreeSet<String>,
+) -> Vec<Schedule> {
+    let mut ids = BTreeSet::new();
+    written
+        .iter()
+        .enumerate()
+        .map(|(i, s)| schedule(d, i, s, &mut ids, credit_types))
+        .collect()
+}
+
+/// One schedule: a short unique id, a valid plan, a listed credit type, an amount within
+/// [`MAX_AMOUNT`] and a bounded life.
+fn schedule(
+    d: &mut Diagnostics<'_>,
+    i: usize,
+    written: &Spanned<FileSchedule>,
+    ids: &mut BTreeSet<String>,
+    credit_types: &BTreeSet<String>,
+) -> Schedule {
+    let span = written.span();
+    let s = written.get_ref();
+    let field = format!("schedules[{i}]");
+    if let Err(m) = validate_id("schedule id", &s.id) {
+        d.report_in_table(span.clone(), format!("{field}.id"), m);
+    }
+    if s.id.len() > MAX_SCHEDULE_ID_LEN {
+        d.report_in_table(
+            span.clone(),
+            format!("{field}.id"),
+            format!("must be at most {MAX_SCHEDULE_ID_LEN} bytes (it is part of every grant id)"),
+        );
+    }
+    if !ids.insert(s.id.clone()) {
+        d.report_in_table(
+            span.clone(),
+            format!("{field}.id"),
+            format!("schedule {:?} is defined twice", s.id),
+        );
+    }
+    if let Err(m) = validate_id("plan", &s.plan) {
+        d.report_in_table(span.clone(), format!("{field}.plan"), m);
+    }
+    if !credit_types.contains(&s.credit_type) {
+        d.report_in_table(
+            span.clone(),
+            format!("{field}.credit_type"),
+            format!("{:?} is not in credit_types", s.credit_type),
+        );
+    }
+    if s.amount == 0 || s.amount > MAX_AMOUNT {
+        d.report_in_table(
+            span.clone(),
+            format!("{field}.amount"),
+            format!("must be from 1 to {MAX_AMOUNT}"),
+        );
+    }
+    if s.expires_after_days == Some(0) || s.expires_after_days > Some(MAX_LIFETIME_DAYS) {
+        d.report_in_table(
+            span,
+            format!("{field}.expires_after_days"),
+            format!("must be from 1 to {MAX_LIFETIME_DAYS} days"),
+        );
+    }
+    Schedule {
+        id: s.id.clone(),
+        plan: s.plan.clone(),
+        credit_type: s.credit_type.clone(),
+        amount: s.amount,
+        expires_after_days: s.expires_after_days,
+    }
+}
+
+/// `[webhooks]` or `[auto_recharge]` (named `name`): an http(s) URL, one long enough
+/// secret, and a look-ahead only for the events webhook.
+fn webhook_endpoint(
+    d: &mut Diagnostics<'_>,
+    name: &str,
+    written: &Spanned<FileEndpoint>,
+) -> Endpoint {
+    let span = written.span();
+    let e = written.get_ref();
+    if !(e.url.starts_with("http://") || e.url.starts_with("https://")) {
+        d.report_in_table(
+            span.clone(),
+            format!("{name}.url"),
+            "must be an http:// or https:// URL".into(),
+        );
+    }
+    let secret = webhook_secret(d, name, written);
+    let days = e
+        .expiring_within_days
+        .unwrap_or(DEFAULT_EXPIRING_WITHIN_DAYS);
+    if name == "auto_recharge" && e.expiring_within_days.is_some() {
+        d.report_in_table(
+            span.clone(),
+            format!("{name}.expiring_within_days"),
+            "belongs to [webhooks]".into(),
+        );
+    }
+    if days == 0 || days > MAX_EXPIRING_WITHIN_DAYS {
+        d.report_in_table(
+            span,
+            format!("{name}.expiring_within_days"),
+            format!("must be from 1 to {MAX_EXPIRING_WITHIN_DAYS} days"),
+        );
+    }
+    Endpoint {
+        url: e.url.clone(),
+        secret: secret.unwrap_or_default(),
+        expiring_within_days: days,
+    }
+}
+
+/// The signing secret, written inline or named by an environment variable (exactly one),
+/// at least [`WEBHOOK_SECRET_MIN_LEN`] bytes; `None` when missing (reported).
+fn webhook_secret(
+    d: &mut Diagnostics<'_>,
+    name: &str,
+    written: &Spanned<FileEndpoint>,
+) -> Option<String> {
+    let span = written.span();
+    let e = written.get_ref();
+    let secret = match (&e.secret, &e.secret_env) {
+        (Some(s), None) => Some(s.clone()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(s) => Some(s),
+            Err(_) => {
+                d.report_in_table(
+                    span.clone(),
+                    format!("{name}.secret_env"),
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }
+        },
+        _ => {
+            d.report_in_table(
+                span.clone(),
+                format!("{name}.secret"),
+                "give exactly one of secret and secret_env".into(),
+            );
+            None
+        }
+    };
+    if let Some(s) = &secret
+        && s.len() < WEBHOOK_SECRET_MIN_LEN
+    {
+        let key = if e.secret.is_some() {
+            "secret"
+        } else {
+            "secret_env"
+        };
+        d.report_in_table(
+            span,
+            format!("{name}.{key}"),
+            format!("the secret must be at least {WEBHOOK_SECRET_MIN_LEN} bytes"),
+        );
+    }
+    secret
 }
 
 #[cfg(test)]
