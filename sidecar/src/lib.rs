@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod operations;
 pub mod pricing_history;
+pub mod settings;
 
 use std::io::Write;
 

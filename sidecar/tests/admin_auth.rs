@@ -6,7 +6,7 @@ use axum::Router;
 use axum::routing::get;
 use creditgate_sidecar::api::admin::auth::{AuthState, Caller, Role, create_token, require_role};
 use creditgate_sidecar::api::admin::db::AdminDb;
-use creditgate_sidecar::cli::args::LedgerArgs;
+use creditgate_sidecar::settings::LedgerArgs;
 use creditgate_sidecar::ledger::{LedgerAdmin, SqliteLedger};
 
 #[tokio::test]

@@ -1,10 +1,12 @@
 //! The sidecar's command line: the subcommands and their options, parsed with clap.
 //!
 //! This module only describes the command line; it must not connect to anything. The
-//! `admin` subcommands are described beside their code, in `admin_cli`.
+//! `admin` subcommands are described in `admin_args`.
 
 use clap::{Args, Parser, Subcommand};
 use creditgate_protocol::keys::{DEFAULT_PREFIX, DEFAULT_SHARDS};
+
+use crate::settings::LedgerArgs;
 
 /// Per-call Redis timeout of the inspection commands, in milliseconds. An operator's
 /// one-off read can wait far longer than the gateway's hot-path timeout, and two seconds
@@ -57,7 +59,7 @@ pub enum Command {
     Mode(ModeCommand),
     /// Credit operations: admin tokens, and the admin API's calls from a terminal.
     #[command(subcommand)]
-    Admin(crate::cli::admin_commands::AdminCommand),
+    Admin(crate::cli::admin_args::AdminCommand),
 }
 
 /// What `mode` does.
@@ -122,20 +124,6 @@ pub const DEFAULT_AUDIT_COUNT: usize = 20;
 /// Where the sidecar listens for HTTP (metrics, health, read-only queries) when not told:
 /// loopback, next to the gateway's admin port.
 pub const DEFAULT_SIDECAR_LISTEN: &str = "127.0.0.1:9191";
-
-/// The ledger file when neither `--sqlite` nor `--postgres` is given: SQLite, embedded.
-pub const DEFAULT_SQLITE_PATH: &str = "creditgate-ledger.sqlite";
-
-/// Which ledger to use.
-#[derive(Debug, Clone, Args)]
-pub struct LedgerArgs {
-    /// The SQLite ledger file (the embedded default).
-    #[arg(long, env = "CREDITGATE_LEDGER_SQLITE", conflicts_with = "postgres")]
-    pub sqlite: Option<std::path::PathBuf>,
-    /// The Postgres ledger URL (production; several sidecars may share it).
-    #[arg(long, env = "CREDITGATE_LEDGER_POSTGRES")]
-    pub postgres: Option<String>,
-}
 
 /// Options of `run`.
 #[derive(Debug, Clone, Args)]

@@ -4,60 +4,18 @@
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use creditgate_protocol::{GrantSource, Keyspace, RedisStore, RedisTarget};
+use creditgate_protocol::GrantSource;
 use tokio::sync::watch;
 
-use crate::cli::args::{
-    DEFAULT_SQLITE_PATH, GrantArgs, LedgerArgs, ReconcileArgs, RedisArgs, RunArgs,
-};
+use crate::cli::args::{GrantArgs, ReconcileArgs, RunArgs};
+use crate::cli::stores::{connect_redis, open_ledger};
 use crate::jobs::daemon::Sidecar;
 use crate::jobs::outbox::{Issued, issue_grant};
 use crate::jobs::reconcile::{Rebuilt, compare, rebuild_customer};
 use crate::jobs::writer::LedgerWriter;
-use crate::ledger::{
-    GrantRecord, Ledger, PostgresLedger, RecordGrantOutcome, SqliteLedger, now_ms,
-};
+use crate::ledger::{GrantRecord, RecordGrantOutcome, now_ms};
 use crate::metrics::SidecarMetrics;
-
-/// Opens the ledger the arguments name and runs its migrations.
-pub async fn open_ledger(args: &LedgerArgs) -> anyhow::Result<Arc<dyn Ledger>> {
-    let ledger: Arc<dyn Ledger> = match (&args.sqlite, &args.postgres) {
-        (_, Some(url)) => Arc::new(PostgresLedger::connect(url).await.with_context(|| {
-            format!(
-                "opening the Postgres ledger at {}",
-                crate::cli::inspect::redact_url(url)
-            )
-        })?),
-        (path, None) => {
-            let path = path.clone().unwrap_or_else(|| DEFAULT_SQLITE_PATH.into());
-            Arc::new(
-                SqliteLedger::open(&path)
-                    .await
-                    .with_context(|| format!("opening the SQLite ledger {}", path.display()))?,
-            )
-        }
-    };
-    ledger.migrate().await.context("migrating the ledger")?;
-    Ok(ledger)
-}
-
-/// Connects to the credit store the arguments name.
-pub async fn connect_redis(args: &RedisArgs) -> anyhow::Result<Arc<RedisStore>> {
-    let keyspace = Keyspace::new(&args.prefix, args.shards);
-    let store = RedisStore::connect(
-        &RedisTarget::Single(args.url.clone()),
-        keyspace,
-        args.timeout_ms,
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "connecting to Redis at {}",
-            crate::cli::inspect::redact_url(&args.url)
-        )
-    })?;
-    Ok(Arc::new(store))
-}
+use crate::settings::LedgerArgs;
 
 /// `run`: the sidecar, until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<String> {
@@ -152,7 +110,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
     let admin = match (&args.admin_listen, operations) {
         (Some(listen), Some(ops)) => {
             let state =
-                crate::cli::admin_commands::admin_state(sidecar.clone(), &args.ledger, ops).await?;
+                crate::api::admin::state::AdminState::open(sidecar.clone(), &args.ledger, ops)
+                    .await?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding the admin listener to {listen}"))?;

@@ -6,7 +6,7 @@ use creditgate_protocol::control::{AuditedChange, ControlChange, parse_percent};
 
 use crate::api::control::{audit_json, gateway_json, parse_mode_or_clear, state_json};
 use crate::cli::args::ModeCommand;
-use crate::cli::commands::connect_redis;
+use crate::cli::stores::connect_redis;
 
 /// Runs one `mode` subcommand and returns what it prints.
 pub async fn mode_command(command: ModeCommand) -> anyhow::Result<String> {

@@ -20,13 +20,13 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::error;
 
-use super::AdminState;
 use super::auth::Caller;
 use super::customers::plan_of;
 use super::db::{exec, fetch};
 use super::error::ApiError;
 use super::fields::Body;
 use super::idempotency::{Reply, reply};
+use super::state::AdminState;
 use super::webhooks;
 use crate::ledger::now_ms;
 

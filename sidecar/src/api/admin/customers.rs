@@ -5,13 +5,13 @@
 use axum::http::StatusCode;
 use serde_json::json;
 
-use super::AdminState;
 use super::auth::{Caller, new_secret, secret_hash};
 use super::db::{exec, fetch};
 use super::error::ApiError;
 use super::fields::Body;
 use super::idempotency::{Reply, reply};
 use super::key_sync;
+use super::state::AdminState;
 use crate::ledger::now_ms;
 
 /// Prefix of customer API keys created here.

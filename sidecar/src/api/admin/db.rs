@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
-use crate::cli::args::{DEFAULT_SQLITE_PATH, LedgerArgs};
+use crate::settings::{DEFAULT_SQLITE_PATH, LedgerArgs};
 
 /// Connections of the admin pool: admin calls are few; two keep a slow call from
 /// blocking every other one.

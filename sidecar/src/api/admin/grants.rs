@@ -11,7 +11,6 @@ use creditgate_protocol::{CreditStore, GrantSource};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::AdminState;
 use super::auth::{Caller, Role};
 use super::customers::plan_of;
 use super::day_limit::DayLock;
@@ -19,6 +18,7 @@ use super::db::{exec, fetch};
 use super::error::ApiError;
 use super::fields::Body;
 use super::idempotency::{Reply, reply};
+use super::state::AdminState;
 use crate::jobs::outbox::{Issued, OutboxError, issue_grant};
 use crate::jobs::reconcile::{Rebuilt, rebuild_customer};
 use crate::ledger::{Adjustment, GrantRecord, NewEntry, now_ms};

@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::AdminState;
 use super::db::fetch;
+use super::state::AdminState;
 
 /// How often every key is republished, ms: bounds how long a key issued or revoked while
 /// Redis was unreachable, or lost with Redis's data, stays wrong at the gateways (plus

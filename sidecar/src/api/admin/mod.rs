@@ -23,6 +23,7 @@ pub mod idempotency;
 pub mod key_sync;
 pub mod reads;
 pub mod schedule;
+pub mod state;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -30,46 +31,19 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRef, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post, put};
 use tokio::sync::watch;
 
-use self::auth::{AuthState, Caller, Role};
-use self::db::AdminDb;
+use self::auth::{Caller, Role};
 use self::idempotency::Reply;
-use crate::jobs::daemon::Sidecar;
+use self::state::AdminState;
 use crate::ledger::now_ms;
-use crate::metrics::AdminMetrics;
-use crate::operations::Operations;
 
 /// Largest request body the admin API reads, bytes: admin calls are small JSON objects.
 pub const ADMIN_BODY_MAX_BYTES: usize = 64 * 1024;
-
-/// What the admin handlers share.
-pub struct AdminState {
-    /// The sidecar: ledger, credit store, pricing.
-    pub sidecar: Arc<Sidecar>,
-    /// The admin tables.
-    pub db: AdminDb,
-    /// Token checks.
-    pub auth: AuthState,
-    /// The operations settings.
-    pub ops: Arc<Operations>,
-    /// Held while a limited grant checks its role's daily total and is recorded, so two
-    /// concurrent grants of one sidecar cannot both pass the limit (across sidecars, the
-    /// [`day_limit`] lock does that on Postgres).
-    pub limit_lock: tokio::sync::Mutex<()>,
-    /// The admin API's metrics, served on the sidecar's `/metrics`.
-    pub metrics: AdminMetrics,
-}
-
-impl FromRef<Arc<AdminState>> for AuthState {
-    fn from_ref(state: &Arc<AdminState>) -> AuthState {
-        state.auth.clone()
-    }
-}
 
 type St = State<Arc<AdminState>>;
 

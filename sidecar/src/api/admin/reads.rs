@@ -5,10 +5,10 @@
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::AdminState;
 use super::customers::plan_of;
 use super::error::ApiError;
 use super::idempotency::{Reply, reply};
+use super::state::AdminState;
 use creditgate_protocol::CreditStore;
 
 use crate::ledger::{EntryKind, EntryQuery, LedgerEntry, now_ms};

@@ -22,9 +22,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::AdminState;
 use super::db::fetch;
 use super::idempotency;
+use super::state::AdminState;
 use crate::jobs::outbox::{OutboxError, issue_grant};
 use crate::ledger::{GrantRecord, now_ms};
 use crate::operations::{SCHEDULE_REASON_CODE, Schedule};
