@@ -17,11 +17,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::watch;
 
 use crate::jobs::daemon::Sidecar;
-use crate::ledger::{LedgerEntry, now_ms};
+use crate::ledger::now_ms;
 
 /// Widest range a usage or revenue query may span, in milliseconds (a little over a year),
 /// so one request cannot fold the whole history of a large ledger.
@@ -79,30 +79,6 @@ impl RangeQuery {
     }
 }
 
-fn entry_json(e: &LedgerEntry) -> Value {
-    let n = &e.entry;
-    json!({
-        "seq": e.seq,
-        "event_id": n.event_id,
-        "kind": n.kind.as_str(),
-        "customer": n.customer,
-        "credit_type": n.credit_type,
-        "amount": n.amount,
-        "grant_id": n.grant_id,
-        "hold_id": n.hold_id,
-        "request_id": n.request_id,
-        "route": n.route,
-        "feature": n.feature,
-        "pricing_version": n.pricing_version,
-        "grants": n.grants,
-        "event_at_ms": n.event_at_ms,
-        "recorded_at_ms": e.recorded_at_ms,
-        "details": n.details,
-        "overage": e.overage().and_then(Result::ok),
-        "hash": e.hash,
-    })
-}
-
 async fn metrics(State(s): State<Arc<Sidecar>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -154,7 +130,7 @@ async fn trail(State(s): State<Arc<Sidecar>>, Path(request_id): Path<String>) ->
         ),
         Ok(entries) => axum::Json(json!({
             "request_id": request_id,
-            "entries": entries.iter().map(entry_json).collect::<Vec<_>>(),
+            "entries": entries,
         }))
         .into_response(),
         Err(e) => ledger_error(e),

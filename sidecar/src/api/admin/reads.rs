@@ -11,7 +11,7 @@ use super::idempotency::{Reply, reply};
 use super::state::AdminState;
 use creditgate_protocol::CreditStore;
 
-use crate::ledger::{EntryKind, EntryQuery, LedgerEntry, now_ms};
+use crate::ledger::{EntryKind, EntryQuery, now_ms};
 
 /// Entries per ledger page when the call does not say.
 pub const LEDGER_PAGE_DEFAULT: u64 = 100;
@@ -89,25 +89,6 @@ pub async fn balance(st: &AdminState, customer: &str) -> Reply {
     .await
 }
 
-fn entry_json(e: &LedgerEntry) -> Value {
-    let n = &e.entry;
-    json!({
-        "seq": e.seq,
-        "event_id": n.event_id,
-        "kind": n.kind.as_str(),
-        "credit_type": n.credit_type,
-        "amount": n.amount,
-        "grant_id": n.grant_id,
-        "hold_id": n.hold_id,
-        "request_id": n.request_id,
-        "route": n.route,
-        "feature": n.feature,
-        "event_at_ms": n.event_at_ms,
-        "recorded_at_ms": e.recorded_at_ms,
-        "details": n.details,
-    })
-}
-
 /// `GET /v1/admin/customers/{customer}/ledger?from_ms=&to_ms=&kind=&feature=&limit=&cursor=`.
 /// Entries in event-time order; `next_cursor` continues after the last one returned.
 pub async fn ledger(st: &AdminState, customer: &str, query: &[(String, String)]) -> Reply {
@@ -181,7 +162,7 @@ pub async fn ledger(st: &AdminState, customer: &str, query: &[(String, String)])
             {
                 continue;
             }
-            page.push(entry_json(e));
+            page.push(e);
             if page.len() as u64 == limit {
                 break;
             }
