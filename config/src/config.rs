@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use crate::cost::CostRule;
-use crate::diagnostics::{ConfigError, ConfigErrors, LineIndex};
+use crate::diagnostics::{ConfigError, ConfigErrors, Diagnostics};
 use crate::limits::DEFAULT_OVERDRAFT;
 use crate::model::{
     ApiKey, Billing, Cohort, CreditType, Customer, Defaults, EmbeddedGrant, Feature, Identity,
@@ -88,13 +88,13 @@ impl PricingConfig {
     /// Parses and validates `text`; `file_name` is only used in error messages.
     pub fn from_toml_str(text: &str, file_name: &str) -> Result<PricingConfig, ConfigErrors> {
         let file: ConfigFile = toml::from_str(text).map_err(|error| {
-            let lines = LineIndex::new(text);
-            ConfigErrors::new(vec![ConfigError {
-                file: file_name.to_owned(),
-                field: toml_error_field(&error),
-                line: error.span().map(|span| lines.line_of(span.start)),
-                message: error.message().trim_end().to_owned(),
-            }])
+            let mut diagnostics = Diagnostics::new(file_name, text);
+            diagnostics.report(
+                toml_error_field(&error),
+                error.span(),
+                error.message().trim_end().to_owned(),
+            );
+            ConfigErrors::new(diagnostics.into_errors())
         })?;
         let Validated {
             defaults,

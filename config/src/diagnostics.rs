@@ -108,21 +108,21 @@ impl IntoIterator for ConfigErrors {
 
 /// Maps byte offsets in the file text to 1-based line numbers.
 #[derive(Debug)]
-pub struct LineIndex {
+pub(crate) struct LineIndex {
     /// Byte offset where each line starts; the first entry is always 0.
     line_starts: Vec<usize>,
 }
 
 impl LineIndex {
     /// Indexes the line starts of `text`.
-    pub fn new(text: &str) -> Self {
+    pub(crate) fn new(text: &str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(offset, _)| offset + 1));
         Self { line_starts }
     }
 
     /// The 1-based line holding `offset`; offsets past the end are on the last line.
-    pub fn line_of(&self, offset: usize) -> u32 {
+    pub(crate) fn line_of(&self, offset: usize) -> u32 {
         let line = self.line_starts.partition_point(|&start| start <= offset);
         u32::try_from(line).unwrap_or(u32::MAX)
     }

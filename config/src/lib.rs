@@ -18,7 +18,7 @@ mod validate;
 
 pub use config::{CostSource, PricingConfig, ResolvedCost, UNPUBLISHED_VERSION};
 pub use cost::{CostRule, RequestValues, UnitSource, UnitsValue, query_param};
-pub use diagnostics::{ConfigError, ConfigErrors, Diagnostics, LineIndex};
+pub use diagnostics::{ConfigError, ConfigErrors, Diagnostics};
 pub use limits::*;
 pub use model::{
     ApiKey, Billing, Cohort, CreditType, Customer, DEFAULT_FAILURE_POLICY, DEFAULT_MODE,

@@ -64,8 +64,9 @@ pub const MAX_READ_TIMEOUT_MS: u64 = 3_600_000;
 pub const DEFAULT_OVERDRAFT: u64 = 0;
 
 /// The longest identifier (credit type, feature, plan, customer, upstream) in bytes: 128,
-/// which keeps Redis keys short and fits any customer id we have seen.
-pub const MAX_IDENTIFIER_LEN: usize = 128;
+/// which keeps Redis keys short and fits any customer id we have seen. It is the protocol's
+/// id limit, so every name the config accepts is an id the store accepts.
+pub const MAX_IDENTIFIER_LEN: usize = creditgate_protocol::keys::MAX_ID_LEN;
 
 /// The most routes a config may hold: 10 000. Validation checks every pair for shadowing,
 /// which stays well under a second at this size.
