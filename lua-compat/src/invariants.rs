@@ -317,12 +317,11 @@ pub fn check_balance(customer: &str, balance: &Balance) -> Result<(), InvariantV
                 t.available, t.credit_type, t.book_available
             )
         })?;
-        let in_grants: u64 = balance
+        let in_grants = balance
             .grants
             .iter()
             .filter(|g| g.credit_type == t.credit_type)
-            .map(|g| g.held)
-            .sum();
+            .fold(0u64, |sum, g| sum.saturating_add(g.held));
         s.that(in_grants <= t.held.unsigned_abs(), "held", || {
             format!(
                 "{} of {} is less than the {in_grants} its grants hold",
