@@ -214,7 +214,7 @@ impl Operations {
     }
 
     /// Parses and validates `text`, naming `file` in errors. The errors come in the order
-    /// the sections are checked, each as `file:line: field: message`.
+    /// the sections are checked (not sorted by line), each as `file:line: field: message`.
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigErrors> {
         let mut diagnostics = Diagnostics::new(file, text);
         let raw: FileOperations = match toml::from_str(text) {
@@ -234,8 +234,8 @@ impl Operations {
         }
     }
 
-    /// Checks each section in file order, reporting into `diagnostics`; the result is only
-    /// meaningful when nothing was reported.
+    /// Checks the sections one after the other (the order their errors are reported in),
+    /// reporting into `diagnostics`; the result is only meaningful when nothing was reported.
     fn from_file(diagnostics: &mut Diagnostics<'_>, raw: FileOperations) -> Self {
         let credit_types = credit_types(diagnostics, raw.credit_types);
         let reason_codes = reason_codes(diagnostics, &raw.reason_codes);
