@@ -117,7 +117,7 @@ impl CreditGate {
 
     /// The `request_filter` phase's work: route, mode, identity, price, reserve. `Ok`
     /// proxies the request; an `Err` is answered to the client.
-    pub(crate) async fn admit(
+    pub async fn admit(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
@@ -252,7 +252,7 @@ impl CreditGate {
 
     /// The `logging` phase's work: hands the request's hold, if any, to a background
     /// settle or void, with the cost read from the response for routes priced from it.
-    pub(crate) fn finish(&self, session: &Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+    pub fn finish(&self, session: &Session, error: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map(|r| r.status.as_u16());
         if let Some(e) = error {
             warn!(request_id = %ctx.request_id, route = %ctx.route, customer = ?ctx.customer, error = %e, "request failed");

@@ -1,9 +1,29 @@
 //! The creditgate gateway: identifies the customer, prices the route, reserves and settles
 //! credits at the API edge.
 //!
-//! `run` starts the Pingora proxy ([`proxy::CreditGate`]) and the admin listener;
-//! `check-config` is the config checker CI and ops run before a rollout. The binary in
-//! `main.rs` only parses the command line and calls [`run`].
+//! `run` starts the Pingora proxy and the admin listener ([`server`]); `check-config` is the
+//! config checker CI and ops run before a rollout. The binary in `main.rs` only parses the
+//! command line ([`cli`]) and calls [`run`].
+//!
+//! A request's way through the modules:
+//!
+//! - [`proxy`]: the one Pingora `ProxyHttp` implementation, one callback per phase, each
+//!   calling into the modules below.
+//! - [`gate`]: the service's shared state ([`gate::CreditGate`]) and per-request state
+//!   ([`gate::RequestCtx`]); sequences admission and the hold's life.
+//! - [`admission`]: route, mode ([`control`]), identity ([`identity`]), price
+//!   ([`admission::price_request`]) and the reserve plan ([`admission::plan_reserve`]), as
+//!   pure decisions without I/O.
+//! - [`hold`]: the hold's life: [`hold::Holds::reserve_for_request`] places it (the
+//!   idempotent reserve loop), [`hold::Holds::settle_or_void`] ends it in the background.
+//! - [`request_body`] reads a bounded body for routes that estimate from it; [`usage`]
+//!   reads the actual cost of routes priced from the response.
+//! - [`responses`]: the gateway's own answers (4xx, 500, 503) and the charge headers.
+//! - [`store_client`]: every store call, under the [`breaker`], a timeout and metrics, on
+//!   Redis ([`store_connect`]) or the embedded in-memory store.
+//! - [`fleet`] keeps the pricing config and the control state current; [`admin`] serves
+//!   `/metrics` ([`metrics`]) and health; [`in_flight`] lets a graceful shutdown wait for
+//!   the last settle; [`demo`] is the quickstart's stand-in upstream.
 
 pub mod admin;
 pub mod admission;

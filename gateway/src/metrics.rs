@@ -88,145 +88,174 @@ fn must<T>(r: Result<T, prometheus::Error>) -> T {
     r.expect("metric definitions are valid and registered once")
 }
 
+/// A metric's name, help text and label names (none for a plain gauge).
+struct MetricDef {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+}
+
+const DECISIONS: MetricDef = MetricDef {
+    name: "creditgate_decisions_total",
+    help: "Requests by route and what the gateway decided.",
+    labels: &["route", "outcome"],
+};
+const CREDITS_RESERVED: MetricDef = MetricDef {
+    name: "creditgate_credits_reserved_total",
+    help: "Credits placed in holds, in each credit type's smallest unit.",
+    labels: &["credit_type"],
+};
+const CREDITS_BURNED: MetricDef = MetricDef {
+    name: "creditgate_credits_burned_total",
+    help: "Credits burned by settled holds, in each credit type's smallest unit.",
+    labels: &["credit_type"],
+};
+const CREDITS_RETURNED: MetricDef = MetricDef {
+    name: "creditgate_credits_returned_total",
+    help: "Credits returned by settled and voided holds, in each credit type's smallest unit.",
+    labels: &["credit_type"],
+};
+const STORE_LATENCY: MetricDef = MetricDef {
+    name: "creditgate_store_latency_seconds",
+    help: "Latency of credit store calls, including failed ones.",
+    labels: &["op"],
+};
+const STORE_ERRORS: MetricDef = MetricDef {
+    name: "creditgate_store_errors_total",
+    help: "Failed credit store calls by operation and kind (timeout, unavailable, protocol, circuit_open).",
+    labels: &["op", "kind"],
+};
+const HOLDS_IN_FLIGHT: MetricDef = MetricDef {
+    name: "creditgate_holds_in_flight",
+    help: "Holds placed by this gateway and not yet settled or voided.",
+    labels: &[],
+};
+const CIRCUIT_OPEN: MetricDef = MetricDef {
+    name: "creditgate_store_circuit_open",
+    help: "1 while the store circuit breaker is open and store calls are skipped.",
+    labels: &[],
+};
+const CONFIG_INFO: MetricDef = MetricDef {
+    name: "creditgate_config_info",
+    help: "The pricing config in use: 1 for its content hash.",
+    labels: &["hash"],
+};
+const CONFIG_VERSION: MetricDef = MetricDef {
+    name: "creditgate_config_version",
+    help: "Version of the pricing config in use (0: the gateway's own file, not published).",
+    labels: &[],
+};
+const CONFIG_PUBLISHED_VERSION: MetricDef = MetricDef {
+    name: "creditgate_config_published_version",
+    help: "Newest pricing config version published in Redis that this gateway has seen.",
+    labels: &[],
+};
+const CONFIG_BEHIND: MetricDef = MetricDef {
+    name: "creditgate_config_behind",
+    help: "1 while the gateway runs an older pricing config than the published one.",
+    labels: &[],
+};
+const CONFIG_RELOAD_ERRORS: MetricDef = MetricDef {
+    name: "creditgate_config_reload_errors_total",
+    help: "Pricing configs refused on reload (the last good one stays), by source (file, published).",
+    labels: &["source"],
+};
+const CONTROL_VERSION: MetricDef = MetricDef {
+    name: "creditgate_control_version",
+    help: "Version of the fleet control state (mode overrides) this gateway applies.",
+    labels: &[],
+};
+const CONTROL_READ_ERRORS: MetricDef = MetricDef {
+    name: "creditgate_control_read_errors_total",
+    help: "Failed reads of the control state or published config from Redis (the last known state stays).",
+    labels: &["what"],
+};
+const MODE: MetricDef = MetricDef {
+    name: "creditgate_mode",
+    help: "The fleet-wide mode this gateway applies: 1 for the current one (off, shadow, enforce, file).",
+    labels: &["mode"],
+};
+const FORCED_OFF: MetricDef = MetricDef {
+    name: "creditgate_mode_forced_off",
+    help: "1 while the local kill switch (file or env flag) forces mode off.",
+    labels: &[],
+};
+const RESPONSE_COSTS: MetricDef = MetricDef {
+    name: "creditgate_response_costs_total",
+    help: "Requests settled from the response, by route and how the cost was found (header, json, sse, stream_cut; missing, unparseable, over_limit settle the fallback).",
+    labels: &["route", "outcome"],
+};
+const REQUEST_ESTIMATES: MetricDef = MetricDef {
+    name: "creditgate_request_estimates_total",
+    help: "Reservations of routes that estimate from the request body, by route and how the amount was found (body; missing, unparseable, over_limit reserve the fixed estimate).",
+    labels: &["route", "outcome"],
+};
+const CREDITS_SHORTFALL: MetricDef = MetricDef {
+    name: "creditgate_credits_shortfall_total",
+    help: "Credits settled above what the balance and overdraft allowed (recorded as overage in the ledger), in each credit type's smallest unit.",
+    labels: &["credit_type"],
+};
+
+/// Registers metrics on one registry, each from its [`MetricDef`].
+struct Registrar<'r>(&'r Registry);
+
+impl Registrar<'_> {
+    fn register<M: prometheus::core::Collector + Clone + 'static>(&self, metric: M) -> M {
+        must(self.0.register(Box::new(metric.clone())));
+        metric
+    }
+
+    fn counter(&self, def: &MetricDef) -> IntCounterVec {
+        self.register(must(IntCounterVec::new(
+            Opts::new(def.name, def.help),
+            def.labels,
+        )))
+    }
+
+    fn gauge(&self, def: &MetricDef) -> IntGauge {
+        self.register(must(IntGauge::new(def.name, def.help)))
+    }
+
+    fn gauge_vec(&self, def: &MetricDef) -> IntGaugeVec {
+        self.register(must(IntGaugeVec::new(
+            Opts::new(def.name, def.help),
+            def.labels,
+        )))
+    }
+
+    fn histogram(&self, def: &MetricDef, buckets: &[f64]) -> HistogramVec {
+        let opts = HistogramOpts::new(def.name, def.help).buckets(buckets.to_vec());
+        self.register(must(HistogramVec::new(opts, def.labels)))
+    }
+}
+
 impl Metrics {
     /// Builds and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = must(IntCounterVec::new(Opts::new(name, help), labels));
-            must(registry.register(Box::new(c.clone())));
-            c
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = must(IntGauge::new(name, help));
-            must(registry.register(Box::new(g.clone())));
-            g
-        };
-        let decisions = counter(
-            "creditgate_decisions_total",
-            "Requests by route and what the gateway decided.",
-            &["route", "outcome"],
-        );
-        let credits_reserved = counter(
-            "creditgate_credits_reserved_total",
-            "Credits placed in holds, in each credit type's smallest unit.",
-            &["credit_type"],
-        );
-        let credits_burned = counter(
-            "creditgate_credits_burned_total",
-            "Credits burned by settled holds, in each credit type's smallest unit.",
-            &["credit_type"],
-        );
-        let credits_returned = counter(
-            "creditgate_credits_returned_total",
-            "Credits returned by settled and voided holds, in each credit type's smallest unit.",
-            &["credit_type"],
-        );
-        let store_latency = must(HistogramVec::new(
-            HistogramOpts::new(
-                "creditgate_store_latency_seconds",
-                "Latency of credit store calls, including failed ones.",
-            )
-            .buckets(STORE_LATENCY_BUCKETS_S.to_vec()),
-            &["op"],
-        ));
-        must(registry.register(Box::new(store_latency.clone())));
-        let store_errors = counter(
-            "creditgate_store_errors_total",
-            "Failed credit store calls by operation and kind (timeout, unavailable, protocol, circuit_open).",
-            &["op", "kind"],
-        );
-        let holds_in_flight = gauge(
-            "creditgate_holds_in_flight",
-            "Holds placed by this gateway and not yet settled or voided.",
-        );
-        let circuit_open = gauge(
-            "creditgate_store_circuit_open",
-            "1 while the store circuit breaker is open and store calls are skipped.",
-        );
-        let config_info = must(IntGaugeVec::new(
-            Opts::new(
-                "creditgate_config_info",
-                "The pricing config in use: 1 for its content hash.",
-            ),
-            &["hash"],
-        ));
-        must(registry.register(Box::new(config_info.clone())));
-        let config_version = gauge(
-            "creditgate_config_version",
-            "Version of the pricing config in use (0: the gateway's own file, not published).",
-        );
-        let config_published_version = gauge(
-            "creditgate_config_published_version",
-            "Newest pricing config version published in Redis that this gateway has seen.",
-        );
-        let config_behind = gauge(
-            "creditgate_config_behind",
-            "1 while the gateway runs an older pricing config than the published one.",
-        );
-        let config_reload_errors = counter(
-            "creditgate_config_reload_errors_total",
-            "Pricing configs refused on reload (the last good one stays), by source (file, published).",
-            &["source"],
-        );
-        let control_version = gauge(
-            "creditgate_control_version",
-            "Version of the fleet control state (mode overrides) this gateway applies.",
-        );
-        let control_read_errors = counter(
-            "creditgate_control_read_errors_total",
-            "Failed reads of the control state or published config from Redis (the last known state stays).",
-            &["what"],
-        );
-        let mode = must(IntGaugeVec::new(
-            Opts::new(
-                "creditgate_mode",
-                "The fleet-wide mode this gateway applies: 1 for the current one (off, shadow, enforce, file).",
-            ),
-            &["mode"],
-        ));
-        must(registry.register(Box::new(mode.clone())));
-        let forced_off = gauge(
-            "creditgate_mode_forced_off",
-            "1 while the local kill switch (file or env flag) forces mode off.",
-        );
-        let response_costs = counter(
-            "creditgate_response_costs_total",
-            "Requests settled from the response, by route and how the cost was found (header, json, sse, stream_cut; missing, unparseable, over_limit settle the fallback).",
-            &["route", "outcome"],
-        );
-        let request_estimates = counter(
-            "creditgate_request_estimates_total",
-            "Reservations of routes that estimate from the request body, by route and how the amount was found (body; missing, unparseable, over_limit reserve the fixed estimate).",
-            &["route", "outcome"],
-        );
-        let credits_shortfall = counter(
-            "creditgate_credits_shortfall_total",
-            "Credits settled above what the balance and overdraft allowed (recorded as overage in the ledger), in each credit type's smallest unit.",
-            &["credit_type"],
-        );
+        let r = Registrar(&registry);
         Self {
+            decisions: r.counter(&DECISIONS),
+            credits_reserved: r.counter(&CREDITS_RESERVED),
+            credits_burned: r.counter(&CREDITS_BURNED),
+            credits_returned: r.counter(&CREDITS_RETURNED),
+            store_latency: r.histogram(&STORE_LATENCY, &STORE_LATENCY_BUCKETS_S),
+            store_errors: r.counter(&STORE_ERRORS),
+            holds_in_flight: r.gauge(&HOLDS_IN_FLIGHT),
+            circuit_open: r.gauge(&CIRCUIT_OPEN),
+            config_info: r.gauge_vec(&CONFIG_INFO),
+            config_version: r.gauge(&CONFIG_VERSION),
+            config_published_version: r.gauge(&CONFIG_PUBLISHED_VERSION),
+            config_behind: r.gauge(&CONFIG_BEHIND),
+            config_reload_errors: r.counter(&CONFIG_RELOAD_ERRORS),
+            control_version: r.gauge(&CONTROL_VERSION),
+            control_read_errors: r.counter(&CONTROL_READ_ERRORS),
+            mode: r.gauge_vec(&MODE),
+            forced_off: r.gauge(&FORCED_OFF),
+            response_costs: r.counter(&RESPONSE_COSTS),
+            request_estimates: r.counter(&REQUEST_ESTIMATES),
+            credits_shortfall: r.counter(&CREDITS_SHORTFALL),
             registry,
-            response_costs,
-            request_estimates,
-            credits_shortfall,
-            decisions,
-            credits_reserved,
-            credits_burned,
-            credits_returned,
-            store_latency,
-            store_errors,
-            holds_in_flight,
-            circuit_open,
-            config_info,
-            config_version,
-            config_published_version,
-            config_behind,
-            config_reload_errors,
-            control_version,
-            control_read_errors,
-            mode,
-            forced_off,
         }
     }
 

@@ -148,6 +148,163 @@ pub fn init_logging() {
     let _ = result;
 }
 
+/// Connects the credit store the arguments name: the embedded in-process store when no
+/// `--redis` is given (with the config's `[[embedded_grants]]` applied and a sweeper
+/// running), else Redis.
+fn connect_store(
+    args: &RunArgs,
+    config: &PricingConfig,
+    metrics: &Arc<Metrics>,
+    store_runtime: &tokio::runtime::Runtime,
+    forced_off_at_start: bool,
+) -> anyhow::Result<StoreClient> {
+    let keyspace = Keyspace::new(&args.redis_prefix, args.shards);
+    if !args.redis.is_empty() {
+        return connect_redis(args, keyspace, metrics, store_runtime, forced_off_at_start);
+    }
+    if args.redis_cluster {
+        bail!("--redis-cluster needs the cluster's node URLs in --redis");
+    }
+    let memory = Arc::new(MemoryStore::new(keyspace.clone()));
+    store_runtime.block_on(apply_embedded_grants(&memory, config))?;
+    store_runtime.spawn(sweep_embedded(memory.clone(), keyspace));
+    info!("running on the embedded in-process credit store (no --redis given)");
+    Ok(StoreClient::embedded(memory, metrics.clone()))
+}
+
+/// Connects Redis within [`CONNECT_TIMEOUT_MS`]. Redis unreachable is an error, unless the
+/// gateway starts forced off: then it connects in the background.
+fn connect_redis(
+    args: &RunArgs,
+    keyspace: Keyspace,
+    metrics: &Arc<Metrics>,
+    store_runtime: &tokio::runtime::Runtime,
+    forced_off_at_start: bool,
+) -> anyhow::Result<StoreClient> {
+    let target = if args.redis_cluster {
+        RedisTarget::Cluster(args.redis.clone())
+    } else if args.redis.len() == 1 {
+        RedisTarget::Single(args.redis[0].clone())
+    } else {
+        bail!("several --redis URLs need --redis-cluster");
+    };
+    let connected = store_runtime
+        .block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_millis(CONNECT_TIMEOUT_MS),
+                RedisStore::connect(&target, keyspace.clone(), REDIS_CALL_TIMEOUT_MS),
+            )
+            .await
+        })
+        .map_err(|_| anyhow::anyhow!("connecting to Redis at {target:?} timed out"))
+        .and_then(|r| r.with_context(|| format!("connecting to Redis at {target:?}")));
+    let client = match connected {
+        Ok(redis) => {
+            info!(target = ?target, "connected to the Redis credit store");
+            StoreClient::redis(Arc::new(redis), metrics.clone())
+        }
+        // Forced off (flag, or kill switch file present at start-up), the gateway makes no
+        // store call, so it may start and pass traffic through while Redis is down. Redis
+        // is connected in the background and used as soon as it answers: once the kill
+        // switch file is removed, metering resumes through Redis without a restart (and
+        // until Redis is connected, routes follow their failure policy).
+        Err(e) if forced_off_at_start => {
+            warn!(error = %format!("{e:#}"), "Redis unreachable; starting anyway because the gateway is forced off (--force-off or the kill switch file); connecting in the background");
+            let slot = Arc::new(std::sync::OnceLock::new());
+            store_runtime.spawn(connect_in_background(
+                target,
+                keyspace,
+                REDIS_CALL_TIMEOUT_MS,
+                slot.clone(),
+            ));
+            StoreClient::connecting(slot, metrics.clone())
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(client.with_key_cache_ttl_ms(args.api_key_cache_ttl_ms))
+}
+
+/// The demo upstream service, when `--demo-upstream` asks for it: served on the address of
+/// the config's `default` upstream.
+fn demo_service(
+    args: &RunArgs,
+    config: &PricingConfig,
+) -> anyhow::Result<Option<Service<DemoUpstream>>> {
+    if !args.demo_upstream {
+        return Ok(None);
+    }
+    let upstream = config
+        .upstreams()
+        .get(creditgate_config::DEFAULT_UPSTREAM)
+        .context("--demo-upstream needs an upstream named \"default\" in the config")?;
+    let mut demo = Service::new(
+        "creditgate demo upstream".to_string(),
+        DemoUpstream::new(&config.identity().customer_header),
+    );
+    demo.add_tcp(&upstream.address);
+    info!(address = %upstream.address, "serving the demo upstream");
+    Ok(Some(demo))
+}
+
+/// Pingora's server settings: worker threads and the graceful shutdown's timings.
+fn server_conf(args: &RunArgs) -> ServerConf {
+    ServerConf {
+        threads: args.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        grace_period_seconds: Some(args.shutdown_grace_s),
+        graceful_shutdown_timeout_seconds: Some(args.shutdown_timeout_s),
+        ..ServerConf::default()
+    }
+}
+
+/// The fleet's control state, starting forced off when the flag says so or the kill switch
+/// file exists at start-up.
+fn start_control(args: &RunArgs, kill_switch_at_start: bool) -> Arc<FleetControl> {
+    let control = Arc::new(FleetControl::new(args.force_off));
+    control.set_forced_off_by_file(kill_switch_at_start);
+    if kill_switch_at_start {
+        warn!(file = ?args.kill_switch_file, "kill switch file present at start-up: every route runs in mode off (no metering) until it is removed");
+    }
+    if args.force_off {
+        warn!("--force-off / CREDITGATE_FORCE_OFF: every route runs in mode off (no metering)");
+    }
+    control
+}
+
+/// The task that keeps the pricing config and control state current for this gateway.
+fn fleet_sync(
+    args: &RunArgs,
+    config: &Arc<ArcSwap<PricingConfig>>,
+    control: &Arc<FleetControl>,
+    metrics: &Arc<Metrics>,
+    store: &StoreClient,
+) -> FleetSync {
+    let source = if args.watch_config {
+        ConfigSource::WatchFile(args.config.clone())
+    } else if store.is_embedded() {
+        ConfigSource::Fixed
+    } else {
+        ConfigSource::Published
+    };
+    let gateway_id = args.gateway_id.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".to_string());
+        format!("{host}/{}", args.admin_listen)
+    });
+    FleetSync {
+        config: config.clone(),
+        control: control.clone(),
+        metrics: metrics.clone(),
+        redis: store.redis_slot(),
+        subscribe_url: args.redis.first().cloned(),
+        source,
+        kill_switch_file: args.kill_switch_file.clone(),
+        gateway_id,
+    }
+}
+
 /// Runs the gateway until it is told to stop. Only returns on a start-up error.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging();
@@ -163,129 +320,28 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the store runtime")?;
-    let keyspace = Keyspace::new(&args.redis_prefix, args.shards);
     // Read once here and handed to the control below, so even the first request honours a
     // kill switch file that exists at start-up.
     let kill_switch_at_start = args.kill_switch_file.as_ref().is_some_and(|f| f.exists());
     let forced_off_at_start = args.force_off || kill_switch_at_start;
-    let store = if args.redis.is_empty() {
-        if args.redis_cluster {
-            bail!("--redis-cluster needs the cluster's node URLs in --redis");
-        }
-        let memory = Arc::new(MemoryStore::new(keyspace.clone()));
-        store_runtime.block_on(apply_embedded_grants(&memory, &config))?;
-        store_runtime.spawn(sweep_embedded(memory.clone(), keyspace));
-        info!("running on the embedded in-process credit store (no --redis given)");
-        StoreClient::embedded(memory, metrics.clone())
-    } else {
-        let target = if args.redis_cluster {
-            RedisTarget::Cluster(args.redis.clone())
-        } else if args.redis.len() == 1 {
-            RedisTarget::Single(args.redis[0].clone())
-        } else {
-            bail!("several --redis URLs need --redis-cluster");
-        };
-        let connected = store_runtime
-            .block_on(async {
-                tokio::time::timeout(
-                    std::time::Duration::from_millis(CONNECT_TIMEOUT_MS),
-                    RedisStore::connect(&target, keyspace.clone(), REDIS_CALL_TIMEOUT_MS),
-                )
-                .await
-            })
-            .map_err(|_| anyhow::anyhow!("connecting to Redis at {target:?} timed out"))
-            .and_then(|r| r.with_context(|| format!("connecting to Redis at {target:?}")));
-        match connected {
-            Ok(redis) => {
-                info!(target = ?target, "connected to the Redis credit store");
-                StoreClient::redis(Arc::new(redis), metrics.clone())
-                    .with_key_cache_ttl_ms(args.api_key_cache_ttl_ms)
-            }
-            // Forced off (flag, or kill switch file present at start-up), the gateway
-            // makes no store call, so it may start and pass traffic through while Redis is
-            // down. Redis is connected in the background and used as soon as it answers:
-            // once the kill switch file is removed, metering resumes through Redis without
-            // a restart (and until Redis is connected, routes follow their failure policy).
-            Err(e) if forced_off_at_start => {
-                warn!(error = %format!("{e:#}"), "Redis unreachable; starting anyway because the gateway is forced off (--force-off or the kill switch file); connecting in the background");
-                let slot = Arc::new(std::sync::OnceLock::new());
-                store_runtime.spawn(connect_in_background(
-                    target,
-                    keyspace,
-                    REDIS_CALL_TIMEOUT_MS,
-                    slot.clone(),
-                ));
-                StoreClient::connecting(slot, metrics.clone())
-                    .with_key_cache_ttl_ms(args.api_key_cache_ttl_ms)
-            }
-            Err(e) => return Err(e),
-        }
-    };
+    let store = connect_store(
+        &args,
+        &config,
+        &metrics,
+        &store_runtime,
+        forced_off_at_start,
+    )?;
     let store = Arc::new(store);
     info!(config = %args.config.display(), summary = %config.summary(), hash = %config.content_hash(), "pricing config loaded");
-    let demo = if args.demo_upstream {
-        let upstream = config
-            .upstreams()
-            .get(creditgate_config::DEFAULT_UPSTREAM)
-            .context("--demo-upstream needs an upstream named \"default\" in the config")?;
-        let mut demo = Service::new(
-            "creditgate demo upstream".to_string(),
-            DemoUpstream::new(&config.identity().customer_header),
-        );
-        demo.add_tcp(&upstream.address);
-        info!(address = %upstream.address, "serving the demo upstream");
-        Some(demo)
-    } else {
-        None
-    };
+    let demo = demo_service(&args, &config)?;
     let config = Arc::new(ArcSwap::from_pointee(config));
 
-    let conf = ServerConf {
-        threads: args.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        }),
-        grace_period_seconds: Some(args.shutdown_grace_s),
-        graceful_shutdown_timeout_seconds: Some(args.shutdown_timeout_s),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(&args));
     server.bootstrap();
 
     let in_flight = InFlight::default();
-    let control = Arc::new(FleetControl::new(args.force_off));
-    control.set_forced_off_by_file(kill_switch_at_start);
-    if kill_switch_at_start {
-        warn!(file = ?args.kill_switch_file, "kill switch file present at start-up: every route runs in mode off (no metering) until it is removed");
-    }
-    if args.force_off {
-        warn!("--force-off / CREDITGATE_FORCE_OFF: every route runs in mode off (no metering)");
-    }
-    let source = if args.watch_config {
-        ConfigSource::WatchFile(args.config.clone())
-    } else if store.is_embedded() {
-        ConfigSource::Fixed
-    } else {
-        ConfigSource::Published
-    };
-    let gateway_id = args.gateway_id.clone().unwrap_or_else(|| {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".to_string());
-        format!("{host}/{}", args.admin_listen)
-    });
-    store_runtime.spawn(
-        FleetSync {
-            config: config.clone(),
-            control: control.clone(),
-            metrics: metrics.clone(),
-            redis: store.redis_slot(),
-            subscribe_url: args.redis.first().cloned(),
-            source,
-            kill_switch_file: args.kill_switch_file.clone(),
-            gateway_id,
-        }
-        .run(),
-    );
+    let control = start_control(&args, kill_switch_at_start);
+    store_runtime.spawn(fleet_sync(&args, &config, &control, &metrics, &store).run());
     let gateway = CreditGate::new(config, store.clone(), metrics.clone(), in_flight.clone())
         .with_control(control.clone());
     store_runtime.spawn(exit_when_drained(server.watch_execution_phase(), in_flight));

@@ -1,9 +1,10 @@
 //! The up-front estimate of a `from_response` rule with `estimate_from`: one JSON field of
 //! the request body (e.g. `max_tokens`) times a rate, plus a base, capped at the rule's `max`.
 //!
-//! Pure: the proxy reads at most `max_body_bytes` of the body (see `crate::proxy`) and hands
-//! them here; a body it could not read, or one without a usable field, reserves the rule's
-//! fixed `estimate`, and every outcome is counted in `creditgate_request_estimates_total`.
+//! Pure: the gateway reads at most `max_body_bytes` of the body (`crate::request_body`) and
+//! hands them here; a body it could not read, or one without a usable field, reserves the
+//! rule's fixed `estimate`, and every outcome is counted in
+//! `creditgate_request_estimates_total`.
 
 use std::slice;
 
