@@ -275,7 +275,7 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<String> {
     );
     writer.prepare().await?;
     writer.drain().await?;
-    let report = compare(ledger.as_ref(), &redis).await?;
+    let report = compare(ledger.as_ref(), redis.as_ref()).await?;
     let mut out = format!(
         "{} customer/credit type pairs compared, {} drifted\n",
         report.compared,
@@ -291,7 +291,7 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<String> {
         let mut customers: Vec<&str> = report.drifts.iter().map(|d| d.customer.as_str()).collect();
         customers.dedup();
         for customer in customers {
-            match rebuild_customer(ledger.as_ref(), &redis, customer).await? {
+            match rebuild_customer(ledger.as_ref(), redis.as_ref(), customer).await? {
                 Rebuilt::Restored { grants, voided } => out.push_str(&format!(
                     "  rebuilt {customer}: {grants} grants, {voided} lost holds voided\n"
                 )),

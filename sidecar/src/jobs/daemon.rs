@@ -123,7 +123,7 @@ impl Sidecar {
             self.task_error("writer", &e);
             return;
         }
-        match check_generations(self.ledger.as_ref(), &self.redis, generation).await {
+        match check_generations(self.ledger.as_ref(), self.redis.as_ref(), generation).await {
             Ok(rebuilt) if !rebuilt.is_empty() => {
                 self.metrics.shards_rebuilt.inc_by(rebuilt.len() as u64);
                 warn!(?rebuilt, "rebuilt shards from the ledger");
@@ -174,7 +174,7 @@ impl Sidecar {
             self.task_error("writer", &e);
             return;
         }
-        match compare(self.ledger.as_ref(), &self.redis).await {
+        match compare(self.ledger.as_ref(), self.redis.as_ref()).await {
             Ok(report) => {
                 let current: BTreeMap<(String, String), i64> = report
                     .drifts

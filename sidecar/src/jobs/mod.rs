@@ -8,6 +8,8 @@
 pub mod audit_mirror;
 pub mod config_publisher;
 pub mod daemon;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod fleet_metrics;
 pub mod outbox;
 pub mod reconcile;

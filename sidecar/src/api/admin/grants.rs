@@ -683,7 +683,7 @@ pub async fn void(
             })
             .map_err(unavailable)?;
             ledger.append_batch(&[entry]).await.map_err(unavailable)?;
-            rebuilt = match rebuild_customer(ledger, &st.sidecar.redis, customer).await {
+            rebuilt = match rebuild_customer(ledger, st.sidecar.redis.as_ref(), customer).await {
                 Ok(Rebuilt::Restored { .. }) => "done",
                 Ok(Rebuilt::Busy { .. }) => "pending",
                 Err(e) => {

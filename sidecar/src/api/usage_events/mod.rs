@@ -135,77 +135,143 @@ pub fn parse_event(
     now_ms: u64,
     late_window_ms: u64,
 ) -> Result<UsageEvent, Rejection> {
-    let at = |field: &str| format!("events[{index}].{field}");
     let object = value
         .as_object()
         .ok_or_else(|| Rejection::new(format!("events[{index}]"), "must be a JSON object"))?;
-    for key in object.keys() {
-        if !matches!(
-            key.as_str(),
-            "customer" | "feature" | "quantity" | "occurred_at_ms" | "idempotency_key" | "metadata"
-        ) {
-            return Err(Rejection::new(
-                at(key),
-                "unknown field (known: customer, feature, quantity, occurred_at_ms, \
-                 idempotency_key, metadata)",
-            ));
+    let fields = EventFields { index, object };
+    fields.check_known()?;
+    let customer = fields.text("customer")?;
+    creditgate_protocol::keys::validate_id("customer", &customer)
+        .map_err(|e| Rejection::new(fields.at("customer"), e))?;
+    let feature = fields.text("feature")?;
+    let quantity = fields.integer("quantity")?;
+    let occurred_at_ms = fields.integer("occurred_at_ms")?;
+    let idempotency_key = fields.text("idempotency_key")?;
+    fields.check_idempotency_key(&idempotency_key)?;
+    let metadata = fields.metadata()?;
+    check_event_time(
+        &fields.at("occurred_at_ms"),
+        occurred_at_ms,
+        now_ms,
+        late_window_ms,
+    )?;
+    Ok(UsageEvent {
+        customer,
+        feature,
+        quantity,
+        occurred_at_ms,
+        idempotency_key,
+        metadata,
+    })
+}
+
+/// The fields of event `index`, read with rejections that name them.
+struct EventFields<'a> {
+    index: usize,
+    object: &'a Map<String, Value>,
+}
+
+impl EventFields<'_> {
+    /// The JSON path of `field`: `events[3].quantity`.
+    fn at(&self, field: &str) -> String {
+        format!("events[{}].{field}", self.index)
+    }
+
+    /// Rejects the first field that is not one of an event's.
+    fn check_known(&self) -> Result<(), Rejection> {
+        for key in self.object.keys() {
+            if !matches!(
+                key.as_str(),
+                "customer"
+                    | "feature"
+                    | "quantity"
+                    | "occurred_at_ms"
+                    | "idempotency_key"
+                    | "metadata"
+            ) {
+                return Err(Rejection::new(
+                    self.at(key),
+                    "unknown field (known: customer, feature, quantity, occurred_at_ms, \
+                     idempotency_key, metadata)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A required string field.
+    fn text(&self, field: &str) -> Result<String, Rejection> {
+        match self.object.get(field) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(Rejection::new(self.at(field), "must be a string")),
+            None => Err(Rejection::new(self.at(field), "is required")),
         }
     }
-    let text = |field: &str| -> Result<String, Rejection> {
-        match object.get(field) {
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(_) => Err(Rejection::new(at(field), "must be a string")),
-            None => Err(Rejection::new(at(field), "is required")),
-        }
-    };
-    let integer = |field: &str| -> Result<u64, Rejection> {
-        match object.get(field) {
+
+    /// A required non-negative integer field.
+    fn integer(&self, field: &str) -> Result<u64, Rejection> {
+        match self.object.get(field) {
             Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
                 Rejection::new(
-                    at(field),
+                    self.at(field),
                     format!("must be a non-negative integer, got {n}"),
                 )
             }),
-            Some(_) => Err(Rejection::new(at(field), "must be a non-negative integer")),
-            None => Err(Rejection::new(at(field), "is required")),
+            Some(_) => Err(Rejection::new(
+                self.at(field),
+                "must be a non-negative integer",
+            )),
+            None => Err(Rejection::new(self.at(field), "is required")),
         }
-    };
-    let customer = text("customer")?;
-    creditgate_protocol::keys::validate_id("customer", &customer)
-        .map_err(|e| Rejection::new(at("customer"), e))?;
-    let feature = text("feature")?;
-    let quantity = integer("quantity")?;
-    let occurred_at_ms = integer("occurred_at_ms")?;
-    let idempotency_key = text("idempotency_key")?;
-    if idempotency_key.is_empty()
-        || idempotency_key.len() > MAX_IDEMPOTENCY_KEY_LEN
-        || !idempotency_key.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(Rejection::new(
-            at("idempotency_key"),
-            format!(
-                "must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters without spaces"
-            ),
-        ));
     }
-    let metadata = match object.get("metadata") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(map)) => {
-            let size = Value::Object(map.clone()).to_string().len();
-            if size > MAX_METADATA_BYTES {
-                return Err(Rejection::new(
-                    at("metadata"),
-                    format!("is {size} bytes serialized, more than {MAX_METADATA_BYTES}"),
-                ));
-            }
-            Some(map.clone())
+
+    /// Rejects an idempotency key that is empty, too long or not printable ASCII.
+    fn check_idempotency_key(&self, key: &str) -> Result<(), Rejection> {
+        if key.is_empty()
+            || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+            || !key.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(Rejection::new(
+                self.at("idempotency_key"),
+                format!(
+                    "must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters without spaces"
+                ),
+            ));
         }
-        Some(_) => return Err(Rejection::new(at("metadata"), "must be a JSON object")),
-    };
+        Ok(())
+    }
+
+    /// The optional `metadata` object, within [`MAX_METADATA_BYTES`] serialized.
+    fn metadata(&self) -> Result<Option<Map<String, Value>>, Rejection> {
+        match self.object.get("metadata") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(map)) => {
+                let size = Value::Object(map.clone()).to_string().len();
+                if size > MAX_METADATA_BYTES {
+                    return Err(Rejection::new(
+                        self.at("metadata"),
+                        format!("is {size} bytes serialized, more than {MAX_METADATA_BYTES}"),
+                    ));
+                }
+                Ok(Some(map.clone()))
+            }
+            Some(_) => Err(Rejection::new(self.at("metadata"), "must be a JSON object")),
+        }
+    }
+}
+
+/// Rejects an event time (at JSON path `field`) older than the late window before `now_ms`
+/// or further ahead than the clock skew allowed.
+fn check_event_time(
+    field: &str,
+    occurred_at_ms: u64,
+    now_ms: u64,
+    late_window_ms: u64,
+) -> Result<(), Rejection> {
     let oldest = now_ms.saturating_sub(late_window_ms);
     if occurred_at_ms < oldest {
         return Err(Rejection::new(
-            at("occurred_at_ms"),
+            field.to_string(),
             format!(
                 "{occurred_at_ms} is {} ms before now, outside the late window of {} days \
                  ({late_window_ms} ms): usage older than that is not accepted",
@@ -217,7 +283,7 @@ pub fn parse_event(
     }
     if occurred_at_ms > now_ms + MAX_CLOCK_SKEW_MS {
         return Err(Rejection::new(
-            at("occurred_at_ms"),
+            field.to_string(),
             format!(
                 "{occurred_at_ms} is {} ms in the future (at most {MAX_CLOCK_SKEW_MS} ms of \
                  clock skew is accepted)",
@@ -226,14 +292,7 @@ pub fn parse_event(
         )
         .because(RejectReason::InTheFuture));
     }
-    Ok(UsageEvent {
-        customer,
-        feature,
-        quantity,
-        occurred_at_ms,
-        idempotency_key,
-        metadata,
-    })
+    Ok(())
 }
 
 /// An event's price under the config in force.

@@ -16,11 +16,12 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use creditgate_protocol::{
-    CreditStore, HoldState, ReserveOutcome, ReserveRequest, ResolveOutcome, SettleRequest,
+use creditgate_config::PricingConfig;
+use creditgate_protocol::meter::{
+    MeterError, MeterOutcome, USAGE_EVENT_PREFIX, force_reserve_then_settle, idempotent_hold_id,
 };
+use creditgate_protocol::{CreditStore, ReserveRequest};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use super::{
@@ -28,7 +29,8 @@ use super::{
     Rejection, UsageEvent, parse_event, price,
 };
 use crate::jobs::daemon::Sidecar;
-use crate::ledger::{UsageEventRecord, now_ms};
+use crate::ledger::{Ledger, UsageEventRecord, now_ms};
+use crate::metrics::SidecarMetrics;
 
 /// The route name recorded on the holds of usage events (where gateway holds have theirs).
 pub const USAGE_EVENTS_ROUTE: &str = "usage-events";
@@ -53,12 +55,7 @@ fn bad_request(field: &str, message: String) -> Response {
 /// The hold id of an event: derived from the customer and idempotency key, so a duplicate
 /// finds the first one's hold.
 fn hold_id(customer: &str, key: &str) -> String {
-    let digest = Sha256::new()
-        .chain_update(customer.as_bytes())
-        .chain_update([0u8])
-        .chain_update(key.as_bytes())
-        .finalize();
-    format!("ue-{}", &hex::encode(digest)[..40])
+    idempotent_hold_id(USAGE_EVENT_PREFIX, customer, key)
 }
 
 /// `POST /v1/usage-events`: prices and burns each event of the batch in `body`.
@@ -77,25 +74,10 @@ pub async fn ingest(s: &Sidecar, body: &Bytes) -> Response {
         )
             .into_response();
     };
-    let value: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => return bad_request("events", format!("the body is not JSON: {e}")),
+    let events = match read_batch(body) {
+        Ok(events) => events,
+        Err(message) => return bad_request("events", message),
     };
-    let Some(events) = value.get("events").and_then(Value::as_array) else {
-        return bad_request(
-            "events",
-            "the body must be a JSON object with an `events` array".into(),
-        );
-    };
-    if events.len() > MAX_EVENTS_PER_REQUEST {
-        return bad_request(
-            "events",
-            format!(
-                "{} events, more than {MAX_EVENTS_PER_REQUEST} per request",
-                events.len()
-            ),
-        );
-    }
     // Versions published since the last request (one query, usually empty). With the
     // ledger down, the versions already known still price.
     if let Err(e) = s.pricing_history.refresh(s.ledger.as_ref()).await {
@@ -104,35 +86,87 @@ pub async fn ingest(s: &Sidecar, body: &Bytes) -> Response {
     let current = pricing.load_full();
     let now = now_ms();
     let mut results = Vec::with_capacity(events.len());
-    let mut counts = [0u64; 3];
+    let mut tally = BatchTally::default();
     for (index, raw) in events.iter().enumerate() {
         let key = raw.get("idempotency_key").cloned().unwrap_or(Value::Null);
-        let outcome = match parse_event(index, raw, now, DEFAULT_LATE_WINDOW_MS) {
-            Ok(event) => {
-                // The version in force when the usage happened; the one in force now when
-                // no version was recorded yet (the first publication has not happened).
-                let config = s
-                    .pricing_history
-                    .at(event.occurred_at_ms)
-                    .unwrap_or_else(|| current.clone());
-                match price(&config, index, &event) {
-                    Ok(priced) => burn(s, index, &event, &priced).await,
-                    Err(rejection) => Err(rejection),
-                }
-            }
-            Err(rejection) => Err(rejection),
-        };
-        let result = match outcome {
+        let outcome = meter_event(s, &current, index, raw, now).await;
+        results.push(tally.result(&s.metrics, index, key, outcome));
+    }
+    Json(json!({
+        // The version in force now; each result names the one that priced it.
+        "pricing_version": current.version_label(),
+        "burned": tally.burned,
+        "duplicates": tally.duplicates,
+        "rejected": tally.rejected,
+        "results": results,
+    }))
+    .into_response()
+}
+
+/// The `events` array of a request body, or what is wrong with the body (a 400 naming
+/// the `events` field).
+fn read_batch(body: &Bytes) -> Result<Vec<Value>, String> {
+    let mut value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let Some(Value::Array(events)) = value.get_mut("events").map(Value::take) else {
+        return Err("the body must be a JSON object with an `events` array".into());
+    };
+    if events.len() > MAX_EVENTS_PER_REQUEST {
+        return Err(format!(
+            "{} events, more than {MAX_EVENTS_PER_REQUEST} per request",
+            events.len()
+        ));
+    }
+    Ok(events)
+}
+
+/// Reads, prices and burns event `index` of a batch received at `now`.
+async fn meter_event(
+    s: &Sidecar,
+    current: &std::sync::Arc<PricingConfig>,
+    index: usize,
+    raw: &Value,
+    now: u64,
+) -> Result<Value, Rejection> {
+    let event = parse_event(index, raw, now, DEFAULT_LATE_WINDOW_MS)?;
+    // The version in force when the usage happened; the one in force now when no version
+    // was recorded yet (the first publication has not happened).
+    let config = s
+        .pricing_history
+        .at(event.occurred_at_ms)
+        .unwrap_or_else(|| current.clone());
+    let priced = price(&config, index, &event)?;
+    burn(s.ledger.as_ref(), s.redis.as_ref(), index, &event, &priced).await
+}
+
+/// The counts of a batch's answer.
+#[derive(Default)]
+struct BatchTally {
+    burned: u64,
+    duplicates: u64,
+    rejected: u64,
+}
+
+impl BatchTally {
+    /// Counts one event's outcome (and its metrics) and returns its entry of `results`.
+    fn result(
+        &mut self,
+        metrics: &SidecarMetrics,
+        index: usize,
+        key: Value,
+        outcome: Result<Value, Rejection>,
+    ) -> Value {
+        match outcome {
             Ok(mut result) => {
                 if result["status"] == "burned" {
-                    counts[0] += 1;
-                    s.metrics.usage_events_accepted.inc();
+                    self.burned += 1;
+                    metrics.usage_events_accepted.inc();
                     if result["overdraft"] == true {
-                        s.metrics.usage_events_overdraft.inc();
+                        metrics.usage_events_overdraft.inc();
                     }
                 } else {
-                    counts[1] += 1;
-                    s.metrics.usage_events_duplicates.inc();
+                    self.duplicates += 1;
+                    metrics.usage_events_duplicates.inc();
                 }
                 result["index"] = json!(index);
                 result["idempotency_key"] = key;
@@ -143,42 +177,91 @@ pub async fn ingest(s: &Sidecar, body: &Bytes) -> Response {
                 message,
                 reason,
             }) => {
-                counts[2] += 1;
-                s.metrics
+                self.rejected += 1;
+                metrics
                     .usage_events_rejected
                     .with_label_values(&[reason.as_str()])
                     .inc();
                 json!({"index": index, "idempotency_key": key, "status": "rejected",
                     "error": {"field": field, "message": message}})
             }
-        };
-        results.push(result);
+        }
     }
-    Json(json!({
-        // The version in force now; each result names the one that priced it.
-        "pricing_version": current.version_label(),
-        "burned": counts[0],
-        "duplicates": counts[1],
-        "rejected": counts[2],
-        "results": results,
-    }))
-    .into_response()
 }
 
-/// Burns one priced event: reserve (forced, so an empty balance goes into overdraft rather
-/// than dropping usage that already happened), then settle the same amount.
+/// Burns one priced event: recorded in the ledger first, then posted once in the store by
+/// the protocol's forced reserve-then-settle (an empty balance goes into overdraft rather
+/// than dropping usage that already happened).
 async fn burn(
-    s: &Sidecar,
+    ledger: &dyn Ledger,
+    store: &dyn CreditStore,
     index: usize,
     event: &UsageEvent,
     priced: &Priced,
 ) -> Result<Value, Rejection> {
-    let version = priced.pricing_version.as_str();
     let field = || format!("events[{index}].idempotency_key");
     let hold_id = hold_id(&event.customer, &event.idempotency_key);
     // Ledger first, as for grants: once recorded, a crash before the burn loses nothing
     // (the product's retry finds the record and burns once).
-    let record = UsageEventRecord {
+    if let Err(e) = ledger
+        .record_usage_event(&usage_record(event, priced, &hold_id))
+        .await
+    {
+        warn!(customer = %event.customer, key = %event.idempotency_key, error = %e, "usage event not recorded");
+        return Err(Rejection {
+            field: field(),
+            message: format!("the ledger failed ({e}); retry the event, it burns once"),
+            reason: RejectReason::Unavailable,
+        });
+    }
+    let reserve = usage_reserve(event, priced, &hold_id);
+    match force_reserve_then_settle(store, &reserve).await {
+        Ok(MeterOutcome::Posted {
+            posted,
+            shortfall,
+            available_after,
+            overdraft,
+        }) => Ok(json!({
+            "status": "burned",
+            "hold_id": hold_id,
+            "credit_type": priced.credit_type,
+            "amount": posted,
+            "shortfall": shortfall,
+            "available_after": available_after,
+            "overdraft": overdraft,
+            "pricing_version": priced.pricing_version,
+        })),
+        Ok(MeterOutcome::Duplicate { first_state }) => Ok(
+            json!({"status": "duplicate", "hold_id": hold_id, "first_state": first_state.as_str()}),
+        ),
+        Ok(MeterOutcome::IdReused {
+            first_credit_type,
+            first_amount,
+        }) => Err(Rejection {
+            field: field(),
+            message: format!(
+                "already used for another event of this customer ({first_amount} \
+                 {first_credit_type}); idempotency keys must be unique per event"
+            ),
+            reason: RejectReason::KeyReused,
+        }),
+        Err(e) => Err(store_failed(field(), event, &e)),
+    }
+}
+
+/// The rejection of an event the store did not burn: retrying it burns it once.
+fn store_failed(field: String, event: &UsageEvent, error: &MeterError) -> Rejection {
+    warn!(customer = %event.customer, key = %event.idempotency_key, error = %error, "usage event not burned");
+    Rejection {
+        field,
+        message: format!("the credit store failed ({error}); retry the event, it burns once"),
+        reason: RejectReason::Unavailable,
+    }
+}
+
+/// The ledger's record of a priced event, burned as `hold_id`.
+fn usage_record(event: &UsageEvent, priced: &Priced, hold_id: &str) -> UsageEventRecord {
+    UsageEventRecord {
         customer: event.customer.clone(),
         idempotency_key: event.idempotency_key.clone(),
         feature: event.feature.clone(),
@@ -187,32 +270,21 @@ async fn burn(
         received_at_ms: now_ms(),
         credit_type: priced.credit_type.clone(),
         amount: priced.amount,
-        hold_id: hold_id.clone(),
-        pricing_version: version.to_string(),
+        hold_id: hold_id.to_string(),
+        pricing_version: priced.pricing_version.clone(),
         metadata: event
             .metadata
             .as_ref()
             .map(|m| Value::Object(m.clone()).to_string()),
-    };
-    if let Err(e) = s.ledger.record_usage_event(&record).await {
-        warn!(customer = %event.customer, key = %event.idempotency_key, error = %e, "usage event not recorded");
-        return Err(Rejection {
-            field: field(),
-            message: format!("the ledger failed ({e}); retry the event, it burns once"),
-            reason: RejectReason::Unavailable,
-        });
     }
-    let store_error = |e: &dyn std::fmt::Display| {
-        warn!(customer = %event.customer, key = %event.idempotency_key, error = %e, "usage event not burned");
-        Rejection {
-            field: field(),
-            message: format!("the credit store failed ({e}); retry the event, it burns once"),
-            reason: RejectReason::Unavailable,
-        }
-    };
-    let reserve = ReserveRequest {
+}
+
+/// The hold a priced event is burned through (forced, so it never fails for lack of
+/// credits).
+fn usage_reserve(event: &UsageEvent, priced: &Priced, hold_id: &str) -> ReserveRequest {
+    ReserveRequest {
         customer: event.customer.clone(),
-        hold_id: hold_id.clone(),
+        hold_id: hold_id.to_string(),
         credit_type: priced.credit_type.clone(),
         amount: priced.amount,
         ttl_ms: USAGE_HOLD_TTL_MS,
@@ -222,73 +294,17 @@ async fn burn(
         route: USAGE_EVENTS_ROUTE.into(),
         feature: event.feature.clone(),
         retain_ms: USAGE_RETAIN_MS,
-        pricing_version: version.to_string(),
+        pricing_version: priced.pricing_version.clone(),
         occurred_at_ms: Some(event.occurred_at_ms),
-    };
-    let over_limit = match s.redis.reserve(&reserve).await {
-        Ok(ReserveOutcome::Placed { hold, .. }) => hold.over_limit,
-        Ok(ReserveOutcome::Replay { state, .. }) if state != HoldState::Pending => {
-            return Ok(
-                json!({"status": "duplicate", "hold_id": hold_id, "first_state": state.as_str()}),
-            );
-        }
-        // A first attempt reserved but never settled (the sidecar stopped between the
-        // two calls): finish it now.
-        Ok(ReserveOutcome::Replay { hold, .. }) => hold.over_limit,
-        Ok(ReserveOutcome::Conflict {
-            first_credit_type,
-            first_amount,
-            ..
-        }) => {
-            return Err(Rejection {
-                field: field(),
-                message: format!(
-                    "already used for another event of this customer ({first_amount} \
-                     {first_credit_type}); idempotency keys must be unique per event"
-                ),
-                reason: RejectReason::KeyReused,
-            });
-        }
-        Ok(ReserveOutcome::Insufficient { available, .. }) => {
-            return Err(store_error(&format!(
-                "a forced reserve was refused (available {available})"
-            )));
-        }
-        Err(e) => return Err(store_error(&e)),
-    };
-    let settle = SettleRequest {
-        customer: event.customer.clone(),
-        hold_id: hold_id.clone(),
-        actual: priced.amount,
-        overdraft_limit: priced.overdraft,
-    };
-    match s.redis.settle(&settle).await {
-        Ok(ResolveOutcome::Posted {
-            posted,
-            shortfall,
-            available_after,
-            ..
-        }) => Ok(json!({
-            "status": "burned",
-            "hold_id": hold_id,
-            "credit_type": priced.credit_type,
-            "amount": posted,
-            "shortfall": shortfall,
-            "available_after": available_after,
-            "overdraft": over_limit || available_after < 0,
-            "pricing_version": version,
-        })),
-        Ok(ResolveOutcome::AlreadyPosted { .. }) => {
-            Ok(json!({"status": "duplicate", "hold_id": hold_id, "first_state": "posted"}))
-        }
-        Ok(other) => Err(store_error(&format!("settle answered {other:?}"))),
-        Err(e) => Err(store_error(&e)),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use creditgate_protocol::MemoryStore;
+
     use super::*;
+    use crate::jobs::fixtures::{CREDITS, grant, keyspace, temp_ledger};
 
     #[test]
     fn hold_ids_are_per_customer_and_valid() {
@@ -296,5 +312,103 @@ mod tests {
         assert_eq!(a, hold_id("acme", "job-1"));
         assert_ne!(a, hold_id("globex", "job-1"));
         assert!(creditgate_protocol::keys::validate_id("hold_id", &a).is_ok());
+        // The ids of events burned before the derivation moved into the protocol.
+        assert_eq!(a, "ue-b1ecca3fea6ebb86ca5f59f0ca40fd17fa937b48");
+    }
+
+    fn export(key: &str, quantity: u64) -> UsageEvent {
+        UsageEvent {
+            customer: "acme".into(),
+            feature: "export".into(),
+            quantity,
+            occurred_at_ms: now_ms(),
+            idempotency_key: key.into(),
+            metadata: None,
+        }
+    }
+
+    fn priced(amount: u64) -> Priced {
+        Priced {
+            credit_type: CREDITS.into(),
+            amount,
+            overdraft: 0,
+            pricing_version: "v1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_burns_once_on_the_model() {
+        let t = temp_ledger().await;
+        let store = MemoryStore::new(keyspace());
+        grant(&store, "acme", "g1", 100).await;
+        let event = export("job-1", 3);
+
+        let first = burn(t.ledger.as_ref(), &store, 0, &event, &priced(30)).await;
+        let replay = burn(t.ledger.as_ref(), &store, 0, &event, &priced(30)).await;
+
+        let first = first.expect("burned");
+        assert_eq!(first["status"], "burned");
+        assert_eq!(first["amount"], 30);
+        assert_eq!(first["available_after"], 70);
+        assert_eq!(first["overdraft"], false);
+        assert_eq!(first["pricing_version"], "v1");
+        let replay = replay.expect("duplicate");
+        assert_eq!(
+            replay,
+            json!({"status": "duplicate", "hold_id": first["hold_id"], "first_state": "posted"})
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_balance_goes_into_overdraft_on_the_model() {
+        let t = temp_ledger().await;
+        let store = MemoryStore::new(keyspace());
+
+        let burned = burn(
+            t.ledger.as_ref(),
+            &store,
+            0,
+            &export("job-1", 1),
+            &priced(5),
+        )
+        .await
+        .expect("burned");
+
+        assert_eq!(burned["status"], "burned");
+        assert_eq!(burned["overdraft"], true);
+    }
+
+    #[tokio::test]
+    async fn a_reused_key_is_rejected_on_the_model() {
+        let t = temp_ledger().await;
+        let store = MemoryStore::new(keyspace());
+        grant(&store, "acme", "g1", 100).await;
+        burn(
+            t.ledger.as_ref(),
+            &store,
+            0,
+            &export("job-1", 3),
+            &priced(30),
+        )
+        .await
+        .expect("burned");
+
+        let reused = burn(
+            t.ledger.as_ref(),
+            &store,
+            4,
+            &export("job-1", 4),
+            &priced(40),
+        )
+        .await
+        .expect_err("rejected");
+
+        assert_eq!(reused.field, "events[4].idempotency_key");
+        assert_eq!(reused.reason, RejectReason::KeyReused);
+        assert_eq!(
+            reused.message,
+            "already used for another event of this customer (30 credits); idempotency keys \
+             must be unique per event"
+        );
     }
 }
