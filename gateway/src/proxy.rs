@@ -25,7 +25,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
-pub use crate::gate::{CreditGate, RequestCtx};
+use crate::gate::{CreditGate, RequestCtx};
 use crate::responses::{HEADER_PRICING_VERSION, HEADER_REQUEST_ID};
 
 #[async_trait]
