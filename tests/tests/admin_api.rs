@@ -7,408 +7,18 @@
 //! `cargo build -p creditgate-sidecar -p creditgate-gateway`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex, Weak};
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use creditgate_e2e::{base_config, http_client, sha256_hex};
-use creditgate_protocol::types::DEFAULT_RETAIN_MS;
-use creditgate_protocol::{
-    CreditStore, GrantSource, Keyspace, RedisStore, RedisTarget, ReserveOutcome, ReserveRequest,
-    ResolveOutcome, SettleRequest,
-};
-use creditgate_sidecar::ledger::{GrantRecord, Ledger, PostgresLedger, SqliteLedger};
+use creditgate_protocol::GrantSource;
+use creditgate_sidecar::ledger::GrantRecord;
 use creditgate_testkit::{
-    Gateway, GatewayOptions, LedgerTarget, Postgres, ReceivedWebhook, RedisServer, Sidecar,
-    SidecarOptions, Upstream, WebhookReceiver, free_port, sidecar_command,
+    ADMIN_OPERATIONS, AdminHarness, Answer, Backend, Gateway, GatewayOptions, ROLES,
+    ReceivedWebhook, SECOND_ADMIN, Upstream, WAIT, WebhookReceiver, create_token, http_client, key,
+    send, sha256_hex, sidecar_command,
 };
 use serde_json::{Value, json};
-use tempfile::TempDir;
-
-/// The operations file of every test: two credit types, support limited to 1,000 credits
-/// per grant and 1,500 per day, one bundle, one monthly schedule for the `annual` plan.
-const OPERATIONS: &str = r#"
-credit_types = ["api", "ai"]
-reason_codes = ["outage", "onboarding"]
-promotion_max_days = 90
-
-[limits.support]
-per_grant_max = 1000
-per_day_max = 1500
-
-[[bundles]]
-id = "usd50"
-credit_type = "api"
-credits = 1000
-price_micros = 50000000
-
-[[schedules]]
-id = "annual-monthly"
-plan = "annual"
-credit_type = "ai"
-amount = 700
-"#;
-
-/// The token names, one per role (the role is the name).
-const ROLES: [&str; 5] = ["admin", "billing", "support", "sales", "readonly"];
-
-/// A second admin, for approvals.
-const SECOND_ADMIN: &str = "admin2";
-
-/// How long the test waits for something the sidecar does asynchronously.
-const WAIT: Duration = Duration::from_secs(20);
-
-// ---------------------------------------------------------------------------------------
-// Harness
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-static SHARED_PG: Mutex<Weak<Postgres>> = Mutex::new(Weak::new());
-static DB_SEQ: AtomicU64 = AtomicU64::new(0);
-static KEY_SEQ: AtomicU64 = AtomicU64::new(0);
-
-fn postgres_database() -> (Arc<Postgres>, String) {
-    let pg = {
-        let mut shared = SHARED_PG.lock().unwrap_or_else(|e| e.into_inner());
-        match shared.upgrade() {
-            Some(pg) => pg,
-            None => {
-                let pg = Arc::new(Postgres::start().expect("postgres starts"));
-                *shared = Arc::downgrade(&pg);
-                pg
-            }
-        }
-    };
-    let name = format!("admin_{}", DB_SEQ.fetch_add(1, Ordering::SeqCst));
-    pg.create_database(&name).expect("create database");
-    let url = pg.url_for(&name);
-    (pg, url)
-}
-
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[test]
-            fn sqlite() {
-                super::$scenario(super::Backend::Sqlite);
-            }
-
-            #[test]
-            fn postgres() {
-                super::$scenario(super::Backend::Postgres);
-            }
-        }
-    )*};
-}
-
-/// A fresh idempotency key.
-fn key() -> String {
-    format!(
-        "k-{}-{}",
-        std::process::id(),
-        KEY_SEQ.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// An answer: status and body text.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Answer {
-    status: u16,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-}
-
-/// Fields drop in order: the sidecar first, the servers last.
-struct Harness {
-    sidecar: Sidecar,
-    admin_url: String,
-    tokens: BTreeMap<String, String>,
-    ledger: Arc<dyn Ledger>,
-    store: RedisStore,
-    rt: tokio::runtime::Runtime,
-    client: reqwest::blocking::Client,
-    redis: RedisServer,
-    /// The ledger the sidecar writes.
-    target: LedgerTarget,
-    _pg: Option<Arc<Postgres>>,
-    _dir: TempDir,
-}
-
-impl Harness {
-    fn start(backend: Backend) -> Self {
-        Self::start_with(backend, OPERATIONS)
-    }
-
-    fn start_with(backend: Backend, operations: &str) -> Self {
-        Self::start_with_pricing(backend, operations, None)
-    }
-
-    fn start_with_pricing(backend: Backend, operations: &str, pricing: Option<&str>) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let redis = RedisServer::start().expect("redis starts");
-        let (pg, target) = match backend {
-            Backend::Sqlite => (None, LedgerTarget::Sqlite(dir.path().join("ledger.sqlite"))),
-            Backend::Postgres => {
-                let (pg, url) = postgres_database();
-                (Some(pg), LedgerTarget::Postgres(url))
-            }
-        };
-        let ops = dir.path().join("operations.toml");
-        std::fs::write(&ops, operations).expect("write the operations file");
-        let mut tokens = BTreeMap::new();
-        for name in ROLES.iter().copied().chain([SECOND_ADMIN]) {
-            let role = if name == SECOND_ADMIN { "admin" } else { name };
-            let token = create_token(&target, dir.path().to_path_buf(), name, role);
-            tokens.insert(name.to_string(), token);
-        }
-        // A pricing config, so usage events (feature `search`, 1 api credit) can be priced;
-        // a test may bring its own.
-        let pricing_path = dir.path().join("pricing.toml");
-        let unused: std::net::SocketAddr = "127.0.0.1:9".parse().expect("address");
-        let pricing_text = match pricing {
-            Some(text) => text.to_string(),
-            None => format!("{}{TEST_PLANS}", base_config(unused)),
-        };
-        std::fs::write(&pricing_path, pricing_text).expect("write the pricing config");
-        let admin_port = free_port();
-        let mut options = SidecarOptions::new(redis.url(), target.clone());
-        options.extra_args = vec![
-            "--admin-listen".into(),
-            format!("127.0.0.1:{admin_port}"),
-            "--operations".into(),
-            ops.display().to_string(),
-            "--config".into(),
-            pricing_path.display().to_string(),
-        ];
-        let sidecar = Sidecar::start(options).expect("sidecar starts");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let store = rt
-            .block_on(RedisStore::connect(
-                &RedisTarget::Single(redis.url()),
-                Keyspace::new("cg", 16),
-                5_000,
-            ))
-            .expect("store connects");
-        let ledger: Arc<dyn Ledger> = match &target {
-            LedgerTarget::Sqlite(path) => {
-                Arc::new(rt.block_on(SqliteLedger::open(path)).expect("sqlite"))
-            }
-            LedgerTarget::Postgres(url) => {
-                Arc::new(rt.block_on(PostgresLedger::connect(url)).expect("postgres"))
-            }
-        };
-        let h = Self {
-            sidecar,
-            admin_url: format!("http://127.0.0.1:{admin_port}"),
-            tokens,
-            ledger,
-            store,
-            rt,
-            client: http_client(),
-            redis,
-            target,
-            _pg: pg,
-            _dir: dir,
-        };
-        h.wait_for_admin();
-        h
-    }
-
-    /// Another sidecar on the same ledger, Redis, operations and pricing files, and the
-    /// base URL of its admin API (up when this returns).
-    fn second_sidecar(&self) -> (Sidecar, String) {
-        let admin_port = free_port();
-        let mut options = SidecarOptions::new(self.redis.url(), self.target.clone());
-        options.extra_args = vec![
-            "--admin-listen".into(),
-            format!("127.0.0.1:{admin_port}"),
-            "--operations".into(),
-            self._dir
-                .path()
-                .join("operations.toml")
-                .display()
-                .to_string(),
-            "--config".into(),
-            self._dir.path().join("pricing.toml").display().to_string(),
-        ];
-        let sidecar = Sidecar::start(options).expect("second sidecar starts");
-        let url = format!("http://127.0.0.1:{admin_port}");
-        let started = Instant::now();
-        while self
-            .client
-            .get(format!("{url}/v1/admin/whoami"))
-            .send()
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < WAIT,
-                "second admin API not up; log:\n{}",
-                sidecar.log_tail(30)
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        (sidecar, url)
-    }
-
-    fn wait_for_admin(&self) {
-        let started = Instant::now();
-        while started.elapsed() < WAIT {
-            if self
-                .client
-                .get(format!("{}/v1/admin/whoami", self.admin_url))
-                .send()
-                .is_ok()
-            {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        panic!("admin API not up; log:\n{}", self.sidecar.log_tail(30));
-    }
-
-    fn token(&self, name: &str) -> &str {
-        &self.tokens[name]
-    }
-
-    /// Sends a call as `who` (a token name, or `None` for no token).
-    fn call(
-        &self,
-        who: Option<&str>,
-        method: &str,
-        path: &str,
-        idem: Option<&str>,
-        body: Option<&Value>,
-    ) -> Answer {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self
-            .client
-            .request(method.clone(), format!("{}{path}", self.admin_url));
-        if let Some(who) = who {
-            req = req.bearer_auth(self.token(who));
-        }
-        if let Some(k) = idem {
-            req = req.header("Idempotency-Key", k);
-        }
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req
-            .send()
-            .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"));
-        Answer {
-            status: resp.status().as_u16(),
-            body: resp.text().expect("body"),
-        }
-    }
-
-    fn post(&self, who: &str, path: &str, body: Value) -> Answer {
-        self.call(Some(who), "POST", path, Some(&key()), Some(&body))
-    }
-
-    fn get(&self, who: &str, path: &str) -> Answer {
-        self.call(Some(who), "GET", path, None, None)
-    }
-
-    fn create_customer(&self, customer: &str, plan: Option<&str>) {
-        let a = self.post(
-            "billing",
-            "/v1/admin/customers",
-            json!({"customer": customer, "plan": plan}),
-        );
-        assert_eq!(a.status, 201, "{a:?}");
-    }
-
-    fn grants_of(&self, customer: &str) -> Vec<GrantRecord> {
-        self.rt
-            .block_on(self.ledger.grants_of(customer))
-            .expect("grants")
-    }
-
-    /// The live Redis available balance of a credit type.
-    fn available(&self, customer: &str, credit_type: &str) -> i64 {
-        self.rt
-            .block_on(self.store.balance(customer))
-            .expect("balance")
-            .of(credit_type)
-            .map_or(0, |t| t.available)
-    }
-
-    fn wait_available(&self, customer: &str, credit_type: &str, expected: i64) {
-        let started = Instant::now();
-        loop {
-            let now = self.available(customer, credit_type);
-            if now == expected {
-                return;
-            }
-            if started.elapsed() > WAIT {
-                panic!(
-                    "{customer} {credit_type}: available {now}, expected {expected}; log:\n{}",
-                    self.sidecar.log_tail(30)
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Harness {
-    /// Burns `amount` credits of `credit_type` with a reserve and a settle.
-    fn burn(&self, customer: &str, credit_type: &str, amount: u64) {
-        let hold_id = format!("h-{}", KEY_SEQ.fetch_add(1, Ordering::SeqCst));
-        let placed = self
-            .rt
-            .block_on(self.store.reserve(&ReserveRequest {
-                customer: customer.to_string(),
-                hold_id: hold_id.clone(),
-                credit_type: credit_type.to_string(),
-                amount,
-                ttl_ms: 60_000,
-                overdraft_limit: 0,
-                force: false,
-                request_id: format!("req-{hold_id}"),
-                route: "burst".to_string(),
-                feature: "burst".to_string(),
-                retain_ms: DEFAULT_RETAIN_MS,
-                pricing_version: String::new(),
-                occurred_at_ms: None,
-            }))
-            .expect("reserve");
-        assert!(
-            matches!(placed, ReserveOutcome::Placed { .. }),
-            "{placed:?}"
-        );
-        let settled = self
-            .rt
-            .block_on(self.store.settle(&SettleRequest {
-                customer: customer.to_string(),
-                hold_id,
-                actual: amount,
-                overdraft_limit: 0,
-            }))
-            .expect("settle");
-        assert!(
-            matches!(settled, ResolveOutcome::Posted { .. }),
-            "{settled:?}"
-        );
-    }
-}
 
 /// The signing secret of the webhook tests.
 const WEBHOOK_SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -437,48 +47,6 @@ fn verified(w: &ReceivedWebhook) -> Value {
     body
 }
 
-/// Waits until the receiver has `n` successfully answered webhooks.
-fn wait_for_webhooks(h: &Harness, receiver: &WebhookReceiver, n: usize) -> Vec<ReceivedWebhook> {
-    let started = Instant::now();
-    loop {
-        let ok: Vec<_> = receiver
-            .received()
-            .into_iter()
-            .filter(|w| w.answered == 200)
-            .collect();
-        if ok.len() >= n {
-            return ok;
-        }
-        if started.elapsed() > WAIT {
-            panic!(
-                "{} webhooks, expected {n}: {:?}\nlog:\n{}",
-                ok.len(),
-                receiver.received(),
-                h.sidecar.log_tail(30)
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn create_token(target: &LedgerTarget, dir: PathBuf, name: &str, role: &str) -> String {
-    let mut args = vec!["admin".to_string(), "token".into(), "create".into()];
-    args.extend(target.args());
-    args.extend(["--name".into(), name.into(), "--role".into(), role.into()]);
-    let out = sidecar_command(&args, &dir).expect("admin token create runs");
-    assert!(
-        out.status.success(),
-        "admin token create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string();
-    assert!(token.starts_with("cgt_") && token.len() == 68, "{token}");
-    token
-}
-
 fn in_a_week_ms() -> u64 {
     creditgate_sidecar::ledger::now_ms() + 7 * 86_400_000
 }
@@ -486,7 +54,7 @@ fn in_a_week_ms() -> u64 {
 // ---------------------------------------------------------------------------------------
 // Scenarios
 
-on_both_backends!(
+creditgate_testkit::on_both_backends!(
     every_route_allows_exactly_its_roles,
     support_over_its_limit_waits_for_a_second_person,
     fifty_concurrent_purchases_with_one_key_grant_once,
@@ -501,10 +69,10 @@ on_both_backends!(
 fn an_auto_recharge_burst_fires_one_webhook_and_its_top_up_lands_once(backend: Backend) {
     let receiver = WebhookReceiver::start(0).expect("receiver");
     let ops = format!(
-        "{OPERATIONS}\n[auto_recharge]\nurl = \"{}\"\nsecret = \"{WEBHOOK_SECRET}\"\n",
+        "{ADMIN_OPERATIONS}\n[auto_recharge]\nurl = \"{}\"\nsecret = \"{WEBHOOK_SECRET}\"\n",
         receiver.url("/recharge")
     );
-    let h = Harness::start_with(backend, &ops);
+    let h = AdminHarness::start_with(backend, &ops);
     h.create_customer("acme", None);
     let a = h.post(
         "admin",
@@ -526,7 +94,7 @@ fn an_auto_recharge_burst_fires_one_webhook_and_its_top_up_lands_once(backend: B
     for _ in 0..6 {
         h.burn("acme", "api", 100);
     }
-    let first = wait_for_webhooks(&h, &receiver, 1);
+    let first = h.wait_for_webhooks(&receiver, 1);
     for _ in 0..2 {
         h.burn("acme", "api", 100);
         thread::sleep(Duration::from_millis(700));
@@ -581,7 +149,7 @@ fn an_auto_recharge_burst_fires_one_webhook_and_its_top_up_lands_once(backend: B
     // Back above the threshold, the next crossing recharges again: a second webhook.
     let available = h.available("acme", "api") as u64;
     h.burn("acme", "api", available - 100);
-    let both = wait_for_webhooks(&h, &receiver, 2);
+    let both = h.wait_for_webhooks(&receiver, 2);
     let second = verified(&both[1]);
     assert_ne!(second["delivery_id"], body["delivery_id"]);
     assert_eq!(second["amount"], 1900);
@@ -591,10 +159,10 @@ fn events_fire_once_per_crossing_signed_and_retried(backend: Backend) {
     // The receiver fails the first two attempts: the sidecar retries with backoff.
     let receiver = WebhookReceiver::start(2).expect("receiver");
     let ops = format!(
-        "{OPERATIONS}\n[webhooks]\nurl = \"{}\"\nsecret = \"{WEBHOOK_SECRET}\"\nexpiring_within_days = 7\n",
+        "{ADMIN_OPERATIONS}\n[webhooks]\nurl = \"{}\"\nsecret = \"{WEBHOOK_SECRET}\"\nexpiring_within_days = 7\n",
         receiver.url("/events")
     );
-    let h = Harness::start_with(backend, &ops);
+    let h = AdminHarness::start_with(backend, &ops);
     h.create_customer("acme", None);
     let set = h.call(
         Some("support"),
@@ -617,16 +185,16 @@ fn events_fire_once_per_crossing_signed_and_retried(backend: Backend) {
         json!({"source": "adjustment", "credit_type": "api", "amount": 500, "reason_code": "onboarding"}),
     );
     assert_eq!(base.status, 201, "{base:?}");
-    let expiring = wait_for_webhooks(&h, &receiver, 1);
+    let expiring = h.wait_for_webhooks(&receiver, 1);
     assert_eq!(verified(&expiring[0])["kind"], "grant.expiring");
     h.burn("acme", "api", 350);
-    let low = wait_for_webhooks(&h, &receiver, 2);
+    let low = h.wait_for_webhooks(&receiver, 2);
     let low_body = verified(&low[1]);
     assert_eq!(low_body["kind"], "balance.low");
     assert_eq!(low_body["available"], 250);
     h.burn("acme", "api", 100);
     h.burn("acme", "api", 150);
-    let depleted = wait_for_webhooks(&h, &receiver, 3);
+    let depleted = h.wait_for_webhooks(&receiver, 3);
     assert_eq!(verified(&depleted[2])["kind"], "balance.depleted");
     thread::sleep(Duration::from_millis(2_500));
     let all = receiver.received();
@@ -737,7 +305,7 @@ fn expected_roles() -> Vec<(&'static str, &'static str, &'static [&'static str])
 }
 
 fn every_route_allows_exactly_its_roles(backend: Backend) {
-    let h = Harness::start(backend);
+    let h = AdminHarness::start(backend);
     h.create_customer("acme", None);
     let mut checked = 0;
     for (method, route, allowed) in expected_roles() {
@@ -863,7 +431,7 @@ fn every_route_allows_exactly_its_roles(backend: Backend) {
 }
 
 fn support_over_its_limit_waits_for_a_second_person(backend: Backend) {
-    let h = Harness::start(backend);
+    let h = AdminHarness::start(backend);
     h.create_customer("acme", None);
     let goodwill = |amount: u64| {
         h.post(
@@ -946,13 +514,13 @@ fn the_support_day_limit_holds_across_two_sidecars_on_one_postgres_ledger() {
     const AMOUNT: u64 = 100;
     const PER_DAY_MAX: u64 = 1_500;
     const ALLOWED: u64 = PER_DAY_MAX / AMOUNT;
-    let h = Harness::start(Backend::Postgres);
+    let h = AdminHarness::start(Backend::Postgres);
     h.create_customer("acme", None);
     let (second, second_url) = h.second_sidecar();
     let bases = [h.admin_url.clone(), second_url];
     for n in 0..ACTORS {
         let actor = format!("support-{n}");
-        let token = create_token(&h.target, h._dir.path().to_path_buf(), &actor, "support");
+        let token = create_token(&h.target, h.dir.path(), &actor, "support");
         let barrier = Barrier::new(2 * GRANTS_EACH);
         let answers: Vec<Answer> = thread::scope(|scope| {
             let calls: Vec<_> = (0..2 * GRANTS_EACH)
@@ -1005,7 +573,7 @@ fn the_support_day_limit_holds_across_two_sidecars_on_one_postgres_ledger() {
 }
 
 fn fifty_concurrent_purchases_with_one_key_grant_once(backend: Backend) {
-    let h = Arc::new(Harness::start(backend));
+    let h = Arc::new(AdminHarness::start(backend));
     h.create_customer("acme", None);
     let idem = key();
     let body = json!({"bundle": "usd50", "payment_ref": "pi_123"});
@@ -1079,7 +647,7 @@ fn fifty_concurrent_purchases_with_one_key_grant_once(backend: Backend) {
 }
 
 fn bad_input_names_the_field_and_writes_nothing(backend: Backend) {
-    let h = Harness::start(backend);
+    let h = AdminHarness::start(backend);
     h.create_customer("acme", None);
     let grants = "/v1/admin/customers/acme/grants";
     let base =
@@ -1222,7 +790,7 @@ fn bad_input_names_the_field_and_writes_nothing(backend: Backend) {
 }
 
 fn a_void_removes_only_the_remaining_credits(backend: Backend) {
-    let h = Harness::start(backend);
+    let h = AdminHarness::start(backend);
     h.create_customer("acme", None);
     let keep = h.post(
         "admin",
@@ -1317,7 +885,7 @@ fn a_void_removes_only_the_remaining_credits(backend: Backend) {
 }
 
 fn a_monthly_allotment_missed_while_down_is_granted_once_on_restart(backend: Backend) {
-    let mut h = Harness::start(backend);
+    let mut h = AdminHarness::start(backend);
     // The customer joins the annual plan; its month's allotment falls due on the next pass
     // (a minute away), but the sidecar goes down first.
     h.create_customer("acme", Some("annual"));
@@ -1351,7 +919,7 @@ fn a_monthly_allotment_missed_while_down_is_granted_once_on_restart(backend: Bac
 
 /// Records the `annual-monthly` allotment of the period `month` (a month index) for
 /// `customer` straight in the ledger and Redis, as a sidecar running then would have.
-fn seed_allotment(h: &Harness, customer: &str, month: i64) {
+fn seed_allotment(h: &AdminHarness, customer: &str, month: i64) {
     use creditgate_sidecar::api::admin::schedule::{period_label, schedule_grant_id};
     let period = period_label(month);
     let record = GrantRecord {
@@ -1377,7 +945,7 @@ fn seed_allotment(h: &Harness, customer: &str, month: i64) {
 
 /// The periods of a customer's `annual-monthly` grants, sorted, each with how many grants
 /// carry it; every reason names its period.
-fn allotment_periods(h: &Harness, customer: &str) -> BTreeMap<String, usize> {
+fn allotment_periods(h: &AdminHarness, customer: &str) -> BTreeMap<String, usize> {
     let mut periods = BTreeMap::new();
     for g in h.grants_of(customer) {
         assert_eq!(g.source, GrantSource::PlanAllotment, "{g:?}");
@@ -1392,7 +960,7 @@ fn whole_months_missed_while_down_are_back_filled_once_each(backend: Backend) {
     use creditgate_sidecar::api::admin::schedule::{
         BACKFILL_MAX_PERIODS, month_index, period_label,
     };
-    let mut h = Harness::start(backend);
+    let mut h = AdminHarness::start(backend);
     h.create_customer("acme", Some("annual"));
     h.create_customer("globex", Some("annual"));
     // The sidecar was down for months: acme last got its allotment 4 months ago, globex
@@ -1433,7 +1001,7 @@ fn whole_months_missed_while_down_are_back_filled_once_each(backend: Backend) {
 /// authentication failures by reason, and shows the grants waiting for approval.
 #[test]
 fn admin_calls_auth_failures_and_pending_approvals_are_metrics() {
-    let h = Harness::start(Backend::Sqlite);
+    let h = AdminHarness::start(Backend::Sqlite);
     let calls = |route: &str, method: &str, status: &str| {
         h.sidecar.metric(
             "creditgate_admin_calls_total",
@@ -1551,7 +1119,7 @@ fn the_openapi_file_matches_the_served_routes() {
                 .collect();
         assert_eq!(roles, doc_roles, "{} {}", r.method, r.path);
     }
-    let h = Harness::start(Backend::Sqlite);
+    let h = AdminHarness::start(Backend::Sqlite);
     for (method, path) in &documented {
         let concrete = path
             .replace("{customer}", "acme")
@@ -1570,7 +1138,7 @@ fn the_openapi_file_matches_the_served_routes() {
 /// The ops CLI drives the same API: same roles, idempotency and field errors.
 #[test]
 fn the_cli_calls_the_admin_api() {
-    let h = Harness::start(Backend::Sqlite);
+    let h = AdminHarness::start(Backend::Sqlite);
     let cli = |who: &str, args: &[&str]| {
         let mut all = vec![
             "admin".to_string(),
@@ -1581,7 +1149,7 @@ fn the_cli_calls_the_admin_api() {
             h.token(who).to_string(),
         ];
         all.extend(args.iter().map(|s| s.to_string()));
-        sidecar_command(&all, h._dir.path()).expect("the CLI runs")
+        sidecar_command(&all, h.dir.path()).expect("the CLI runs")
     };
     let out = cli("billing", &["create-customer", "acme", "--plan", "pro"]);
     assert!(out.status.success(), "{out:?}");
@@ -1644,9 +1212,9 @@ fn the_cli_calls_the_admin_api() {
 fn plans_are_checked_against_the_pricing_config() {
     let pricing = format!(
         "{}\n[plans.annual]\ndescription = \"Annual, billed monthly in credits.\"\n",
-        creditgate_e2e::base_config("127.0.0.1:9".parse().unwrap())
+        creditgate_testkit::base_config("127.0.0.1:9".parse().unwrap())
     );
-    let h = Harness::start_with_pricing(Backend::Sqlite, OPERATIONS, Some(&pricing));
+    let h = AdminHarness::start_with_pricing(Backend::Sqlite, ADMIN_OPERATIONS, Some(&pricing));
     h.create_customer("acme", Some("annual"));
     let unknown = h.post(
         "billing",
@@ -1685,16 +1253,6 @@ const SEARCH_COST: i64 = 7;
 
 /// A pricing config with one charged route and no `[[api_keys]]`: every key comes from
 /// Redis, where the sidecar publishes them.
-/// The plans the tests attach customers to; the sidecar checks plans against its pricing
-/// config.
-const TEST_PLANS: &str = "
-[plans.pro]
-description = \"Pro.\"
-
-[plans.annual]
-description = \"Annual, billed monthly in credits.\"
-";
-
 fn gateway_config(upstream: std::net::SocketAddr) -> String {
     format!(
         r#"
@@ -1728,36 +1286,10 @@ feature = "search"
     )
 }
 
-/// Waits until the ledger's total of `customer`'s `api` credits is `expected`: every charge
-/// settled and written, none in flight.
-fn wait_ledger_api(h: &Harness, customer: &str, expected: i64) {
-    let started = Instant::now();
-    loop {
-        let sums = h.rt.block_on(h.ledger.amount_sums()).expect("ledger sums");
-        let total = sums
-            .iter()
-            .find(|(c, t, _)| c == customer && t == "api")
-            .map(|(_, _, sum)| *sum);
-        if total == Some(expected) {
-            return;
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "ledger at {total:?}, expected {expected}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `GET /search` at the gateway with `api_key`; the status.
 fn search(client: &reqwest::blocking::Client, gateway: &Gateway, api_key: &str) -> u16 {
-    client
-        .get(format!("{}/search", gateway.proxy_url()))
-        .bearer_auth(api_key)
-        .send()
-        .expect("gateway answers")
-        .status()
-        .as_u16()
+    let url = format!("{}/search", gateway.proxy_url());
+    send(client, "GET", &url, Some(api_key), &[]).status
 }
 
 /// Polls `search` until it answers `want`: how long that took and how many of the
@@ -1769,23 +1301,8 @@ fn until_status(
     want: u16,
     within: Duration,
 ) -> (Duration, i64) {
-    let started = Instant::now();
-    let mut seen = BTreeMap::new();
-    loop {
-        let got = search(client, gateway, api_key);
-        *seen.entry(got).or_insert(0i64) += 1;
-        if got == want {
-            eprintln!("statuses seen while waiting for {want}: {seen:?}");
-            return (started.elapsed(), seen.get(&200).copied().unwrap_or(0));
-        }
-        assert!(
-            started.elapsed() < within,
-            "gateway still answers {got} (want {want}) after {:?}; gateway log:\n{}",
-            started.elapsed(),
-            gateway.log_tail(20)
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    let url = format!("{}/search", gateway.proxy_url());
+    creditgate_testkit::until_status(client, &url, api_key, want, within, || gateway.log_tail(20))
 }
 
 /// A key issued by the admin API is accepted by the real gateway and charges its customer;
@@ -1798,9 +1315,9 @@ fn api_keys_issued_by_the_admin_api_work_at_the_gateway_until_revoked() {
     let upstream = Upstream::start().expect("upstream");
     // The sidecar publishes its pricing config to the fleet and the gateway follows it, so
     // both get the gateway's.
-    let h = Harness::start_with_pricing(
+    let h = AdminHarness::start_with_pricing(
         Backend::Sqlite,
-        OPERATIONS,
+        ADMIN_OPERATIONS,
         Some(&gateway_config(upstream.addr())),
     );
     let gateway = Gateway::start(GatewayOptions {
@@ -1867,7 +1384,7 @@ fn api_keys_issued_by_the_admin_api_work_at_the_gateway_until_revoked() {
     h.wait_available("acme", "api", expected);
 
     // The ledger has every charge (so the data loss below loses none).
-    wait_ledger_api(&h, "acme", expected);
+    h.wait_ledger_api("acme", expected);
     // Redis loses everything: keys and balances. The sidecar rebuilds the balances from
     // the ledger and republishes the active key; the revoked one stays revoked.
     h.redis.cli(&["FLUSHALL"]).expect("FLUSHALL");
@@ -1894,9 +1411,9 @@ fn keys_issued_or_revoked_while_redis_is_down_converge_when_it_is_back() {
     let upstream = Upstream::start().expect("upstream");
     // The sidecar publishes its pricing config to the fleet and the gateway follows it, so
     // both get the gateway's.
-    let mut h = Harness::start_with_pricing(
+    let mut h = AdminHarness::start_with_pricing(
         Backend::Sqlite,
-        OPERATIONS,
+        ADMIN_OPERATIONS,
         Some(&gateway_config(upstream.addr())),
     );
     let gateway = Gateway::start(GatewayOptions {
@@ -1925,7 +1442,7 @@ fn keys_issued_or_revoked_while_redis_is_down_converge_when_it_is_back() {
     assert_eq!(search(&client, &gateway, &old_key), 200);
     // Nothing in flight when Redis goes (a hold Redis loses delays the customer's rebuild
     // until its deadline).
-    wait_ledger_api(&h, "acme", 10_000 - SEARCH_COST);
+    h.wait_ledger_api("acme", 10_000 - SEARCH_COST);
 
     h.redis.stop();
     let revoke = h.post(

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use creditgate_e2e::{ALICE, ALICE_KEY, REQUEST_TIMEOUT, Stack, base_config};
+use creditgate_testkit::{ALICE, ALICE_KEY, REQUEST_TIMEOUT, Stack, base_config};
 use tokio::task::JoinSet;
 
 /// Concurrent clients, each sending one request.

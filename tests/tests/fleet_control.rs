@@ -14,10 +14,9 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use creditgate_e2e::{Credits, http_client, send};
 use creditgate_testkit::{
-    Gateway, GatewayOptions, LedgerTarget, RedisServer, Sidecar, SidecarOptions, Upstream,
-    add_admin_listener, create_admin_token, sidecar_command,
+    Credits, Gateway, GatewayOptions, LedgerTarget, RedisServer, Sidecar, SidecarOptions, Upstream,
+    add_admin_listener, create_admin_token, http_client, send, sidecar_command,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -210,7 +209,7 @@ impl Fleet {
         });
     }
 
-    fn search(&self, gateway: &Gateway, customer: &str) -> creditgate_e2e::Reply {
+    fn search(&self, gateway: &Gateway, customer: &str) -> creditgate_testkit::Reply {
         send(
             &self.http,
             "GET",
@@ -285,22 +284,16 @@ impl Fleet {
     }
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < WAIT_LIMIT,
-            "timed out waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+/// Polls `done` until it is true, for at most [`WAIT_LIMIT`].
+fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    creditgate_testkit::wait_for(what, WAIT_LIMIT, done, String::new);
 }
 
-fn charged(reply: &creditgate_e2e::Reply) -> i64 {
+fn charged(reply: &creditgate_testkit::Reply) -> i64 {
     reply.header_i64("x-credits-charged")
 }
 
-fn version_of(reply: &creditgate_e2e::Reply) -> String {
+fn version_of(reply: &creditgate_testkit::Reply) -> String {
     reply
         .header("x-creditgate-pricing-version")
         .unwrap_or_else(|| panic!("no pricing version header: {:?}", reply.headers))

@@ -4,14 +4,12 @@
 //! Needs `redis-server` and a built gateway (`cargo build -p creditgate-gateway`).
 
 use std::net::SocketAddr;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use creditgate_e2e::{
-    ALICE, ALICE_KEY, MALLORY, MALLORY_KEY, Stack, TOP_UP_URL, base_config, http_client, send,
-    sha256_hex,
+use creditgate_testkit::{
+    ALICE, ALICE_KEY, Gateway, GatewayOptions, MALLORY, MALLORY_KEY, Stack, TOP_UP_URL, Upstream,
+    base_config, http_client, send, sha256_hex,
 };
-use creditgate_testkit::{Gateway, GatewayOptions, Upstream};
 
 /// One enforced route, `GET /search`, costing 1 credit.
 fn search_config(upstream: SocketAddr) -> String {
@@ -286,18 +284,14 @@ mode = "off"
 
 /// Polls `/readyz` until it answers `status`, for at most 5 s.
 fn wait_for_readyz(gateway: &Gateway, status: u16) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (now, body) = gateway.admin_get("/readyz").expect("readyz");
-        if now == status {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz still answers {now} ({body}), expected {status}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    let what = format!("/readyz answers {status}");
+    let answers = || gateway.admin_get("/readyz").expect("readyz");
+    creditgate_testkit::wait_for(
+        &what,
+        Duration::from_secs(5),
+        || answers().0 == status,
+        || format!("/readyz answers {:?}", answers()),
+    );
 }
 
 #[test]

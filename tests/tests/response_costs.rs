@@ -9,9 +9,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use creditgate_e2e::{ALICE, ALICE_KEY, Credits, Reply, base_config, http_client, send};
 use creditgate_testkit::{
-    Gateway, GatewayOptions, LedgerTarget, ModelServer, RedisServer, Sidecar, SidecarOptions,
+    ALICE, ALICE_KEY, Credits, Gateway, GatewayOptions, LedgerTarget, ModelServer, RedisServer,
+    Reply, Sidecar, SidecarOptions, base_config, http_client, now_ms, send,
 };
 
 /// Reserved up front for every response-priced route of the test config.
@@ -443,16 +443,6 @@ fn the_shortfall_is_an_overage_entry_in_the_ledger_with_the_request_id() {
         revenue["revenue"]["unbilled_overage"]["api"], 4_000,
         "{revenue:#}"
     );
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_millis(),
-    )
-    .expect("ms fit u64")
 }
 
 /// POSTs `body` as JSON to the `estimated` route; returns what the gateway said it reserved

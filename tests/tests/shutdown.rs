@@ -6,7 +6,7 @@
 use std::thread;
 use std::time::Duration;
 
-use creditgate_e2e::{ALICE, ALICE_KEY, Stack, base_config};
+use creditgate_testkit::{ALICE, ALICE_KEY, Stack, base_config};
 
 #[test]
 fn sigterm_lets_requests_in_flight_finish_and_settle() {

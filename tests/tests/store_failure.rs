@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use creditgate_e2e::{ALICE, ALICE_KEY, Reply, Stack, base_config};
+use creditgate_testkit::{ALICE, ALICE_KEY, Reply, Stack, base_config};
 
 /// The routes' `store_timeout_ms`.
 const STORE_TIMEOUT_MS: u64 = 100;

@@ -6,12 +6,14 @@
 //! Needs `redis-server` and a built sidecar (`cargo build -p creditgate-sidecar`).
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use creditgate_e2e::{ALICE, Credits, base_config, http_client};
-use creditgate_sidecar::ledger::{EntryKind, EntryQuery, Ledger, SqliteLedger};
+use creditgate_sidecar::ledger::{
+    EntryKind, EntryQuery, LedgerEntries, LedgerPricingVersions, SqliteLedger,
+};
 use creditgate_testkit::{
-    LedgerTarget, RedisServer, Sidecar, SidecarOptions, add_admin_listener, create_admin_token,
+    ALICE, Credits, LedgerTarget, RedisServer, Sidecar, SidecarOptions, add_admin_listener,
+    base_config, create_admin_token, http_client, now_ms,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -22,16 +24,6 @@ const EXPORT_PRICE: i64 = 2;
 /// Credits granted before the events: less than they cost, so later events go into
 /// overdraft.
 const GRANTED: i64 = 1_000;
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_millis(),
-    )
-    .expect("fits")
-}
 
 /// Token names of the test, each with the role of the same name.
 const TOKEN_ROLES: [&str; 3] = ["billing", "admin", "support"];

@@ -18,6 +18,17 @@
 //! * [`http_get`] and [`metric_value`] — a runtime-free GET for admin
 //!   endpoints and a reader for Prometheus text, for asserting on metrics.
 //!
+//! With the `e2e` feature (the end-to-end tests' crate turns it on), the harnesses that
+//! speak the protocol crate and open the sidecar's ledger too:
+//!
+//! * [`Stack`] — Redis, an upstream and the gateway, with a measuring client ([`send`],
+//!   [`Reply`]) and direct credit access ([`Credits`]); [`base_config`] and the test
+//!   identities in [`fixtures`](crate::ALICE).
+//! * [`AdminHarness`] — the sidecar's admin API with a token per role.
+//! * [`LedgerHarness`] — the sidecar between Redis and a ledger, read back through the
+//!   sidecar's library, and generated credit traffic ([`spawn_traffic`]).
+//! * [`Backend`] and [`on_both_backends!`] — every ledger scenario on SQLite and Postgres.
+//!
 //! All constructors are blocking and can be used from plain `#[test]`s as
 //! well as from `#[tokio::test]`s. Every process is killed (and waited for)
 //! when its handle is dropped, which also happens while a panicking test
@@ -44,17 +55,60 @@
 //! `apt-get install -y redis-server redis-tools`), so tests fail loudly
 //! instead of silently passing.
 
+#[cfg(feature = "e2e")]
+mod admin_harness;
+#[cfg(feature = "e2e")]
+mod backend;
+#[cfg(feature = "e2e")]
+mod client;
 mod cluster;
+#[cfg(feature = "e2e")]
+mod credits;
+#[cfg(feature = "e2e")]
+mod fixtures;
 mod gateway;
 mod http;
+#[cfg(feature = "e2e")]
+mod ledger_harness;
 mod metrics;
 mod model_server;
+mod poll;
 mod postgres;
 mod redis_server;
+#[cfg(feature = "e2e")]
+mod requests;
 mod sidecar;
+#[cfg(feature = "e2e")]
+mod stack;
+#[cfg(feature = "e2e")]
+mod traffic;
 mod upstream;
 mod util;
 mod webhook;
+
+#[cfg(feature = "e2e")]
+pub use admin_harness::{
+    ADMIN_OPERATIONS, AdminHarness, Answer, ROLES, SECOND_ADMIN, WAIT, create_token, key,
+};
+#[cfg(feature = "e2e")]
+pub use backend::{Backend, open_ledger};
+#[cfg(feature = "e2e")]
+pub use client::{REQUEST_TIMEOUT, Reply, http_client, send, until_status};
+#[cfg(feature = "e2e")]
+pub use credits::{Credits, SETTLE_TIMEOUT};
+#[cfg(feature = "e2e")]
+pub use fixtures::{
+    ALICE, ALICE_KEY, CREDIT_TYPE, MALLORY, MALLORY_KEY, PREFIX, SHARDS, TEST_PLANS, TOP_UP_URL,
+    base_config, sha256_hex,
+};
+#[cfg(feature = "e2e")]
+pub use ledger_harness::{CATCH_UP_TIMEOUT, GROUP, LedgerHarness};
+#[cfg(feature = "e2e")]
+pub use requests::{grant_request, reserve_request};
+#[cfg(feature = "e2e")]
+pub use stack::Stack;
+#[cfg(feature = "e2e")]
+pub use traffic::{Produced, Snapshot, TYPES, Traffic, TrafficRun, join_traffic, spawn_traffic};
 
 pub use cluster::RedisCluster;
 pub use gateway::{
@@ -64,6 +118,7 @@ pub use gateway::{
 pub use http::{HTTP_GET_MAX_BYTES, HttpResponse, http_get};
 pub use metrics::{Sample, metric_value, parse_samples};
 pub use model_server::ModelServer;
+pub use poll::{POLL_INTERVAL, now_ms, wait_for};
 pub use postgres::{PG_BIN_ENV, Postgres};
 pub use redis_server::RedisServer;
 pub use sidecar::{
