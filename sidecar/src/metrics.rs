@@ -55,106 +55,122 @@ pub struct SidecarMetrics {
     pub usage_events_overdraft: IntCounter,
 }
 
+/// Creates metrics and registers each in one registry.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        let c = must(IntCounter::new(name, help));
+        must(self.0.register(Box::new(c.clone())));
+        c
+    }
+
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        let c = must(IntCounterVec::new(Opts::new(name, help), labels));
+        must(self.0.register(Box::new(c.clone())));
+        c
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        let g = must(IntGauge::new(name, help));
+        must(self.0.register(Box::new(g.clone())));
+        g
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        let h = must(Histogram::with_opts(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        ));
+        must(self.0.register(Box::new(h.clone())));
+        h
+    }
+
+    /// Usage events rejected, with every reason present from the start, at 0, so that a
+    /// rate() sees its first one.
+    fn usage_events_rejected(&self) -> IntCounterVec {
+        let rejected = self.counter_vec(
+            "creditgate_usage_events_rejected_total",
+            "Usage events rejected, by reason.",
+            &["reason"],
+        );
+        for reason in crate::api::usage_events::RejectReason::ALL {
+            rejected.with_label_values(&[reason.as_str()]);
+        }
+        rejected
+    }
+}
+
 impl SidecarMetrics {
     /// Builds and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| {
-            let c = must(IntCounter::new(name, help));
-            must(registry.register(Box::new(c.clone())));
-            c
-        };
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = must(IntCounterVec::new(Opts::new(name, help), labels));
-            must(registry.register(Box::new(c.clone())));
-            c
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = must(IntGauge::new(name, help));
-            must(registry.register(Box::new(g.clone())));
-            g
-        };
-        let ledger_lag = must(Histogram::with_opts(
-            HistogramOpts::new(
-                "creditgate_ledger_lag_seconds",
-                "Seconds from an event's store time to its ledger commit.",
-            )
-            .buckets(LAG_BUCKETS_S.to_vec()),
-        ));
-        must(registry.register(Box::new(ledger_lag.clone())));
+        let r = Registrar(&registry);
         Self {
-            entries_written: counter_vec(
+            entries_written: r.counter_vec(
                 "creditgate_ledger_entries_written_total",
                 "Ledger entries written, by kind.",
                 &["kind"],
             ),
-            duplicates: counter(
+            duplicates: r.counter(
                 "creditgate_ledger_duplicates_total",
                 "Redelivered events skipped because the ledger has them.",
             ),
-            conflicts: counter(
+            conflicts: r.counter(
                 "creditgate_ledger_conflicts_total",
                 "Events whose id the ledger holds with other fields; left unacknowledged (alert).",
             ),
-            malformed: counter(
+            malformed: r.counter(
                 "creditgate_ledger_malformed_total",
                 "Stream entries that could not be parsed; left unacknowledged (alert).",
             ),
-            ledger_lag,
-            holds_expired: counter(
+            ledger_lag: r.histogram(
+                "creditgate_ledger_lag_seconds",
+                "Seconds from an event's store time to its ledger commit.",
+                &LAG_BUCKETS_S,
+            ),
+            holds_expired: r.counter(
                 "creditgate_sweeper_holds_expired_total",
                 "Pending holds expired past their deadline.",
             ),
-            grants_expired: counter(
+            grants_expired: r.counter(
                 "creditgate_sweeper_grants_expired_total",
                 "Grants expired past their expiry.",
             ),
-            grants_delivered: counter(
+            grants_delivered: r.counter(
                 "creditgate_outbox_grants_delivered_total",
                 "Ledger-first grants confirmed by Redis.",
             ),
-            grant_delivery_failures: counter(
+            grant_delivery_failures: r.counter(
                 "creditgate_outbox_delivery_failures_total",
                 "Grant deliveries to Redis that failed and stay in the outbox.",
             ),
-            drifted: gauge(
+            drifted: r.gauge(
                 "creditgate_reconcile_drifted",
                 "Customer and credit type pairs whose Redis figures differ from the ledger's.",
             ),
-            drift_credits: gauge(
+            drift_credits: r.gauge(
                 "creditgate_reconcile_drift_credits",
                 "Sum of the absolute differences between Redis and the ledger, in credit units.",
             ),
-            shards_rebuilt: counter(
+            shards_rebuilt: r.counter(
                 "creditgate_reconcile_shards_rebuilt_total",
                 "Shards rebuilt from the ledger because Redis lost their data.",
             ),
-            task_errors: counter_vec(
+            task_errors: r.counter_vec(
                 "creditgate_sidecar_task_errors_total",
                 "Failed passes of the sidecar's loops, by task.",
                 &["task"],
             ),
-            usage_events_accepted: counter(
+            usage_events_accepted: r.counter(
                 "creditgate_usage_events_accepted_total",
                 "Usage events burned.",
             ),
-            usage_events_duplicates: counter(
+            usage_events_duplicates: r.counter(
                 "creditgate_usage_events_duplicate_total",
                 "Usage events whose idempotency key had burned before; not burned again.",
             ),
-            usage_events_rejected: {
-                let rejected = counter_vec(
-                    "creditgate_usage_events_rejected_total",
-                    "Usage events rejected, by reason.",
-                    &["reason"],
-                );
-                // Every reason shows from the start, at 0, so a rate() sees its first one.
-                for reason in crate::api::usage_events::RejectReason::ALL {
-                    rejected.with_label_values(&[reason.as_str()]);
-                }
-                rejected
-            },
-            usage_events_overdraft: counter(
+            usage_events_rejected: r.usage_events_rejected(),
+            usage_events_overdraft: r.counter(
                 "creditgate_usage_events_overdraft_total",
                 "Usage events burned into overdraft because the balance could not cover them.",
             ),
@@ -202,33 +218,27 @@ pub struct AdminMetrics {
 impl SidecarMetrics {
     /// Builds and registers the admin API's metrics. Call once per registry.
     pub fn register_admin(&self) -> AdminMetrics {
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = must(IntCounterVec::new(Opts::new(name, help), labels));
-            must(self.registry.register(Box::new(c.clone())));
-            c
-        };
-        let pending_approvals = must(IntGauge::new(
-            "creditgate_admin_pending_approvals",
-            "Grant requests waiting for a second person's approval.",
-        ));
-        must(self.registry.register(Box::new(pending_approvals.clone())));
+        let r = Registrar(&self.registry);
         AdminMetrics {
-            calls: counter_vec(
+            calls: r.counter_vec(
                 "creditgate_admin_calls_total",
                 "Admin API calls answered, by route, method and status class.",
                 &["route", "method", "status"],
             ),
-            auth_failures: counter_vec(
+            auth_failures: r.counter_vec(
                 "creditgate_admin_auth_failures_total",
                 "Admin API calls refused at authentication, by reason.",
                 &["reason"],
             ),
-            webhook_deliveries: counter_vec(
+            webhook_deliveries: r.counter_vec(
                 "creditgate_webhook_deliveries_total",
                 "Webhook delivery attempts, by kind and outcome (delivered, retry, failed).",
                 &["kind", "outcome"],
             ),
-            pending_approvals,
+            pending_approvals: r.gauge(
+                "creditgate_admin_pending_approvals",
+                "Grant requests waiting for a second person's approval.",
+            ),
         }
     }
 }

@@ -21,31 +21,69 @@ const CLI_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The method, path and body of a call.
 fn request_of(op: Op) -> (reqwest::Method, String, Option<serde_json::Value>) {
+    (method_of(&op), path_of(&op), body_of(op))
+}
+
+/// The HTTP method of a call: reads are GETs, replacing a setting is a PUT.
+fn method_of(op: &Op) -> reqwest::Method {
     use reqwest::Method;
-    use serde_json::json;
+    match op {
+        Op::Whoami
+        | Op::Bundles
+        | Op::Customer { .. }
+        | Op::Approvals { .. }
+        | Op::Balance { .. }
+        | Op::Ledger { .. }
+        | Op::Deliveries { .. } => Method::GET,
+        Op::SetPlan { .. } | Op::SetAlerts { .. } => Method::PUT,
+        Op::CreateCustomer { .. }
+        | Op::CreateApiKey { .. }
+        | Op::RevokeApiKey { .. }
+        | Op::Grant { .. }
+        | Op::Void { .. }
+        | Op::Purchase { .. }
+        | Op::Approve { .. } => Method::POST,
+    }
+}
+
+/// The path of a call, with its query string.
+fn path_of(op: &Op) -> String {
     let c = |c: &str, rest: &str| format!("/v1/admin/customers/{c}{rest}");
     match op {
-        Op::Whoami => (Method::GET, "/v1/admin/whoami".into(), None),
-        Op::Bundles => (Method::GET, "/v1/admin/bundles".into(), None),
-        Op::CreateCustomer { customer, plan } => (
-            Method::POST,
-            "/v1/admin/customers".into(),
-            Some(json!({"customer": customer, "plan": plan})),
-        ),
-        Op::Customer { customer } => (Method::GET, c(&customer, ""), None),
-        Op::SetPlan { customer, plan } => (
-            Method::PUT,
-            c(&customer, "/plan"),
-            Some(json!({"plan": plan})),
-        ),
-        Op::CreateApiKey { customer } => (Method::POST, c(&customer, "/api-keys"), Some(json!({}))),
-        Op::RevokeApiKey { customer, key_id } => (
-            Method::POST,
-            c(&customer, &format!("/api-keys/{key_id}/revoke")),
-            Some(json!({})),
-        ),
+        Op::Whoami => "/v1/admin/whoami".into(),
+        Op::Bundles => "/v1/admin/bundles".into(),
+        Op::CreateCustomer { .. } => "/v1/admin/customers".into(),
+        Op::Customer { customer } => c(customer, ""),
+        Op::SetPlan { customer, .. } => c(customer, "/plan"),
+        Op::CreateApiKey { customer } => c(customer, "/api-keys"),
+        Op::RevokeApiKey { customer, key_id } => c(customer, &format!("/api-keys/{key_id}/revoke")),
+        Op::Grant { customer, .. } => c(customer, "/grants"),
+        Op::Void {
+            customer, grant_id, ..
+        } => c(customer, &format!("/grants/{grant_id}/void")),
+        Op::Purchase { customer, .. } => c(customer, "/purchases"),
+        Op::Approvals { state } => format!("/v1/admin/grant-approvals?state={state}"),
+        Op::Approve { request_id } => format!("/v1/admin/grant-approvals/{request_id}/approve"),
+        Op::Balance { customer } => c(customer, "/balance"),
+        Op::Ledger { customer, query } if query.is_empty() => c(customer, "/ledger"),
+        Op::Ledger { customer, query } => c(customer, &format!("/ledger?{query}")),
+        Op::SetAlerts { customer, .. } => c(customer, "/alerts"),
+        Op::Deliveries {
+            customer: Some(customer),
+        } => format!("/v1/admin/webhook-deliveries?customer={customer}"),
+        Op::Deliveries { customer: None } => "/v1/admin/webhook-deliveries".into(),
+    }
+}
+
+/// The JSON body of a call, as the API names its fields; none for a read.
+fn body_of(op: Op) -> Option<serde_json::Value> {
+    use serde_json::json;
+    match op {
+        Op::CreateCustomer { customer, plan } => Some(json!({"customer": customer, "plan": plan})),
+        Op::SetPlan { plan, .. } => Some(json!({"plan": plan})),
+        Op::CreateApiKey { .. } | Op::RevokeApiKey { .. } | Op::Approve { .. } => Some(json!({})),
         Op::Grant {
-            customer,
+            customer: _,
             source,
             credit_type,
             amount,
@@ -53,76 +91,35 @@ fn request_of(op: Op) -> (reqwest::Method, String, Option<serde_json::Value>) {
             note,
             expires_in_days,
             amount_paid_micros,
-        } => (
-            Method::POST,
-            c(&customer, "/grants"),
-            Some(json!({
-                "source": source, "credit_type": credit_type, "amount": amount,
-                "reason_code": reason_code, "note": note,
-                "expires_at_ms": expires_in_days.map(|d| now_ms() + d * 86_400_000),
-                "amount_paid_micros": amount_paid_micros,
-            })),
-        ),
-        Op::Void {
-            customer,
-            grant_id,
-            reason,
-        } => (
-            Method::POST,
-            c(&customer, &format!("/grants/{grant_id}/void")),
-            Some(json!({"reason": reason})),
-        ),
+        } => Some(json!({
+            "source": source, "credit_type": credit_type, "amount": amount,
+            "reason_code": reason_code, "note": note,
+            "expires_at_ms": expires_in_days.map(|d| now_ms() + d * 86_400_000),
+            "amount_paid_micros": amount_paid_micros,
+        })),
+        Op::Void { reason, .. } => Some(json!({"reason": reason})),
         Op::Purchase {
-            customer,
             bundle,
             payment_ref,
-        } => (
-            Method::POST,
-            c(&customer, "/purchases"),
-            Some(json!({"bundle": bundle, "payment_ref": payment_ref})),
-        ),
-        Op::Approvals { state } => (
-            Method::GET,
-            format!("/v1/admin/grant-approvals?state={state}"),
-            None,
-        ),
-        Op::Approve { request_id } => (
-            Method::POST,
-            format!("/v1/admin/grant-approvals/{request_id}/approve"),
-            Some(json!({})),
-        ),
-        Op::Balance { customer } => (Method::GET, c(&customer, "/balance"), None),
-        Op::Ledger { customer, query } => (
-            Method::GET,
-            if query.is_empty() {
-                c(&customer, "/ledger")
-            } else {
-                c(&customer, &format!("/ledger?{query}"))
-            },
-            None,
-        ),
+            ..
+        } => Some(json!({"bundle": bundle, "payment_ref": payment_ref})),
         Op::SetAlerts {
-            customer,
+            customer: _,
             credit_type,
             low_balance_threshold,
             recharge_threshold,
             recharge_target,
-        } => (
-            Method::PUT,
-            c(&customer, "/alerts"),
-            Some(json!({
-                "credit_type": credit_type, "low_balance_threshold": low_balance_threshold,
-                "recharge_threshold": recharge_threshold, "recharge_target": recharge_target,
-            })),
-        ),
-        Op::Deliveries { customer } => (
-            Method::GET,
-            match customer {
-                Some(c) => format!("/v1/admin/webhook-deliveries?customer={c}"),
-                None => "/v1/admin/webhook-deliveries".into(),
-            },
-            None,
-        ),
+        } => Some(json!({
+            "credit_type": credit_type, "low_balance_threshold": low_balance_threshold,
+            "recharge_threshold": recharge_threshold, "recharge_target": recharge_target,
+        })),
+        Op::Whoami
+        | Op::Bundles
+        | Op::Customer { .. }
+        | Op::Approvals { .. }
+        | Op::Balance { .. }
+        | Op::Ledger { .. }
+        | Op::Deliveries { .. } => None,
     }
 }
 

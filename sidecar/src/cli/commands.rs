@@ -4,65 +4,42 @@
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use creditgate_protocol::GrantSource;
+use creditgate_protocol::{GrantSource, RedisStore};
 use tokio::sync::watch;
 
-use crate::cli::args::{GrantArgs, ReconcileArgs, RunArgs};
+use crate::api::admin;
+use crate::api::admin::state::AdminState;
+use crate::cli::args::{GrantArgs, ReconcileArgs, RedisArgs, RunArgs};
 use crate::cli::stores::{connect_redis, open_ledger};
-use crate::jobs::daemon::Sidecar;
+use crate::jobs::config_publisher::{ConfigPublisher, FLEET_STATUS_MS, refresh_fleet_metrics};
+use crate::jobs::daemon::{SharedPricing, Sidecar};
+use crate::jobs::fleet_metrics::FleetMetrics;
 use crate::jobs::outbox::{Issued, issue_grant};
 use crate::jobs::reconcile::{Rebuilt, compare, rebuild_customer};
 use crate::jobs::writer::LedgerWriter;
 use crate::ledger::{GrantRecord, RecordGrantOutcome, now_ms};
 use crate::metrics::SidecarMetrics;
+use crate::operations::Operations;
 use crate::settings::LedgerArgs;
 
 /// `run`: the sidecar, until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<String> {
     crate::init_logging();
-    let pricing = match &args.config {
-        Some(path) => {
-            let config = creditgate_config::PricingConfig::load(path)
-                .map_err(|errors| anyhow::anyhow!("{errors}"))?;
-            tracing::info!(config = %path.display(), summary = %config.summary(), "pricing config loaded");
-            Some(Arc::new(arc_swap::ArcSwap::from_pointee(config)))
-        }
-        None => None,
-    };
-    let operations = match &args.operations {
-        Some(path) => Some(Arc::new(
-            crate::operations::Operations::load(path)
-                .map_err(|errors| anyhow::anyhow!("{errors}"))?,
-        )),
-        None => None,
-    };
+    let (pricing, operations) = load_config_files(&args)?;
     let ledger = open_ledger(&args.ledger).await?;
-    // A sidecar started while Redis is down waits for it rather than exit.
-    let redis = loop {
-        match connect_redis(&args.redis).await {
-            Ok(redis) => break redis,
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "Redis unreachable; retrying in 1 s");
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    _ = crate::shutdown_signal() => return Ok(String::new()),
-                }
-            }
-        }
+    let Some(redis) = connect_redis_when_up(&args.redis).await else {
+        return Ok(String::new());
     };
     let metrics = Arc::new(SidecarMetrics::new());
-    let consumer = match args.consumer {
-        Some(c) => c,
-        None => std::env::var("HOSTNAME").unwrap_or_else(|_| "sidecar".to_string()),
-    };
-    let fleet_metrics = Arc::new(crate::jobs::fleet_metrics::FleetMetrics::new(
-        metrics.registry(),
-    ));
+    let fleet_metrics = Arc::new(FleetMetrics::new(metrics.registry()));
     let sidecar = Arc::new(Sidecar {
         redis,
         ledger,
         metrics,
-        consumer,
+        consumer: args
+            .consumer
+            .clone()
+            .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| "sidecar".to_string())),
         last_reconcile: Default::default(),
         pricing,
         pricing_history: Default::default(),
@@ -75,30 +52,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
         tracing::warn!(error = %e, "reading the recorded pricing versions failed; retried per usage-events request");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    if let (Some(path), Some(pricing)) = (&args.config, &sidecar.pricing) {
-        tokio::spawn(
-            crate::jobs::config_publisher::ConfigPublisher {
-                path: path.clone(),
-                pricing: pricing.clone(),
-                redis: sidecar.redis.clone(),
-                metrics: fleet_metrics.clone(),
-                ledger: sidecar.ledger.clone(),
-                history: sidecar.pricing_history.clone(),
-            }
-            .run(stop_rx.clone()),
-        );
-    } else {
-        let (redis, metrics, mut stop) = (sidecar.redis.clone(), fleet_metrics, stop_rx.clone());
-        tokio::spawn(async move {
-            while !*stop.borrow() {
-                crate::jobs::config_publisher::refresh_fleet_metrics(&redis, &metrics).await;
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(crate::jobs::config_publisher::FLEET_STATUS_MS)) => {}
-                    _ = stop.changed() => {}
-                }
-            }
-        });
-    }
+    spawn_config_publisher(&args, &sidecar, fleet_metrics, stop_rx.clone());
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding the HTTP listener to {}", args.listen))?;
@@ -109,29 +63,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
     ));
     let admin = match (&args.admin_listen, operations) {
         (Some(listen), Some(ops)) => {
-            let state =
-                crate::api::admin::state::AdminState::open(sidecar.clone(), &args.ledger, ops)
-                    .await?;
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("binding the admin listener to {listen}"))?;
-            tokio::spawn(crate::api::admin::schedule::run(
-                state.clone(),
-                stop_rx.clone(),
-            ));
-            tokio::spawn(crate::api::admin::alerts::run(
-                state.clone(),
-                stop_rx.clone(),
-            ));
-            tokio::spawn(crate::api::admin::key_sync::run(
-                state.clone(),
-                stop_rx.clone(),
-            ));
-            Some(tokio::spawn(crate::api::admin::serve(
-                listener,
-                state,
-                stop_rx.clone(),
-            )))
+            Some(spawn_admin_api(listen, &args.ledger, &sidecar, ops, &stop_rx).await?)
         }
         _ => None,
     };
@@ -145,6 +77,99 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
         admin.await.context("admin listener task")??;
     }
     Ok(String::new())
+}
+
+/// The pricing config (`--config`) and the operations file (`--operations`), each loaded
+/// and validated when given; every error of a bad file is reported.
+fn load_config_files(
+    args: &RunArgs,
+) -> anyhow::Result<(Option<SharedPricing>, Option<Arc<Operations>>)> {
+    let pricing = match &args.config {
+        Some(path) => {
+            let config = creditgate_config::PricingConfig::load(path)
+                .map_err(|errors| anyhow::anyhow!("{errors}"))?;
+            tracing::info!(config = %path.display(), summary = %config.summary(), "pricing config loaded");
+            Some(Arc::new(arc_swap::ArcSwap::from_pointee(config)))
+        }
+        None => None,
+    };
+    let operations = match &args.operations {
+        Some(path) => Some(Arc::new(
+            Operations::load(path).map_err(|errors| anyhow::anyhow!("{errors}"))?,
+        )),
+        None => None,
+    };
+    Ok((pricing, operations))
+}
+
+/// Connects to Redis, retrying every second while it is down: a sidecar started before
+/// Redis waits for it rather than exit. `None` when told to stop first.
+async fn connect_redis_when_up(args: &RedisArgs) -> Option<Arc<RedisStore>> {
+    loop {
+        match connect_redis(args).await {
+            Ok(redis) => return Some(redis),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "Redis unreachable; retrying in 1 s");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = crate::shutdown_signal() => return None,
+                }
+            }
+        }
+    }
+}
+
+/// With a pricing config, the config publisher (which also keeps the fleet metrics);
+/// without one, a loop that only keeps the fleet metrics up to date.
+fn spawn_config_publisher(
+    args: &RunArgs,
+    sidecar: &Sidecar,
+    fleet_metrics: Arc<FleetMetrics>,
+    stop_rx: watch::Receiver<bool>,
+) {
+    if let (Some(path), Some(pricing)) = (&args.config, &sidecar.pricing) {
+        tokio::spawn(
+            ConfigPublisher {
+                path: path.clone(),
+                pricing: pricing.clone(),
+                redis: sidecar.redis.clone(),
+                metrics: fleet_metrics,
+                ledger: sidecar.ledger.clone(),
+                history: sidecar.pricing_history.clone(),
+            }
+            .run(stop_rx),
+        );
+        return;
+    }
+    let (redis, mut stop) = (sidecar.redis.clone(), stop_rx);
+    tokio::spawn(async move {
+        while !*stop.borrow() {
+            refresh_fleet_metrics(&redis, &fleet_metrics).await;
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(FLEET_STATUS_MS)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    });
+}
+
+/// Binds the admin listener and starts the admin API with its background passes (grant
+/// schedules, balance alerts, API key sync); returns the listener's task.
+async fn spawn_admin_api(
+    listen: &str,
+    ledger: &LedgerArgs,
+    sidecar: &Arc<Sidecar>,
+    ops: Arc<Operations>,
+    stop_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let state = AdminState::open(sidecar.clone(), ledger, ops).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the admin listener to {listen}"))?;
+    tokio::spawn(admin::schedule::run(state.clone(), stop_rx.clone()));
+    tokio::spawn(admin::alerts::run(state.clone(), stop_rx.clone()));
+    tokio::spawn(admin::key_sync::run(state.clone(), stop_rx.clone()));
+    Ok(tokio::spawn(admin::serve(listener, state, stop_rx.clone())))
 }
 
 /// Prefix of the actor recorded by `grant`: it bypasses the admin API's roles and limits,

@@ -5,20 +5,21 @@
 //! ([`idempotency`]) and records its actor. Fleet control changes record the token's name
 //! as their actor and are set-to-a-value (a repeat changes nothing but adds an audit
 //! entry); usage events carry an idempotency key per event, so neither takes the header.
-//! The routes and their roles are in [`ROUTES`]; `sidecar/openapi.json` documents them
-//! and a test keeps the two in step.
+//! Each route is declared once, in [`ROUTES`]: method, path, roles and handler. The axum
+//! router and the role check in front of every handler are built from that table, and a
+//! test holds `sidecar/openapi.json` against it.
 //!
-//! This module wires routes to handlers; the rules live in [`grants`], [`customers`],
-//! [`reads`] and [`schedule`].
+//! This module only declares and wires routes; the handlers are in [`handlers`], the
+//! rules in [`grants`], [`customers`], [`reads`], [`alerts`] and [`schedule`].
 
 pub mod alerts;
 pub mod auth;
 pub mod customers;
 pub mod day_limit;
-pub mod db;
 pub mod error;
 pub mod fields;
 pub mod grants;
+pub mod handlers;
 pub mod idempotency;
 pub mod key_sync;
 pub mod reads;
@@ -30,22 +31,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
 use axum::routing::{MethodRouter, get, post, put};
 use tokio::sync::watch;
 
-use self::auth::{Caller, Role};
-use self::idempotency::Reply;
+use self::auth::{Role, require_roles};
+use self::handlers as h;
 use self::state::AdminState;
-use crate::ledger::now_ms;
+use crate::api::usage_events::MAX_REQUEST_BYTES as USAGE_EVENTS_BODY_MAX_BYTES;
 
 /// Largest request body the admin API reads, bytes: admin calls are small JSON objects.
 pub const ADMIN_BODY_MAX_BYTES: usize = 64 * 1024;
-
-type St = State<Arc<AdminState>>;
 
 /// Every role.
 const ALL: &[Role] = &Role::ALL;
@@ -58,575 +56,93 @@ const GRANTERS: &[Role] = &[Role::Admin, Role::Billing, Role::Support, Role::Sal
 /// or watch it. Not billing or sales, whose work is credits, not the fleet.
 const CONTROL_READERS: &[Role] = &[Role::Admin, Role::Support, Role::Readonly];
 
-/// One route: method, path (axum syntax, as in the OpenAPI file) and the roles that may
-/// call it.
-pub struct RouteSpec {
+/// One admin route, declared once: what the router serves, who may call it and what
+/// `sidecar/openapi.json` must document are all read from here.
+pub struct Route {
     /// The HTTP method.
     pub method: Method,
-    /// The path, with `{param}` segments.
+    /// The path, with `{param}` segments (axum syntax, as in the OpenAPI file).
     pub path: &'static str,
     /// Roles allowed (a grant's source narrows this further).
     pub roles: &'static [Role],
+    /// Largest request body read, bytes.
+    pub body_max_bytes: usize,
+    /// The handler, served for `method` only (another method is a 405).
+    pub handler: fn() -> MethodRouter<Arc<AdminState>>,
 }
 
-/// Every admin route and who may call it.
-pub const ROUTES: &[RouteSpec] = &[
-    RouteSpec {
-        method: Method::GET,
-        path: "/v1/admin/whoami",
-        roles: ALL,
-    },
-    RouteSpec {
-        method: Method::GET,
-        path: "/v1/admin/bundles",
-        roles: ALL,
-    },
-    RouteSpec {
-        method: Method::POST,
-        path: "/v1/admin/customers",
-        roles: ADMIN_BILLING,
-    },
-    RouteSpec {
-        method: Method::GET,
-        path: "/v1/admin/customers/{customer}",
-        roles: ALL,
-    },
-    RouteSpec {
-        method: Method::PUT,
-        path: "/v1/admin/customers/{customer}/plan",
-        roles: ADMIN_BILLING,
-    },
-    RouteSpec {
-        method: Method::POST,
-        path: "/v1/admin/customers/{customer}/api-keys",
-        roles: ADMIN_BILLING,
-    },
-    RouteSpec {
-        method: Method::POST,
-        path: "/v1/admin/customers/{customer}/api-keys/{key_id}/revoke",
-        roles: ADMIN_BILLING_SUPPORT,
-    },
-    RouteSpec {
-        method: Method::POST,
-        path: "/v1/admin/customers/{customer}/grants",
-        roles: GRANTERS,
-    },
-    RouteSpec {
-        method: Method::POST,
-        path: "/v1/admin/customers/{customer}/grants/{grant_id}/void",
-        roles: ADMIN_SUPPORT,
-    },
-    RouteSpec {
-        method: Method::POST,
-        path: "/v1/admin/customers/{customer}/purchases",
-        roles: ADMIN_BILLING,
-    },
-    RouteSpec {
-        method: Method::GET,
-        path: "/v1/admin/customers/{customer}/balance",
-        roles: ALL,
-    },
-    RouteSpec {
-        method: Method::GET,
-        path: "/v1/admin/customers/{customer}/ledger",
-        roles: ALL,
-    },
-    RouteSpec {
-        method: Method::PUT,
-        path: "/v1/admin/customers/{customer}/alerts",
-        roles: ADMIN_BILLING_SUPPORT,
-    },
-    RouteSpec {
-        method: Method::GET,
-        path: "/v1/admin/webhook-deliveries",
-        roles: ALL,
-    },
-    RouteSpec {
-        method: Method::GET,
-        path: "/v1/admin/grant-approvals",
-        roles: ALL,
-    },
-    RouteSpec {
-        method: Method::POST,
-        path: "/v1/admin/grant-approvals/{request_id}/approve",
-        roles: ADMIN,
-    },
-    RouteSpec {
-        method: Method::GET,
-        path: "/v1/control",
-        roles: CONTROL_READERS,
-    },
-    RouteSpec {
-        method: Method::POST,
-        path: "/v1/control/mode",
-        roles: ADMIN,
-    },
-    RouteSpec {
-        method: Method::POST,
-        path: "/v1/control/rollout",
-        roles: ADMIN,
-    },
-    RouteSpec {
-        method: Method::GET,
-        path: "/v1/control/audit",
-        roles: CONTROL_READERS,
-    },
-    RouteSpec {
-        method: Method::GET,
-        path: "/v1/fleet/gateways",
-        roles: CONTROL_READERS,
-    },
-    RouteSpec {
-        method: Method::POST,
-        path: "/v1/usage-events",
-        roles: ADMIN_BILLING,
-    },
+/// Declares a [`Route`]: `route!(METHOD "path", roles, handler)`, with an optional body
+/// limit in bytes after the handler (default [`ADMIN_BODY_MAX_BYTES`]). The method is
+/// written once: it picks both [`Route::method`] and the axum method router.
+macro_rules! route {
+    ($method:ident $path:literal, $roles:expr, $handler:path) => {
+        route!($method $path, $roles, $handler, ADMIN_BODY_MAX_BYTES)
+    };
+    (GET $path:literal, $roles:expr, $handler:path, $body:expr) => {
+        Route { method: Method::GET, path: $path, roles: $roles, body_max_bytes: $body,
+                handler: || get($handler) }
+    };
+    (POST $path:literal, $roles:expr, $handler:path, $body:expr) => {
+        Route { method: Method::POST, path: $path, roles: $roles, body_max_bytes: $body,
+                handler: || post($handler) }
+    };
+    (PUT $path:literal, $roles:expr, $handler:path, $body:expr) => {
+        Route { method: Method::PUT, path: $path, roles: $roles, body_max_bytes: $body,
+                handler: || put($handler) }
+    };
+}
+
+/// Every admin route: method, path, who may call it, and its handler.
+#[rustfmt::skip]
+pub const ROUTES: &[Route] = &[
+    route!(GET  "/v1/admin/whoami", ALL, h::whoami),
+    route!(GET  "/v1/admin/bundles", ALL, h::bundles),
+    route!(POST "/v1/admin/customers", ADMIN_BILLING, h::create_customer),
+    route!(GET  "/v1/admin/customers/{customer}", ALL, h::get_customer),
+    route!(PUT  "/v1/admin/customers/{customer}/plan", ADMIN_BILLING, h::set_plan),
+    route!(POST "/v1/admin/customers/{customer}/api-keys", ADMIN_BILLING, h::create_api_key),
+    route!(POST "/v1/admin/customers/{customer}/api-keys/{key_id}/revoke", ADMIN_BILLING_SUPPORT,
+           h::revoke_api_key),
+    route!(POST "/v1/admin/customers/{customer}/grants", GRANTERS, h::create_grant),
+    route!(POST "/v1/admin/customers/{customer}/grants/{grant_id}/void", ADMIN_SUPPORT,
+           h::void_grant),
+    route!(POST "/v1/admin/customers/{customer}/purchases", ADMIN_BILLING, h::purchase),
+    route!(GET  "/v1/admin/customers/{customer}/balance", ALL, h::balance),
+    route!(GET  "/v1/admin/customers/{customer}/ledger", ALL, h::ledger),
+    route!(PUT  "/v1/admin/customers/{customer}/alerts", ADMIN_BILLING_SUPPORT, h::set_alerts),
+    route!(GET  "/v1/admin/webhook-deliveries", ALL, h::deliveries),
+    route!(GET  "/v1/admin/grant-approvals", ALL, h::approvals),
+    route!(POST "/v1/admin/grant-approvals/{request_id}/approve", ADMIN, h::approve),
+    route!(GET  "/v1/control", CONTROL_READERS, h::control_show),
+    route!(POST "/v1/control/mode", ADMIN, h::control_mode),
+    route!(POST "/v1/control/rollout", ADMIN, h::control_rollout),
+    route!(GET  "/v1/control/audit", CONTROL_READERS, h::control_audit),
+    route!(GET  "/v1/fleet/gateways", CONTROL_READERS, h::fleet_gateways),
+    // A batch of events is bigger than an admin call.
+    route!(POST "/v1/usage-events", ADMIN_BILLING, h::usage_events, USAGE_EVENTS_BODY_MAX_BYTES),
 ];
 
-/// The roles of a route in [`ROUTES`].
-fn roles_of(method: Method, path: &str) -> &'static [Role] {
-    ROUTES
-        .iter()
-        .find(|r| r.method == method && r.path == path)
-        .map(|r| r.roles)
-        .unwrap_or(ADMIN)
-}
-
-fn json_response(reply: Reply) -> Response {
-    (
-        reply.0,
-        [(header::CONTENT_TYPE, "application/json")],
-        reply.1,
-    )
-        .into_response()
-}
-
-/// Checks the role, then runs `op` once per `Idempotency-Key`.
-async fn mutate<F, Fut>(
-    st: &AdminState,
-    caller: &Caller,
-    method: Method,
-    route: &'static str,
-    (uri, headers, body): (&Uri, &HeaderMap, &Bytes),
-    op: F,
-) -> Response
-where
-    F: FnOnce(String) -> Fut,
-    Fut: std::future::Future<Output = Reply>,
-{
-    if let Err(e) = caller.require(roles_of(method.clone(), route)) {
-        return e.into_response();
-    }
-    let reply = idempotency::once(
-        &st.db,
-        &caller.name,
-        headers,
-        &[method.as_str().as_bytes(), uri.path().as_bytes(), body],
-        now_ms(),
-        op,
-    )
-    .await;
-    json_response(reply)
-}
-
-fn read(caller: &Caller, route: &'static str, reply: impl FnOnce() -> Reply) -> Response {
-    match caller.require(roles_of(Method::GET, route)) {
-        Ok(()) => json_response(reply()),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn whoami(caller: Caller) -> Response {
-    read(&caller, "/v1/admin/whoami", || {
-        idempotency::reply(
-            StatusCode::OK,
-            &serde_json::json!({"name": caller.name, "role": caller.role.as_str()}),
-        )
-    })
-}
-
-async fn bundles(State(st): St, caller: Caller) -> Response {
-    read(&caller, "/v1/admin/bundles", || reads::bundles(&st))
-}
-
-async fn create_customer(
-    State(st): St,
-    caller: Caller,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    mutate(
-        &st,
-        &caller,
-        Method::POST,
-        "/v1/admin/customers",
-        (&uri, &headers, &body),
-        |_| customers::create(&st, &caller, &body),
-    )
-    .await
-}
-
-async fn get_customer(State(st): St, caller: Caller, Path(customer): Path<String>) -> Response {
-    if let Err(e) = caller.require(roles_of(Method::GET, "/v1/admin/customers/{customer}")) {
-        return e.into_response();
-    }
-    json_response(customers::get(&st, &customer).await)
-}
-
-async fn set_plan(
-    State(st): St,
-    caller: Caller,
-    Path(customer): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    mutate(
-        &st,
-        &caller,
-        Method::PUT,
-        "/v1/admin/customers/{customer}/plan",
-        (&uri, &headers, &body),
-        |_| customers::set_plan(&st, &caller, &customer, &body),
-    )
-    .await
-}
-
-async fn create_api_key(
-    State(st): St,
-    caller: Caller,
-    Path(customer): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    mutate(
-        &st,
-        &caller,
-        Method::POST,
-        "/v1/admin/customers/{customer}/api-keys",
-        (&uri, &headers, &body),
-        |_| customers::create_api_key(&st, &caller, &customer, &body),
-    )
-    .await
-}
-
-async fn revoke_api_key(
-    State(st): St,
-    caller: Caller,
-    Path((customer, key_id)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    mutate(
-        &st,
-        &caller,
-        Method::POST,
-        "/v1/admin/customers/{customer}/api-keys/{key_id}/revoke",
-        (&uri, &headers, &body),
-        |_| customers::revoke_api_key(&st, &caller, &customer, &key_id, &body),
-    )
-    .await
-}
-
-async fn create_grant(
-    State(st): St,
-    caller: Caller,
-    Path(customer): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let answer = mutate(
-        &st,
-        &caller,
-        Method::POST,
-        "/v1/admin/customers/{customer}/grants",
-        (&uri, &headers, &body),
-        {
-            let (st, caller, customer, body) = (&*st, &caller, &customer, &body);
-            move |call_id: String| async move {
-                grants::grant(st, caller, customer, body, &call_id).await
-            }
-        },
-    )
-    .await;
-    grants::refresh_pending_gauge(&st).await;
-    answer
-}
-
-async fn void_grant(
-    State(st): St,
-    caller: Caller,
-    Path((customer, grant_id)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    mutate(
-        &st,
-        &caller,
-        Method::POST,
-        "/v1/admin/customers/{customer}/grants/{grant_id}/void",
-        (&uri, &headers, &body),
-        |_| grants::void(&st, &caller, &customer, &grant_id, &body),
-    )
-    .await
-}
-
-async fn purchase(
-    State(st): St,
-    caller: Caller,
-    Path(customer): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    mutate(
-        &st,
-        &caller,
-        Method::POST,
-        "/v1/admin/customers/{customer}/purchases",
-        (&uri, &headers, &body),
-        {
-            let (st, caller, customer, body) = (&*st, &caller, &customer, &body);
-            move |call_id: String| async move {
-                grants::purchase(st, caller, customer, body, &call_id).await
-            }
-        },
-    )
-    .await
-}
-
-async fn balance(State(st): St, caller: Caller, Path(customer): Path<String>) -> Response {
-    if let Err(e) = caller.require(roles_of(
-        Method::GET,
-        "/v1/admin/customers/{customer}/balance",
-    )) {
-        return e.into_response();
-    }
-    json_response(reads::balance(&st, &customer).await)
-}
-
-async fn ledger(
-    State(st): St,
-    caller: Caller,
-    Path(customer): Path<String>,
-    Query(q): Query<Vec<(String, String)>>,
-) -> Response {
-    if let Err(e) = caller.require(roles_of(
-        Method::GET,
-        "/v1/admin/customers/{customer}/ledger",
-    )) {
-        return e.into_response();
-    }
-    json_response(reads::ledger(&st, &customer, &q).await)
-}
-
-async fn approvals(
-    State(st): St,
-    caller: Caller,
-    Query(q): Query<Vec<(String, String)>>,
-) -> Response {
-    if let Err(e) = caller.require(roles_of(Method::GET, "/v1/admin/grant-approvals")) {
-        return e.into_response();
-    }
-    json_response(grants::list_approvals(&st, &q).await)
-}
-
-async fn approve(
-    State(st): St,
-    caller: Caller,
-    Path(request_id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let answer = mutate(
-        &st,
-        &caller,
-        Method::POST,
-        "/v1/admin/grant-approvals/{request_id}/approve",
-        (&uri, &headers, &body),
-        |_| grants::approve(&st, &caller, &request_id),
-    )
-    .await;
-    grants::refresh_pending_gauge(&st).await;
-    answer
-}
-
-async fn set_alerts(
-    State(st): St,
-    caller: Caller,
-    Path(customer): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    mutate(
-        &st,
-        &caller,
-        Method::PUT,
-        "/v1/admin/customers/{customer}/alerts",
-        (&uri, &headers, &body),
-        |_| alerts::set(&st, &caller, &customer, &body),
-    )
-    .await
-}
-
-async fn deliveries(
-    State(st): St,
-    caller: Caller,
-    Query(q): Query<Vec<(String, String)>>,
-) -> Response {
-    if let Err(e) = caller.require(roles_of(Method::GET, "/v1/admin/webhook-deliveries")) {
-        return e.into_response();
-    }
-    json_response(alerts::deliveries(&st, &q).await)
-}
-
-/// A 403 unless `caller` may call `method route`; else `handler`'s answer.
-async fn gated<Fut>(caller: &Caller, method: Method, route: &'static str, handler: Fut) -> Response
-where
-    Fut: std::future::Future<Output = Response>,
-{
-    match caller.require(roles_of(method, route)) {
-        Ok(()) => handler.await,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn control_show(State(st): St, caller: Caller) -> Response {
-    gated(
-        &caller,
-        Method::GET,
-        "/v1/control",
-        crate::api::control::show(&st.sidecar),
-    )
-    .await
-}
-
-async fn control_mode(State(st): St, caller: Caller, body: Bytes) -> Response {
-    gated(
-        &caller,
-        Method::POST,
-        "/v1/control/mode",
-        crate::api::control::set_mode(&st.sidecar, &caller.name, &body),
-    )
-    .await
-}
-
-async fn control_rollout(State(st): St, caller: Caller, body: Bytes) -> Response {
-    gated(
-        &caller,
-        Method::POST,
-        "/v1/control/rollout",
-        crate::api::control::set_rollout(&st.sidecar, &caller.name, &body),
-    )
-    .await
-}
-
-async fn control_audit(
-    State(st): St,
-    caller: Caller,
-    Query(q): Query<crate::api::control::LimitQuery>,
-) -> Response {
-    gated(
-        &caller,
-        Method::GET,
-        "/v1/control/audit",
-        crate::api::control::audit(&st.sidecar, q),
-    )
-    .await
-}
-
-async fn fleet_gateways(State(st): St, caller: Caller) -> Response {
-    gated(
-        &caller,
-        Method::GET,
-        "/v1/fleet/gateways",
-        crate::api::control::gateways(&st.sidecar),
-    )
-    .await
-}
-
-async fn usage_events(State(st): St, caller: Caller, body: Bytes) -> Response {
-    gated(
-        &caller,
-        Method::POST,
-        "/v1/usage-events",
-        crate::api::usage_events::routes::ingest(&st.sidecar, &body),
-    )
-    .await
-}
-
-/// The handler of each route of [`ROUTES`], by path.
-fn handlers() -> Vec<(&'static str, MethodRouter<Arc<AdminState>>)> {
-    vec![
-        ("/v1/admin/whoami", get(whoami)),
-        ("/v1/admin/bundles", get(bundles)),
-        ("/v1/admin/customers", post(create_customer)),
-        ("/v1/admin/customers/{customer}", get(get_customer)),
-        ("/v1/admin/customers/{customer}/plan", put(set_plan)),
-        (
-            "/v1/admin/customers/{customer}/api-keys",
-            post(create_api_key),
-        ),
-        (
-            "/v1/admin/customers/{customer}/api-keys/{key_id}/revoke",
-            post(revoke_api_key),
-        ),
-        ("/v1/admin/customers/{customer}/grants", post(create_grant)),
-        (
-            "/v1/admin/customers/{customer}/grants/{grant_id}/void",
-            post(void_grant),
-        ),
-        ("/v1/admin/customers/{customer}/purchases", post(purchase)),
-        ("/v1/admin/customers/{customer}/balance", get(balance)),
-        ("/v1/admin/customers/{customer}/ledger", get(ledger)),
-        ("/v1/admin/customers/{customer}/alerts", put(set_alerts)),
-        ("/v1/admin/webhook-deliveries", get(deliveries)),
-        ("/v1/admin/grant-approvals", get(approvals)),
-        (
-            "/v1/admin/grant-approvals/{request_id}/approve",
-            post(approve),
-        ),
-        ("/v1/control", get(control_show)),
-        ("/v1/control/mode", post(control_mode)),
-        ("/v1/control/rollout", post(control_rollout)),
-        ("/v1/control/audit", get(control_audit)),
-        ("/v1/fleet/gateways", get(fleet_gateways)),
-        (
-            "/v1/usage-events",
-            // A batch of events is bigger than an admin call.
-            post(usage_events).layer(axum::extract::DefaultBodyLimit::max(
-                crate::api::usage_events::MAX_REQUEST_BYTES,
-            )),
-        ),
-    ]
-}
-
-/// The admin router.
+/// The admin router: every route of [`ROUTES`] behind its roles and body limit, and the
+/// call counter around them all.
 pub fn router(state: Arc<AdminState>) -> Router {
     let mut router = Router::new();
-    for (path, handler) in handlers() {
-        router = router.route(path, handler);
+    for route in ROUTES {
+        let handler = require_roles((route.handler)(), state.auth.clone(), route.roles)
+            .layer(DefaultBodyLimit::max(route.body_max_bytes));
+        router = router.route(route.path, handler);
     }
     router
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_calls,
         ))
-        .layer(axum::extract::DefaultBodyLimit::max(ADMIN_BODY_MAX_BYTES))
         .with_state(state)
 }
 
 /// Counts every answered call by route template, method and status class, and the
 /// authentication failures (401: missing, unknown or revoked token; 429: locked out).
 async fn count_calls(
-    State(st): St,
+    State(st): State<Arc<AdminState>>,
     matched: Option<axum::extract::MatchedPath>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
@@ -684,12 +200,20 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
-    fn every_route_has_a_handler_and_every_handler_a_route() {
-        let specs: Vec<&str> = ROUTES.iter().map(|r| r.path).collect();
-        let handled: Vec<&str> = handlers().iter().map(|(p, _)| *p).collect();
-        assert_eq!(specs, handled);
+    fn every_route_is_declared_once() {
+        let mut seen = BTreeSet::new();
+        for route in ROUTES {
+            assert!(
+                seen.insert((route.method.as_str(), route.path)),
+                "{} {} is declared twice",
+                route.method,
+                route.path
+            );
+        }
     }
 }
