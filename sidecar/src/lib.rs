@@ -1,16 +1,29 @@
 //! The creditgate sidecar: the durable ledger, the sweeper, the reconciler, the config
 //! publisher and the admin API, next to the gateway.
 //!
-//! `run` is the long-running sidecar ([`daemon`], [`writer`], [`outbox`], [`reconcile`],
-//! [`http`]) over the durable [`ledger`]; `grant`, `ledger verify|balance` and `reconcile`
-//! are one-shot commands for ops ([`commands`]); `inspect` reads the credit store
-//! ([`inspect`], rendered by [`render`]); `mode` reads and changes the fleet's modes
-//! ([`mode_commands`]); the config publisher ([`config_publisher`]) runs inside `run`. With
-//! `--admin-listen`, `run` also serves the [`admin`] API (credit operations, configured by
-//! the [`operations`] file, the fleet control routes of [`control_api`] and the
-//! [`usage_events`] route, all behind bearer tokens); `admin token`
-//! manages its bearer tokens. The binary in `main.rs` only parses the command line and
-//! calls [`run`].
+//! The crate is layered; each layer imports only from the layers below it, and no two
+//! files import each other in a cycle:
+//!
+//! - [`cli`] (top): the command line. [`cli::args`] and [`cli::admin_args`] parse it;
+//!   [`cli::commands`] runs `run`, `grant`, `ledger verify|balance` and `reconcile`;
+//!   [`cli::admin_commands`] manages admin tokens and calls the admin API from a terminal;
+//!   [`cli::mode_commands`] reads and changes the fleet's modes; [`cli::inspect`] reads
+//!   the credit store, rendered by [`cli::render`]; [`cli::stores`] opens what a command
+//!   names. [`run`] below dispatches a parsed command line; `main.rs` only parses it.
+//! - [`api`]: the HTTP surfaces of `run`. [`api::read_listener`] serves metrics, health
+//!   and read-only ledger queries; with `--admin-listen`, [`api::admin`] serves credit
+//!   operations (configured by the [`operations`] file), the fleet control routes of
+//!   [`api::control`] and the [`api::usage_events`] route, all behind bearer tokens.
+//! - [`jobs`]: the background work of `run`. [`jobs::daemon`] drives the ledger
+//!   [`jobs::writer`], the sweeper, the grant [`jobs::outbox`], the generation check and
+//!   the reconciler ([`jobs::reconcile`]); [`jobs::config_publisher`] publishes pricing
+//!   configs and keeps the [`jobs::fleet_metrics`]; [`jobs::audit_mirror`] copies the
+//!   control audit log into the ledger.
+//! - Shared by the jobs and the APIs: [`metrics`] (every metric of the sidecar; it names
+//!   the usage events' reject reasons as labels), [`pricing_history`] (the published
+//!   pricing versions a usage event is priced by), [`settings`] (where the ledger is) and
+//!   [`operations`] (the admin API's operations file).
+//! - [`ledger`] (bottom): the durable ledger, on SQLite or Postgres.
 
 pub mod api;
 pub mod cli;
