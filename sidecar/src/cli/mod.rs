@@ -1,9 +1,9 @@
-//! The top layer: the command line. Parses arguments ([`args`]), runs each command
-//! ([`commands`], [`admin_commands`], [`mode_commands`], [`inspect`]) and renders what ops
-//! read ([`render`]).
+//! The top layer: the command line. Parses arguments ([`args`], [`admin_args`]), runs each
+//! command ([`commands`], [`admin_commands`], [`mode_commands`], [`inspect`]) over the
+//! stores it names ([`stores`]) and renders what ops read ([`render`]).
 //!
 //! Nothing below this layer imports from it: the jobs, the APIs and the ledger take their
-//! settings as plain values, never as clap types.
+//! settings as plain values or from [`crate::settings`], never from here.
 
 pub mod admin_args;
 pub mod admin_commands;
