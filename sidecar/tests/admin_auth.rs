@@ -5,9 +5,9 @@
 use axum::Router;
 use axum::routing::get;
 use creditgate_sidecar::api::admin::auth::{AuthState, Caller, Role, create_token, require_role};
-use creditgate_sidecar::api::admin::db::AdminDb;
-use creditgate_sidecar::settings::LedgerArgs;
+use creditgate_sidecar::ledger::AdminDb;
 use creditgate_sidecar::ledger::{LedgerAdmin, SqliteLedger};
+use creditgate_sidecar::settings::LedgerArgs;
 
 #[tokio::test]
 async fn require_role_guards_other_modules_routes() {

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use creditgate_protocol::{Keyspace, RedisStore, RedisTarget};
 
-use crate::api::admin::db::AdminDb;
 use crate::cli::args::RedisArgs;
 use crate::cli::inspect::redact_url;
-use crate::ledger::{Ledger, PostgresLedger, SqliteLedger};
+use crate::ledger::{AdminDb, Ledger, PostgresLedger, SqliteLedger};
 use crate::settings::{DEFAULT_SQLITE_PATH, LedgerArgs};
 
 /// Opens the ledger the arguments name and runs its migrations.

@@ -1,16 +1,23 @@
 //! The admin API's own tables in the ledger database (migration 0004): tokens, customers
-//! and API keys, grant details, approvals, voids and idempotency records.
+//! and API keys, grant details, approvals, voids, idempotency records, alerts and webhook
+//! deliveries, reached through the ledger's one database layer.
 //!
-//! One handle over either backend; each statement is written once with `$n` parameters,
-//! which both SQLite and Postgres accept. It opens its own small pool on the ledger's
-//! database, after the ledger ran the migrations. It never touches ledger entries.
+//! Each statement is written once with `$n` placeholders, its values bound as the ledger's
+//! [`Bind`] and its rows read back as [`AdminRow`]s, by one function generic over the
+//! backend. It opens its own small pool on the ledger's database, after the ledger ran the
+//! migrations. It never touches ledger entries, and holds no admin logic (the admin API
+//! does).
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{Column, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row};
+use sqlx::{Transaction, Type};
 
+use super::common::RowsAffected;
+use super::sql::{Bind, bind_all};
 use crate::settings::{DEFAULT_SQLITE_PATH, LedgerArgs};
 
 /// Connections of the admin pool: admin calls are few; two keep a slow call from
@@ -29,38 +36,154 @@ pub enum AdminDb {
     Postgres(PgPool),
 }
 
-/// Runs one statement on either backend and returns the rows it changed.
-macro_rules! exec {
-    ($db:expr, $sql:expr $(, $arg:expr)* $(,)?) => {
-        match $db {
-            $crate::api::admin::db::AdminDb::Sqlite(p) => sqlx::query($sql)$(.bind($arg))*
-                .execute(p).await.map(|r| r.rows_affected()),
-            $crate::api::admin::db::AdminDb::Postgres(p) => sqlx::query($sql)$(.bind($arg))*
-                .execute(p).await.map(|r| r.rows_affected()),
-        }
-    };
+/// One value of a row read from the admin tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cell {
+    /// Null, of any column type.
+    Null,
+    /// A `BIGINT` (or `INTEGER`) value.
+    Int(i64),
+    /// A `TEXT` value.
+    Text(String),
 }
 
-/// Runs one query on either backend and maps each row with `$map` (an expression using
-/// `$row` that returns `Result<T, sqlx::Error>`).
-macro_rules! fetch {
-    ($db:expr, $sql:expr, [$($arg:expr),* $(,)?], |$row:ident| $map:expr) => {
-        match $db {
-            $crate::api::admin::db::AdminDb::Sqlite(p) => sqlx::query($sql)$(.bind($arg))*
-                .fetch_all(p).await.and_then(|rows| rows.iter().map(|$row| {
-                    use sqlx::Row as _;
-                    $map
-                }).collect::<Result<Vec<_>, sqlx::Error>>()),
-            $crate::api::admin::db::AdminDb::Postgres(p) => sqlx::query($sql)$(.bind($arg))*
-                .fetch_all(p).await.and_then(|rows| rows.iter().map(|$row| {
-                    use sqlx::Row as _;
-                    $map
-                }).collect::<Result<Vec<_>, sqlx::Error>>()),
-        }
-    };
+/// One row read from the admin tables, the same whichever backend read it: its columns by
+/// name, each `BIGINT`, `TEXT` or null.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdminRow {
+    columns: Vec<(String, Cell)>,
 }
 
-pub(crate) use {exec, fetch};
+/// A Rust value an [`AdminRow`] column decodes to.
+pub trait FromCell: Sized {
+    /// The value, or why the cell is not one.
+    fn from_cell(cell: &Cell) -> Result<Self, String>;
+}
+
+impl FromCell for i64 {
+    fn from_cell(cell: &Cell) -> Result<Self, String> {
+        match cell {
+            Cell::Int(v) => Ok(*v),
+            other => Err(format!("expected BIGINT, found {other:?}")),
+        }
+    }
+}
+
+impl FromCell for String {
+    fn from_cell(cell: &Cell) -> Result<Self, String> {
+        match cell {
+            Cell::Text(v) => Ok(v.clone()),
+            other => Err(format!("expected TEXT, found {other:?}")),
+        }
+    }
+}
+
+impl<T: FromCell> FromCell for Option<T> {
+    fn from_cell(cell: &Cell) -> Result<Self, String> {
+        match cell {
+            Cell::Null => Ok(None),
+            other => T::from_cell(other).map(Some),
+        }
+    }
+}
+
+impl AdminRow {
+    /// The value of `column`, like `sqlx::Row::try_get`: `i64`, `String` or their
+    /// `Option`s (null). The second type parameter only keeps sqlx's call shape.
+    pub fn try_get<T: FromCell, I: AsRef<str>>(&self, column: I) -> Result<T, sqlx::Error> {
+        let name = column.as_ref();
+        let index = self
+            .columns
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| sqlx::Error::ColumnNotFound(name.to_string()))?;
+        T::from_cell(&self.columns[index].1).map_err(|e| sqlx::Error::ColumnDecode {
+            index: name.to_string(),
+            source: e.into(),
+        })
+    }
+
+    /// Reads every column of a backend's row: `BIGINT` (or `INTEGER`) first, else `TEXT`.
+    fn read<'r, R>(row: &'r R) -> Result<Self, sqlx::Error>
+    where
+        R: Row,
+        usize: ColumnIndex<R>,
+        Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+        Option<i32>: Decode<'r, R::Database> + Type<R::Database>,
+        Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    {
+        let mut columns = Vec::with_capacity(row.columns().len());
+        for (i, column) in row.columns().iter().enumerate() {
+            let cell = if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
+                v.map_or(Cell::Null, Cell::Int)
+            } else if let Ok(v) = row.try_get::<Option<i32>, _>(i) {
+                v.map_or(Cell::Null, |v| Cell::Int(i64::from(v)))
+            } else {
+                row.try_get::<Option<String>, _>(i)?
+                    .map_or(Cell::Null, Cell::Text)
+            };
+            columns.push((column.name().to_string(), cell));
+        }
+        Ok(Self { columns })
+    }
+}
+
+/// Runs one statement on `pool`; the number of rows it changed.
+async fn execute_on<DB>(pool: &Pool<DB>, sql: &str, binds: &[Bind]) -> Result<u64, sqlx::Error>
+where
+    DB: Database,
+    DB::QueryResult: RowsAffected,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+{
+    let done = bind_all(sqlx::query(sql), binds).execute(pool).await?;
+    Ok(done.rows_affected())
+}
+
+/// Runs one query on `pool`; its rows.
+async fn fetch_on<DB>(
+    pool: &Pool<DB>,
+    sql: &str,
+    binds: &[Bind],
+) -> Result<Vec<AdminRow>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Decode<'q, DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Decode<'q, DB>,
+    for<'q> Option<i32>: Decode<'q, DB>,
+    i32: Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let rows = bind_all(sqlx::query(sql), binds).fetch_all(pool).await?;
+    rows.iter().map(AdminRow::read).collect()
+}
+
+/// A transaction holding a Postgres advisory lock until it ends; nothing on SQLite, where
+/// one sidecar owns the ledger file and its in-process locks suffice.
+pub enum AdvisoryLock {
+    /// The transaction holding the lock.
+    Postgres(Transaction<'static, Postgres>),
+    /// No database lock (SQLite).
+    Local,
+}
+
+impl AdvisoryLock {
+    /// Releases the lock (the transaction wrote nothing; committing it only ends it).
+    pub async fn release(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(tx) => tx.commit().await,
+            Self::Local => Ok(()),
+        }
+    }
+}
 
 impl AdminDb {
     /// Opens a pool on the ledger database the arguments name.
@@ -86,5 +209,76 @@ impl AdminDb {
                 Ok(Self::Sqlite(pool))
             }
         }
+    }
+
+    /// Runs one statement (`$n` placeholders bound to `binds` in order); the number of
+    /// rows it changed.
+    pub async fn execute(&self, sql: &str, binds: &[Bind]) -> Result<u64, sqlx::Error> {
+        match self {
+            Self::Sqlite(pool) => execute_on(pool, sql, binds).await,
+            Self::Postgres(pool) => execute_on(pool, sql, binds).await,
+        }
+    }
+
+    /// Runs one query (`$n` placeholders bound to `binds` in order) and maps each row.
+    pub async fn fetch<T>(
+        &self,
+        sql: &str,
+        binds: &[Bind],
+        map: impl Fn(&AdminRow) -> Result<T, sqlx::Error>,
+    ) -> Result<Vec<T>, sqlx::Error> {
+        let rows = match self {
+            Self::Sqlite(pool) => fetch_on(pool, sql, binds).await?,
+            Self::Postgres(pool) => fetch_on(pool, sql, binds).await?,
+        };
+        rows.iter().map(map).collect()
+    }
+
+    /// Waits for the advisory lock named `key` (Postgres: a transaction-level lock, so
+    /// sidecars sharing the database take turns; SQLite: none).
+    pub async fn advisory_lock(&self, key: &str) -> Result<AdvisoryLock, sqlx::Error> {
+        match self {
+            Self::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(AdvisoryLock::Postgres(tx))
+            }
+            Self::Sqlite(_) => Ok(AdvisoryLock::Local),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_reads_like_sqlx() {
+        let row = AdminRow {
+            columns: vec![
+                ("n".into(), Cell::Int(3)),
+                ("name".into(), Cell::Text("ops".into())),
+                ("revoked_at_ms".into(), Cell::Null),
+            ],
+        };
+        assert_eq!(row.try_get::<i64, _>("n").unwrap(), 3);
+        assert_eq!(row.try_get::<String, _>("name").unwrap(), "ops");
+        assert_eq!(
+            row.try_get::<Option<i64>, _>("revoked_at_ms").unwrap(),
+            None
+        );
+        assert_eq!(
+            row.try_get::<Option<String>, _>("name").unwrap().as_deref(),
+            Some("ops")
+        );
+        assert!(row.try_get::<i64, _>("name").is_err());
+        assert!(row.try_get::<i64, _>("revoked_at_ms").is_err());
+        assert!(matches!(
+            row.try_get::<i64, _>("missing"),
+            Err(sqlx::Error::ColumnNotFound(_))
+        ));
     }
 }

@@ -23,7 +23,7 @@ use super::chain::ChainHead;
 use super::entry::{GENESIS_HASH, LedgerEntry, NewEntry, entry_hash};
 use super::grants::{GrantRecord, OutboxState, RecordGrantOutcome};
 use super::migrations::Migration;
-use super::sql::{self, Bind, Dialect, Heads, bind_entry, bind_grant};
+use super::sql::{self, Dialect, Heads, bind_entry, bind_grant};
 use super::{AppendOutcome, EntryQuery, LedgerError, LedgerResult, now_ms};
 
 /// The number of rows a statement changed. sqlx has it only as an inherent method of each
@@ -377,6 +377,7 @@ where
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
     &'static str: ColumnIndex<DB::Row>,
     usize: ColumnIndex<DB::Row>,
 {
@@ -680,14 +681,9 @@ where
 
     pub(crate) async fn entries(&self, query: &EntryQuery) -> LedgerResult<Vec<LedgerEntry>> {
         let (text, binds) = sql::select_entries(self.dialect, query);
-        let mut q = sqlx::query(&text);
-        for b in binds {
-            q = match b {
-                Bind::Text(s) => q.bind(s),
-                Bind::Int(i) => q.bind(i),
-            };
-        }
-        let rows = q.fetch_all(self.readers).await?;
+        let rows = sql::bind_all(sqlx::query(&text), &binds)
+            .fetch_all(self.readers)
+            .await?;
         rows.iter().map(sql::entry_from_row).collect()
     }
 

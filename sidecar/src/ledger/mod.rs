@@ -2,13 +2,19 @@
 //! ledger-first grant registry with its delivery outbox, and the queries finance, support
 //! and the reconciler read.
 //!
+//! It is the sidecar's one database layer: the admin API's own tables go through it too
+//! ([`AdminDb`], in `admin.rs`), with the same `$n` placeholders, [`Bind`] values and
+//! transactions.
+//!
 //! One trait per role (see `roles.rs`), and [`Ledger`], which is all of them, with two
 //! backends: [`SqliteLedger`] (embedded, one sidecar) and [`PostgresLedger`] (production,
 //! several sidecars at once), whose shared logic and forwarding live in `common.rs`.
 //! Entries are only ever inserted: no code path here updates or deletes one, and the
-//! schema's triggers refuse it. This module stores and reads; it must not talk to Redis, read streams or decide
-//! when to retry a delivery (the writer, outbox and reconciler do). See `docs/ledger.md`.
+//! schema's triggers refuse it. This module stores and reads; it must not talk to Redis,
+//! read streams or decide when to retry a delivery (the writer, outbox and reconciler
+//! do). See `docs/ledger.md`.
 
+mod admin;
 mod chain;
 mod common;
 mod config_versions;
@@ -24,6 +30,7 @@ mod usage_events;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use admin::{ADMIN_POOL_CONNECTIONS, AdminDb, AdminRow, AdvisoryLock, Cell, FromCell};
 pub use chain::{BreakKind, BrokenLink, ChainHead, VerifyReport, verify_customer};
 pub use config_versions::ConfigVersionRecord;
 pub use entry::{
@@ -41,6 +48,7 @@ pub use roles::{
     Ledger, LedgerAdmin, LedgerControlAudit, LedgerEntries, LedgerGrants, LedgerPricingVersions,
     LedgerUsageEvents,
 };
+pub use sql::Bind;
 pub use sqlite::{DEFAULT_SQLITE_READERS, SqliteLedger};
 pub use usage_events::UsageEventRecord;
 

@@ -1,23 +1,98 @@
 //! SQL text and row decoding shared by the SQLite and Postgres backends.
 //!
-//! Both backends take `$N` placeholders and the same column names; the only difference is
-//! how JSON columns are written (`$N::jsonb`) and read (`col::text`) on Postgres. Nothing
+//! Both backends take `$N` placeholders, the same column names and the same column types
+//! (`TEXT` and `BIGINT`, bound at run time as [`Bind`]); the only difference is how JSON
+//! columns are written (`$N::jsonb`) and read (`col::text`) on Postgres. Nothing
 //! here runs a statement, and no statement here updates or deletes an entry.
 
 use std::collections::HashMap;
 
 use serde_json::Value;
-use sqlx::{ColumnIndex, Decode, Row, Type};
+use sqlx::query::Query;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Row, Type};
 
 use super::entry::{EntryKind, LedgerEntry, NewEntry};
 use super::grants::GrantRecord;
 use super::{AppendOutcome, EntryQuery, LedgerError, LedgerResult};
 
-/// A bound value of a dynamically built query.
-#[derive(Clone, Debug)]
-pub(crate) enum Bind {
+/// A value bound to a `$n` placeholder of a statement built at run time: the column types
+/// the ledger database uses (`TEXT`, `BIGINT`), each nullable. A null keeps its type,
+/// because Postgres needs one for every parameter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bind {
+    /// A `TEXT` value.
     Text(String),
+    /// A `BIGINT` value.
     Int(i64),
+    /// A `TEXT` null.
+    NullText,
+    /// A `BIGINT` null.
+    NullInt,
+}
+
+impl From<&str> for Bind {
+    fn from(v: &str) -> Self {
+        Bind::Text(v.to_string())
+    }
+}
+
+impl From<&String> for Bind {
+    fn from(v: &String) -> Self {
+        Bind::Text(v.clone())
+    }
+}
+
+impl From<String> for Bind {
+    fn from(v: String) -> Self {
+        Bind::Text(v)
+    }
+}
+
+impl From<i64> for Bind {
+    fn from(v: i64) -> Self {
+        Bind::Int(v)
+    }
+}
+
+impl From<Option<&str>> for Bind {
+    fn from(v: Option<&str>) -> Self {
+        v.map_or(Bind::NullText, Bind::from)
+    }
+}
+
+impl From<Option<String>> for Bind {
+    fn from(v: Option<String>) -> Self {
+        v.map_or(Bind::NullText, Bind::Text)
+    }
+}
+
+impl From<Option<i64>> for Bind {
+    fn from(v: Option<i64>) -> Self {
+        v.map_or(Bind::NullInt, Bind::Int)
+    }
+}
+
+/// Binds `binds` to `q`, in order.
+pub(crate) fn bind_all<'q, DB>(
+    mut q: Query<'q, DB, DB::Arguments<'q>>,
+    binds: &[Bind],
+) -> Query<'q, DB, DB::Arguments<'q>>
+where
+    DB: Database,
+    String: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+    Option<String>: Encode<'q, DB>,
+    Option<i64>: Encode<'q, DB>,
+{
+    for b in binds {
+        q = match b {
+            Bind::Text(s) => q.bind(s.clone()),
+            Bind::Int(i) => q.bind(*i),
+            Bind::NullText => q.bind(None::<String>),
+            Bind::NullInt => q.bind(None::<i64>),
+        };
+    }
+    q
 }
 
 /// Which dialect a statement is for.

@@ -22,7 +22,6 @@ use tracing::error;
 
 use super::auth::Caller;
 use super::customers::plan_of;
-use super::db::{exec, fetch};
 use super::error::ApiError;
 use super::fields::Body;
 use super::idempotency::{Reply, reply};
@@ -76,21 +75,23 @@ pub async fn set(st: &AdminState, caller: &Caller, customer: &str, body: &[u8]) 
         let now = now_ms();
         let to_i64 = |v: Option<u64>| v.map(|v| v as i64);
         let db = &st.db;
-        exec!(
-            db,
+        db.execute(
             "INSERT INTO customer_alerts (customer, credit_type, low_balance_threshold, recharge_threshold, \
              recharge_target, updated_by, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (customer, credit_type) DO UPDATE SET low_balance_threshold = excluded.low_balance_threshold, \
              recharge_threshold = excluded.recharge_threshold, recharge_target = excluded.recharge_target, \
              updated_by = excluded.updated_by, updated_at_ms = excluded.updated_at_ms",
-            customer,
-            credit_type.as_str(),
-            to_i64(low),
-            to_i64(threshold),
-            to_i64(target),
-            caller.name.as_str(),
-            now as i64,
+            &[
+                customer.into(),
+                credit_type.as_str().into(),
+                to_i64(low).into(),
+                to_i64(threshold).into(),
+                to_i64(target).into(),
+                caller.name.as_str().into(),
+                (now as i64).into(),
+            ],
         )
+        .await
         .map_err(|e| ApiError::unavailable("admin database", e))?;
         Ok(reply(
             StatusCode::OK,
@@ -128,21 +129,23 @@ type Snapshot = std::collections::HashMap<(String, String), (i64, i64)>;
 /// The customer's crossing rows, read before its balance, so the updates below act only if
 /// nothing changed them meanwhile (another sidecar's pass, a purchase re-arming).
 async fn snapshot(st: &AdminState, customer: &str) -> Result<Snapshot, sqlx::Error> {
-    let rows = fetch!(
-        &st.db,
-        "SELECT credit_type, kind, crossings, rearms FROM balance_crossings WHERE customer = $1",
-        [customer],
-        |row| Ok((
-            (
-                row.try_get::<String, _>("credit_type")?,
-                row.try_get::<String, _>("kind")?
-            ),
-            (
-                row.try_get::<i64, _>("crossings")?,
-                row.try_get::<i64, _>("rearms")?
-            )
-        ))
-    )?;
+    let rows = st
+        .db
+        .fetch(
+            "SELECT credit_type, kind, crossings, rearms FROM balance_crossings WHERE customer = $1",
+            &[customer.into()],
+            |row| Ok((
+                (
+                    row.try_get::<String, _>("credit_type")?,
+                    row.try_get::<String, _>("kind")?
+                ),
+                (
+                    row.try_get::<i64, _>("crossings")?,
+                    row.try_get::<i64, _>("rearms")?
+                )
+            )),
+        )
+        .await?;
     Ok(rows.into_iter().collect())
 }
 
@@ -158,42 +161,45 @@ async fn cross(
     below: bool,
 ) -> Result<Option<i64>, sqlx::Error> {
     let db = &st.db;
-    exec!(
-        db,
+    db.execute(
         "INSERT INTO balance_crossings (customer, credit_type, kind, below, crossings, rearms) \
          VALUES ($1, $2, $3, 0, 0, 0) ON CONFLICT DO NOTHING",
-        customer,
-        credit_type,
-        kind,
-    )?;
+        &[customer.into(), credit_type.into(), kind.into()],
+    )
+    .await?;
     let (crossings, rearms) = seen
         .get(&(credit_type.to_string(), kind.to_string()))
         .copied()
         .unwrap_or((0, 0));
     if !below {
-        exec!(
-            db,
+        db.execute(
             "UPDATE balance_crossings SET below = 0 WHERE customer = $1 AND credit_type = $2 \
              AND kind = $3 AND below = 1 AND crossings = $4 AND rearms = $5",
-            customer,
-            credit_type,
-            kind,
-            crossings,
-            rearms,
-        )?;
+            &[
+                customer.into(),
+                credit_type.into(),
+                kind.into(),
+                crossings.into(),
+                rearms.into(),
+            ],
+        )
+        .await?;
         return Ok(None);
     }
-    let changed = exec!(
-        db,
-        "UPDATE balance_crossings SET below = 1, crossings = crossings + 1 \
-         WHERE customer = $1 AND credit_type = $2 AND kind = $3 AND below = 0 \
-         AND crossings = $4 AND rearms = $5",
-        customer,
-        credit_type,
-        kind,
-        crossings,
-        rearms,
-    )?;
+    let changed = db
+        .execute(
+            "UPDATE balance_crossings SET below = 1, crossings = crossings + 1 \
+             WHERE customer = $1 AND credit_type = $2 AND kind = $3 AND below = 0 \
+             AND crossings = $4 AND rearms = $5",
+            &[
+                customer.into(),
+                credit_type.into(),
+                kind.into(),
+                crossings.into(),
+                rearms.into(),
+            ],
+        )
+        .await?;
     Ok((changed > 0).then_some(crossings + 1))
 }
 
@@ -203,26 +209,27 @@ type Thresholds = (String, String, Option<i64>, Option<i64>, Option<i64>);
 /// the events webhook is configured, every customer).
 pub async fn pass(st: &AdminState) -> Result<(), sqlx::Error> {
     let db = &st.db;
-    let settings: Vec<Thresholds> = fetch!(
-        db,
-        "SELECT customer, credit_type, low_balance_threshold, recharge_threshold, recharge_target \
-         FROM customer_alerts ORDER BY customer, credit_type LIMIT $1",
-        [WATCHED_CUSTOMERS_MAX],
-        |row| Ok((
-            row.try_get::<String, _>("customer")?,
-            row.try_get::<String, _>("credit_type")?,
-            row.try_get::<Option<i64>, _>("low_balance_threshold")?,
-            row.try_get::<Option<i64>, _>("recharge_threshold")?,
-            row.try_get::<Option<i64>, _>("recharge_target")?
-        ))
-    )?;
+    let settings: Vec<Thresholds> = db
+        .fetch(
+            "SELECT customer, credit_type, low_balance_threshold, recharge_threshold, recharge_target \
+             FROM customer_alerts ORDER BY customer, credit_type LIMIT $1",
+            &[WATCHED_CUSTOMERS_MAX.into()],
+            |row| Ok((
+                row.try_get::<String, _>("customer")?,
+                row.try_get::<String, _>("credit_type")?,
+                row.try_get::<Option<i64>, _>("low_balance_threshold")?,
+                row.try_get::<Option<i64>, _>("recharge_threshold")?,
+                row.try_get::<Option<i64>, _>("recharge_target")?
+            )),
+        )
+        .await?;
     let mut customers: Vec<String> = if st.ops.webhooks.is_some() {
-        fetch!(
-            db,
+        db.fetch(
             "SELECT customer FROM customers ORDER BY customer LIMIT $1",
-            [WATCHED_CUSTOMERS_MAX],
-            |row| row.try_get::<String, _>("customer")
-        )?
+            &[WATCHED_CUSTOMERS_MAX.into()],
+            |row| row.try_get::<String, _>("customer"),
+        )
+        .await?
     } else {
         Vec::new()
     };

@@ -17,8 +17,8 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::db::{AdminDb, exec, fetch};
 use super::error::ApiError;
+use crate::ledger::AdminDb;
 
 /// Failed token checks one address may make per window before it is refused (429).
 /// Far above what a misconfigured client makes, far below what guessing needs.
@@ -170,17 +170,21 @@ impl AuthState {
             return Err(unauthorized("send Authorization: Bearer <admin token>"));
         };
         let presented = Sha256::digest(token.trim().as_bytes());
-        let tokens = fetch!(
-            &self.db,
-            "SELECT name, role, token_hash FROM admin_tokens WHERE revoked_at_ms IS NULL",
-            [],
-            |row| Ok((
-                row.try_get::<String, _>("name")?,
-                row.try_get::<String, _>("role")?,
-                row.try_get::<String, _>("token_hash")?
-            ))
-        )
-        .map_err(|e| ApiError::unavailable("reading admin tokens", e))?;
+        let tokens = self
+            .db
+            .fetch(
+                "SELECT name, role, token_hash FROM admin_tokens WHERE revoked_at_ms IS NULL",
+                &[],
+                |row| {
+                    Ok((
+                        row.try_get::<String, _>("name")?,
+                        row.try_get::<String, _>("role")?,
+                        row.try_get::<String, _>("token_hash")?,
+                    ))
+                },
+            )
+            .await
+            .map_err(|e| ApiError::unavailable("reading admin tokens", e))?;
         let mut found: Option<Caller> = None;
         for (name, role, hash) in tokens {
             let stored = hex::decode(&hash).unwrap_or_default();
@@ -310,15 +314,18 @@ pub async fn create_token(
 ) -> anyhow::Result<String> {
     creditgate_protocol::keys::validate_id("token name", name).map_err(anyhow::Error::msg)?;
     let token = new_secret(TOKEN_PREFIX);
-    let inserted = exec!(
-        db,
-        "INSERT INTO admin_tokens (name, role, token_hash, created_at_ms) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT DO NOTHING",
-        name,
-        role.as_str(),
-        secret_hash(&token),
-        now_ms as i64,
-    )?;
+    let inserted = db
+        .execute(
+            "INSERT INTO admin_tokens (name, role, token_hash, created_at_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+            &[
+                name.into(),
+                role.as_str().into(),
+                secret_hash(&token).into(),
+                (now_ms as i64).into(),
+            ],
+        )
+        .await?;
     if inserted == 0 {
         anyhow::bail!("a token named {name:?} exists; revoke it or pick another name");
     }
@@ -327,26 +334,29 @@ pub async fn create_token(
 
 /// Revokes the token named `name`; false when there is no active one.
 pub async fn revoke_token(db: &AdminDb, name: &str, now_ms: u64) -> anyhow::Result<bool> {
-    let changed = exec!(
-        db,
-        "UPDATE admin_tokens SET revoked_at_ms = $1 WHERE name = $2 AND revoked_at_ms IS NULL",
-        now_ms as i64,
-        name,
-    )?;
+    let changed = db
+        .execute(
+            "UPDATE admin_tokens SET revoked_at_ms = $1 WHERE name = $2 AND revoked_at_ms IS NULL",
+            &[(now_ms as i64).into(), name.into()],
+        )
+        .await?;
     Ok(changed > 0)
 }
 
 /// Every token: name, role, created, revoked (ms since epoch).
 pub async fn list_tokens(db: &AdminDb) -> anyhow::Result<Vec<(String, String, i64, Option<i64>)>> {
-    Ok(fetch!(
-        db,
-        "SELECT name, role, created_at_ms, revoked_at_ms FROM admin_tokens ORDER BY name",
-        [],
-        |row| Ok((
-            row.try_get::<String, _>("name")?,
-            row.try_get::<String, _>("role")?,
-            row.try_get::<i64, _>("created_at_ms")?,
-            row.try_get::<Option<i64>, _>("revoked_at_ms")?
-        ))
-    )?)
+    Ok(db
+        .fetch(
+            "SELECT name, role, created_at_ms, revoked_at_ms FROM admin_tokens ORDER BY name",
+            &[],
+            |row| {
+                Ok((
+                    row.try_get::<String, _>("name")?,
+                    row.try_get::<String, _>("role")?,
+                    row.try_get::<i64, _>("created_at_ms")?,
+                    row.try_get::<Option<i64>, _>("revoked_at_ms")?,
+                ))
+            },
+        )
+        .await?)
 }

@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use serde_json::json;
 
 use super::auth::{Caller, new_secret, secret_hash};
-use super::db::{exec, fetch};
 use super::error::ApiError;
 use super::fields::Body;
 use super::idempotency::{Reply, reply};
@@ -23,13 +22,15 @@ fn unavailable(e: sqlx::Error) -> ApiError {
 
 /// The customer's plan, `Ok(None)` when it has none, or a 404 naming `customer`.
 pub async fn plan_of(st: &AdminState, customer: &str) -> Result<Option<String>, ApiError> {
-    let rows = fetch!(
-        &st.db,
-        "SELECT plan FROM customers WHERE customer = $1",
-        [customer],
-        |row| row.try_get::<Option<String>, _>("plan")
-    )
-    .map_err(unavailable)?;
+    let rows = st
+        .db
+        .fetch(
+            "SELECT plan FROM customers WHERE customer = $1",
+            &[customer.into()],
+            |row| row.try_get::<Option<String>, _>("plan"),
+        )
+        .await
+        .map_err(unavailable)?;
     rows.into_iter().next().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -75,16 +76,20 @@ pub async fn create(st: &AdminState, caller: &Caller, body: &[u8]) -> Reply {
             check_plan(st, p)?;
         }
         let now = now_ms();
-        let inserted = exec!(
-            &st.db,
-            "INSERT INTO customers (customer, plan, created_by, created_at_ms) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT DO NOTHING",
-            customer.as_str(),
-            plan.as_deref(),
-            caller.name.as_str(),
-            now as i64,
-        )
-        .map_err(unavailable)?;
+        let inserted = st
+            .db
+            .execute(
+                "INSERT INTO customers (customer, plan, created_by, created_at_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT DO NOTHING",
+                &[
+                    customer.as_str().into(),
+                    plan.as_deref().into(),
+                    caller.name.as_str().into(),
+                    (now as i64).into(),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
         if inserted == 0 {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -105,20 +110,22 @@ pub async fn create(st: &AdminState, caller: &Caller, body: &[u8]) -> Reply {
 pub async fn get(st: &AdminState, customer: &str) -> Reply {
     run(async {
         let plan = plan_of(st, customer).await?;
-        let keys = fetch!(
-            &st.db,
-            "SELECT key_id, created_by, created_at_ms, revoked_by, revoked_at_ms FROM customer_api_keys \
-             WHERE customer = $1 ORDER BY created_at_ms, key_id",
-            [customer],
-            |row| Ok(json!({
-                "key_id": row.try_get::<String, _>("key_id")?,
-                "created_by": row.try_get::<String, _>("created_by")?,
-                "created_at_ms": row.try_get::<i64, _>("created_at_ms")?,
-                "revoked_by": row.try_get::<Option<String>, _>("revoked_by")?,
-                "revoked_at_ms": row.try_get::<Option<i64>, _>("revoked_at_ms")?,
-            }))
-        )
-        .map_err(unavailable)?;
+        let keys = st
+            .db
+            .fetch(
+                "SELECT key_id, created_by, created_at_ms, revoked_by, revoked_at_ms FROM customer_api_keys \
+                 WHERE customer = $1 ORDER BY created_at_ms, key_id",
+                &[customer.into()],
+                |row| Ok(json!({
+                    "key_id": row.try_get::<String, _>("key_id")?,
+                    "created_by": row.try_get::<String, _>("created_by")?,
+                    "created_at_ms": row.try_get::<i64, _>("created_at_ms")?,
+                    "revoked_by": row.try_get::<Option<String>, _>("revoked_by")?,
+                    "revoked_at_ms": row.try_get::<Option<i64>, _>("revoked_at_ms")?,
+                })),
+            )
+            .await
+            .map_err(unavailable)?;
         Ok(reply(
             StatusCode::OK,
             &json!({"customer": customer, "plan": plan, "api_keys": keys}),
@@ -135,13 +142,13 @@ pub async fn set_plan(st: &AdminState, caller: &Caller, customer: &str, body: &[
         b.finish()?;
         check_plan(st, &plan)?;
         plan_of(st, customer).await?;
-        exec!(
-            &st.db,
-            "UPDATE customers SET plan = $1 WHERE customer = $2",
-            plan.as_str(),
-            customer,
-        )
-        .map_err(unavailable)?;
+        st.db
+            .execute(
+                "UPDATE customers SET plan = $1 WHERE customer = $2",
+                &[plan.as_str().into(), customer.into()],
+            )
+            .await
+            .map_err(unavailable)?;
         tracing::info!(customer, plan, actor = %caller.name, "customer plan set");
         Ok(reply(
             StatusCode::OK,
@@ -165,17 +172,20 @@ pub async fn create_api_key(
         let key_id = format!("k-{}", uuid::Uuid::new_v4().simple());
         let hash = secret_hash(&key);
         let now = now_ms();
-        exec!(
-            &st.db,
-            "INSERT INTO customer_api_keys (key_id, customer, key_hash, created_by, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5)",
-            key_id.as_str(),
-            customer,
-            hash.as_str(),
-            caller.name.as_str(),
-            now as i64,
-        )
-        .map_err(unavailable)?;
+        st.db
+            .execute(
+                "INSERT INTO customer_api_keys (key_id, customer, key_hash, created_by, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    key_id.as_str().into(),
+                    customer.into(),
+                    hash.as_str().into(),
+                    caller.name.as_str().into(),
+                    (now as i64).into(),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
         // Recorded: the key exists. Publishing it is retried by the key sync pass when
         // Redis fails now, so the answer is a success either way.
         let published = key_sync::publish(st, &hash, customer).await;
@@ -199,23 +209,29 @@ pub async fn revoke_api_key(
     run(async {
         Body::parse(body)?.finish()?;
         let now = now_ms();
-        let hashes = fetch!(
-            &st.db,
-            "SELECT key_hash FROM customer_api_keys WHERE key_id = $1 AND customer = $2",
-            [key_id, customer],
-            |row| row.try_get::<String, _>("key_hash")
-        )
-        .map_err(unavailable)?;
-        let changed = exec!(
-            &st.db,
-            "UPDATE customer_api_keys SET revoked_by = $1, revoked_at_ms = $2 \
-             WHERE key_id = $3 AND customer = $4 AND revoked_at_ms IS NULL",
-            caller.name.as_str(),
-            now as i64,
-            key_id,
-            customer,
-        )
-        .map_err(unavailable)?;
+        let hashes = st
+            .db
+            .fetch(
+                "SELECT key_hash FROM customer_api_keys WHERE key_id = $1 AND customer = $2",
+                &[key_id.into(), customer.into()],
+                |row| row.try_get::<String, _>("key_hash"),
+            )
+            .await
+            .map_err(unavailable)?;
+        let changed = st
+            .db
+            .execute(
+                "UPDATE customer_api_keys SET revoked_by = $1, revoked_at_ms = $2 \
+                 WHERE key_id = $3 AND customer = $4 AND revoked_at_ms IS NULL",
+                &[
+                    caller.name.as_str().into(),
+                    (now as i64).into(),
+                    key_id.into(),
+                    customer.into(),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
         if changed == 0 {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -7,9 +7,7 @@
 //! releases it. On SQLite one sidecar owns the ledger file, so the caller's in-process
 //! mutex already serialises the check.
 
-use sqlx::{Postgres, Transaction};
-
-use super::db::AdminDb;
+use crate::ledger::{AdminDb, AdvisoryLock};
 
 /// The lock key's text: one lock per actor and UTC day (`day` = days since the epoch).
 pub fn lock_key(actor: &str, day: u64) -> String {
@@ -17,35 +15,17 @@ pub fn lock_key(actor: &str, day: u64) -> String {
 }
 
 /// A held per-actor-per-day lock; [`release`](Self::release) ends it.
-pub enum DayLock {
-    /// The Postgres transaction holding the advisory lock.
-    Postgres(Transaction<'static, Postgres>),
-    /// Nothing beyond the caller's in-process mutex (SQLite).
-    Local,
-}
+pub struct DayLock(AdvisoryLock);
 
 impl DayLock {
     /// Waits for the lock of `actor` on `day`.
     pub async fn acquire(db: &AdminDb, actor: &str, day: u64) -> Result<Self, sqlx::Error> {
-        match db {
-            AdminDb::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                    .bind(lock_key(actor, day))
-                    .execute(&mut *tx)
-                    .await?;
-                Ok(Self::Postgres(tx))
-            }
-            AdminDb::Sqlite(_) => Ok(Self::Local),
-        }
+        db.advisory_lock(&lock_key(actor, day)).await.map(Self)
     }
 
     /// Releases the lock (the transaction wrote nothing; committing it only ends it).
     pub async fn release(self) -> Result<(), sqlx::Error> {
-        match self {
-            Self::Postgres(tx) => tx.commit().await,
-            Self::Local => Ok(()),
-        }
+        self.0.release().await
     }
 }
 

@@ -14,7 +14,6 @@ use serde_json::json;
 use super::auth::{Caller, Role};
 use super::customers::plan_of;
 use super::day_limit::DayLock;
-use super::db::{exec, fetch};
 use super::error::ApiError;
 use super::fields::Body;
 use super::idempotency::{Reply, reply};
@@ -253,36 +252,39 @@ pub async fn issue(
         ),
         OutboxError::Ledger(e) => unavailable(e),
     })?;
-    exec!(
-        &st.db,
-        "INSERT INTO admin_grants (grant_id, customer, source, amount, reason_code, note, actor, \
-         approved_by, counts_toward_limit, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-         ON CONFLICT DO NOTHING",
-        p.grant_id.as_str(),
-        p.customer.as_str(),
-        p.source.as_str(),
-        p.amount as i64,
-        p.reason_code.as_str(),
-        p.note.as_str(),
-        actor,
-        approved_by,
-        i64::from(counts_toward_limit),
-        now as i64,
-    )
-    .map_err(unavailable)?;
+    st.db
+        .execute(
+            "INSERT INTO admin_grants (grant_id, customer, source, amount, reason_code, note, actor, \
+             approved_by, counts_toward_limit, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT DO NOTHING",
+            &[
+                p.grant_id.as_str().into(),
+                p.customer.as_str().into(),
+                p.source.as_str().into(),
+                (p.amount as i64).into(),
+                p.reason_code.as_str().into(),
+                p.note.as_str().into(),
+                actor.into(),
+                approved_by.into(),
+                i64::from(counts_toward_limit).into(),
+                (now as i64).into(),
+            ],
+        )
+        .await
+        .map_err(unavailable)?;
     if p.source == GrantSource::Purchase.as_str() {
         // A purchase ends the auto-recharge in flight for this credit type (it is the
         // top-up, or made one unnecessary): the watcher may recharge again if the balance
         // is still, or again, below its threshold.
-        exec!(
-            &st.db,
-            "INSERT INTO balance_crossings (customer, credit_type, kind, below, crossings, rearms) \
-             VALUES ($1, $2, 'auto_recharge', 0, 0, 1) ON CONFLICT (customer, credit_type, kind) \
-             DO UPDATE SET below = 0, rearms = balance_crossings.rearms + 1",
-            p.customer.as_str(),
-            p.credit_type.as_str(),
-        )
-        .map_err(unavailable)?;
+        st.db
+            .execute(
+                "INSERT INTO balance_crossings (customer, credit_type, kind, below, crossings, rearms) \
+                 VALUES ($1, $2, 'auto_recharge', 0, 0, 1) ON CONFLICT (customer, credit_type, kind) \
+                 DO UPDATE SET below = 0, rearms = balance_crossings.rearms + 1",
+                &[p.customer.as_str().into(), p.credit_type.as_str().into()],
+            )
+            .await
+            .map_err(unavailable)?;
     }
     let applied = !matches!(issued, Issued::Recorded { .. });
     Ok(json!({
@@ -309,13 +311,15 @@ pub async fn issue(
 /// What the caller's role has granted today (UTC) without approval, credit units.
 async fn granted_today(st: &AdminState, actor: &str, now: u64) -> Result<u64, ApiError> {
     let day_start = (now / DAY_MS * DAY_MS) as i64;
-    let rows = fetch!(
-        &st.db,
-        "SELECT amount FROM admin_grants WHERE actor = $1 AND created_at_ms >= $2 AND counts_toward_limit = 1",
-        [actor, day_start],
-        |row| row.try_get::<i64, _>("amount")
-    )
-    .map_err(unavailable)?;
+    let rows = st
+        .db
+        .fetch(
+            "SELECT amount FROM admin_grants WHERE actor = $1 AND created_at_ms >= $2 AND counts_toward_limit = 1",
+            &[actor.into(), day_start.into()],
+            |row| row.try_get::<i64, _>("amount"),
+        )
+        .await
+        .map_err(unavailable)?;
     Ok(rows.into_iter().map(|a| a.max(0) as u64).sum())
 }
 
@@ -376,17 +380,20 @@ async fn within_limit(
     }
     let request_id = format!("a-{call_id}");
     let grant_json = serde_json::to_string(params).map_err(unavailable)?;
-    exec!(
-            &st.db,
+    st.db
+        .execute(
             "INSERT INTO grant_approvals (request_id, customer, amount, grant_json, requested_by, \
              requested_at_ms, state) VALUES ($1, $2, $3, $4, $5, $6, 'pending') ON CONFLICT DO NOTHING",
-            request_id.as_str(),
-            customer,
-            params.amount as i64,
-            grant_json.as_str(),
-            caller.name.as_str(),
-            now as i64,
+            &[
+                request_id.as_str().into(),
+                customer.into(),
+                (params.amount as i64).into(),
+                grant_json.as_str().into(),
+                caller.name.as_str().into(),
+                (now as i64).into(),
+            ],
         )
+        .await
         .map_err(unavailable)?;
     Ok(reply(
         StatusCode::ACCEPTED,
@@ -406,17 +413,19 @@ async fn within_limit(
 /// `POST /v1/admin/grant-approvals/{request_id}/approve`: a second person grants it.
 pub async fn approve(st: &AdminState, caller: &Caller, request_id: &str) -> Reply {
     run(async {
-        let rows = fetch!(
-            &st.db,
-            "SELECT grant_json, requested_by, state FROM grant_approvals WHERE request_id = $1",
-            [request_id],
-            |row| Ok((
-                row.try_get::<String, _>("grant_json")?,
-                row.try_get::<String, _>("requested_by")?,
-                row.try_get::<String, _>("state")?
-            ))
-        )
-        .map_err(unavailable)?;
+        let rows = st
+            .db
+            .fetch(
+                "SELECT grant_json, requested_by, state FROM grant_approvals WHERE request_id = $1",
+                &[request_id.into()],
+                |row| Ok((
+                    row.try_get::<String, _>("grant_json")?,
+                    row.try_get::<String, _>("requested_by")?,
+                    row.try_get::<String, _>("state")?
+                )),
+            )
+            .await
+            .map_err(unavailable)?;
         let Some((grant_json, requested_by, state)) = rows.into_iter().next() else {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -443,16 +452,20 @@ pub async fn approve(st: &AdminState, caller: &Caller, request_id: &str) -> Repl
         }
         let params: GrantParams = serde_json::from_str(&grant_json).map_err(unavailable)?;
         let now = now_ms();
-        let claimed = exec!(
-            &st.db,
-            "UPDATE grant_approvals SET state = 'approved', decided_by = $1, decided_at_ms = $2, grant_id = $3 \
-             WHERE request_id = $4 AND state = 'pending'",
-            caller.name.as_str(),
-            now as i64,
-            params.grant_id.as_str(),
-            request_id,
-        )
-        .map_err(unavailable)?;
+        let claimed = st
+            .db
+            .execute(
+                "UPDATE grant_approvals SET state = 'approved', decided_by = $1, decided_at_ms = $2, grant_id = $3 \
+                 WHERE request_id = $4 AND state = 'pending'",
+                &[
+                    caller.name.as_str().into(),
+                    (now as i64).into(),
+                    params.grant_id.as_str().into(),
+                    request_id.into(),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
         if claimed == 0 {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -468,12 +481,14 @@ pub async fn approve(st: &AdminState, caller: &Caller, request_id: &str) -> Repl
             }
             Err(e) => {
                 // Nothing was granted: put the request back so it can be approved again.
-                let _ = exec!(
-                    &st.db,
-                    "UPDATE grant_approvals SET state = 'pending', decided_by = NULL, decided_at_ms = NULL \
-                     WHERE request_id = $1",
-                    request_id,
-                );
+                let _ = st
+                    .db
+                    .execute(
+                        "UPDATE grant_approvals SET state = 'pending', decided_by = NULL, decided_at_ms = NULL \
+                         WHERE request_id = $1",
+                        &[request_id.into()],
+                    )
+                    .await;
                 Err(e)
             }
         }
@@ -483,12 +498,15 @@ pub async fn approve(st: &AdminState, caller: &Caller, request_id: &str) -> Repl
 
 /// Sets the pending approvals gauge from the `grant_approvals` table (logged on failure).
 pub async fn refresh_pending_gauge(st: &AdminState) {
-    match fetch!(
-        &st.db,
-        "SELECT COUNT(*) AS n FROM grant_approvals WHERE state = 'pending'",
-        [],
-        |row| row.try_get::<i64, _>("n")
-    ) {
+    match st
+        .db
+        .fetch(
+            "SELECT COUNT(*) AS n FROM grant_approvals WHERE state = 'pending'",
+            &[],
+            |row| row.try_get::<i64, _>("n"),
+        )
+        .await
+    {
         Ok(n) => st
             .metrics
             .pending_approvals
@@ -508,27 +526,29 @@ pub async fn list_approvals(st: &AdminState, query: &[(String, String)]) -> Repl
                 other => return Err(ApiError::field(other, "unknown query parameter")),
             }
         }
-        let rows = fetch!(
-            &st.db,
-            "SELECT request_id, customer, amount, grant_json, requested_by, requested_at_ms, state, \
-             decided_by, decided_at_ms, grant_id FROM grant_approvals WHERE state = $1 \
-             ORDER BY requested_at_ms, request_id LIMIT $2",
-            [state.as_str(), APPROVALS_LIST_MAX],
-            |row| Ok(json!({
-                "request_id": row.try_get::<String, _>("request_id")?,
-                "customer": row.try_get::<String, _>("customer")?,
-                "amount": row.try_get::<i64, _>("amount")?,
-                "grant": serde_json::from_str::<serde_json::Value>(&row.try_get::<String, _>("grant_json")?)
-                    .unwrap_or_default(),
-                "requested_by": row.try_get::<String, _>("requested_by")?,
-                "requested_at_ms": row.try_get::<i64, _>("requested_at_ms")?,
-                "state": row.try_get::<String, _>("state")?,
-                "approved_by": row.try_get::<Option<String>, _>("decided_by")?,
-                "approved_at_ms": row.try_get::<Option<i64>, _>("decided_at_ms")?,
-                "grant_id": row.try_get::<Option<String>, _>("grant_id")?,
-            }))
-        )
-        .map_err(unavailable)?;
+        let rows = st
+            .db
+            .fetch(
+                "SELECT request_id, customer, amount, grant_json, requested_by, requested_at_ms, state, \
+                 decided_by, decided_at_ms, grant_id FROM grant_approvals WHERE state = $1 \
+                 ORDER BY requested_at_ms, request_id LIMIT $2",
+                &[state.as_str().into(), APPROVALS_LIST_MAX.into()],
+                |row| Ok(json!({
+                    "request_id": row.try_get::<String, _>("request_id")?,
+                    "customer": row.try_get::<String, _>("customer")?,
+                    "amount": row.try_get::<i64, _>("amount")?,
+                    "grant": serde_json::from_str::<serde_json::Value>(&row.try_get::<String, _>("grant_json")?)
+                        .unwrap_or_default(),
+                    "requested_by": row.try_get::<String, _>("requested_by")?,
+                    "requested_at_ms": row.try_get::<i64, _>("requested_at_ms")?,
+                    "state": row.try_get::<String, _>("state")?,
+                    "approved_by": row.try_get::<Option<String>, _>("decided_by")?,
+                    "approved_at_ms": row.try_get::<Option<i64>, _>("decided_at_ms")?,
+                    "grant_id": row.try_get::<Option<String>, _>("grant_id")?,
+                })),
+            )
+            .await
+            .map_err(unavailable)?;
         Ok(reply(StatusCode::OK, &json!({"state": state, "approvals": rows})))
     })
     .await
@@ -610,13 +630,15 @@ pub async fn void(
                 format!("customer {customer:?} has no grant {grant_id:?}"),
             ));
         }
-        let voided = fetch!(
-            &st.db,
-            "SELECT grant_id FROM grant_voids WHERE grant_id = $1",
-            [grant_id],
-            |row| row.try_get::<String, _>("grant_id")
-        )
-        .map_err(unavailable)?;
+        let voided = st
+            .db
+            .fetch(
+                "SELECT grant_id FROM grant_voids WHERE grant_id = $1",
+                &[grant_id.into()],
+                |row| row.try_get::<String, _>("grant_id"),
+            )
+            .await
+            .map_err(unavailable)?;
         if !voided.is_empty() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -692,18 +714,21 @@ pub async fn void(
                 }
             };
         }
-        exec!(
-            &st.db,
-            "INSERT INTO grant_voids (grant_id, customer, amount, reason, actor, voided_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            grant_id,
-            customer,
-            booked as i64,
-            reason.as_str(),
-            caller.name.as_str(),
-            now as i64,
-        )
-        .map_err(unavailable)?;
+        st.db
+            .execute(
+                "INSERT INTO grant_voids (grant_id, customer, amount, reason, actor, voided_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[
+                    grant_id.into(),
+                    customer.into(),
+                    (booked as i64).into(),
+                    reason.as_str().into(),
+                    caller.name.as_str().into(),
+                    (now as i64).into(),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
         Ok(reply(
             StatusCode::OK,
             &json!({

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, StatusCode};
 use sha2::{Digest, Sha256};
 
-use super::db::{AdminDb, exec, fetch};
 use super::error::ApiError;
+use crate::ledger::AdminDb;
 
 /// How long a key and its answer are kept: 48 hours, twice the promised 24, so a client
 /// retrying for a day never runs a call twice.
@@ -85,18 +85,19 @@ enum Seen {
 }
 
 async fn look(db: &AdminDb, actor: &str, key: &str, fingerprint: &str) -> Result<Seen, ApiError> {
-    let rows = fetch!(
-        db,
-        "SELECT fingerprint, status, body, created_at_ms FROM idempotency_keys WHERE actor = $1 AND idem_key = $2",
-        [actor, key],
-        |row| Ok((
-            row.try_get::<String, _>("fingerprint")?,
-            row.try_get::<Option<i64>, _>("status")?,
-            row.try_get::<Option<String>, _>("body")?,
-            row.try_get::<i64, _>("created_at_ms")?
-        ))
-    )
-    .map_err(|e| ApiError::unavailable("reading idempotency keys", e))?;
+    let rows = db
+        .fetch(
+            "SELECT fingerprint, status, body, created_at_ms FROM idempotency_keys WHERE actor = $1 AND idem_key = $2",
+            &[actor.into(), key.into()],
+            |row| Ok((
+                row.try_get::<String, _>("fingerprint")?,
+                row.try_get::<Option<i64>, _>("status")?,
+                row.try_get::<Option<String>, _>("body")?,
+                row.try_get::<i64, _>("created_at_ms")?
+            )),
+        )
+        .await
+        .map_err(|e| ApiError::unavailable("reading idempotency keys", e))?;
     Ok(match rows.into_iter().next() {
         None => Seen::Missing,
         Some((f, _, _, _)) if f != fingerprint => Seen::Other,
@@ -141,15 +142,18 @@ where
     let call_id = hex::encode(&id_hasher.finalize()[..16]);
     let started = Instant::now();
     loop {
-        let claimed = exec!(
-            db,
-            "INSERT INTO idempotency_keys (actor, idem_key, fingerprint, created_at_ms) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            actor,
-            key.as_str(),
-            fingerprint.as_str(),
-            now_ms as i64,
-        );
+        let claimed = db
+            .execute(
+                "INSERT INTO idempotency_keys (actor, idem_key, fingerprint, created_at_ms) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[
+                    actor.into(),
+                    key.as_str().into(),
+                    fingerprint.as_str().into(),
+                    (now_ms as i64).into(),
+                ],
+            )
+            .await;
         match claimed {
             Ok(1) => break,
             Ok(_) => {}
@@ -171,15 +175,18 @@ where
                 if (now_ms as i64).saturating_sub(since_ms) > IDEMPOTENCY_ABANDONED_MS as i64 =>
             {
                 // Take the abandoned claim over (one caller wins the conditional update).
-                let taken = exec!(
-                    db,
-                    "UPDATE idempotency_keys SET created_at_ms = $1 WHERE actor = $2 AND idem_key = $3 \
-                     AND status IS NULL AND created_at_ms = $4",
-                    now_ms as i64,
-                    actor,
-                    key.as_str(),
-                    since_ms,
-                );
+                let taken = db
+                    .execute(
+                        "UPDATE idempotency_keys SET created_at_ms = $1 WHERE actor = $2 AND idem_key = $3 \
+                         AND status IS NULL AND created_at_ms = $4",
+                        &[
+                            (now_ms as i64).into(),
+                            actor.into(),
+                            key.as_str().into(),
+                            since_ms.into(),
+                        ],
+                    )
+                    .await;
                 if let Ok(1) = taken {
                     break;
                 }
@@ -199,21 +206,22 @@ where
     }
     let (status, body) = op(call_id).await;
     let kept = if status.is_success() {
-        exec!(
-            db,
+        db.execute(
             "UPDATE idempotency_keys SET status = $1, body = $2 WHERE actor = $3 AND idem_key = $4",
-            status.as_u16() as i64,
-            String::from_utf8_lossy(&body).into_owned(),
-            actor,
-            key.as_str(),
+            &[
+                (status.as_u16() as i64).into(),
+                String::from_utf8_lossy(&body).into_owned().into(),
+                actor.into(),
+                key.as_str().into(),
+            ],
         )
+        .await
     } else {
-        exec!(
-            db,
+        db.execute(
             "DELETE FROM idempotency_keys WHERE actor = $1 AND idem_key = $2",
-            actor,
-            key.as_str(),
+            &[actor.into(), key.as_str().into()],
         )
+        .await
     };
     if let Err(e) = kept {
         tracing::error!(actor, key, error = %e, "could not record an idempotent answer; a replay may run the call again");
@@ -224,9 +232,9 @@ where
 /// Drops keys older than [`IDEMPOTENCY_RETAIN_MS`]; returns how many.
 pub async fn purge(db: &AdminDb, now_ms: u64) -> Result<u64, sqlx::Error> {
     let before = now_ms.saturating_sub(IDEMPOTENCY_RETAIN_MS) as i64;
-    exec!(
-        db,
+    db.execute(
         "DELETE FROM idempotency_keys WHERE created_at_ms < $1",
-        before
+        &[before.into()],
     )
+    .await
 }

@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::db::fetch;
 use super::state::AdminState;
 
 /// How often every key is republished, ms: bounds how long a key issued or revoked while
@@ -54,16 +53,20 @@ pub async fn withdraw(st: &AdminState, key_hash: &str) -> bool {
 
 /// One pass over every key of the ledger database. Stops at the first Redis error.
 pub async fn sync_all(st: &AdminState) -> anyhow::Result<SyncReport> {
-    let rows = fetch!(
-        &st.db,
-        "SELECT customer, key_hash, revoked_at_ms FROM customer_api_keys ORDER BY key_id",
-        [],
-        |row| Ok((
-            row.try_get::<String, _>("customer")?,
-            row.try_get::<String, _>("key_hash")?,
-            row.try_get::<Option<i64>, _>("revoked_at_ms")?.is_some(),
-        ))
-    )?;
+    let rows = st
+        .db
+        .fetch(
+            "SELECT customer, key_hash, revoked_at_ms FROM customer_api_keys ORDER BY key_id",
+            &[],
+            |row| {
+                Ok((
+                    row.try_get::<String, _>("customer")?,
+                    row.try_get::<String, _>("key_hash")?,
+                    row.try_get::<Option<i64>, _>("revoked_at_ms")?.is_some(),
+                ))
+            },
+        )
+        .await?;
     let mut report = SyncReport::default();
     for (customer, hash, revoked) in rows {
         if revoked {

@@ -22,7 +22,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::db::fetch;
 use super::idempotency;
 use super::state::AdminState;
 use crate::jobs::outbox::{OutboxError, issue_grant};
@@ -130,12 +129,15 @@ pub async fn pass(st: &AdminState, done: &mut HashSet<String>) -> u64 {
     let now = now_ms();
     let mut issued = 0;
     for s in &st.ops.schedules {
-        let customers = match fetch!(
-            &st.db,
-            "SELECT customer FROM customers WHERE plan = $1 ORDER BY customer",
-            [s.plan.as_str()],
-            |row| row.try_get::<String, _>("customer")
-        ) {
+        let customers = match st
+            .db
+            .fetch(
+                "SELECT customer FROM customers WHERE plan = $1 ORDER BY customer",
+                &[s.plan.as_str().into()],
+                |row| row.try_get::<String, _>("customer"),
+            )
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 error!(schedule = %s.id, error = %e, "scheduled grants: reading customers failed");

@@ -9,8 +9,8 @@ use anyhow::Context;
 use axum::extract::FromRef;
 
 use super::auth::AuthState;
-use super::db::AdminDb;
 use crate::jobs::daemon::Sidecar;
+use crate::ledger::AdminDb;
 use crate::metrics::AdminMetrics;
 use crate::operations::Operations;
 use crate::settings::LedgerArgs;
@@ -27,7 +27,7 @@ pub struct AdminState {
     pub ops: Arc<Operations>,
     /// Held while a limited grant checks its role's daily total and is recorded, so two
     /// concurrent grants of one sidecar cannot both pass the limit (across sidecars, the
-    /// [`day_limit`] lock does that on Postgres).
+    /// [`super::day_limit`] lock does that on Postgres).
     pub limit_lock: tokio::sync::Mutex<()>,
     /// The admin API's metrics, served on the sidecar's `/metrics`.
     pub metrics: AdminMetrics,

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use tracing::{info, warn};
 
-use super::db::{AdminDb, exec, fetch};
+use crate::ledger::AdminDb;
 use crate::metrics::AdminMetrics;
 use crate::operations::Endpoint;
 
@@ -77,19 +77,22 @@ pub async fn enqueue(
     payload["kind"] = json!(kind);
     payload["customer"] = json!(customer);
     payload["created_at_ms"] = json!(now_ms);
-    let inserted = exec!(
-        db,
-        "INSERT INTO webhook_deliveries (delivery_id, kind, customer, url, payload, state, attempts, \
-         next_attempt_at_ms, created_at_ms) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7) \
-         ON CONFLICT DO NOTHING",
-        delivery_id,
-        kind,
-        customer,
-        endpoint.url.as_str(),
-        payload.to_string(),
-        now_ms as i64,
-        now_ms as i64,
-    )?;
+    let inserted = db
+        .execute(
+            "INSERT INTO webhook_deliveries (delivery_id, kind, customer, url, payload, state, attempts, \
+             next_attempt_at_ms, created_at_ms) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7) \
+             ON CONFLICT DO NOTHING",
+            &[
+                delivery_id.into(),
+                kind.into(),
+                customer.into(),
+                endpoint.url.as_str().into(),
+                payload.to_string().into(),
+                (now_ms as i64).into(),
+                (now_ms as i64).into(),
+            ],
+        )
+        .await?;
     if inserted > 0 {
         info!(delivery_id, kind, customer, "webhook queued");
     }
@@ -104,20 +107,21 @@ pub async fn deliver_due(
     now_ms: u64,
     metrics: &AdminMetrics,
 ) -> Result<u64, sqlx::Error> {
-    let due = fetch!(
-        db,
-        "SELECT delivery_id, kind, url, payload, attempts, next_attempt_at_ms FROM webhook_deliveries \
-         WHERE state = 'pending' AND next_attempt_at_ms <= $1 ORDER BY next_attempt_at_ms LIMIT $2",
-        [now_ms as i64, WEBHOOK_BATCH_MAX],
-        |row| Ok((
-            row.try_get::<String, _>("delivery_id")?,
-            row.try_get::<String, _>("kind")?,
-            row.try_get::<String, _>("url")?,
-            row.try_get::<String, _>("payload")?,
-            row.try_get::<i64, _>("attempts")?,
-            row.try_get::<i64, _>("next_attempt_at_ms")?
-        ))
-    )?;
+    let due = db
+        .fetch(
+            "SELECT delivery_id, kind, url, payload, attempts, next_attempt_at_ms FROM webhook_deliveries \
+             WHERE state = 'pending' AND next_attempt_at_ms <= $1 ORDER BY next_attempt_at_ms LIMIT $2",
+            &[(now_ms as i64).into(), WEBHOOK_BATCH_MAX.into()],
+            |row| Ok((
+                row.try_get::<String, _>("delivery_id")?,
+                row.try_get::<String, _>("kind")?,
+                row.try_get::<String, _>("url")?,
+                row.try_get::<String, _>("payload")?,
+                row.try_get::<i64, _>("attempts")?,
+                row.try_get::<i64, _>("next_attempt_at_ms")?
+            )),
+        )
+        .await?;
     let mut delivered = 0;
     for (id, kind, url, payload, attempts, next_at) in due {
         let count = |outcome: &str| {
@@ -127,24 +131,26 @@ pub async fn deliver_due(
                 .inc()
         };
         // Claim it, so a second sidecar (or an overlapping pass) does not send it too.
-        let claimed = exec!(
-            db,
-            "UPDATE webhook_deliveries SET next_attempt_at_ms = $1 \
-             WHERE delivery_id = $2 AND state = 'pending' AND next_attempt_at_ms = $3",
-            (now_ms + CLAIM_LEASE_MS) as i64,
-            id.as_str(),
-            next_at,
-        )?;
+        let claimed = db
+            .execute(
+                "UPDATE webhook_deliveries SET next_attempt_at_ms = $1 \
+                 WHERE delivery_id = $2 AND state = 'pending' AND next_attempt_at_ms = $3",
+                &[
+                    ((now_ms + CLAIM_LEASE_MS) as i64).into(),
+                    id.as_str().into(),
+                    next_at.into(),
+                ],
+            )
+            .await?;
         if claimed == 0 {
             continue;
         }
         let Some(secret) = secret_for(&url) else {
-            exec!(
-                db,
+            db.execute(
                 "UPDATE webhook_deliveries SET state = 'failed', last_error = $1 WHERE delivery_id = $2",
-                "the URL is no longer configured",
-                id.as_str(),
-            )?;
+                &["the URL is no longer configured".into(), id.as_str().into()],
+            )
+            .await?;
             count("failed");
             continue;
         };
@@ -172,15 +178,17 @@ pub async fn deliver_due(
         let attempts = attempts + 1;
         match error {
             None => {
-                exec!(
-                    db,
+                db.execute(
                     "UPDATE webhook_deliveries SET state = 'delivered', attempts = $1, last_status = $2, \
                      delivered_at_ms = $3, last_error = NULL WHERE delivery_id = $4",
-                    attempts,
-                    status.map(i64::from),
-                    crate::ledger::now_ms() as i64,
-                    id.as_str(),
-                )?;
+                    &[
+                        attempts.into(),
+                        status.map(i64::from).into(),
+                        (crate::ledger::now_ms() as i64).into(),
+                        id.as_str().into(),
+                    ],
+                )
+                .await?;
                 delivered += 1;
                 count("delivered");
             }
@@ -192,17 +200,19 @@ pub async fn deliver_due(
                 };
                 warn!(delivery_id = %id, attempts, error, "webhook delivery failed");
                 count(if state == "failed" { "failed" } else { "retry" });
-                exec!(
-                    db,
+                db.execute(
                     "UPDATE webhook_deliveries SET state = $1, attempts = $2, last_status = $3, last_error = $4, \
                      next_attempt_at_ms = $5 WHERE delivery_id = $6",
-                    state,
-                    attempts,
-                    status.map(i64::from),
-                    error.as_str(),
-                    (crate::ledger::now_ms() + backoff_ms(attempts - 1)) as i64,
-                    id.as_str(),
-                )?;
+                    &[
+                        state.into(),
+                        attempts.into(),
+                        status.map(i64::from).into(),
+                        error.as_str().into(),
+                        ((crate::ledger::now_ms() + backoff_ms(attempts - 1)) as i64).into(),
+                        id.as_str().into(),
+                    ],
+                )
+                .await?;
             }
         }
     }
@@ -211,16 +221,11 @@ pub async fn deliver_due(
 
 /// The delivery log, newest first: of one customer, or all.
 pub async fn list(db: &AdminDb, customer: Option<&str>) -> Result<Vec<Value>, sqlx::Error> {
-    fetch!(
-        db,
+    db.fetch(
         "SELECT delivery_id, kind, customer, url, payload, state, attempts, next_attempt_at_ms, \
          last_status, last_error, created_at_ms, delivered_at_ms FROM webhook_deliveries \
          WHERE ($1 = '' OR customer = $2) ORDER BY created_at_ms DESC, delivery_id LIMIT $3",
-        [
-            customer.unwrap_or(""),
-            customer.unwrap_or(""),
-            DELIVERIES_LIST_MAX
-        ],
+        &[customer.unwrap_or("").into(), customer.unwrap_or("").into(), DELIVERIES_LIST_MAX.into()],
         |row| Ok(json!({
             "delivery_id": row.try_get::<String, _>("delivery_id")?,
             "kind": row.try_get::<String, _>("kind")?,
@@ -234,8 +239,9 @@ pub async fn list(db: &AdminDb, customer: Option<&str>) -> Result<Vec<Value>, sq
             "last_error": row.try_get::<Option<String>, _>("last_error")?,
             "created_at_ms": row.try_get::<i64, _>("created_at_ms")?,
             "delivered_at_ms": row.try_get::<Option<i64>, _>("delivered_at_ms")?,
-        }))
+        })),
     )
+    .await
 }
 
 #[cfg(test)]
