@@ -4,7 +4,7 @@
 
 use creditgate_protocol::RedisStore;
 
-use crate::ledger::Ledger;
+use crate::ledger::LedgerControlAudit;
 
 /// The newest audit entries copied per pass: people change modes a few times a day, and
 /// the sidecar copies every second, so a pass never misses one; a script flooding the log
@@ -12,7 +12,10 @@ use crate::ledger::Ledger;
 pub const AUDIT_MIRROR_BATCH: usize = 100;
 
 /// Copies the newest audit entries into the ledger; returns how many were new.
-pub async fn mirror_audit(redis: &RedisStore, ledger: &dyn Ledger) -> anyhow::Result<u64> {
+pub async fn mirror_audit(
+    redis: &RedisStore,
+    ledger: &dyn LedgerControlAudit,
+) -> anyhow::Result<u64> {
     let entries = redis.audit_log(AUDIT_MIRROR_BATCH).await?;
     if entries.is_empty() {
         return Ok(0);

@@ -9,7 +9,7 @@
 use creditgate_protocol::{CreditStore, GrantOutcome};
 use tracing::{error, info, warn};
 
-use crate::ledger::{GrantRecord, Ledger, LedgerError, RecordGrantOutcome, now_ms};
+use crate::ledger::{GrantRecord, LedgerError, LedgerGrants, RecordGrantOutcome, now_ms};
 
 /// Most outbox rows delivered per pass: bounds one pass; a backlog drains over the next.
 pub const OUTBOX_BATCH_MAX: u32 = 200;
@@ -53,7 +53,7 @@ pub struct DeliveryReport {
 
 /// Records a grant in the ledger, then applies it to the store once.
 pub async fn issue_grant(
-    ledger: &dyn Ledger,
+    ledger: &dyn LedgerGrants,
     store: &dyn CreditStore,
     grant: &GrantRecord,
 ) -> Result<Issued, OutboxError> {
@@ -78,7 +78,7 @@ pub async fn issue_grant(
 /// Applies one recorded grant to the store and records the result in the outbox. The
 /// inner `Err` is a delivery failure (kept for a retry), the outer one a ledger failure.
 async fn deliver(
-    ledger: &dyn Ledger,
+    ledger: &dyn LedgerGrants,
     store: &dyn CreditStore,
     grant: &GrantRecord,
 ) -> Result<Result<GrantOutcome, String>, OutboxError> {
@@ -121,7 +121,7 @@ async fn deliver(
 
 /// Delivers the outbox's pending grants, oldest first, at most [`OUTBOX_BATCH_MAX`].
 pub async fn deliver_pending(
-    ledger: &dyn Ledger,
+    ledger: &dyn LedgerGrants,
     store: &dyn CreditStore,
 ) -> Result<DeliveryReport, OutboxError> {
     let mut report = DeliveryReport::default();

@@ -20,7 +20,7 @@ use creditgate_protocol::{
 };
 use tracing::{info, warn};
 
-use crate::ledger::{EntryKind, EntryQuery, Ledger, LedgerError, NewEntry, now_ms};
+use crate::ledger::{EntryKind, EntryQuery, Ledger, LedgerEntries, LedgerError, NewEntry, now_ms};
 
 /// A time after every entry, for folding a customer's whole history (kept well inside the
 /// range every backend stores as a signed 64-bit number).
@@ -106,7 +106,7 @@ pub struct ReconcileReport {
 
 /// Compares every customer the ledger knows with the store.
 pub async fn compare(
-    ledger: &dyn Ledger,
+    ledger: &dyn LedgerEntries,
     store: &dyn CreditStore,
 ) -> Result<ReconcileReport, ReconcileError> {
     let mut by_customer: BTreeMap<String, Vec<(String, i64, i64)>> = BTreeMap::new();
@@ -165,7 +165,7 @@ pub enum Rebuilt {
 /// uncharged, and their credits return. Then the customer's live grants, debts and applied
 /// grant ids replace whatever Redis holds.
 pub async fn rebuild_customer(
-    ledger: &dyn Ledger,
+    ledger: &dyn LedgerEntries,
     store: &dyn RebuildStore,
     customer: &str,
 ) -> Result<Rebuilt, ReconcileError> {
@@ -189,7 +189,7 @@ pub async fn rebuild_customer(
 /// longer has. A hold the store still has is left alone (restore refuses while it is
 /// pending).
 async fn holds_the_store_lost(
-    ledger: &dyn Ledger,
+    ledger: &dyn LedgerEntries,
     store: &dyn CreditStore,
     customer: &str,
 ) -> Result<Vec<Event>, ReconcileError> {
@@ -241,7 +241,7 @@ async fn holds_the_store_lost(
 /// Appends the `voids` to the ledger; what they would return to a grant that expired
 /// meanwhile is breakage. Returns how many were appended.
 async fn void_in_ledger(
-    ledger: &dyn Ledger,
+    ledger: &dyn LedgerEntries,
     shard: Shard,
     customer: &str,
     voids: Vec<Event>,
@@ -292,7 +292,7 @@ struct GrantTerms {
 /// The customer's state as the ledger has it, for the store's `restore`: live grants with
 /// what remains of each, overdraft debts, and every grant ever applied.
 async fn restore_state(
-    ledger: &dyn Ledger,
+    ledger: &dyn LedgerEntries,
     customer: &str,
 ) -> Result<RestoreState, ReconcileError> {
     let balance = ledger.balance_at(customer, FOLD_EVERYTHING_MS).await?;
@@ -392,7 +392,7 @@ fn void_event(
 
 /// Rebuilds every customer of one shard the ledger knows (the shard lost its data).
 pub async fn rebuild_shard(
-    ledger: &dyn Ledger,
+    ledger: &dyn LedgerEntries,
     store: &dyn RebuildStore,
     shard: Shard,
 ) -> Result<Vec<(String, Rebuilt)>, ReconcileError> {

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use creditgate_protocol::{Keyspace, ReadFrom, RedisStore, Shard, StoreError, StreamEntry};
 use tracing::{error, info, warn};
 
-use crate::ledger::{AppendOutcome, Ledger, LedgerError, NewEntry, now_ms};
+use crate::ledger::{AppendOutcome, LedgerEntries, LedgerError, NewEntry, now_ms};
 use crate::metrics::SidecarMetrics;
 
 /// The consumer-group operations on the shards' event streams that the writer needs.
@@ -168,7 +168,7 @@ impl PassReport {
 /// The writer of one sidecar.
 pub struct LedgerWriter {
     streams: Arc<dyn EventStreams>,
-    ledger: Arc<dyn Ledger>,
+    ledger: Arc<dyn LedgerEntries>,
     consumer: String,
     batch_max: usize,
     metrics: Arc<SidecarMetrics>,
@@ -181,7 +181,7 @@ impl LedgerWriter {
     /// it finds its own pending entries), reading `streams` (Redis in production).
     pub fn new(
         streams: Arc<dyn EventStreams>,
-        ledger: Arc<dyn Ledger>,
+        ledger: Arc<dyn LedgerEntries>,
         consumer: &str,
         metrics: Arc<SidecarMetrics>,
     ) -> Self {
@@ -434,6 +434,7 @@ mod tests {
     use crate::jobs::fixtures::{
         CREDITS, grant, keyspace, model_events, reserve, settle, temp_ledger,
     };
+    use crate::ledger::Ledger;
 
     /// One entry of a [`ModelStreams`] stream.
     struct Slot {

@@ -29,7 +29,7 @@ use super::{
     Rejection, UsageEvent, parse_event, price,
 };
 use crate::jobs::daemon::Sidecar;
-use crate::ledger::{Ledger, UsageEventRecord, now_ms};
+use crate::ledger::{LedgerUsageEvents, UsageEventRecord, now_ms};
 use crate::metrics::SidecarMetrics;
 
 /// The route name recorded on the holds of usage events (where gateway holds have theirs).
@@ -193,7 +193,7 @@ impl BatchTally {
 /// the protocol's forced reserve-then-settle (an empty balance goes into overdraft rather
 /// than dropping usage that already happened).
 async fn burn(
-    ledger: &dyn Ledger,
+    ledger: &dyn LedgerUsageEvents,
     store: &dyn CreditStore,
     index: usize,
     event: &UsageEvent,
