@@ -136,3 +136,89 @@ pub async fn deliver_pending(
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use creditgate_protocol::{GrantSource, MemoryStore};
+
+    use super::*;
+    use crate::jobs::fixtures::{CREDITS, grant, keyspace, temp_ledger};
+
+    fn record(grant_id: &str, amount: u64) -> GrantRecord {
+        GrantRecord {
+            grant_id: grant_id.into(),
+            customer: "acme".into(),
+            credit_type: CREDITS.into(),
+            amount,
+            priority: 10,
+            expires_at_ms: None,
+            cost_basis: 0,
+            source: GrantSource::Promotion,
+            actor: "test".into(),
+            reason: "outbox test".into(),
+            created_at_ms: now_ms(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_grant_is_recorded_then_applied_once_on_the_model() {
+        let t = temp_ledger().await;
+        let store = MemoryStore::new(keyspace());
+        let g1 = record("g1", 100);
+
+        let first = issue_grant(t.ledger.as_ref(), &store, &g1)
+            .await
+            .expect("issue");
+        let retry = issue_grant(t.ledger.as_ref(), &store, &g1)
+            .await
+            .expect("retry");
+        let other = issue_grant(t.ledger.as_ref(), &store, &record("g1", 5)).await;
+
+        assert!(
+            matches!(
+                first,
+                Issued::Applied {
+                    outcome: GrantOutcome::Granted { .. }
+                }
+            ),
+            "{first:?}"
+        );
+        assert_eq!(retry, Issued::AlreadyRecorded);
+        assert!(matches!(other, Err(OutboxError::Conflict(id)) if id == "g1"));
+        let balance = store.balance("acme").await.expect("balance");
+        assert_eq!(balance.of(CREDITS).expect("credits").available, 100);
+        let pending = deliver_pending(t.ledger.as_ref(), &store)
+            .await
+            .expect("pass");
+        assert_eq!(pending, DeliveryReport::default());
+    }
+
+    #[tokio::test]
+    async fn a_grant_the_store_refuses_stays_in_the_outbox() {
+        let t = temp_ledger().await;
+        let store = MemoryStore::new(keyspace());
+        // The store already holds the id with another amount.
+        grant(&store, "acme", "g1", 50).await;
+
+        let issued = issue_grant(t.ledger.as_ref(), &store, &record("g1", 100))
+            .await
+            .expect("recorded");
+
+        assert_eq!(
+            issued,
+            Issued::Recorded {
+                error: "the store holds grant id g1 as 50 credits".into()
+            }
+        );
+        let pass = deliver_pending(t.ledger.as_ref(), &store)
+            .await
+            .expect("pass");
+        assert_eq!(
+            pass,
+            DeliveryReport {
+                delivered: 0,
+                failed: 1
+            }
+        );
+    }
+}
