@@ -38,7 +38,7 @@ pub enum AdminDb {
 
 /// One value of a row read from the admin tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Cell {
+pub enum AdminValue {
     /// Null, of any column type.
     Null,
     /// A `BIGINT` (or `INTEGER`) value.
@@ -51,38 +51,38 @@ pub enum Cell {
 /// name, each `BIGINT`, `TEXT` or null.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AdminRow {
-    columns: Vec<(String, Cell)>,
+    columns: Vec<(String, AdminValue)>,
 }
 
 /// A Rust value an [`AdminRow`] column decodes to.
-pub trait FromCell: Sized {
-    /// The value, or why the cell is not one.
-    fn from_cell(cell: &Cell) -> Result<Self, String>;
+pub trait FromAdminValue: Sized {
+    /// The Rust value, or why `value` is not one.
+    fn from_value(value: &AdminValue) -> Result<Self, String>;
 }
 
-impl FromCell for i64 {
-    fn from_cell(cell: &Cell) -> Result<Self, String> {
-        match cell {
-            Cell::Int(v) => Ok(*v),
+impl FromAdminValue for i64 {
+    fn from_value(value: &AdminValue) -> Result<Self, String> {
+        match value {
+            AdminValue::Int(v) => Ok(*v),
             other => Err(format!("expected BIGINT, found {other:?}")),
         }
     }
 }
 
-impl FromCell for String {
-    fn from_cell(cell: &Cell) -> Result<Self, String> {
-        match cell {
-            Cell::Text(v) => Ok(v.clone()),
+impl FromAdminValue for String {
+    fn from_value(value: &AdminValue) -> Result<Self, String> {
+        match value {
+            AdminValue::Text(v) => Ok(v.clone()),
             other => Err(format!("expected TEXT, found {other:?}")),
         }
     }
 }
 
-impl<T: FromCell> FromCell for Option<T> {
-    fn from_cell(cell: &Cell) -> Result<Self, String> {
-        match cell {
-            Cell::Null => Ok(None),
-            other => T::from_cell(other).map(Some),
+impl<T: FromAdminValue> FromAdminValue for Option<T> {
+    fn from_value(value: &AdminValue) -> Result<Self, String> {
+        match value {
+            AdminValue::Null => Ok(None),
+            other => T::from_value(other).map(Some),
         }
     }
 }
@@ -90,14 +90,14 @@ impl<T: FromCell> FromCell for Option<T> {
 impl AdminRow {
     /// The value of `column`, like `sqlx::Row::try_get`: `i64`, `String` or their
     /// `Option`s (null). The second type parameter only keeps sqlx's call shape.
-    pub fn try_get<T: FromCell, I: AsRef<str>>(&self, column: I) -> Result<T, sqlx::Error> {
+    pub fn try_get<T: FromAdminValue, I: AsRef<str>>(&self, column: I) -> Result<T, sqlx::Error> {
         let name = column.as_ref();
         let index = self
             .columns
             .iter()
             .position(|(n, _)| n == name)
             .ok_or_else(|| sqlx::Error::ColumnNotFound(name.to_string()))?;
-        T::from_cell(&self.columns[index].1).map_err(|e| sqlx::Error::ColumnDecode {
+        T::from_value(&self.columns[index].1).map_err(|e| sqlx::Error::ColumnDecode {
             index: name.to_string(),
             source: e.into(),
         })
@@ -115,12 +115,12 @@ impl AdminRow {
         let mut columns = Vec::with_capacity(row.columns().len());
         for (i, column) in row.columns().iter().enumerate() {
             let cell = if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
-                v.map_or(Cell::Null, Cell::Int)
+                v.map_or(AdminValue::Null, AdminValue::Int)
             } else if let Ok(v) = row.try_get::<Option<i32>, _>(i) {
-                v.map_or(Cell::Null, |v| Cell::Int(i64::from(v)))
+                v.map_or(AdminValue::Null, |v| AdminValue::Int(i64::from(v)))
             } else {
                 row.try_get::<Option<String>, _>(i)?
-                    .map_or(Cell::Null, Cell::Text)
+                    .map_or(AdminValue::Null, AdminValue::Text)
             };
             columns.push((column.name().to_string(), cell));
         }
@@ -259,9 +259,9 @@ mod tests {
     fn a_row_reads_like_sqlx() {
         let row = AdminRow {
             columns: vec![
-                ("n".into(), Cell::Int(3)),
-                ("name".into(), Cell::Text("ops".into())),
-                ("revoked_at_ms".into(), Cell::Null),
+                ("n".into(), AdminValue::Int(3)),
+                ("name".into(), AdminValue::Text("ops".into())),
+                ("revoked_at_ms".into(), AdminValue::Null),
             ],
         };
         assert_eq!(row.try_get::<i64, _>("n").unwrap(), 3);

@@ -30,7 +30,9 @@ mod usage_events;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use admin::{ADMIN_POOL_CONNECTIONS, AdminDb, AdminRow, AdvisoryLock, Cell, FromCell};
+pub use admin::{
+    ADMIN_POOL_CONNECTIONS, AdminDb, AdminRow, AdminValue, AdvisoryLock, FromAdminValue,
+};
 pub use chain::{BreakKind, BrokenLink, ChainHead, VerifyReport, verify_customer};
 pub use config_versions::ConfigVersionRecord;
 pub use entry::{
