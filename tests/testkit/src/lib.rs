@@ -21,13 +21,16 @@
 //! With the `e2e` feature (the end-to-end tests' crate turns it on), the harnesses that
 //! speak the protocol crate and open the sidecar's ledger too:
 //!
-//! * [`Stack`] — Redis, an upstream and the gateway, with a measuring client ([`send`],
-//!   [`Reply`]) and direct credit access ([`Credits`]); [`base_config`] and the test
-//!   identities in [`fixtures`](crate::ALICE).
-//! * [`AdminHarness`] — the sidecar's admin API with a token per role.
-//! * [`LedgerHarness`] — the sidecar between Redis and a ledger, read back through the
-//!   sidecar's library, and generated credit traffic ([`spawn_traffic`]).
-//! * [`Backend`] and [`on_both_backends!`] — every ledger scenario on SQLite and Postgres.
+//! * `Stack` — Redis, an upstream and the gateway, with a measuring client (`send`,
+//!   `Reply`) and direct credit access (`Credits`); `base_config` and the test identities
+//!   (`ALICE`, `MALLORY` and their keys).
+//! * `AdminHarness` — the sidecar's admin API with a token per role.
+//! * `LedgerHarness` — the sidecar between Redis and a ledger, read back through the
+//!   sidecar's library, and generated credit traffic (`spawn_traffic`, `join_traffic`).
+//! * `Backend` and `on_both_backends!` — every ledger scenario on SQLite and on Postgres.
+//!
+//! [`wait_for`] and [`now_ms`] (polling with a deadline, the wall clock in ms) need no
+//! feature.
 //!
 //! All constructors are blocking and can be used from plain `#[test]`s as
 //! well as from `#[tokio::test]`s. Every process is killed (and waited for)
