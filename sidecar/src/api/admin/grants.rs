@@ -90,16 +90,40 @@ pub fn parse_grant(
     now: u64,
     call_id: &str,
 ) -> Result<GrantParams, ApiError> {
+    // Fields are read in this order, so the first error reported stays the same.
     let mut b = Body::parse(body)?;
-    let source_name = b.str("source")?;
-    let source: GrantSource = source_name.parse().map_err(|_| {
+    let source = parse_source(&mut b, caller)?;
+    let credit_type = known_credit_type(st, &mut b)?;
+    let amount = b.amount("amount")?;
+    let reason_code = known_reason_code(st, &mut b, source)?;
+    let note = b.opt_text("note")?.unwrap_or_default();
+    let expires_at_ms = parse_expiry(st, &mut b, source, now)?;
+    let cost_basis = parse_cost_basis(&mut b, source)?;
+    let priority = parse_priority(&mut b)?;
+    b.finish()?;
+    Ok(GrantParams {
+        grant_id: format!("g-{call_id}"),
+        customer: customer.to_string(),
+        source: source.as_str().to_string(),
+        credit_type,
+        amount,
+        expires_at_ms,
+        cost_basis,
+        priority,
+        reason_code,
+        note,
+    })
+}
+
+/// The grant's source, if the caller's role may issue it (403 otherwise).
+fn parse_source(b: &mut Body, caller: &Caller) -> Result<GrantSource, ApiError> {
+    let source: GrantSource = b.str("source")?.parse().map_err(|_| {
         ApiError::field(
             "source",
             "must be one of purchase, promotion, plan_allotment, goodwill, adjustment",
         )
     })?;
-    let roles = source_roles(source);
-    if !roles.contains(&caller.role) {
+    if !source_roles(source).contains(&caller.role) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -111,6 +135,11 @@ pub fn parse_grant(
             ),
         ));
     }
+    Ok(source)
+}
+
+/// The credit type, if the operations file knows it.
+fn known_credit_type(st: &AdminState, b: &mut Body) -> Result<String, ApiError> {
     let credit_type = b.id("credit_type")?;
     if !st.ops.credit_types.contains(&credit_type) {
         return Err(ApiError::field(
@@ -121,7 +150,16 @@ pub fn parse_grant(
             ),
         ));
     }
-    let amount = b.amount("amount")?;
+    Ok(credit_type)
+}
+
+/// The reason code, if the operations file knows it (a purchase may also give the
+/// purchase code).
+fn known_reason_code(
+    st: &AdminState,
+    b: &mut Body,
+    source: GrantSource,
+) -> Result<String, ApiError> {
     let reason_code = b.id("reason_code")?;
     let purchase_code = source == GrantSource::Purchase && reason_code == PURCHASE_REASON_CODE;
     if !purchase_code && !st.ops.reason_codes.contains(&reason_code) {
@@ -133,7 +171,17 @@ pub fn parse_grant(
             ),
         ));
     }
-    let note = b.opt_text("note")?.unwrap_or_default();
+    Ok(reason_code)
+}
+
+/// The expiry: in the future, and for a promotion required and within the operations
+/// file's `promotion_max_days`.
+fn parse_expiry(
+    st: &AdminState,
+    b: &mut Body,
+    source: GrantSource,
+    now: u64,
+) -> Result<Option<u64>, ApiError> {
     let expires_at_ms = b.opt_u64("expires_at_ms")?;
     if let Some(at) = expires_at_ms
         && at <= now
@@ -155,46 +203,36 @@ pub fn parse_grant(
             ));
         }
     }
-    let paid = b.opt_u64("amount_paid_micros")?;
-    let cost_basis = match (source, paid) {
-        (GrantSource::Purchase, Some(p)) => p,
-        (GrantSource::Purchase, None) => {
-            return Err(ApiError::field(
-                "amount_paid_micros",
-                "purchases need the amount paid",
-            ));
-        }
-        (_, Some(_)) => {
-            return Err(ApiError::field(
-                "amount_paid_micros",
-                "only purchases have an amount paid",
-            ));
-        }
-        (_, None) => 0,
-    };
-    let priority = match b.opt_u64("priority")? {
-        None => DEFAULT_GRANT_PRIORITY,
-        Some(p) if p <= MAX_GRANT_PRIORITY => p as u32,
-        Some(_) => {
-            return Err(ApiError::field(
-                "priority",
-                format!("must be at most {MAX_GRANT_PRIORITY}"),
-            ));
-        }
-    };
-    b.finish()?;
-    Ok(GrantParams {
-        grant_id: format!("g-{call_id}"),
-        customer: customer.to_string(),
-        source: source.as_str().to_string(),
-        credit_type,
-        amount,
-        expires_at_ms,
-        cost_basis,
-        priority,
-        reason_code,
-        note,
-    })
+    Ok(expires_at_ms)
+}
+
+/// The cost basis: the amount paid, which a purchase needs and no other source has.
+fn parse_cost_basis(b: &mut Body, source: GrantSource) -> Result<u64, ApiError> {
+    match (source, b.opt_u64("amount_paid_micros")?) {
+        (GrantSource::Purchase, Some(p)) => Ok(p),
+        (GrantSource::Purchase, None) => Err(ApiError::field(
+            "amount_paid_micros",
+            "purchases need the amount paid",
+        )),
+        (_, Some(_)) => Err(ApiError::field(
+            "amount_paid_micros",
+            "only purchases have an amount paid",
+        )),
+        (_, None) => Ok(0),
+    }
+}
+
+/// The burn priority: [`DEFAULT_GRANT_PRIORITY`] unless given, at most
+/// [`MAX_GRANT_PRIORITY`].
+fn parse_priority(b: &mut Body) -> Result<u32, ApiError> {
+    match b.opt_u64("priority")? {
+        None => Ok(DEFAULT_GRANT_PRIORITY),
+        Some(p) if p <= MAX_GRANT_PRIORITY => Ok(p as u32),
+        Some(_) => Err(ApiError::field(
+            "priority",
+            format!("must be at most {MAX_GRANT_PRIORITY}"),
+        )),
+    }
 }
 
 fn record_of(p: &GrantParams, actor: &str, now: u64) -> Result<GrantRecord, ApiError> {
@@ -413,67 +451,8 @@ async fn within_limit(
 /// `POST /v1/admin/grant-approvals/{request_id}/approve`: a second person grants it.
 pub async fn approve(st: &AdminState, caller: &Caller, request_id: &str) -> Reply {
     run(async {
-        let rows = st
-            .db
-            .fetch(
-                "SELECT grant_json, requested_by, state FROM grant_approvals WHERE request_id = $1",
-                &[request_id.into()],
-                |row| Ok((
-                    row.try_get::<String, _>("grant_json")?,
-                    row.try_get::<String, _>("requested_by")?,
-                    row.try_get::<String, _>("state")?
-                )),
-            )
-            .await
-            .map_err(unavailable)?;
-        let Some((grant_json, requested_by, state)) = rows.into_iter().next() else {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_request",
-                Some("request_id"),
-                format!("no grant approval {request_id:?}"),
-            ));
-        };
-        if requested_by == caller.name {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "same_person",
-                Some("Authorization"),
-                "a grant must be approved by someone other than who asked for it",
-            ));
-        }
-        if state != "pending" {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "already_decided",
-                Some("request_id"),
-                format!("grant approval {request_id:?} is {state}"),
-            ));
-        }
-        let params: GrantParams = serde_json::from_str(&grant_json).map_err(unavailable)?;
-        let now = now_ms();
-        let claimed = st
-            .db
-            .execute(
-                "UPDATE grant_approvals SET state = 'approved', decided_by = $1, decided_at_ms = $2, grant_id = $3 \
-                 WHERE request_id = $4 AND state = 'pending'",
-                &[
-                    caller.name.as_str().into(),
-                    (now as i64).into(),
-                    params.grant_id.as_str().into(),
-                    request_id.into(),
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
-        if claimed == 0 {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "already_decided",
-                Some("request_id"),
-                format!("grant approval {request_id:?} was decided meanwhile"),
-            ));
-        }
+        let (params, requested_by) = pending_request(st, caller, request_id).await?;
+        claim_request(st, caller, request_id, &params).await?;
         match issue(st, &params, &requested_by, Some(&caller.name), false).await {
             Ok(mut granted) => {
                 granted["request_id"] = json!(request_id);
@@ -494,6 +473,89 @@ pub async fn approve(st: &AdminState, caller: &Caller, request_id: &str) -> Repl
         }
     })
     .await
+}
+
+/// The grant a pending approval request asks for, and who asked: 404 for an unknown
+/// request, 403 when the caller asked for it, 409 when it was decided.
+async fn pending_request(
+    st: &AdminState,
+    caller: &Caller,
+    request_id: &str,
+) -> Result<(GrantParams, String), ApiError> {
+    let rows = st
+        .db
+        .fetch(
+            "SELECT grant_json, requested_by, state FROM grant_approvals WHERE request_id = $1",
+            &[request_id.into()],
+            |row| {
+                Ok((
+                    row.try_get::<String, _>("grant_json")?,
+                    row.try_get::<String, _>("requested_by")?,
+                    row.try_get::<String, _>("state")?,
+                ))
+            },
+        )
+        .await
+        .map_err(unavailable)?;
+    let Some((grant_json, requested_by, state)) = rows.into_iter().next() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_request",
+            Some("request_id"),
+            format!("no grant approval {request_id:?}"),
+        ));
+    };
+    if requested_by == caller.name {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "same_person",
+            Some("Authorization"),
+            "a grant must be approved by someone other than who asked for it",
+        ));
+    }
+    if state != "pending" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_decided",
+            Some("request_id"),
+            format!("grant approval {request_id:?} is {state}"),
+        ));
+    }
+    let params: GrantParams = serde_json::from_str(&grant_json).map_err(unavailable)?;
+    Ok((params, requested_by))
+}
+
+/// Marks a pending request approved by the caller, so that two approvers cannot both
+/// grant it: 409 when another decision came first.
+async fn claim_request(
+    st: &AdminState,
+    caller: &Caller,
+    request_id: &str,
+    params: &GrantParams,
+) -> Result<(), ApiError> {
+    let claimed = st
+        .db
+        .execute(
+            "UPDATE grant_approvals SET state = 'approved', decided_by = $1, decided_at_ms = $2, grant_id = $3 \
+             WHERE request_id = $4 AND state = 'pending'",
+            &[
+                caller.name.as_str().into(),
+                (now_ms() as i64).into(),
+                params.grant_id.as_str().into(),
+                request_id.into(),
+            ],
+        )
+        .await
+        .map_err(unavailable)?;
+    if claimed == 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_decided",
+            Some("request_id"),
+            format!("grant approval {request_id:?} was decided meanwhile"),
+        ));
+    }
+    Ok(())
 }
 
 /// Sets the pending approvals gauge from the `grant_approvals` table (logged on failure).
@@ -620,79 +682,13 @@ pub async fn void(
             .ok_or_else(|| ApiError::field("reason", "is required"))?;
         b.finish()?;
         plan_of(st, customer).await?;
-        let ledger = st.sidecar.ledger.as_ref();
-        let known = ledger.grants_of(customer).await.map_err(unavailable)?;
-        if !known.iter().any(|g| g.grant_id == grant_id) {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_grant",
-                Some("grant_id"),
-                format!("customer {customer:?} has no grant {grant_id:?}"),
-            ));
-        }
-        let voided = st
-            .db
-            .fetch(
-                "SELECT grant_id FROM grant_voids WHERE grant_id = $1",
-                &[grant_id.into()],
-                |row| row.try_get::<String, _>("grant_id"),
-            )
-            .await
-            .map_err(unavailable)?;
-        if !voided.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "already_voided",
-                Some("grant_id"),
-                format!("grant {grant_id:?} was voided before"),
-            ));
-        }
-        let busy = |message: &str| {
-            ApiError::new(StatusCode::CONFLICT, "retry_later", None, message.to_string())
-        };
-        // The ledger learns of the grant's burns through the event stream: wait (briefly)
-        // until it agrees with Redis on what is left, so the void removes exactly that.
-        let started = std::time::Instant::now();
-        let booked = loop {
-            let live = st
-                .sidecar
-                .redis
-                .balance(customer)
-                .await
-                .map_err(|e| ApiError::unavailable("credit store", e))?;
-            if live.types.iter().any(|t| t.held != 0) {
-                return Err(busy("the customer has holds pending; retry when they are resolved"));
-            }
-            let in_redis = live
-                .grants
-                .iter()
-                .find(|g| g.grant_id == grant_id)
-                .map(|g| g.remaining)
-                .unwrap_or(0);
-            let booked = ledger
-                .balance_at(customer, now_ms())
-                .await
-                .map_err(unavailable)?
-                .grant(grant_id)
-                .map(|g| g.remaining.max(0) as u64)
-                .unwrap_or(0);
-            if in_redis == booked {
-                break booked;
-            }
-            if started.elapsed() > VOID_CATCH_UP_WAIT {
-                return Err(busy("the ledger is catching up with Redis; retry in a moment"));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        };
-        let credit_type = known
-            .iter()
-            .find(|g| g.grant_id == grant_id)
-            .map(|g| g.credit_type.clone())
-            .unwrap_or_default();
+        let credit_type = credit_type_of_grant(st, customer, grant_id).await?;
+        refuse_a_second_void(st, grant_id).await?;
+        let booked = remaining_once_ledger_agrees(st, customer, grant_id).await?;
         let now = now_ms();
         let mut rebuilt = "not_needed";
         if booked > 0 {
-            let entry = NewEntry::adjustment(&Adjustment {
+            let removal = Adjustment {
                 adjustment_id: format!("void-{grant_id}"),
                 customer: customer.to_string(),
                 credit_type,
@@ -702,17 +698,8 @@ pub async fn void(
                 reason: format!("void: {reason}"),
                 at_ms: now,
                 shard: st.sidecar.redis.keyspace().shard_of(customer).0,
-            })
-            .map_err(unavailable)?;
-            ledger.append_batch(&[entry]).await.map_err(unavailable)?;
-            rebuilt = match rebuild_customer(ledger, st.sidecar.redis.as_ref(), customer).await {
-                Ok(Rebuilt::Restored { .. }) => "done",
-                Ok(Rebuilt::Busy { .. }) => "pending",
-                Err(e) => {
-                    tracing::error!(customer, grant_id, error = %e, "void recorded; Redis rebuild failed");
-                    "pending"
-                }
             };
+            rebuilt = book_and_rebuild(st, &removal).await?;
         }
         st.db
             .execute(
@@ -743,4 +730,125 @@ pub async fn void(
         ))
     })
     .await
+}
+
+/// The credit type of one of the customer's grants; 404 when the ledger has no such grant.
+async fn credit_type_of_grant(
+    st: &AdminState,
+    customer: &str,
+    grant_id: &str,
+) -> Result<String, ApiError> {
+    let known = st
+        .sidecar
+        .ledger
+        .grants_of(customer)
+        .await
+        .map_err(unavailable)?;
+    match known.into_iter().find(|g| g.grant_id == grant_id) {
+        Some(grant) => Ok(grant.credit_type),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_grant",
+            Some("grant_id"),
+            format!("customer {customer:?} has no grant {grant_id:?}"),
+        )),
+    }
+}
+
+/// 409 when the grant was voided before: a grant is voided once.
+async fn refuse_a_second_void(st: &AdminState, grant_id: &str) -> Result<(), ApiError> {
+    let voided = st
+        .db
+        .fetch(
+            "SELECT grant_id FROM grant_voids WHERE grant_id = $1",
+            &[grant_id.into()],
+            |row| row.try_get::<String, _>("grant_id"),
+        )
+        .await
+        .map_err(unavailable)?;
+    if !voided.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_voided",
+            Some("grant_id"),
+            format!("grant {grant_id:?} was voided before"),
+        ));
+    }
+    Ok(())
+}
+
+/// What is left of the grant, once the ledger and Redis agree on it. The ledger learns of
+/// the grant's burns through the event stream: wait (up to [`VOID_CATCH_UP_WAIT`]) until
+/// it agrees with Redis, so the void removes exactly that. 409 while holds are pending or
+/// when the ledger does not catch up in time.
+async fn remaining_once_ledger_agrees(
+    st: &AdminState,
+    customer: &str,
+    grant_id: &str,
+) -> Result<u64, ApiError> {
+    let busy = |message: &str| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "retry_later",
+            None,
+            message.to_string(),
+        )
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let live = st
+            .sidecar
+            .redis
+            .balance(customer)
+            .await
+            .map_err(|e| ApiError::unavailable("credit store", e))?;
+        if live.types.iter().any(|t| t.held != 0) {
+            return Err(busy(
+                "the customer has holds pending; retry when they are resolved",
+            ));
+        }
+        let in_redis = live
+            .grants
+            .iter()
+            .find(|g| g.grant_id == grant_id)
+            .map(|g| g.remaining)
+            .unwrap_or(0);
+        let booked = st
+            .sidecar
+            .ledger
+            .balance_at(customer, now_ms())
+            .await
+            .map_err(unavailable)?
+            .grant(grant_id)
+            .map(|g| g.remaining.max(0) as u64)
+            .unwrap_or(0);
+        if in_redis == booked {
+            return Ok(booked);
+        }
+        if started.elapsed() > VOID_CATCH_UP_WAIT {
+            return Err(busy(
+                "the ledger is catching up with Redis; retry in a moment",
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Books the removal in the ledger, then rebuilds the customer in Redis from it; says
+/// whether the rebuild is `done` or `pending` (the reconciler finishes it).
+async fn book_and_rebuild(st: &AdminState, removal: &Adjustment) -> Result<&'static str, ApiError> {
+    let ledger = st.sidecar.ledger.as_ref();
+    let entry = NewEntry::adjustment(removal).map_err(unavailable)?;
+    ledger.append_batch(&[entry]).await.map_err(unavailable)?;
+    let (customer, grant_id) = (removal.customer.as_str(), removal.grant_id.as_deref());
+    Ok(
+        match rebuild_customer(ledger, st.sidecar.redis.as_ref(), customer).await {
+            Ok(Rebuilt::Restored { .. }) => "done",
+            Ok(Rebuilt::Busy { .. }) => "pending",
+            Err(e) => {
+                tracing::error!(customer, grant_id, error = %e, "void recorded; Redis rebuild failed");
+                "pending"
+            }
+        },
+    )
 }
