@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use creditgate_protocol::CreditStore;
+use creditgate_protocol::{Balance, CreditStore};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -28,6 +28,7 @@ use super::idempotency::{Reply, reply};
 use super::state::AdminState;
 use super::webhooks;
 use crate::ledger::now_ms;
+use crate::operations::Endpoint;
 
 /// How often balances are compared with their thresholds, ms: a recharge starts within a
 /// second of the crossing, and a pass is one Redis read per watched customer.
@@ -208,6 +209,63 @@ type Thresholds = (String, String, Option<i64>, Option<i64>, Option<i64>);
 /// One pass over every customer (watched customers: those with alert settings, and, when
 /// the events webhook is configured, every customer).
 pub async fn pass(st: &AdminState) -> Result<(), sqlx::Error> {
+    let (settings, customers) = watched(st).await?;
+    let now = now_ms();
+    for customer in customers {
+        let seen = snapshot(st, &customer).await?;
+        let balance = match st.sidecar.redis.balance(&customer).await {
+            Ok(b) => b,
+            Err(e) => {
+                error!(customer, error = %e, "alerts: reading the balance failed");
+                continue;
+            }
+        };
+        let watch = Watch {
+            customer: &customer,
+            seen,
+            balance,
+            settings: settings.iter().filter(|s| s.0 == customer).collect(),
+            now,
+        };
+        if let Some(hook) = &st.ops.webhooks {
+            balance_events(st, &watch, hook).await?;
+            expiring_grants(st, &watch, hook).await?;
+        }
+        if let Some(billing) = &st.ops.auto_recharge {
+            recharge_requests(st, &watch, billing).await?;
+        }
+    }
+    Ok(())
+}
+
+/// One customer in a pass: its crossing rows (read before its balance), its balance and
+/// its alert settings.
+struct Watch<'a> {
+    customer: &'a str,
+    seen: Snapshot,
+    balance: Balance,
+    settings: Vec<&'a Thresholds>,
+    now: u64,
+}
+
+impl Watch<'_> {
+    fn available(&self, credit_type: &str) -> i64 {
+        self.balance.of(credit_type).map_or(0, |t| t.available)
+    }
+
+    /// The delivery id of the `n`th crossing of `kind` for one credit type.
+    fn crossing_id(&self, kind: &str, credit_type: &str, n: i64) -> String {
+        let customer = self.customer;
+        format!(
+            "{kind}-{}-{n}",
+            short_hash(&format!("{customer}/{credit_type}"))
+        )
+    }
+}
+
+/// Every customer's alert settings, and the customers a pass watches: those with
+/// settings and, when the events webhook is configured, every customer.
+async fn watched(st: &AdminState) -> Result<(Vec<Thresholds>, Vec<String>), sqlx::Error> {
     let db = &st.db;
     let settings: Vec<Thresholds> = db
         .fetch(
@@ -236,99 +294,105 @@ pub async fn pass(st: &AdminState) -> Result<(), sqlx::Error> {
     customers.extend(settings.iter().map(|s| s.0.clone()));
     customers.sort();
     customers.dedup();
-    let now = now_ms();
-    for customer in customers {
-        let seen = snapshot(st, &customer).await?;
-        let balance = match st.sidecar.redis.balance(&customer).await {
-            Ok(b) => b,
-            Err(e) => {
-                error!(customer, error = %e, "alerts: reading the balance failed");
-                continue;
-            }
-        };
-        let mine: Vec<&Thresholds> = settings.iter().filter(|s| s.0 == customer).collect();
-        if let Some(hook) = &st.ops.webhooks {
-            for t in &balance.types {
-                if let Some(n) = cross(
-                    st,
-                    &seen,
-                    &customer,
-                    &t.credit_type,
-                    "depleted",
-                    t.available <= 0,
-                )
-                .await?
-                {
-                    let id = format!(
-                        "depleted-{}-{n}",
-                        short_hash(&format!("{customer}/{}", t.credit_type))
-                    );
-                    let payload = json!({"credit_type": t.credit_type, "available": t.available});
-                    webhooks::enqueue(db, &id, "balance.depleted", &customer, hook, payload, now)
-                        .await?;
-                }
-            }
-            for (_, credit_type, low, _, _) in &mine {
-                let Some(low) = low else { continue };
-                let available = balance.of(credit_type).map_or(0, |t| t.available);
-                if let Some(n) = cross(
-                    st,
-                    &seen,
-                    &customer,
-                    credit_type,
-                    "low_balance",
-                    available < *low,
-                )
-                .await?
-                {
-                    let id = format!(
-                        "low-{}-{n}",
-                        short_hash(&format!("{customer}/{credit_type}"))
-                    );
-                    let payload = json!({"credit_type": credit_type, "available": available, "threshold": low});
-                    webhooks::enqueue(db, &id, "balance.low", &customer, hook, payload, now)
-                        .await?;
-                }
-            }
-            let horizon = now + hook.expiring_within_days * 86_400_000;
-            for g in &balance.grants {
-                let Some(at) = g.expires_at_ms else { continue };
-                if g.remaining > 0 && at > now && at <= horizon {
-                    let id = format!("expiring-{}", g.grant_id);
-                    let payload = json!({"credit_type": g.credit_type, "grant_id": g.grant_id,
-                                         "remaining": g.remaining, "expires_at_ms": at});
-                    webhooks::enqueue(db, &id, "grant.expiring", &customer, hook, payload, now)
-                        .await?;
-                }
-            }
+    Ok((settings, customers))
+}
+
+/// `balance.depleted` when a credit type runs out and `balance.low` when it falls below
+/// the customer's threshold, once per crossing.
+async fn balance_events(
+    st: &AdminState,
+    w: &Watch<'_>,
+    hook: &Endpoint,
+) -> Result<(), sqlx::Error> {
+    let (db, customer, now) = (&st.db, w.customer, w.now);
+    for t in &w.balance.types {
+        let depleted = t.available <= 0;
+        if let Some(n) = cross(st, &w.seen, customer, &t.credit_type, "depleted", depleted).await? {
+            let id = w.crossing_id("depleted", &t.credit_type, n);
+            let payload = json!({"credit_type": t.credit_type, "available": t.available});
+            webhooks::enqueue(db, &id, "balance.depleted", customer, hook, payload, now).await?;
         }
-        if let Some(billing) = &st.ops.auto_recharge {
-            for (_, credit_type, _, threshold, target) in &mine {
-                let (Some(threshold), Some(target)) = (threshold, target) else {
-                    continue;
-                };
-                let available = balance.of(credit_type).map_or(0, |t| t.available);
-                if let Some(n) = cross(
-                    st,
-                    &seen,
-                    &customer,
-                    credit_type,
-                    "auto_recharge",
-                    available < *threshold,
-                )
-                .await?
-                {
-                    let id = format!(
-                        "recharge-{}-{n}",
-                        short_hash(&format!("{customer}/{credit_type}"))
-                    );
-                    let payload = json!({"credit_type": credit_type, "available": available,
-                                         "threshold": threshold, "target": target,
-                                         "amount": (target - available).max(0)});
-                    webhooks::enqueue(db, &id, "auto_recharge", &customer, billing, payload, now)
-                        .await?;
-                }
-            }
+    }
+    for (_, credit_type, low, _, _) in &w.settings {
+        let Some(low) = low else { continue };
+        let available = w.available(credit_type);
+        if let Some(n) = cross(
+            st,
+            &w.seen,
+            customer,
+            credit_type,
+            "low_balance",
+            available < *low,
+        )
+        .await?
+        {
+            let id = w.crossing_id("low", credit_type, n);
+            let payload =
+                json!({"credit_type": credit_type, "available": available, "threshold": low});
+            webhooks::enqueue(db, &id, "balance.low", customer, hook, payload, now).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `grant.expiring` once per grant with credits left that expires within the webhook's
+/// `expiring_within_days`.
+async fn expiring_grants(
+    st: &AdminState,
+    w: &Watch<'_>,
+    hook: &Endpoint,
+) -> Result<(), sqlx::Error> {
+    let horizon = w.now + hook.expiring_within_days * 86_400_000;
+    for g in &w.balance.grants {
+        let Some(at) = g.expires_at_ms else { continue };
+        if g.remaining > 0 && at > w.now && at <= horizon {
+            let id = format!("expiring-{}", g.grant_id);
+            let payload = json!({"credit_type": g.credit_type, "grant_id": g.grant_id,
+                                 "remaining": g.remaining, "expires_at_ms": at});
+            webhooks::enqueue(
+                &st.db,
+                &id,
+                "grant.expiring",
+                w.customer,
+                hook,
+                payload,
+                w.now,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// `auto_recharge` to the billing endpoint once per crossing below a customer's recharge
+/// threshold, asking for the amount that brings it back to its target.
+async fn recharge_requests(
+    st: &AdminState,
+    w: &Watch<'_>,
+    billing: &Endpoint,
+) -> Result<(), sqlx::Error> {
+    for (_, credit_type, _, threshold, target) in &w.settings {
+        let (Some(threshold), Some(target)) = (threshold, target) else {
+            continue;
+        };
+        let available = w.available(credit_type);
+        let below = available < *threshold;
+        if let Some(n) = cross(st, &w.seen, w.customer, credit_type, "auto_recharge", below).await?
+        {
+            let id = w.crossing_id("recharge", credit_type, n);
+            let payload = json!({"credit_type": credit_type, "available": available,
+                                 "threshold": threshold, "target": target,
+                                 "amount": (target - available).max(0)});
+            webhooks::enqueue(
+                &st.db,
+                &id,
+                "auto_recharge",
+                w.customer,
+                billing,
+                payload,
+                w.now,
+            )
+            .await?;
         }
     }
     Ok(())
