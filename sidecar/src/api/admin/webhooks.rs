@@ -107,116 +107,152 @@ pub async fn deliver_due(
     now_ms: u64,
     metrics: &AdminMetrics,
 ) -> Result<u64, sqlx::Error> {
-    let due = db
-        .fetch(
-            "SELECT delivery_id, kind, url, payload, attempts, next_attempt_at_ms FROM webhook_deliveries \
-             WHERE state = 'pending' AND next_attempt_at_ms <= $1 ORDER BY next_attempt_at_ms LIMIT $2",
-            &[(now_ms as i64).into(), WEBHOOK_BATCH_MAX.into()],
-            |row| Ok((
-                row.try_get::<String, _>("delivery_id")?,
-                row.try_get::<String, _>("kind")?,
-                row.try_get::<String, _>("url")?,
-                row.try_get::<String, _>("payload")?,
-                row.try_get::<i64, _>("attempts")?,
-                row.try_get::<i64, _>("next_attempt_at_ms")?
-            )),
-        )
-        .await?;
     let mut delivered = 0;
-    for (id, kind, url, payload, attempts, next_at) in due {
+    for due in due_deliveries(db, now_ms).await? {
         let count = |outcome: &str| {
             metrics
                 .webhook_deliveries
-                .with_label_values(&[kind.as_str(), outcome])
+                .with_label_values(&[due.kind.as_str(), outcome])
                 .inc()
         };
-        // Claim it, so a second sidecar (or an overlapping pass) does not send it too.
-        let claimed = db
-            .execute(
-                "UPDATE webhook_deliveries SET next_attempt_at_ms = $1 \
-                 WHERE delivery_id = $2 AND state = 'pending' AND next_attempt_at_ms = $3",
-                &[
-                    ((now_ms + CLAIM_LEASE_MS) as i64).into(),
-                    id.as_str().into(),
-                    next_at.into(),
-                ],
-            )
-            .await?;
-        if claimed == 0 {
+        if !claim(db, &due, now_ms).await? {
             continue;
         }
-        let Some(secret) = secret_for(&url) else {
+        let Some(secret) = secret_for(&due.url) else {
             db.execute(
                 "UPDATE webhook_deliveries SET state = 'failed', last_error = $1 WHERE delivery_id = $2",
-                &["the URL is no longer configured".into(), id.as_str().into()],
+                &["the URL is no longer configured".into(), due.id.as_str().into()],
             )
             .await?;
             count("failed");
             continue;
         };
-        let t = crate::ledger::now_ms();
-        let result = client
-            .post(&url)
-            .timeout(WEBHOOK_TIMEOUT)
-            .header("content-type", "application/json")
-            .header("X-Creditgate-Delivery", &id)
-            .header(
-                "X-Creditgate-Signature",
-                signature(&secret, t, payload.as_bytes()),
-            )
-            .body(payload.clone())
-            .send()
-            .await;
-        let (status, error) = match result {
-            Ok(r) if r.status().is_success() => (Some(r.status().as_u16()), None),
-            Ok(r) => (
-                Some(r.status().as_u16()),
-                Some(format!("answered {}", r.status())),
-            ),
-            Err(e) => (None, Some(e.to_string())),
-        };
-        let attempts = attempts + 1;
-        match error {
-            None => {
-                db.execute(
-                    "UPDATE webhook_deliveries SET state = 'delivered', attempts = $1, last_status = $2, \
-                     delivered_at_ms = $3, last_error = NULL WHERE delivery_id = $4",
-                    &[
-                        attempts.into(),
-                        status.map(i64::from).into(),
-                        (crate::ledger::now_ms() as i64).into(),
-                        id.as_str().into(),
-                    ],
-                )
-                .await?;
-                delivered += 1;
-                count("delivered");
-            }
-            Some(error) => {
-                let state = if attempts >= WEBHOOK_ATTEMPTS_MAX {
-                    "failed"
-                } else {
-                    "pending"
-                };
-                warn!(delivery_id = %id, attempts, error, "webhook delivery failed");
-                count(if state == "failed" { "failed" } else { "retry" });
-                db.execute(
-                    "UPDATE webhook_deliveries SET state = $1, attempts = $2, last_status = $3, last_error = $4, \
-                     next_attempt_at_ms = $5 WHERE delivery_id = $6",
-                    &[
-                        state.into(),
-                        attempts.into(),
-                        status.map(i64::from).into(),
-                        error.as_str().into(),
-                        ((crate::ledger::now_ms() + backoff_ms(attempts - 1)) as i64).into(),
-                        id.as_str().into(),
-                    ],
-                )
-                .await?;
-            }
+        let (status, error) = send(client, &due, &secret).await;
+        let outcome = record_attempt(db, &due, status, error).await?;
+        if outcome == "delivered" {
+            delivered += 1;
         }
+        count(outcome);
     }
     Ok(delivered)
+}
+
+/// A pending delivery whose next attempt is due.
+struct Due {
+    id: String,
+    kind: String,
+    url: String,
+    payload: String,
+    attempts: i64,
+    next_at: i64,
+}
+
+/// The pending deliveries due at `now_ms`, oldest first, at most [`WEBHOOK_BATCH_MAX`].
+async fn due_deliveries(db: &AdminDb, now_ms: u64) -> Result<Vec<Due>, sqlx::Error> {
+    db.fetch(
+        "SELECT delivery_id, kind, url, payload, attempts, next_attempt_at_ms FROM webhook_deliveries \
+         WHERE state = 'pending' AND next_attempt_at_ms <= $1 ORDER BY next_attempt_at_ms LIMIT $2",
+        &[(now_ms as i64).into(), WEBHOOK_BATCH_MAX.into()],
+        |row| {
+            Ok(Due {
+                id: row.try_get::<String, _>("delivery_id")?,
+                kind: row.try_get::<String, _>("kind")?,
+                url: row.try_get::<String, _>("url")?,
+                payload: row.try_get::<String, _>("payload")?,
+                attempts: row.try_get::<i64, _>("attempts")?,
+                next_at: row.try_get::<i64, _>("next_attempt_at_ms")?,
+            })
+        },
+    )
+    .await
+}
+
+/// Claims a due delivery for a lease, so a second sidecar (or an overlapping pass) does
+/// not send it too; false when someone else claimed it first.
+async fn claim(db: &AdminDb, due: &Due, now_ms: u64) -> Result<bool, sqlx::Error> {
+    let claimed = db
+        .execute(
+            "UPDATE webhook_deliveries SET next_attempt_at_ms = $1 \
+             WHERE delivery_id = $2 AND state = 'pending' AND next_attempt_at_ms = $3",
+            &[
+                ((now_ms + CLAIM_LEASE_MS) as i64).into(),
+                due.id.as_str().into(),
+                due.next_at.into(),
+            ],
+        )
+        .await?;
+    Ok(claimed > 0)
+}
+
+/// Posts the signed payload once: the status answered, and the error unless it was a 2xx.
+async fn send(client: &reqwest::Client, due: &Due, secret: &str) -> (Option<u16>, Option<String>) {
+    let t = crate::ledger::now_ms();
+    let result = client
+        .post(&due.url)
+        .timeout(WEBHOOK_TIMEOUT)
+        .header("content-type", "application/json")
+        .header("X-Creditgate-Delivery", &due.id)
+        .header(
+            "X-Creditgate-Signature",
+            signature(secret, t, due.payload.as_bytes()),
+        )
+        .body(due.payload.clone())
+        .send()
+        .await;
+    match result {
+        Ok(r) if r.status().is_success() => (Some(r.status().as_u16()), None),
+        Ok(r) => (
+            Some(r.status().as_u16()),
+            Some(format!("answered {}", r.status())),
+        ),
+        Err(e) => (None, Some(e.to_string())),
+    }
+}
+
+/// Records an attempt: delivered, or failed and retried after a backoff until
+/// [`WEBHOOK_ATTEMPTS_MAX`] attempts. Returns the outcome's metric label (`delivered`,
+/// `retry` or `failed`).
+async fn record_attempt(
+    db: &AdminDb,
+    due: &Due,
+    status: Option<u16>,
+    error: Option<String>,
+) -> Result<&'static str, sqlx::Error> {
+    let attempts = due.attempts + 1;
+    let Some(error) = error else {
+        db.execute(
+            "UPDATE webhook_deliveries SET state = 'delivered', attempts = $1, last_status = $2, \
+             delivered_at_ms = $3, last_error = NULL WHERE delivery_id = $4",
+            &[
+                attempts.into(),
+                status.map(i64::from).into(),
+                (crate::ledger::now_ms() as i64).into(),
+                due.id.as_str().into(),
+            ],
+        )
+        .await?;
+        return Ok("delivered");
+    };
+    let state = if attempts >= WEBHOOK_ATTEMPTS_MAX {
+        "failed"
+    } else {
+        "pending"
+    };
+    warn!(delivery_id = %due.id, attempts, error, "webhook delivery failed");
+    db.execute(
+        "UPDATE webhook_deliveries SET state = $1, attempts = $2, last_status = $3, last_error = $4, \
+         next_attempt_at_ms = $5 WHERE delivery_id = $6",
+        &[
+            state.into(),
+            attempts.into(),
+            status.map(i64::from).into(),
+            error.as_str().into(),
+            ((crate::ledger::now_ms() + backoff_ms(attempts - 1)) as i64).into(),
+            due.id.as_str().into(),
+        ],
+    )
+    .await?;
+    Ok(if state == "failed" { "failed" } else { "retry" })
 }
 
 /// The delivery log, newest first: of one customer, or all.
