@@ -129,104 +129,158 @@ where
         Ok(k) => k,
         Err(e) => return e.into(),
     };
+    let claim = Claim {
+        db,
+        actor,
+        key: &key,
+        fingerprint: fingerprint_of(request),
+        now_ms,
+    };
+    if let Err(answer) = claim.wait_for_key().await {
+        return answer;
+    }
+    let (status, body) = op(call_id_of(actor, &key)).await;
+    claim.keep(status, &body).await;
+    (status, body)
+}
+
+/// The SHA-256 hex of a request's parts, each prefixed by its length.
+fn fingerprint_of(request: &[&[u8]]) -> String {
     let mut hasher = Sha256::new();
     for part in request {
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part);
     }
-    let fingerprint = hex::encode(hasher.finalize());
+    hex::encode(hasher.finalize())
+}
+
+/// The call's id: 16 bytes of SHA-256 over the caller and the key, in hex.
+fn call_id_of(actor: &str, key: &str) -> String {
     let mut id_hasher = Sha256::new();
     id_hasher.update((actor.len() as u64).to_be_bytes());
     id_hasher.update(actor.as_bytes());
     id_hasher.update(key.as_bytes());
-    let call_id = hex::encode(&id_hasher.finalize()[..16]);
-    let started = Instant::now();
-    loop {
-        let claimed = db
-            .execute(
-                "INSERT INTO idempotency_keys (actor, idem_key, fingerprint, created_at_ms) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                &[
-                    actor.into(),
-                    key.as_str().into(),
-                    fingerprint.as_str().into(),
-                    (now_ms as i64).into(),
-                ],
-            )
-            .await;
-        match claimed {
-            Ok(1) => break,
-            Ok(_) => {}
-            Err(e) => return ApiError::unavailable("claiming the idempotency key", e).into(),
-        }
-        match look(db, actor, &key, &fingerprint).await {
-            Err(e) => return e.into(),
-            Ok(Seen::Done(reply)) => return reply,
-            Ok(Seen::Other) => {
-                return ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
-                    Some(IDEMPOTENCY_HEADER),
-                    "this Idempotency-Key was used for a different request; use a new key",
+    hex::encode(&id_hasher.finalize()[..16])
+}
+
+/// One caller's claim on one `Idempotency-Key` for one request.
+struct Claim<'a> {
+    db: &'a AdminDb,
+    actor: &'a str,
+    key: &'a str,
+    fingerprint: String,
+    now_ms: u64,
+}
+
+impl Claim<'_> {
+    /// Claims the key, or takes over a claim abandoned for [`IDEMPOTENCY_ABANDONED_MS`];
+    /// while another call holds it, polls for up to [`IDEMPOTENCY_WAIT`]. `Err` is the
+    /// answer to give instead of running the call: the first call's answer, a 422 for a
+    /// key reused on another request, a 409 while it still runs, or a 503.
+    async fn wait_for_key(&self) -> Result<(), Reply> {
+        let started = Instant::now();
+        loop {
+            let claimed = self
+                .db
+                .execute(
+                    "INSERT INTO idempotency_keys (actor, idem_key, fingerprint, created_at_ms) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    &[
+                        self.actor.into(),
+                        self.key.into(),
+                        self.fingerprint.as_str().into(),
+                        (self.now_ms as i64).into(),
+                    ],
                 )
-                .into();
+                .await;
+            match claimed {
+                Ok(1) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(ApiError::unavailable("claiming the idempotency key", e).into());
+                }
             }
-            Ok(Seen::Running { since_ms })
-                if (now_ms as i64).saturating_sub(since_ms) > IDEMPOTENCY_ABANDONED_MS as i64 =>
+            let seen = look(self.db, self.actor, self.key, &self.fingerprint).await;
+            if self.settled_by(seen?).await? {
+                return Ok(());
+            }
+            if started.elapsed() > IDEMPOTENCY_WAIT {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_in_progress",
+                    Some(IDEMPOTENCY_HEADER),
+                    "a call with this Idempotency-Key is still running; retry later",
+                )
+                .into());
+            }
+            tokio::time::sleep(IDEMPOTENCY_POLL).await;
+        }
+    }
+
+    /// What the key's row says for a claim that was not inserted: `Ok(true)` when this
+    /// call took an abandoned claim over, `Ok(false)` to poll again, `Err` with the answer.
+    async fn settled_by(&self, seen: Seen) -> Result<bool, Reply> {
+        match seen {
+            Seen::Done(reply) => Err(reply),
+            Seen::Other => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                Some(IDEMPOTENCY_HEADER),
+                "this Idempotency-Key was used for a different request; use a new key",
+            )
+            .into()),
+            Seen::Running { since_ms }
+                if (self.now_ms as i64).saturating_sub(since_ms)
+                    > IDEMPOTENCY_ABANDONED_MS as i64 =>
             {
                 // Take the abandoned claim over (one caller wins the conditional update).
-                let taken = db
+                let taken = self
+                    .db
                     .execute(
                         "UPDATE idempotency_keys SET created_at_ms = $1 WHERE actor = $2 AND idem_key = $3 \
                          AND status IS NULL AND created_at_ms = $4",
                         &[
-                            (now_ms as i64).into(),
-                            actor.into(),
-                            key.as_str().into(),
+                            (self.now_ms as i64).into(),
+                            self.actor.into(),
+                            self.key.into(),
                             since_ms.into(),
                         ],
                     )
                     .await;
-                if let Ok(1) = taken {
-                    break;
-                }
+                Ok(matches!(taken, Ok(1)))
             }
-            Ok(Seen::Missing | Seen::Running { .. }) => {}
+            Seen::Missing | Seen::Running { .. } => Ok(false),
         }
-        if started.elapsed() > IDEMPOTENCY_WAIT {
-            return ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency_key_in_progress",
-                Some(IDEMPOTENCY_HEADER),
-                "a call with this Idempotency-Key is still running; retry later",
-            )
-            .into();
+    }
+
+    /// Keeps a successful answer for replays; forgets the key after a failed one, so the
+    /// caller may retry with it.
+    async fn keep(&self, status: StatusCode, body: &[u8]) {
+        let kept = if status.is_success() {
+            self.db
+                .execute(
+                    "UPDATE idempotency_keys SET status = $1, body = $2 WHERE actor = $3 AND idem_key = $4",
+                    &[
+                        (status.as_u16() as i64).into(),
+                        String::from_utf8_lossy(body).into_owned().into(),
+                        self.actor.into(),
+                        self.key.into(),
+                    ],
+                )
+                .await
+        } else {
+            self.db
+                .execute(
+                    "DELETE FROM idempotency_keys WHERE actor = $1 AND idem_key = $2",
+                    &[self.actor.into(), self.key.into()],
+                )
+                .await
+        };
+        if let Err(e) = kept {
+            let (actor, key) = (self.actor, self.key);
+            tracing::error!(actor, key, error = %e, "could not record an idempotent answer; a replay may run the call again");
         }
-        tokio::time::sleep(IDEMPOTENCY_POLL).await;
     }
-    let (status, body) = op(call_id).await;
-    let kept = if status.is_success() {
-        db.execute(
-            "UPDATE idempotency_keys SET status = $1, body = $2 WHERE actor = $3 AND idem_key = $4",
-            &[
-                (status.as_u16() as i64).into(),
-                String::from_utf8_lossy(&body).into_owned().into(),
-                actor.into(),
-                key.as_str().into(),
-            ],
-        )
-        .await
-    } else {
-        db.execute(
-            "DELETE FROM idempotency_keys WHERE actor = $1 AND idem_key = $2",
-            &[actor.into(), key.as_str().into()],
-        )
-        .await
-    };
-    if let Err(e) = kept {
-        tracing::error!(actor, key, error = %e, "could not record an idempotent answer; a replay may run the call again");
-    }
-    (status, body)
 }
 
 /// Drops keys older than [`IDEMPOTENCY_RETAIN_MS`]; returns how many.
