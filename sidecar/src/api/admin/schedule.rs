@@ -149,69 +149,88 @@ pub async fn pass(st: &AdminState, done: &mut HashSet<String>) -> u64 {
             if done.contains(&current.grant_id) {
                 continue;
             }
-            let known = match st.sidecar.ledger.grants_of(&customer).await {
-                Ok(known) => known,
-                Err(e) => {
-                    error!(schedule = %s.id, customer, error = %e, "scheduled grants: reading grants failed; retrying next pass");
-                    continue;
-                }
+            let Some((granted, all_ok)) = grant_due_periods(st, s, &customer, now).await else {
+                continue;
             };
-            // The latest period of this schedule granted to this customer, read from the
-            // grant ids (`s-<schedule>-<YYYY-MM>-<customer hash>`).
-            let hash_suffix = schedule_grant_id(&s.id, "", &customer);
-            let hash_suffix = &hash_suffix[format!("s-{}-", s.id).len()..];
-            let prefix = format!("s-{}-", s.id);
-            let last = known
-                .iter()
-                .filter_map(|g| {
-                    g.grant_id
-                        .strip_prefix(&prefix)?
-                        .strip_suffix(hash_suffix)
-                        .and_then(parse_period)
-                })
-                .max();
-            let current_index = month_index(now);
-            if let Some(last) = last
-                && current_index - last > BACKFILL_MAX_PERIODS + 1
-            {
-                warn!(schedule = %s.id, customer, last_granted = %period_label(last),
-                      skipped = current_index - last - 1 - BACKFILL_MAX_PERIODS,
-                      "scheduled grants: periods older than the back-fill bound are not granted");
-            }
-            let mut all_ok = true;
-            for index in due_periods(last, current_index) {
-                let mut record = period_record(s, &customer, &period_label(index), now);
-                // A retry of a recorded period must carry the same fields (its expiry).
-                if let Some(first) = known.iter().find(|g| g.grant_id == record.grant_id) {
-                    record = first.clone();
-                }
-                match issue_grant(
-                    st.sidecar.ledger.as_ref(),
-                    st.sidecar.redis.as_ref(),
-                    &record,
-                )
-                .await
-                {
-                    Ok(outcome) => {
-                        info!(schedule = %s.id, customer, grant_id = %record.grant_id, ?outcome, "scheduled grant");
-                        issued += 1;
-                    }
-                    Err(OutboxError::Conflict(id)) => {
-                        error!(grant_id = %id, "scheduled grant id recorded before with other fields");
-                    }
-                    Err(e) => {
-                        all_ok = false;
-                        error!(schedule = %s.id, customer, error = %e, "scheduled grant failed; retrying next pass");
-                        break;
-                    }
-                }
-            }
+            issued += granted;
             if all_ok {
                 done.insert(current.grant_id);
             }
         }
     }
     issued
+}
+
+/// Grants one customer every period of schedule `s` that is due, oldest first (back to
+/// [`BACKFILL_MAX_PERIODS`]); stops at the first failure. Returns how many were granted
+/// and whether all went through; `None` when the customer's grants could not be read.
+async fn grant_due_periods(
+    st: &AdminState,
+    s: &Schedule,
+    customer: &str,
+    now: u64,
+) -> Option<(u64, bool)> {
+    let known = match st.sidecar.ledger.grants_of(customer).await {
+        Ok(known) => known,
+        Err(e) => {
+            error!(schedule = %s.id, customer, error = %e, "scheduled grants: reading grants failed; retrying next pass");
+            return None;
+        }
+    };
+    let last = last_granted_period(s, customer, &known);
+    let current_index = month_index(now);
+    if let Some(last) = last
+        && current_index - last > BACKFILL_MAX_PERIODS + 1
+    {
+        warn!(schedule = %s.id, customer, last_granted = %period_label(last),
+              skipped = current_index - last - 1 - BACKFILL_MAX_PERIODS,
+              "scheduled grants: periods older than the back-fill bound are not granted");
+    }
+    let mut issued = 0;
+    for index in due_periods(last, current_index) {
+        let mut record = period_record(s, customer, &period_label(index), now);
+        // A retry of a recorded period must carry the same fields (its expiry).
+        if let Some(first) = known.iter().find(|g| g.grant_id == record.grant_id) {
+            record = first.clone();
+        }
+        match issue_grant(
+            st.sidecar.ledger.as_ref(),
+            st.sidecar.redis.as_ref(),
+            &record,
+        )
+        .await
+        {
+            Ok(outcome) => {
+                info!(schedule = %s.id, customer, grant_id = %record.grant_id, ?outcome, "scheduled grant");
+                issued += 1;
+            }
+            Err(OutboxError::Conflict(id)) => {
+                error!(grant_id = %id, "scheduled grant id recorded before with other fields");
+            }
+            Err(e) => {
+                error!(schedule = %s.id, customer, error = %e, "scheduled grant failed; retrying next pass");
+                return Some((issued, false));
+            }
+        }
+    }
+    Some((issued, true))
+}
+
+/// The latest period of schedule `s` granted to the customer, read from the grant ids
+/// (`s-<schedule>-<YYYY-MM>-<customer hash>`).
+fn last_granted_period(s: &Schedule, customer: &str, known: &[GrantRecord]) -> Option<i64> {
+    let prefix = format!("s-{}-", s.id);
+    let hash_suffix = schedule_grant_id(&s.id, "", customer);
+    let hash_suffix = &hash_suffix[prefix.len()..];
+    known
+        .iter()
+        .filter_map(|g| {
+            g.grant_id
+                .strip_prefix(&prefix)?
+                .strip_suffix(hash_suffix)
+                .and_then(parse_period)
+        })
+        .max()
 }
 
 /// Runs passes until `stop` turns true: the first at once, then every
