@@ -93,52 +93,12 @@ pub async fn balance(st: &AdminState, customer: &str) -> Reply {
 /// Entries in event-time order; `next_cursor` continues after the last one returned.
 pub async fn ledger(st: &AdminState, customer: &str, query: &[(String, String)]) -> Reply {
     run(async {
-        let number = |field: &str, v: &str| {
-            v.parse::<u64>().map_err(|_| {
-                ApiError::field(field, "must be a whole number (ms since the Unix epoch)")
-            })
-        };
-        let mut q = EntryQuery {
-            customer: Some(customer.to_string()),
-            ..EntryQuery::default()
-        };
-        let mut feature = None;
-        let mut limit = LEDGER_PAGE_DEFAULT;
-        let mut after: Option<(u64, i64)> = None;
-        for (k, v) in query {
-            match k.as_str() {
-                "from_ms" => q.from_ms = Some(number("from_ms", v)?),
-                "to_ms" => q.until_ms = Some(number("to_ms", v)?),
-                "kind" => q.kinds.push(
-                    v.parse::<EntryKind>()
-                        .map_err(|e| ApiError::field("kind", e))?,
-                ),
-                "feature" => feature = Some(v.clone()),
-                "limit" => {
-                    limit = number("limit", v)?;
-                    if !(1..=LEDGER_PAGE_MAX).contains(&limit) {
-                        return Err(ApiError::field(
-                            "limit",
-                            format!("must be from 1 to {LEDGER_PAGE_MAX}"),
-                        ));
-                    }
-                }
-                "cursor" => {
-                    let parsed = v
-                        .split_once('-')
-                        .and_then(|(a, s)| Some((a.parse::<u64>().ok()?, s.parse::<i64>().ok()?)));
-                    after = Some(parsed.ok_or_else(|| {
-                        ApiError::field("cursor", "not a cursor this API returned")
-                    })?);
-                }
-                other => return Err(ApiError::field(other, "unknown query parameter")),
-            }
-        }
-        if let (Some(f), Some(t)) = (q.from_ms, q.until_ms)
-            && f >= t
-        {
-            return Err(ApiError::field("from_ms", "must be before to_ms"));
-        }
+        let LedgerPage {
+            mut q,
+            feature,
+            limit,
+            after,
+        } = LedgerPage::parse(customer, query)?;
         plan_of(st, customer).await?;
         if let Some((at, _)) = after {
             q.from_ms = Some(q.from_ms.map_or(at, |f| f.max(at)));
@@ -178,4 +138,72 @@ pub async fn ledger(st: &AdminState, customer: &str, query: &[(String, String)])
         ))
     })
     .await
+}
+
+/// A ledger page request, from its query parameters.
+struct LedgerPage {
+    /// The ledger query: the customer and the time range and kinds asked for.
+    q: EntryQuery,
+    /// Only entries of this feature.
+    feature: Option<String>,
+    /// Entries on the page, at most.
+    limit: u64,
+    /// The position (event time, sequence) of the previous page's last entry.
+    after: Option<(u64, i64)>,
+}
+
+impl LedgerPage {
+    /// Reads `from_ms`, `to_ms`, `kind` (repeatable), `feature`, `limit` and `cursor`;
+    /// a 400 naming the parameter for anything else or a bad value.
+    fn parse(customer: &str, query: &[(String, String)]) -> Result<Self, ApiError> {
+        let number = |field: &str, v: &str| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::field(field, "must be a whole number (ms since the Unix epoch)")
+            })
+        };
+        let mut page = LedgerPage {
+            q: EntryQuery {
+                customer: Some(customer.to_string()),
+                ..EntryQuery::default()
+            },
+            feature: None,
+            limit: LEDGER_PAGE_DEFAULT,
+            after: None,
+        };
+        for (k, v) in query {
+            match k.as_str() {
+                "from_ms" => page.q.from_ms = Some(number("from_ms", v)?),
+                "to_ms" => page.q.until_ms = Some(number("to_ms", v)?),
+                "kind" => page.q.kinds.push(
+                    v.parse::<EntryKind>()
+                        .map_err(|e| ApiError::field("kind", e))?,
+                ),
+                "feature" => page.feature = Some(v.clone()),
+                "limit" => {
+                    page.limit = number("limit", v)?;
+                    if !(1..=LEDGER_PAGE_MAX).contains(&page.limit) {
+                        return Err(ApiError::field(
+                            "limit",
+                            format!("must be from 1 to {LEDGER_PAGE_MAX}"),
+                        ));
+                    }
+                }
+                "cursor" => {
+                    let parsed = v
+                        .split_once('-')
+                        .and_then(|(a, s)| Some((a.parse::<u64>().ok()?, s.parse::<i64>().ok()?)));
+                    page.after = Some(parsed.ok_or_else(|| {
+                        ApiError::field("cursor", "not a cursor this API returned")
+                    })?);
+                }
+                other => return Err(ApiError::field(other, "unknown query parameter")),
+            }
+        }
+        if let (Some(f), Some(t)) = (page.q.from_ms, page.q.until_ms)
+            && f >= t
+        {
+            return Err(ApiError::field("from_ms", "must be before to_ms"));
+        }
+        Ok(page)
+    }
 }
