@@ -13,7 +13,7 @@ use creditgate_sidecar::ledger::{
 };
 use creditgate_testkit::{
     ALICE, Credits, LedgerTarget, RedisServer, Sidecar, SidecarOptions, add_admin_listener,
-    base_config, create_admin_token, http_client, now_ms,
+    base_config, create_admin_token, http_client, now_ms, wait_for_admin_api,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -92,17 +92,7 @@ impl EventStack {
             _dir: dir,
             redis,
         };
-        // The admin listener starts just after the sidecar is ready.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while stack
-            .http
-            .get(format!("{}/v1/admin/whoami", stack.admin_url))
-            .send()
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "admin listener not up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_admin_api(&stack.admin_url, Duration::from_secs(10)).expect("admin listener");
         stack
     }
 

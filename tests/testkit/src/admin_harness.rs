@@ -25,11 +25,12 @@ use crate::fixtures::{PREFIX, SHARDS, TEST_PLANS, base_config};
 use crate::requests::reserve_request;
 use crate::{
     LedgerTarget, Postgres, ReceivedWebhook, RedisServer, Sidecar, SidecarOptions, WebhookReceiver,
-    create_admin_token, free_port,
+    create_admin_token, free_port, wait_for_admin_api,
 };
 
-/// The operations file an [`AdminHarness`] starts with unless told otherwise: two credit types, support limited to 1,000 credits
-/// per grant and 1,500 per day, one bundle, one monthly schedule for the `annual` plan.
+/// The operations file an [`AdminHarness`] starts with unless told otherwise: two credit
+/// types, support limited to 1,000 credits per grant and 1,500 per day, one bundle, one
+/// monthly schedule for the `annual` plan.
 pub const ADMIN_OPERATIONS: &str = r#"
 credit_types = ["api", "ai"]
 reason_codes = ["outage", "onboarding"]
@@ -199,19 +200,8 @@ impl AdminHarness {
     pub fn second_sidecar(&self) -> (Sidecar, String) {
         let (options, url) = admin_sidecar_options(&self.redis, &self.target, self.dir.path());
         let sidecar = Sidecar::start(options).expect("second sidecar starts");
-        let started = Instant::now();
-        while self
-            .client
-            .get(format!("{url}/v1/admin/whoami"))
-            .send()
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < WAIT,
-                "second admin API not up; log:\n{}",
-                sidecar.log_tail(30)
-            );
-            thread::sleep(Duration::from_millis(50));
+        if let Err(e) = wait_for_admin_api(&url, WAIT) {
+            panic!("{e:#}; log:\n{}", sidecar.log_tail(30));
         }
         (sidecar, url)
     }
@@ -221,19 +211,9 @@ impl AdminHarness {
     /// # Panics
     /// Panics with the sidecar's log when it does not.
     pub fn wait_for_admin(&self) {
-        let started = Instant::now();
-        while started.elapsed() < WAIT {
-            if self
-                .client
-                .get(format!("{}/v1/admin/whoami", self.admin_url))
-                .send()
-                .is_ok()
-            {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
+        if let Err(e) = wait_for_admin_api(&self.admin_url, WAIT) {
+            panic!("{e:#}; log:\n{}", self.sidecar.log_tail(30));
         }
-        panic!("admin API not up; log:\n{}", self.sidecar.log_tail(30));
     }
 
     /// The token of the token name `name` (a role, or [`SECOND_ADMIN`]).

@@ -127,6 +127,7 @@ pub use redis_server::RedisServer;
 pub use sidecar::{
     LedgerTarget, MINIMAL_OPERATIONS, SIDECAR_BIN, SIDECAR_READY_TIMEOUT, SIDECAR_STOP_TIMEOUT,
     Sidecar, SidecarOptions, add_admin_listener, create_admin_token, sidecar_command,
+    wait_for_admin_api,
 };
 pub use upstream::{RecordedRequest, UPSTREAM_BODY_MAX_BYTES, Upstream};
 pub use util::{free_cluster_port, free_port, require, which};

@@ -431,3 +431,26 @@ pub fn create_admin_token(
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+
+/// How long each probe of [`wait_for_admin_api`] waits for an answer.
+const ADMIN_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits until the admin API at `admin_url` answers at all (any status, `GET
+/// /v1/admin/whoami` without a token): the admin listener starts just after the sidecar
+/// reports ready, so a test calls this before its first admin call.
+///
+/// Fails after `timeout` with the last connection error.
+pub fn wait_for_admin_api(admin_url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let url = format!("{admin_url}/v1/admin/whoami");
+    let started = Instant::now();
+    loop {
+        let error = match http_get(&url, ADMIN_PROBE_TIMEOUT) {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        if started.elapsed() > timeout {
+            return Err(error.context(format!("admin API at {admin_url} not up in {timeout:?}")));
+        }
+        thread::sleep(crate::POLL_INTERVAL);
+    }
+}
