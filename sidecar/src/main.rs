@@ -11,5 +11,5 @@ use creditgate_sidecar::cli::args::Cli;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    ExitCode::from(creditgate_sidecar::run(cli).await)
+    ExitCode::from(creditgate_sidecar::cli::dispatch::run(cli).await)
 }

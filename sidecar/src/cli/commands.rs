@@ -24,7 +24,7 @@ use crate::settings::LedgerArgs;
 
 /// `run`: the sidecar, until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<String> {
-    crate::init_logging();
+    crate::cli::process::init_logging();
     let (pricing, operations) = load_config_files(&args)?;
     let ledger = open_ledger(&args.ledger).await?;
     let Some(redis) = connect_redis_when_up(&args.redis).await else {
@@ -68,7 +68,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
         _ => None,
     };
     tokio::spawn(async move {
-        crate::shutdown_signal().await;
+        crate::cli::process::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
     sidecar.run(stop_rx).await?;
@@ -112,7 +112,7 @@ async fn connect_redis_when_up(args: &RedisArgs) -> Option<Arc<RedisStore>> {
                 tracing::warn!(error = %format!("{e:#}"), "Redis unreachable; retrying in 1 s");
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    _ = crate::shutdown_signal() => return None,
+                    _ = crate::cli::process::shutdown_signal() => return None,
                 }
             }
         }
