@@ -45,13 +45,18 @@ pub enum StoreFailure {
 }
 
 impl StoreFailure {
-    /// Whether the call may have run in the store although no answer came (a timeout): a
-    /// mutation sent may still be applied later.
+    /// Whether the call may have run in the store although no usable answer came: after a
+    /// timeout a mutation sent may still be applied later, and an answer that broke a money
+    /// invariant came from a script that did run, so its hold may exist.
     pub fn may_have_run(&self) -> bool {
+        use creditgate_protocol::StoreErrorKind;
         match self {
             Self::CircuitOpen => false,
             Self::Timeout(_) => true,
-            Self::Store(e) => e.kind() == creditgate_protocol::StoreErrorKind::Timeout,
+            Self::Store(e) => matches!(
+                e.kind(),
+                StoreErrorKind::Timeout | StoreErrorKind::Invariant
+            ),
         }
     }
 
@@ -269,5 +274,32 @@ impl StoreClient {
                 Ok(Ok(()))
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use creditgate_protocol::{InvariantViolation, StoreError};
+
+    use super::StoreFailure;
+
+    #[test]
+    fn a_reserve_whose_answer_broke_an_invariant_may_have_placed_its_hold() {
+        let broken = StoreFailure::Store(StoreError::Invariant {
+            op: "reserve",
+            violation: InvariantViolation {
+                subject: "hold acme/h1".into(),
+                field: "draws",
+                detail: "draws 4 + overdraft 5 != amount 10".into(),
+            },
+        });
+        assert!(broken.may_have_run(), "the script ran: its hold may exist");
+        assert_eq!(broken.kind(), "invariant");
+        let refused = StoreFailure::Store(StoreError::Unavailable {
+            op: "reserve",
+            message: "connection refused".into(),
+        });
+        assert!(!refused.may_have_run());
+        assert!(!StoreFailure::CircuitOpen.may_have_run());
     }
 }

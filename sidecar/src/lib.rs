@@ -19,8 +19,8 @@
 //!   the reconciler ([`jobs::reconcile`]); [`jobs::config_publisher`] publishes pricing
 //!   configs and keeps the [`jobs::fleet_metrics`]; [`jobs::audit_mirror`] copies the
 //!   control audit log into the ledger.
-//! - Shared by the jobs and the APIs: [`metrics`] (every metric of the sidecar; it names
-//!   the usage events' reject reasons as labels), [`pricing_history`] (the published
+//! - Shared by the jobs and the APIs: [`metrics`] (every metric of the sidecar and
+//!   their label sets), [`pricing_history`] (the published
 //!   pricing versions a usage event is priced by), [`settings`] (where the ledger is) and
 //!   [`operations`] (the admin API's operations file).
 //! - [`ledger`] (bottom): the durable ledger, on SQLite or Postgres.

@@ -15,6 +15,52 @@ fn must<T>(r: Result<T, prometheus::Error>) -> T {
     r.expect("metric definitions are valid and registered once")
 }
 
+/// The kind of a rejection, the `reason` label of `creditgate_usage_events_rejected_total`:
+/// a short fixed set, so the metric's cardinality stays bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageRejectReason {
+    /// A field is missing, of the wrong type or out of its limits.
+    Invalid,
+    /// The event is older than the late window.
+    TooLate,
+    /// The event is further in the future than the clock skew allowed.
+    InTheFuture,
+    /// The feature is not in the pricing version in force at the event time.
+    UnknownFeature,
+    /// The feature's cost rule cannot price a usage event (usage fields of a response).
+    Unpriceable,
+    /// The idempotency key was used for another event of the customer.
+    KeyReused,
+    /// The ledger or the credit store failed; a retry burns the event once.
+    Unavailable,
+}
+
+impl UsageRejectReason {
+    /// Every reason, for initialising the metric's series.
+    pub const ALL: [UsageRejectReason; 7] = [
+        Self::Invalid,
+        Self::TooLate,
+        Self::InTheFuture,
+        Self::UnknownFeature,
+        Self::Unpriceable,
+        Self::KeyReused,
+        Self::Unavailable,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::TooLate => "too_late",
+            Self::InTheFuture => "in_the_future",
+            Self::UnknownFeature => "unknown_feature",
+            Self::Unpriceable => "unpriceable",
+            Self::KeyReused => "key_reused",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// Every metric of the sidecar.
 pub struct SidecarMetrics {
     registry: Registry,
@@ -49,7 +95,7 @@ pub struct SidecarMetrics {
     pub usage_events_accepted: IntCounter,
     /// Usage events whose idempotency key had burned before.
     pub usage_events_duplicates: IntCounter,
-    /// Usage events rejected, by reason (`RejectReason` labels).
+    /// Usage events rejected, by reason (`UsageRejectReason` labels).
     pub usage_events_rejected: IntCounterVec,
     /// Usage events burned into overdraft (the balance could not cover them).
     pub usage_events_overdraft: IntCounter,
@@ -93,7 +139,7 @@ impl Registrar<'_> {
             "Usage events rejected, by reason.",
             &["reason"],
         );
-        for reason in crate::api::usage_events::RejectReason::ALL {
+        for reason in UsageRejectReason::ALL {
             rejected.with_label_values(&[reason.as_str()]);
         }
         rejected

@@ -19,18 +19,6 @@ const MAX_FUNCTION_LINES: usize = 80;
 /// `(file, function, reason)`; the file relative to the repository root.
 const DATA_TABLES: &[(&str, &str, &str)] = &[];
 
-/// TEMPORARY: long functions of the restructuring in progress (issue 11), listed so the rule
-/// holds for everything else meanwhile. Empty this list once they are split; an entry whose
-/// function is short or gone is reported and can go.
-const TEMPORARY_LONG_FUNCTIONS: &[(&str, &str)] = &[];
-
-/// TEMPORARY: groups of sidecar files that import each other in a cycle today (issue 11). A
-/// cycle found must lie within one group; empty this list once the cycles are broken.
-const TEMPORARY_CYCLES: &[&[&str]] = &[&["sidecar/src/cli/commands.rs", "sidecar/src/lib.rs"]];
-
-/// TEMPORARY: sidecar files outside `cli/` that import from `crate::cli` today (issue 11).
-const TEMPORARY_CLI_IMPORTERS: &[&str] = &["sidecar/src/lib.rs"];
-
 /// The sidecar's library source, whose import graph is checked.
 const SIDECAR_SRC: &str = "sidecar/src";
 
@@ -415,16 +403,6 @@ fn no_library_function_is_longer_than_a_screen() {
             .iter()
             .any(|(file, name, _)| *file == f.file && *name == f.name)
     };
-    let is_temporary = |f: &LongFunction| {
-        TEMPORARY_LONG_FUNCTIONS
-            .iter()
-            .any(|(file, name)| *file == f.file && *name == f.name)
-    };
-    for (file, name) in TEMPORARY_LONG_FUNCTIONS {
-        if !long.iter().any(|f| f.file == *file && f.name == *name) {
-            eprintln!("TEMPORARY_LONG_FUNCTIONS: {file} {name} is no longer long; remove it");
-        }
-    }
     let stale_tables: Vec<_> = DATA_TABLES
         .iter()
         .filter(|(file, name, _)| !long.iter().any(|f| f.file == *file && f.name == *name))
@@ -435,7 +413,7 @@ fn no_library_function_is_longer_than_a_screen() {
     );
     let mut offenders: Vec<_> = long
         .iter()
-        .filter(|f| !is_table(f) && !is_temporary(f))
+        .filter(|f| !is_table(f))
         .collect();
     offenders.sort_by_key(|f| std::cmp::Reverse(f.lines));
     assert!(
@@ -739,18 +717,7 @@ fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<BTreeSet<String>> {
 fn the_sidecars_files_import_each_other_without_cycles() {
     let graph = sidecar_import_graph(&repo_root());
     assert!(graph.len() > 10, "too few sidecar files found: {graph:?}");
-    let temporary: Vec<BTreeSet<&str>> = TEMPORARY_CYCLES
-        .iter()
-        .map(|group| group.iter().copied().collect())
-        .collect();
-    let new_cycles: Vec<_> = cycles(&graph)
-        .into_iter()
-        .filter(|cycle| {
-            !temporary
-                .iter()
-                .any(|group| cycle.iter().all(|f| group.contains(f.as_str())))
-        })
-        .collect();
+    let new_cycles = cycles(&graph);
     let describe = |cycle: &BTreeSet<String>| {
         cycle
             .iter()
@@ -784,7 +751,6 @@ fn only_the_sidecars_cli_imports_from_the_cli() {
     let importers: Vec<String> = graph
         .iter()
         .filter(|(file, _)| !file.starts_with(&format!("{cli}/")) && **file != format!("{cli}.rs"))
-        .filter(|(file, _)| !TEMPORARY_CLI_IMPORTERS.contains(&file.as_str()))
         .filter_map(|(file, targets)| {
             let from_cli: Vec<&str> = targets
                 .iter()

@@ -52,51 +52,9 @@ pub struct UsageEvent {
     pub metadata: Option<Map<String, Value>>,
 }
 
-/// The kind of a rejection, the `reason` label of `creditgate_usage_events_rejected_total`:
-/// a short fixed set, so the metric's cardinality stays bounded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectReason {
-    /// A field is missing, of the wrong type or out of its limits.
-    Invalid,
-    /// The event is older than the late window.
-    TooLate,
-    /// The event is further in the future than the clock skew allowed.
-    InTheFuture,
-    /// The feature is not in the pricing version in force at the event time.
-    UnknownFeature,
-    /// The feature's cost rule cannot price a usage event (usage fields of a response).
-    Unpriceable,
-    /// The idempotency key was used for another event of the customer.
-    KeyReused,
-    /// The ledger or the credit store failed; a retry burns the event once.
-    Unavailable,
-}
-
-impl RejectReason {
-    /// Every reason, for initialising the metric's series.
-    pub const ALL: [RejectReason; 7] = [
-        Self::Invalid,
-        Self::TooLate,
-        Self::InTheFuture,
-        Self::UnknownFeature,
-        Self::Unpriceable,
-        Self::KeyReused,
-        Self::Unavailable,
-    ];
-
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Invalid => "invalid",
-            Self::TooLate => "too_late",
-            Self::InTheFuture => "in_the_future",
-            Self::UnknownFeature => "unknown_feature",
-            Self::Unpriceable => "unpriceable",
-            Self::KeyReused => "key_reused",
-            Self::Unavailable => "unavailable",
-        }
-    }
-}
+/// The kind of a rejection: the metric's label set, defined with the metrics so that they
+/// need nothing from this module.
+pub use crate::metrics::UsageRejectReason as RejectReason;
 
 /// Why an event was rejected: the field (`events[3].occurred_at_ms`), a message and the
 /// kind of rejection.
