@@ -411,10 +411,7 @@ fn no_library_function_is_longer_than_a_screen() {
         stale_tables.is_empty(),
         "DATA_TABLES entries that are no longer long functions (remove them): {stale_tables:?}"
     );
-    let mut offenders: Vec<_> = long
-        .iter()
-        .filter(|f| !is_table(f))
-        .collect();
+    let mut offenders: Vec<_> = long.iter().filter(|f| !is_table(f)).collect();
     offenders.sort_by_key(|f| std::cmp::Reverse(f.lines));
     assert!(
         offenders.is_empty(),

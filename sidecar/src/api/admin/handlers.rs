@@ -63,7 +63,11 @@ where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = Reply>,
 {
-    let fingerprint = [call.method.as_str().as_bytes(), call.path.as_bytes(), &call.body];
+    let fingerprint = [
+        call.method.as_str().as_bytes(),
+        call.path.as_bytes(),
+        &call.body,
+    ];
     let reply = idempotency::once(
         &st.db,
         &caller.name,
@@ -149,13 +153,14 @@ pub async fn create_grant(
     Path(customer): Path<String>,
     call: Call,
 ) -> Response {
-    let answer = once(&st, &caller, &call, {
-        let (st, caller, customer, body) = (&*st, &caller, &customer, &call.body);
-        move |call_id: String| async move {
-            grants::grant(st, caller, customer, body, &call_id).await
-        }
-    })
-    .await;
+    let answer =
+        once(&st, &caller, &call, {
+            let (st, caller, customer, body) = (&*st, &caller, &customer, &call.body);
+            move |call_id: String| async move {
+                grants::grant(st, caller, customer, body, &call_id).await
+            }
+        })
+        .await;
     grants::refresh_pending_gauge(&st).await;
     answer
 }
