@@ -15,6 +15,8 @@
 //! * [`Gateway`] — the real `creditgate-gateway run` binary on free ports,
 //!   ready once its admin `/readyz` answers 200; [`cargo_bin`] finds the
 //!   workspace binaries next to the test executable.
+//! * [`ScriptedUpstream`] — an upstream that drips a slow stream or answers `101`, and
+//!   [`raw_exchange`], a client that writes exactly the bytes a test gives it.
 //! * [`http_get`] and [`metric_value`] — a runtime-free GET for admin
 //!   endpoints and a reader for Prometheus text, for asserting on metrics.
 //!
@@ -27,6 +29,8 @@
 //! * `AdminHarness` — the sidecar's admin API with a token per role.
 //! * `LedgerHarness` — the sidecar between Redis and a ledger, read back through the
 //!   sidecar's library, and generated credit traffic (`spawn_traffic`, `join_traffic`).
+//! * `AttackStack` — Redis, a counting upstream, the gateway and the sidecar on an SQLite
+//!   ledger, with the check that every request the upstream received was paid for.
 //! * `Backend` and `on_both_backends!` — every ledger scenario on SQLite and on Postgres.
 //!
 //! [`wait_for`] and [`now_ms`] (polling with a deadline, the wall clock in ms) need no
@@ -61,6 +65,8 @@
 #[cfg(feature = "e2e")]
 mod admin_harness;
 #[cfg(feature = "e2e")]
+mod adversary;
+#[cfg(feature = "e2e")]
 mod backend;
 #[cfg(feature = "e2e")]
 mod client;
@@ -77,9 +83,11 @@ mod metrics;
 mod model_server;
 mod poll;
 mod postgres;
+mod raw_http;
 mod redis_server;
 #[cfg(feature = "e2e")]
 mod requests;
+mod scripted_upstream;
 mod sidecar;
 #[cfg(feature = "e2e")]
 mod stack;
@@ -92,6 +100,10 @@ mod webhook;
 #[cfg(feature = "e2e")]
 pub use admin_harness::{
     ADMIN_OPERATIONS, AdminHarness, Answer, ROLES, SECOND_ADMIN, WAIT, create_token, key,
+};
+#[cfg(feature = "e2e")]
+pub use adversary::{
+    AttackStack, PAID_TIMEOUT, REPLAY_HEADER, REQUEST_ID_HEADER, burns_by_request,
 };
 #[cfg(feature = "e2e")]
 pub use backend::{Backend, open_ledger};
@@ -123,7 +135,9 @@ pub use metrics::{Sample, metric_value, parse_samples};
 pub use model_server::ModelServer;
 pub use poll::{POLL_INTERVAL, now_ms, wait_for};
 pub use postgres::{PG_BIN_ENV, Postgres};
+pub use raw_http::{RAW_READ_TIMEOUT, RawResponse, loopback, parse_responses, raw_exchange};
 pub use redis_server::RedisServer;
+pub use scripted_upstream::{Script, ScriptedUpstream};
 pub use sidecar::{
     LedgerTarget, MINIMAL_OPERATIONS, SIDECAR_BIN, SIDECAR_READY_TIMEOUT, SIDECAR_STOP_TIMEOUT,
     Sidecar, SidecarOptions, add_admin_listener, create_admin_token, sidecar_command,

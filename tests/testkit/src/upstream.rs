@@ -16,6 +16,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
+use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 /// Largest request body the upstream reads (and records the size of): 64 MiB, far above
@@ -45,6 +46,8 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// Size of the request body, in bytes.
     pub body_len: usize,
+    /// Hex SHA-256 of the request body, so a test can tell two bodies of one size apart.
+    pub body_sha256: String,
 }
 
 impl RecordedRequest {
@@ -262,8 +265,8 @@ impl Drop for Upstream {
 /// Records the request, then answers it as configured.
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let body_len = match axum::body::to_bytes(body, UPSTREAM_BODY_MAX_BYTES).await {
-        Ok(bytes) => bytes.len(),
+    let (body_len, body_sha256) = match axum::body::to_bytes(body, UPSTREAM_BODY_MAX_BYTES).await {
+        Ok(bytes) => (bytes.len(), hex::encode(Sha256::digest(&bytes))),
         Err(_) => {
             return json_response(StatusCode::PAYLOAD_TOO_LARGE, false, 0);
         }
@@ -289,6 +292,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             query: parts.uri.query().map(str::to_string),
             headers,
             body_len,
+            body_sha256,
         });
         n
     };
