@@ -891,3 +891,152 @@ fn very_long_headers() {
     eprintln!("many: {:?}", statuses(&stack.raw(&raw(&head, ""))));
     assert_paid_at_least(&stack, PING_COST);
 }
+
+// ---------------------------------------------------------------------------------------
+// More spellings of the same work.
+// ---------------------------------------------------------------------------------------
+
+/// A client's own `X-Request-Id` (say, a paid request's) never reaches the upstream: the
+/// upstream sees exactly one, the gateway's, so the ledger check cannot be fooled.
+#[test]
+fn client_supplied_request_id_is_replaced() {
+    let stack = stack("not_found", PLENTY);
+    let paid = stack.send("GET", "/v1/ping", Some(ALICE_KEY), &[], "");
+    let paid_id = paid.header(REQUEST_ID_HEADER).expect("a request id");
+    let spoof = [(REQUEST_ID_HEADER, paid_id.as_str())];
+    stack.send("GET", "/v1/ping", Some(ALICE_KEY), &spoof, "");
+    for r in stack.upstream.requests() {
+        assert_eq!(r.header_all(REQUEST_ID_HEADER).len(), 1, "{r:#?}");
+    }
+    let ids: Vec<String> = stack
+        .upstream
+        .requests()
+        .iter()
+        .filter_map(|r| r.header(REQUEST_ID_HEADER).map(str::to_string))
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(
+        ids[0], ids[1],
+        "the client's request id reached the upstream"
+    );
+    assert_paid_at_least(&stack, PING_COST);
+}
+
+/// `Connection` naming the gateway's own headers (hop-by-hop removal) must not strip the
+/// request id or the customer the gateway gives the upstream.
+#[test]
+fn connection_header_naming_the_gateways_headers() {
+    let auth = bearer(ALICE_KEY);
+    let stack = raw_get(
+        "not_found",
+        &[
+            "GET /v1/ping HTTP/1.1",
+            "Host: 127.0.0.1",
+            &auth,
+            "Connection: close, x-request-id, x-creditgate-customer",
+        ],
+    );
+    for r in stack.upstream.requests() {
+        assert_eq!(r.header("x-creditgate-customer"), Some(ALICE), "{r:#?}");
+    }
+    assert_paid_at_least(&stack, PING_COST);
+}
+
+/// Unit values that are not whole numbers but that an upstream may read as 10.
+#[test]
+fn per_unit_not_a_whole_number() {
+    let stack = stack("not_found", PLENTY);
+    for query in ["pages=10.0", "pages=1e1", "pages=%2B10"] {
+        let r = stack.send(
+            "GET",
+            &format!("/v1/pages?{query}"),
+            Some(ALICE_KEY),
+            &[],
+            "",
+        );
+        eprintln!("{query}: {}", r.status);
+    }
+    assert_paid_at_least(&stack, UNITS);
+}
+
+/// A body over `estimate_max_body_bytes` (64 KiB), `max_tokens` first: with a low balance
+/// it must be refused, or burn what it asked for.
+#[test]
+fn oversized_body_on_estimate_route_with_low_balance() {
+    let stack = stack("not_found", LOW_BALANCE);
+    let json = format!(
+        r#"{{"max_tokens":{BIG_ESTIMATE},"pad":"{}"}}"#,
+        "a".repeat(70 * 1024)
+    );
+    let length = format!("Content-Length: {}", json.len());
+    let answers = stack.raw(&chat_request(&length, None, &json));
+    eprintln!("oversized chat: {:?}", statuses(&answers));
+    assert_paid_at_least(&stack, BIG_ESTIMATE);
+}
+
+/// A gzip-compressed body the upstream inflates: with a low balance it must be refused, or
+/// burn what it asked for.
+#[test]
+fn gzip_body_on_estimate_route_with_low_balance() {
+    let stack = stack("not_found", LOW_BALANCE);
+    let body = creditgate_testkit::gzip(big_chat_body().as_bytes());
+    let auth = bearer(ALICE_KEY);
+    let length = format!("Content-Length: {}", body.len());
+    let mut bytes = raw(
+        &[
+            "POST /v1/chat HTTP/1.1",
+            "Host: 127.0.0.1",
+            &auth,
+            "Content-Type: application/json",
+            "Content-Encoding: gzip",
+            &length,
+            "Connection: close",
+        ],
+        "",
+    );
+    bytes.extend_from_slice(&body);
+    let answers = stack.raw(&bytes);
+    eprintln!("gzip chat: {:?}", statuses(&answers));
+    assert_paid_at_least(&stack, BIG_ESTIMATE);
+}
+
+/// Encoded dots and slashes: `/v1/%2e/ping`, `/v1/x/%2E%2E/ping`, `/v1%2Fping`.
+#[test]
+fn encoded_dots_and_slashes_with_pass_through() {
+    let stack = stack("pass_through", PLENTY);
+    let auth = bearer(ALICE_KEY);
+    for target in ["/v1/%2e/ping", "/v1/x/%2E%2E/ping", "/v1%2Fping"] {
+        let line = format!("GET {target} HTTP/1.1");
+        let head = [line.as_str(), "Host: 127.0.0.1", &auth, "Connection: close"];
+        eprintln!("{target}: {:?}", statuses(&stack.raw(&raw(&head, ""))));
+    }
+    assert_paid_at_least(&stack, PING_COST);
+}
+
+/// A path parameter (`/v1/ping;x=1`), which servlet-style upstreams strip before routing.
+#[test]
+fn path_parameter_with_pass_through() {
+    let stack = pass_through_get("/v1/ping;x=1");
+    assert_paid_at_least(&stack, PING_COST);
+}
+
+/// `CONNECT` on a pass-through gateway must not open an unmetered tunnel to the upstream.
+#[test]
+fn connect_with_pass_through() {
+    let stack = stack("pass_through", PLENTY);
+    let auth = bearer(ALICE_KEY);
+    let authority = stack.upstream.addr().to_string();
+    let line = format!("CONNECT {authority} HTTP/1.1");
+    let host = format!("Host: {authority}");
+    let mut bytes = raw(&[&line, &host, &auth], "");
+    bytes.extend(raw(
+        &[
+            "GET /v1/ping HTTP/1.1",
+            "Host: 127.0.0.1",
+            "Connection: close",
+        ],
+        "",
+    ));
+    eprintln!("CONNECT: {:?}", statuses(&stack.raw(&bytes)));
+    assert_paid_at_least(&stack, PING_COST);
+}

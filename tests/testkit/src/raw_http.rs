@@ -171,6 +171,14 @@ pub(crate) fn decode_chunked(mut bytes: &[u8]) -> (Vec<u8>, &[u8]) {
     }
 }
 
+/// `data` gzip-compressed, for request bodies sent with `Content-Encoding: gzip`.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(data);
+    encoder.finish().unwrap_or_default()
+}
+
 /// Position of the first `needle` in `haystack`.
 pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
