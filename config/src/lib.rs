@@ -11,24 +11,28 @@ mod diagnostics;
 mod limits;
 mod model;
 mod pattern;
+mod request_target;
 mod route_table;
 mod schema;
 mod usage;
 mod validate;
 
 pub use config::{CostSource, PricingConfig, ResolvedCost, UNPUBLISHED_VERSION};
-pub use cost::{CostRule, RequestValues, UnitSource, UnitsValue, query_param};
+pub use cost::{CostRule, RequestValues, UnitSource, UnitsError, UnitsProblem, UnitsValue};
 pub use diagnostics::{ConfigError, ConfigErrors, Diagnostics};
 pub use limits::*;
 pub use model::{
     ApiKey, Billing, Cohort, CreditType, Customer, DEFAULT_FAILURE_POLICY, DEFAULT_MODE,
-    DEFAULT_UNMATCHED, DEFAULT_UPSTREAM_ERROR_POLICY, Defaults, EmbeddedGrant, FailurePolicy,
-    Feature, Identity, Method, Mode, Overdraft, Plan, Unmatched, Upstream, UpstreamErrorPolicy,
+    DEFAULT_UNMATCHED, DEFAULT_UPGRADE_POLICY, DEFAULT_UPSTREAM_ERROR_POLICY, Defaults,
+    EmbeddedGrant, FailurePolicy, Feature, Identity, Method, Mode, Overdraft, Plan, Unmatched,
+    UpgradePolicy, Upstream, UpstreamErrorPolicy,
 };
 pub use pattern::{PathPattern, Segment, path_segments};
-pub use route_table::{Route, RouteMatch, RouteTable};
+pub use request_target::{PathError, normalize_path, query_values};
+pub use route_table::{IdempotencyReplays, Route, RouteMatch, RouteTable};
 pub use usage::{
-    DEFAULT_INSPECT_MAX_BYTES, MAX_ESTIMATE_BODY_BYTES, MAX_INSPECT_MAX_BYTES, MAX_USAGE_FIELDS,
-    MAX_USAGE_PATH_SEGMENTS, RequestEstimate, ResponseUsage, UsageField, UsageHeader, UsagePath,
+    DEFAULT_INSPECT_MAX_BYTES, DEFAULT_UNREADABLE_ESTIMATE, ESTIMATE_READ_TIMEOUT_MS,
+    MAX_ESTIMATE_BODY_BYTES, MAX_INSPECT_MAX_BYTES, MAX_USAGE_FIELDS, MAX_USAGE_PATH_SEGMENTS,
+    RequestEstimate, ResponseUsage, UnreadableEstimate, UsageField, UsageHeader, UsagePath,
 };
 pub use validate::{DEFAULT_UPSTREAM, is_identifier};

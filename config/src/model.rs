@@ -112,6 +112,34 @@ impl UpstreamErrorPolicy {
 /// still cost money say `settle` on their routes.
 pub const DEFAULT_UPSTREAM_ERROR_POLICY: UpstreamErrorPolicy = UpstreamErrorPolicy::Void;
 
+/// What a route does with a request that asks to switch protocols (`Upgrade: websocket`,
+/// HTTP/1.1 only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpgradePolicy {
+    /// Forward it; a `101 Switching Protocols` answer settles the route's cost once, when
+    /// the upgraded connection closes (a `from_response` route: its usage header or
+    /// `fallback`, since usage is not read from a tunnel).
+    Charge,
+    /// Answer `403 upgrade_refused` before the upstream sees the request.
+    Refuse,
+}
+
+impl UpgradePolicy {
+    /// The name used in the file, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpgradePolicy::Charge => "charge",
+            UpgradePolicy::Refuse => "refuse",
+        }
+    }
+}
+
+/// What a route does with an upgrade request: `charge`, because an upgraded connection is
+/// upstream work like any other answer (it used to be voided, which made every WebSocket
+/// free); routes whose tunnels cost more than one request's price say `refuse`.
+pub const DEFAULT_UPGRADE_POLICY: UpgradePolicy = UpgradePolicy::Charge;
+
 /// The `[defaults]` table with every default applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Defaults {

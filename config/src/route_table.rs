@@ -7,7 +7,7 @@
 //! best match found so far. A trie node sits at a fixed depth and so pairs with exactly one
 //! path segment: a lookup visits each node at most once, whatever the request path.
 
-use crate::model::{FailurePolicy, Feature, Method, Mode, UpstreamErrorPolicy};
+use crate::model::{FailurePolicy, Feature, Method, Mode, UpgradePolicy, UpstreamErrorPolicy};
 use crate::pattern::{PathPattern, Segment};
 
 /// A validated route: which requests it matches and how they are priced and forwarded.
@@ -34,6 +34,21 @@ pub struct Route {
     /// What to do with the hold when the upstream failed (connect error or 5xx), with the
     /// default applied.
     pub on_upstream_error: UpstreamErrorPolicy,
+    /// What to do with a request asking to switch protocols, with the default applied.
+    pub upgrade: UpgradePolicy,
+    /// The uncharged replays of a charged request under its `Idempotency-Key`, with the
+    /// defaults applied.
+    pub idempotency: IdempotencyReplays,
+}
+
+/// How often, and how long, a route serves the identical request again uncharged under
+/// the `Idempotency-Key` of one that was charged (`idempotency = { … }` on a route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyReplays {
+    /// How many replays (0: none, for upstream work that is expensive).
+    pub replays: u32,
+    /// How long after the charged request they are served, in milliseconds.
+    pub window_ms: u64,
 }
 
 impl Route {
@@ -296,6 +311,11 @@ mod tests {
             store_timeout_ms: 50,
             upstream: "default".into(),
             on_upstream_error: UpstreamErrorPolicy::Void,
+            upgrade: UpgradePolicy::Charge,
+            idempotency: IdempotencyReplays {
+                replays: 3,
+                window_ms: 600_000,
+            },
         }
     }
 

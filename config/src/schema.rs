@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use toml::Spanned;
 
-use crate::model::{FailurePolicy, Mode, Unmatched, UpstreamErrorPolicy};
+use crate::model::{FailurePolicy, Mode, Unmatched, UpgradePolicy, UpstreamErrorPolicy};
+use crate::usage::UnreadableEstimate;
 
 /// A name with the span where it was written.
 pub(crate) type Name = Spanned<String>;
@@ -96,6 +97,7 @@ pub(crate) struct CostFile {
     pub estimate_rate: Option<Spanned<i64>>,
     pub estimate_base: Option<Spanned<i64>>,
     pub estimate_max_body_bytes: Option<Spanned<i64>>,
+    pub estimate_unreadable: Option<Spanned<UnreadableEstimate>>,
 }
 
 /// `[[routes]]`.
@@ -112,6 +114,16 @@ pub(crate) struct RouteFile {
     pub store_timeout_ms: Option<Spanned<i64>>,
     pub upstream: Option<Name>,
     pub on_upstream_error: Option<UpstreamErrorPolicy>,
+    pub upgrade: Option<UpgradePolicy>,
+    pub idempotency: Option<IdempotencyFile>,
+}
+
+/// `[[routes]] idempotency = { replays, replay_window_ms }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IdempotencyFile {
+    pub replays: Option<Spanned<i64>>,
+    pub replay_window_ms: Option<Spanned<i64>>,
 }
 
 /// `[plans.<name>]`.

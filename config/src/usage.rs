@@ -122,9 +122,12 @@ impl ResponseUsage {
 /// Where a `from_response` rule reads its up-front estimate in the request body:
 /// `base + value × rate` of one JSON field (e.g. `max_tokens`), capped at the rule's `max`.
 ///
-/// A body the gateway cannot read (larger than `max_body_bytes`, sent without a length,
-/// not JSON, without the field, or with a field that is not a non-negative integer)
-/// reserves the rule's fixed `estimate` instead.
+/// The body is read whether it comes with a `content-length` or chunked. A body the
+/// gateway cannot use (larger than `max_body_bytes`, not read within
+/// [`ESTIMATE_READ_TIMEOUT_MS`], not JSON, without the field, or with a field that is not a
+/// non-negative integer) reserves the rule's `max`, so a client cannot shrink its
+/// reservation by how it sends the body; `unreadable = Refuse` answers the size and
+/// timeout cases with an error instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestEstimate {
     /// The JSON field of the request body with a unit count (e.g. `max_tokens`).
@@ -135,9 +138,48 @@ pub struct RequestEstimate {
     /// field does not count, such as the prompt.
     pub base: u64,
     /// The most request-body bytes read before reserving (1 to
-    /// [`MAX_ESTIMATE_BODY_BYTES`]); a larger body reserves the fixed estimate.
+    /// [`MAX_ESTIMATE_BODY_BYTES`]); a larger body reserves `max` or is refused, as
+    /// `unreadable` says.
     pub max_body_bytes: u64,
+    /// What a body that cannot be read within the bounds gets (`estimate_unreadable`).
+    pub unreadable: UnreadableEstimate,
 }
+
+/// What the gateway does with a request whose body it cannot read for the estimate: larger
+/// than `estimate_max_body_bytes`, or not complete within [`ESTIMATE_READ_TIMEOUT_MS`]
+/// (`estimate_unreadable`). A body it did read but cannot use (not JSON, no field) always
+/// reserves `max`: the request is well-formed, the upstream decides what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnreadableEstimate {
+    /// Reserve the rule's `max` and forward the request.
+    ReserveMax,
+    /// Refuse it before the upstream sees it: `413` for a body larger than the bound,
+    /// `411` for one without a `content-length` that does not end in time, `408` for one
+    /// with a `content-length` that does not arrive in time.
+    Refuse,
+}
+
+impl UnreadableEstimate {
+    /// The name used in the file, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnreadableEstimate::ReserveMax => "reserve_max",
+            UnreadableEstimate::Refuse => "refuse",
+        }
+    }
+}
+
+/// What an unreadable estimate body gets by default: `reserve_max`, which never refuses a
+/// request that worked before and still never reserves less than the request may cost;
+/// routes that would rather tell clients to send a smaller body say `refuse`.
+pub const DEFAULT_UNREADABLE_ESTIMATE: UnreadableEstimate = UnreadableEstimate::ReserveMax;
+
+/// How long the gateway waits for the request body it reads for an estimate, in
+/// milliseconds: 5 s from the first read, ample for 64 KiB on any link a paying client
+/// uses, short enough that a client trickling its body cannot hold a connection and a
+/// decision open. Past it, the body counts as unreadable.
+pub const ESTIMATE_READ_TIMEOUT_MS: u64 = 5_000;
 
 impl RequestEstimate {
     /// The amount to reserve for `units` of the field: `base + units × rate`, saturating,
@@ -152,8 +194,8 @@ impl RequestEstimate {
 
 /// The largest (and default) `estimate_max_body_bytes`: 64 KiB, the size of the request-body
 /// buffer Pingora replays to the upstream. The gateway reads the body before reserving and
-/// relies on that buffer to forward it unchanged, so it never reads more than the buffer
-/// holds; a larger request reserves the fixed estimate and streams through unread.
+/// forwards what it read unchanged, then streams the rest; keeping the bound within the
+/// buffer lets a body with a `content-length` replay from it.
 pub const MAX_ESTIMATE_BODY_BYTES: u64 = 64 << 10;
 
 /// The default `inspect_max_bytes`: 1 MiB. A chat completion's JSON body is a few KiB to a

@@ -74,6 +74,12 @@ const CASES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "estimate_unreadable_without_field",
+        &[
+            r#"estimate_unreadable_without_field.toml:14: features.embed.cost.estimate_unreadable: belongs to an estimate read from the request body: set estimate_from = "<JSON field>" too, or leave it out"#,
+        ],
+    ),
+    (
         "estimate_rate_without_field",
         &[
             r#"estimate_rate_without_field.toml:14: features.chat.cost.estimate_rate: belongs to an estimate read from the request body: set estimate_from = "<JSON field>" too, or leave it out"#,
@@ -210,6 +216,25 @@ const CASES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "bad_estimate_unreadable",
+        &[
+            r#"bad_estimate_unreadable.toml:16: features.chat.cost.estimate_unreadable: unknown variant `reserve_estimate`, expected `reserve_max` or `refuse`"#,
+        ],
+    ),
+    (
+        "bad_upgrade_policy",
+        &[
+            r#"bad_upgrade_policy.toml:15: routes.upgrade: unknown variant `free`, expected `charge` or `refuse`"#,
+        ],
+    ),
+    (
+        "bad_idempotency_replays",
+        &[
+            r#"bad_idempotency_replays.toml:15: routes[0].idempotency.replays: must be between 0 and 100, got -1"#,
+            r#"bad_idempotency_replays.toml:15: routes[0].idempotency.replay_window_ms: must be between 1 and 86400000 ms, got 0"#,
+        ],
+    ),
+    (
         "bad_upstream_error_policy",
         &[
             r#"bad_upstream_error_policy.toml:15: routes.on_upstream_error: unknown variant `refund`, expected `void` or `settle`"#,
@@ -254,7 +279,7 @@ const CASES: &[(&str, &[&str])] = &[
     (
         "hold_ttl_too_short",
         &[
-            r#"hold_ttl_too_short.toml:2: defaults.hold_ttl_ms: 20000 ms is shorter than upstreams.default's connect_timeout_ms + read_timeout_ms (31000 ms): a hold could expire while its request still waits for the upstream"#,
+            r#"hold_ttl_too_short.toml:2: defaults.hold_ttl_ms: 1000 ms is shorter than 2 x defaults.store_timeout_ms (1200 ms): the gateway renews in-flight holds every third of the TTL, and a renewal may take a store timeout"#,
         ],
     ),
     (
@@ -416,6 +441,11 @@ fn check(name: &str) {
 }
 
 #[test]
+fn bad_idempotency_replays() {
+    check("bad_idempotency_replays");
+}
+
+#[test]
 fn amount_overflow() {
     check("amount_overflow");
 }
@@ -478,6 +508,16 @@ fn bad_timeouts() {
 #[test]
 fn bad_top_up_url() {
     check("bad_top_up_url");
+}
+
+#[test]
+fn bad_estimate_unreadable() {
+    check("bad_estimate_unreadable");
+}
+
+#[test]
+fn bad_upgrade_policy() {
+    check("bad_upgrade_policy");
 }
 
 #[test]
@@ -726,6 +766,11 @@ fn bad_estimate_from() {
 #[test]
 fn estimate_from_without_rate() {
     check("estimate_from_without_rate");
+}
+
+#[test]
+fn estimate_unreadable_without_field() {
+    check("estimate_unreadable_without_field");
 }
 
 #[test]

@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use creditgate_config::{
     CostRule, FailurePolicy, Mode, PricingConfig, RequestEstimate, RequestValues, ResolvedCost,
-    ResponseUsage, Route, RouteMatch, Unmatched, UpstreamErrorPolicy, query_param,
+    ResponseUsage, Route, RouteMatch, Unmatched, UpgradePolicy, UpstreamErrorPolicy, normalize_path,
 };
 use creditgate_protocol::meter::{GATEWAY_IDEMPOTENT_PREFIX, idempotent_hold_id};
-use creditgate_protocol::{DEFAULT_RETAIN_MS, ReserveRequest};
+use creditgate_protocol::{DEFAULT_RETAIN_MS, IdempotencyClaim, ReserveRequest};
 use pingora::http::RequestHeader;
 
 use crate::control::ControlView;
@@ -47,6 +47,32 @@ pub enum RouteDecision<'c> {
         /// The route's mode after the fleet's overrides, before the customer's.
         mode: Mode,
     },
+}
+
+/// Puts the request's path in its normal form ([`normalize_path`]: unreserved escapes
+/// decoded, dot segments removed, repeated slashes collapsed) before anything reads it, so
+/// that the route matched, the price and the path the upstream receives are the same; the
+/// query goes on as received. A path servers disagree on (an encoded slash, a NUL, a
+/// backslash, a `..` above the root, a target that is not UTF-8) is refused (400).
+pub fn normalize_target(req: &mut RequestHeader) -> Result<(), Refusal> {
+    if !req.raw_path_is_utf8() {
+        let target = String::from_utf8_lossy(req.raw_path()).into_owned();
+        return Err(Refusal::invalid_path(&target, "it is not UTF-8"));
+    }
+    let path = req.uri.path();
+    let normal =
+        normalize_path(path).map_err(|error| Refusal::invalid_path(path, &error.to_string()))?;
+    if normal == path {
+        return Ok(());
+    }
+    let target = match req.uri.query() {
+        Some(query) => format!("{normal}?{query}"),
+        None => normal,
+    };
+    let uri = http::Uri::try_from(target)
+        .map_err(|_| Refusal::invalid_path(path, "its normal form is not a valid URI"))?;
+    req.set_uri(uri);
+    Ok(())
 }
 
 /// Matches the request to a route and decides its mode under `control`.
@@ -96,9 +122,30 @@ pub fn identify_caller(config: &PricingConfig, req: &RequestHeader) -> Caller {
     }
 }
 
+/// Refuses a request to switch protocols (any `Upgrade` header) on a route that says
+/// `upgrade = "refuse"` (403), so the upstream never sees it; every other request passes.
+pub fn refuse_upgrade(route: &Route, req: &RequestHeader) -> Result<(), Refusal> {
+    let upgrade = req.headers.get(http::header::UPGRADE);
+    match (route.upgrade, upgrade) {
+        (UpgradePolicy::Refuse, Some(upgrade)) => Err(Refusal::upgrade_refused(
+            &route.name,
+            &String::from_utf8_lossy(upgrade.as_bytes()),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The answer to an API key neither the config nor the store knows (401).
 pub fn unknown_api_key() -> Refusal {
     Refusal::unauthorized("unknown API key")
+}
+
+/// The answer to an API key the config does not list and the gateway has not seen in
+/// Redis, while Redis cannot be asked (503, whatever the route's failure policy). Not 401:
+/// the key may be valid (issued a moment ago), and the client should retry, not discard
+/// it; and not proxied: failing open admits only callers the gateway knows.
+pub fn unverifiable_api_key(failure: &StoreFailure) -> Refusal {
+    Refusal::api_key_unverifiable(failure.kind())
 }
 
 /// What a failed store call means for the request under `policy`: the outcome to count,
@@ -152,11 +199,12 @@ pub enum ReserveAmount<'c> {
     /// Known from the request line and headers.
     Known(u64),
     /// To estimate from the request body (`estimate_from`): read it, at most
-    /// `from.max_body_bytes`, reserving `estimate` when that is not possible.
+    /// `from.max_body_bytes`, reserving `max` when that is not possible (or refusing, as
+    /// `from.unreadable` says).
     FromBody {
         /// Where in the body the estimate is.
         from: &'c RequestEstimate,
-        /// The fixed estimate, reserved when the body says nothing usable.
+        /// The rule's fixed estimate (unused by a body estimate, which falls back to `max`).
         estimate: u64,
         /// The most the request is ever charged.
         max: u64,
@@ -189,9 +237,10 @@ impl<'c> Price<'c> {
         &self.cost.credit_type.name
     }
 
-    /// How much to reserve for `req`.
-    pub fn reserve_amount(&self, req: &RequestHeader) -> ReserveAmount<'c> {
-        match self.cost.rule {
+    /// How much to reserve for `req`; a `per_unit` value that is not a whole number or is
+    /// given twice with different values is refused (400) naming the header or parameter.
+    pub fn reserve_amount(&self, req: &RequestHeader) -> Result<ReserveAmount<'c>, Refusal> {
+        Ok(match self.cost.rule {
             CostRule::FromResponse {
                 estimate,
                 max,
@@ -202,8 +251,11 @@ impl<'c> Price<'c> {
                 estimate: *estimate,
                 max: *max,
             },
-            rule => ReserveAmount::Known(rule.reserve_amount(&RequestView(req))),
-        }
+            rule => ReserveAmount::Known(
+                rule.checked_reserve_amount(&RequestView(req))
+                    .map_err(|error| Refusal::invalid_units(&error))?,
+            ),
+        })
     }
 
     /// For a route priced from the response: how to read the usage, and the most the
@@ -227,6 +279,10 @@ pub struct ReservePlan {
     pub base_hold_id: String,
     /// Whether the client sent an `Idempotency-Key` (and `base_hold_id` derives from it).
     pub idempotent: bool,
+    /// The `Idempotency-Key`'s record and the route's replay allowance; its fingerprint is
+    /// filled in once the body is known (`crate::idempotency::bind_request`). `None`
+    /// without a key.
+    pub idempotency: Option<IdempotencyClaim>,
     /// The credit type charged.
     pub credit_type: String,
     /// Credits to hold, in the credit type's smallest unit (> 0).
@@ -278,6 +334,13 @@ pub fn plan_reserve(
         customer: customer.to_string(),
         base_hold_id: base_hold_id(customer, idempotency_key, request_id),
         idempotent: idempotency_key.is_some(),
+        idempotency: idempotency_key.map(|key| IdempotencyClaim {
+            record_id: idempotent_hold_id(GATEWAY_IDEMPOTENT_PREFIX, customer, key),
+            fingerprint: String::new(),
+            supersedes: None,
+            replay_max: route.idempotency.replays,
+            replay_window_ms: route.idempotency.window_ms,
+        }),
         credit_type: price.credit_type().to_string(),
         amount,
         overdraft_limit: price.cost.overdraft,
@@ -325,11 +388,16 @@ impl ReservePlan {
     }
 }
 
-/// The hold id for a request: random, or derived from the customer's `Idempotency-Key` so
-/// that a retry finds the first attempt's hold.
+/// The hold id for a request: from its request id, after the customer's
+/// `Idempotency-Key`'s record id when it has one. Never the record id alone: a key used
+/// again once its record is gone is a new request, and its hold must not reuse an id the
+/// ledger has seen (a retry finds the first attempt's hold through the record).
 fn base_hold_id(customer: &str, idempotency_key: Option<&str>, request_id: &str) -> String {
     match idempotency_key {
-        Some(key) => idempotent_hold_id(GATEWAY_IDEMPOTENT_PREFIX, customer, key),
+        Some(key) => format!(
+            "{}.{request_id}",
+            idempotent_hold_id(GATEWAY_IDEMPOTENT_PREFIX, customer, key)
+        ),
         None => format!("h-{request_id}"),
     }
 }
@@ -338,12 +406,17 @@ fn base_hold_id(customer: &str, idempotency_key: Option<&str>, request_id: &str)
 struct RequestView<'r>(&'r RequestHeader);
 
 impl RequestValues for RequestView<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.0.headers.get(name).and_then(|v| v.to_str().ok())
+    fn header_values(&self, name: &str) -> Vec<Option<&str>> {
+        self.0
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|value| value.to_str().ok())
+            .collect()
     }
 
-    fn query(&self, name: &str) -> Option<&str> {
-        self.0.uri.query().and_then(|q| query_param(q, name))
+    fn raw_query(&self) -> Option<&str> {
+        self.0.uri.query()
     }
 }
 
@@ -452,16 +525,18 @@ top_up_url = "https://example.com/billing"
     }
 
     #[test]
-    fn idempotent_hold_ids_are_per_customer_and_valid_ids() {
-        let a = base_hold_id("acme", Some("k1"), "r1");
-        assert_eq!(
+    fn idempotent_hold_ids_are_per_customer_and_placement_and_valid_ids() {
+        let request_id = "0123456789abcdef0123456789abcdef";
+        let a = base_hold_id("acme", Some("k1"), request_id);
+        assert!(a.starts_with(&idempotent_hold_id("idem", "acme", "k1")));
+        assert_ne!(
             a,
             base_hold_id("acme", Some("k1"), "r2"),
-            "same key, same hold"
+            "a new placement, a new hold id"
         );
         assert_ne!(
             a,
-            base_hold_id("globex", Some("k1"), "r1"),
+            base_hold_id("globex", Some("k1"), request_id),
             "keys are per customer"
         );
         assert!(creditgate_protocol::keys::validate_id("hold_id", &format!("{a}.5")).is_ok());
@@ -476,6 +551,63 @@ top_up_url = "https://example.com/billing"
         let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
         req.insert_header("host", "[::1]").unwrap();
         assert_eq!(host_of(&req), Some("[::1]"));
+    }
+
+    #[test]
+    fn targets_are_normalised_keeping_the_query_or_refused_naming_the_path() {
+        let config = config();
+        for target in [
+            "/reports/./7?pages=4",
+            "/r%65ports/7?pages=4",
+            "/x/../reports//7?pages=4",
+        ] {
+            let mut req = request("POST", target, &[]);
+            normalize_target(&mut req).expect(target);
+            assert_eq!(req.uri.to_string(), "/reports/7?pages=4", "{target}");
+            assert_eq!(req.raw_path(), b"/reports/7?pages=4", "{target}");
+            let (found, _) = metered(&config, &req);
+            assert_eq!(found.route.name, "POST /reports/{id}", "{target}");
+        }
+        let mut req = request("GET", "/search", &[]);
+        normalize_target(&mut req).unwrap();
+        assert_eq!(req.uri.to_string(), "/search");
+        for target in ["/reports%2F7", "/../search", "/search%00", "/a\\b"] {
+            let mut req = request("GET", target, &[]);
+            let refusal = normalize_target(&mut req).expect_err(target);
+            assert_eq!(refusal.status, 400, "{target}");
+            assert_eq!(refusal.body["error"], "invalid_path", "{target}");
+            assert_eq!(refusal.body["path"], target, "{target}");
+        }
+    }
+
+    #[test]
+    fn unit_counts_read_as_upstreams_read_them_or_refused() {
+        let config = config();
+        let req = request("POST", "/reports/7", &[]);
+        let (found, _) = metered(&config, &req);
+        let price = price_request(&config, &found, "demo").unwrap();
+        for query in [
+            "pages=%31%30",
+            "%70ages=10",
+            "pages=+10",
+            "pages=10&pages=10",
+        ] {
+            let req = request("POST", &format!("/reports/7?{query}"), &[]);
+            assert_eq!(
+                price.reserve_amount(&req),
+                Ok(ReserveAmount::Known(50)),
+                "{query}"
+            );
+        }
+        for query in ["pages=1&pages=10", "pages=ten", "pages=%2B10", "pages=-1"] {
+            let req = request("POST", &format!("/reports/7?{query}"), &[]);
+            let refusal = price.reserve_amount(&req).expect_err(query);
+            assert_eq!(refusal.status, 400, "{query}");
+            assert_eq!(refusal.body["error"], "invalid_units", "{query}");
+            assert_eq!(refusal.body["parameter"], "pages", "{query}");
+        }
+        let req = request("POST", "/reports/7", &[]);
+        assert_eq!(price.reserve_amount(&req), Ok(ReserveAmount::Known(5)));
     }
 
     #[test]
@@ -560,11 +692,15 @@ top_up_url = "https://example.com/billing"
         let (found, mode) = metered(&config, &req);
         let price = price_request(&config, &found, "demo").unwrap();
         assert_eq!(price.credit_type(), "api");
-        assert_eq!(price.reserve_amount(&req), ReserveAmount::Known(20));
+        assert_eq!(price.reserve_amount(&req), Ok(ReserveAmount::Known(20)));
         assert!(price.response_cost().is_none());
         let plan = plan_reserve(&config, &found, &price, "demo", mode, 20, &req, "r1");
         assert!(plan.idempotent && !plan.shadow);
-        assert_eq!(plan.base_hold_id, idempotent_hold_id("idem", "demo", "k1"));
+        let record_id = idempotent_hold_id("idem", "demo", "k1");
+        assert_eq!(plan.base_hold_id, format!("{record_id}.r1"));
+        let claim = plan.idempotency.as_ref().expect("keyed");
+        assert_eq!(claim.record_id, record_id);
+        assert_eq!((claim.replay_max, claim.replay_window_ms), (3, 600_000));
         assert_eq!(plan.hold_id(3), format!("{}.3", plan.base_hold_id));
         assert_eq!(
             plan.top_up_url.as_deref(),
@@ -588,7 +724,7 @@ top_up_url = "https://example.com/billing"
             panic!("demo-key is in the config");
         };
         let price = price_request(&config, &found, &customer).unwrap();
-        let ReserveAmount::Known(amount) = price.reserve_amount(&req) else {
+        let Ok(ReserveAmount::Known(amount)) = price.reserve_amount(&req) else {
             panic!("a fixed cost is known up front");
         };
         let plan = plan_reserve(&config, &found, &price, &customer, mode, amount, &req, "r1");

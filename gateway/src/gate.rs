@@ -18,18 +18,16 @@ use pingora::http::RequestHeader;
 use pingora::prelude::Session;
 use tracing::{debug, error, warn};
 
-use crate::admission::{
-    self, Caller, Price, ReserveAmount, RouteDecision, UNMATCHED_ROUTE, store_failure_decision,
-};
+use crate::admission::{self, Caller, Price, ReserveAmount, RouteDecision, UNMATCHED_ROUTE};
 use crate::control::FleetControl;
 use crate::hold::{Holds, RequestHold};
+use crate::idempotency;
 use crate::in_flight::InFlight;
 use crate::metrics::{Metrics, Outcome};
 use crate::request_body::read_estimate;
 use crate::responses::{Charge, Refusal};
 use crate::store_client::StoreClient;
 use crate::usage::ResponseInspector;
-use crate::usage::request::EstimateOutcome;
 
 /// The credit-enforcing proxy.
 pub struct CreditGate {
@@ -62,6 +60,11 @@ pub struct RequestCtx {
     /// The gateway read the body and answered `Expect: 100-continue` itself, so the
     /// upstream request goes without `Expect` (the body follows at once).
     pub(crate) body_read: bool,
+    /// Body bytes the gateway read that Pingora's retry buffer did not keep: forwarded in
+    /// front of the rest of the body (`request_body_filter`).
+    pub(crate) body_put_back: Option<bytes::Bytes>,
+    /// Which uncharged replay of an already charged `Idempotency-Key` request this is.
+    pub(crate) replay: Option<u32>,
 }
 
 impl RequestCtx {
@@ -77,8 +80,19 @@ impl RequestCtx {
     /// settle or void) and, for a route priced from the response, start reading its usage.
     pub(crate) fn upstream_answered(&mut self, status: u16, headers: &http::HeaderMap) {
         self.upstream_status = Some(status);
+        let upgraded = status == 101;
+        if status < 200 && !upgraded {
+            // An interim answer (100, 103): the upstream's answer is still to come.
+            return;
+        }
         if let Some((usage, max)) = self.response_cost.take() {
-            self.inspector = Some(ResponseInspector::new(usage, max, headers));
+            let inspector = ResponseInspector::new(usage, max, headers);
+            // Usage is never read from a tunnel: a usage header or the fallback settles it.
+            self.inspector = Some(if upgraded {
+                inspector.without_body()
+            } else {
+                inspector
+            });
         }
     }
 
@@ -123,6 +137,8 @@ impl CreditGate {
         ctx: &mut RequestCtx,
         config: &PricingConfig,
     ) -> Result<(), Refusal> {
+        // Before anything reads the path: what is matched and priced is what is forwarded.
+        admission::normalize_target(session.req_header_mut())?;
         // One view of the control state for the whole request.
         let control = self.control.view();
         let (found, route_mode) =
@@ -137,17 +153,15 @@ impl CreditGate {
                     return Ok(());
                 }
                 RouteDecision::Unmetered(route) => {
-                    self.matched(ctx, route);
+                    self.matched(ctx, route, session.req_header())?;
                     self.metrics.decision(&route.name, Outcome::Allowed);
                     return Ok(());
                 }
                 RouteDecision::Metered { found, mode } => (found, mode),
             };
         let route = found.route;
-        self.matched(ctx, route);
-        let Some(customer) = self.identify(config, session.req_header(), route).await? else {
-            return Ok(());
-        };
+        self.matched(ctx, route, session.req_header())?;
+        let customer = self.identify(config, session.req_header(), route).await?;
         ctx.customer = Some(customer.clone());
         let mode = control.customer_mode(route_mode, &customer);
         if mode == Mode::Off {
@@ -166,7 +180,7 @@ impl CreditGate {
             ctx.charge = Some(Charge::nothing(price.credit_type()));
             return Ok(());
         }
-        let plan = admission::plan_reserve(
+        let mut plan = admission::plan_reserve(
             config,
             &found,
             &price,
@@ -176,9 +190,11 @@ impl CreditGate {
             session.req_header(),
             &ctx.request_id,
         );
+        idempotency::bind_request(session, ctx, &mut plan).await?;
         let reserved = self.holds.reserve_for_request(&plan).await?;
         ctx.hold = reserved.hold;
         ctx.charge = reserved.charge;
+        ctx.replay = reserved.replay;
         Ok(())
     }
 
@@ -187,25 +203,35 @@ impl CreditGate {
         ctx.route = UNMATCHED_ROUTE.to_string();
     }
 
-    fn matched(&self, ctx: &mut RequestCtx, route: &Route) {
+    /// Records the route matched; a request to switch protocols on a route that refuses
+    /// upgrades is answered before anything else (and before the upstream sees it).
+    fn matched(
+        &self,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        req: &RequestHeader,
+    ) -> Result<(), Refusal> {
         ctx.route = route.name.clone();
         ctx.upstream = Some(route.upstream.clone());
+        admission::refuse_upgrade(route, req)
     }
 
     /// Finds the customer, asking the store for an API key the config does not list.
-    /// `Ok(None)` means the store failed and the route fails open.
+    /// Failing open never admits a caller the gateway does not know: when the store cannot
+    /// be asked, a key neither in the config nor cached as known is refused whatever the
+    /// route's failure policy ([`admission::unverifiable_api_key`]).
     async fn identify(
         &self,
         config: &PricingConfig,
         req: &RequestHeader,
         route: &Route,
-    ) -> Result<Option<String>, Refusal> {
+    ) -> Result<String, Refusal> {
         let refused = |refusal: Refusal| {
             self.metrics.decision(&route.name, Outcome::Unauthorized);
             refusal
         };
         let hash = match admission::identify_caller(config, req) {
-            Caller::Customer(customer) => return Ok(Some(customer)),
+            Caller::Customer(customer) => return Ok(customer),
             Caller::Unauthorized(refusal) => return Err(refused(refusal)),
             Caller::LookUpApiKey(hash) => hash,
         };
@@ -214,13 +240,12 @@ impl CreditGate {
             .customer_for_key(&hash, route.store_timeout_ms)
             .await
         {
-            Ok(Some(customer)) => Ok(Some(customer)),
+            Ok(Some(customer)) => Ok(customer),
             Ok(None) => Err(refused(admission::unknown_api_key())),
             Err(failure) => {
-                warn!(route = %route.name, op = "api_key", error = %failure, policy = route.failure_policy.as_str(), "credit store call failed");
-                let (outcome, decision) = store_failure_decision(route.failure_policy, &failure);
-                self.metrics.decision(&route.name, outcome);
-                decision.map(|()| None)
+                warn!(route = %route.name, op = "api_key", error = %failure, "credit store call failed; an API key the gateway does not know is refused");
+                self.metrics.decision(&route.name, Outcome::FailClosed);
+                Err(admission::unverifiable_api_key(&failure))
             }
         }
     }
@@ -233,16 +258,14 @@ impl CreditGate {
         route: &Route,
         price: &Price<'_>,
     ) -> Result<u64, Refusal> {
-        let (from, fixed, max) = match price.reserve_amount(session.req_header()) {
+        let (from, max) = match price.reserve_amount(session.req_header())? {
             ReserveAmount::Known(amount) => return Ok(amount),
-            ReserveAmount::FromBody {
-                from,
-                estimate,
-                max,
-            } => (from, estimate, max),
+            ReserveAmount::FromBody { from, max, .. } => (from, max),
         };
-        let estimate = read_estimate(session, from, fixed, max).await?;
-        ctx.body_read = estimate.outcome != EstimateOutcome::OverLimit;
+        let read = read_estimate(session, from, max).await?;
+        ctx.body_read = read.read;
+        ctx.body_put_back = read.put_back;
+        let estimate = read.estimate;
         self.metrics
             .request_estimate(&route.name, estimate.outcome.as_str());
         debug!(request_id = %ctx.request_id, route = %route.name, amount = estimate.amount,

@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use creditgate_config::UpstreamErrorPolicy;
-use creditgate_protocol::{
-    HoldRef, HoldState, ReserveOutcome, ReserveRequest, ResolveOutcome, SettleRequest,
-};
+use creditgate_protocol::{HoldRef, ReserveOutcome, ReserveRequest, ResolveOutcome, SettleRequest};
 use tracing::{debug, warn};
 
 use crate::admission::{ReservePlan, store_failure_decision};
@@ -21,6 +19,15 @@ use crate::in_flight::InFlight;
 use crate::metrics::{Metrics, Outcome};
 use crate::responses::{Charge, Refusal};
 use crate::store_client::{StoreClient, StoreFailure};
+
+mod keyed;
+mod renewal;
+
+pub use renewal::{
+    MAX_RENEWAL_MS, MAX_RENEWED_HOLDS, RENEW_AFTER_TTL_DIVISOR, RENEWAL_TICK_MS,
+    RENEWALS_PER_TICK_MAX, RETRY_AFTER_TTL_DIVISOR,
+};
+use renewal::{RenewalGuard, Renewals};
 
 /// How many holds one `Idempotency-Key` may use: a retry after a voided or expired attempt
 /// is charged anew under the next hold id, up to this many attempts.
@@ -56,6 +63,9 @@ pub struct RequestHold {
     /// script places it). Kept so that settling can place it if it never arrived: the
     /// request is then metered exactly once, by hold id.
     tentative: Option<ReserveRequest>,
+    /// Keeps the hold alive while the request is in flight; dropping the last copy of
+    /// this record (the request ended without a settle) stops the renewals.
+    renewal: Option<Arc<RenewalGuard>>,
 }
 
 /// How a hold ends.
@@ -89,6 +99,7 @@ impl RequestHold {
             on_upstream_error: plan.on_upstream_error,
             actual: None,
             tentative,
+            renewal: None,
         }
     }
 
@@ -102,11 +113,15 @@ impl RequestHold {
         self.actual = Some(amount);
     }
 
-    /// Whether the hold settles or voids, given the upstream's status (`None`: the upstream
-    /// never answered, a connect error or timeout, so there is nothing to bill).
+    /// Whether the hold settles or voids, given the upstream's last status (`None`: the
+    /// upstream never answered, a connect error or timeout, so there is nothing to bill).
+    /// A `101 Switching Protocols` settles: the tunnel is the upstream's work. Only an
+    /// interim answer (`100`, `103`) voids: the upstream never gave its answer.
     pub fn end_for(&self, upstream_status: Option<u16>) -> HoldEnd {
         match upstream_status {
             None => HoldEnd::Void,
+            Some(101) => HoldEnd::Settle,
+            Some(s) if s < 200 => HoldEnd::Void,
             Some(s) if s >= 500 && self.on_upstream_error == UpstreamErrorPolicy::Void => {
                 HoldEnd::Void
             }
@@ -123,29 +138,9 @@ pub struct Reserved {
     pub hold: Option<RequestHold>,
     /// The response's charge headers; `None` when the charge is not known.
     pub charge: Option<Charge>,
-}
-
-/// What to do after an idempotent retry found its earlier attempt's hold.
-enum Replay {
-    /// Still pending: wait a moment and ask again.
-    Wait,
-    /// Still pending after every wait: answer 409.
-    InProgress,
-    /// Posted: proxy without charging again.
-    AlreadyCharged,
-    /// Voided or expired: charge this request anew under the next hold id.
-    NextAttempt,
-}
-
-fn replay_after(state: HoldState, pending_waits: u32) -> Replay {
-    match state {
-        // The first request may be settling right now (settles run after the response):
-        // give it a moment before calling it in progress.
-        HoldState::Pending if pending_waits < IDEMPOTENT_PENDING_WAITS => Replay::Wait,
-        HoldState::Pending => Replay::InProgress,
-        HoldState::Posted => Replay::AlreadyCharged,
-        HoldState::Voided | HoldState::Expired => Replay::NextAttempt,
-    }
+    /// Which uncharged replay of an already charged request this is (from 1), for the
+    /// `x-creditgate-replay` header; `None` for every other request.
+    pub replay: Option<u32>,
 }
 
 /// Where ending a hold stands after one try.
@@ -164,6 +159,7 @@ pub struct Holds {
     store: Arc<StoreClient>,
     metrics: Arc<Metrics>,
     in_flight: InFlight,
+    renewals: Arc<Renewals>,
 }
 
 impl Holds {
@@ -171,80 +167,67 @@ impl Holds {
     /// `in_flight`.
     pub fn new(store: Arc<StoreClient>, metrics: Arc<Metrics>, in_flight: InFlight) -> Self {
         Self {
+            renewals: Renewals::new(store.clone(), metrics.clone()),
             store,
             metrics,
             in_flight,
         }
     }
 
-    /// Reserves the plan's credits: one hold per request, found again by an idempotent
-    /// retry (which then is not charged twice). `Err` is the answer to the client: not
-    /// enough credits (402), an idempotency conflict (409, 422), or the store failing on a
-    /// route that fails closed (503).
+    /// Keeps `hold` alive while its request is in flight: renewed a third of the hold TTL
+    /// after it was placed and after every renewal, until it is settled or voided.
+    fn keep_alive(&self, plan: &ReservePlan, mut hold: RequestHold) -> RequestHold {
+        self.renewals.start(
+            &plan.customer,
+            &hold.hold_id,
+            plan.hold_ttl_ms,
+            plan.settle_timeout_ms,
+            hold.tentative.is_some(),
+        );
+        hold.renewal = Some(Arc::new(RenewalGuard::new(&self.renewals, &hold.hold_id)));
+        hold
+    }
+
+    /// How many holds this gateway keeps alive now.
+    pub fn kept_alive(&self) -> usize {
+        self.renewals.len()
+    }
+
+    /// Reserves the plan's credits: one hold per request. A request with an
+    /// `Idempotency-Key` goes through the key's record ([`Holds::reserve_keyed`]): a retry
+    /// of it finds the first attempt's hold and is not charged twice. `Err` is the answer
+    /// to the client: not enough credits (402), an idempotency refusal (409, 422), or the
+    /// store failing on a route that fails closed (503).
     pub async fn reserve_for_request(&self, plan: &ReservePlan) -> Result<Reserved, Refusal> {
-        let mut attempt = 1;
-        let mut pending_waits = 0;
-        while attempt <= MAX_IDEMPOTENT_ATTEMPTS {
-            let request = plan.reserve_request(attempt);
-            let outcome = self
-                .store
-                .call(
-                    "reserve",
-                    plan.store_timeout_ms,
-                    self.store.store().reserve(&request),
-                )
-                .await;
-            let (over_limit, available_after, state) = match outcome {
-                Ok(ReserveOutcome::Placed {
-                    hold,
-                    available_after,
-                    ..
-                }) => (hold.over_limit, available_after, None),
-                Ok(ReserveOutcome::Replay { state, .. }) if plan.idempotent => {
-                    (false, 0, Some(state))
-                }
-                Ok(ReserveOutcome::Replay { .. } | ReserveOutcome::Conflict { .. }) => {
-                    self.metrics
-                        .decision(&plan.route, Outcome::IdempotencyRejected);
-                    return Err(Refusal::idempotency_conflict());
-                }
-                Ok(ReserveOutcome::Insufficient { available, .. }) => {
-                    return Err(self.insufficient(plan, available));
-                }
-                Err(failure) => return self.reserve_failed(plan, request, &failure),
-            };
-            let Some(state) = state else {
-                return Ok(self.placed(plan, request.hold_id, over_limit, available_after));
-            };
-            match replay_after(state, pending_waits) {
-                Replay::Wait => {
-                    pending_waits += 1;
-                    tokio::time::sleep(Duration::from_millis(IDEMPOTENT_PENDING_WAIT_MS)).await;
-                }
-                Replay::InProgress => {
-                    self.metrics
-                        .decision(&plan.route, Outcome::IdempotencyRejected);
-                    return Err(Refusal::idempotency_in_progress(
-                        "a request with this Idempotency-Key is still in progress",
-                    ));
-                }
-                Replay::AlreadyCharged => {
-                    self.metrics.decision(&plan.route, Outcome::Replayed);
-                    debug!(request_id = %plan.request_id, customer = %plan.customer, hold_id = %request.hold_id,
-                        "idempotent replay, not charged again");
-                    return Ok(Reserved {
-                        hold: None,
-                        charge: Some(Charge::nothing(&plan.credit_type)),
-                    });
-                }
-                Replay::NextAttempt => attempt += 1,
-            }
+        if let Some(claim) = &plan.idempotency {
+            return self.reserve_keyed(plan, claim).await;
         }
-        self.metrics
-            .decision(&plan.route, Outcome::IdempotencyRejected);
-        Err(Refusal::idempotency_in_progress(
-            "this Idempotency-Key was retried too many times",
-        ))
+        let request = plan.reserve_request(1);
+        let outcome = self
+            .store
+            .call(
+                "reserve",
+                plan.store_timeout_ms,
+                self.store.store().reserve(&request),
+            )
+            .await;
+        match outcome {
+            Ok(ReserveOutcome::Placed {
+                hold,
+                available_after,
+                ..
+            }) => Ok(self.placed(plan, request.hold_id, hold.over_limit, available_after)),
+            // A hold id of this request's own id exists only if another request chose it.
+            Ok(ReserveOutcome::Replay { .. } | ReserveOutcome::Conflict { .. }) => {
+                self.metrics
+                    .decision(&plan.route, Outcome::IdempotencyRejected);
+                Err(Refusal::idempotency_conflict())
+            }
+            Ok(ReserveOutcome::Insufficient { available, .. }) => {
+                Err(self.insufficient(plan, available))
+            }
+            Err(failure) => self.reserve_failed(plan, request, &failure),
+        }
     }
 
     /// The hold is placed (in shadow mode possibly over the limit): proxy, settle later.
@@ -266,7 +249,8 @@ impl Holds {
         debug!(request_id = %plan.request_id, customer = %plan.customer, route = %plan.route,
             hold_id = %hold_id, amount = plan.amount, available_after, decision = decision.as_str(), "reserved");
         Reserved {
-            hold: Some(RequestHold::new(plan, hold_id, None)),
+            replay: None,
+            hold: Some(self.keep_alive(plan, RequestHold::new(plan, hold_id, None))),
             charge: Some(Charge {
                 credit_type: plan.credit_type.clone(),
                 charged: plan.amount,
@@ -307,12 +291,13 @@ impl Holds {
             force: true,
             ..request
         };
-        let hold = RequestHold::new(plan, hold_id, Some(tentative));
+        let hold = self.keep_alive(plan, RequestHold::new(plan, hold_id, Some(tentative)));
         self.metrics.holds_in_flight(1);
         match decision {
             Ok(()) => Ok(Reserved {
                 hold: Some(hold),
                 charge: None,
+                replay: None,
             }),
             Err(refusal) => {
                 self.settle_or_void(hold, HoldEnd::Void, &plan.request_id);
@@ -338,6 +323,9 @@ impl Holds {
     /// next request on the connection does not wait for the store. It counts as in flight
     /// until done, so a graceful shutdown waits for it.
     pub fn settle_or_void(&self, hold: RequestHold, end: HoldEnd, request_id: &str) {
+        // The request is over: its hold needs no more renewals. Should the settle find it
+        // expired all the same (a store outage outlasted the hold), it burns late.
+        self.renewals.stop(&hold.hold_id);
         self.in_flight.enter();
         let holds = self.clone();
         let request_id = request_id.to_string();
@@ -449,6 +437,20 @@ impl Holds {
                         shortfall, posted, "settled above what the balance and overdraft allow; shortfall recorded as overage");
                 }
             }
+            ResolveOutcome::PostedLate {
+                posted, shortfall, ..
+            } => {
+                // The hold had expired (renewals failed for its whole TTL, or the request
+                // outlived `MAX_RENEWAL_MS`): the request is charged all the same, and the
+                // ledger flags the burn as late.
+                self.metrics.resolved(&hold.credit_type, *posted, 0);
+                self.metrics.late_burn(&hold.credit_type);
+                if *shortfall > 0 {
+                    self.metrics.shortfall(&hold.credit_type, *shortfall);
+                }
+                warn!(request_id, hold_id = %hold.hold_id, customer = %hold.customer,
+                    posted, shortfall, "hold had expired before its settle; burned late");
+            }
             ResolveOutcome::Voided { returned, .. } => {
                 self.metrics.resolved(&hold.credit_type, 0, *returned)
             }
@@ -465,16 +467,29 @@ impl Holds {
 mod tests {
     use creditgate_config::FailurePolicy;
     use creditgate_protocol::{
-        CreditStore, GrantRequest, GrantSource, HoldRef, Keyspace, MemoryStore,
+        CreditStore, GrantRequest, GrantSource, HoldRef, IdempotencyClaim, Keyspace, MemoryStore,
     };
 
     use super::*;
 
+    /// A plan; an idempotent one uses `hold_id` as its key's record id and holds under
+    /// `<record>.<request id>`, as admission derives them.
     fn plan(hold_id: &str, amount: u64, idempotent: bool) -> ReservePlan {
+        let claim = IdempotencyClaim {
+            record_id: hold_id.into(),
+            fingerprint: "fp1".into(),
+            supersedes: None,
+            replay_max: 3,
+            replay_window_ms: 600_000,
+        };
         ReservePlan {
             customer: "demo".into(),
-            base_hold_id: hold_id.into(),
+            base_hold_id: match idempotent {
+                true => format!("{hold_id}.r1"),
+                false => hold_id.into(),
+            },
             idempotent,
+            idempotency: idempotent.then_some(claim),
             credit_type: "api".into(),
             amount,
             overdraft_limit: 0,
@@ -542,7 +557,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_idempotent_retry_of_a_posted_request_is_not_charged_again() {
+    async fn an_idempotent_retry_of_a_posted_request_is_replayed_uncharged_three_times_then_409()
+    {
         let (holds, memory) = holds_with(10).await;
         let plan = plan("idem-x", 4, true);
         let hold = holds
@@ -554,14 +570,37 @@ mod tests {
         holds
             .settle_or_void_with_retries(&hold, HoldEnd::Settle, "r1")
             .await;
-        let replay = holds.reserve_for_request(&plan).await.unwrap();
-        assert!(replay.hold.is_none());
-        assert_eq!(replay.charge, Some(Charge::nothing("api")));
+        for n in 1..=3 {
+            let replay = holds
+                .reserve_for_request(&retry(&plan, &format!("r{}", n + 1)))
+                .await
+                .unwrap();
+            assert!(replay.hold.is_none());
+            assert_eq!(replay.charge, Some(Charge::nothing("api")));
+            assert_eq!(replay.replay, Some(n));
+        }
+        let refusal = holds
+            .reserve_for_request(&retry(&plan, "r5"))
+            .await
+            .unwrap_err();
+        assert_eq!(refusal.status, 409);
+        assert_eq!(refusal.body["error"], "idempotency_replays_exhausted");
+        assert_eq!(refusal.body["original_request_id"], "r1");
         assert_eq!(available(&memory).await, 6);
     }
 
+    /// The same plan as a later request (another request id) would make it.
+    fn retry(plan: &ReservePlan, request_id: &str) -> ReservePlan {
+        let record = &plan.idempotency.as_ref().expect("keyed").record_id;
+        ReservePlan {
+            request_id: request_id.into(),
+            base_hold_id: format!("{record}.{request_id}"),
+            ..plan.clone()
+        }
+    }
+
     #[tokio::test]
-    async fn a_retry_after_a_voided_attempt_is_charged_under_the_next_hold_id() {
+    async fn a_retry_after_a_voided_attempt_is_charged_under_a_new_hold_id() {
         let (holds, memory) = holds_with(10).await;
         let plan = plan("idem-y", 4, true);
         let first = holds
@@ -575,17 +614,17 @@ mod tests {
             .settle_or_void_with_retries(&first, HoldEnd::Void, "r1")
             .await;
         let second = holds
-            .reserve_for_request(&plan)
+            .reserve_for_request(&retry(&plan, "r2"))
             .await
             .unwrap()
             .hold
             .unwrap();
-        assert_eq!(second.hold_id(), "idem-y.2");
+        assert_eq!(second.hold_id(), "idem-y.r2.2");
         assert_eq!(available(&memory).await, 6);
         let outcome = memory
             .void(&HoldRef {
                 customer: "demo".into(),
-                hold_id: "idem-y.2".into(),
+                hold_id: "idem-y.r2.2".into(),
             })
             .await
             .unwrap();
@@ -603,15 +642,94 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(refusal.status, 402);
-        holds
-            .reserve_for_request(&plan("idem-z", 2, true))
-            .await
-            .unwrap();
+        let first = plan("idem-z", 2, true);
+        holds.reserve_for_request(&first).await.unwrap();
         let refusal = holds
-            .reserve_for_request(&plan("idem-z", 1, true))
+            .reserve_for_request(&retry(&plan("idem-z", 1, true), "r2"))
             .await
             .unwrap_err();
         assert_eq!(refusal.status, 422);
+        let mut other = retry(&first, "r3");
+        other.idempotency.as_mut().unwrap().fingerprint = "fp2".into();
+        let refusal = holds.reserve_for_request(&other).await.unwrap_err();
+        assert_eq!(refusal.status, 422);
+        assert_eq!(refusal.body["error"], "idempotency_key_reused");
+        assert_eq!(refusal.body["original_request_id"], "r1");
+    }
+
+    fn hold_ref(hold: &RequestHold) -> HoldRef {
+        HoldRef {
+            customer: "demo".into(),
+            hold_id: hold.hold_id().into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_in_flight_hold_is_kept_alive_past_its_ttl_and_settles_as_usual() {
+        let (holds, memory) = holds_with(10).await;
+        let mut plan = plan("long-1", 4, false);
+        plan.hold_ttl_ms = 1_000;
+        let hold = holds
+            .reserve_for_request(&plan)
+            .await
+            .unwrap()
+            .hold
+            .unwrap();
+        assert_eq!(holds.kept_alive(), 1);
+        // The request runs well past its hold's TTL; the sweeper keeps finding it not due.
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let swept = memory.expire_hold(&hold_ref(&hold)).await.unwrap();
+            assert!(matches!(swept, ResolveOutcome::NotDue { .. }), "{swept:?}");
+        }
+        holds.settle_or_void(hold.clone(), HoldEnd::Settle, "r1");
+        assert_eq!(holds.kept_alive(), 0);
+        for _ in 0..100 {
+            if holds.in_flight.count() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(available(&memory).await, 6);
+        let metrics = String::from_utf8(holds.metrics.render()).unwrap();
+        assert!(metrics.contains("creditgate_hold_renewals_total{outcome=\"extended\"}"));
+        assert!(
+            !metrics.contains("creditgate_late_burns_total{"),
+            "{metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_settle_that_finds_its_hold_expired_burns_late_exactly_once() {
+        let (holds, memory) = holds_with(10).await;
+        let mut plan = plan("long-2", 4, false);
+        plan.hold_ttl_ms = 1_000;
+        let hold = holds
+            .reserve_for_request(&plan)
+            .await
+            .unwrap()
+            .hold
+            .unwrap();
+        // Renewals stop (as in a store outage longer than the TTL) and the sweeper
+        // expires the hold, returning its credits.
+        holds.renewals.stop(hold.hold_id());
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        let swept = memory.expire_hold(&hold_ref(&hold)).await.unwrap();
+        assert!(matches!(swept, ResolveOutcome::Expired { .. }), "{swept:?}");
+        assert_eq!(available(&memory).await, 10);
+        // The request still ends with a settle: charged all the same, and only once.
+        holds
+            .settle_or_void_with_retries(&hold, HoldEnd::Settle, "r1")
+            .await;
+        holds
+            .settle_or_void_with_retries(&hold, HoldEnd::Settle, "r1")
+            .await;
+        assert_eq!(available(&memory).await, 6);
+        let metrics = String::from_utf8(holds.metrics.render()).unwrap();
+        assert!(
+            metrics.contains("creditgate_late_burns_total{credit_type=\"api\"} 1"),
+            "{metrics}"
+        );
     }
 
     #[test]
@@ -622,5 +740,14 @@ mod tests {
         hold.on_upstream_error = UpstreamErrorPolicy::Settle;
         assert_eq!(hold.end_for(Some(503)), HoldEnd::Settle);
         assert_eq!(hold.end_for(None), HoldEnd::Void);
+    }
+
+    #[test]
+    fn an_upgrade_settles_and_an_interim_answer_alone_voids() {
+        let hold = RequestHold::new(&plan("h", 1, false), "h".into(), None);
+        assert_eq!(hold.end_for(Some(101)), HoldEnd::Settle);
+        assert_eq!(hold.end_for(Some(100)), HoldEnd::Void);
+        assert_eq!(hold.end_for(Some(103)), HoldEnd::Void);
+        assert_eq!(hold.end_for(Some(200)), HoldEnd::Settle);
     }
 }

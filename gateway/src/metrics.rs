@@ -76,6 +76,8 @@ pub struct Metrics {
     response_costs: IntCounterVec,
     request_estimates: IntCounterVec,
     credits_shortfall: IntCounterVec,
+    hold_renewals: IntCounterVec,
+    late_burns: IntCounterVec,
 }
 
 /// The values of the `mode` label of `creditgate_mode`: the fleet-wide mode a gateway
@@ -187,12 +189,23 @@ const RESPONSE_COSTS: MetricDef = MetricDef {
 };
 const REQUEST_ESTIMATES: MetricDef = MetricDef {
     name: "creditgate_request_estimates_total",
-    help: "Reservations of routes that estimate from the request body, by route and how the amount was found (body; missing, unparseable, over_limit reserve the fixed estimate).",
+    help: "Reservations of routes that estimate from the request body, by route and how the amount was found (body; missing, unparseable, over_limit, timeout reserve the rule's max).",
     labels: &["route", "outcome"],
 };
 const CREDITS_SHORTFALL: MetricDef = MetricDef {
     name: "creditgate_credits_shortfall_total",
     help: "Credits settled above what the balance and overdraft allowed (recorded as overage in the ledger), in each credit type's smallest unit.",
+    labels: &["credit_type"],
+};
+
+const HOLD_RENEWALS: MetricDef = MetricDef {
+    name: "creditgate_hold_renewals_total",
+    help: "Renewals of in-flight holds by outcome (extended; failed: the store call failed, retried sooner; expired: the hold expired before it could be renewed, its settle burns late; resolved: already settled or voided; unknown: not in the store; not_tracked: too many holds kept alive, not renewed).",
+    labels: &["outcome"],
+};
+const LATE_BURNS: MetricDef = MetricDef {
+    name: "creditgate_late_burns_total",
+    help: "Settles that found their hold expired and charged it anyway (a late burn, flagged late in the ledger), by credit type.",
     labels: &["credit_type"],
 };
 
@@ -255,6 +268,8 @@ impl Metrics {
             response_costs: r.counter(&RESPONSE_COSTS),
             request_estimates: r.counter(&REQUEST_ESTIMATES),
             credits_shortfall: r.counter(&CREDITS_SHORTFALL),
+            hold_renewals: r.counter(&HOLD_RENEWALS),
+            late_burns: r.counter(&LATE_BURNS),
             registry,
         }
     }
@@ -295,6 +310,17 @@ impl Metrics {
         self.request_estimates
             .with_label_values(&[route, outcome])
             .inc();
+    }
+
+    /// Counts one renewal of an in-flight hold by its outcome (`extended`, `failed`,
+    /// `expired`, `resolved`, `unknown`).
+    pub fn hold_renewal(&self, outcome: &str) {
+        self.hold_renewals.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts one settle that found its hold expired and burned it late.
+    pub fn late_burn(&self, credit_type: &str) {
+        self.late_burns.with_label_values(&[credit_type]).inc();
     }
 
     /// Counts credits a settle could not take (the shortfall recorded as overage).
@@ -386,6 +412,8 @@ mod tests {
         m.store_latency("reserve", 0.0004);
         m.store_error("reserve", "timeout");
         m.holds_in_flight(1);
+        m.hold_renewal("extended");
+        m.late_burn("api");
         m.config_in_use("abc");
         let text = String::from_utf8(m.render()).unwrap();
         for needle in [
@@ -394,6 +422,8 @@ mod tests {
             "creditgate_credits_burned_total{credit_type=\"api\"} 2",
             "creditgate_store_errors_total{kind=\"timeout\",op=\"reserve\"} 1",
             "creditgate_holds_in_flight 1",
+            "creditgate_hold_renewals_total{outcome=\"extended\"} 1",
+            "creditgate_late_burns_total{credit_type=\"api\"} 1",
             "creditgate_config_info{hash=\"abc\"} 1",
             "creditgate_store_latency_seconds_bucket{op=\"reserve\",le=\"0.0005\"} 1",
         ] {

@@ -7,7 +7,9 @@
 //! request while the store call runs.
 //!
 //! Routes that estimate from the request (`estimate_from`) read a bounded request body in
-//! `request_filter` before reserving; Pingora's retry buffer forwards it unchanged.
+//! `request_filter` before reserving; Pingora's retry buffer forwards it unchanged, or,
+//! for a chunked body that outgrew it, `request_body_filter` puts the bytes read back in
+//! front of the rest (`crate::request_body`).
 //! Routes priced from the response hand each body chunk to a response inspector
 //! (`crate::usage`) in `response_body_filter`; `logging` settles what it read.
 //!
@@ -26,7 +28,8 @@ use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
 use crate::gate::{CreditGate, RequestCtx};
-use crate::responses::{HEADER_PRICING_VERSION, HEADER_REQUEST_ID};
+use crate::request_body::put_back;
+use crate::responses::{HEADER_PRICING_VERSION, HEADER_REPLAY, HEADER_REQUEST_ID};
 
 #[async_trait]
 impl ProxyHttp for CreditGate {
@@ -101,18 +104,30 @@ impl ProxyHttp for CreditGate {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(read) = ctx.body_put_back.take() {
+            put_back(read, body);
+        }
+        Ok(())
+    }
+
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if !upstream_response.status.is_informational() {
-            ctx.upstream_answered(
-                upstream_response.status.as_u16(),
-                &upstream_response.headers,
-            );
-        }
+        // Every status, interim ones too: `101` ends in a tunnel the customer pays for.
+        ctx.upstream_answered(
+            upstream_response.status.as_u16(),
+            &upstream_response.headers,
+        );
         Ok(())
     }
 
@@ -140,6 +155,9 @@ impl ProxyHttp for CreditGate {
             response.insert_header(HEADER_PRICING_VERSION, version.as_str())?;
         }
         response.insert_header(HEADER_REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(replay) = ctx.replay {
+            response.insert_header(HEADER_REPLAY, replay.to_string())?;
+        }
         Ok(())
     }
 

@@ -1,6 +1,6 @@
-//! The gateway's own responses (400, 401, 402, 404, 409, 422, 500, 503): JSON bodies with an
-//! error code a program can branch on and a message a person can read; and the headers that
-//! tell the client what a proxied request was charged.
+//! The gateway's own responses (400, 401, 402, 403, 404, 408, 409, 411, 413, 422, 500, 503):
+//! JSON bodies with an error code a program can branch on and a message a person can read;
+//! and the headers that tell the client what a proxied request was charged.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -21,6 +21,9 @@ pub const HEADER_PRICING_VERSION: &str = "x-creditgate-pricing-version";
 pub const HEADER_REQUEST_ID: &str = "x-request-id";
 /// Request header: a client's key that makes a retry neither reserve nor burn again.
 pub const HEADER_IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Response header: which uncharged replay (from 1) of an already charged request with the
+/// same `Idempotency-Key` this response is.
+pub const HEADER_REPLAY: &str = "x-creditgate-replay";
 
 /// A response the gateway answers itself, without the upstream.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +74,80 @@ impl Refusal {
         }
     }
 
+    /// 413: the request body is larger than the gateway reads to estimate the cost, and
+    /// the route refuses such bodies (`estimate_unreadable = "refuse"`), or it came without
+    /// a `content-length` and outgrew what the gateway can replay to the upstream.
+    pub fn body_too_large(message: &str) -> Self {
+        Self {
+            status: 413,
+            body: json!({"error": "request_body_too_large", "message": message}),
+        }
+    }
+
+    /// 411: the request body came without a `content-length` and did not end in time for
+    /// the estimate, and the route refuses such bodies.
+    pub fn length_required(message: &str) -> Self {
+        Self {
+            status: 411,
+            body: json!({"error": "length_required", "message": message}),
+        }
+    }
+
+    /// 408: the request body announced by its `content-length` did not arrive in time for
+    /// the estimate, and the route refuses such bodies.
+    pub fn body_timeout(message: &str) -> Self {
+        Self {
+            status: 408,
+            body: json!({"error": "request_body_timeout", "message": message}),
+        }
+    }
+
+    /// 403: the route does not allow protocol upgrades (`upgrade = "refuse"`). Not 426,
+    /// which asks the client to upgrade; not 400, the request is well-formed.
+    pub fn upgrade_refused(route: &str, upgrade: &str) -> Self {
+        Self {
+            status: 403,
+            body: json!({
+                "error": "upgrade_refused",
+                "message": format!(
+                    "route {route:?} does not allow switching protocols (upgrade: {upgrade}); \
+                     send the request without an upgrade header"
+                ),
+            }),
+        }
+    }
+
+    /// 400: the request path is one servers disagree on, so the gateway cannot know what
+    /// the upstream would serve (and charge) for it.
+    pub fn invalid_path(path: &str, reason: &str) -> Self {
+        Self {
+            status: 400,
+            body: json!({
+                "error": "invalid_path",
+                "message": format!("the request path {path:?} is refused: {reason}"),
+                "path": path,
+            }),
+        }
+    }
+
+    /// 400: a `per_unit` route's unit count is not a whole number, or is given more than
+    /// once with different values; `parameter` names the header or query parameter.
+    pub fn invalid_units(error: &creditgate_config::UnitsError) -> Self {
+        let (kind, name) = match &error.source {
+            creditgate_config::UnitSource::Header(name) => ("header", name),
+            creditgate_config::UnitSource::Query(name) => ("query", name),
+        };
+        Self {
+            status: 400,
+            body: json!({
+                "error": "invalid_units",
+                "message": error.to_string(),
+                "parameter": name,
+                "in": kind,
+            }),
+        }
+    }
+
     /// 404: no route matches and the config says unmatched requests are refused.
     pub fn no_route(method: &str, path: &str) -> Self {
         Self {
@@ -88,6 +165,39 @@ impl Refusal {
         Self {
             status: 409,
             body: json!({"error": "idempotency_key_in_progress", "message": message}),
+        }
+    }
+
+    /// 422: the `Idempotency-Key` was used before for another request (another method,
+    /// path, query or body: another fingerprint), the request `original_request_id` when
+    /// known. The upstream never sees this one.
+    pub fn idempotency_key_reused(original_request_id: Option<&str>) -> Self {
+        Self {
+            status: 422,
+            body: json!({
+                "error": "idempotency_key_reused",
+                "message": "the Idempotency-Key header was used before for a different request; use a new key for a new request",
+                "original_request_id": original_request_id,
+            }),
+        }
+    }
+
+    /// 409: the request with this `Idempotency-Key` was charged (as `original_request_id`)
+    /// and has been served again uncharged `replays` times, as often as its route allows
+    /// within its replay window.
+    pub fn idempotency_replays_exhausted(original_request_id: &str, replays: u32) -> Self {
+        Self {
+            status: 409,
+            body: json!({
+                "error": "idempotency_replays_exhausted",
+                "message": format!(
+                    "the request with this Idempotency-Key was charged as request \
+                     {original_request_id} and replayed {replays} times since, all this route \
+                     allows; send a new Idempotency-Key to run it again (charged)"
+                ),
+                "original_request_id": original_request_id,
+                "replays": replays,
+            }),
         }
     }
 
@@ -109,6 +219,19 @@ impl Refusal {
             body: json!({
                 "error": "credit_store_unavailable",
                 "message": format!("credits cannot be checked right now ({reason}); retry later"),
+            }),
+        }
+    }
+
+    /// 503: the API key is not one the gateway knows and the credit store that could
+    /// tell cannot be asked; the same error code as [`Refusal::store_unavailable`], since
+    /// the client should retry the same way.
+    pub fn api_key_unverifiable(reason: &str) -> Self {
+        Self {
+            status: 503,
+            body: json!({
+                "error": "credit_store_unavailable",
+                "message": format!("the API key cannot be checked right now ({reason}); retry later"),
             }),
         }
     }

@@ -507,18 +507,19 @@ fn the_estimate_is_read_from_the_request_body_which_reaches_the_upstream_unchang
             ESTIMATED_MAX,
             "body",
         ),
-        ("no max_tokens", padded("", 10), ESTIMATE, "missing"),
+        // A body that does not say how much it uses reserves the most it could cost.
+        ("no max_tokens", padded("", 10), ESTIMATED_MAX, "missing"),
         (
             "not JSON",
             b"max_tokens=500".to_vec(),
-            ESTIMATE,
+            ESTIMATED_MAX,
             "unparseable",
         ),
-        // More than ESTIMATE_BODY_BYTES: not read, streamed through, the fixed estimate.
+        // More than ESTIMATE_BODY_BYTES: not read, streamed through, max reserved.
         (
             "over the body bound",
             padded(r#","max_tokens":500"#, ESTIMATE_BODY_BYTES),
-            ESTIMATE,
+            ESTIMATED_MAX,
             "over_limit",
         ),
     ];

@@ -15,8 +15,9 @@ use super::{Checker, key};
 use crate::cost::CostRule;
 use crate::schema::CostFile;
 use crate::usage::{
-    DEFAULT_INSPECT_MAX_BYTES, MAX_ESTIMATE_BODY_BYTES, MAX_INSPECT_MAX_BYTES, MAX_USAGE_FIELDS,
-    MAX_USAGE_PATH_SEGMENTS, RequestEstimate, ResponseUsage, UsageField, UsageHeader, UsagePath,
+    DEFAULT_INSPECT_MAX_BYTES, DEFAULT_UNREADABLE_ESTIMATE, MAX_ESTIMATE_BODY_BYTES,
+    MAX_INSPECT_MAX_BYTES, MAX_USAGE_FIELDS, MAX_USAGE_PATH_SEGMENTS, RequestEstimate,
+    ResponseUsage, UsageField, UsageHeader, UsagePath,
 };
 
 /// The body fields of `usage = { "path" = rate, ... }` as written.
@@ -113,6 +114,10 @@ impl Checker<'_> {
             rate: rate?,
             base: base?,
             max_body_bytes: max_body_bytes?,
+            unreadable: file
+                .estimate_unreadable
+                .as_ref()
+                .map_or(DEFAULT_UNREADABLE_ESTIMATE, |v| *v.get_ref()),
         }))
     }
 
@@ -129,6 +134,7 @@ impl Checker<'_> {
                 "estimate_max_body_bytes",
                 span(&file.estimate_max_body_bytes),
             ),
+            ("estimate_unreadable", span(&file.estimate_unreadable)),
         ];
         let mut ok = true;
         for (field, span) in strays {

@@ -8,11 +8,17 @@ use toml::Spanned;
 
 use super::syntax::is_route_host;
 use super::{Checker, DEFAULT_UPSTREAM, Declared};
-use crate::limits::{MAX_ROUTE_NAME_LEN, MAX_ROUTES, MAX_STORE_TIMEOUT_MS};
-use crate::model::{DEFAULT_UPSTREAM_ERROR_POLICY, Defaults, Feature, Method, Upstream};
+use crate::limits::{
+    DEFAULT_IDEMPOTENCY_REPLAY_WINDOW_MS, DEFAULT_IDEMPOTENCY_REPLAYS,
+    MAX_IDEMPOTENCY_REPLAY_WINDOW_MS, MAX_IDEMPOTENCY_REPLAYS, MAX_ROUTE_NAME_LEN, MAX_ROUTES,
+    MAX_STORE_TIMEOUT_MS,
+};
+use crate::model::{
+    DEFAULT_UPGRADE_POLICY, DEFAULT_UPSTREAM_ERROR_POLICY, Defaults, Feature, Method, Upstream,
+};
 use crate::pattern::PathPattern;
-use crate::route_table::Route;
-use crate::schema::{Name, RouteFile};
+use crate::route_table::{IdempotencyReplays, Route};
+use crate::schema::{IdempotencyFile, Name, RouteFile};
 
 /// Whether route `earlier` matches every request `later` matches.
 fn route_covers(earlier: &Route, later: &Route) -> bool {
@@ -98,6 +104,8 @@ impl Checker<'_> {
             store_timeout_ms,
             upstream,
             on_upstream_error,
+            upgrade,
+            idempotency,
         } = route;
         let method = self.route_method(&path, &method);
         let host = self.route_host(&path, host);
@@ -121,6 +129,7 @@ impl Checker<'_> {
             MAX_STORE_TIMEOUT_MS,
             defaults.store_timeout_ms,
         );
+        let idempotency = self.route_replays(&path, idempotency);
         let name = self.route_name(&path, name);
         ok &= name.is_some();
         let (Some(method), Some(pattern), Some(feature), true) = (method, pattern, feature, ok)
@@ -146,7 +155,46 @@ impl Checker<'_> {
             store_timeout_ms,
             upstream,
             on_upstream_error: on_upstream_error.unwrap_or(DEFAULT_UPSTREAM_ERROR_POLICY),
+            upgrade: upgrade.unwrap_or(DEFAULT_UPGRADE_POLICY),
+            idempotency,
         })
+    }
+
+    /// A route's uncharged replays under an `Idempotency-Key`: how many, and within how
+    /// many milliseconds of the charged request.
+    fn route_replays(&mut self, path: &str, file: Option<IdempotencyFile>) -> IdempotencyReplays {
+        let IdempotencyFile {
+            replays,
+            replay_window_ms,
+        } = file.unwrap_or(IdempotencyFile {
+            replays: None,
+            replay_window_ms: None,
+        });
+        let replays = match replays {
+            None => DEFAULT_IDEMPOTENCY_REPLAYS,
+            Some(value) => match u32::try_from(*value.get_ref()) {
+                Ok(n) if n <= MAX_IDEMPOTENCY_REPLAYS => n,
+                _ => {
+                    self.report(
+                        format!("{path}.idempotency.replays"),
+                        Some(value.span()),
+                        format!(
+                            "must be between 0 and {MAX_IDEMPOTENCY_REPLAYS}, got {}",
+                            value.get_ref()
+                        ),
+                    );
+                    DEFAULT_IDEMPOTENCY_REPLAYS
+                }
+            },
+        };
+        let window_ms = self.duration_ms(
+            &format!("{path}.idempotency.replay_window_ms"),
+            replay_window_ms.as_ref(),
+            1,
+            MAX_IDEMPOTENCY_REPLAY_WINDOW_MS,
+            DEFAULT_IDEMPOTENCY_REPLAY_WINDOW_MS,
+        );
+        IdempotencyReplays { replays, window_ms }
     }
 
     fn route_method(&mut self, path: &str, method: &Spanned<String>) -> Option<Method> {

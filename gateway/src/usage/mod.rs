@@ -11,6 +11,9 @@ pub mod json;
 pub mod request;
 pub mod sse;
 
+#[cfg(test)]
+mod proptests;
+
 use std::sync::Arc;
 
 use creditgate_config::{ResponseUsage, UnitSource, UnitsValue};
@@ -138,6 +141,15 @@ impl ResponseInspector {
             gunzip,
             complete: false,
         }
+    }
+
+    /// This inspector without reading the body: for an upgraded connection (`101`), whose
+    /// bytes are a tunnel's, not a response to read usage from. It settles from the usage
+    /// header, else at the fallback.
+    pub fn without_body(mut self) -> Self {
+        self.body = Body::Ignored;
+        self.gunzip = None;
+        self
     }
 
     /// The amount, when the headers alone settle it (the usage header was there).
@@ -297,11 +309,15 @@ fn settle_stream(usage: &ResponseUsage, max: u64, complete: bool, reader: SseRea
 struct HeaderValues<'h>(&'h HeaderMap);
 
 impl creditgate_config::RequestValues for HeaderValues<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.0.get(name).and_then(|v| v.to_str().ok())
+    fn header_values(&self, name: &str) -> Vec<Option<&str>> {
+        self.0
+            .get_all(name)
+            .iter()
+            .map(|value| value.to_str().ok())
+            .collect()
     }
 
-    fn query(&self, _name: &str) -> Option<&str> {
+    fn raw_query(&self) -> Option<&str> {
         None
     }
 }

@@ -2,15 +2,17 @@
 //! the request body (e.g. `max_tokens`) times a rate, plus a base, capped at the rule's `max`.
 //!
 //! Pure: the gateway reads at most `max_body_bytes` of the body (`crate::request_body`) and
-//! hands them here; a body it could not read, or one without a usable field, reserves the
-//! rule's fixed `estimate`, and every outcome is counted in
-//! `creditgate_request_estimates_total`.
+//! hands them here. A body without a usable field reserves the rule's `max`, and one it could
+//! not read in time or within the bound reserves `max` too, or is refused where the rule says
+//! `estimate_unreadable = "refuse"`: how a client sends its body never shrinks what is
+//! reserved. Every outcome is counted in `creditgate_request_estimates_total`.
 
 use std::slice;
 
-use creditgate_config::{RequestEstimate, UsageField};
+use creditgate_config::{RequestEstimate, UnreadableEstimate, UsageField};
 
 use super::json::{FieldsRead, read_fields};
+use crate::responses::Refusal;
 
 /// How the reserved amount of a request was found: the `outcome` label of
 /// `creditgate_request_estimates_total`.
@@ -18,13 +20,15 @@ use super::json::{FieldsRead, read_fields};
 pub enum EstimateOutcome {
     /// From the field in the request body (possibly capped at `max`).
     Body,
-    /// The body is JSON without the field (or empty): the fixed estimate.
+    /// The body is JSON without the field (or empty): `max`.
     Missing,
-    /// The body is not JSON, or the field is not a non-negative integer: the fixed estimate.
+    /// The body is not JSON, or the field is not a non-negative integer: `max`.
     Unparseable,
-    /// The body is larger than `max_body_bytes` (by its `content-length`), or has no length
-    /// up front (chunked): not read, the fixed estimate.
+    /// The body is larger than `max_body_bytes` (by its `content-length`, or read that far
+    /// without one): `max`, or refused.
     OverLimit,
+    /// The body did not end within the read timeout: `max`, or refused.
+    Timeout,
 }
 
 impl EstimateOutcome {
@@ -35,6 +39,7 @@ impl EstimateOutcome {
             Self::Missing => "missing",
             Self::Unparseable => "unparseable",
             Self::OverLimit => "over_limit",
+            Self::Timeout => "timeout",
         }
     }
 }
@@ -50,11 +55,26 @@ pub struct Estimate {
     pub problem: Option<String>,
 }
 
-/// The estimate for a request whose whole body is `body`; `fixed` is the rule's `estimate`,
-/// `max` its `max` (both in the smallest unit).
-pub fn estimate_from_body(body: &[u8], rule: &RequestEstimate, fixed: u64, max: u64) -> Estimate {
+/// Why a body could not be read for the estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unread {
+    /// Larger than `max_body_bytes`: `length` is its `content-length` when it has one.
+    TooLarge {
+        /// The announced length in bytes, if any.
+        length: Option<u64>,
+    },
+    /// Not complete within the read timeout; `length_known`: it has a `content-length`.
+    TimedOut {
+        /// Whether the body announced its length.
+        length_known: bool,
+    },
+}
+
+/// The estimate for a request whose whole body is `body`; `max` is the rule's `max` (in the
+/// smallest unit), reserved when the body has no usable field.
+pub fn estimate_from_body(body: &[u8], rule: &RequestEstimate, max: u64) -> Estimate {
     let fallback = |outcome, problem| Estimate {
-        amount: fixed,
+        amount: max,
         outcome,
         problem,
     };
@@ -81,13 +101,45 @@ pub fn estimate_from_body(body: &[u8], rule: &RequestEstimate, fixed: u64, max: 
     }
 }
 
-/// The estimate for a body the proxy did not read (too large, or no length up front).
-pub fn estimate_unread(fixed: u64, why: &str) -> Estimate {
-    Estimate {
-        amount: fixed,
-        outcome: EstimateOutcome::OverLimit,
-        problem: Some(why.to_owned()),
+/// The estimate for a body the gateway could not read (`why`): the rule's `max`, or the
+/// refusal its `estimate_unreadable = "refuse"` asks for (413 too large, 411 no length and
+/// not ended in time, 408 an announced length not arrived in time).
+pub fn estimate_unread(rule: &RequestEstimate, max: u64, why: Unread) -> Result<Estimate, Refusal> {
+    let bound = rule.max_body_bytes;
+    let (outcome, problem) = match why {
+        Unread::TooLarge {
+            length: Some(length),
+        } => (
+            EstimateOutcome::OverLimit,
+            format!(
+                "the request body has {length} bytes, more than the {bound} read to estimate its cost"
+            ),
+        ),
+        Unread::TooLarge { length: None } => (
+            EstimateOutcome::OverLimit,
+            format!(
+                "the request body, sent without content-length, is longer than the {bound} bytes read to estimate its cost"
+            ),
+        ),
+        Unread::TimedOut { .. } => (
+            EstimateOutcome::Timeout,
+            "the request body did not arrive in time to estimate its cost".to_owned(),
+        ),
+    };
+    if rule.unreadable == UnreadableEstimate::Refuse {
+        return Err(match why {
+            Unread::TooLarge { .. } => Refusal::body_too_large(&problem),
+            Unread::TimedOut {
+                length_known: false,
+            } => Refusal::length_required(&format!("{problem}; send it with a content-length")),
+            Unread::TimedOut { length_known: true } => Refusal::body_timeout(&problem),
+        });
     }
+    Ok(Estimate {
+        amount: max,
+        outcome,
+        problem: Some(problem),
+    })
 }
 
 #[cfg(test)]
@@ -101,24 +153,25 @@ mod tests {
             rate: 9,
             base: 100,
             max_body_bytes: 1_024,
+            unreadable: UnreadableEstimate::ReserveMax,
         }
     }
 
     #[test]
     fn the_field_times_the_rate_plus_the_base_capped_at_max() {
-        let read = estimate_from_body(br#"{"model":"m","max_tokens":500}"#, &rule(), 7, 10_000);
+        let read = estimate_from_body(br#"{"model":"m","max_tokens":500}"#, &rule(), 10_000);
         assert_eq!((read.amount, read.outcome), (4_600, EstimateOutcome::Body));
-        let capped = estimate_from_body(br#"{"max_tokens":5000}"#, &rule(), 7, 10_000);
+        let capped = estimate_from_body(br#"{"max_tokens":5000}"#, &rule(), 10_000);
         assert_eq!(
             (capped.amount, capped.outcome),
             (10_000, EstimateOutcome::Body)
         );
-        let huge = estimate_from_body(br#"{"max_tokens":18446744073709551615}"#, &rule(), 7, 10);
+        let huge = estimate_from_body(br#"{"max_tokens":18446744073709551615}"#, &rule(), 10);
         assert_eq!(huge.amount, 10, "saturates, then caps");
     }
 
     #[test]
-    fn an_unusable_body_reserves_the_fixed_estimate() {
+    fn an_unusable_body_reserves_max() {
         for (body, outcome) in [
             (&b""[..], EstimateOutcome::Missing),
             (br#"{"model":"m"}"#, EstimateOutcome::Missing),
@@ -128,12 +181,48 @@ mod tests {
             (br#"{"max_tokens":"500"}"#, EstimateOutcome::Unparseable),
             (br#"{"max_tokens":1.5}"#, EstimateOutcome::Unparseable),
         ] {
-            let read = estimate_from_body(body, &rule(), 7, 10_000);
-            assert_eq!((read.amount, read.outcome), (7, outcome), "{body:?}");
+            let read = estimate_from_body(body, &rule(), 10_000);
+            assert_eq!((read.amount, read.outcome), (10_000, outcome), "{body:?}");
         }
-        assert_eq!(
-            estimate_unread(7, "too large").outcome,
-            EstimateOutcome::OverLimit
-        );
+    }
+
+    #[test]
+    fn an_unread_body_reserves_max_or_is_refused_as_the_rule_says() {
+        let cases = [
+            (
+                Unread::TooLarge {
+                    length: Some(5_000),
+                },
+                EstimateOutcome::OverLimit,
+                413,
+            ),
+            (
+                Unread::TooLarge { length: None },
+                EstimateOutcome::OverLimit,
+                413,
+            ),
+            (
+                Unread::TimedOut {
+                    length_known: false,
+                },
+                EstimateOutcome::Timeout,
+                411,
+            ),
+            (
+                Unread::TimedOut { length_known: true },
+                EstimateOutcome::Timeout,
+                408,
+            ),
+        ];
+        for (why, outcome, status) in cases {
+            let read = estimate_unread(&rule(), 10_000, why).expect("reserve_max");
+            assert_eq!((read.amount, read.outcome), (10_000, outcome), "{why:?}");
+            let refusing = RequestEstimate {
+                unreadable: UnreadableEstimate::Refuse,
+                ..rule()
+            };
+            let refusal = estimate_unread(&refusing, 10_000, why).expect_err("refuse");
+            assert_eq!(refusal.status, status, "{why:?}");
+        }
     }
 }
