@@ -16,11 +16,11 @@ fn example(name: &str) -> PricingConfig {
 struct NoValues;
 
 impl RequestValues for NoValues {
-    fn header(&self, _name: &str) -> Option<&str> {
-        None
+    fn header_values(&self, _name: &str) -> Vec<Option<&str>> {
+        Vec::new()
     }
 
-    fn query(&self, _name: &str) -> Option<&str> {
+    fn raw_query(&self) -> Option<&str> {
         None
     }
 }

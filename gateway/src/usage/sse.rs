@@ -72,11 +72,13 @@ impl SseReader {
                 self.skipping = false;
                 continue;
             }
-            if self.partial.is_empty() {
-                self.line(head, fields);
-            } else if self.partial.len() + head.len() > self.line_max_bytes {
+            // A line over the limit is skipped however it arrives, whole in one chunk or in
+            // pieces: the upstream's chunk boundaries must not change the settlement.
+            if self.partial.len() + head.len() > self.line_max_bytes {
                 self.partial.clear();
                 self.usage.over_limit = true;
+            } else if self.partial.is_empty() {
+                self.line(head, fields);
             } else {
                 let mut line = std::mem::take(&mut self.partial);
                 line.extend_from_slice(head);
@@ -186,7 +188,7 @@ mod tests {
     #[test]
     fn long_lines_are_skipped_and_garbage_is_reported() {
         let f = fields();
-        let mut reader = SseReader::new(&f, 32);
+        let mut reader = SseReader::new(&f, 40);
         let long = format!("data: {{\"pad\":\"{}\"}}\n\n", "x".repeat(100));
         for chunk in long.as_bytes().chunks(10) {
             reader.feed(chunk, &f);
