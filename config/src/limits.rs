@@ -20,6 +20,25 @@ pub use creditgate_protocol::MAX_AMOUNT;
 /// `MAX_AMOUNT / 10^12` ≈ 9 007 whole credits per amount; more places would leave too few.
 pub const MAX_SCALE: u32 = 12;
 
+/// How many times a route serves an identical request again, uncharged, under the
+/// `Idempotency-Key` of one that was charged (`idempotency_replays`): 3. A client whose
+/// connection dropped before it read the answer retries a few times; more than that is a
+/// client reusing a key to get work for free.
+pub const DEFAULT_IDEMPOTENCY_REPLAYS: u32 = 3;
+
+/// The most uncharged replays a route may allow: 100. The replay count only serves
+/// retries; a larger number is a free tier, which belongs in a plan, not here.
+pub const MAX_IDEMPOTENCY_REPLAYS: u32 = 100;
+
+/// How long after the charged request its replays are served, in milliseconds
+/// (`idempotency_replay_window_ms`): 10 minutes, ample for a client's own retries with
+/// backoff, short enough that a key is not a standing pass to the upstream.
+pub const DEFAULT_IDEMPOTENCY_REPLAY_WINDOW_MS: u64 = 600_000;
+
+/// The longest replay window, in milliseconds: 24 hours, how long the store keeps a
+/// resolved hold (and with it the key's record); a longer window could never be used.
+pub const MAX_IDEMPOTENCY_REPLAY_WINDOW_MS: u64 = 86_400_000;
+
 /// The default store (Redis) timeout in milliseconds: 50 ms.
 ///
 /// A reserve is one round trip of a short Lua script (well under 1 ms on a healthy Redis), so
@@ -31,9 +50,9 @@ pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 50;
 /// every request would wait that long before the failure policy applies.
 pub const MAX_STORE_TIMEOUT_MS: u64 = 10_000;
 
-/// How long a hold (reservation) lives before the sweeper may expire it, in milliseconds:
-/// 5 minutes, longer than nearly every API call including long LLM generations, short enough
-/// that credits of a crashed gateway come back quickly.
+/// How long a hold (reservation) lives before the sweeper may expire it unless it is renewed,
+/// in milliseconds: 5 minutes. The gateway renews the holds of requests in flight, so this
+/// bounds only what a crashed gateway leaves behind: its credits come back within 5 minutes.
 pub const DEFAULT_HOLD_TTL_MS: u64 = 300_000;
 
 /// The shortest hold TTL in milliseconds: 1 s. Shorter holds would expire under ordinary
@@ -43,6 +62,11 @@ pub const MIN_HOLD_TTL_MS: u64 = 1_000;
 /// The longest hold TTL in milliseconds: 24 h. Longer holds lock a customer's credits for
 /// more than a day after a gateway crash.
 pub const MAX_HOLD_TTL_MS: u64 = 86_400_000;
+
+/// The hold TTL must be at least this many default store timeouts: the gateway renews an
+/// in-flight hold a third of the TTL after its last renewal, so with two timeouts a renewal
+/// that takes a whole store timeout still finishes a sixth of the TTL before the deadline.
+pub const HOLD_TTL_STORE_TIMEOUTS: u64 = 2;
 
 /// The default upstream connect timeout in milliseconds: 1 s, enough for a TLS handshake
 /// across regions; a slower connect usually means the upstream is gone.

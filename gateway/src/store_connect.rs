@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use creditgate_protocol::{
-    Balance, CreditStore, DueEntry, GrantExpiryOutcome, GrantOutcome, GrantRef, GrantRequest,
-    HoldRecord, HoldRef, Keyspace, RedisStore, RedisTarget, ReserveOutcome, ReserveRequest,
-    ResolveOutcome, SettleRequest, Shard, StoreError,
+    Balance, CreditStore, DueEntry, ExtendOutcome, ExtendRequest, GrantExpiryOutcome, GrantOutcome,
+    GrantRef, GrantRequest, HoldRecord, HoldRef, Keyspace, RedisStore, RedisTarget, ReserveOutcome,
+    ReserveRequest, ResolveOutcome, SettleRequest, Shard, StoreError,
 };
 use tracing::{info, warn};
 
@@ -91,6 +91,9 @@ impl CreditStore for NotConnected {
     }
     async fn void(&self, _: &HoldRef) -> Result<ResolveOutcome, StoreError> {
         Err(unavailable("void"))
+    }
+    async fn extend(&self, _: &ExtendRequest) -> Result<ExtendOutcome, StoreError> {
+        Err(unavailable("extend"))
     }
     async fn expire_hold(&self, _: &HoldRef) -> Result<ResolveOutcome, StoreError> {
         Err(unavailable("expire_hold"))

@@ -123,6 +123,10 @@ pub enum EventBody {
         shortfall: u64,
         /// The request.
         context: RequestContext,
+        /// A late burn: the hold had expired before this settle (its request outlived
+        /// it), so `held` is 0 and everything posted came from the grants and overdraft
+        /// now. On the wire `late` = `1`, absent otherwise.
+        late: bool,
     },
     /// `hold_voided`: a hold was cancelled.
     HoldVoided(Release),
@@ -270,6 +274,7 @@ impl Event {
                 breakage: f.draws("breakage")?,
                 shortfall: f.num("shortfall")?,
                 context: f.context()?,
+                late: f.0.get("late").is_some_and(|v| *v == "1"),
             },
             "hold_voided" => EventBody::HoldVoided(f.release()?),
             "hold_expired" => EventBody::HoldExpired(f.release()?),
@@ -408,6 +413,7 @@ impl EventBody {
             breakage,
             shortfall,
             context,
+            late,
         } = self
         {
             out.extend([
@@ -423,6 +429,10 @@ impl EventBody {
                 ("shortfall", shortfall.to_string()),
             ]);
             push_context(out, context);
+            // Only late burns carry the field, so every other event reads as before.
+            if *late {
+                out.push(("late", "1".to_string()));
+            }
         }
     }
 }
@@ -458,6 +468,7 @@ mod tests {
                     feature: "chat".into(),
                     pricing_version: "7-3f2a9c1b04de".into(),
                 },
+                late: false,
             },
         };
         let fields = e.to_fields();

@@ -14,8 +14,9 @@
 use crate::MAX_AMOUNT;
 use crate::event::{Event, EventBody, Release};
 use crate::types::{
-    Balance, Draw, GrantExpiryOutcome, GrantOutcome, GrantRef, GrantRequest, HoldRecord, HoldRef,
-    HoldState, ReserveOutcome, ReserveRequest, ResolveOutcome, SettleRequest,
+    Balance, Draw, ExtendOutcome, ExtendRequest, GrantExpiryOutcome, GrantOutcome, GrantRef,
+    GrantRequest, HoldRecord, HoldRef, HoldState, ReserveOutcome, ReserveRequest, ResolveOutcome,
+    SettleRequest,
 };
 
 /// A decoded outcome that breaks a money invariant.
@@ -202,7 +203,7 @@ pub fn check_settle(req: &SettleRequest, out: &ResolveOutcome) -> Result<(), Inv
         ..
     } = out
     else {
-        return check_resolved_earlier(&s, "settle", out);
+        return check_settle_not_pending(&s, req, out);
     };
     s.amount("posted", *posted)?;
     s.amount("shortfall", *shortfall)?;
@@ -232,6 +233,56 @@ pub fn check_settle(req: &SettleRequest, out: &ResolveOutcome) -> Result<(), Inv
         })?;
     }
     Ok(())
+}
+
+/// A settle of a hold that was not pending: a late burn of an expired hold
+/// (`posted + shortfall = actual`, nothing returned), or a resolution from before.
+/// A settle never answers `already_expired`: an expired hold is burned late instead.
+fn check_settle_not_pending(
+    s: &Subject,
+    req: &SettleRequest,
+    out: &ResolveOutcome,
+) -> Result<(), InvariantViolation> {
+    match out {
+        ResolveOutcome::PostedLate {
+            posted,
+            shortfall,
+            available_after,
+            ..
+        } => {
+            s.amount("posted", *posted)?;
+            s.amount("shortfall", *shortfall)?;
+            s.figure("available_after", *available_after)?;
+            s.that(posted + shortfall == req.actual, "posted", || {
+                format!(
+                    "late posted {posted} + shortfall {shortfall} != actual {}",
+                    req.actual
+                )
+            })
+        }
+        ResolveOutcome::AlreadyExpired { .. } => Err(s.violation(
+            "status",
+            "settle answered already_expired: an expired hold is burned late".to_string(),
+        )),
+        _ => check_resolved_earlier(s, "settle", out),
+    }
+}
+
+/// The outcome of an extend: a pending hold's deadline lies ahead of the store time; any
+/// other answer is one a resolution gives for a hold no longer pending.
+pub fn check_extend(req: &ExtendRequest, out: &ExtendOutcome) -> Result<(), InvariantViolation> {
+    let s = Subject::hold(&req.customer, &req.hold_id);
+    match out {
+        ExtendOutcome::Extended { at_ms, deadline_ms } => {
+            s.that(*deadline_ms >= at_ms + req.ttl_ms, "deadline_ms", || {
+                format!(
+                    "extended to {deadline_ms}, before now {at_ms} + ttl_ms {}",
+                    req.ttl_ms
+                )
+            })
+        }
+        ExtendOutcome::NotPending(o) => check_resolved_earlier(&s, "extend", o),
+    }
 }
 
 /// The outcome of a void.

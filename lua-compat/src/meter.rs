@@ -136,7 +136,15 @@ pub async fn force_reserve_then_settle(
         overdraft_limit: forced.overdraft_limit,
     };
     match store.settle(&settle).await? {
+        // A hold that expired between its reserve and this settle is burned late: the usage
+        // happened, so it is charged like any other.
         ResolveOutcome::Posted {
+            posted,
+            shortfall,
+            available_after,
+            ..
+        }
+        | ResolveOutcome::PostedLate {
             posted,
             shortfall,
             available_after,

@@ -15,18 +15,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 use crate::event::{Event, EventBody, Release, RequestContext};
+use crate::idempotency::{IdempotencyClaim, KeyedReserveOutcome};
 use crate::invariants::{
-    InvariantViolation, TypeTotals, check_balance, check_event, check_expire_hold, check_grant,
-    check_grant_expiry, check_hold_record, check_reserve, check_settle, check_type_totals,
-    check_void,
+    InvariantViolation, TypeTotals, check_balance, check_event, check_expire_hold, check_extend,
+    check_grant, check_grant_expiry, check_hold_record, check_reserve, check_settle,
+    check_type_totals, check_void,
 };
 use crate::keys::{Keyspace, Shard};
 use crate::store::{CreditStore, DueEntry, StoreError};
 use crate::types::{
-    Balance, Draw, GrantExpiryOutcome, GrantOutcome, GrantRef, GrantRequest, GrantState,
-    HoldRecord, HoldRef, HoldState, PlacedHold, ReserveOutcome, ReserveRequest, ResolveOutcome,
-    SettleRequest, TypeBalance,
+    Balance, Draw, ExtendOutcome, ExtendRequest, GrantExpiryOutcome, GrantOutcome, GrantRef,
+    GrantRequest, GrantState, HoldRecord, HoldRef, HoldState, PlacedHold, ReserveOutcome,
+    ReserveRequest, ResolveOutcome, SettleRequest, TypeBalance,
 };
+
+mod keyed;
 
 #[derive(Clone, Debug)]
 struct Grant {
@@ -183,6 +186,8 @@ struct ShardState {
     /// Resolved holds in resolution order (resolution time, hold id), so pruning finds the
     /// old ones without scanning every hold.
     resolved: std::collections::VecDeque<(u64, String)>,
+    /// Idempotency keys' records by record id (see `keyed`).
+    records: HashMap<String, keyed::KeyRecord>,
 }
 
 /// The reference model of the whole store: every shard's holds, indexes and events and
@@ -595,6 +600,9 @@ impl Model {
             .and_then(|stored| stored.occurred_ms);
         let h = match self.pending_hold(now, &hold) {
             Ok(h) => h,
+            Err(ResolveOutcome::AlreadyExpired { .. }) => {
+                return self.settle_late(now, req, occurred_ms);
+            }
             Err(outcome) => return outcome,
         };
         let held = h.amount;
@@ -648,6 +656,7 @@ impl Model {
                     feature: h.feature.clone(),
                     pricing_version: h.pricing_version.clone(),
                 },
+                late: false,
             },
         });
         ResolveOutcome::Posted {
@@ -656,6 +665,87 @@ impl Model {
             shortfall,
             returned: r.returned_total,
             available_after,
+        }
+    }
+
+    /// The late burn of an expired hold, as `settle.lua`'s `late_burn`: `actual` from the
+    /// grants in burn order, then overdraft, at least up to what was held even past the
+    /// overdraft limit; the hold becomes posted.
+    fn settle_late(
+        &mut self,
+        now: u64,
+        req: &SettleRequest,
+        occurred_ms: Option<u64>,
+    ) -> ResolveOutcome {
+        let shard = self.shard_mut(&req.customer);
+        let h = shard.holds[&req.hold_id].record.clone();
+        let t = &h.credit_type;
+        let c = self.customers.entry(req.customer.clone()).or_default();
+        let (order, total) = c.usable_grants(t, now);
+        let room = c.available(t, total) + req.overdraft_limit as i64;
+        let can = (req.actual as i64).min(room.max(h.amount as i64)).max(0) as u64;
+        let (burns, taken) = self.take(&req.customer, &order, can, false);
+        let c = self
+            .customers
+            .get_mut(&req.customer)
+            .expect("customer exists");
+        c.add(t, |x| &mut x.debt, (can - taken) as i64);
+        c.add(t, |x| &mut x.avail, -(can as i64));
+        self.finish(now, &req.customer, &req.hold_id, HoldState::Posted, can);
+        let c = &self.customers[&req.customer];
+        let (_, total) = c.usable_grants(t, now);
+        let available_after = c.available(t, total);
+        self.emit(Event {
+            event_id: format!("hold:{}:posted", req.hold_id),
+            at_ms: occurred_ms.unwrap_or(now),
+            customer: req.customer.clone(),
+            credit_type: t.clone(),
+            body: EventBody::HoldPosted {
+                hold_id: req.hold_id.clone(),
+                held: 0,
+                requested: req.actual,
+                posted: can,
+                burns,
+                overdraft: can - taken,
+                returned: Vec::new(),
+                returned_overdraft: 0,
+                breakage: Vec::new(),
+                shortfall: req.actual - can,
+                context: RequestContext {
+                    request_id: h.request_id.clone(),
+                    route: h.route.clone(),
+                    feature: h.feature.clone(),
+                    pricing_version: h.pricing_version.clone(),
+                },
+                late: true,
+            },
+        });
+        ResolveOutcome::PostedLate {
+            at_ms: now,
+            posted: can,
+            shortfall: req.actual - can,
+            available_after,
+        }
+    }
+
+    /// Moves a pending hold's deadline to at least `now + ttl_ms`, as `extend.lua`.
+    pub fn extend(&mut self, now: u64, req: &ExtendRequest) -> ExtendOutcome {
+        let h = match self.pending_hold(now, &req.hold()) {
+            Ok(h) => h,
+            Err(outcome) => return ExtendOutcome::NotPending(outcome),
+        };
+        let deadline_ms = h.deadline_ms.max(now + req.ttl_ms);
+        let shard = self.shard_mut(&req.customer);
+        if let Some(stored) = shard.holds.get_mut(&req.hold_id) {
+            stored.record.deadline_ms = deadline_ms;
+        }
+        shard
+            .deadlines
+            .0
+            .insert(member(&req.customer, &req.hold_id), deadline_ms);
+        ExtendOutcome::Extended {
+            at_ms: now,
+            deadline_ms,
         }
     }
 
@@ -893,6 +983,7 @@ impl Model {
             if excess > 0 {
                 shard.events.drain(..excess);
             }
+            shard.records.retain(|_, r| r.live_at(now));
         }
     }
 }
@@ -987,6 +1078,24 @@ impl CreditStore for MemoryStore {
         )
     }
 
+    async fn reserve_keyed(
+        &self,
+        req: &ReserveRequest,
+        claim: &IdempotencyClaim,
+    ) -> Result<KeyedReserveOutcome, StoreError> {
+        req.validate()?;
+        claim.validate()?;
+        self.checked(
+            "reserve",
+            &req.customer,
+            |m, now| m.reserve_keyed(now, req, claim),
+            |o| match o {
+                KeyedReserveOutcome::Reserve(o) => check_reserve(req, o),
+                _ => Ok(()),
+            },
+        )
+    }
+
     async fn settle(&self, req: &SettleRequest) -> Result<ResolveOutcome, StoreError> {
         req.validate()?;
         self.checked(
@@ -1004,6 +1113,16 @@ impl CreditStore for MemoryStore {
             &hold.customer,
             |m, now| m.void(now, hold),
             |o| check_void(hold, o),
+        )
+    }
+
+    async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, StoreError> {
+        req.validate()?;
+        self.checked(
+            "extend",
+            &req.customer,
+            |m, now| m.extend(now, req),
+            |o| check_extend(req, o),
         )
     }
 

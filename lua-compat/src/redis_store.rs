@@ -7,6 +7,7 @@
 //! every mutation is idempotent.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -16,17 +17,19 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
 
 use crate::event::Event;
+use crate::idempotency::{IdempotencyClaim, KeyedReserveOutcome, decode_keyed_reserve};
 use crate::keys::{Keyspace, Shard, validate_id};
+use crate::redact::redact_secrets;
 use crate::replies::{
-    EntryError, decode_balance, decode_entry, decode_expire_hold, decode_grant,
+    EntryError, decode_balance, decode_entry, decode_expire_hold, decode_extend, decode_grant,
     decode_grant_expiry, decode_hold, decode_reserve, decode_restore, decode_settle, decode_void,
 };
 use crate::scripts::{SCRIPTS, Script};
 use crate::store::{CreditStore, DueEntry, StoreError};
 use crate::types::{
-    Balance, GrantExpiryOutcome, GrantOutcome, GrantRef, GrantRequest, HoldRecord, HoldRef,
-    InvalidArgument, ReserveOutcome, ReserveRequest, ResolveOutcome, RestoreOutcome, RestoreState,
-    SettleRequest,
+    Balance, ExtendOutcome, ExtendRequest, GrantExpiryOutcome, GrantOutcome, GrantRef,
+    GrantRequest, HoldRecord, HoldRef, InvalidArgument, ReserveOutcome, ReserveRequest,
+    ResolveOutcome, RestoreOutcome, RestoreState, SettleRequest,
 };
 
 /// Per-call timeout when the deployment does not choose one: 50 ms is far above a script's
@@ -34,13 +37,26 @@ use crate::types::{
 /// little to a request before the failure policy decides.
 pub const DEFAULT_TIMEOUT_MS: u64 = 50;
 
-/// Where the store's Redis is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where the store's Redis is. Its `Debug` output hides the URLs' passwords.
+#[derive(Clone, PartialEq, Eq)]
 pub enum RedisTarget {
     /// One server (or a primary behind a failover proxy), by URL.
     Single(String),
     /// A Redis Cluster, by the URLs of some of its nodes.
     Cluster(Vec<String>),
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |url: &String| redact_secrets(url);
+        match self {
+            Self::Single(url) => f.debug_tuple("Single").field(&redacted(url)).finish(),
+            Self::Cluster(urls) => f
+                .debug_tuple("Cluster")
+                .field(&urls.iter().map(redacted).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -79,7 +95,7 @@ pub struct RedisStore {
 fn unavailable(op: &'static str, e: &RedisError) -> StoreError {
     StoreError::Unavailable {
         op,
-        message: e.to_string(),
+        message: redact_secrets(&e.to_string()),
     }
 }
 
@@ -103,7 +119,7 @@ fn map_err(op: &'static str, e: RedisError) -> StoreError {
     } else {
         StoreError::Protocol {
             op,
-            message: e.to_string(),
+            message: redact_secrets(&e.to_string()),
         }
     }
 }
@@ -217,6 +233,19 @@ impl RedisStore {
             .with_timeout("ping", async { conn.query(&redis::cmd("PING")).await })
             .await?;
         Ok(())
+    }
+
+    /// Checks that Redis takes writes: `SET` of the readiness key with a short expiry. A
+    /// Redis that answers `PING` may still refuse every script (OOM, READONLY, LOADING,
+    /// MASTERDOWN, BUSY), so readiness asks for a write like the scripts' own.
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        let key = self.keyspace.readiness();
+        let mut conn = self.conn.clone();
+        self.with_timeout("check_writable", async {
+            conn.query::<()>(redis::cmd("SET").arg(&key).arg(1).arg("PX").arg(10_000))
+                .await
+        })
+        .await
     }
 
     /// Replaces a customer's grants, balances and applied-grant ids with `state`, unless
@@ -444,6 +473,25 @@ impl RedisStore {
     }
 }
 
+/// The `reserve` script's arguments 1 to 13.
+fn reserve_args(req: &ReserveRequest) -> [String; 13] {
+    [
+        req.customer.clone(),
+        req.hold_id.clone(),
+        req.credit_type.clone(),
+        req.amount.to_string(),
+        req.ttl_ms.to_string(),
+        req.overdraft_limit.to_string(),
+        u8::from(req.force).to_string(),
+        req.request_id.clone(),
+        req.route.clone(),
+        req.feature.clone(),
+        req.retain_ms.to_string(),
+        req.pricing_version.clone(),
+        req.occurred_at_ms.unwrap_or(0).to_string(),
+    ]
+}
+
 #[async_trait]
 impl CreditStore for RedisStore {
     async fn grant(&self, req: &GrantRequest) -> Result<GrantOutcome, StoreError> {
@@ -475,22 +523,34 @@ impl CreditStore for RedisStore {
         req.validate()?;
         let keys = self.hold_keys(&req.customer, &req.hold_id);
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let args = [
-            req.customer.clone(),
-            req.hold_id.clone(),
-            req.credit_type.clone(),
-            req.amount.to_string(),
-            req.ttl_ms.to_string(),
-            req.overdraft_limit.to_string(),
-            u8::from(req.force).to_string(),
-            req.request_id.clone(),
-            req.route.clone(),
-            req.feature.clone(),
-            req.retain_ms.to_string(),
-            req.pricing_version.clone(),
-            req.occurred_at_ms.unwrap_or(0).to_string(),
-        ];
+        let args = reserve_args(req);
         decode_reserve(req, self.eval(&SCRIPTS.reserve, &keys, &args).await?)
+    }
+
+    async fn reserve_keyed(
+        &self,
+        req: &ReserveRequest,
+        claim: &IdempotencyClaim,
+    ) -> Result<KeyedReserveOutcome, StoreError> {
+        req.validate()?;
+        claim.validate()?;
+        let [grants, balance, hold, deadlines, expiry, events] =
+            self.hold_keys(&req.customer, &req.hold_id);
+        let record = self
+            .keyspace
+            .idempotency_record(&req.customer, &claim.record_id);
+        let keys = [
+            &*grants,
+            &*balance,
+            &*hold,
+            &*deadlines,
+            &*expiry,
+            &*events,
+            &*record,
+        ];
+        let mut args = reserve_args(req).to_vec();
+        args.extend(claim.args());
+        decode_keyed_reserve(req, self.eval(&SCRIPTS.reserve, &keys, &args).await?)
     }
 
     async fn settle(&self, req: &SettleRequest) -> Result<ResolveOutcome, StoreError> {
@@ -506,6 +566,21 @@ impl CreditStore for RedisStore {
     async fn void(&self, hold: &HoldRef) -> Result<ResolveOutcome, StoreError> {
         hold.validate()?;
         decode_void(hold, self.resolve(&SCRIPTS.void, hold, &[]).await?)
+    }
+
+    async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, StoreError> {
+        req.validate()?;
+        let k = self.keyspace.customer(&req.customer);
+        let hold = k.hold(&req.hold_id);
+        let args = [
+            req.customer.clone(),
+            req.hold_id.clone(),
+            req.ttl_ms.to_string(),
+        ];
+        let reply = self
+            .eval(&SCRIPTS.extend, &[&hold, &k.deadlines], &args)
+            .await?;
+        decode_extend(req, reply)
     }
 
     async fn expire_hold(&self, hold: &HoldRef) -> Result<ResolveOutcome, StoreError> {

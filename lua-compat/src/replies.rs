@@ -11,14 +11,14 @@ use redis::{FromRedisValue, Value};
 
 use crate::event::Event;
 use crate::invariants::{
-    InvariantViolation, check_balance, check_event, check_expire_hold, check_grant,
+    InvariantViolation, check_balance, check_event, check_expire_hold, check_extend, check_grant,
     check_grant_expiry, check_hold_record, check_reserve, check_settle, check_void,
 };
 use crate::store::StoreError;
 use crate::types::{
-    Balance, Draw, GrantExpiryOutcome, GrantOutcome, GrantRef, GrantRequest, GrantState,
-    HoldRecord, HoldRef, HoldState, PlacedHold, ReserveOutcome, ReserveRequest, ResolveOutcome,
-    RestoreOutcome, SettleRequest, TypeBalance, parse_draws,
+    Balance, Draw, ExtendOutcome, ExtendRequest, GrantExpiryOutcome, GrantOutcome, GrantRef,
+    GrantRequest, GrantState, HoldRecord, HoldRef, HoldState, PlacedHold, ReserveOutcome,
+    ReserveRequest, ResolveOutcome, RestoreOutcome, SettleRequest, TypeBalance, parse_draws,
 };
 
 /// Reads a script's array reply by position, with errors naming the position.
@@ -162,6 +162,12 @@ fn decode_resolve(op: &'static str, v: Value) -> Result<ResolveOutcome, StoreErr
             returned: r.uint(4)?,
             available_after: r.int(5)?,
         },
+        "posted_late" => ResolveOutcome::PostedLate {
+            at_ms,
+            posted: r.uint(2)?,
+            shortfall: r.uint(3)?,
+            available_after: r.int(4)?,
+        },
         "voided" => ResolveOutcome::Voided {
             at_ms,
             returned: r.uint(2)?,
@@ -190,6 +196,24 @@ pub(crate) fn decode_settle(req: &SettleRequest, v: Value) -> Result<ResolveOutc
     checked("settle", decode_resolve("settle", v)?, |o| {
         check_settle(req, o)
     })
+}
+
+/// The reply of `extend`: `extended` with the new deadline, or the outcome a resolution
+/// gives for a hold that is not pending.
+pub(crate) fn decode_extend(req: &ExtendRequest, v: Value) -> Result<ExtendOutcome, StoreError> {
+    let r = Reply::new("extend", v)?;
+    let (status, at_ms) = r.head()?;
+    let outcome = match status.as_str() {
+        "extended" => ExtendOutcome::Extended {
+            at_ms,
+            deadline_ms: r.uint(2)?,
+        },
+        "already_posted" | "already_voided" | "already_expired" | "unknown" => {
+            ExtendOutcome::NotPending(decode_resolve("extend", Value::Array(r.items))?)
+        }
+        _ => return Err(r.bad(0, "an extend status")),
+    };
+    checked("extend", outcome, |o| check_extend(req, o))
 }
 
 /// The reply of `void`.

@@ -36,6 +36,8 @@ pub struct Scripts {
     pub settle: Script,
     /// Voids a hold.
     pub void: Script,
+    /// Moves a pending hold's deadline.
+    pub extend: Script,
     /// Expires a hold past its deadline.
     pub expire_hold: Script,
     /// Expires a grant past its expiry.
@@ -48,12 +50,13 @@ pub struct Scripts {
 
 impl Scripts {
     /// All scripts, for loading.
-    pub fn all(&self) -> [&Script; 8] {
+    pub fn all(&self) -> [&Script; 9] {
         [
             &self.grant,
             &self.reserve,
             &self.settle,
             &self.void,
+            &self.extend,
             &self.expire_hold,
             &self.expire_grant,
             &self.balance,
@@ -68,6 +71,7 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     reserve: Script::new("reserve", include_str!("../lua/reserve.lua")),
     settle: Script::new("settle", include_str!("../lua/settle.lua")),
     void: Script::new("void", include_str!("../lua/void.lua")),
+    extend: Script::new("extend", include_str!("../lua/extend.lua")),
     expire_hold: Script::new("expire_hold", include_str!("../lua/expire_hold.lua")),
     expire_grant: Script::new("expire_grant", include_str!("../lua/expire_grant.lua")),
     balance: Script::new("balance", include_str!("../lua/balance.lua")),

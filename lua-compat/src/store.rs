@@ -5,11 +5,13 @@ use std::fmt;
 
 use async_trait::async_trait;
 
+use crate::idempotency::{IdempotencyClaim, KeyedReserveOutcome};
 use crate::invariants::InvariantViolation;
 use crate::keys::Shard;
 use crate::types::{
-    Balance, GrantExpiryOutcome, GrantOutcome, GrantRef, GrantRequest, HoldRecord, HoldRef,
-    InvalidArgument, ReserveOutcome, ReserveRequest, ResolveOutcome, SettleRequest,
+    Balance, ExtendOutcome, ExtendRequest, GrantExpiryOutcome, GrantOutcome, GrantRef,
+    GrantRequest, HoldRecord, HoldRef, InvalidArgument, ReserveOutcome, ReserveRequest,
+    ResolveOutcome, SettleRequest,
 };
 
 /// Why a store call failed. Outcomes such as "insufficient" are not errors; these are.
@@ -132,10 +134,28 @@ pub trait CreditStore: Send + Sync {
     async fn grant(&self, req: &GrantRequest) -> Result<GrantOutcome, StoreError>;
     /// Places a hold; idempotent by hold id.
     async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError>;
+    /// Places a hold for a request that carries an idempotency key: the key's record binds
+    /// it to one request and counts uncharged replays, atomically with the hold. A store
+    /// that does not implement it answers a protocol error (the caller then fails as for
+    /// any store error).
+    async fn reserve_keyed(
+        &self,
+        req: &ReserveRequest,
+        claim: &IdempotencyClaim,
+    ) -> Result<KeyedReserveOutcome, StoreError> {
+        let _ = (req, claim);
+        Err(StoreError::Protocol {
+            op: "reserve",
+            message: "this store does not implement keyed reserves".into(),
+        })
+    }
     /// Posts a hold's actual cost and returns the rest; exactly once.
     async fn settle(&self, req: &SettleRequest) -> Result<ResolveOutcome, StoreError>;
     /// Cancels a pending hold.
     async fn void(&self, hold: &HoldRef) -> Result<ResolveOutcome, StoreError>;
+    /// Moves a pending hold's deadline to at least store time + `ttl_ms`, so a request
+    /// still in flight keeps its hold; changes no credits.
+    async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, StoreError>;
     /// Expires a pending hold past its deadline.
     async fn expire_hold(&self, hold: &HoldRef) -> Result<ResolveOutcome, StoreError>;
     /// Expires the unused rest of a grant past its expiry.

@@ -145,6 +145,50 @@ pub struct SettleRequest {
     pub overdraft_limit: u64,
 }
 
+/// Moves a pending hold's deadline so a request still in flight keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtendRequest {
+    /// The customer the hold belongs to.
+    pub customer: String,
+    /// The hold.
+    pub hold_id: String,
+    /// The new deadline is at least store time + `ttl_ms`, in milliseconds; a deadline
+    /// never moves earlier.
+    pub ttl_ms: u64,
+}
+
+impl ExtendRequest {
+    /// Checks every argument against the limits the scripts enforce.
+    pub fn validate(&self) -> Result<(), InvalidArgument> {
+        id("customer", &self.customer)?;
+        id("hold_id", &self.hold_id)?;
+        range("ttl_ms", self.ttl_ms, 1, MAX_TTL_MS)
+    }
+
+    /// The hold it names.
+    pub fn hold(&self) -> HoldRef {
+        HoldRef {
+            customer: self.customer.clone(),
+            hold_id: self.hold_id.clone(),
+        }
+    }
+}
+
+/// The outcome of extend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExtendOutcome {
+    /// The hold is pending and its deadline is now `deadline_ms`.
+    Extended {
+        /// Store time.
+        at_ms: u64,
+        /// The hold's deadline, ms since epoch.
+        deadline_ms: u64,
+    },
+    /// The hold is no longer pending (`AlreadyPosted`, `AlreadyVoided`, `AlreadyExpired`)
+    /// or unknown (`Unknown`); nothing changed.
+    NotPending(ResolveOutcome),
+}
+
 /// Names a hold, for void, expiry and reads.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HoldRef {
@@ -412,6 +456,20 @@ pub enum ResolveOutcome {
         /// Live available credits after settling.
         available_after: i64,
     },
+    /// A settle that found its hold expired (its request outlived the hold) and charged
+    /// it anyway: `posted` burned from the grants, then overdraft (past the overdraft
+    /// limit up to what was held); nothing was returned, since the expiry had returned
+    /// the hold already.
+    PostedLate {
+        /// Store time.
+        at_ms: u64,
+        /// Credits burned (≤ requested).
+        posted: u64,
+        /// Requested above what was held and not coverable within the overdraft limit.
+        shortfall: u64,
+        /// Live available credits after settling (may be below −overdraft limit).
+        available_after: i64,
+    },
     /// Voided: `returned` back to available.
     Voided {
         /// Store time.
@@ -462,6 +520,7 @@ impl ResolveOutcome {
     pub fn at_ms(&self) -> u64 {
         match self {
             Self::Posted { at_ms, .. }
+            | Self::PostedLate { at_ms, .. }
             | Self::Voided { at_ms, .. }
             | Self::Expired { at_ms, .. }
             | Self::NotDue { at_ms, .. }

@@ -1,5 +1,6 @@
 //! Seeded randomized comparison of the Lua scripts on a real `redis-server` against the
-//! reference model: the same sequences of grant / reserve / settle / void / expire across
+//! reference model: the same sequences of grant / reserve / settle (late burns included) /
+//! void / extend / expire across
 //! several customers and credit types must give equal outcomes, balances, hold states and
 //! event streams after every step.
 //!
@@ -9,8 +10,9 @@
 use std::collections::HashMap;
 
 use creditgate_protocol::{
-    CreditStore, EventBody, GrantRef, GrantRequest, GrantSource, HoldRef, Keyspace, Model,
-    RedisStore, RedisTarget, ReserveRequest, SettleRequest, Shard,
+    CreditStore, EventBody, ExtendRequest, GrantRef, GrantRequest, GrantSource, HoldRef,
+    IdempotencyClaim, Keyspace, Model, RedisStore, RedisTarget, ReserveRequest, SettleRequest,
+    Shard,
 };
 use creditgate_testkit::RedisServer;
 use rand::rngs::StdRng;
@@ -32,8 +34,10 @@ fn env_u64(name: &str, default: u64) -> u64 {
 enum Op {
     Grant(GrantRequest),
     Reserve(ReserveRequest),
+    ReserveKeyed(ReserveRequest, IdempotencyClaim),
     Settle(SettleRequest),
     Void(HoldRef),
+    Extend(ExtendRequest),
     ExpireHold(HoldRef),
     ExpireGrant(GrantRef),
 }
@@ -42,16 +46,17 @@ impl Op {
     fn customer(&self) -> &str {
         match self {
             Op::Grant(r) => &r.customer,
-            Op::Reserve(r) => &r.customer,
+            Op::Reserve(r) | Op::ReserveKeyed(r, _) => &r.customer,
             Op::Settle(r) => &r.customer,
             Op::Void(h) | Op::ExpireHold(h) => &h.customer,
+            Op::Extend(r) => &r.customer,
             Op::ExpireGrant(g) => &g.customer,
         }
     }
 
     fn hold(&self) -> Option<HoldRef> {
         match self {
-            Op::Reserve(r) => Some(HoldRef {
+            Op::Reserve(r) | Op::ReserveKeyed(r, _) => Some(HoldRef {
                 customer: r.customer.clone(),
                 hold_id: r.hold_id.clone(),
             }),
@@ -60,6 +65,7 @@ impl Op {
                 hold_id: r.hold_id.clone(),
             }),
             Op::Void(h) | Op::ExpireHold(h) => Some(h.clone()),
+            Op::Extend(r) => Some(r.hold()),
             _ => None,
         }
     }
@@ -71,7 +77,19 @@ struct Generator {
     rng: StdRng,
     grants: Vec<(GrantRef, String, u64)>,
     holds: Vec<(HoldRef, String, u64)>,
+    /// Idempotency keys' records: the hold ids proposed under each, so retries find the
+    /// record's hold, stale ones are moved on and supersedes name real holds.
+    records: Vec<KeyedRecord>,
     next: u32,
+}
+
+#[derive(Clone, Debug)]
+struct KeyedRecord {
+    customer: String,
+    record_id: String,
+    credit_type: String,
+    amount: u64,
+    holds: Vec<String>,
 }
 
 impl Generator {
@@ -90,7 +108,11 @@ impl Generator {
             return self.grant(now);
         }
         if roll < 60 || self.holds.is_empty() {
-            return self.reserve();
+            return if self.rng.random_bool(0.3) {
+                self.reserve_keyed()
+            } else {
+                self.reserve()
+            };
         }
         let (hold, _, amount) = self.holds[self.rng.random_range(0..self.holds.len())].clone();
         let hold = if self.rng.random_bool(0.05) {
@@ -102,14 +124,24 @@ impl Generator {
             hold
         };
         match roll {
-            60..=75 => Op::Settle(SettleRequest {
+            60..=73 => Op::Settle(SettleRequest {
                 customer: hold.customer,
                 hold_id: hold.hold_id,
                 actual: self.rng.random_range(0..=amount * 2 + 5),
                 overdraft_limit: *self.pick(&[0, 0, 40]),
             }),
-            76..=81 => Op::Void(hold),
-            82..=89 => Op::ExpireHold(hold),
+            74..=78 => Op::Void(hold),
+            79..=85 => Op::ExpireHold(hold),
+            // Short extensions as well as long ones, so extended holds still expire.
+            86..=90 => Op::Extend(ExtendRequest {
+                customer: hold.customer,
+                hold_id: hold.hold_id,
+                ttl_ms: if self.rng.random_bool(0.5) {
+                    self.rng.random_range(1..6)
+                } else {
+                    HOUR_MS
+                },
+            }),
             _ => match self.grants.is_empty() {
                 true => self.grant(now),
                 false => {
@@ -207,6 +239,72 @@ impl Generator {
     }
 }
 
+impl Generator {
+    /// A reserve under an idempotency key's record: mostly the same request (fingerprint),
+    /// retried under the record's hold ids or a fresh one, sometimes superseding one.
+    fn reserve_keyed(&mut self) -> Op {
+        if self.records.is_empty() || self.rng.random_bool(0.3) {
+            let record = KeyedRecord {
+                customer: self.pick(&CUSTOMERS).to_string(),
+                record_id: self.fresh("k"),
+                credit_type: self.pick(&TYPES).to_string(),
+                amount: self.rng.random_range(0..=40),
+                holds: Vec::new(),
+            };
+            self.records.push(record);
+        }
+        let i = self.rng.random_range(0..self.records.len());
+        let record = self.records[i].clone();
+        let hold_id = if !record.holds.is_empty() && self.rng.random_bool(0.6) {
+            self.pick(&record.holds).clone()
+        } else {
+            let hold_id = self.fresh("kh");
+            self.records[i].holds.push(hold_id.clone());
+            let hold = HoldRef {
+                customer: record.customer.clone(),
+                hold_id: hold_id.clone(),
+            };
+            self.holds
+                .push((hold, record.credit_type.clone(), record.amount));
+            hold_id
+        };
+        let supersedes = (!record.holds.is_empty() && self.rng.random_bool(0.4))
+            .then(|| self.pick(&record.holds).clone());
+        let claim = IdempotencyClaim {
+            record_id: record.record_id.clone(),
+            fingerprint: if self.rng.random_bool(0.85) {
+                "fa"
+            } else {
+                "fb"
+            }
+            .into(),
+            supersedes,
+            replay_max: *self.pick(&[0, 1, 3]),
+            replay_window_ms: *self.pick(&[3, HOUR_MS, HOUR_MS]),
+        };
+        let req = ReserveRequest {
+            customer: record.customer,
+            hold_id: hold_id.clone(),
+            credit_type: record.credit_type,
+            amount: record.amount,
+            ttl_ms: if self.rng.random_bool(0.3) {
+                self.rng.random_range(1..6)
+            } else {
+                HOUR_MS
+            },
+            overdraft_limit: *self.pick(&[0, 0, 0, 30]),
+            force: self.rng.random_bool(0.1),
+            request_id: format!("req-{hold_id}"),
+            route: "POST /v1/chat".into(),
+            feature: "chat".into(),
+            retain_ms: HOUR_MS,
+            pricing_version: "1-cafe".into(),
+            occurred_at_ms: None,
+        };
+        Op::ReserveKeyed(req, claim)
+    }
+}
+
 async fn flushall(url: &str) {
     let client = redis::Client::open(url).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
@@ -242,8 +340,11 @@ async fn step(
     match op {
         Op::Grant(r) => same!(store.grant(r), |at| model.grant(at, r)),
         Op::Reserve(r) => same!(store.reserve(r), |at| model.reserve(at, r)),
+        Op::ReserveKeyed(r, c) => same!(store.reserve_keyed(r, c), |at| model
+            .reserve_keyed(at, r, c)),
         Op::Settle(r) => same!(store.settle(r), |at| model.settle(at, r)),
         Op::Void(h) => same!(store.void(h), |at| model.void(at, h)),
+        Op::Extend(r) => same!(store.extend(r), |at| model.extend(at, r)),
         Op::ExpireHold(h) => same!(store.expire_hold(h), |at| model.expire_hold(at, h)),
         Op::ExpireGrant(g) => same!(store.expire_grant(g), |at| model.expire_grant(at, g)),
     }
@@ -355,6 +456,7 @@ async fn run_sequence(
         rng: StdRng::seed_from_u64(seed),
         grants: Vec::new(),
         holds: Vec::new(),
+        records: Vec::new(),
         next: 0,
     };
     let mut now = store
@@ -389,6 +491,7 @@ async fn run_sequence(
                     over_limit: true, ..
                 } => "over_limit",
                 EventBody::HoldPlaced { overdraft, .. } if *overdraft > 0 => "overdraft_hold",
+                EventBody::HoldPosted { late: true, .. } => "late_burn",
                 EventBody::HoldPosted { shortfall, .. } if *shortfall > 0 => "shortfall",
                 EventBody::HoldPosted { breakage, .. } if !breakage.is_empty() => {
                     "breakage_on_post"
@@ -458,6 +561,11 @@ async fn scripts_match_the_reference_model() {
             "AlreadyExpired",
             "Placed",
             "Replay",
+            "KeyReused",
+            "Moved",
+            "Replayed",
+            "ReplaysExhausted",
+            "Reserve(Placed",
             "Insufficient",
             "Posted",
             "Voided",
@@ -466,6 +574,10 @@ async fn scripts_match_the_reference_model() {
             "AlreadyPosted",
             "AlreadyVoided",
             "Unknown",
+            "PostedLate",
+            "Extended",
+            "NotPending(AlreadyExpired",
+            "late_burn",
             "debt_repaid",
             "over_limit",
             "overdraft_hold",

@@ -290,7 +290,7 @@ fn a_hold_expires_only_after_its_deadline() {
         }
     );
     assert_eq!(
-        m.settle(T0 + 1_001, &settle("h1", 4, 0)),
+        m.void(T0 + 1_001, &hold("h1")),
         ResolveOutcome::AlreadyExpired { at_ms: T0 + 1_001 }
     );
     assert_eq!(
@@ -298,6 +298,17 @@ fn a_hold_expires_only_after_its_deadline() {
         vec![]
     );
     assert_eq!(available(&m, T0 + 1_001), 10);
+    // A settle that comes after the expiry still charges the request: a late burn.
+    assert_eq!(
+        m.settle(T0 + 1_002, &settle("h1", 4, 0)),
+        ResolveOutcome::PostedLate {
+            at_ms: T0 + 1_002,
+            posted: 4,
+            shortfall: 0,
+            available_after: 6
+        }
+    );
+    assert_eq!(available(&m, T0 + 1_002), 6);
 }
 
 #[test]

@@ -1020,6 +1020,15 @@ async fn the_fold_matches_the_model_in_a_scripted_run(b: &Backend) {
         sim.expire_hold(c, "h7"),
         ResolveOutcome::Expired { .. }
     ));
+    // Its request still settles: a late burn, posted once, folded like any burn.
+    assert!(matches!(
+        sim.settle(c, "h7", 10, 0),
+        ResolveOutcome::PostedLate { posted: 10, .. }
+    ));
+    assert!(matches!(
+        sim.settle(c, "h7", 10, 0),
+        ResolveOutcome::AlreadyPosted { posted: 10, .. }
+    ));
     sim.settle(c, "h3", 500, 0);
     // A second customer on another shard.
     sim.grant("beta", "g-b", "api", 10, 0, None, 0);
@@ -1031,6 +1040,15 @@ async fn the_fold_matches_the_model_in_a_scripted_run(b: &Backend) {
             .as_array()
             .is_some_and(|b| !b.is_empty())
     }));
+    let late: Vec<_> = entries
+        .iter()
+        .filter(|e| e.details.get("late").is_some())
+        .collect();
+    assert_eq!(late.len(), 1, "one late burn");
+    assert_eq!(
+        (late[0].event_id.as_str(), late[0].amount),
+        ("hold:h7:posted", -10)
+    );
     feed(l, &sim, 5).await;
     assert_balances_match(l, &sim).await;
     assert_totals_match(l, &sim, &["acme", "beta"]).await;

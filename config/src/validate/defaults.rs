@@ -3,19 +3,18 @@
 //!
 //! Only checks and converts; the default values themselves live in `limits` and `model`.
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 
 use toml::Spanned;
 
 use super::syntax::check_url;
-use super::{Checker, DEFAULT_UPSTREAM, Declared, key};
+use super::{Checker, DEFAULT_UPSTREAM, Declared};
 use crate::limits::{
-    DEFAULT_HOLD_TTL_MS, DEFAULT_STORE_TIMEOUT_MS, MAX_HOLD_TTL_MS, MAX_STORE_TIMEOUT_MS,
-    MIN_HOLD_TTL_MS,
+    DEFAULT_HOLD_TTL_MS, DEFAULT_STORE_TIMEOUT_MS, HOLD_TTL_STORE_TIMEOUTS, MAX_HOLD_TTL_MS,
+    MAX_STORE_TIMEOUT_MS, MIN_HOLD_TTL_MS,
 };
 use crate::model::{
-    Billing, DEFAULT_FAILURE_POLICY, DEFAULT_MODE, DEFAULT_UNMATCHED, Defaults, Unmatched, Upstream,
+    Billing, DEFAULT_FAILURE_POLICY, DEFAULT_MODE, DEFAULT_UNMATCHED, Defaults, Unmatched,
 };
 use crate::schema::{BillingFile, DefaultsFile};
 
@@ -67,14 +66,13 @@ impl Checker<'_> {
         (defaults, spans)
     }
 
-    /// `pass_through` needs the upstream it forwards to, and a hold must outlive the
-    /// slowest request of every upstream.
+    /// `pass_through` needs the upstream it forwards to, and the hold TTL must leave room
+    /// for the gateway's renewals of in-flight holds.
     pub(super) fn defaults_against_upstreams(
         &mut self,
         defaults: &Defaults,
         spans: &DefaultsSpans,
         declared: &Declared,
-        upstreams: &BTreeMap<String, Upstream>,
     ) {
         if defaults.unmatched == Unmatched::PassThrough
             && !declared.upstreams.contains(DEFAULT_UPSTREAM)
@@ -88,21 +86,22 @@ impl Checker<'_> {
                 ),
             );
         }
-        for upstream in upstreams.values() {
-            let slowest_ms = upstream.connect_timeout_ms + upstream.read_timeout_ms;
-            if defaults.hold_ttl_ms < slowest_ms {
-                self.report(
-                    "defaults.hold_ttl_ms",
-                    spans.hold_ttl_ms.clone().or(spans.table.clone()),
-                    format!(
-                        "{} ms is shorter than upstreams.{}'s connect_timeout_ms + \
-                         read_timeout_ms ({slowest_ms} ms): a hold could expire while its \
-                         request still waits for the upstream",
-                        defaults.hold_ttl_ms,
-                        key(&upstream.name)
-                    ),
-                );
-            }
+        // A request may last longer than the hold TTL (a long stream, a slow reader): the
+        // gateway renews its hold while it is in flight, so the TTL need not outlast the
+        // upstreams' timeouts. It only bounds what a crashed gateway leaves behind, and it
+        // must leave room for the renewals: each may take a store timeout.
+        let room_ms = HOLD_TTL_STORE_TIMEOUTS * defaults.store_timeout_ms;
+        if defaults.hold_ttl_ms < room_ms {
+            self.report(
+                "defaults.hold_ttl_ms",
+                spans.hold_ttl_ms.clone().or(spans.table.clone()),
+                format!(
+                    "{} ms is shorter than {HOLD_TTL_STORE_TIMEOUTS} x defaults.store_timeout_ms \
+                     ({room_ms} ms): the gateway renews in-flight holds every third of the \
+                     TTL, and a renewal may take a store timeout",
+                    defaults.hold_ttl_ms,
+                ),
+            );
         }
     }
 

@@ -143,7 +143,7 @@ impl Checker<'_> {
         let billing = self.billing(billing.unwrap_or_default());
         let embedded_grants = self.embedded_grants(embedded_grants, &declared, &credit_types);
         let cohorts = self.cohorts(cohorts, &declared);
-        self.defaults_against_upstreams(&defaults, &defaults_spans, &declared, &upstreams);
+        self.defaults_against_upstreams(&defaults, &defaults_spans, &declared);
         Validated {
             defaults,
             default_plan,

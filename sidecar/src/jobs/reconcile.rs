@@ -465,8 +465,9 @@ mod tests {
     use std::sync::Mutex;
 
     use creditgate_protocol::{
-        Balance, DueEntry, GrantExpiryOutcome, GrantOutcome, GrantRef, GrantRequest, HoldRecord,
-        MemoryStore, ReserveOutcome, ReserveRequest, ResolveOutcome, SettleRequest,
+        Balance, DueEntry, ExtendOutcome, ExtendRequest, GrantExpiryOutcome, GrantOutcome,
+        GrantRef, GrantRequest, HoldRecord, MemoryStore, ReserveOutcome, ReserveRequest,
+        ResolveOutcome, SettleRequest,
     };
 
     use super::*;
@@ -512,6 +513,9 @@ mod tests {
         }
         async fn void(&self, hold: &HoldRef) -> Result<ResolveOutcome, StoreError> {
             self.model.void(hold).await
+        }
+        async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, StoreError> {
+            self.model.extend(req).await
         }
         async fn expire_hold(&self, hold: &HoldRef) -> Result<ResolveOutcome, StoreError> {
             self.model.expire_hold(hold).await

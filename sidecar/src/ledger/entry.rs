@@ -764,8 +764,31 @@ mod tests {
                     feature: "chat".into(),
                     pricing_version: "7-3f2a9c1b04de".into(),
                 },
+                late: false,
             },
         }
+    }
+
+    #[test]
+    fn a_late_burn_is_a_posted_entry_flagged_in_details() {
+        let mut e = posted();
+        if let EventBody::HoldPosted {
+            held,
+            breakage,
+            late,
+            ..
+        } = &mut e.body
+        {
+            (*held, *breakage, *late) = (0, vec![], true);
+        }
+        let entry = NewEntry::from_event(&e, 3, None).unwrap();
+        assert_eq!(entry.kind, EntryKind::HoldPosted);
+        assert_eq!(entry.amount, -12);
+        assert_eq!(entry.details["late"], "1");
+        assert_eq!(event_from_details(&entry.details).unwrap(), e);
+        // Every other burn reads as before: no `late` field at all.
+        let normal = NewEntry::from_event(&posted(), 3, None).unwrap();
+        assert!(normal.details.get("late").is_none());
     }
 
     #[test]

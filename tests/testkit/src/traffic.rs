@@ -240,6 +240,14 @@ async fn resolve(
         ResolveOutcome::Voided { .. } => {
             p.expected.insert(format!("hold:{id}:voided"));
         }
+        // Expired before its settle: the settle burns it late, after the expiry's event.
+        ResolveOutcome::PostedLate { posted, .. } => {
+            p.expected.insert(format!("hold:{id}:expired"));
+            p.expected.insert(format!("hold:{id}:posted"));
+            *p.posted
+                .entry((hold.customer.clone(), hold.credit_type.clone()))
+                .or_default() += posted;
+        }
         ResolveOutcome::AlreadyExpired { .. } => {
             p.expected.insert(format!("hold:{id}:expired"));
         }
