@@ -172,7 +172,78 @@ pub fn put_back(read: Bytes, chunk: &mut Option<Bytes>) {
 
 #[cfg(test)]
 mod tests {
+    use creditgate_config::{MAX_ESTIMATE_BODY_BYTES, UnreadableEstimate, UsagePath};
+    use tokio::io::AsyncWriteExt;
+
     use super::*;
+    use crate::usage::request::EstimateOutcome;
+
+    fn rule() -> RequestEstimate {
+        RequestEstimate {
+            path: UsagePath::parse("max_tokens").expect("valid"),
+            rate: 1,
+            base: 0,
+            max_body_bytes: MAX_ESTIMATE_BODY_BYTES,
+            unreadable: UnreadableEstimate::ReserveMax,
+        }
+    }
+
+    /// A session that has read the head of a chunked POST whose body is `body`, sent in
+    /// chunks of `chunk` bytes (the client end stays open, so nothing is cut short).
+    async fn chunked_session(body: &[u8], chunk: usize) -> (Session, tokio::io::DuplexStream) {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut wire =
+            b"POST /v1/chat HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for piece in body.chunks(chunk) {
+            wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            wire.extend_from_slice(piece);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+        client.write_all(&wire).await.expect("write the request");
+        let mut session = Session::new_h1(Box::new(server));
+        assert!(session.read_request().await.expect("a request"));
+        (session, client)
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_is_estimated_and_kept_for_the_upstream() {
+        let body = br#"{"model":"m","max_tokens":700}"#;
+        let (mut session, _client) = chunked_session(body, 7).await;
+        let read = read_estimate(&mut session, &rule(), 10_000)
+            .await
+            .expect("read");
+        assert_eq!(
+            (read.estimate.amount, read.estimate.outcome),
+            (700, EstimateOutcome::Body)
+        );
+        assert!(read.read && read.put_back.is_none());
+        assert_eq!(session.get_retry_buffer().as_deref(), Some(&body[..]));
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_past_the_retry_buffer_reserves_max_and_keeps_what_was_read() {
+        let body: Vec<u8> = (0..200 * 1024).map(|i| b"{abc}"[i % 5]).collect();
+        let (mut session, _client) = chunked_session(&body, 4 * 1024).await;
+        let read = read_estimate(&mut session, &rule(), 10_000)
+            .await
+            .expect("read");
+        assert_eq!(
+            (read.estimate.amount, read.estimate.outcome),
+            (10_000, EstimateOutcome::OverLimit)
+        );
+        assert!(session.retry_buffer_truncated());
+        let kept = read.put_back.expect("Pingora dropped what it buffered");
+        let mut rest = Vec::new();
+        while let Some(chunk) = session.read_request_body().await.expect("the rest") {
+            rest.extend_from_slice(&chunk);
+        }
+        assert_eq!(
+            [&kept[..], &rest[..]].concat(),
+            body,
+            "nothing lost, nothing twice"
+        );
+    }
 
     #[test]
     fn the_bytes_read_go_in_front_of_the_rest() {
