@@ -248,6 +248,21 @@ fn chunked_bodies_are_estimated_and_reach_the_upstream_byte_for_byte() {
 }
 
 #[test]
+fn a_body_that_stalls_past_the_read_timeout_reserves_max_and_still_arrives_whole() {
+    let setup = start();
+    setup.stack.credits.grant(ALICE, 1_000_000).expect("grant");
+    let body = chat_body(300, 400);
+    let (first, rest) = body.split_at(100);
+    // The pause outlasts the gateway's 5 s estimate read: it gives up reading, reserves
+    // max, and forwards what it read in front of what comes later.
+    let answer = setup.post_chunked("/v1/chat", &[first, rest], Duration::from_secs(6), true);
+    assert_eq!(answer.status, 200, "{}", setup.log());
+    assert_eq!(charged(&answer), MAX);
+    assert_eq!(setup.upstream_seen(), (1, Some(sha256(&body))));
+    assert_eq!(setup.settled(), (1_000_000 - FALLBACK, 0));
+}
+
+#[test]
 fn an_unusable_body_reserves_max_or_is_refused_where_the_rule_says() {
     let setup = start();
     setup.stack.credits.grant(ALICE, 1_000_000).expect("grant");

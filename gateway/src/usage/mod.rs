@@ -397,6 +397,22 @@ mod tests {
     }
 
     #[test]
+    fn an_upgraded_connection_settles_by_its_header_or_the_fallback() {
+        let upgraded = |pairs: &[(&'static str, &str)]| {
+            let mut inspector =
+                ResponseInspector::new(Arc::new(usage()), 100_000, &headers(pairs)).without_body();
+            // Tunnel bytes that happen to look like usage are not read.
+            inspector.feed(JSON, false);
+            inspector.feed(b"", true);
+            inspector.settle()
+        };
+        let s = upgraded(&[]);
+        assert_eq!((s.amount, s.outcome), (500, CostOutcome::Missing));
+        let s = upgraded(&[("x-usage-units", "3")]);
+        assert_eq!((s.amount, s.outcome), (21, CostOutcome::Header));
+    }
+
+    #[test]
     fn gzip_bodies_are_inspected_decompressed() {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         encoder.write_all(JSON).unwrap();
