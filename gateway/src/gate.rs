@@ -214,6 +214,7 @@ impl CreditGate {
         ctx.route = route.name.clone();
         ctx.upstream = Some(route.upstream.clone());
         admission::refuse_upgrade(route, req)
+            .inspect_err(|_| self.metrics.decision(&route.name, Outcome::Refused))
     }
 
     /// Finds the customer, asking the store for an API key the config does not list.
@@ -262,7 +263,9 @@ impl CreditGate {
             ReserveAmount::Known(amount) => return Ok(amount),
             ReserveAmount::FromBody { from, max, .. } => (from, max),
         };
-        let read = read_estimate(session, from, max).await?;
+        let read = read_estimate(session, from, max)
+            .await
+            .inspect_err(|_| self.metrics.decision(&route.name, Outcome::Refused))?;
         ctx.body_read = read.read;
         ctx.body_put_back = read.put_back;
         let estimate = read.estimate;

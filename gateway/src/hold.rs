@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use creditgate_config::UpstreamErrorPolicy;
-use creditgate_protocol::{HoldRef, ReserveOutcome, ReserveRequest, ResolveOutcome, SettleRequest};
+use creditgate_protocol::{
+    HoldRef, IdempotencyClaim, ReserveOutcome, ReserveRequest, ResolveOutcome, SettleRequest,
+};
 use tracing::{debug, warn};
 
 use crate::admission::{ReservePlan, store_failure_decision};
@@ -63,6 +65,9 @@ pub struct RequestHold {
     /// script places it). Kept so that settling can place it if it never arrived: the
     /// request is then metered exactly once, by hold id.
     tentative: Option<ReserveRequest>,
+    /// The request's `Idempotency-Key` record, so that a tentative hold placed late goes
+    /// into the record like any other (a retry then finds it).
+    claim: Option<IdempotencyClaim>,
     /// Keeps the hold alive while the request is in flight; dropping the last copy of
     /// this record (the request ended without a settle) stops the renewals.
     renewal: Option<Arc<RenewalGuard>>,
@@ -99,6 +104,7 @@ impl RequestHold {
             on_upstream_error: plan.on_upstream_error,
             actual: None,
             tentative,
+            claim: plan.idempotency.clone(),
             renewal: None,
         }
     }
@@ -402,9 +408,17 @@ impl Holds {
             // The timed-out reserve never arrived: place the hold now and settle it, so the
             // request admitted while failing open is metered. Should the late reserve still
             // arrive, it finds this hold and changes nothing.
-            store
-                .call("reserve", timeout, store.store().reserve(reserve))
-                .await?;
+            match &hold.claim {
+                Some(claim) => {
+                    let keyed = store.store().reserve_keyed(reserve, claim);
+                    store.call("reserve", timeout, keyed).await?;
+                }
+                None => {
+                    store
+                        .call("reserve", timeout, store.store().reserve(reserve))
+                        .await?;
+                }
+            }
             outcome = store
                 .call("settle", timeout, store.store().settle(&settle))
                 .await?;
@@ -557,8 +571,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_idempotent_retry_of_a_posted_request_is_replayed_uncharged_three_times_then_409()
-    {
+    async fn an_idempotent_retry_of_a_posted_request_is_replayed_uncharged_three_times_then_409() {
         let (holds, memory) = holds_with(10).await;
         let plan = plan("idem-x", 4, true);
         let hold = holds

@@ -34,6 +34,7 @@ pub mod demo;
 pub mod fleet;
 pub mod gate;
 pub mod hold;
+pub mod idempotency;
 pub mod identity;
 pub mod in_flight;
 pub mod metrics;
@@ -67,7 +68,11 @@ pub fn run(cli: Cli) -> u8 {
         Command::Run(args) => match server::run(args) {
             Ok(()) => EXIT_OK,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                // A connection error may quote a URL; its password never reaches stderr.
+                eprintln!(
+                    "error: {}",
+                    creditgate_protocol::redact_secrets(&format!("{e:#}"))
+                );
                 EXIT_FAILURE
             }
         },

@@ -13,8 +13,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use creditgate_protocol::{
     Balance, CreditStore, DueEntry, ExtendOutcome, ExtendRequest, GrantExpiryOutcome, GrantOutcome,
-    GrantRef, GrantRequest, HoldRecord, HoldRef, Keyspace, RedisStore, RedisTarget, ReserveOutcome,
-    ReserveRequest, ResolveOutcome, SettleRequest, Shard, StoreError,
+    GrantRef, GrantRequest, HoldRecord, HoldRef, IdempotencyClaim, KeyedReserveOutcome, Keyspace,
+    RedisStore, RedisTarget, ReserveOutcome, ReserveRequest, ResolveOutcome, SettleRequest, Shard,
+    StoreError,
 };
 use tracing::{info, warn};
 
@@ -84,6 +85,13 @@ impl CreditStore for NotConnected {
         Err(unavailable("grant"))
     }
     async fn reserve(&self, _: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+        Err(unavailable("reserve"))
+    }
+    async fn reserve_keyed(
+        &self,
+        _: &ReserveRequest,
+        _: &IdempotencyClaim,
+    ) -> Result<KeyedReserveOutcome, StoreError> {
         Err(unavailable("reserve"))
     }
     async fn settle(&self, _: &SettleRequest) -> Result<ResolveOutcome, StoreError> {

@@ -7,9 +7,16 @@
 --       12 pricing_version (the pricing config version that priced the request; may be empty),
 --       13 occurred_at_ms (0: now; else the time the usage happened, used as the `at` of
 --          this hold's placed and posted events so the ledger orders it by event time)
+-- With a 7th key, the reserve of a request that carries an idempotency key:
+-- KEYS: 7 the key's record (hash: fp, hold, request_id, first, replays)
+-- ARGV: 14 fingerprint, 15 supersedes (the record's hold id the caller found voided,
+--          expired or gone; may be empty), 16 replay_max, 17 replay_window_ms
 -- Reply: {'placed', at, deadline, draws, overdraft, over_limit, available_after}
 --        | {'replay', at, state, deadline, draws, overdraft, over_limit}
 --        | {'conflict', at, first_type, first_amount} | {'insufficient', at, available}
+--   and with a record: {'key_reused', at, first_request_id} | {'moved', at, hold_id}
+--        | {'gone', at} | {'replayed', at, n, first_request_id}
+--        | {'replays_exhausted', at, first_request_id, replays}
 local customer, e1 = id_arg(1, 'customer')
 local hold_id, e2 = id_arg(2, 'hold_id')
 local ctype, e3 = id_arg(3, 'credit_type')
@@ -25,10 +32,48 @@ local pricing_version, e12 = text_arg(12, 'pricing_version')
 local occurred, e13 = int_arg(13, 'occurred_at_ms', 0, MAX_AMOUNT)
 local err = e1 or e2 or e3 or e4 or e5 or e6 or e7 or e8 or e9 or e10 or e11 or e12 or e13
 if err then return redis.error_reply(err) end
+local keyed = KEYS[7] ~= nil
+local fingerprint, supersedes, replay_max, replay_window_ms
+if keyed then
+  local e14, e15, e16, e17
+  fingerprint, e14 = id_arg(14, 'fingerprint')
+  supersedes, e15 = text_arg(15, 'supersedes')
+  replay_max, e16 = int_arg(16, 'replay_max', 0, 1000000)
+  replay_window_ms, e17 = int_arg(17, 'replay_window_ms', 0, MAX_TTL_MS)
+  err = e14 or e15 or e16 or e17
+  if err then return redis.error_reply(err) end
+end
 
 local now = now_ms()
 local event_at = now
 if occurred > 0 then event_at = occurred end
+
+-- The idempotency key's record decides before the hold: another request under the key is
+-- refused, the record's own hold answers a retry (a posted one counts a replay), and a
+-- new hold is placed only without a record or superseding a hold the caller found ended.
+if keyed then
+  local rec = hold_fields(KEYS[7])
+  if rec then
+    if rec.fp ~= fingerprint then
+      return { 'key_reused', now, rec.request_id }
+    end
+    if rec.hold == hold_id then
+      local held = hold_fields(KEYS[3])
+      if not held then return { 'gone', now } end
+      if held.state == 'posted' then
+        local replays = tonumber(rec.replays)
+        if replays < replay_max and now < tonumber(rec.first) + replay_window_ms then
+          redis.call('HINCRBY', KEYS[7], 'replays', 1)
+          return { 'replayed', now, replays + 1, rec.request_id }
+        end
+        return { 'replays_exhausted', now, rec.request_id, replays }
+      end
+    elseif rec.hold ~= supersedes then
+      return { 'moved', now, rec.hold }
+    end
+  end
+end
+
 local first = hold_fields(KEYS[3])
 if first then
   if first.customer ~= customer or first.type ~= ctype or tonumber(first.amount) ~= amount then
@@ -68,4 +113,9 @@ xadd(KEYS[6], {
   'over_limit', fmt(over_limit), 'request_id', request_id, 'route', route, 'feature', feature,
   'pricing_version', pricing_version,
 })
+if keyed then
+  redis.call('HSET', KEYS[7], 'fp', fingerprint, 'hold', hold_id, 'request_id', request_id,
+    'first', fmt(now), 'replays', '0')
+  redis.call('PEXPIRE', KEYS[7], ttl_ms + retain_ms)
+end
 return { 'placed', now, deadline, draws_s, overdraft, over_limit, avail - amount }

@@ -120,6 +120,18 @@ impl Keyspace {
         format!("{}:apikey:{}", self.prefix, sha256_hex)
     }
 
+    /// The string key gateways write to check that Redis takes writes (`/readyz`); it
+    /// expires 10 s after each write and holds nothing of value.
+    pub fn readiness(&self) -> String {
+        format!("{}:readyz", self.prefix)
+    }
+
+    /// The record of one idempotency key of `customer` (hash: `fp`, `hold`, `request_id`,
+    /// `first`, `replays`), in the customer's shard so it goes into the same script call.
+    pub fn idempotency_record(&self, customer: &str, record_id: &str) -> String {
+        self.shard_key(self.shard_of(customer), &format!("idem:{record_id}"))
+    }
+
     /// The keys of one customer.
     pub fn customer(&self, customer: &str) -> CustomerKeys {
         let shard = self.shard_of(customer);

@@ -8,10 +8,12 @@
 
 pub mod control;
 pub mod event;
+pub mod idempotency;
 pub mod invariants;
 pub mod keys;
 pub mod meter;
 pub mod model;
+pub mod redact;
 pub mod redis_store;
 mod replies;
 pub mod scripts;
@@ -21,9 +23,11 @@ pub mod sweep;
 pub mod types;
 
 pub use event::{Event, EventBody, Release, RequestContext};
+pub use idempotency::{IdempotencyClaim, KeyedReserveOutcome};
 pub use invariants::InvariantViolation;
 pub use keys::{Keyspace, MAX_AMOUNT, Shard};
 pub use model::{MemoryStore, Model};
+pub use redact::redact_secrets;
 pub use redis_store::{RedisStore, RedisTarget};
 pub use store::{CreditStore, DueEntry, StoreError, StoreErrorKind};
 pub use streams::{ReadFrom, StreamEntry};

@@ -135,20 +135,12 @@ pub trait CreditStore: Send + Sync {
     /// Places a hold; idempotent by hold id.
     async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError>;
     /// Places a hold for a request that carries an idempotency key: the key's record binds
-    /// it to one request and counts uncharged replays, atomically with the hold. A store
-    /// that does not implement it answers a protocol error (the caller then fails as for
-    /// any store error).
+    /// it to one request and counts uncharged replays, atomically with the hold.
     async fn reserve_keyed(
         &self,
         req: &ReserveRequest,
         claim: &IdempotencyClaim,
-    ) -> Result<KeyedReserveOutcome, StoreError> {
-        let _ = (req, claim);
-        Err(StoreError::Protocol {
-            op: "reserve",
-            message: "this store does not implement keyed reserves".into(),
-        })
-    }
+    ) -> Result<KeyedReserveOutcome, StoreError>;
     /// Posts a hold's actual cost and returns the rest; exactly once.
     async fn settle(&self, req: &SettleRequest) -> Result<ResolveOutcome, StoreError>;
     /// Cancels a pending hold.

@@ -466,8 +466,8 @@ mod tests {
 
     use creditgate_protocol::{
         Balance, DueEntry, ExtendOutcome, ExtendRequest, GrantExpiryOutcome, GrantOutcome,
-        GrantRef, GrantRequest, HoldRecord, MemoryStore, ReserveOutcome, ReserveRequest,
-        ResolveOutcome, SettleRequest,
+        GrantRef, GrantRequest, HoldRecord, IdempotencyClaim, KeyedReserveOutcome, MemoryStore,
+        ReserveOutcome, ReserveRequest, ResolveOutcome, SettleRequest,
     };
 
     use super::*;
@@ -507,6 +507,13 @@ mod tests {
         }
         async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
             self.model.reserve(req).await
+        }
+        async fn reserve_keyed(
+            &self,
+            req: &ReserveRequest,
+            claim: &IdempotencyClaim,
+        ) -> Result<KeyedReserveOutcome, StoreError> {
+            self.model.reserve_keyed(req, claim).await
         }
         async fn settle(&self, req: &SettleRequest) -> Result<ResolveOutcome, StoreError> {
             self.model.settle(req).await
