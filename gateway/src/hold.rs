@@ -1,6 +1,8 @@
 //! The life of a request's hold, in one place: [`Holds::reserve_for_request`] places it
 //! (the idempotent reserve loop) and [`Holds::settle_or_void`] ends it in the background,
-//! off the request path, retrying while the store fails.
+//! off the request path, retrying while the store fails. In between, the renewal task
+//! (`renewal`) keeps it alive however long the request runs; a settle that still finds it
+//! expired burns it late, so a long request is never free.
 //!
 //! Pending → posted (settled) or voided; a hold neither settles nor voids only when the
 //! store stays down past the last retry, and then it expires at its deadline and returns its
