@@ -34,6 +34,10 @@ pub enum Outcome {
     Replayed,
     /// An `Idempotency-Key` conflict or a retry of a request still in flight: refused.
     IdempotencyRejected,
+    /// Refused for how it was sent, before the upstream saw it: an upgrade on a route that
+    /// refuses them (403), an estimate body the route will not read or that broke off
+    /// (400, 408, 411, 413).
+    Refused,
 }
 
 impl Outcome {
@@ -49,6 +53,7 @@ impl Outcome {
             Self::Unmatched => "unmatched",
             Self::Replayed => "replayed",
             Self::IdempotencyRejected => "idempotency_rejected",
+            Self::Refused => "refused",
         }
     }
 }

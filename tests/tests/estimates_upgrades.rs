@@ -312,6 +312,10 @@ fn an_unusable_body_reserves_max_or_is_refused_where_the_rule_says() {
         seen,
         "no refusal reached the upstream"
     );
+    assert_eq!(
+        setup.stack.decisions(Some("POST /v1/strict"), "refused"),
+        3.0
+    );
     assert_eq!(setup.settled().1, 0, "nothing left held");
 }
 
@@ -369,6 +373,10 @@ fn an_upgrade_on_a_route_that_refuses_them_never_reaches_the_upstream() {
     assert!(
         setup.sockets.requests().is_empty(),
         "the upstream never saw it"
+    );
+    assert_eq!(
+        setup.stack.decisions(Some("GET /ws-refused"), "refused"),
+        1.0
     );
     assert_eq!(setup.settled(), (1_000, 0), "nothing held, nothing burned");
 }
