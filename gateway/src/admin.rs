@@ -1,6 +1,6 @@
 //! The admin listener, apart from the proxy listener: `/metrics` (Prometheus text),
-//! `/healthz` (the process is up) and `/readyz` (a valid config and a reachable store, or
-//! forced off locally: then no request needs the store).
+//! `/healthz` (the process is up) and `/readyz` (a valid config and a store that takes
+//! writes with its circuit closed, or forced off locally: then no request needs the store).
 
 use std::sync::Arc;
 
@@ -57,7 +57,11 @@ impl ServeHttp for AdminApp {
                 if self.control.forced_off() || self.store.ready(READY_TIMEOUT_MS).await {
                     response(200, "text/plain", b"ready\n".to_vec())
                 } else {
-                    response(503, "text/plain", b"credit store unreachable\n".to_vec())
+                    response(
+                        503,
+                        "text/plain",
+                        b"credit store unreachable, refusing writes, or circuit open\n".to_vec(),
+                    )
                 }
             }
             _ => response(

@@ -63,8 +63,14 @@ pub struct RunArgs {
     pub admin_listen: String,
     /// Redis URL of the credit store (`redis://host:port/`). Repeat it, or give a comma
     /// separated list, with `--redis-cluster`. Without it the gateway runs on its embedded
-    /// in-process store and applies the config's `[[embedded_grants]]`.
-    #[arg(long, env = "CREDITGATE_REDIS_URL", value_delimiter = ',')]
+    /// in-process store and applies the config's `[[embedded_grants]]`. A password in the
+    /// URL is never printed (`--help` hides the environment's value; logs redact it).
+    #[arg(
+        long,
+        env = "CREDITGATE_REDIS_URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub redis: Vec<String>,
     /// The Redis URLs are nodes of a Redis Cluster.
     #[arg(long, env = "CREDITGATE_REDIS_CLUSTER")]

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use creditgate_config::{ConfigErrors, PricingConfig};
-use creditgate_protocol::RedisStore;
 use creditgate_protocol::control::{ControlKeys, Heartbeat};
+use creditgate_protocol::{RedisStore, redact_secrets};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -120,7 +120,7 @@ async fn subscribe(url: String, channel: String, wake: mpsc::Sender<()>) {
         match subscribe_once(&url, &channel, &wake).await {
             Ok(()) => warn!("control channel closed; resubscribing"),
             Err(e) => {
-                warn!(error = %e, "control channel unavailable; relying on the periodic check")
+                warn!(error = %redact_secrets(&e.to_string()), "control channel unavailable; relying on the periodic check")
             }
         }
         tokio::time::sleep(Duration::from_millis(RESUBSCRIBE_MS)).await;

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use creditgate_protocol::{CreditStore, RedisStore, StoreError};
+use creditgate_protocol::{CreditStore, RedisStore, StoreError, StoreErrorKind};
 
-use crate::breaker::CircuitBreaker;
+use crate::breaker::{CallOutcome, CircuitBreaker};
 use crate::metrics::Metrics;
 use crate::store_connect::{NotConnected, RedisSlot, unavailable};
 
@@ -49,7 +49,6 @@ impl StoreFailure {
     /// timeout a mutation sent may still be applied later, and an answer that broke a money
     /// invariant came from a script that did run, so its hold may exist.
     pub fn may_have_run(&self) -> bool {
-        use creditgate_protocol::StoreErrorKind;
         match self {
             Self::CircuitOpen => false,
             Self::Timeout(_) => true,
@@ -67,6 +66,20 @@ impl StoreFailure {
             Self::Timeout(_) => "timeout",
             Self::Store(e) => e.kind().as_str(),
         }
+    }
+}
+
+/// What a store error says about the store's health. Timeouts, an unreachable store and
+/// error replies (OOM, LOADING, READONLY, MASTERDOWN, BUSY …: Redis up but refusing the
+/// call) are failures. An argument refused before sending, or an answer that broke a money
+/// invariant (the store did answer; one customer's data is wrong), say nothing about the
+/// store as a whole.
+fn breaker_outcome(e: &StoreError) -> CallOutcome {
+    match e.kind() {
+        StoreErrorKind::Timeout | StoreErrorKind::Unavailable | StoreErrorKind::Protocol => {
+            CallOutcome::Failure
+        }
+        StoreErrorKind::InvalidArgument | StoreErrorKind::Invariant => CallOutcome::Unknown,
     }
 }
 
@@ -166,28 +179,28 @@ impl StoreClient {
             self.metrics.store_error(op, "unavailable");
             return Err(StoreFailure::Store(unavailable(op)));
         }
-        if !self.breaker.allow() {
+        // Held across the call: if this future is dropped (the client went away), the
+        // permit's drop still releases a probe, so the circuit cannot stay shut.
+        let Some(permit) = self.breaker.allow() else {
             self.metrics.store_error(op, "circuit_open");
             return Err(StoreFailure::CircuitOpen);
-        }
+        };
         let started = Instant::now();
         let result = tokio::time::timeout(Duration::from_millis(timeout_ms), fut).await;
         self.metrics
             .store_latency(op, started.elapsed().as_secs_f64());
         let failure = match result {
             Ok(Ok(value)) => {
-                self.breaker.success();
-                self.metrics.circuit_open(false);
+                permit.resolve(CallOutcome::Success);
+                self.metrics.circuit_open(self.breaker.is_open());
                 return Ok(value);
             }
             Ok(Err(e)) => {
-                if e.is_retryable() {
-                    self.breaker.failure();
-                }
+                permit.resolve(breaker_outcome(&e));
                 StoreFailure::Store(e)
             }
             Err(_) => {
-                self.breaker.failure();
+                permit.resolve(CallOutcome::Failure);
                 StoreFailure::Timeout(timeout_ms)
             }
         };
@@ -262,17 +275,22 @@ impl StoreClient {
         }
     }
 
-    /// Whether the store answers now (for `/readyz`).
+    /// Whether the store takes calls now (for `/readyz`): Redis connected, the circuit not
+    /// open, and a write answered (a Redis that answers `PING` but refuses writes fails
+    /// every reserve). The check goes through the breaker: while the circuit is open it is
+    /// refused at once, and once the open period has passed it may be the probe itself, so
+    /// a gateway that gets no traffic (taken out of rotation because it was not ready)
+    /// still finds out that Redis recovered.
     pub async fn ready(&self, timeout_ms: u64) -> bool {
         if self.is_embedded() {
             return true;
         }
         match self.redis.get() {
             None => false,
-            Some(redis) => matches!(
-                tokio::time::timeout(Duration::from_millis(timeout_ms), redis.ping()).await,
-                Ok(Ok(()))
-            ),
+            Some(redis) => self
+                .call("ready", timeout_ms, redis.check_writable())
+                .await
+                .is_ok(),
         }
     }
 }

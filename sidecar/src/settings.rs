@@ -15,7 +15,8 @@ pub struct LedgerArgs {
     /// The SQLite ledger file (the embedded default).
     #[arg(long, env = "CREDITGATE_LEDGER_SQLITE", conflicts_with = "postgres")]
     pub sqlite: Option<std::path::PathBuf>,
-    /// The Postgres ledger URL (production; several sidecars may share it).
-    #[arg(long, env = "CREDITGATE_LEDGER_POSTGRES")]
+    /// The Postgres ledger URL (production; several sidecars may share it). Its password
+    /// is never printed (`--help` hides the environment's value; logs redact it).
+    #[arg(long, env = "CREDITGATE_LEDGER_POSTGRES", hide_env_values = true)]
     pub postgres: Option<String>,
 }

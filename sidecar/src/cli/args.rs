@@ -270,8 +270,13 @@ pub enum InspectCommand {
 /// Where the credit store is and how its keys are laid out.
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
-    /// The Redis URL, e.g. `redis://127.0.0.1:6379/`.
-    #[arg(long = "redis", value_name = "URL", env = "CREDITGATE_REDIS_URL")]
+    /// The Redis URL, e.g. `redis://127.0.0.1:6379/` (its password is never printed).
+    #[arg(
+        long = "redis",
+        value_name = "URL",
+        env = "CREDITGATE_REDIS_URL",
+        hide_env_values = true
+    )]
     pub url: String,
     /// The key prefix of the deployment.
     #[arg(long, default_value = DEFAULT_PREFIX)]

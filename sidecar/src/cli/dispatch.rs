@@ -5,6 +5,8 @@
 
 use std::io::Write;
 
+use creditgate_protocol::redact_secrets;
+
 use crate::cli::args::{Cli, Command, InspectCommand, LedgerCommand};
 use crate::cli::mode_commands::mode_command;
 use crate::cli::{admin_commands, commands, inspect, render};
@@ -31,7 +33,8 @@ pub async fn run(cli: Cli) -> u8 {
             }
         }
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // A connection error may quote a URL; its password never reaches the terminal.
+            eprintln!("error: {}", redact_secrets(&format!("{error:#}")));
             EXIT_FAILURE
         }
     }

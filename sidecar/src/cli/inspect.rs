@@ -8,6 +8,7 @@
 use creditgate_protocol::keys::validate_id;
 use creditgate_protocol::{
     Balance, CreditStore, Event, Keyspace, RedisStore, RedisTarget, Shard, StoreError,
+    redact_secrets,
 };
 
 use crate::cli::args::{RedisArgs, StreamSelector};
@@ -181,7 +182,7 @@ async fn connect(redis: &RedisArgs, keyspace: Keyspace) -> Result<RedisStore, In
     )
     .await
     .map_err(|error| InspectError::Connect {
-        url: redact_url(&redis.url),
+        url: redact_secrets(&redis.url),
         message: error.to_string(),
     })
 }
@@ -190,49 +191,8 @@ fn read_error(redis: &RedisArgs, error: StoreError) -> InspectError {
     match error {
         StoreError::InvalidArgument(invalid) => InspectError::InvalidArgument(invalid.to_string()),
         other => InspectError::Read {
-            url: redact_url(&redis.url),
+            url: redact_secrets(&redis.url),
             message: other.to_string(),
         },
-    }
-}
-
-/// The URL with any password replaced by `***`, for error messages that may end up in
-/// logs: `redis://user:secret@host/` becomes `redis://user:***@host/`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    let user_info = &rest[..at];
-    let masked = match user_info.split_once(':') {
-        Some((user, _password)) => format!("{user}:***"),
-        None => user_info.to_owned(),
-    };
-    format!("{scheme}://{masked}{}", &rest[at..])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redact_url_masks_only_the_password() {
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379/"),
-            "redis://127.0.0.1:6379/"
-        );
-        assert_eq!(
-            redact_url("redis://user:s3cret@redis.internal:6379/0"),
-            "redis://user:***@redis.internal:6379/0"
-        );
-        assert_eq!(
-            redact_url("rediss://:s3cret@redis.internal/"),
-            "rediss://:***@redis.internal/"
-        );
-        assert_eq!(redact_url("redis://user@host/"), "redis://user@host/");
-        assert_eq!(redact_url("not a url"), "not a url");
     }
 }

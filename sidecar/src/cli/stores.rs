@@ -5,30 +5,28 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use creditgate_protocol::{Keyspace, RedisStore, RedisTarget};
+use creditgate_protocol::{Keyspace, RedisStore, RedisTarget, redact_secrets};
 
 use crate::cli::args::RedisArgs;
-use crate::cli::inspect::redact_url;
 use crate::ledger::{AdminDb, Ledger, PostgresLedger, SqliteLedger};
 use crate::settings::{DEFAULT_SQLITE_PATH, LedgerArgs};
 
 /// Opens the ledger the arguments name and runs its migrations.
 pub async fn open_ledger(args: &LedgerArgs) -> anyhow::Result<Arc<dyn Ledger>> {
-    let ledger: Arc<dyn Ledger> = match (&args.sqlite, &args.postgres) {
-        (_, Some(url)) => Arc::new(
-            PostgresLedger::connect(url)
-                .await
-                .with_context(|| format!("opening the Postgres ledger at {}", redact_url(url)))?,
-        ),
-        (path, None) => {
-            let path = path.clone().unwrap_or_else(|| DEFAULT_SQLITE_PATH.into());
-            Arc::new(
-                SqliteLedger::open(&path)
-                    .await
-                    .with_context(|| format!("opening the SQLite ledger {}", path.display()))?,
-            )
-        }
-    };
+    let ledger: Arc<dyn Ledger> =
+        match (&args.sqlite, &args.postgres) {
+            (_, Some(url)) => Arc::new(PostgresLedger::connect(url).await.with_context(|| {
+                format!("opening the Postgres ledger at {}", redact_secrets(url))
+            })?),
+            (path, None) => {
+                let path = path.clone().unwrap_or_else(|| DEFAULT_SQLITE_PATH.into());
+                Arc::new(
+                    SqliteLedger::open(&path)
+                        .await
+                        .with_context(|| format!("opening the SQLite ledger {}", path.display()))?,
+                )
+            }
+        };
     ledger.migrate().await.context("migrating the ledger")?;
     Ok(ledger)
 }
@@ -42,7 +40,7 @@ pub async fn connect_redis(args: &RedisArgs) -> anyhow::Result<Arc<RedisStore>> 
         args.timeout_ms,
     )
     .await
-    .with_context(|| format!("connecting to Redis at {}", redact_url(&args.url)))?;
+    .with_context(|| format!("connecting to Redis at {}", redact_secrets(&args.url)))?;
     Ok(Arc::new(store))
 }
 
