@@ -1049,3 +1049,88 @@ fn connect_with_pass_through() {
     eprintln!("CONNECT: {:?}", statuses(&stack.raw(&bytes)));
     assert_paid_at_least(&stack, PING_COST);
 }
+
+// ---------------------------------------------------------------------------------------
+// Replays and long requests, from the other side.
+// ---------------------------------------------------------------------------------------
+
+/// Another customer's identical request under the same `Idempotency-Key` is not a replay
+/// of Alice's paid request: Mallory pays for her own.
+#[test]
+fn idempotency_key_of_another_customer() {
+    let stack = stack("not_found", PLENTY);
+    stack.grant(MALLORY, "g-mallory", PLENTY);
+    let key = [("idempotency-key", "k-shared")];
+    let alice = stack.send("POST", "/v1/search", Some(ALICE_KEY), &key, "{}");
+    assert_eq!(alice.status, 200, "{alice:#?}");
+    let mallory = stack.send("POST", "/v1/search", Some(MALLORY_KEY), &key, "{}");
+    assert!(
+        mallory.header(REPLAY_HEADER).is_none(),
+        "Mallory's request answered as a replay of Alice's: {mallory:#?}"
+    );
+    stack.assert_forwarded_paid();
+}
+
+/// The identical request sent again while the first is still at the upstream, and the
+/// first then fails (5xx, its hold voided): the second must not be a free replay of a
+/// request nobody paid for.
+#[test]
+fn replay_of_a_request_still_in_flight_that_then_fails() {
+    let stack = stack("not_found", PLENTY);
+    stack.upstream.set_delay(Duration::from_millis(600));
+    stack.upstream.fail_next(1, 503);
+    let key = [("idempotency-key", "k-in-flight")];
+    let (first, second) = thread::scope(|s| {
+        let first = s.spawn(|| stack.send("POST", "/v1/search", Some(ALICE_KEY), &key, "{}"));
+        thread::sleep(Duration::from_millis(200));
+        let second = stack.send("POST", "/v1/search", Some(ALICE_KEY), &key, "{}");
+        (first.join().expect("first request"), second)
+    });
+    eprintln!(
+        "first {} (replay {:?}), second {} (replay {:?})",
+        first.status,
+        first.header(REPLAY_HEADER),
+        second.status,
+        second.header(REPLAY_HEADER)
+    );
+    // The upstream's 503 to the first request voids its hold, as the route says
+    // (`on_upstream_error = "void"`): every other request it received must be paid.
+    let served: Vec<RecordedRequest> = stack
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.n != 1)
+        .collect();
+    let burned: i64 = stack.assert_paid(&served).values().sum();
+    let served_as_replay = [&first, &second]
+        .iter()
+        .filter(|r| r.status < 300 && r.header(REPLAY_HEADER).is_some())
+        .count();
+    assert!(
+        served_as_replay == 0 || burned > 0,
+        "{served_as_replay} replay(s) served while nothing was burned: {first:#?} {second:#?}"
+    );
+}
+
+/// A client that reads a long stream past its hold's TTL and then hangs up: the upstream
+/// worked, so the ledger holds a burn.
+#[test]
+fn client_leaving_a_long_stream_after_its_hold_ttl() {
+    let scripted = ScriptedUpstream::start(Script::Drip {
+        chunks: 20,
+        interval: Duration::from_millis(250),
+    })
+    .expect("scripted upstream");
+    let stack = AttackStack::start(|addr| scripted_config(addr, scripted.addr(), 1_000));
+    stack.grant(ALICE, "g-alice", PLENTY);
+    let auth = bearer(ALICE_KEY);
+    let request = raw(&["GET /v1/scripted HTTP/1.1", "Host: 127.0.0.1", &auth], "");
+    let addr = creditgate_testkit::loopback(stack.gateway.proxy_port());
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+    std::io::Write::write_all(&mut conn, &request).expect("write");
+    let read = creditgate_testkit::read_until_closed(&mut conn, Duration::from_millis(3_000));
+    drop(conn);
+    eprintln!("read {} bytes before hanging up", read.len());
+    assert_eq!(scripted.requests().len(), 1);
+    assert_paid_at_least_on(&stack, &scripted.requests(), 1);
+}

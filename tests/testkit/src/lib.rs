@@ -135,7 +135,9 @@ pub use metrics::{Sample, metric_value, parse_samples};
 pub use model_server::ModelServer;
 pub use poll::{POLL_INTERVAL, now_ms, wait_for};
 pub use postgres::{PG_BIN_ENV, Postgres};
-pub use raw_http::{RAW_READ_TIMEOUT, RawResponse, gzip, loopback, parse_responses, raw_exchange};
+pub use raw_http::{
+    RAW_READ_TIMEOUT, RawResponse, gzip, loopback, parse_responses, raw_exchange, read_until_closed,
+};
 pub use redis_server::RedisServer;
 pub use scripted_upstream::{Script, ScriptedUpstream};
 pub use sidecar::{
