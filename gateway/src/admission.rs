@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use creditgate_config::{
     CostRule, FailurePolicy, Mode, PricingConfig, RequestEstimate, RequestValues, ResolvedCost,
-    ResponseUsage, Route, RouteMatch, Unmatched, UpgradePolicy, UpstreamErrorPolicy, normalize_path,
+    ResponseUsage, Route, RouteMatch, Unmatched, UpgradePolicy, UpstreamErrorPolicy,
+    normalize_path,
 };
 use creditgate_protocol::meter::{GATEWAY_IDEMPOTENT_PREFIX, idempotent_hold_id};
 use creditgate_protocol::{DEFAULT_RETAIN_MS, IdempotencyClaim, ReserveRequest};
