@@ -421,8 +421,13 @@ impl Method {
     }
 
     /// Whether a route with this method matches a request whose parsed method is
-    /// `request` (`None` for a method not in this list, matched only by `*`).
+    /// `request` (`None` for a method not in this list, matched only by `*`). A `GET` route
+    /// also matches `HEAD`: servers answer a `HEAD` by running the `GET` handler, so the
+    /// upstream does the same work and the request is priced as that `GET` (a `HEAD`
+    /// route listed before it still takes `HEAD` requests).
     pub fn matches(self, request: Option<Method>) -> bool {
-        self == Method::Any || Some(self) == request
+        self == Method::Any
+            || Some(self) == request
+            || (self == Method::Get && request == Some(Method::Head))
     }
 }

@@ -277,15 +277,18 @@ fn next_segment(rest: &str) -> Option<(&str, &str)> {
     })
 }
 
-/// `host` without a `:port` suffix; `[v6]:port` keeps its brackets.
+/// `host` without a `:port` suffix and without the trailing dot of a fully qualified name
+/// (`api.example.com.` is the same host to DNS and to most servers); `[v6]:port` keeps its
+/// brackets.
 pub(crate) fn host_without_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |end| &host[..=end]);
     }
-    match host.rsplit_once(':') {
+    let name = match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|byte| byte.is_ascii_digit()) => name,
         _ => host,
-    }
+    };
+    name.strip_suffix('.').unwrap_or(name)
 }
 
 #[cfg(test)]
@@ -351,11 +354,28 @@ mod tests {
     }
 
     #[test]
+    fn head_is_priced_as_get_and_a_fully_qualified_host_as_its_name() {
+        let table = RouteTable::new(vec![
+            route(Method::Head, None, "/v1/free-head"),
+            route(Method::Get, None, "/v1/*"),
+            route(Method::Get, Some("api.example.com"), "/hosted"),
+        ]);
+        let lookup = |method, host, path| index(&table, method, host, path);
+        assert_eq!(lookup("HEAD", None, "/v1/search"), Some(1));
+        assert_eq!(lookup("HEAD", None, "/v1/free-head"), Some(0));
+        assert_eq!(lookup("GET", None, "/v1/free-head"), Some(1));
+        assert_eq!(lookup("HEAD", Some("api.example.com."), "/hosted"), Some(2));
+        assert_eq!(lookup("GET", Some("API.example.com.:80"), "/hosted"), Some(2));
+    }
+
+    #[test]
     fn host_without_port_handles_names_and_ipv6() {
         assert_eq!(host_without_port("example.com:443"), "example.com");
         assert_eq!(host_without_port("example.com"), "example.com");
         assert_eq!(host_without_port("[::1]:8080"), "[::1]");
         assert_eq!(host_without_port("[::1]"), "[::1]");
+        assert_eq!(host_without_port("example.com."), "example.com");
+        assert_eq!(host_without_port("example.com.:443"), "example.com");
     }
 
     const LITERALS: [&str; 4] = ["a", "b", "c", "v1"];
