@@ -365,7 +365,10 @@ mod tests {
         assert_eq!(lookup("HEAD", None, "/v1/free-head"), Some(0));
         assert_eq!(lookup("GET", None, "/v1/free-head"), Some(1));
         assert_eq!(lookup("HEAD", Some("api.example.com."), "/hosted"), Some(2));
-        assert_eq!(lookup("GET", Some("API.example.com.:80"), "/hosted"), Some(2));
+        assert_eq!(
+            lookup("GET", Some("API.example.com.:80"), "/hosted"),
+            Some(2)
+        );
     }
 
     #[test]
