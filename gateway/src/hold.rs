@@ -202,7 +202,7 @@ impl Holds {
     }
 
     /// Reserves the plan's credits: one hold per request. A request with an
-    /// `Idempotency-Key` goes through the key's record ([`Holds::reserve_keyed`]): a retry
+    /// `Idempotency-Key` goes through the key's record (`Holds::reserve_keyed`): a retry
     /// of it finds the first attempt's hold and is not charged twice. `Err` is the answer
     /// to the client: not enough credits (402), an idempotency refusal (409, 422), or the
     /// store failing on a route that fails closed (503).
