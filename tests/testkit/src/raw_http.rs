@@ -62,7 +62,7 @@ pub fn loopback(port: u16) -> SocketAddr {
 }
 
 /// Reads until EOF, an error or `timeout` from now, keeping at most
-/// [`RAW_READ_MAX_BYTES`].
+/// `RAW_READ_MAX_BYTES`.
 pub fn read_until_closed(stream: &mut TcpStream, timeout: Duration) -> Vec<u8> {
     let deadline = Instant::now() + timeout;
     let mut bytes = Vec::new();
