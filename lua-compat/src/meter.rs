@@ -60,7 +60,7 @@ pub enum MeterOutcome {
     },
     /// An earlier call with the same hold id got there first; nothing changed.
     Duplicate {
-        /// The state that earlier call left the hold in (posted, voided or expired).
+        /// The state that earlier call left the hold in (posted or voided).
         first_state: HoldState,
     },
     /// The hold id was used for other usage of the customer (another credit type or
@@ -97,9 +97,10 @@ pub enum MeterError {
 /// same amount.
 ///
 /// `reserve.force` is set whatever the caller passed. The hold id makes it idempotent: a
-/// replay of a posted, voided or expired hold changes nothing and answers
+/// replay of a posted or voided hold changes nothing and answers
 /// [`MeterOutcome::Duplicate`]; a first attempt that reserved but never settled (the caller
-/// stopped between the two calls) is settled now.
+/// stopped between the two calls, or its settle failed) is settled now, and one whose hold
+/// expired meanwhile is burned late (`posted_late`), so a retry always posts the usage.
 pub async fn force_reserve_then_settle(
     store: &dyn CreditStore,
     reserve: &ReserveRequest,
@@ -110,11 +111,17 @@ pub async fn force_reserve_then_settle(
     };
     let over_limit = match store.reserve(&forced).await? {
         ReserveOutcome::Placed { hold, .. } => hold.over_limit,
-        ReserveOutcome::Replay { state, .. } if state != HoldState::Pending => {
+        // A first attempt reserved but never settled (the caller stopped, or its settle
+        // failed): finish it now. If the hold expired meanwhile, the settle burns it late,
+        // so usage that happened is never dropped because a settle failed once.
+        ReserveOutcome::Replay {
+            state: HoldState::Pending | HoldState::Expired,
+            hold,
+            ..
+        } => hold.over_limit,
+        ReserveOutcome::Replay { state, .. } => {
             return Ok(MeterOutcome::Duplicate { first_state: state });
         }
-        // A first attempt reserved but never settled: finish it now.
-        ReserveOutcome::Replay { hold, .. } => hold.over_limit,
         ReserveOutcome::Conflict {
             first_credit_type,
             first_amount,
@@ -272,6 +279,49 @@ mod tests {
         assert!(
             matches!(outcome, MeterOutcome::Posted { posted: 30, .. }),
             "{outcome:?}"
+        );
+        assert_eq!(available(&store, "acme").await, 70);
+    }
+
+    #[tokio::test]
+    async fn a_first_attempt_whose_hold_expired_is_burned_late_once() {
+        let store = store_with_credits("acme", 100).await;
+        let req = usage("acme", "job-1", 30);
+        // The first attempt reserved, its settle failed, and the hold expired.
+        store
+            .reserve(&ReserveRequest {
+                force: true,
+                ttl_ms: 1,
+                ..req.clone()
+            })
+            .await
+            .expect("reserve");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let hold = HoldRef {
+            customer: "acme".into(),
+            hold_id: req.hold_id.clone(),
+        };
+        let expired = store.expire_hold(&hold).await.expect("expire");
+        assert!(
+            matches!(expired, ResolveOutcome::Expired { .. }),
+            "{expired:?}"
+        );
+
+        let retry = force_reserve_then_settle(&store, &req)
+            .await
+            .expect("retry");
+        assert!(
+            matches!(retry, MeterOutcome::Posted { posted: 30, .. }),
+            "{retry:?}"
+        );
+        let again = force_reserve_then_settle(&store, &req)
+            .await
+            .expect("again");
+        assert_eq!(
+            again,
+            MeterOutcome::Duplicate {
+                first_state: HoldState::Posted
+            }
         );
         assert_eq!(available(&store, "acme").await, 70);
     }
