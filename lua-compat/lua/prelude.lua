@@ -246,8 +246,29 @@ local function release(grants_key, balance_key, expiry_key, customer, h, post)
   return burns, od_burn, returned, od_back, breakage, returned_total + od_back
 end
 
+-- Every event also moves its customer's position: the stream id of the customer's newest
+-- event, in the shard's positions hash (the events key with ':positions' appended, so it
+-- shares the shard's hash slot). restore compares it with the last position the ledger
+-- recorded, so a rebuild never runs while the ledger still lacks one of the customer's
+-- events. Field '#last' is the shard's newest event, for rollback detection.
 local function xadd(events_key, fields)
-  redis.call('XADD', events_key, '*', unpack(fields))
+  local id = redis.call('XADD', events_key, '*', unpack(fields))
+  local positions = events_key .. ':positions'
+  for i = 1, #fields - 1, 2 do
+    if fields[i] == 'customer' then
+      redis.call('HSET', positions, fields[i + 1], id, '#last', id)
+      break
+    end
+  end
+end
+
+-- Stream ids ('<ms>-<seq>') compared as the pairs of integers they are.
+local function stream_id_after(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  if am ~= bm then return am > bm end
+  return as > bs
 end
 
 -- Marks a resolved hold and lets its record live for the retention period, so retries

@@ -1,14 +1,23 @@
 -- restore: replaces one customer's grants, balances and applied-grant ids with the state
 -- the sidecar rebuilt from its ledger (after Redis lost data, or to repair drift). Refuses
 -- while the customer has pending holds, whose credits the rebuilt state could not account
--- for. Emits no event: it reconstructs state the ledger already has.
--- KEYS: 1 grants, 2 balance, 3 applied, 4 grant_expiry, 5 deadlines
--- ARGV: 1 customer, 2 n_grants, then per grant: id, type, remaining, priority, expires_at,
---       cost_basis, created; then n_debts, per type: type, debt; then n_applied, per
---       applied grant: id, type, amount
+-- for, and while the customer has an event newer than the last one the ledger recorded
+-- (the fence: the rebuilt state would hand back a burn the ledger has not seen yet).
+-- Emits no event: it reconstructs state the ledger already has.
+-- KEYS: 1 grants, 2 balance, 3 applied, 4 grant_expiry, 5 deadlines, 6 positions
+-- ARGV: 1 customer, 2 ledger position (stream id of the customer's newest event the ledger
+--       recorded from this shard, '0-0' for none), 3 n_grants, then per grant: id, type,
+--       remaining, priority, expires_at, cost_basis, created; then n_debts, per type: type,
+--       debt; then n_applied, per applied grant: id, type, amount
 -- Reply: {'restored', at, n_grants} | {'busy', at, n_pending_holds}
+--      | {'behind', at, redis_position}
 local customer, e1 = id_arg(1, 'customer')
 if e1 then return redis.error_reply(e1) end
+local ledger_position = ARGV[2]
+if ledger_position == nil or not string.find(ledger_position, '^%d+%-%d+$') then
+  return redis.error_reply('CG_BADARG ledger_position must be a stream id <ms>-<seq>, got "'
+    .. tostring(ledger_position) .. '"')
+end
 
 local now = now_ms()
 local prefix = customer .. '/'
@@ -17,9 +26,13 @@ for _, member in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
   if string.sub(member, 1, #prefix) == prefix then pending = pending + 1 end
 end
 if pending > 0 then return { 'busy', now, pending } end
+local position = redis.call('HGET', KEYS[6], customer)
+if position and stream_id_after(position, ledger_position) then
+  return { 'behind', now, position }
+end
 
 -- Parse everything before writing anything.
-local i = 2
+local i = 3
 local function next_arg() i = i + 1; return ARGV[i - 1] end
 local function next_int(name)
   local v = tonumber(next_arg())

@@ -98,6 +98,13 @@ impl Keyspace {
         self.shard_key(shard, "events")
     }
 
+    /// A shard's positions hash: per customer, the stream id of the customer's newest
+    /// event, and `#last`, the shard's newest event. Every event-writing script updates it
+    /// (the key is the events key with `:positions` appended, so the scripts derive it).
+    pub fn positions(&self, shard: Shard) -> String {
+        format!("{}:positions", self.events(shard))
+    }
+
     /// A shard's generation marker: set once by the sidecar; its absence means Redis lost
     /// the shard's data and the sidecar must rebuild it from the ledger.
     pub fn generation(&self, shard: Shard) -> String {

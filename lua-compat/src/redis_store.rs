@@ -128,6 +128,12 @@ fn bad_id(field: &'static str, id: &str) -> Result<(), StoreError> {
     validate_id(field, id).map_err(|message| InvalidArgument { field, message }.into())
 }
 
+/// Whether `id` reads as a stream entry id `<ms>-<seq>`.
+fn is_stream_id(id: &str) -> bool {
+    id.split_once('-')
+        .is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok())
+}
+
 impl RedisStore {
     /// Connects, loads every script and checks the server answers.
     pub async fn connect(
@@ -257,7 +263,19 @@ impl RedisStore {
             bad_id("credit_type", &g.credit_type)?;
         }
         let k = self.keyspace.customer(&state.customer);
-        let mut args = vec![state.customer.clone(), state.grants.len().to_string()];
+        let ledger_position = state.ledger_position.as_deref().unwrap_or("0-0");
+        if !is_stream_id(ledger_position) {
+            return Err(InvalidArgument {
+                field: "ledger_position",
+                message: format!("must be a stream id <ms>-<seq>, got {ledger_position:?}"),
+            }
+            .into());
+        }
+        let mut args = vec![
+            state.customer.clone(),
+            ledger_position.to_string(),
+            state.grants.len().to_string(),
+        ];
         for g in &state.grants {
             args.extend([
                 g.grant_id.clone(),
@@ -283,8 +301,20 @@ impl RedisStore {
             &*k.applied,
             &*k.grant_expiry,
             &*k.deadlines,
+            &self.keyspace.positions(k.shard),
         ];
         decode_restore(self.eval(&SCRIPTS.restore, &keys, &args).await?)
+    }
+
+    /// The stream id of `customer`'s newest event in Redis (the positions hash), if any.
+    pub async fn position(&self, customer: &str) -> Result<Option<String>, StoreError> {
+        bad_id("customer", customer)?;
+        let key = self.keyspace.positions(self.keyspace.shard_of(customer));
+        let mut conn = self.conn.clone();
+        self.with_timeout("position", async move {
+            conn.query(redis::cmd("HGET").arg(&key).arg(customer)).await
+        })
+        .await
     }
 
     /// How many times a `NOSCRIPT` reply made this client reload a script.

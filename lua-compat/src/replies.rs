@@ -312,6 +312,10 @@ pub(crate) fn decode_restore(v: Value) -> Result<RestoreOutcome, StoreError> {
             at_ms,
             pending_holds: r.uint(2)?,
         },
+        "behind" => RestoreOutcome::Behind {
+            at_ms,
+            redis_position: r.str(2)?,
+        },
         _ => return Err(r.bad(0, "a restore status")),
     })
 }

@@ -740,6 +740,10 @@ pub struct RestoreState {
     /// Every grant ever applied (id, credit type, amount), so a redelivered grant stays a
     /// duplicate.
     pub applied: Vec<(String, String, u64)>,
+    /// The stream id (`<ms>-<seq>`) of the customer's newest event the ledger recorded
+    /// from the customer's shard; `None` when it recorded none. The fence: restore refuses
+    /// while Redis has a newer event of the customer.
+    pub ledger_position: Option<String>,
 }
 
 /// One live grant in a [`RestoreState`].
@@ -777,5 +781,13 @@ pub enum RestoreOutcome {
         at_ms: u64,
         /// Pending holds found.
         pending_holds: u64,
+    },
+    /// Redis has an event of the customer newer than the ledger's position (the writer
+    /// has not recorded it yet); nothing changed. Retry once the writer caught up.
+    Behind {
+        /// Store time.
+        at_ms: u64,
+        /// Stream id of the customer's newest event in Redis.
+        redis_position: String,
     },
 }

@@ -53,6 +53,25 @@ fn settle(customer: &str, hold_id: &str, actual: u64) -> SettleRequest {
     }
 }
 
+/// The stream id of the newest entry of a shard's stream (default key space).
+async fn newest_stream_id(server: &RedisServer, shard: creditgate_protocol::Shard) -> String {
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(Keyspace::default().events(shard))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .expect("XREVRANGE");
+    newest.ids[0].id.clone()
+}
+
 async fn connect(server: &RedisServer) -> RedisStore {
     RedisStore::connect(
         &RedisTarget::Single(server.url()),
@@ -455,6 +474,7 @@ async fn restore_replaces_a_customers_state_and_refuses_while_holds_are_pending(
             ("g1".into(), "api".into(), 9),
             ("g2".into(), "api".into(), 5),
         ],
+        ledger_position: None,
     };
     let busy = store.restore(&state).await.unwrap();
     assert!(
@@ -474,6 +494,25 @@ async fn restore_replaces_a_customers_state_and_refuses_while_holds_are_pending(
         })
         .await
         .unwrap();
+    // The fence: the ledger has recorded none of acme's events, so restoring would count
+    // state the ledger lacks.
+    let behind = store.restore(&state).await.unwrap();
+    let newest = newest_stream_id(&server, store.keyspace().shard_of("acme")).await;
+    assert_eq!(
+        behind,
+        RestoreOutcome::Behind {
+            at_ms: match behind {
+                RestoreOutcome::Behind { at_ms, .. } => at_ms,
+                _ => 0,
+            },
+            redis_position: newest.clone(),
+        }
+    );
+    // Once the ledger's position reaches acme's newest event, restore goes ahead.
+    let state = RestoreState {
+        ledger_position: Some(newest),
+        ..state
+    };
     let restored = store.restore(&state).await.unwrap();
     assert!(
         matches!(restored, RestoreOutcome::Restored { grants: 2, .. }),

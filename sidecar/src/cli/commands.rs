@@ -15,7 +15,10 @@ use crate::jobs::config_publisher::{ConfigPublisher, FLEET_STATUS_MS, refresh_fl
 use crate::jobs::daemon::{SharedPricing, Sidecar};
 use crate::jobs::fleet_metrics::FleetMetrics;
 use crate::jobs::outbox::{Issued, issue_grant};
-use crate::jobs::reconcile::{Rebuilt, compare, rebuild_customer};
+use crate::jobs::reconcile::{
+    REPAIR_CONFIRM_MS, Rebuilt, ReconcileReport, compare, confirmed_drifts, rebuild_customer,
+    with_positions,
+};
 use crate::jobs::writer::LedgerWriter;
 use crate::ledger::{GrantRecord, RecordGrantOutcome, now_ms};
 use crate::metrics::SidecarMetrics;
@@ -300,7 +303,12 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<String> {
     );
     writer.prepare().await?;
     writer.drain().await?;
-    let report = compare(ledger.as_ref(), redis.as_ref()).await?;
+    let report = with_positions(
+        ledger.as_ref(),
+        redis.as_ref(),
+        compare(ledger.as_ref(), redis.as_ref()).await?,
+    )
+    .await?;
     let mut out = format!(
         "{} customer/credit type pairs compared, {} drifted\n",
         report.compared,
@@ -312,19 +320,45 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<String> {
             d.customer, d.credit_type, d.ledger_total, d.ledger_held, d.redis_total, d.redis_held
         ));
     }
-    if args.repair {
-        let mut customers: Vec<&str> = report.drifts.iter().map(|d| d.customer.as_str()).collect();
-        customers.dedup();
-        for customer in customers {
-            match rebuild_customer(ledger.as_ref(), redis.as_ref(), customer).await? {
-                Rebuilt::Restored { grants, voided } => out.push_str(&format!(
-                    "  rebuilt {customer}: {grants} grants, {voided} lost holds voided\n"
-                )),
-                Rebuilt::Busy { pending_holds } => out.push_str(&format!(
-                    "  {customer} not rebuilt: {pending_holds} holds pending in Redis; run again once they are resolved\n"
-                )),
+    if args.repair && !report.drifts.is_empty() {
+        out.push_str(&repair_confirmed(&writer, ledger.as_ref(), redis.as_ref(), &report).await?);
+    }
+    Ok(out)
+}
+
+/// Looks a second time after [`REPAIR_CONFIRM_MS`] and rebuilds only the customers whose
+/// drift both looks saw with the same figures at the same positions.
+async fn repair_confirmed(
+    writer: &LedgerWriter,
+    ledger: &dyn crate::ledger::Ledger,
+    redis: &creditgate_protocol::RedisStore,
+    first: &ReconcileReport,
+) -> anyhow::Result<String> {
+    tokio::time::sleep(std::time::Duration::from_millis(REPAIR_CONFIRM_MS)).await;
+    writer.drain().await?;
+    let second = with_positions(ledger, redis, compare(ledger, redis).await?).await?;
+    let confirmed = confirmed_drifts(first, &second);
+    let mut out = String::new();
+    for d in first.drifts.iter().filter(|d| !confirmed.contains(d)) {
+        out.push_str(&format!(
+            "  {} {}: changed between two looks (events in flight); not repaired\n",
+            d.customer, d.credit_type
+        ));
+    }
+    let mut customers: Vec<&str> = confirmed.iter().map(|d| d.customer.as_str()).collect();
+    customers.dedup();
+    for customer in customers {
+        out.push_str(&match rebuild_customer(ledger, redis, customer).await? {
+            Rebuilt::Restored { grants, voided } => {
+                format!("  rebuilt {customer}: {grants} grants, {voided} lost holds voided\n")
             }
-        }
+            Rebuilt::Busy { pending_holds } => format!(
+                "  {customer} not rebuilt: {pending_holds} holds pending in Redis; run again once they are resolved\n"
+            ),
+            Rebuilt::Behind { redis_position, .. } => format!(
+                "  {customer} not rebuilt: the ledger has not recorded its event {redis_position} yet; run again\n"
+            ),
+        });
     }
     Ok(out)
 }

@@ -26,6 +26,18 @@ use crate::ledger::{EntryKind, EntryQuery, Ledger, LedgerEntries, LedgerError, N
 /// range every backend stores as a signed 64-bit number).
 const FOLD_EVERYTHING_MS: u64 = u64::MAX >> 12;
 
+/// How many times a rebuild offers its restore while the ledger lags Redis (the fence
+/// refuses): a healthy writer records a shard's in-flight events within a few batches, so
+/// five tries 200 ms apart cover it; past that the caller retries on its next pass.
+pub const RESTORE_ATTEMPTS: u32 = 5;
+
+/// How long a rebuild waits between two fenced restore attempts, in milliseconds.
+pub const RESTORE_RETRY_MS: u64 = 200;
+
+/// How long `reconcile --repair` waits between its two looks, in milliseconds: long
+/// enough for the writer to record what was in flight at the first look.
+pub const REPAIR_CONFIRM_MS: u64 = 2_000;
+
 /// What the reconciler needs of the store beyond the protocol's [`CreditStore`]: the
 /// Redis-only operations that rebuild a shard which lost its data. The reference model
 /// never loses its data and has neither; tests supply their own.
@@ -39,6 +51,8 @@ pub trait RebuildStore: CreditStore {
     async fn generation(&self, shard: Shard) -> Result<Option<String>, StoreError>;
     /// Sets a shard's generation marker if it is missing; returns whether it was set now.
     async fn init_generation(&self, shard: Shard, generation: &str) -> Result<bool, StoreError>;
+    /// The stream id (`<ms>-<seq>`) of the customer's newest event in the store, if any.
+    async fn position(&self, customer: &str) -> Result<Option<String>, StoreError>;
 }
 
 #[async_trait]
@@ -57,6 +71,10 @@ impl RebuildStore for RedisStore {
 
     async fn init_generation(&self, shard: Shard, generation: &str) -> Result<bool, StoreError> {
         RedisStore::init_generation(self, shard, generation).await
+    }
+
+    async fn position(&self, customer: &str) -> Result<Option<String>, StoreError> {
+        RedisStore::position(self, customer).await
     }
 }
 
@@ -86,6 +104,11 @@ pub struct Drift {
     pub ledger_held: i64,
     /// Redis held.
     pub redis_held: i64,
+    /// Stream id of the customer's newest event in Redis, once [`with_positions`] looked.
+    pub redis_position: Option<String>,
+    /// Stream id of the customer's newest event the ledger recorded from its shard, once
+    /// [`with_positions`] looked.
+    pub ledger_position: Option<String>,
 }
 
 impl Drift {
@@ -133,11 +156,69 @@ pub async fn compare(
                     redis_total,
                     ledger_held,
                     redis_held,
+                    redis_position: None,
+                    ledger_position: None,
                 });
             }
         }
     }
     Ok(report)
+}
+
+/// Fills in both stores' positions of each drifted customer, so two looks can tell a
+/// standing difference from events in flight.
+pub async fn with_positions(
+    ledger: &dyn LedgerEntries,
+    store: &dyn RebuildStore,
+    mut report: ReconcileReport,
+) -> Result<ReconcileReport, ReconcileError> {
+    for d in &mut report.drifts {
+        let shard = store.keyspace().shard_of(&d.customer);
+        d.redis_position = store.position(&d.customer).await?;
+        d.ledger_position = ledger_position(ledger, &d.customer, shard).await?;
+    }
+    Ok(report)
+}
+
+/// The drifts of `second` that `first` saw too, with the same figures at the same
+/// positions in both stores: the only ones a repair acts on. A difference that moved, or
+/// whose positions moved between the looks, is events in flight, not drift.
+pub fn confirmed_drifts(first: &ReconcileReport, second: &ReconcileReport) -> Vec<Drift> {
+    second
+        .drifts
+        .iter()
+        .filter(|d| first.drifts.contains(d))
+        .cloned()
+        .collect()
+}
+
+/// A stream id `<ms>-<seq>` as the pair of integers it orders by.
+fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The stream id of the customer's newest event the ledger recorded from `shard`, if any:
+/// the fence the restore script compares with the customer's newest event in Redis.
+async fn ledger_position(
+    ledger: &dyn LedgerEntries,
+    customer: &str,
+    shard: Shard,
+) -> Result<Option<String>, ReconcileError> {
+    let entries = ledger
+        .entries(&EntryQuery {
+            customer: Some(customer.to_string()),
+            seq_order: true,
+            ..EntryQuery::default()
+        })
+        .await?;
+    Ok(entries
+        .iter()
+        .filter(|e| e.entry.shard == shard.0)
+        .filter_map(|e| e.entry.stream_id.as_deref())
+        .filter_map(|id| Some((parse_stream_id(id)?, id)))
+        .max_by_key(|(key, _)| *key)
+        .map(|(_, id)| id.to_string()))
 }
 
 /// What rebuilding one customer did.
@@ -156,6 +237,14 @@ pub enum Rebuilt {
         /// Pending holds in Redis.
         pending_holds: u64,
     },
+    /// Redis still had an event of the customer the ledger had not recorded after every
+    /// attempt (the fence); nothing changed (try again once the writer caught up).
+    Behind {
+        /// Stream id of the customer's newest event in Redis.
+        redis_position: String,
+        /// Stream id of the customer's newest event in the ledger.
+        ledger_position: Option<String>,
+    },
 }
 
 /// Rebuilds one customer's Redis state from the ledger.
@@ -164,6 +253,11 @@ pub enum Rebuilt {
 /// in the ledger: their gateways' settles will find no hold, so those requests go
 /// uncharged, and their credits return. Then the customer's live grants, debts and applied
 /// grant ids replace whatever Redis holds.
+///
+/// Fenced: the restore is refused while Redis has an event of the customer newer than
+/// the newest the ledger recorded (a burn the writer has not written would be handed
+/// back). The rebuild then waits for the writer and tries again, [`RESTORE_ATTEMPTS`]
+/// times, reading the ledger afresh each time.
 pub async fn rebuild_customer(
     ledger: &dyn LedgerEntries,
     store: &dyn RebuildStore,
@@ -172,17 +266,34 @@ pub async fn rebuild_customer(
     let lost = holds_the_store_lost(ledger, store, customer).await?;
     let shard = store.keyspace().shard_of(customer);
     let voided = void_in_ledger(ledger, shard, customer, lost).await?;
-    let state = restore_state(ledger, customer).await?;
-    Ok(match store.restore(&state).await? {
-        RestoreOutcome::Restored { grants, .. } => {
-            info!(
-                customer,
-                grants, voided, "rebuilt the customer's Redis state from the ledger"
-            );
-            Rebuilt::Restored { grants, voided }
+    let mut attempt = 1;
+    loop {
+        let state = restore_state(ledger, customer, shard).await?;
+        match store.restore(&state).await? {
+            RestoreOutcome::Restored { grants, .. } => {
+                info!(
+                    customer,
+                    grants, voided, "rebuilt the customer's Redis state from the ledger"
+                );
+                return Ok(Rebuilt::Restored { grants, voided });
+            }
+            RestoreOutcome::Busy { pending_holds, .. } => {
+                return Ok(Rebuilt::Busy { pending_holds });
+            }
+            RestoreOutcome::Behind { redis_position, .. } if attempt >= RESTORE_ATTEMPTS => {
+                warn!(customer, redis_position, ledger_position = ?state.ledger_position,
+                    "not rebuilt: the ledger has not recorded the customer's newest event yet");
+                return Ok(Rebuilt::Behind {
+                    redis_position,
+                    ledger_position: state.ledger_position,
+                });
+            }
+            RestoreOutcome::Behind { .. } => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(RESTORE_RETRY_MS)).await;
+            }
         }
-        RestoreOutcome::Busy { pending_holds, .. } => Rebuilt::Busy { pending_holds },
-    })
+    }
 }
 
 /// The void events of the holds the ledger has as pending for `customer` and the store no
@@ -294,7 +405,11 @@ struct GrantTerms {
 async fn restore_state(
     ledger: &dyn LedgerEntries,
     customer: &str,
+    shard: Shard,
 ) -> Result<RestoreState, ReconcileError> {
+    // Read before the fold: an event recorded in between is then in the fold and the
+    // position only understates what the ledger has, which errs towards refusing.
+    let ledger_position = ledger_position(ledger, customer, shard).await?;
     let balance = ledger.balance_at(customer, FOLD_EVERYTHING_MS).await?;
     let added = ledger
         .entries(&EntryQuery {
@@ -362,6 +477,7 @@ async fn restore_state(
         grants,
         debts,
         applied,
+        ledger_position,
     })
 }
 
@@ -498,6 +614,34 @@ mod tests {
         fn restored(&self) -> Vec<RestoreState> {
             self.restored.lock().expect("lock").clone()
         }
+
+        /// The customer's newest event as the stream id the fixtures give it.
+        fn position_of(&self, customer: &str) -> Option<String> {
+            let shard = self.keyspace.shard_of(customer);
+            let events = self.model.events(shard);
+            let newest = events.iter().rposition(|e| e.customer == customer)?;
+            Some(model_stream_id(newest))
+        }
+    }
+
+    /// The stream id the fixtures give the `index`-th event of a shard's stream.
+    fn model_stream_id(index: usize) -> String {
+        format!("{}-0", index + 1)
+    }
+
+    /// Appends the events of `store` to `ledger` as the writer would, with their stream
+    /// ids, leaving out the newest `lag` events of each shard (not written yet).
+    async fn record_with_positions(ledger: &dyn Ledger, store: &MemoryStore, lag: usize) {
+        let mut entries = Vec::new();
+        for shard in keyspace().all_shards() {
+            let events = store.events(shard);
+            let written = events.len().saturating_sub(lag);
+            for (i, event) in events.iter().enumerate().take(written) {
+                let id = Some(model_stream_id(i));
+                entries.push(NewEntry::from_event(event, shard.0, id).expect("entry"));
+            }
+        }
+        ledger.append_batch(&entries).await.expect("append");
     }
 
     #[async_trait]
@@ -569,6 +713,16 @@ mod tests {
                     pending_holds: held,
                 });
             }
+            // The script's fence.
+            let ledger_at = state.ledger_position.as_deref().and_then(parse_stream_id);
+            if let Some(newest) = self.position_of(&state.customer)
+                && parse_stream_id(&newest) > ledger_at
+            {
+                return Ok(RestoreOutcome::Behind {
+                    at_ms: 0,
+                    redis_position: newest,
+                });
+            }
             self.restored.lock().expect("lock").push(state.clone());
             Ok(RestoreOutcome::Restored {
                 at_ms: 0,
@@ -596,6 +750,10 @@ mod tests {
             }
             markers.insert(shard.0, generation.to_string());
             Ok(true)
+        }
+
+        async fn position(&self, customer: &str) -> Result<Option<String>, StoreError> {
+            Ok(self.position_of(customer))
         }
     }
 
@@ -629,6 +787,8 @@ mod tests {
                 redis_total: 0,
                 ledger_held: 10,
                 redis_held: 0,
+                redis_position: None,
+                ledger_position: None,
             }]
         );
     }
@@ -716,5 +876,86 @@ mod tests {
             let recorded = t.ledger.redis_generation(shard.0).await.expect("marker");
             assert_eq!(recorded.as_deref(), Some("gen-2"));
         }
+    }
+
+    /// acme: 100 granted (g1), hold h1 of 30 placed and posted at 20: nothing pending.
+    async fn acme_posted() -> MemoryStore {
+        let store = MemoryStore::new(keyspace());
+        grant(&store, "acme", "g1", 100).await;
+        reserve(&store, "acme", "h1", 30).await;
+        settle(&store, "acme", "h1", 20).await;
+        store
+    }
+
+    #[tokio::test]
+    async fn a_restore_while_the_ledger_lags_refuses_until_the_writer_catches_up() {
+        let t = temp_ledger().await;
+        // Redis posted h1's burn; the writer has not recorded that event yet.
+        let redis = ModelRedis::new(acme_posted().await);
+        record_with_positions(t.ledger.as_ref(), &redis.model, 1).await;
+
+        let refused = rebuild_customer(t.ledger.as_ref(), &redis, "acme")
+            .await
+            .expect("rebuild");
+
+        // Restoring now would hand the 20 burned back (the ledger still has 30 held).
+        assert_eq!(
+            refused,
+            Rebuilt::Behind {
+                redis_position: model_stream_id(2),
+                ledger_position: Some(model_stream_id(1)),
+            }
+        );
+        assert!(redis.restored().is_empty());
+
+        // The writer catches up: the restore goes ahead with the burn counted.
+        let t = temp_ledger().await;
+        record_with_positions(t.ledger.as_ref(), &redis.model, 0).await;
+        let rebuilt = rebuild_customer(t.ledger.as_ref(), &redis, "acme")
+            .await
+            .expect("rebuild");
+        assert_eq!(
+            rebuilt,
+            Rebuilt::Restored {
+                grants: 1,
+                voided: 0
+            }
+        );
+        let [state] = redis.restored().try_into().expect("one restore");
+        assert_eq!(state.ledger_position, Some(model_stream_id(2)));
+        assert_eq!(state.grants[0].remaining, 80);
+    }
+
+    #[tokio::test]
+    async fn repair_ignores_drift_seen_once() {
+        let t = temp_ledger().await;
+        let redis = ModelRedis::new(acme_posted().await);
+        // First look: the posted burn is still in flight, so Redis and the ledger differ.
+        record_with_positions(t.ledger.as_ref(), &redis.model, 1).await;
+        let look = || async {
+            let report = compare(t.ledger.as_ref(), &redis).await.expect("compare");
+            with_positions(t.ledger.as_ref(), &redis, report)
+                .await
+                .expect("positions")
+        };
+        let first = look().await;
+        assert_eq!(first.drifts.len(), 1, "{first:?}");
+        let drift = &first.drifts[0];
+        assert_eq!(drift.redis_position, Some(model_stream_id(2)));
+        assert_eq!(drift.ledger_position, Some(model_stream_id(1)));
+
+        // The same difference at the same positions is confirmed.
+        assert_eq!(confirmed_drifts(&first, &look().await), first.drifts);
+
+        // Once the writer recorded the burn, the difference is gone: nothing to repair.
+        let last = &redis.model.events(keyspace().shard_of("acme"))[2];
+        let entry = NewEntry::from_event(
+            last,
+            keyspace().shard_of("acme").0,
+            Some(model_stream_id(2)),
+        )
+        .expect("entry");
+        t.ledger.append_batch(&[entry]).await.expect("append");
+        assert!(confirmed_drifts(&first, &look().await).is_empty());
     }
 }
