@@ -1477,3 +1477,56 @@ fn keys_issued_or_revoked_while_redis_is_down_converge_when_it_is_back() {
     thread::sleep(Duration::from_millis(GATEWAY_KEY_TTL_MS + 100));
     assert_eq!(search(&client, &gateway, &old_key), 401);
 }
+
+/// Every byte of the SQLite ledger's files (database, WAL, shared memory) as text, lossily.
+fn sqlite_file_bytes(h: &AdminHarness) -> Vec<u8> {
+    let creditgate_testkit::LedgerTarget::Sqlite(path) = &h.target else {
+        panic!("an SQLite ledger");
+    };
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        if let Ok(b) = std::fs::read(&name) {
+            bytes.extend_from_slice(&b);
+        }
+    }
+    assert!(!bytes.is_empty(), "the ledger file exists");
+    bytes
+}
+
+/// A new API key's plaintext is in its creation answer only: a replay with the same
+/// `Idempotency-Key` names the key without it, and no byte of the ledger database holds it.
+#[test]
+fn an_api_keys_plaintext_is_never_at_rest() {
+    let h = AdminHarness::start(Backend::Sqlite);
+    h.create_customer("acme", None);
+    let idem = key();
+    let path = "/v1/admin/customers/acme/api-keys";
+    let first = h.call(Some("billing"), "POST", path, Some(&idem), Some(&json!({})));
+    assert_eq!(first.status, 201, "{first:?}");
+    let plaintext = first.json()["api_key"]
+        .as_str()
+        .expect("the key")
+        .to_string();
+    assert!(plaintext.starts_with("cgk_"), "{first:?}");
+    assert_eq!(first.json()["api_key_shown"], true);
+
+    let replay = h.call(Some("billing"), "POST", path, Some(&idem), Some(&json!({})));
+    assert_eq!(replay.status, 201, "{replay:?}");
+    let replayed = replay.json();
+    assert_eq!(replayed["api_key"], Value::Null, "{replay:?}");
+    assert_eq!(replayed["api_key_shown"], false);
+    assert!(replayed["message"].as_str().unwrap().contains("shown once"));
+    assert_eq!(replayed["key_id"], first.json()["key_id"]);
+    assert!(!replay.body.contains(&plaintext));
+
+    let bytes = sqlite_file_bytes(&h);
+    let found = bytes
+        .windows(plaintext.len())
+        .any(|w| w == plaintext.as_bytes());
+    assert!(!found, "the plaintext key is stored in the ledger database");
+    // The hash is stored, so the scan reads the tables it should.
+    let hash = sha256_hex(&plaintext);
+    assert!(bytes.windows(hash.len()).any(|w| w == hash.as_bytes()));
+}

@@ -1,6 +1,7 @@
 //! Customers, their plan and their API keys. A key's plaintext is returned once, at
 //! creation; only its SHA-256 hash is kept, in the ledger database and, for the gateways,
-//! in Redis ([`super::key_sync`]). Nothing here grants credits.
+//! in Redis ([`super::key_sync`]); a replay of the creation answers without the key
+//! ([`without_plaintext_key`]). Nothing here grants credits.
 
 use axum::http::StatusCode;
 use serde_json::json;
@@ -191,11 +192,31 @@ pub async fn create_api_key(
         let published = key_sync::publish(st, &hash, customer).await;
         Ok(reply(
             StatusCode::CREATED,
-            &json!({"customer": customer, "key_id": key_id, "api_key": key,
+            &json!({"customer": customer, "key_id": key_id, "api_key": key, "api_key_shown": true,
                     "created_by": caller.name, "created_at_ms": now, "published": published}),
         ))
     })
     .await
+}
+
+/// Why a replayed key creation carries no key, in its answer.
+pub const API_KEY_SHOWN_ONCE: &str = "the key's plaintext was shown once, in the first answer, and is not stored; \
+     if it was lost, revoke this key and create another";
+
+/// The copy of a key creation's answer kept for `Idempotency-Key` replays: the plaintext
+/// replaced by null, `api_key_shown: false` and [`API_KEY_SHOWN_ONCE`]. Only the key's
+/// hash is ever at rest; a body that is not a JSON object is kept as it is (it carries no
+/// key: only the success answer does).
+pub fn without_plaintext_key(body: &[u8]) -> Vec<u8> {
+    let Ok(serde_json::Value::Object(mut answer)) = serde_json::from_slice(body) else {
+        return body.to_vec();
+    };
+    if answer.contains_key("api_key") {
+        answer.insert("api_key".into(), serde_json::Value::Null);
+        answer.insert("api_key_shown".into(), false.into());
+        answer.insert("message".into(), API_KEY_SHOWN_ONCE.into());
+    }
+    serde_json::to_vec(&answer).unwrap_or_default()
 }
 
 /// `POST /v1/admin/customers/{customer}/api-keys/{key_id}/revoke`.

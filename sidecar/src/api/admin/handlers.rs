@@ -126,10 +126,23 @@ pub async fn create_api_key(
     Path(customer): Path<String>,
     call: Call,
 ) -> Response {
-    once(&st, &caller, &call, |_| {
-        customers::create_api_key(&st, &caller, &customer, &call.body)
-    })
-    .await
+    // The answer shows the key once; the copy kept for replays has no plaintext.
+    let fingerprint = [
+        call.method.as_str().as_bytes(),
+        call.path.as_bytes(),
+        &call.body,
+    ];
+    let reply = idempotency::once_kept_as(
+        &st.db,
+        &caller.name,
+        &call.headers,
+        &fingerprint,
+        now_ms(),
+        |_| customers::create_api_key(&st, &caller, &customer, &call.body),
+        customers::without_plaintext_key,
+    )
+    .await;
+    json_response(reply)
 }
 
 /// `POST /v1/admin/customers/{customer}/api-keys/{key_id}/revoke`: revokes one.

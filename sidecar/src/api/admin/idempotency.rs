@@ -125,6 +125,28 @@ where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = Reply>,
 {
+    once_kept_as(db, actor, headers, request, now_ms, op, |body| {
+        body.to_vec()
+    })
+    .await
+}
+
+/// Like [`once`], but what is kept for replays is `kept_as` of the answer's body: a call
+/// whose answer carries a secret (a new API key's plaintext) keeps a copy without it, so
+/// the secret is never at rest and a replay answers without it.
+pub async fn once_kept_as<F, Fut>(
+    db: &AdminDb,
+    actor: &str,
+    headers: &HeaderMap,
+    request: &[&[u8]],
+    now_ms: u64,
+    op: F,
+    kept_as: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> Reply
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Reply>,
+{
     let key = match key_of(headers) {
         Ok(k) => k,
         Err(e) => return e.into(),
@@ -140,7 +162,7 @@ where
         return answer;
     }
     let (status, body) = op(call_id_of(actor, &key)).await;
-    claim.keep(status, &body).await;
+    claim.keep(status, &kept_as(&body)).await;
     (status, body)
 }
 
