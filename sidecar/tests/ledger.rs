@@ -69,7 +69,7 @@ async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.db");
     let ledger = SqliteLedger::open(&path).await.unwrap();
-    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 3, 4, 5, 6, 7, 9]);
     Backend {
         ledger: Box::new(ledger),
         raw: Raw::Sqlite(path),
@@ -83,7 +83,7 @@ async fn postgres() -> Backend {
         .unwrap()
         .expect("postgres starts");
     let ledger = PostgresLedger::connect(&pg.url()).await.unwrap();
-    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(ledger.migrate().await.unwrap(), vec![1, 2, 3, 4, 5, 6, 7, 9]);
     Backend {
         ledger: Box::new(ledger),
         raw: Raw::Postgres(Arc::new(pg)),
@@ -528,7 +528,7 @@ async fn migrations_run_twice_are_a_no_op(b: &Backend) {
     assert_eq!(l.migrate().await.unwrap(), Vec::<i64>::new());
     assert_eq!(
         l.applied_migrations().await.unwrap(),
-        vec![1, 2, 3, 4, 5, 6, 7]
+        vec![1, 2, 3, 4, 5, 6, 7, 9]
     );
     // A second process opening the same database finds it up to date.
     let other: Box<dyn Ledger> = match &b.raw {
@@ -538,7 +538,7 @@ async fn migrations_run_twice_are_a_no_op(b: &Backend) {
     assert_eq!(other.migrate().await.unwrap(), Vec::<i64>::new());
     assert_eq!(
         other.applied_migrations().await.unwrap(),
-        vec![1, 2, 3, 4, 5, 6, 7]
+        vec![1, 2, 3, 4, 5, 6, 7, 9]
     );
     // The Redis generation markers the ledger records can be set and replaced.
     assert_eq!(l.redis_generation(3).await.unwrap(), None);

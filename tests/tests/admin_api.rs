@@ -62,6 +62,7 @@ creditgate_testkit::on_both_backends!(
     a_void_removes_only_the_remaining_credits,
     a_monthly_allotment_missed_while_down_is_granted_once_on_restart,
     whole_months_missed_while_down_are_back_filled_once_each,
+    a_customer_moved_onto_a_plan_gets_no_allotments_for_the_months_before,
     an_auto_recharge_burst_fires_one_webhook_and_its_top_up_lands_once,
     events_fire_once_per_crossing_signed_and_retried,
 );
@@ -943,6 +944,66 @@ fn seed_allotment(h: &AdminHarness, customer: &str, month: i64) {
     .expect("seed the allotment");
 }
 
+/// Records in the ledger's plan history that `customer` was put on `plan` at `since_ms`, as
+/// a plan change made then would have.
+fn on_plan_since(h: &AdminHarness, customer: &str, plan: &str, since_ms: u64) {
+    use creditgate_sidecar::ledger::AdminDb;
+    use creditgate_sidecar::settings::LedgerArgs;
+    let args = match &h.target {
+        creditgate_testkit::LedgerTarget::Sqlite(path) => LedgerArgs {
+            sqlite: Some(path.clone()),
+            postgres: None,
+        },
+        creditgate_testkit::LedgerTarget::Postgres(url) => LedgerArgs {
+            sqlite: None,
+            postgres: Some(url.clone()),
+        },
+    };
+    h.rt.block_on(async {
+        let db = AdminDb::open(&args).await?;
+        db.execute(
+            "INSERT INTO customer_plan_history (customer, plan, since_ms, actor) VALUES ($1, $2, $3, $4)",
+            &[customer.into(), plan.into(), (since_ms as i64).into(), "test".into()],
+        )
+        .await
+    })
+    .expect("record the plan history");
+}
+
+/// A customer on another plan for months, moved (back) onto `annual` now: it gets this
+/// month's allotment, not the months since its last `annual` allotment.
+fn a_customer_moved_onto_a_plan_gets_no_allotments_for_the_months_before(backend: Backend) {
+    use creditgate_sidecar::api::admin::schedule::{month_index, period_label};
+    let mut h = AdminHarness::start(backend);
+    h.create_customer("acme", Some("pro"));
+    let now = creditgate_sidecar::ledger::now_ms();
+    let current = month_index(now);
+    // It was on `annual` until 130 days ago (in the month four before this one or
+    // earlier, whatever today's date), then on `pro`.
+    on_plan_since(&h, "acme", "annual", now - 200 * 86_400_000);
+    on_plan_since(&h, "acme", "pro", now - 130 * 86_400_000);
+    seed_allotment(&h, "acme", current - 4);
+    let set = h.call(
+        Some("billing"),
+        "PUT",
+        "/v1/admin/customers/acme/plan",
+        Some(&key()),
+        Some(&json!({"plan": "annual"})),
+    );
+    assert_eq!(set.status, 200, "{set:?}");
+    // The pass runs at start-up.
+    h.sidecar.stop().expect("sidecar stops");
+    h.sidecar.restart().expect("sidecar restarts");
+    h.wait_for_admin();
+    h.wait_available("acme", "ai", 700 * 2);
+    thread::sleep(Duration::from_millis(500));
+    let want: BTreeMap<String, usize> = [current - 4, current]
+        .into_iter()
+        .map(|m| (period_label(m), 1))
+        .collect();
+    assert_eq!(allotment_periods(&h, "acme"), want);
+}
+
 /// The periods of a customer's `annual-monthly` grants, sorted, each with how many grants
 /// carry it; every reason names its period.
 fn allotment_periods(h: &AdminHarness, customer: &str) -> BTreeMap<String, usize> {
@@ -966,7 +1027,11 @@ fn whole_months_missed_while_down_are_back_filled_once_each(backend: Backend) {
     // The sidecar was down for months: acme last got its allotment 4 months ago, globex
     // 20 months ago (past the back-fill bound).
     h.sidecar.stop().expect("sidecar stops");
-    let current = month_index(creditgate_sidecar::ledger::now_ms());
+    let now = creditgate_sidecar::ledger::now_ms();
+    let current = month_index(now);
+    // Both have been on the plan for two years (as their plan history records).
+    on_plan_since(&h, "acme", "annual", now - 730 * 86_400_000);
+    on_plan_since(&h, "globex", "annual", now - 730 * 86_400_000);
     seed_allotment(&h, "acme", current - 4);
     seed_allotment(&h, "globex", current - 20);
     h.sidecar.restart().expect("sidecar restarts");

@@ -57,6 +57,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "overage_entries",
         sql: include_str!("../../migrations/sqlite/0007_overage_entries.sql"),
     },
+    Migration {
+        version: 9,
+        name: "plan_history",
+        sql: include_str!("../../migrations/sqlite/0009_plan_history.sql"),
+    },
 ];
 
 /// Postgres migrations, in version order.
@@ -95,5 +100,10 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 7,
         name: "overage_entries",
         sql: include_str!("../../migrations/postgres/0007_overage_entries.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "plan_history",
+        sql: include_str!("../../migrations/postgres/0009_plan_history.sql"),
     },
 ];

@@ -42,6 +42,25 @@ pub async fn plan_of(st: &AdminState, customer: &str) -> Result<Option<String>, 
     })
 }
 
+/// Appends the customer's plan (`None`: none) from `now` on to its plan history, which
+/// decides the months its scheduled allotments are granted for ([`super::schedule`]).
+async fn record_plan(
+    st: &AdminState,
+    customer: &str,
+    plan: Option<&str>,
+    actor: &str,
+    now: u64,
+) -> Result<(), ApiError> {
+    st.db
+        .execute(
+            "INSERT INTO customer_plan_history (customer, plan, since_ms, actor) VALUES ($1, $2, $3, $4)",
+            &[customer.into(), plan.into(), (now as i64).into(), actor.into()],
+        )
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
 /// A 400 naming `plan` when the sidecar runs with a pricing config (`--config`) that
 /// does not define the plan; without one, any plan id is taken.
 fn check_plan(st: &AdminState, plan: &str) -> Result<(), ApiError> {
@@ -99,6 +118,9 @@ pub async fn create(st: &AdminState, caller: &Caller, body: &[u8]) -> Reply {
                 format!("customer {customer:?} exists"),
             ));
         }
+        if plan.is_some() {
+            record_plan(st, &customer, plan.as_deref(), &caller.name, now).await?;
+        }
         Ok(reply(
             StatusCode::CREATED,
             &json!({"customer": customer, "plan": plan, "created_by": caller.name, "created_at_ms": now}),
@@ -143,6 +165,8 @@ pub async fn set_plan(st: &AdminState, caller: &Caller, customer: &str, body: &[
         b.finish()?;
         check_plan(st, &plan)?;
         plan_of(st, customer).await?;
+        // History first: a customer is never on a plan its history does not show.
+        record_plan(st, customer, Some(&plan), &caller.name, now_ms()).await?;
         st.db
             .execute(
                 "UPDATE customers SET plan = $1 WHERE customer = $2",

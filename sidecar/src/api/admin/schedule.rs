@@ -7,8 +7,10 @@
 //! Whole periods missed while the sidecar was down are back-filled: when a customer's last
 //! granted period of a schedule is older than the previous month, every period after it is
 //! granted, each with its own period in its id and reason, at most
-//! [`BACKFILL_MAX_PERIODS`] before the current one. A customer with no grant of the
-//! schedule yet gets the current period only (joining a plan grants no past months).
+//! [`BACKFILL_MAX_PERIODS`] before the current one, and only the months the customer was on
+//! the schedule's plan at some moment, by its plan history (`customer_plan_history`,
+//! migration 9). A customer with no grant of the schedule yet gets the current period
+//! only (joining a plan grants no past months).
 //!
 //! The loop also drops expired idempotency keys. It decides what is due; the ledger-first
 //! path of [`crate::jobs::outbox::issue_grant`] grants it.
@@ -91,6 +93,45 @@ pub fn due_periods(last_granted: Option<i64>, current: i64) -> std::ops::RangeIn
         None => current..=current,
         Some(last) => (last + 1).max(current - BACKFILL_MAX_PERIODS)..=current,
     }
+}
+
+/// One row of a customer's plan history: the plan (`None`: no plan) and since when, ms.
+pub type PlanSince = (Option<String>, i64);
+
+/// The month indices (inclusive ranges, oldest first) during which the customer was on
+/// `plan` at any moment, up to `current`, from its plan history sorted by time. A month
+/// the customer joined mid-way counts; months before it joined do not.
+pub fn months_on_plan(history: &[PlanSince], plan: &str, current: i64) -> Vec<(i64, i64)> {
+    let mut ranges = Vec::new();
+    for (i, (p, since_ms)) in history.iter().enumerate() {
+        if p.as_deref() != Some(plan) {
+            continue;
+        }
+        let from = month_index(u64::try_from(*since_ms).unwrap_or(0));
+        // On the plan until the next change (its last moment is the millisecond before).
+        let to = history.get(i + 1).map_or(current, |(_, next_ms)| {
+            month_index(u64::try_from(next_ms.saturating_sub(1)).unwrap_or(0))
+        });
+        if from <= to {
+            ranges.push((from, to.min(current)));
+        }
+    }
+    ranges
+}
+
+/// The `due` periods the customer was on the plan in (`on_plan`, from [`months_on_plan`]):
+/// joining a plan grants no months before. A customer without recorded history (its
+/// history row failed to be written) gets the `current` period only.
+pub fn periods_on_plan(
+    due: std::ops::RangeInclusive<i64>,
+    on_plan: &[(i64, i64)],
+    current: i64,
+) -> Vec<i64> {
+    due.filter(|index| {
+        on_plan.iter().any(|(a, b)| (*a..=*b).contains(index))
+            || (on_plan.is_empty() && *index == current)
+    })
+    .collect()
 }
 
 /// The grant id of a schedule's period for a customer (at most 128 bytes whatever the
@@ -186,8 +227,10 @@ async fn grant_due_periods(
               skipped = current_index - last - 1 - BACKFILL_MAX_PERIODS,
               "scheduled grants: periods older than the back-fill bound are not granted");
     }
+    let history = plan_history(st, customer).await?;
+    let on_plan = months_on_plan(&history, &s.plan, current_index);
     let mut issued = 0;
-    for index in due_periods(last, current_index) {
+    for index in periods_on_plan(due_periods(last, current_index), &on_plan, current_index) {
         let mut record = period_record(s, customer, &period_label(index), now);
         // A retry of a recorded period must carry the same fields (its expiry).
         if let Some(first) = known.iter().find(|g| g.grant_id == record.grant_id) {
@@ -214,6 +257,25 @@ async fn grant_due_periods(
         }
     }
     Some((issued, true))
+}
+
+/// The customer's plan history, oldest first; `None` (logged) when it cannot be read.
+async fn plan_history(st: &AdminState, customer: &str) -> Option<Vec<PlanSince>> {
+    let rows = st
+        .db
+        .fetch(
+            "SELECT plan, since_ms FROM customer_plan_history WHERE customer = $1 ORDER BY since_ms",
+            &[customer.into()],
+            |row| Ok((row.try_get::<Option<String>, _>("plan")?, row.try_get::<i64, _>("since_ms")?)),
+        )
+        .await;
+    match rows {
+        Ok(rows) => Some(rows),
+        Err(e) => {
+            error!(customer, error = %e, "scheduled grants: reading the plan history failed; retrying next pass");
+            None
+        }
+    }
 }
 
 /// The latest period of schedule `s` granted to the customer, read from the grant ids
@@ -289,6 +351,57 @@ mod tests {
         assert_eq!(all.len(), 13);
         assert_eq!(all[0], "2025-11");
         assert_eq!(all[12], "2026-11");
+    }
+
+    /// 00:00 UTC on the first day of a month index.
+    fn start_of(month: i64) -> i64 {
+        let (y, m) = (month.div_euclid(12), month.rem_euclid(12) + 1);
+        // Days from the civil date (inverse of `year_month`'s algorithm).
+        let (y, mp) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+        let era = y.div_euclid(400);
+        let yoe = y.rem_euclid(400);
+        let doy = (153 * mp + 2) / 5;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        (era * 146_097 + doe - 719_468) * 86_400_000
+    }
+
+    #[test]
+    fn a_customer_moved_onto_a_plan_mid_way_gets_no_months_before() {
+        let nov = parse_period("2026-11").unwrap();
+        assert_eq!(period_of(start_of(nov) as u64), "2026-11");
+        let mid = |m: i64| start_of(m) + 14 * 86_400_000;
+        // On `annual` in May, on `pro` from mid-June, back on `annual` from mid-October.
+        let history: Vec<PlanSince> = vec![
+            (Some("annual".into()), mid(nov - 6)),
+            (Some("pro".into()), mid(nov - 5)),
+            (Some("annual".into()), mid(nov - 1)),
+        ];
+        let on = months_on_plan(&history, "annual", nov);
+        assert_eq!(on, vec![(nov - 6, nov - 5), (nov - 1, nov)]);
+        assert_eq!(
+            months_on_plan(&history, "pro", nov),
+            vec![(nov - 5, nov - 1)]
+        );
+        // Moved onto the plan this month: only this month.
+        let joined = vec![
+            (Some("pro".into()), mid(nov - 3)),
+            (Some("annual".into()), mid(nov)),
+        ];
+        assert_eq!(months_on_plan(&joined, "annual", nov), vec![(nov, nov)]);
+        // Last granted in May: June (on the plan half of it), October and November; not
+        // July to September, on `pro`.
+        let due = due_periods(Some(nov - 6), nov);
+        assert_eq!(periods_on_plan(due, &on, nov), vec![nov - 5, nov - 1, nov]);
+        let due = due_periods(Some(nov - 4), nov);
+        let joined_on = months_on_plan(&joined, "annual", nov);
+        assert_eq!(periods_on_plan(due.clone(), &joined_on, nov), vec![nov]);
+        assert_eq!(periods_on_plan(due, &[], nov), vec![nov]);
+        // A change on the first millisecond of a month leaves the month before alone.
+        let exact = vec![(Some("annual".into()), mid(nov - 2)), (None, start_of(nov))];
+        assert_eq!(
+            months_on_plan(&exact, "annual", nov),
+            vec![(nov - 2, nov - 1)]
+        );
     }
 
     #[test]
