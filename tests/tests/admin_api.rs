@@ -1595,3 +1595,58 @@ fn an_api_keys_plaintext_is_never_at_rest() {
     let hash = sha256_hex(&plaintext);
     assert!(bytes.windows(hash.len()).any(|w| w == hash.as_bytes()));
 }
+
+/// Each auto-recharge grants up to the customer's recharge target, so support may set a
+/// target up to its per-grant limit (1,000); a higher one waits for an admin's approval,
+/// like a grant over the limit. Billing (no limit) sets any target at once.
+#[test]
+fn support_sets_a_recharge_target_over_its_limit_only_with_approval() {
+    let receiver = WebhookReceiver::start(0).expect("receiver");
+    let ops = format!(
+        "{ADMIN_OPERATIONS}\n[auto_recharge]\nurl = \"{}\"\nsecret = \"{WEBHOOK_SECRET}\"\n",
+        receiver.url("/recharge")
+    );
+    let h = AdminHarness::start_with(Backend::Sqlite, &ops);
+    h.create_customer("acme", None);
+    let set = |who: &str, target: u64| {
+        h.call(
+            Some(who),
+            "PUT",
+            "/v1/admin/customers/acme/alerts",
+            Some(&key()),
+            Some(&json!({"credit_type": "api", "recharge_threshold": 100,
+                         "recharge_target": target})),
+        )
+    };
+    let within = set("support", 1_000);
+    assert_eq!(within.status, 200, "{within:?}");
+    assert_eq!(within.json()["recharge_target"], 1_000);
+
+    let over = set("support", 9_007_199_254_740_000);
+    assert_eq!(over.status, 202, "{over:?}");
+    assert_eq!(over.json()["status"], "pending_approval");
+    let request_id = over.json()["request_id"].as_str().unwrap().to_string();
+    let pending = h.get("readonly", "/v1/admin/grant-approvals").json();
+    let listed = &pending["approvals"][0];
+    assert_eq!(listed["request_id"], request_id.as_str(), "{pending}");
+    assert_eq!(
+        listed["grant"]["alert_settings"]["recharge_target"], 9_007_199_254_740_000u64,
+        "{pending}"
+    );
+
+    let path = format!("/v1/admin/grant-approvals/{request_id}/approve");
+    assert_eq!(h.post("support", &path, json!({})).status, 403);
+    let approved = h.post("admin", &path, json!({}));
+    assert_eq!(approved.status, 200, "{approved:?}");
+    assert_eq!(approved.json()["recharge_target"], 9_007_199_254_740_000u64);
+    assert_eq!(approved.json()["updated_by"], "support");
+    assert_eq!(approved.json()["approved_by"], "admin");
+    assert_eq!(
+        h.post("admin", &path, json!({})).status,
+        409,
+        "decided once"
+    );
+
+    let billing = set("billing", 5_000_000);
+    assert_eq!(billing.status, 200, "{billing:?}");
+}

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use creditgate_protocol::{Balance, CreditStore};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -37,72 +38,199 @@ pub const ALERT_PASS_MS: u64 = 1_000;
 /// Customers watched per pass at most; past it a warning says the pass is truncated.
 pub const WATCHED_CUSTOMERS_MAX: i64 = 10_000;
 
+/// One customer's alert settings for one credit type, as `PUT …/alerts` sets them (and
+/// as an approval request for them is kept), credit units.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertSettings {
+    /// The customer.
+    pub customer: String,
+    /// The credit type.
+    pub credit_type: String,
+    /// Below it, `balance.low` is sent.
+    pub low_balance_threshold: Option<u64>,
+    /// Below it, an auto-recharge is asked for.
+    pub recharge_threshold: Option<u64>,
+    /// What an auto-recharge tops the balance up to: each recharge grants up to it.
+    pub recharge_target: Option<u64>,
+}
+
+/// The one key of the `grant_json` of an approval request for alert settings (a grant
+/// request's `grant_json` is the grant itself), so both kinds share one approval queue.
+pub const ALERT_APPROVAL_KEY: &str = "alert_settings";
+
 /// `PUT /v1/admin/customers/{customer}/alerts`
 /// `{credit_type, low_balance_threshold?, recharge_threshold?, recharge_target?}`.
-pub async fn set(st: &AdminState, caller: &Caller, customer: &str, body: &[u8]) -> Reply {
+/// An auto-recharge grants up to its target each time, so a role with a grant limit
+/// (support, sales) may set a target up to its `per_grant_max`; a higher one is filed for
+/// an admin's approval (202), like a grant over the limit. `call_id` names the request.
+pub async fn set(
+    st: &AdminState,
+    caller: &Caller,
+    customer: &str,
+    body: &[u8],
+    call_id: &str,
+) -> Reply {
     let r: Result<Reply, ApiError> = async {
-        let mut b = Body::parse(body)?;
-        let credit_type = b.id("credit_type")?;
-        if !st.ops.credit_types.contains(&credit_type) {
-            return Err(ApiError::field("credit_type", format!("unknown credit type {credit_type:?}")));
+        let settings = parse_settings(st, customer, body)?;
+        plan_of(st, customer).await?;
+        let target = settings.recharge_target.unwrap_or(0);
+        if let Some(limit) = st.ops.limit(caller.role.as_str())
+            && target > limit.per_grant_max
+        {
+            return file_for_approval(st, caller, &settings, limit.per_grant_max, call_id).await;
         }
-        let low = b.opt_u64("low_balance_threshold")?;
-        let threshold = b.opt_u64("recharge_threshold")?;
-        let target = b.opt_u64("recharge_target")?;
-        b.finish()?;
-        match (threshold, target) {
-            (None, None) => {}
-            (Some(t), Some(g)) if g > t => {
-                if st.ops.auto_recharge.is_none() {
-                    return Err(ApiError::field(
-                        "recharge_threshold",
-                        "auto-recharge is not configured ([auto_recharge] in the operations file)",
-                    ));
-                }
+        store(st, &settings, &caller.name, None).await
+    }
+    .await;
+    r.unwrap_or_else(Reply::from)
+}
+
+/// The settings a `PUT …/alerts` body asks for, checked: a known credit type, a target
+/// above its threshold, and the webhooks they need configured.
+fn parse_settings(st: &AdminState, customer: &str, body: &[u8]) -> Result<AlertSettings, ApiError> {
+    let mut b = Body::parse(body)?;
+    let credit_type = b.id("credit_type")?;
+    if !st.ops.credit_types.contains(&credit_type) {
+        return Err(ApiError::field(
+            "credit_type",
+            format!("unknown credit type {credit_type:?}"),
+        ));
+    }
+    let low = b.opt_u64("low_balance_threshold")?;
+    let threshold = b.opt_u64("recharge_threshold")?;
+    let target = b.opt_u64("recharge_target")?;
+    b.finish()?;
+    match (threshold, target) {
+        (None, None) => {}
+        (Some(t), Some(g)) if g > t => {
+            if st.ops.auto_recharge.is_none() {
+                return Err(ApiError::field(
+                    "recharge_threshold",
+                    "auto-recharge is not configured ([auto_recharge] in the operations file)",
+                ));
             }
-            (Some(_), Some(_)) => {
-                return Err(ApiError::field("recharge_target", "must be above recharge_threshold"));
-            }
-            (Some(_), None) => return Err(ApiError::field("recharge_target", "is required with recharge_threshold")),
-            (None, Some(_)) => return Err(ApiError::field("recharge_threshold", "is required with recharge_target")),
         }
-        if low.is_some() && st.ops.webhooks.is_none() {
+        (Some(_), Some(_)) => {
             return Err(ApiError::field(
-                "low_balance_threshold",
-                "webhooks are not configured ([webhooks] in the operations file)",
+                "recharge_target",
+                "must be above recharge_threshold",
             ));
         }
-        plan_of(st, customer).await?;
-        let now = now_ms();
-        let to_i64 = |v: Option<u64>| v.map(|v| v as i64);
-        let db = &st.db;
-        db.execute(
-            "INSERT INTO customer_alerts (customer, credit_type, low_balance_threshold, recharge_threshold, \
-             recharge_target, updated_by, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (customer, credit_type) DO UPDATE SET low_balance_threshold = excluded.low_balance_threshold, \
-             recharge_threshold = excluded.recharge_threshold, recharge_target = excluded.recharge_target, \
-             updated_by = excluded.updated_by, updated_at_ms = excluded.updated_at_ms",
+        (Some(_), None) => {
+            return Err(ApiError::field(
+                "recharge_target",
+                "is required with recharge_threshold",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::field(
+                "recharge_threshold",
+                "is required with recharge_target",
+            ));
+        }
+    }
+    if low.is_some() && st.ops.webhooks.is_none() {
+        return Err(ApiError::field(
+            "low_balance_threshold",
+            "webhooks are not configured ([webhooks] in the operations file)",
+        ));
+    }
+    Ok(AlertSettings {
+        customer: customer.to_string(),
+        credit_type,
+        low_balance_threshold: low,
+        recharge_threshold: threshold,
+        recharge_target: target,
+    })
+}
+
+/// Files settings over the caller's limit for an admin's approval (in `grant_approvals`,
+/// `amount` = the target): 202 with the request id.
+async fn file_for_approval(
+    st: &AdminState,
+    caller: &Caller,
+    settings: &AlertSettings,
+    per_grant_max: u64,
+    call_id: &str,
+) -> Result<Reply, ApiError> {
+    let request_id = format!("a-{call_id}");
+    let json = json!({ ALERT_APPROVAL_KEY: settings }).to_string();
+    st.db
+        .execute(
+            "INSERT INTO grant_approvals (request_id, customer, amount, grant_json, requested_by, \
+             requested_at_ms, state) VALUES ($1, $2, $3, $4, $5, $6, 'pending') ON CONFLICT DO NOTHING",
             &[
-                customer.into(),
-                credit_type.as_str().into(),
-                to_i64(low).into(),
-                to_i64(threshold).into(),
-                to_i64(target).into(),
+                request_id.as_str().into(),
+                settings.customer.as_str().into(),
+                (settings.recharge_target.unwrap_or(0) as i64).into(),
+                json.as_str().into(),
                 caller.name.as_str().into(),
-                (now as i64).into(),
+                (now_ms() as i64).into(),
             ],
         )
         .await
         .map_err(|e| ApiError::unavailable("admin database", e))?;
-        Ok(reply(
-            StatusCode::OK,
-            &json!({"customer": customer, "credit_type": credit_type, "low_balance_threshold": low,
-                    "recharge_threshold": threshold, "recharge_target": target,
-                    "updated_by": caller.name, "updated_at_ms": now}),
-        ))
-    }
-    .await;
-    r.unwrap_or_else(Reply::from)
+    Ok(reply(
+        StatusCode::ACCEPTED,
+        &json!({
+            "status": "pending_approval",
+            "request_id": request_id,
+            "requested_by": caller.name,
+            "message": format!(
+                "recharge_target is over the {} limit ({per_grant_max} per grant; each auto-recharge \
+                 grants up to the target): an admin must approve it",
+                caller.role.as_str()
+            ),
+        }),
+    ))
+}
+
+/// The alert settings an approval request's `grant_json` asks for; `None` for a grant.
+pub fn requested_settings(grant_json: &str) -> Option<AlertSettings> {
+    let mut v: serde_json::Value = serde_json::from_str(grant_json).ok()?;
+    serde_json::from_value(v.get_mut(ALERT_APPROVAL_KEY)?.take()).ok()
+}
+
+/// Records `settings`, set by `actor` (and approved by `approved_by`): 200 with them.
+pub async fn store(
+    st: &AdminState,
+    settings: &AlertSettings,
+    actor: &str,
+    approved_by: Option<&str>,
+) -> Result<Reply, ApiError> {
+    let now = now_ms();
+    let to_i64 = |v: Option<u64>| v.map(|v| v as i64);
+    let AlertSettings {
+        customer,
+        credit_type,
+        low_balance_threshold: low,
+        recharge_threshold: threshold,
+        recharge_target: target,
+    } = settings;
+    st.db.execute(
+        "INSERT INTO customer_alerts (customer, credit_type, low_balance_threshold, recharge_threshold, \
+         recharge_target, updated_by, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (customer, credit_type) DO UPDATE SET low_balance_threshold = excluded.low_balance_threshold, \
+         recharge_threshold = excluded.recharge_threshold, recharge_target = excluded.recharge_target, \
+         updated_by = excluded.updated_by, updated_at_ms = excluded.updated_at_ms",
+        &[
+            customer.as_str().into(),
+            credit_type.as_str().into(),
+            to_i64(*low).into(),
+            to_i64(*threshold).into(),
+            to_i64(*target).into(),
+            actor.into(),
+            (now as i64).into(),
+        ],
+    )
+    .await
+    .map_err(|e| ApiError::unavailable("admin database", e))?;
+    Ok(reply(
+        StatusCode::OK,
+        &json!({"customer": customer, "credit_type": credit_type, "low_balance_threshold": low,
+                "recharge_threshold": threshold, "recharge_target": target,
+                "updated_by": actor, "approved_by": approved_by, "updated_at_ms": now}),
+    ))
 }
 
 /// `GET /v1/admin/webhook-deliveries?customer=`.

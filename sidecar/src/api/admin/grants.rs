@@ -448,26 +448,31 @@ async fn within_limit(
     ))
 }
 
-/// `POST /v1/admin/grant-approvals/{request_id}/approve`: a second person grants it.
+/// `POST /v1/admin/grant-approvals/{request_id}/approve`: a second person grants it (or,
+/// for a request for alert settings over the requester's limit, sets them).
 pub async fn approve(st: &AdminState, caller: &Caller, request_id: &str) -> Reply {
     run(async {
-        let (params, requested_by) = pending_request(st, caller, request_id).await?;
-        claim_request(st, caller, request_id, &params).await?;
+        let (grant_json, requested_by) = pending_request(st, caller, request_id).await?;
+        if let Some(settings) = super::alerts::requested_settings(&grant_json) {
+            claim_request(st, caller, request_id, None).await?;
+            let stored = super::alerts::store(st, &settings, &requested_by, Some(&caller.name));
+            return match stored.await {
+                Ok(r) => Ok(r),
+                Err(e) => {
+                    unclaim_request(st, request_id).await;
+                    Err(e)
+                }
+            };
+        }
+        let params: GrantParams = serde_json::from_str(&grant_json).map_err(unavailable)?;
+        claim_request(st, caller, request_id, Some(&params.grant_id)).await?;
         match issue(st, &params, &requested_by, Some(&caller.name), false).await {
             Ok(mut granted) => {
                 granted["request_id"] = json!(request_id);
                 Ok(reply(StatusCode::CREATED, &granted))
             }
             Err(e) => {
-                // Nothing was granted: put the request back so it can be approved again.
-                let _ = st
-                    .db
-                    .execute(
-                        "UPDATE grant_approvals SET state = 'pending', decided_by = NULL, decided_at_ms = NULL \
-                         WHERE request_id = $1",
-                        &[request_id.into()],
-                    )
-                    .await;
+                unclaim_request(st, request_id).await;
                 Err(e)
             }
         }
@@ -475,13 +480,26 @@ pub async fn approve(st: &AdminState, caller: &Caller, request_id: &str) -> Repl
     .await
 }
 
-/// The grant a pending approval request asks for, and who asked: 404 for an unknown
-/// request, 403 when the caller asked for it, 409 when it was decided.
+/// Puts an approved request back to pending after what it asked for failed, so it can be
+/// approved again.
+async fn unclaim_request(st: &AdminState, request_id: &str) {
+    let _ = st
+        .db
+        .execute(
+            "UPDATE grant_approvals SET state = 'pending', decided_by = NULL, decided_at_ms = NULL \
+             WHERE request_id = $1",
+            &[request_id.into()],
+        )
+        .await;
+}
+
+/// What a pending approval request asks for (its `grant_json`), and who asked: 404 for an
+/// unknown request, 403 when the caller asked for it, 409 when it was decided.
 async fn pending_request(
     st: &AdminState,
     caller: &Caller,
     request_id: &str,
-) -> Result<(GrantParams, String), ApiError> {
+) -> Result<(String, String), ApiError> {
     let rows = st
         .db
         .fetch(
@@ -521,17 +539,16 @@ async fn pending_request(
             format!("grant approval {request_id:?} is {state}"),
         ));
     }
-    let params: GrantParams = serde_json::from_str(&grant_json).map_err(unavailable)?;
-    Ok((params, requested_by))
+    Ok((grant_json, requested_by))
 }
 
-/// Marks a pending request approved by the caller, so that two approvers cannot both
-/// grant it: 409 when another decision came first.
+/// Marks a pending request approved by the caller (with the grant it makes, if any), so
+/// that two approvers cannot both grant it: 409 when another decision came first.
 async fn claim_request(
     st: &AdminState,
     caller: &Caller,
     request_id: &str,
-    params: &GrantParams,
+    grant_id: Option<&str>,
 ) -> Result<(), ApiError> {
     let claimed = st
         .db
@@ -541,7 +558,7 @@ async fn claim_request(
             &[
                 caller.name.as_str().into(),
                 (now_ms() as i64).into(),
-                params.grant_id.as_str().into(),
+                grant_id.into(),
                 request_id.into(),
             ],
         )

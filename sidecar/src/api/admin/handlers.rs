@@ -249,8 +249,11 @@ pub async fn set_alerts(
     Path(customer): Path<String>,
     call: Call,
 ) -> Response {
-    once(&st, &caller, &call, |_| {
-        alerts::set(&st, &caller, &customer, &call.body)
+    once(&st, &caller, &call, {
+        let (st, caller, customer, body) = (&*st, &caller, &customer, &call.body);
+        move |call_id: String| async move {
+            alerts::set(st, caller, customer, body, &call_id).await
+        }
     })
     .await
 }
