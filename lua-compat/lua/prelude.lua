@@ -188,6 +188,16 @@ local function add_draw(draws, id, amount)
   draws[#draws + 1] = { id, amount }
 end
 
+-- A hold event's id: 'hold:<hold_id>:<nonce>:<what>'. The nonce is the hold's placement
+-- time (ms, field 'nonce' of its record, written by reserve), so a hold placed again under
+-- an id whose record is gone (expired 24 h after it resolved, or lost with the data) never
+-- reuses an event id the ledger holds. Hold ids never contain ':'. A hold placed before
+-- nonces existed has none and keeps 'hold:<hold_id>:<what>'.
+local function hold_event_id(hold_id, nonce, what)
+  if nonce == nil or nonce == '' then return 'hold:' .. hold_id .. ':' .. what end
+  return 'hold:' .. hold_id .. ':' .. nonce .. ':' .. what
+end
+
 local function hold_fields(hold_key)
   local flat = redis.call('HGETALL', hold_key)
   if #flat == 0 then return nil end
@@ -246,29 +256,53 @@ local function release(grants_key, balance_key, expiry_key, customer, h, post)
   return burns, od_burn, returned, od_back, breakage, returned_total + od_back
 end
 
--- Every event also moves its customer's position: the stream id of the customer's newest
--- event, in the shard's positions hash (the events key with ':positions' appended, so it
--- shares the shard's hash slot). restore compares it with the last position the ledger
--- recorded, so a rebuild never runs while the ledger still lacks one of the customer's
--- events. Field '#last' is the shard's newest event, for rollback detection.
+-- A stream id '<ms>-<seq>' as its two integers.
+local function split_stream_id(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+
+-- Stream ids compared as the pairs of integers they are.
+local function stream_id_after(a, b)
+  local am, as = split_stream_id(a)
+  local bm, bs = split_stream_id(b)
+  if am ~= bm then return am > bm end
+  return as > bs
+end
+
+-- Every event carries the shard's position in its stream id: '<ms>-<n>', where n is the
+-- shard's event sequence ('#seq' of the positions hash, +1 per event) and ms the server
+-- time, never below the previous event's. A Redis that comes back behind the ledger
+-- (a promoted lagging replica, a crash losing the last second of AOF) then has a sequence
+-- below the ledger's newest recorded one, which the sidecar detects. The positions hash
+-- (the events key with ':positions' appended, in the shard's hash slot) also keeps
+-- '#last', the shard's newest id, and per customer the id of the customer's newest event:
+-- restore's fence.
 local function xadd(events_key, fields)
-  local id = redis.call('XADD', events_key, '*', unpack(fields))
   local positions = events_key .. ':positions'
+  local seq = redis.call('HINCRBY', positions, '#seq', 1)
+  local ms = now_ms()
+  local last = redis.call('HGET', positions, '#last')
+  if not last then
+    local newest = redis.call('XREVRANGE', events_key, '+', '-', 'COUNT', 1)
+    if newest[1] then last = newest[1][1] end
+  end
+  if last then
+    local last_ms, last_seq = split_stream_id(last)
+    if last_ms > ms then ms = last_ms end
+    if last_ms == ms and last_seq >= seq then ms = ms + 1 end
+  end
+  local id = redis.pcall('XADD', events_key, fmt(ms) .. '-' .. fmt(seq), unpack(fields))
+  if type(id) == 'table' and id.err then
+    -- Only an entry added by hand with a later id gets here: the event still goes out.
+    id = redis.call('XADD', events_key, '*', unpack(fields))
+  end
   for i = 1, #fields - 1, 2 do
     if fields[i] == 'customer' then
       redis.call('HSET', positions, fields[i + 1], id, '#last', id)
       break
     end
   end
-end
-
--- Stream ids ('<ms>-<seq>') compared as the pairs of integers they are.
-local function stream_id_after(a, b)
-  local am, as = string.match(a, '^(%d+)-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  if am ~= bm then return am > bm end
-  return as > bs
 end
 
 -- Marks a resolved hold and lets its record live for the retention period, so retries

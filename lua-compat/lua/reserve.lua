@@ -104,10 +104,11 @@ redis.call('HSET', KEYS[3], 'state', 'pending', 'customer', customer, 'type', ct
   'amount', fmt(amount), 'deadline', fmt(deadline), 'created', fmt(now), 'draws', draws_s,
   'overdraft', fmt(overdraft), 'over_limit', fmt(over_limit), 'request_id', request_id,
   'route', route, 'feature', feature, 'retain', fmt(retain_ms),
-  'pricing_version', pricing_version, 'occurred', fmt(occurred))
+  'pricing_version', pricing_version, 'occurred', fmt(occurred), 'nonce', fmt(now))
 redis.call('ZADD', KEYS[4], deadline, customer .. '/' .. hold_id)
 xadd(KEYS[6], {
-  'v', '1', 'event_id', 'hold:' .. hold_id .. ':placed', 'kind', 'hold_placed', 'at', fmt(event_at),
+  'v', '1', 'event_id', hold_event_id(hold_id, fmt(now), 'placed'), 'kind', 'hold_placed',
+  'at', fmt(event_at),
   'customer', customer, 'credit_type', ctype, 'hold_id', hold_id, 'amount', fmt(amount),
   'draws', draws_s, 'overdraft', fmt(overdraft), 'deadline', fmt(deadline),
   'over_limit', fmt(over_limit), 'request_id', request_id, 'route', route, 'feature', feature,

@@ -35,8 +35,8 @@ local function late_burn(h, customer, hold_id, actual, limit, now)
   local occurred = tonumber(h.occurred or '0') or 0
   if occurred > 0 then event_at = occurred end
   xadd(KEYS[6], {
-    'v', '1', 'event_id', 'hold:' .. hold_id .. ':posted', 'kind', 'hold_posted', 'at', fmt(event_at),
-    'customer', customer, 'credit_type', ctype, 'hold_id', hold_id, 'held', '0',
+    'v', '1', 'event_id', hold_event_id(hold_id, h.nonce, 'posted'), 'kind', 'hold_posted',
+    'at', fmt(event_at), 'customer', customer, 'credit_type', ctype, 'hold_id', hold_id, 'held', '0',
     'requested', fmt(actual), 'posted', fmt(can), 'burns', fmt_draws(burns),
     'overdraft', fmt(can - taken), 'returned', '', 'returned_overdraft', '0',
     'breakage', '', 'shortfall', fmt(actual - can), 'request_id', h.request_id,
@@ -81,8 +81,8 @@ local event_at = now
 local occurred = tonumber(h.occurred or '0') or 0
 if occurred > 0 then event_at = occurred end
 xadd(KEYS[6], {
-  'v', '1', 'event_id', 'hold:' .. hold_id .. ':posted', 'kind', 'hold_posted', 'at', fmt(event_at),
-  'customer', customer, 'credit_type', ctype, 'hold_id', hold_id, 'held', fmt(held),
+  'v', '1', 'event_id', hold_event_id(hold_id, h.nonce, 'posted'), 'kind', 'hold_posted',
+  'at', fmt(event_at), 'customer', customer, 'credit_type', ctype, 'hold_id', hold_id, 'held', fmt(held),
   'requested', fmt(actual), 'posted', fmt(posted), 'burns', fmt_draws(burns),
   'overdraft', fmt(od_posted), 'returned', fmt_draws(returned), 'returned_overdraft', fmt(od_back),
   'breakage', fmt_draws(breakage), 'shortfall', fmt(shortfall), 'request_id', h.request_id,

@@ -16,7 +16,8 @@ if h.state ~= 'pending' then return already(h, now) end
 local _, _, returned, od_back, breakage, back_total = release(KEYS[1], KEYS[2], KEYS[5], customer, h, 0)
 finish_hold(KEYS[3], KEYS[4], customer, hold_id, 'voided', 0, now)
 xadd(KEYS[6], {
-  'v', '1', 'event_id', 'hold:' .. hold_id .. ':voided', 'kind', 'hold_voided', 'at', fmt(now),
+  'v', '1', 'event_id', hold_event_id(hold_id, h.nonce, 'voided'), 'kind', 'hold_voided',
+  'at', fmt(now),
   'customer', customer, 'credit_type', h.type, 'hold_id', hold_id, 'held', h.amount,
   'returned', fmt_draws(returned), 'returned_overdraft', fmt(od_back),
   'breakage', fmt_draws(breakage), 'request_id', h.request_id, 'route', h.route,

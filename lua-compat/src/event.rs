@@ -221,6 +221,37 @@ impl Fields<'_> {
     }
 }
 
+/// A hold event's id: `hold:<hold_id>:<nonce>:<what>` (`what`: `placed`, `posted`,
+/// `voided`, `expired`). The nonce is the hold's placement time in ms, written into its
+/// record by reserve, so a hold placed again under an id whose record is gone (expired
+/// 24 h after it resolved, or lost with Redis's data) gets event ids the ledger never saw.
+/// A hold placed before nonces existed (`None`) keeps `hold:<hold_id>:<what>`. Hold ids
+/// never contain `:`, so the parts are unambiguous.
+pub fn hold_event_id(hold_id: &str, nonce: Option<u64>, what: &str) -> String {
+    match nonce {
+        Some(n) => format!("hold:{hold_id}:{n}:{what}"),
+        None => format!("hold:{hold_id}:{what}"),
+    }
+}
+
+/// The placement a hold event id belongs to: `hold:<hold_id>:<nonce>` (or `hold:<hold_id>`
+/// for a hold without a nonce), the part every event of one placement shares; `None` for
+/// an id that is not a hold event's.
+pub fn hold_placement_of(event_id: &str) -> Option<&str> {
+    let (placement, _what) = event_id.rsplit_once(':')?;
+    placement
+        .strip_prefix("hold:")
+        .filter(|rest| !rest.is_empty())?;
+    Some(placement)
+}
+
+/// The id of the `what` event of the same placement as hold event `event_id`
+/// (`hold:h1:17:placed` → `hold:h1:17:voided`); `None` for an id that is not a hold
+/// event's.
+pub fn hold_sibling_event_id(event_id: &str, what: &str) -> Option<String> {
+    hold_placement_of(event_id).map(|placement| format!("{placement}:{what}"))
+}
+
 impl Event {
     /// Parses a stream entry's field/value pairs.
     pub fn from_fields<'a>(

@@ -22,7 +22,10 @@ pub mod streams;
 pub mod sweep;
 pub mod types;
 
-pub use event::{Event, EventBody, Release, RequestContext};
+pub use event::{
+    Event, EventBody, Release, RequestContext, hold_event_id, hold_placement_of,
+    hold_sibling_event_id,
+};
 pub use idempotency::{IdempotencyClaim, KeyedReserveOutcome};
 pub use invariants::InvariantViolation;
 pub use keys::{Keyspace, MAX_AMOUNT, Shard};

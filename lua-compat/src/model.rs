@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use crate::event::{Event, EventBody, Release, RequestContext};
+use crate::event::{Event, EventBody, Release, RequestContext, hold_event_id};
 use crate::idempotency::{IdempotencyClaim, KeyedReserveOutcome};
 use crate::invariants::{
     InvariantViolation, TypeTotals, check_balance, check_event, check_expire_hold, check_extend,
@@ -484,7 +484,7 @@ impl Model {
             .0
             .insert(member(&req.customer, &req.hold_id), hold.deadline_ms);
         self.emit(Event {
-            event_id: format!("hold:{}:placed", req.hold_id),
+            event_id: hold_event_id(&req.hold_id, Some(now), "placed"),
             at_ms: req.occurred_at_ms.unwrap_or(now),
             customer: req.customer.clone(),
             credit_type: req.credit_type.clone(),
@@ -635,7 +635,7 @@ impl Model {
         let (_, total) = c.usable_grants(t, now);
         let available_after = c.available(t, total);
         self.emit(Event {
-            event_id: format!("hold:{}:posted", req.hold_id),
+            event_id: hold_event_id(&req.hold_id, Some(h.created_ms), "posted"),
             at_ms: occurred_ms.unwrap_or(now),
             customer: req.customer.clone(),
             credit_type: t.clone(),
@@ -696,7 +696,7 @@ impl Model {
         let (_, total) = c.usable_grants(t, now);
         let available_after = c.available(t, total);
         self.emit(Event {
-            event_id: format!("hold:{}:posted", req.hold_id),
+            event_id: hold_event_id(&req.hold_id, Some(h.created_ms), "posted"),
             at_ms: occurred_ms.unwrap_or(now),
             customer: req.customer.clone(),
             credit_type: t.clone(),
@@ -776,7 +776,7 @@ impl Model {
             ("voided", EventBody::HoldVoided(release))
         };
         self.emit(Event {
-            event_id: format!("hold:{}:{suffix}", hold.hold_id),
+            event_id: hold_event_id(&hold.hold_id, Some(h.created_ms), suffix),
             at_ms: now,
             customer: hold.customer.clone(),
             credit_type: h.credit_type.clone(),

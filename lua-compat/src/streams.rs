@@ -21,8 +21,26 @@ pub struct StreamEntry {
     pub shard: Shard,
     /// The stream entry id (`<ms>-<seq>`).
     pub stream_id: String,
+    /// The entry's raw field/value pairs, sorted by field (values that are not text are
+    /// shown as `<not text>`): what a dead letter keeps when the event cannot be applied.
+    pub fields: Vec<(String, String)>,
     /// The event, or what makes the entry unreadable.
     pub event: Result<Event, String>,
+}
+
+/// The raw field/value pairs of a stream entry, sorted by field.
+fn raw_fields(entry: &redis::streams::StreamId) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> = entry
+        .map
+        .iter()
+        .map(|(k, v)| {
+            let text = redis::from_redis_value::<String>(v.clone())
+                .unwrap_or_else(|_| "<not text>".to_string());
+            (k.clone(), text)
+        })
+        .collect();
+    fields.sort();
+    fields
 }
 
 /// Where a consumer reads from.
@@ -98,21 +116,25 @@ impl RedisStore {
             .map(|entry| StreamEntry {
                 shard,
                 stream_id: entry.id.clone(),
+                fields: raw_fields(&entry),
                 event: parse_entry(entry),
             })
             .collect())
     }
 
     /// Takes over up to `count` entries that another consumer of `group` has held
-    /// unacknowledged for at least `min_idle_ms` (it died), for `consumer`.
+    /// unacknowledged for at least `min_idle_ms` (it died), for `consumer`, scanning the
+    /// pending entries from stream id `start` (`"0-0"` for the first). Returns the cursor
+    /// to pass next (`"0-0"` once the scan went round) and the entries taken.
     pub async fn claim_stale(
         &self,
         shard: Shard,
         group: &str,
         consumer: &str,
         min_idle_ms: u64,
+        start: &str,
         count: usize,
-    ) -> Result<Vec<StreamEntry>, StoreError> {
+    ) -> Result<(String, Vec<StreamEntry>), StoreError> {
         let key = self.keyspace().events(shard);
         let mut conn = self.conn.clone();
         let reply: StreamAutoClaimReply = self
@@ -123,22 +145,45 @@ impl RedisStore {
                         .arg(group)
                         .arg(consumer)
                         .arg(min_idle_ms)
-                        .arg("0")
+                        .arg(start)
                         .arg("COUNT")
                         .arg(count),
                 )
                 .await
             })
             .await?;
-        Ok(reply
+        let entries = reply
             .claimed
             .into_iter()
             .map(|entry| StreamEntry {
                 shard,
                 stream_id: entry.id.clone(),
+                fields: raw_fields(&entry),
                 event: parse_entry(entry),
             })
-            .collect())
+            .collect();
+        Ok((reply.next_stream_id, entries))
+    }
+
+    /// The id of the newest entry of a shard's stream (`None` when it is empty or missing):
+    /// the position a caller waits for the writer to pass.
+    pub async fn last_stream_id(&self, shard: Shard) -> Result<Option<String>, StoreError> {
+        let key = self.keyspace().events(shard);
+        let mut conn = self.conn.clone();
+        let reply: redis::streams::StreamRangeReply = self
+            .with_timeout("last_stream_id", async {
+                conn.query(
+                    redis::cmd("XREVRANGE")
+                        .arg(&key)
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1),
+                )
+                .await
+            })
+            .await?;
+        Ok(reply.ids.into_iter().next().map(|entry| entry.id))
     }
 
     /// Acknowledges entries of a shard's stream for `group`; returns how many were pending.

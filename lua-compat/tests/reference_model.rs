@@ -542,7 +542,45 @@ fn every_mutation_appends_one_event_with_a_stable_id() {
         .iter()
         .map(|e| e.event_id.clone())
         .collect();
-    assert_eq!(ids, ["grant:g1:added", "hold:h1:placed", "hold:h1:posted"]);
+    // Every event of a hold carries its placement time (the nonce) in its id.
+    assert_eq!(
+        ids,
+        [
+            "grant:g1:added".to_string(),
+            format!("hold:h1:{T0}:placed"),
+            format!("hold:h1:{T0}:posted")
+        ]
+    );
+}
+
+#[test]
+fn a_hold_placed_again_after_its_record_is_gone_has_new_event_ids() {
+    let mut m = model();
+    m.grant(T0, &plain("g1", 100).request());
+    m.reserve(T0, &reserve("h1", 4, 0));
+    m.settle(T0 + 1, &settle("h1", 3, 0));
+    // The record is pruned once its retention is over; the same id is placed again, for
+    // another amount, and voided.
+    m.prune(T0 + 1_000, 500, 100);
+    assert!(m.hold(T0 + 1_000, &hold("h1")).is_none());
+    let t1 = T0 + 2_000;
+    m.reserve(t1, &reserve("h1", 7, 0));
+    m.void(t1 + 1, &hold("h1"));
+    let ids: Vec<_> = m
+        .events(Keyspace::default().shard_of("acme"))
+        .iter()
+        .map(|e| e.event_id.clone())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "grant:g1:added".to_string(),
+            format!("hold:h1:{T0}:placed"),
+            format!("hold:h1:{T0}:posted"),
+            format!("hold:h1:{t1}:placed"),
+            format!("hold:h1:{t1}:voided"),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -609,7 +647,10 @@ fn pruning_drops_old_resolved_holds_and_old_events_only() {
         .collect();
     assert_eq!(
         ids,
-        ["hold:h1:posted", "hold:h2:placed"],
+        [
+            format!("hold:h1:{T0}:posted"),
+            format!("hold:h2:{T0}:placed")
+        ],
         "the newest two events remain"
     );
     assert_eq!(available(&m, T0 + 1_000), 98);

@@ -82,6 +82,73 @@ async fn connect(server: &RedisServer) -> RedisStore {
     .expect("connect")
 }
 
+/// The event ids of `customer`'s shard's hold events, oldest first.
+async fn hold_event_ids(store: &RedisStore, customer: &str) -> Vec<String> {
+    let shard = Keyspace::default().shard_of(customer);
+    store
+        .stream_events(shard, 1_000)
+        .await
+        .expect("stream")
+        .into_iter()
+        .map(|(_, e)| e.event_id)
+        .filter(|id| id.starts_with("hold:"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_hold_id_placed_again_after_its_record_is_gone_has_new_event_ids() {
+    let server = RedisServer::start().expect("redis-server");
+    let store = connect(&server).await;
+    store.grant(&grant("acme", "g1", 100, None)).await.unwrap();
+    store.reserve(&reserve("acme", "h1", 30)).await.unwrap();
+    store.settle(&settle("acme", "h1", 20)).await.unwrap();
+    let first = hold_event_ids(&store, "acme").await;
+    // Redis loses its data (the record would also be gone 24 h after the hold resolved);
+    // the same request places the same hold id again, for another amount, and is voided.
+    server.cli(&["FLUSHALL"]).unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.grant(&grant("acme", "g1", 100, None)).await.unwrap();
+    let mut again = reserve("acme", "h1", 40);
+    again.request_id = "req-h1-again".into();
+    assert!(matches!(
+        store.reserve(&again).await.unwrap(),
+        ReserveOutcome::Placed { .. }
+    ));
+    store
+        .void(&HoldRef {
+            customer: "acme".into(),
+            hold_id: "h1".into(),
+        })
+        .await
+        .unwrap();
+    let second = hold_event_ids(&store, "acme").await;
+
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert_eq!(second.len(), 2, "{second:?}");
+    for id in first.iter().chain(&second) {
+        assert!(id.starts_with("hold:h1:"), "{id}");
+    }
+    assert!(
+        first.iter().all(|id| !second.contains(id)),
+        "{first:?} {second:?}"
+    );
+    // Each placement's events share one placement (hold id and nonce).
+    let placement = |ids: &[String]| -> Vec<String> {
+        ids.iter()
+            .map(|id| {
+                creditgate_protocol::hold_placement_of(id)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let (p1, p2) = (placement(&first), placement(&second));
+    assert_eq!(p1[0], p1[1]);
+    assert_eq!(p2[0], p2[1]);
+    assert_ne!(p1[0], p2[0]);
+    assert!(first[1].ends_with(":posted") && second[1].ends_with(":voided"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_concurrent_reserves_against_three_hundred_credits() {
     let server = RedisServer::start().expect("redis-server");
@@ -475,6 +542,7 @@ async fn restore_replaces_a_customers_state_and_refuses_while_holds_are_pending(
             ("g2".into(), "api".into(), 5),
         ],
         ledger_position: None,
+        resolved_holds: Vec::new(),
     };
     let busy = store.restore(&state).await.unwrap();
     assert!(
@@ -540,5 +608,54 @@ async fn restore_replaces_a_customers_state_and_refuses_while_holds_are_pending(
     assert_eq!(
         due.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
         ["g1"]
+    );
+}
+
+/// Redis came back from before a hold's settle: the hold is pending again there while the
+/// ledger has it posted. Restore closes it as the ledger has it, so neither the sweeper
+/// nor the gateway resolves it a second time.
+#[tokio::test(flavor = "current_thread")]
+async fn restore_closes_holds_the_ledger_resolved_without_resolving_them_again() {
+    use creditgate_protocol::{RestoreOutcome, RestoreState, RestoredGrant};
+    let server = RedisServer::start().expect("redis-server");
+    let store = connect(&server).await;
+    store.grant(&grant("acme", "g1", 10, None)).await.unwrap();
+    store.reserve(&reserve("acme", "h1", 4)).await.unwrap();
+    let shard = store.keyspace().shard_of("acme");
+    let state = RestoreState {
+        customer: "acme".into(),
+        grants: vec![RestoredGrant {
+            grant_id: "g1".into(),
+            credit_type: "api".into(),
+            remaining: 7,
+            priority: 10,
+            expires_at_ms: None,
+            cost_basis: 0,
+            created_ms: 1,
+        }],
+        debts: Vec::new(),
+        applied: vec![("g1".into(), "api".into(), 10)],
+        ledger_position: Some(newest_stream_id(&server, shard).await),
+        resolved_holds: vec![("h1".into(), "posted".into(), 3)],
+    };
+    let restored = store.restore(&state).await.unwrap();
+    assert!(
+        matches!(restored, RestoreOutcome::Restored { grants: 1, .. }),
+        "{restored:?}"
+    );
+    let api = store.balance("acme").await.unwrap();
+    let api = api.of("api").unwrap();
+    assert_eq!((api.available, api.held), (7, 0));
+    assert!(
+        store
+            .due_holds(shard, u64::MAX >> 12, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store.settle(&settle("acme", "h1", 4)).await.unwrap();
+    assert!(
+        matches!(again, ResolveOutcome::AlreadyPosted { posted: 3, .. }),
+        "{again:?}"
     );
 }

@@ -72,6 +72,9 @@ pub struct SidecarMetrics {
     pub conflicts: IntCounter,
     /// Stream entries that could not be parsed (alert).
     pub malformed: IntCounter,
+    /// Stream entries recorded as dead letters and acknowledged, by reason (`conflict`,
+    /// `malformed`, `unplaceable`): each one an alert.
+    pub dead_letters: IntCounterVec,
     /// Seconds from an event's store time to its ledger commit.
     pub ledger_lag: Histogram,
     /// Holds expired by the sweeper.
@@ -99,6 +102,10 @@ pub struct SidecarMetrics {
     pub usage_events_rejected: IntCounterVec,
     /// Usage events burned into overdraft (the balance could not cover them).
     pub usage_events_overdraft: IntCounter,
+    /// Redis rebuilds owed (recorded, not done yet) as of the last rebuild pass.
+    pub rebuilds_owed: IntGauge,
+    /// Rebuild attempts, by outcome (`done`, `retry`).
+    pub rebuild_attempts: IntCounterVec,
 }
 
 /// Creates metrics and registers each in one registry.
@@ -163,11 +170,16 @@ impl SidecarMetrics {
             ),
             conflicts: r.counter(
                 "creditgate_ledger_conflicts_total",
-                "Events whose id the ledger holds with other fields; left unacknowledged (alert).",
+                "Events whose id the ledger holds with other fields; dead-lettered (alert).",
             ),
             malformed: r.counter(
                 "creditgate_ledger_malformed_total",
-                "Stream entries that could not be parsed; left unacknowledged (alert).",
+                "Stream entries that could not be parsed; dead-lettered (alert).",
+            ),
+            dead_letters: r.counter_vec(
+                "creditgate_dead_letters_total",
+                "Stream entries the ledger could not apply, recorded as dead letters and acknowledged, by reason (alert).",
+                &["reason"],
             ),
             ledger_lag: r.histogram(
                 "creditgate_ledger_lag_seconds",
@@ -219,6 +231,15 @@ impl SidecarMetrics {
             usage_events_overdraft: r.counter(
                 "creditgate_usage_events_overdraft_total",
                 "Usage events burned into overdraft because the balance could not cover them.",
+            ),
+            rebuilds_owed: r.gauge(
+                "creditgate_redis_rebuilds_owed",
+                "Redis rebuilds recorded after a grant void and not done yet.",
+            ),
+            rebuild_attempts: r.counter_vec(
+                "creditgate_redis_rebuild_attempts_total",
+                "Attempts to rebuild a customer in Redis from the ledger, by outcome (done, retry).",
+                &["outcome"],
             ),
             registry,
         }

@@ -60,6 +60,7 @@ creditgate_testkit::on_both_backends!(
     fifty_concurrent_purchases_with_one_key_grant_once,
     bad_input_names_the_field_and_writes_nothing,
     a_void_removes_only_the_remaining_credits,
+    a_void_whose_rebuild_is_busy_is_finished_by_the_rebuild_job,
     a_monthly_allotment_missed_while_down_is_granted_once_on_restart,
     whole_months_missed_while_down_are_back_filled_once_each,
     a_customer_moved_onto_a_plan_gets_no_allotments_for_the_months_before,
@@ -269,6 +270,7 @@ fn expected_roles() -> Vec<(&'static str, &'static str, &'static [&'static str])
             "/v1/admin/customers/{customer}/grants/{grant_id}/void",
             &["admin", "support"],
         ),
+        ("GET", "/v1/admin/redis-rebuilds", ALL),
         (
             "POST",
             "/v1/admin/customers/{customer}/purchases",
@@ -820,8 +822,12 @@ fn a_void_removes_only_the_remaining_credits(backend: Backend) {
     assert_eq!(voided.status, 200, "{voided:?}");
     assert_eq!(voided.json()["voided"], 200);
     h.wait_available("acme", "api", 300);
+    // A second void answers the first one and its rebuild's state, not a conflict.
     let again = h.post("support", &path, json!({"reason": "twice"}));
-    assert_eq!(again.status, 409, "{again:?}");
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(again.json()["voided"], 200, "{again:?}");
+    assert_eq!(again.json()["reason"], "issued by mistake", "{again:?}");
+    assert_eq!(again.json()["redis_rebuild"], "done", "{again:?}");
     let balance = h.get("readonly", "/v1/admin/customers/acme/balance").json();
     let ledger_grant = balance["ledger"]["grants"]
         .as_array()
@@ -883,6 +889,80 @@ fn a_void_removes_only_the_remaining_credits(backend: Backend) {
     let bad = h.get("readonly", "/v1/admin/customers/acme/ledger?limit=0");
     assert_eq!(bad.status, 400);
     assert_eq!(bad.json()["field"], "limit");
+}
+
+/// Voids `grant_id` of acme as support, retrying while the ledger catches up (409).
+fn void_once_ledger_agrees(h: &AdminHarness, grant_id: &str) -> Answer {
+    let started = Instant::now();
+    let path = format!("/v1/admin/customers/acme/grants/{grant_id}/void");
+    loop {
+        let a = h.post("support", &path, json!({"reason": "issued by mistake"}));
+        if a.status != 409 || started.elapsed() > WAIT {
+            return a;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn a_void_whose_rebuild_is_busy_is_finished_by_the_rebuild_job(backend: Backend) {
+    let h = AdminHarness::start(backend);
+    h.create_customer("acme", None);
+    let g = h.post(
+        "support",
+        "/v1/admin/customers/acme/grants",
+        json!({"source": "goodwill", "credit_type": "api", "amount": 200, "reason_code": "outage"}),
+    );
+    assert_eq!(g.status, 201, "{g:?}");
+    let grant_id = g.json()["grant"]["grant_id"].as_str().unwrap().to_string();
+    h.wait_available("acme", "api", 200);
+    // A free request in flight: a pending hold of nothing. The void's check sees no
+    // credits held, but Redis cannot be rebuilt while a hold is pending.
+    use creditgate_protocol::CreditStore;
+    let free = creditgate_testkit::reserve_request("acme", "free-1", "api", 0, 600_000);
+    let placed = h.rt.block_on(h.store.reserve(&free)).expect("reserve");
+    assert!(format!("{placed:?}").starts_with("Placed"), "{placed:?}");
+
+    let voided = void_once_ledger_agrees(&h, &grant_id);
+    assert_eq!(voided.status, 200, "{voided:?}");
+    assert_eq!(voided.json()["voided"], 200, "{voided:?}");
+    assert_eq!(voided.json()["redis_rebuild"], "pending", "{voided:?}");
+    assert!(
+        voided.json()["rebuild"]["attempts"].as_u64() >= Some(1),
+        "{voided:?}"
+    );
+    // Still spendable in Redis for now; the rebuild is owed and listed.
+    assert_eq!(h.available("acme", "api"), 200);
+    let owed = h.get("readonly", "/v1/admin/redis-rebuilds");
+    assert_eq!(owed.status, 200, "{owed:?}");
+    let owed = owed.json()["owed"].clone();
+    assert_eq!(owed[0]["rebuild_id"], format!("void-{grant_id}"), "{owed}");
+    assert_eq!(owed[0]["customer"], "acme", "{owed}");
+    // A retried void answers the state, not 409.
+    let retried = void_once_ledger_agrees(&h, &grant_id);
+    assert_eq!(retried.status, 200, "{retried:?}");
+    assert_eq!(retried.json()["redis_rebuild"], "pending", "{retried:?}");
+
+    // The request ends; the rebuild job finishes the void: the grant is spent no more.
+    let hold = creditgate_protocol::HoldRef {
+        customer: "acme".into(),
+        hold_id: "free-1".into(),
+    };
+    h.rt.block_on(h.store.void(&hold))
+        .expect("void the free hold");
+    h.wait_available("acme", "api", 0);
+    let done = void_once_ledger_agrees(&h, &grant_id);
+    assert_eq!(done.json()["redis_rebuild"], "done", "{done:?}");
+    assert!(
+        done.json()["rebuild"]["done_at_ms"].as_u64().is_some(),
+        "{done:?}"
+    );
+    let owed = h.get("readonly", "/v1/admin/redis-rebuilds").json();
+    assert_eq!(owed["owed"], json!([]), "{owed}");
+    let attempts = h.sidecar.metric(
+        "creditgate_redis_rebuild_attempts_total",
+        &[("outcome", "done")],
+    );
+    assert_eq!(attempts, 1.0);
 }
 
 fn a_monthly_allotment_missed_while_down_is_granted_once_on_restart(backend: Backend) {
@@ -1190,7 +1270,8 @@ fn the_openapi_file_matches_the_served_routes() {
             .replace("{customer}", "acme")
             .replace("{grant_id}", "g")
             .replace("{key_id}", "k")
-            .replace("{request_id}", "r");
+            .replace("{request_id}", "r")
+            .replace("{id}", "1");
         let a = h.call(None, method, &concrete, Some(&key()), Some(&json!({})));
         assert_eq!(a.status, 401, "{method} {path}: {a:?}");
     }
@@ -1649,4 +1730,35 @@ fn support_sets_a_recharge_target_over_its_limit_only_with_approval() {
 
     let billing = set("billing", 5_000_000);
     assert_eq!(billing.status, 200, "{billing:?}");
+}
+
+/// Role limits are per credit type, in that type's own units: support's limit on `ai`
+/// (a finer-grained credit type here) is its own, and its grants of `api` do not count
+/// toward it.
+#[test]
+fn support_limits_are_per_credit_type_in_its_own_units() {
+    let ops = ADMIN_OPERATIONS.replace(
+        "per_day_max = 1500\n",
+        "per_day_max = 1500\n\n[limits.support.credit_types.ai]\nper_grant_max = 2000000\nper_day_max = 3000000\n",
+    );
+    let h = AdminHarness::start_with(Backend::Sqlite, &ops);
+    h.create_customer("acme", None);
+    let goodwill = |credit_type: &str, amount: u64| {
+        h.post(
+            "support",
+            "/v1/admin/customers/acme/grants",
+            json!({"source": "goodwill", "credit_type": credit_type, "amount": amount,
+                   "reason_code": "outage"}),
+        )
+    };
+    let api = goodwill("api", 900);
+    assert_eq!(api.status, 201, "{api:?}");
+    let ai = goodwill("ai", 1_500_000);
+    assert_eq!(ai.status, 201, "within the ai limit: {ai:?}");
+    let api_over = goodwill("api", 1_200);
+    assert_eq!(api_over.status, 202, "over the api limit: {api_over:?}");
+    let ai_day = goodwill("ai", 1_600_000);
+    assert_eq!(ai_day.status, 202, "over the ai day limit: {ai_day:?}");
+    h.wait_available("acme", "ai", 1_500_000);
+    h.wait_available("acme", "api", 900);
 }

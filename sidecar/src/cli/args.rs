@@ -60,6 +60,10 @@ pub enum Command {
     /// Credit operations: admin tokens, and the admin API's calls from a terminal.
     #[command(subcommand)]
     Admin(crate::cli::admin_args::AdminCommand),
+    /// Stream entries the ledger could not apply: list and show them, replay one once its
+    /// cause is fixed, or discard it. Every action is recorded with its actor.
+    #[command(subcommand)]
+    DeadLetters(crate::cli::dead_letters::DeadLetterCommand),
 }
 
 /// What `mode` does.

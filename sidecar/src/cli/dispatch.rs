@@ -9,7 +9,7 @@ use creditgate_protocol::redact_secrets;
 
 use crate::cli::args::{Cli, Command, InspectCommand, LedgerCommand};
 use crate::cli::mode_commands::mode_command;
-use crate::cli::{admin_commands, commands, inspect, render};
+use crate::cli::{admin_commands, commands, dead_letters, inspect, render};
 
 /// Process exit status of a successful command.
 pub const EXIT_OK: u8 = 0;
@@ -57,6 +57,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<String> {
         Command::Reconcile(args) => commands::reconcile(args).await,
         Command::Mode(command) => mode_command(command).await,
         Command::Admin(command) => admin_commands::execute(command).await,
+        Command::DeadLetters(command) => dead_letters::dead_letter_command(command).await,
         Command::Inspect(InspectCommand::Balance {
             redis,
             json,

@@ -53,6 +53,22 @@ pub trait RebuildStore: CreditStore {
     async fn init_generation(&self, shard: Shard, generation: &str) -> Result<bool, StoreError>;
     /// The stream id (`<ms>-<seq>`) of the customer's newest event in the store, if any.
     async fn position(&self, customer: &str) -> Result<Option<String>, StoreError>;
+    /// The ids of the customer's holds pending in the store.
+    async fn pending_hold_ids(&self, customer: &str) -> Result<Vec<String>, StoreError>;
+    /// A shard's event sequence (the sequence part of its newest stream id), if set.
+    async fn shard_sequence(&self, shard: Shard) -> Result<Option<u64>, StoreError>;
+    /// Raises a shard's event sequence to at least `seq`.
+    async fn raise_sequence(&self, shard: Shard, seq: u64) -> Result<(), StoreError>;
+    /// The customers of `shard` the rebuild with `token` has restored.
+    async fn rebuilt_customers(&self, shard: Shard, token: &str)
+    -> Result<Vec<String>, StoreError>;
+    /// Records that the rebuild `token` restored `customer`; `None` clears the record.
+    async fn mark_rebuilt(
+        &self,
+        shard: Shard,
+        customer: Option<&str>,
+        token: &str,
+    ) -> Result<(), StoreError>;
 }
 
 #[async_trait]
@@ -75,6 +91,35 @@ impl RebuildStore for RedisStore {
 
     async fn position(&self, customer: &str) -> Result<Option<String>, StoreError> {
         RedisStore::position(self, customer).await
+    }
+
+    async fn pending_hold_ids(&self, customer: &str) -> Result<Vec<String>, StoreError> {
+        RedisStore::pending_hold_ids(self, customer).await
+    }
+
+    async fn shard_sequence(&self, shard: Shard) -> Result<Option<u64>, StoreError> {
+        RedisStore::shard_sequence(self, shard).await
+    }
+
+    async fn raise_sequence(&self, shard: Shard, seq: u64) -> Result<(), StoreError> {
+        RedisStore::raise_sequence(self, shard, seq).await
+    }
+
+    async fn rebuilt_customers(
+        &self,
+        shard: Shard,
+        token: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        RedisStore::rebuilt_customers(self, shard, token).await
+    }
+
+    async fn mark_rebuilt(
+        &self,
+        shard: Shard,
+        customer: Option<&str>,
+        token: &str,
+    ) -> Result<(), StoreError> {
+        RedisStore::mark_rebuilt(self, shard, customer, token).await
     }
 }
 
@@ -268,7 +313,8 @@ pub async fn rebuild_customer(
     let voided = void_in_ledger(ledger, shard, customer, lost).await?;
     let mut attempt = 1;
     loop {
-        let state = restore_state(ledger, customer, shard).await?;
+        let mut state = restore_state(ledger, customer, shard).await?;
+        state.resolved_holds = resolved_in_ledger(ledger, store, customer).await?;
         match store.restore(&state).await? {
             RestoreOutcome::Restored { grants, .. } => {
                 info!(
@@ -294,6 +340,96 @@ pub async fn rebuild_customer(
             }
         }
     }
+}
+
+/// The holds pending in the store that the ledger has resolved (the store came back from
+/// before their resolution), with how the ledger resolved them: restore closes them so they
+/// are never resolved a second time.
+async fn resolved_in_ledger(
+    ledger: &dyn LedgerEntries,
+    store: &dyn RebuildStore,
+    customer: &str,
+) -> Result<Vec<(String, String, u64)>, ReconcileError> {
+    let pending: HashSet<String> = store
+        .pending_hold_ids(customer)
+        .await?
+        .into_iter()
+        .collect();
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let resolutions = ledger
+        .entries(&EntryQuery {
+            customer: Some(customer.to_string()),
+            kinds: vec![
+                EntryKind::HoldPosted,
+                EntryKind::HoldVoided,
+                EntryKind::HoldExpired,
+            ],
+            ..EntryQuery::default()
+        })
+        .await?;
+    let mut resolved = Vec::new();
+    for entry in &resolutions {
+        let Some(Ok(event)) = entry.event() else {
+            continue;
+        };
+        let (hold_id, state, posted) = match &event.body {
+            EventBody::HoldPosted {
+                hold_id, posted, ..
+            } => (hold_id, "posted", *posted),
+            EventBody::HoldVoided(r) => (&r.hold_id, "voided", 0),
+            EventBody::HoldExpired(r) => (&r.hold_id, "expired", 0),
+            _ => continue,
+        };
+        if pending.contains(hold_id) {
+            resolved.push((hold_id.clone(), state.to_string(), posted));
+        }
+    }
+    Ok(resolved)
+}
+
+/// Delivers again the grants the outbox marked applied whose `grant_added` the ledger
+/// never recorded: Redis lost them with the event, before the writer saw it (a shard that
+/// lost its data or came back behind the ledger). The grant script skips any Redis still
+/// has.
+async fn reapply_lost_grants(
+    ledger: &dyn Ledger,
+    store: &dyn RebuildStore,
+    customer: &str,
+) -> Result<u64, ReconcileError> {
+    let added = ledger
+        .entries(&EntryQuery {
+            customer: Some(customer.to_string()),
+            kinds: vec![EntryKind::GrantAdded],
+            ..EntryQuery::default()
+        })
+        .await?;
+    let recorded: HashSet<&str> = added
+        .iter()
+        .filter_map(|e| e.entry.grant_id.as_deref())
+        .collect();
+    let mut reapplied = 0;
+    for grant in ledger.grants_of(customer).await? {
+        if recorded.contains(grant.grant_id.as_str()) {
+            continue;
+        }
+        let delivered = ledger
+            .outbox_state(&grant.grant_id)
+            .await?
+            .is_some_and(|s| s.applied_at_ms.is_some());
+        if delivered {
+            store.grant(&grant.to_request()).await?;
+            reapplied += 1;
+        }
+    }
+    if reapplied > 0 {
+        warn!(
+            customer,
+            reapplied, "re-applied grants the outbox delivered and Redis lost"
+        );
+    }
+    Ok(reapplied)
 }
 
 /// The void events of the holds the ledger has as pending for `customer` and the store no
@@ -336,7 +472,7 @@ async fn holds_the_store_lost(
             // Still in the store: restore will refuse; nothing to void.
             continue;
         }
-        voids.push(void_event(
+        let mut void = void_event(
             customer,
             &event.credit_type,
             hold_id,
@@ -344,7 +480,12 @@ async fn holds_the_store_lost(
             draws,
             *overdraft,
             context,
-        ));
+        );
+        // The void belongs to this placement (its nonce), not to the bare hold id.
+        if let Some(id) = creditgate_protocol::hold_sibling_event_id(&event.event_id, "voided") {
+            void.event_id = id;
+        }
+        voids.push(void);
     }
     Ok(voids)
 }
@@ -478,6 +619,7 @@ async fn restore_state(
         debts,
         applied,
         ledger_position,
+        resolved_holds: Vec::new(),
     })
 }
 
@@ -506,33 +648,106 @@ fn void_event(
     }
 }
 
-/// Rebuilds every customer of one shard the ledger knows (the shard lost its data).
+/// How many of a shard's newest ledger entries the rollback check reads for the ledger's
+/// newest position: the writer records a shard's events in stream order, so the newest
+/// position is among the last batches it wrote (4 of `BATCH_MAX`).
+pub const POSITION_SCAN_MAX: u32 = 1_024;
+
+/// Rebuilds every customer of one shard the ledger knows (the shard lost its data or came
+/// back behind the ledger). Customers the rebuild `token` restored on an earlier pass are
+/// skipped, so a busy shard's rebuild does not start over every pass; once every customer
+/// is restored the shard's event sequence is raised to the ledger's and the progress record
+/// cleared. Returns whether the rebuild is complete.
 pub async fn rebuild_shard(
-    ledger: &dyn LedgerEntries,
+    ledger: &dyn Ledger,
     store: &dyn RebuildStore,
     shard: Shard,
-) -> Result<Vec<(String, Rebuilt)>, ReconcileError> {
-    let mut done = Vec::new();
+    token: &str,
+) -> Result<bool, ReconcileError> {
+    let done: HashSet<String> = store
+        .rebuilt_customers(shard, token)
+        .await?
+        .into_iter()
+        .collect();
+    let mut complete = true;
     for customer in ledger.customers().await? {
-        if store.keyspace().shard_of(&customer) == shard {
-            let rebuilt = rebuild_customer(ledger, store, &customer).await?;
-            done.push((customer, rebuilt));
+        if store.keyspace().shard_of(&customer) != shard || done.contains(&customer) {
+            continue;
+        }
+        match rebuild_customer(ledger, store, &customer).await? {
+            Rebuilt::Restored { .. } => {
+                reapply_lost_grants(ledger, store, &customer).await?;
+                store.mark_rebuilt(shard, Some(&customer), token).await?;
+            }
+            waiting => {
+                complete = false;
+                warn!(shard = %shard, customer, ?waiting, "customer not rebuilt yet; retried on the next check");
+            }
         }
     }
-    Ok(done)
+    if complete {
+        if let Some(seq) = ledger_sequence(ledger, shard).await? {
+            store.raise_sequence(shard, seq).await?;
+        }
+        store.mark_rebuilt(shard, None, token).await?;
+    }
+    Ok(complete)
 }
 
-/// Checks every shard's generation marker against the one the ledger recorded.
+/// The ledger's newest position in a shard's event sequence: the highest sequence part of
+/// the stream ids it recorded last; `None` when it recorded none.
+async fn ledger_sequence(ledger: &dyn Ledger, shard: Shard) -> Result<Option<u64>, ReconcileError> {
+    Ok(ledger
+        .shard_stream_ids(shard.0, POSITION_SCAN_MAX)
+        .await?
+        .iter()
+        .filter_map(|id| parse_stream_id(id))
+        .map(|(_, seq)| seq)
+        .max())
+}
+
+/// Whether Redis came back behind the ledger on a shard that kept its generation marker
+/// (a lagging replica promoted, a crash losing the last second of AOF): its event sequence
+/// is below the highest one the ledger recorded. A shard with no sequence yet (the first
+/// check after an upgrade) gets the ledger's.
+async fn rolled_back(
+    ledger: &dyn Ledger,
+    store: &dyn RebuildStore,
+    shard: Shard,
+) -> Result<bool, ReconcileError> {
+    let Some(ledger_seq) = ledger_sequence(ledger, shard).await? else {
+        return Ok(false);
+    };
+    match store.shard_sequence(shard).await? {
+        None => {
+            store.raise_sequence(shard, ledger_seq).await?;
+            Ok(false)
+        }
+        Some(redis_seq) if redis_seq < ledger_seq => {
+            warn!(shard = %shard, redis_seq, ledger_seq,
+                "Redis is behind the ledger (rolled back); rebuilding the shard from the ledger");
+            Ok(true)
+        }
+        Some(_) => Ok(false),
+    }
+}
+
+/// Checks every shard's generation marker against the one the ledger recorded, and its
+/// event sequence against the ledger's.
 ///
 /// - No marker recorded in the ledger: the shard was never initialised (first start): set
 ///   one in Redis (keeping one another sidecar set) and record it.
-/// - Redis has the recorded marker: it kept its data.
+/// - Redis has the recorded marker and a sequence at or past the ledger's: it kept its
+///   data. A sequence behind the ledger's (Redis rolled back): rebuild every customer of
+///   the shard from the ledger (holds the ledger resolved are closed, not resolved again;
+///   grants the outbox delivered are re-applied).
 /// - Redis has no marker or another one: Redis lost the shard's data (restart without
 ///   persistence, failover to an empty replica, `FLUSHALL`): rebuild every customer of the
 ///   shard from the ledger, then set and record a new marker. A customer with holds pending
-///   in Redis cannot be rebuilt yet; the marker then stays unset and the next check retries.
+///   in Redis, or events the ledger has not recorded yet, cannot be rebuilt yet; the marker
+///   then stays unset and the next check retries the customers not done.
 ///
-/// Returns the shards rebuilt. Callers drain the streams into the ledger first.
+/// Returns the shards rebuilt. Callers let the writer catch up with the streams first.
 pub async fn check_generations(
     ledger: &dyn Ledger,
     store: &dyn RebuildStore,
@@ -543,7 +758,14 @@ pub async fn check_generations(
         let recorded = ledger.redis_generation(shard.0).await?;
         let current = store.generation(shard).await?;
         match (&recorded, &current) {
-            (Some(r), Some(c)) if r == c => continue,
+            (Some(r), Some(c)) if r == c => {
+                if rolled_back(ledger, store, shard).await?
+                    && rebuild_shard(ledger, store, shard, generation).await?
+                {
+                    rebuilt.push(shard);
+                }
+                continue;
+            }
             (None, Some(c)) => {
                 ledger.set_redis_generation(shard.0, c).await?;
                 continue;
@@ -559,12 +781,7 @@ pub async fn check_generations(
         }
         warn!(shard = %shard, recorded = ?recorded, found = ?current,
             "generation marker lost: Redis lost this shard's data; rebuilding from the ledger");
-        let results = rebuild_shard(ledger, store, shard).await?;
-        if results
-            .iter()
-            .any(|(_, r)| matches!(r, Rebuilt::Busy { .. }))
-        {
-            warn!(shard = %shard, "some customers have holds pending in Redis; their rebuild waits for the next check");
+        if !rebuild_shard(ledger, store, shard, generation).await? {
             continue;
         }
         store.init_generation(shard, generation).await?;
@@ -599,6 +816,8 @@ mod tests {
         keyspace: Keyspace,
         restored: Mutex<Vec<RestoreState>>,
         generations: Mutex<HashMap<u32, String>>,
+        raised: Mutex<HashMap<u32, u64>>,
+        rebuilt: Mutex<HashMap<(u32, String), String>>,
     }
 
     impl ModelRedis {
@@ -608,7 +827,21 @@ mod tests {
                 keyspace: keyspace(),
                 restored: Mutex::default(),
                 generations: Mutex::default(),
+                raised: Mutex::default(),
+                rebuilt: Mutex::default(),
             }
+        }
+
+        /// The ids of the customer's pending holds in the model.
+        async fn pending_of(&self, customer: &str) -> Vec<String> {
+            let shard = self.keyspace.shard_of(customer);
+            let due = self.model.due_holds(shard, FOLD_EVERYTHING_MS, 10_000);
+            due.await
+                .expect("due holds")
+                .into_iter()
+                .filter(|d| d.customer == customer)
+                .map(|d| d.id)
+                .collect()
         }
 
         fn restored(&self) -> Vec<RestoreState> {
@@ -624,9 +857,10 @@ mod tests {
         }
     }
 
-    /// The stream id the fixtures give the `index`-th event of a shard's stream.
+    /// The stream id the fixtures give the `index`-th event of a shard's stream: its
+    /// sequence part counts the shard's events, as the scripts' ids do.
     fn model_stream_id(index: usize) -> String {
-        format!("{}-0", index + 1)
+        format!("1-{}", index + 1)
     }
 
     /// Appends the events of `store` to `ledger` as the writer would, with their stream
@@ -705,8 +939,10 @@ mod tests {
         }
 
         async fn restore(&self, state: &RestoreState) -> Result<RestoreOutcome, StoreError> {
-            let balance = self.model.balance(&state.customer).await?;
-            let held = balance.types.iter().filter(|t| t.held > 0).count() as u64;
+            // The script's busy check: pending holds the ledger has not resolved.
+            let closing: Vec<&String> = state.resolved_holds.iter().map(|(id, _, _)| id).collect();
+            let pending = self.pending_of(&state.customer).await;
+            let held = pending.iter().filter(|h| !closing.contains(h)).count() as u64;
             if held > 0 {
                 return Ok(RestoreOutcome::Busy {
                     at_ms: 0,
@@ -754,6 +990,55 @@ mod tests {
 
         async fn position(&self, customer: &str) -> Result<Option<String>, StoreError> {
             Ok(self.position_of(customer))
+        }
+
+        async fn pending_hold_ids(&self, customer: &str) -> Result<Vec<String>, StoreError> {
+            Ok(self.pending_of(customer).await)
+        }
+
+        async fn shard_sequence(&self, shard: Shard) -> Result<Option<u64>, StoreError> {
+            let events = self.model.events(shard).len() as u64;
+            let raised = self.raised.lock().expect("lock").get(&shard.0).copied();
+            Ok(match raised {
+                Some(r) => Some(r.max(events)),
+                None => (events > 0).then_some(events),
+            })
+        }
+
+        async fn raise_sequence(&self, shard: Shard, seq: u64) -> Result<(), StoreError> {
+            let mut raised = self.raised.lock().expect("lock");
+            let r = raised.entry(shard.0).or_default();
+            *r = (*r).max(seq);
+            Ok(())
+        }
+
+        async fn rebuilt_customers(
+            &self,
+            shard: Shard,
+            token: &str,
+        ) -> Result<Vec<String>, StoreError> {
+            let rebuilt = self.rebuilt.lock().expect("lock");
+            Ok(rebuilt
+                .iter()
+                .filter(|((s, _), t)| *s == shard.0 && *t == token)
+                .map(|((_, c), _)| c.clone())
+                .collect())
+        }
+
+        async fn mark_rebuilt(
+            &self,
+            shard: Shard,
+            customer: Option<&str>,
+            token: &str,
+        ) -> Result<(), StoreError> {
+            let mut rebuilt = self.rebuilt.lock().expect("lock");
+            match customer {
+                Some(c) => {
+                    rebuilt.insert((shard.0, c.to_string()), token.to_string());
+                }
+                None => rebuilt.retain(|(s, _), _| *s != shard.0),
+            }
+            Ok(())
         }
     }
 
@@ -957,5 +1242,99 @@ mod tests {
         .expect("entry");
         t.ledger.append_batch(&[entry]).await.expect("append");
         assert!(confirmed_drifts(&first, &look().await).is_empty());
+    }
+
+    /// Records the markers `check_generations` would have set on a first start, so the
+    /// store counts as having kept its data.
+    async fn markers_kept(ledger: &dyn Ledger, store: &ModelRedis) {
+        for shard in keyspace().all_shards() {
+            store.init_generation(shard, "gen-1").await.expect("marker");
+            ledger
+                .set_redis_generation(shard.0, "gen-1")
+                .await
+                .expect("record marker");
+        }
+    }
+
+    #[tokio::test]
+    async fn redis_behind_the_ledger_is_rebuilt_and_a_posted_hold_is_closed_not_expired() {
+        let t = temp_ledger().await;
+        // The ledger recorded the whole history: h1 placed and posted at 20.
+        record_with_positions(t.ledger.as_ref(), &acme_posted().await, 0).await;
+        // Redis came back from before the settle, generation marker and all: h1 is pending.
+        let behind = MemoryStore::new(keyspace());
+        grant(&behind, "acme", "g1", 100).await;
+        reserve(&behind, "acme", "h1", 30).await;
+        let redis = ModelRedis::new(behind);
+        markers_kept(t.ledger.as_ref(), &redis).await;
+        let shard = keyspace().shard_of("acme");
+
+        let rebuilt = check_generations(t.ledger.as_ref(), &redis, "gen-2")
+            .await
+            .expect("check");
+
+        assert_eq!(rebuilt, vec![shard]);
+        let [state] = redis.restored().try_into().expect("acme restored");
+        assert_eq!(state.grants[0].remaining, 80);
+        // h1 is closed as the ledger has it, never expired a second time.
+        assert_eq!(
+            state.resolved_holds,
+            vec![("h1".to_string(), "posted".to_string(), 20)]
+        );
+        // The shard's sequence continues the ledger's: the next check rebuilds nothing.
+        assert_eq!(redis.shard_sequence(shard).await.expect("seq"), Some(3));
+        let again = check_generations(t.ledger.as_ref(), &redis, "gen-2")
+            .await
+            .expect("check");
+        assert!(again.is_empty(), "{again:?}");
+        assert_eq!(redis.restored().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_redis_in_step_with_the_ledger_is_not_rebuilt() {
+        let t = temp_ledger().await;
+        let redis = ModelRedis::new(acme_posted().await);
+        // The writer is one event behind: Redis is ahead, not behind.
+        record_with_positions(t.ledger.as_ref(), &redis.model, 1).await;
+        markers_kept(t.ledger.as_ref(), &redis).await;
+
+        let rebuilt = check_generations(t.ledger.as_ref(), &redis, "gen-2")
+            .await
+            .expect("check");
+
+        assert!(rebuilt.is_empty(), "{rebuilt:?}");
+        assert!(redis.restored().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_busy_shards_rebuild_does_not_start_over_every_pass() {
+        let t = temp_ledger().await;
+        let before = acme_posted().await;
+        // Another customer on acme's shard, with a hold pending in Redis and the ledger.
+        let shard = keyspace().shard_of("acme");
+        let busy = (0..100)
+            .map(|i| format!("busy{i}"))
+            .find(|c| keyspace().shard_of(c) == shard)
+            .expect("a customer on acme's shard");
+        grant(&before, &busy, "gb", 50).await;
+        reserve(&before, &busy, "hb", 10).await;
+        record_with_positions(t.ledger.as_ref(), &before, 0).await;
+        // Redis lost the shard's marker but still has the busy customer's hold.
+        let redis = ModelRedis::new(before);
+        t.ledger
+            .set_redis_generation(shard.0, "gen-1")
+            .await
+            .expect("record marker");
+
+        for _ in 0..3 {
+            let rebuilt = check_generations(t.ledger.as_ref(), &redis, "gen-2")
+                .await
+                .expect("check");
+            assert!(!rebuilt.contains(&shard), "{rebuilt:?}");
+        }
+
+        // acme was restored once; the passes after only retried the busy customer.
+        let restored: Vec<String> = redis.restored().into_iter().map(|s| s.customer).collect();
+        assert_eq!(restored, vec!["acme".to_string()]);
     }
 }

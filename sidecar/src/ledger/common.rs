@@ -216,6 +216,14 @@ macro_rules! forward_ledger_roles {
             ) -> $crate::ledger::LedgerResult<()> {
                 self.shared().set_redis_generation(shard, generation).await
             }
+
+            async fn shard_stream_ids(
+                &self,
+                shard: u32,
+                limit: u32,
+            ) -> $crate::ledger::LedgerResult<Vec<String>> {
+                self.shared().shard_stream_ids(shard, limit).await
+            }
         }
 
         #[async_trait::async_trait]
@@ -357,6 +365,82 @@ macro_rules! forward_ledger_roles {
                 event: &$crate::ledger::UsageEventRecord,
             ) -> $crate::ledger::LedgerResult<bool> {
                 self.shared().record_usage_event(event).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::ledger::LedgerDeadLetters for $backend {
+            async fn record_dead_letter(
+                &self,
+                letter: &$crate::ledger::NewDeadLetter,
+            ) -> $crate::ledger::LedgerResult<bool> {
+                self.shared().record_dead_letter(letter).await
+            }
+
+            async fn dead_letters(
+                &self,
+                open_only: bool,
+                limit: u32,
+            ) -> $crate::ledger::LedgerResult<Vec<$crate::ledger::DeadLetter>> {
+                self.shared().dead_letters(open_only, limit).await
+            }
+
+            async fn dead_letter(
+                &self,
+                id: i64,
+            ) -> $crate::ledger::LedgerResult<Option<$crate::ledger::DeadLetter>> {
+                self.shared().dead_letter(id).await
+            }
+
+            async fn record_dead_letter_action(
+                &self,
+                id: i64,
+                action: &$crate::ledger::DeadLetterActionRecord,
+            ) -> $crate::ledger::LedgerResult<()> {
+                self.shared().record_dead_letter_action(id, action).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::ledger::LedgerRebuilds for $backend {
+            async fn record_rebuild(
+                &self,
+                rebuild: &$crate::ledger::RebuildRecord,
+            ) -> $crate::ledger::LedgerResult<bool> {
+                self.shared().record_rebuild(rebuild).await
+            }
+
+            async fn rebuild(
+                &self,
+                rebuild_id: &str,
+            ) -> $crate::ledger::LedgerResult<Option<$crate::ledger::RebuildRecord>> {
+                self.shared().rebuild(rebuild_id).await
+            }
+
+            async fn owed_rebuilds(
+                &self,
+                limit: u32,
+            ) -> $crate::ledger::LedgerResult<Vec<$crate::ledger::RebuildRecord>> {
+                self.shared().owed_rebuilds(limit).await
+            }
+
+            async fn mark_rebuild_done(
+                &self,
+                rebuild_id: &str,
+                at_ms: u64,
+            ) -> $crate::ledger::LedgerResult<bool> {
+                self.shared().mark_rebuild_done(rebuild_id, at_ms).await
+            }
+
+            async fn mark_rebuild_retry(
+                &self,
+                rebuild_id: &str,
+                error: &str,
+                next_attempt_at_ms: u64,
+            ) -> $crate::ledger::LedgerResult<bool> {
+                self.shared()
+                    .mark_rebuild_retry(rebuild_id, error, next_attempt_at_ms)
+                    .await
             }
         }
     };
@@ -696,6 +780,20 @@ where
             Some(r) => Some(r.try_get::<String, _>(0)?),
             None => None,
         })
+    }
+
+    pub(crate) async fn shard_stream_ids(&self, shard: u32, limit: u32) -> LedgerResult<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT stream_id FROM ledger_entries WHERE shard = $1 AND stream_id IS NOT NULL \
+             ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(i64::from(shard))
+        .bind(i64::from(limit))
+        .fetch_all(self.readers)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>(0)?))
+            .collect()
     }
 
     pub(crate) async fn set_redis_generation(

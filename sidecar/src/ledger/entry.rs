@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use creditgate_protocol::keys::validate_id;
 use creditgate_protocol::types::{Draw, MAX_TEXT_LEN};
-use creditgate_protocol::{Event, EventBody, MAX_AMOUNT, RequestContext};
+use creditgate_protocol::{Event, EventBody, MAX_AMOUNT, RequestContext, hold_placement_of};
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -24,8 +24,9 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 /// Prefix of every adjustment's `event_id` (`adjustment:<id>`).
 pub const ADJUSTMENT_EVENT_PREFIX: &str = "adjustment:";
 
-/// Suffix of an overage entry's `event_id` (`hold:<id>:overage`), beside the hold's
-/// `hold:<id>:posted`: one overage per hold, so a redelivered event records it once.
+/// Suffix of an overage entry's `event_id` (`hold:<id>:<nonce>:overage`), beside the
+/// hold's `hold:<id>:<nonce>:posted`: one overage per placement, so a redelivered event
+/// records it once and a hold placed again under an old id records its own.
 pub const OVERAGE_EVENT_SUFFIX: &str = ":overage";
 
 /// Version tag that starts the canonical encoding; a new field layout needs a new tag.
@@ -458,7 +459,10 @@ impl NewEntry {
                 ..
             } if *shortfall > 0 => {
                 let mut overage = entry.clone();
-                overage.event_id = format!("hold:{hold_id}{OVERAGE_EVENT_SUFFIX}");
+                overage.event_id = match hold_placement_of(&event.event_id) {
+                    Some(placement) => format!("{placement}{OVERAGE_EVENT_SUFFIX}"),
+                    None => format!("hold:{hold_id}{OVERAGE_EVENT_SUFFIX}"),
+                };
                 overage.kind = EntryKind::Overage;
                 overage.amount = 0;
                 overage.grants = json!({});

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use creditgate_protocol::types::Draw;
-use creditgate_protocol::{Event, EventBody};
+use creditgate_protocol::{Event, EventBody, hold_placement_of};
 
 use super::LedgerError;
 use super::entry::{EntryKind, LedgerEntry};
@@ -160,9 +160,13 @@ impl CustomerFold {
         Ok(())
     }
 
+    /// Folds one event in. Pending holds are keyed by their placement
+    /// (`hold:<id>:<nonce>`, from the event id), not the bare hold id: a hold placed again
+    /// under an old id is another hold.
     fn apply_event(&mut self, event: &Event) {
         let t = event.credit_type.as_str();
         self.ty(t);
+        let placement = hold_placement_of(&event.event_id);
         match &event.body {
             EventBody::GrantAdded {
                 grant_id,
@@ -184,7 +188,10 @@ impl CustomerFold {
                 draws,
                 overdraft,
                 ..
-            } => self.place(hold_id, t, *amount as i64, draws.clone(), *overdraft as i64),
+            } => {
+                let key = placement.unwrap_or(hold_id);
+                self.place(key, t, *amount as i64, draws.clone(), *overdraft as i64)
+            }
             EventBody::HoldPosted {
                 hold_id,
                 held,
@@ -195,7 +202,7 @@ impl CustomerFold {
                 breakage,
                 ..
             } => {
-                let hold = self.pending(hold_id, t, *held as i64, || {
+                let hold = self.pending(placement.unwrap_or(hold_id), t, *held as i64, || {
                     // Without its placement, assume every burn came from the hold; the
                     // effect on the total is the same.
                     let mut draws = burns.clone();
@@ -215,7 +222,7 @@ impl CustomerFold {
                 debug_assert!(od_burn <= *overdraft as i64);
             }
             EventBody::HoldVoided(r) | EventBody::HoldExpired(r) => {
-                let hold = self.pending(&r.hold_id, t, r.held as i64, || {
+                let hold = self.pending(placement.unwrap_or(&r.hold_id), t, r.held as i64, || {
                     let mut draws = r.returned.clone();
                     draws.extend(r.breakage.iter().cloned());
                     (draws, r.returned_overdraft as i64)

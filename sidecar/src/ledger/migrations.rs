@@ -58,9 +58,19 @@ pub(crate) const SQLITE: &[Migration] = &[
         sql: include_str!("../../migrations/sqlite/0007_overage_entries.sql"),
     },
     Migration {
+        version: 8,
+        name: "dead_letters",
+        sql: include_str!("../../migrations/sqlite/0008_dead_letters.sql"),
+    },
+    Migration {
         version: 9,
         name: "plan_history",
         sql: include_str!("../../migrations/sqlite/0009_plan_history.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "redis_rebuilds",
+        sql: include_str!("../../migrations/sqlite/0010_redis_rebuilds.sql"),
     },
 ];
 
@@ -102,8 +112,18 @@ pub(crate) const POSTGRES: &[Migration] = &[
         sql: include_str!("../../migrations/postgres/0007_overage_entries.sql"),
     },
     Migration {
+        version: 8,
+        name: "dead_letters",
+        sql: include_str!("../../migrations/postgres/0008_dead_letters.sql"),
+    },
+    Migration {
         version: 9,
         name: "plan_history",
         sql: include_str!("../../migrations/postgres/0009_plan_history.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "redis_rebuilds",
+        sql: include_str!("../../migrations/postgres/0010_redis_rebuilds.sql"),
     },
 ];

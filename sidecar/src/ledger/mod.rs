@@ -18,11 +18,13 @@ mod admin;
 mod chain;
 mod common;
 mod config_versions;
+mod dead_letters;
 mod entry;
 mod fold;
 mod grants;
 mod migrations;
 mod postgres;
+mod rebuilds;
 mod roles;
 mod sql;
 mod sqlite;
@@ -35,6 +37,9 @@ pub use admin::{
 };
 pub use chain::{BreakKind, BrokenLink, ChainHead, VerifyReport, verify_customer};
 pub use config_versions::ConfigVersionRecord;
+pub use dead_letters::{
+    DeadLetter, DeadLetterAction, DeadLetterActionRecord, DeadLetterReason, NewDeadLetter,
+};
 pub use entry::{
     ADJUSTMENT_EVENT_PREFIX, Adjustment, EntryKind, GENESIS_HASH, LedgerEntry, NewEntry,
     canonical_encoding, canonical_json, entry_hash, event_from_details,
@@ -47,9 +52,10 @@ pub use grants::{GrantRecord, OutboxState, RecordGrantOutcome};
 pub use migrations::Migration;
 pub use postgres::{DEFAULT_PG_MAX_CONNECTIONS, PostgresLedger};
 pub use roles::{
-    Ledger, LedgerAdmin, LedgerControlAudit, LedgerEntries, LedgerGrants, LedgerPricingVersions,
-    LedgerUsageEvents,
+    Ledger, LedgerAdmin, LedgerControlAudit, LedgerDeadLetters, LedgerEntries, LedgerGrants,
+    LedgerPricingVersions, LedgerRebuilds, LedgerUsageEvents,
 };
+pub use rebuilds::RebuildRecord;
 pub use sql::Bind;
 pub use sqlite::{DEFAULT_SQLITE_READERS, SqliteLedger};
 pub use usage_events::UsageEventRecord;

@@ -18,6 +18,8 @@ use super::config_versions::ConfigVersionRecord;
 use super::entry::{EntryKind, LedgerEntry, NewEntry};
 use super::fold::{LedgerBalance, Revenue, UsageRow, fold_balance, fold_revenue, fold_usage};
 use super::grants::{GrantRecord, OutboxState, RecordGrantOutcome};
+use super::dead_letters::{DeadLetter, DeadLetterActionRecord, NewDeadLetter};
+use super::rebuilds::RebuildRecord;
 use super::usage_events::UsageEventRecord;
 use super::{AppendOutcome, CustomerTotal, EntryQuery, LedgerResult};
 
@@ -33,6 +35,8 @@ pub trait Ledger:
     + LedgerControlAudit
     + LedgerPricingVersions
     + LedgerUsageEvents
+    + LedgerDeadLetters
+    + LedgerRebuilds
 {
 }
 
@@ -43,6 +47,8 @@ impl<T> Ledger for T where
         + LedgerControlAudit
         + LedgerPricingVersions
         + LedgerUsageEvents
+        + LedgerDeadLetters
+        + LedgerRebuilds
         + ?Sized
 {
 }
@@ -66,6 +72,10 @@ pub trait LedgerAdmin: Send + Sync {
 
     /// Records the generation marker set in a Redis shard.
     async fn set_redis_generation(&self, shard: u32, generation: &str) -> LedgerResult<()>;
+
+    /// The stream ids of the newest `limit` entries recorded from a shard's stream, newest
+    /// first: the positions the rollback check compares with Redis.
+    async fn shard_stream_ids(&self, shard: u32, limit: u32) -> LedgerResult<Vec<String>>;
 }
 
 /// The append-only, hash-chained entries, and what finance, support and the reconciler
@@ -282,4 +292,54 @@ pub trait LedgerUsageEvents: Send + Sync {
     /// Records a usage event as received and priced, before it is burned; false when the
     /// customer's idempotency key was recorded before (the first record stays).
     async fn record_usage_event(&self, event: &UsageEventRecord) -> LedgerResult<bool>;
+}
+
+/// Stream entries the writer could not apply, and what operators did about them. A
+/// replayed letter goes through the entries role, hence the supertrait: the writer holds
+/// one `Arc<dyn LedgerDeadLetters>` for both.
+#[async_trait]
+pub trait LedgerDeadLetters: LedgerEntries {
+    /// Records an entry the writer could not apply; false when this stream entry (same
+    /// shard, stream id and fields) was recorded before, as after a redelivery.
+    async fn record_dead_letter(&self, letter: &NewDeadLetter) -> LedgerResult<bool>;
+
+    /// Up to `limit` dead letters, newest first; only unresolved ones when `open_only`.
+    async fn dead_letters(&self, open_only: bool, limit: u32) -> LedgerResult<Vec<DeadLetter>>;
+
+    /// The dead letter numbered `id`, with its actions.
+    async fn dead_letter(&self, id: i64) -> LedgerResult<Option<DeadLetter>>;
+
+    /// Records what was done about dead letter `id` and by whom.
+    async fn record_dead_letter_action(
+        &self,
+        id: i64,
+        action: &DeadLetterActionRecord,
+    ) -> LedgerResult<()>;
+}
+
+/// Redis rebuilds owed to customers after changes booked in the ledger alone (a grant
+/// void): recorded before they are tried, retried by the sidecar until done.
+#[async_trait]
+pub trait LedgerRebuilds: Send + Sync {
+    /// Records a rebuild owed; false when its id was recorded before (the first stays).
+    async fn record_rebuild(&self, rebuild: &RebuildRecord) -> LedgerResult<bool>;
+
+    /// The rebuild recorded under `rebuild_id`.
+    async fn rebuild(&self, rebuild_id: &str) -> LedgerResult<Option<RebuildRecord>>;
+
+    /// Rebuilds not done yet, the soonest due first, at most `limit`.
+    async fn owed_rebuilds(&self, limit: u32) -> LedgerResult<Vec<RebuildRecord>>;
+
+    /// Marks a rebuild done at `at_ms` (ms since the Unix epoch); false when unknown or
+    /// done before.
+    async fn mark_rebuild_done(&self, rebuild_id: &str, at_ms: u64) -> LedgerResult<bool>;
+
+    /// Counts a failed attempt with its `error` and sets when the next one is due (ms
+    /// since the Unix epoch); false when unknown or done.
+    async fn mark_rebuild_retry(
+        &self,
+        rebuild_id: &str,
+        error: &str,
+        next_attempt_at_ms: u64,
+    ) -> LedgerResult<bool>;
 }

@@ -366,9 +366,13 @@ pub(crate) fn select_entries(d: Dialect, q: &EntryQuery) -> (String, Vec<Bind>) 
     }
     if q.pending_holds_only {
         conds.push(
+            // A resolution of this placement: the same event id with another ending (hold
+            // ids never contain ':'), so a hold placed again under an old id is pending
+            // even though the old placement was resolved.
             "e.kind = 'hold_placed' AND NOT EXISTS (SELECT 1 FROM ledger_entries r \
-             WHERE r.hold_id = e.hold_id AND r.customer = e.customer \
-             AND r.kind IN ('hold_posted', 'hold_voided', 'hold_expired'))"
+             WHERE r.customer = e.customer AND r.event_id IN \
+             (replace(e.event_id, ':placed', ':posted'), replace(e.event_id, ':placed', ':voided'), \
+             replace(e.event_id, ':placed', ':expired')))"
                 .to_string(),
         );
     }

@@ -32,6 +32,8 @@
 //! * `AttackStack` — Redis, a counting upstream, the gateway and the sidecar on an SQLite
 //!   ledger, with the check that every request the upstream received was paid for.
 //! * `Backend` and `on_both_backends!` — every ledger scenario on SQLite and on Postgres.
+//! * `run_soak` — the soak and fault run: load and a fault schedule for a set time, then
+//!   the end checks (`SoakReport`).
 //!
 //! [`wait_for`] and [`now_ms`] (polling with a deadline, the wall clock in ms) need no
 //! feature.
@@ -90,6 +92,8 @@ mod requests;
 mod scripted_upstream;
 mod sidecar;
 #[cfg(feature = "e2e")]
+mod soak;
+#[cfg(feature = "e2e")]
 mod stack;
 #[cfg(feature = "e2e")]
 mod traffic;
@@ -121,9 +125,16 @@ pub use ledger_harness::{CATCH_UP_TIMEOUT, GROUP, LedgerHarness};
 #[cfg(feature = "e2e")]
 pub use requests::{grant_request, reserve_request};
 #[cfg(feature = "e2e")]
+pub use soak::{
+    DEFAULT_SOAK_SECS, Findings, SOAK_KEEP_ENV, SOAK_SECS_ENV, SOAK_SEED_ENV, SoakConfig,
+    SoakReport, run_soak,
+};
+#[cfg(feature = "e2e")]
 pub use stack::Stack;
 #[cfg(feature = "e2e")]
-pub use traffic::{Produced, Snapshot, TYPES, Traffic, TrafficRun, join_traffic, spawn_traffic};
+pub use traffic::{
+    Produced, Snapshot, TYPES, Traffic, TrafficRun, join_traffic, spawn_traffic, without_nonce,
+};
 
 pub use cluster::RedisCluster;
 pub use gateway::{

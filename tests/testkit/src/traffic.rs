@@ -22,10 +22,22 @@ use crate::requests::{grant_request, reserve_request};
 /// The two credit types of the generated traffic.
 pub const TYPES: [&str; 2] = ["api", "tokens"];
 
+/// An event id without its hold placement nonce: `hold:<id>:<nonce>:<what>` becomes
+/// `hold:<id>:<what>`, the form [`Produced::expected`] holds (the client never learns the
+/// nonce, the Redis time of the placement); any other id is returned as it is.
+pub fn without_nonce(event_id: &str) -> String {
+    let parts: Vec<&str> = event_id.split(':').collect();
+    match parts.as_slice() {
+        ["hold", hold_id, _nonce, what] => format!("hold:{hold_id}:{what}"),
+        _ => event_id.to_string(),
+    }
+}
+
 /// What a run of generated traffic produced, from the outcomes the store answered.
 #[derive(Debug, Default)]
 pub struct Produced {
-    /// Event ids that must be in the ledger exactly once.
+    /// Event ids that must be in the ledger exactly once, hold events' without their
+    /// placement nonce ([`without_nonce`]).
     pub expected: BTreeSet<String>,
     /// `grant:<id>:expired` ids that may be in the ledger (the sweeper expires a grant
     /// with an expiry only when something of it is left).

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use super::auth::Caller;
 use super::idempotency::{self, Reply};
 use super::state::AdminState;
-use super::{alerts, customers, grants, reads};
+use super::{alerts, customers, dead_letters, grants, reads};
 use crate::api::{control, usage_events};
 use crate::ledger::now_ms;
 
@@ -191,6 +191,11 @@ pub async fn void_grant(
     .await
 }
 
+/// `GET /v1/admin/redis-rebuilds`: the Redis rebuilds owed after grant voids.
+pub async fn owed_rebuilds(State(st): St) -> Response {
+    json_response(grants::owed_rebuilds(&st).await)
+}
+
 /// `POST /v1/admin/customers/{customer}/purchases`: records a bought bundle.
 pub async fn purchase(
     State(st): St,
@@ -286,6 +291,42 @@ pub async fn control_audit(State(st): St, Query(q): Query<control::LimitQuery>) 
 /// `GET /v1/fleet/gateways`: gateways with a live heartbeat.
 pub async fn fleet_gateways(State(st): St) -> Response {
     control::gateways(&st.sidecar).await
+}
+
+/// `GET /v1/admin/dead-letters`: stream entries the ledger could not apply.
+pub async fn dead_letters(State(st): St, Query(q): Query<Vec<(String, String)>>) -> Response {
+    json_response(dead_letters::list(&st, &q).await)
+}
+
+/// `GET /v1/admin/dead-letters/{id}`: one dead letter.
+pub async fn dead_letter(State(st): St, Path(id): Path<String>) -> Response {
+    json_response(dead_letters::show(&st, &id).await)
+}
+
+/// `POST /v1/admin/dead-letters/{id}/replay`: re-applies it; the token is the actor.
+pub async fn replay_dead_letter(
+    State(st): St,
+    caller: Caller,
+    Path(id): Path<String>,
+    call: Call,
+) -> Response {
+    once(&st, &caller, &call, |_| {
+        dead_letters::act(&st, &caller, &id, &call.body, false)
+    })
+    .await
+}
+
+/// `POST /v1/admin/dead-letters/{id}/discard`: marks it resolved; the token is the actor.
+pub async fn discard_dead_letter(
+    State(st): St,
+    caller: Caller,
+    Path(id): Path<String>,
+    call: Call,
+) -> Response {
+    once(&st, &caller, &call, |_| {
+        dead_letters::act(&st, &caller, &id, &call.body, true)
+    })
+    .await
 }
 
 /// `POST /v1/usage-events`: meters a batch of usage events.

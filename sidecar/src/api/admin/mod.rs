@@ -10,12 +10,14 @@
 //! test holds `sidecar/openapi.json` against it.
 //!
 //! This module only declares and wires routes; the handlers are in [`handlers`], the
-//! rules in [`grants`], [`customers`], [`reads`], [`alerts`] and [`schedule`].
+//! rules in [`grants`], [`customers`], [`reads`], [`alerts`], [`schedule`] and
+//! [`dead_letters`].
 
 pub mod alerts;
 pub mod auth;
 pub mod customers;
 pub mod day_limit;
+pub mod dead_letters;
 pub mod error;
 pub mod fields;
 pub mod grants;
@@ -106,6 +108,7 @@ pub const ROUTES: &[Route] = &[
     route!(POST "/v1/admin/customers/{customer}/grants", GRANTERS, h::create_grant),
     route!(POST "/v1/admin/customers/{customer}/grants/{grant_id}/void", ADMIN_SUPPORT,
            h::void_grant),
+    route!(GET  "/v1/admin/redis-rebuilds", ALL, h::owed_rebuilds),
     route!(POST "/v1/admin/customers/{customer}/purchases", ADMIN_BILLING, h::purchase),
     route!(GET  "/v1/admin/customers/{customer}/balance", ALL, h::balance),
     route!(GET  "/v1/admin/customers/{customer}/ledger", ALL, h::ledger),
@@ -118,6 +121,10 @@ pub const ROUTES: &[Route] = &[
     route!(POST "/v1/control/rollout", ADMIN, h::control_rollout),
     route!(GET  "/v1/control/audit", CONTROL_READERS, h::control_audit),
     route!(GET  "/v1/fleet/gateways", CONTROL_READERS, h::fleet_gateways),
+    route!(GET  "/v1/admin/dead-letters", CONTROL_READERS, h::dead_letters),
+    route!(GET  "/v1/admin/dead-letters/{id}", CONTROL_READERS, h::dead_letter),
+    route!(POST "/v1/admin/dead-letters/{id}/replay", ADMIN, h::replay_dead_letter),
+    route!(POST "/v1/admin/dead-letters/{id}/discard", ADMIN, h::discard_dead_letter),
     // A batch of events is bigger than an admin call.
     route!(POST "/v1/usage-events", ADMIN_BILLING, h::usage_events, USAGE_EVENTS_BODY_MAX_BYTES),
 ];
