@@ -632,3 +632,81 @@ fn with_redis_down_each_event_is_rejected_by_its_indexed_key_and_a_retry_burns_o
     assert_eq!(burns.len(), 2, "{burns:?}");
     assert_eq!(stack.wait_burns(ALICE, 3).len(), 2, "nothing burned twice");
 }
+
+/// The sidecar's store, seen from the test: to play a first attempt whose settle failed.
+fn test_store(rt: &tokio::runtime::Runtime, url: &str) -> creditgate_protocol::RedisStore {
+    use creditgate_protocol::{Keyspace, RedisStore, RedisTarget};
+    rt.block_on(RedisStore::connect(
+        &RedisTarget::Single(url.to_string()),
+        Keyspace::new("cg", 16),
+        2_000,
+    ))
+    .expect("connect the store")
+}
+
+#[test]
+fn a_settle_that_failed_is_burned_by_the_retry_after_its_hold_expired_and_once() {
+    use creditgate_protocol::meter::{USAGE_EVENT_PREFIX, idempotent_hold_id};
+    use creditgate_protocol::{CreditStore, HoldRef, HoldState, ReserveRequest};
+    let stack = EventStack::start();
+    stack.credits.grant(ALICE, GRANTED as u64).expect("grant");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = test_store(&rt, &stack.redis.url());
+    // The first attempt of event `job-7` reserved its hold (as the sidecar does) and then
+    // its settle failed (Redis paused, a timeout): the hold expires unsettled.
+    let at = now_ms();
+    let hold = HoldRef {
+        customer: ALICE.into(),
+        hold_id: idempotent_hold_id(USAGE_EVENT_PREFIX, ALICE, "job-7"),
+    };
+    let first = ReserveRequest {
+        customer: ALICE.into(),
+        hold_id: hold.hold_id.clone(),
+        credit_type: "api".into(),
+        amount: EXPORT_PRICE as u64,
+        ttl_ms: 1,
+        overdraft_limit: 0,
+        force: true,
+        request_id: "usage-event:job-7".into(),
+        route: "usage-events".into(),
+        feature: "export".into(),
+        retain_ms: 86_400_000,
+        pricing_version: String::new(),
+        occurred_at_ms: Some(at),
+    };
+    rt.block_on(store.reserve(&first)).expect("reserve");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rt
+        .block_on(store.hold(&hold))
+        .expect("hold")
+        .is_some_and(|h| h.state == HoldState::Pending)
+    {
+        assert!(Instant::now() < deadline, "the sweeper expired the hold");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        stack.credits.balance(ALICE).expect("balance"),
+        (GRANTED, 0),
+        "the expiry gave the hold back"
+    );
+
+    // The product retries: the expired hold is burned late, once.
+    let batch = json!({"events": [event("job-7", at)]});
+    let (status, answer) = stack.post(&batch);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"][0]["status"], "burned", "{answer}");
+    assert_eq!(answer["results"][0]["amount"], EXPORT_PRICE, "{answer}");
+    // Every later retry is a duplicate, and only once the ledger has the burn.
+    for _ in 0..3 {
+        let (_, again) = stack.post(&batch);
+        assert_eq!(again["results"][0]["status"], "duplicate", "{again}");
+        let burns = stack.wait_burns(ALICE, 0);
+        assert_eq!(burns.len(), 1, "in the ledger when answered duplicate");
+    }
+    assert_eq!(
+        stack.credits.balance(ALICE).expect("balance"),
+        (GRANTED - EXPORT_PRICE, 0)
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(stack.wait_burns(ALICE, 2).len(), 1, "burned once");
+}

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::jobs::outbox::deliver_pending;
+use crate::jobs::rebuilds::{FromLedger, retry_owed_rebuilds};
 use crate::jobs::reconcile::{ReconcileReport, check_generations, compare};
 use crate::jobs::writer::{CLAIM_IDLE_MS, LedgerWriter};
 use crate::ledger::{Ledger, now_ms};
@@ -155,10 +156,31 @@ impl Sidecar {
             }
             Err(e) => self.task_error("outbox", &e),
         }
+        self.owed_rebuilds().await;
         if let Err(e) =
             crate::jobs::audit_mirror::mirror_audit(&self.redis, self.ledger.as_ref()).await
         {
             self.task_error("audit_mirror", &e);
+        }
+    }
+
+    /// Tries the Redis rebuilds owed (after grant voids) that are due; counts the outcomes.
+    async fn owed_rebuilds(&self) {
+        let ledger = self.ledger.as_ref();
+        let rebuilder = FromLedger {
+            ledger,
+            store: self.redis.as_ref(),
+        };
+        match retry_owed_rebuilds(ledger, &rebuilder, now_ms()).await {
+            Ok(report) => {
+                let attempts = &self.metrics.rebuild_attempts;
+                attempts.with_label_values(&["done"]).inc_by(report.done);
+                attempts
+                    .with_label_values(&["retry"])
+                    .inc_by(report.retried);
+                self.metrics.rebuilds_owed.set(report.owed as i64);
+            }
+            Err(e) => self.task_error("rebuilds", &e),
         }
     }
 

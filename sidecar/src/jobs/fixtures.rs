@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use creditgate_protocol::types::DEFAULT_RETAIN_MS;
 use creditgate_protocol::{
-    CreditStore, Event, GrantRequest, GrantSource, Keyspace, MemoryStore, ReserveRequest,
-    SettleRequest,
+    Balance, CreditStore, DueEntry, Event, ExtendOutcome, ExtendRequest, GrantExpiryOutcome,
+    GrantOutcome, GrantRef, GrantRequest, GrantSource, HoldRecord, HoldRef, IdempotencyClaim,
+    KeyedReserveOutcome, Keyspace, MemoryStore, ReserveOutcome, ReserveRequest, ResolveOutcome,
+    SettleRequest, Shard, StoreError,
 };
 use tempfile::TempDir;
 
@@ -108,4 +110,96 @@ pub(crate) async fn record_model_events(
         })
         .collect();
     ledger.append_batch(&entries).await.expect("append");
+}
+
+/// The reference model with faults: fails the next `fail_settles` settles as a Redis
+/// timeout would, and places holds with `hold_ttl_ms` whatever was asked, so a test can
+/// let a hold expire without waiting for its real lifetime.
+pub(crate) struct FaultyStore {
+    /// The model underneath.
+    pub inner: MemoryStore,
+    /// Settles still to fail.
+    pub fail_settles: std::sync::atomic::AtomicU32,
+    /// The lifetime of every hold placed, ms (none: as asked).
+    pub hold_ttl_ms: Option<u64>,
+}
+
+impl FaultyStore {
+    /// The model on `keyspace`, failing the first `fail_settles` settles.
+    pub(crate) fn new(keyspace: Keyspace, fail_settles: u32, hold_ttl_ms: Option<u64>) -> Self {
+        Self {
+            inner: MemoryStore::new(keyspace),
+            fail_settles: std::sync::atomic::AtomicU32::new(fail_settles),
+            hold_ttl_ms,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl CreditStore for FaultyStore {
+    async fn grant(&self, req: &GrantRequest) -> Result<GrantOutcome, StoreError> {
+        self.inner.grant(req).await
+    }
+    async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+        let ttl_ms = self.hold_ttl_ms.unwrap_or(req.ttl_ms);
+        self.inner
+            .reserve(&ReserveRequest {
+                ttl_ms,
+                ..req.clone()
+            })
+            .await
+    }
+    async fn reserve_keyed(
+        &self,
+        req: &ReserveRequest,
+        claim: &IdempotencyClaim,
+    ) -> Result<KeyedReserveOutcome, StoreError> {
+        self.inner.reserve_keyed(req, claim).await
+    }
+    async fn settle(&self, req: &SettleRequest) -> Result<ResolveOutcome, StoreError> {
+        use std::sync::atomic::Ordering;
+        let left = self.fail_settles.load(Ordering::SeqCst);
+        if left > 0 {
+            self.fail_settles.store(left - 1, Ordering::SeqCst);
+            return Err(StoreError::Timeout {
+                op: "settle",
+                timeout_ms: 1,
+            });
+        }
+        self.inner.settle(req).await
+    }
+    async fn void(&self, hold: &HoldRef) -> Result<ResolveOutcome, StoreError> {
+        self.inner.void(hold).await
+    }
+    async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, StoreError> {
+        self.inner.extend(req).await
+    }
+    async fn expire_hold(&self, hold: &HoldRef) -> Result<ResolveOutcome, StoreError> {
+        self.inner.expire_hold(hold).await
+    }
+    async fn expire_grant(&self, grant: &GrantRef) -> Result<GrantExpiryOutcome, StoreError> {
+        self.inner.expire_grant(grant).await
+    }
+    async fn balance(&self, customer: &str) -> Result<Balance, StoreError> {
+        self.inner.balance(customer).await
+    }
+    async fn hold(&self, hold: &HoldRef) -> Result<Option<HoldRecord>, StoreError> {
+        self.inner.hold(hold).await
+    }
+    async fn due_holds(
+        &self,
+        shard: Shard,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>, StoreError> {
+        self.inner.due_holds(shard, now_ms, limit).await
+    }
+    async fn due_grants(
+        &self,
+        shard: Shard,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>, StoreError> {
+        self.inner.due_grants(shard, now_ms, limit).await
+    }
 }

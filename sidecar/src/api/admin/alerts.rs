@@ -74,7 +74,7 @@ pub async fn set(
         let settings = parse_settings(st, customer, body)?;
         plan_of(st, customer).await?;
         let target = settings.recharge_target.unwrap_or(0);
-        if let Some(limit) = st.ops.limit(caller.role.as_str(), &settings.credit_type)
+        if let Some(limit) = st.ops.limit(caller.role.as_str())
             && target > limit.per_grant_max
         {
             return file_for_approval(st, caller, &settings, limit.per_grant_max, call_id).await;

@@ -19,8 +19,10 @@ use super::fields::Body;
 use super::idempotency::{Reply, reply};
 use super::state::AdminState;
 use crate::jobs::outbox::{Issued, OutboxError, issue_grant};
-use crate::jobs::reconcile::{Rebuilt, rebuild_customer};
-use crate::ledger::{Adjustment, GrantRecord, NewEntry, now_ms};
+use crate::jobs::rebuilds::{Attempt, FromLedger, attempt_rebuild};
+use crate::ledger::{
+    ADJUSTMENT_EVENT_PREFIX, Adjustment, GrantRecord, NewEntry, RebuildRecord, now_ms,
+};
 use crate::operations::{PURCHASE_REASON_CODE, RoleLimit};
 
 /// Burn priority of API grants when the call does not say: the same for every source, so
@@ -346,22 +348,14 @@ pub async fn issue(
     }))
 }
 
-/// What the caller has granted of `credit_type` today (UTC) without approval, its units.
-async fn granted_today(
-    st: &AdminState,
-    actor: &str,
-    credit_type: &str,
-    now: u64,
-) -> Result<u64, ApiError> {
+/// What the caller's role has granted today (UTC) without approval, credit units.
+async fn granted_today(st: &AdminState, actor: &str, now: u64) -> Result<u64, ApiError> {
     let day_start = (now / DAY_MS * DAY_MS) as i64;
-    // Per credit type: amounts of credit types of different scale never add up. The
-    // ledger's grant (recorded before its admin row) carries the credit type.
     let rows = st
         .db
         .fetch(
-            "SELECT a.amount AS amount FROM admin_grants a JOIN grants g ON g.grant_id = a.grant_id \
-             WHERE a.actor = $1 AND a.created_at_ms >= $2 AND a.counts_toward_limit = 1 AND g.credit_type = $3",
-            &[actor.into(), day_start.into(), credit_type.into()],
+            "SELECT amount FROM admin_grants WHERE actor = $1 AND created_at_ms >= $2 AND counts_toward_limit = 1",
+            &[actor.into(), day_start.into()],
             |row| row.try_get::<i64, _>("amount"),
         )
         .await
@@ -385,7 +379,7 @@ pub async fn grant(
         let now = now_ms();
         let params = parse_grant(st, caller, customer, body, now, call_id)?;
         plan_of(st, customer).await?;
-        let Some(limit) = st.ops.limit(caller.role.as_str(), &params.credit_type) else {
+        let Some(limit) = st.ops.limit(caller.role.as_str()) else {
             let granted = issue(st, &params, &caller.name, None, false).await?;
             return Ok(reply(StatusCode::CREATED, &granted));
         };
@@ -417,7 +411,7 @@ async fn within_limit(
     now: u64,
     call_id: &str,
 ) -> Result<Reply, ApiError> {
-    let today = granted_today(st, &caller.name, &params.credit_type, now).await?;
+    let today = granted_today(st, &caller.name, now).await?;
     let over = params.amount > limit.per_grant_max
         || today.saturating_add(params.amount) > limit.per_day_max;
     if !over {
@@ -689,9 +683,12 @@ pub async fn purchase(
 }
 
 /// `POST /v1/admin/customers/{customer}/grants/{grant_id}/void` `{reason}`: removes the
-/// grant's remaining credits with an adjustment entry, then rebuilds the customer in Redis
-/// from the ledger. Refused (409, retry) while the customer has holds pending or while the
-/// ledger has not caught up with Redis, so the two never disagree on what was voided.
+/// grant's remaining credits with an adjustment entry, records the Redis rebuild it owes
+/// the customer, then tries the rebuild once; one that cannot run now (holds pending,
+/// Redis behind the ledger) is `pending` and the sidecar's rebuild job retries it until it
+/// is done. Refused (409, retry) while the customer has holds pending or while the ledger
+/// has not caught up with Redis, so the two never disagree on what was voided. A void of a
+/// grant voided before answers that void and its rebuild's state now.
 pub async fn void(
     st: &AdminState,
     caller: &Caller,
@@ -708,13 +705,21 @@ pub async fn void(
         b.finish()?;
         plan_of(st, customer).await?;
         let credit_type = credit_type_of_grant(st, customer, grant_id).await?;
-        refuse_a_second_void(st, grant_id).await?;
-        let booked = remaining_once_ledger_agrees(st, customer, grant_id).await?;
+        if let Some(before) = void_recorded_before(st, customer, grant_id).await? {
+            return Ok(reply(StatusCode::OK, &before));
+        }
+        // A void that booked its removal and stopped before recording itself (a crash)
+        // finishes with the amount it booked; else the removal is booked now.
+        let booked_before = removal_booked(st, grant_id).await?;
+        let booked = match booked_before {
+            Some(amount) => amount,
+            None => remaining_once_ledger_agrees(st, customer, grant_id).await?,
+        };
         let now = now_ms();
-        let mut rebuilt = "not_needed";
+        let mut owed = None;
         if booked > 0 {
             let removal = Adjustment {
-                adjustment_id: format!("void-{grant_id}"),
+                adjustment_id: void_id(grant_id),
                 customer: customer.to_string(),
                 credit_type,
                 amount: -(booked as i64),
@@ -724,7 +729,7 @@ pub async fn void(
                 at_ms: now,
                 shard: st.sidecar.redis.keyspace().shard_of(customer).0,
             };
-            rebuilt = book_and_rebuild(st, &removal).await?;
+            owed = Some(book_and_owe_rebuild(st, &removal, booked_before.is_none()).await?);
         }
         st.db
             .execute(
@@ -741,20 +746,120 @@ pub async fn void(
             )
             .await
             .map_err(unavailable)?;
+        let rebuild = match owed {
+            Some(owed) => Some(try_owed_rebuild(st, owed).await?),
+            None => None,
+        };
         Ok(reply(
             StatusCode::OK,
-            &json!({
-                "grant_id": grant_id,
-                "customer": customer,
-                "voided": booked,
-                "reason": reason,
-                "actor": caller.name,
-                "voided_at_ms": now,
-                "redis_rebuild": rebuilt,
-            }),
+            &void_answer(
+                grant_id,
+                customer,
+                booked,
+                &reason,
+                &caller.name,
+                now,
+                rebuild,
+            ),
         ))
     })
     .await
+}
+
+/// Most owed rebuilds listed by [`owed_rebuilds`]: the rebuild job's batch.
+const OWED_REBUILDS_LISTED: u32 = crate::jobs::rebuilds::REBUILD_BATCH_MAX;
+
+/// `GET /v1/admin/redis-rebuilds`: the Redis rebuilds owed after grant voids and not done
+/// yet, the soonest due first, with their attempts and last error.
+pub async fn owed_rebuilds(st: &AdminState) -> Reply {
+    run(async {
+        let owed = st
+            .sidecar
+            .ledger
+            .owed_rebuilds(OWED_REBUILDS_LISTED)
+            .await
+            .map_err(unavailable)?;
+        Ok(reply(StatusCode::OK, &json!({ "owed": owed })))
+    })
+    .await
+}
+
+/// The id of a grant's void: its adjustment's id and its owed rebuild's id.
+fn void_id(grant_id: &str) -> String {
+    format!("void-{grant_id}")
+}
+
+/// The answer of a void: what was removed, by whom, and the Redis rebuild's state
+/// (`done`, `pending` or `not_needed`) with its attempts.
+fn void_answer(
+    grant_id: &str,
+    customer: &str,
+    voided: u64,
+    reason: &str,
+    actor: &str,
+    voided_at_ms: u64,
+    rebuild: Option<RebuildRecord>,
+) -> serde_json::Value {
+    json!({
+        "grant_id": grant_id,
+        "customer": customer,
+        "voided": voided,
+        "reason": reason,
+        "actor": actor,
+        "voided_at_ms": voided_at_ms,
+        "redis_rebuild": rebuild.as_ref().map_or("not_needed", RebuildRecord::state),
+        "rebuild": rebuild,
+    })
+}
+
+/// The answer of a void recorded before, with its rebuild's state now; `None` when the
+/// grant was not voided.
+async fn void_recorded_before(
+    st: &AdminState,
+    customer: &str,
+    grant_id: &str,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    let voids = st
+        .db
+        .fetch(
+            "SELECT amount, reason, actor, voided_at_ms FROM grant_voids WHERE grant_id = $1",
+            &[grant_id.into()],
+            |row| {
+                Ok((
+                    row.try_get::<i64, _>("amount")?,
+                    row.try_get::<String, _>("reason")?,
+                    row.try_get::<String, _>("actor")?,
+                    row.try_get::<i64, _>("voided_at_ms")?,
+                ))
+            },
+        )
+        .await
+        .map_err(unavailable)?;
+    let Some((amount, reason, actor, at_ms)) = voids.into_iter().next() else {
+        return Ok(None);
+    };
+    let rebuild = st
+        .sidecar
+        .ledger
+        .rebuild(&void_id(grant_id))
+        .await
+        .map_err(unavailable)?;
+    let (amount, at_ms) = (amount.max(0) as u64, at_ms.max(0) as u64);
+    Ok(Some(void_answer(
+        grant_id, customer, amount, &reason, &actor, at_ms, rebuild,
+    )))
+}
+
+/// The credits a void of `grant_id` booked before (its adjustment entry), if it did.
+async fn removal_booked(st: &AdminState, grant_id: &str) -> Result<Option<u64>, ApiError> {
+    let event_id = format!("{ADJUSTMENT_EVENT_PREFIX}{}", void_id(grant_id));
+    let entry = st
+        .sidecar
+        .ledger
+        .entry(&event_id)
+        .await
+        .map_err(unavailable)?;
+    Ok(entry.map(|e| e.entry.amount.unsigned_abs()))
 }
 
 /// The credit type of one of the customer's grants; 404 when the ledger has no such grant.
@@ -778,28 +883,6 @@ async fn credit_type_of_grant(
             format!("customer {customer:?} has no grant {grant_id:?}"),
         )),
     }
-}
-
-/// 409 when the grant was voided before: a grant is voided once.
-async fn refuse_a_second_void(st: &AdminState, grant_id: &str) -> Result<(), ApiError> {
-    let voided = st
-        .db
-        .fetch(
-            "SELECT grant_id FROM grant_voids WHERE grant_id = $1",
-            &[grant_id.into()],
-            |row| row.try_get::<String, _>("grant_id"),
-        )
-        .await
-        .map_err(unavailable)?;
-    if !voided.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "already_voided",
-            Some("grant_id"),
-            format!("grant {grant_id:?} was voided before"),
-        ));
-    }
-    Ok(())
 }
 
 /// What is left of the grant, once the ledger and Redis agree on it. The ledger learns of
@@ -859,21 +942,53 @@ async fn remaining_once_ledger_agrees(
     }
 }
 
-/// Books the removal in the ledger, then rebuilds the customer in Redis from it; says
-/// whether the rebuild is `done` or `pending` (the reconciler finishes it).
-async fn book_and_rebuild(st: &AdminState, removal: &Adjustment) -> Result<&'static str, ApiError> {
+/// Books the removal in the ledger (unless `book` is false: a crashed void booked it
+/// before) and records the Redis rebuild it owes the customer, before any attempt, so the
+/// rebuild job finishes it whatever happens next.
+async fn book_and_owe_rebuild(
+    st: &AdminState,
+    removal: &Adjustment,
+    book: bool,
+) -> Result<RebuildRecord, ApiError> {
     let ledger = st.sidecar.ledger.as_ref();
-    let entry = NewEntry::adjustment(removal).map_err(unavailable)?;
-    ledger.append_batch(&[entry]).await.map_err(unavailable)?;
-    let (customer, grant_id) = (removal.customer.as_str(), removal.grant_id.as_deref());
-    Ok(
-        match rebuild_customer(ledger, st.sidecar.redis.as_ref(), customer).await {
-            Ok(Rebuilt::Restored { .. }) => "done",
-            Ok(Rebuilt::Busy { .. }) => "pending",
-            Err(e) => {
-                tracing::error!(customer, grant_id, error = %e, "void recorded; Redis rebuild failed");
-                "pending"
-            }
-        },
-    )
+    if book {
+        let entry = NewEntry::adjustment(removal).map_err(unavailable)?;
+        ledger.append_batch(&[entry]).await.map_err(unavailable)?;
+    }
+    let grant_id = removal.grant_id.as_deref().unwrap_or_default();
+    let owed = RebuildRecord::owed(
+        &removal.adjustment_id,
+        &removal.customer,
+        &format!("void of grant {grant_id}"),
+        now_ms(),
+    );
+    ledger.record_rebuild(&owed).await.map_err(unavailable)?;
+    Ok(owed)
+}
+
+/// Tries an owed rebuild once now; returns its row as it stands after the attempt.
+async fn try_owed_rebuild(st: &AdminState, owed: RebuildRecord) -> Result<RebuildRecord, ApiError> {
+    let ledger = st.sidecar.ledger.as_ref();
+    let rebuilder = FromLedger {
+        ledger,
+        store: st.sidecar.redis.as_ref(),
+    };
+    let attempt = attempt_rebuild(ledger, &rebuilder, &owed, now_ms())
+        .await
+        .map_err(unavailable)?;
+    let outcome = if attempt == Attempt::Done {
+        "done"
+    } else {
+        "retry"
+    };
+    st.sidecar
+        .metrics
+        .rebuild_attempts
+        .with_label_values(&[outcome])
+        .inc();
+    let now = ledger
+        .rebuild(&owed.rebuild_id)
+        .await
+        .map_err(unavailable)?;
+    Ok(now.unwrap_or(owed))
 }

@@ -12,6 +12,8 @@
 //!    "idempotency_key":"export-81","metadata":{"job":"nightly"}}]}'
 //! ```
 
+use std::time::{Duration, Instant};
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::http::StatusCode;
@@ -20,7 +22,8 @@ use creditgate_config::PricingConfig;
 use creditgate_protocol::meter::{
     MeterError, MeterOutcome, USAGE_EVENT_PREFIX, force_reserve_then_settle, idempotent_hold_id,
 };
-use creditgate_protocol::{CreditStore, ReserveRequest};
+
+use creditgate_protocol::{CreditStore, Event, EventBody, HoldState, ReserveRequest};
 use serde_json::{Value, json};
 use tracing::warn;
 
@@ -29,7 +32,7 @@ use super::{
     Rejection, UsageEvent, parse_event, price,
 };
 use crate::jobs::daemon::Sidecar;
-use crate::ledger::{LedgerUsageEvents, UsageEventRecord, now_ms};
+use crate::ledger::{EntryKind, EntryQuery, Ledger, LedgerError, UsageEventRecord, now_ms};
 use crate::metrics::SidecarMetrics;
 
 /// The route name recorded on the holds of usage events (where gateway holds have theirs).
@@ -39,6 +42,15 @@ pub const USAGE_EVENTS_ROUTE: &str = "usage-events";
 /// two calls follow each other at once; should the sidecar die between them, the hold
 /// expires soon and a retry of the event finds it gone and burns it anew.
 const USAGE_HOLD_TTL_MS: u64 = 60_000;
+
+/// How long one request waits in all for the ledger writer to record burns that retries
+/// find posted in the store but not yet in the ledger, before answering them "retry": the
+/// writer's lag on a healthy system is tens of milliseconds; the bound keeps a batch of
+/// retries from waiting on a stopped writer event by event.
+const LEDGER_CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a retry looks at the ledger while it waits for the writer.
+const LEDGER_CATCH_UP_POLL: Duration = Duration::from_millis(20);
 
 /// How long the hold record stays after it is settled, in milliseconds: the late window
 /// plus a day, so a duplicate is recognised for as long as its event time is accepted.
@@ -85,11 +97,12 @@ pub async fn ingest(s: &Sidecar, body: &Bytes) -> Response {
     }
     let current = pricing.load_full();
     let now = now_ms();
+    let catch_up_by = Instant::now() + LEDGER_CATCH_UP_WAIT;
     let mut results = Vec::with_capacity(events.len());
     let mut tally = BatchTally::default();
     for (index, raw) in events.iter().enumerate() {
         let key = raw.get("idempotency_key").cloned().unwrap_or(Value::Null);
-        let outcome = meter_event(s, &current, index, raw, now).await;
+        let outcome = meter_event(s, &current, (index, raw), now, catch_up_by).await;
         results.push(tally.result(&s.metrics, index, key, outcome));
     }
     Json(json!({
@@ -120,13 +133,14 @@ fn read_batch(body: &Bytes) -> Result<Vec<Value>, String> {
     Ok(events)
 }
 
-/// Reads, prices and burns event `index` of a batch received at `now`.
+/// Reads, prices and burns event `index` of a batch received at `now`, waiting for the
+/// ledger writer until `catch_up_by` at most.
 async fn meter_event(
     s: &Sidecar,
     current: &std::sync::Arc<PricingConfig>,
-    index: usize,
-    raw: &Value,
+    (index, raw): (usize, &Value),
     now: u64,
+    catch_up_by: Instant,
 ) -> Result<Value, Rejection> {
     let event = parse_event(index, raw, now, DEFAULT_LATE_WINDOW_MS)?;
     // The version in force when the usage happened; the one in force now when no version
@@ -136,7 +150,16 @@ async fn meter_event(
         .at(event.occurred_at_ms)
         .unwrap_or_else(|| current.clone());
     let priced = price(&config, index, &event)?;
-    burn(s.ledger.as_ref(), s.redis.as_ref(), index, &event, &priced).await
+    let ledger = s.ledger.as_ref();
+    burn(
+        ledger,
+        s.redis.as_ref(),
+        index,
+        &event,
+        &priced,
+        catch_up_by,
+    )
+    .await
 }
 
 /// The counts of a batch's answer.
@@ -192,27 +215,43 @@ impl BatchTally {
 /// Burns one priced event: recorded in the ledger first, then posted once in the store by
 /// the protocol's forced reserve-then-settle (an empty balance goes into overdraft rather
 /// than dropping usage that already happened).
+///
+/// `duplicate` is answered only once the burn is in the ledger: its `hold_posted` entry is
+/// recorded (the event's row alone, or the store's posted state alone, is not enough: a
+/// Redis that rolls back before the writer recorded the burn would lose it while the
+/// product stopped retrying). A retry that finds the burn posted in the store but not yet
+/// recorded waits for the writer until `catch_up_by` (its lag is usually under 100 ms);
+/// still missing then, it is an error the product retries.
 async fn burn(
-    ledger: &dyn LedgerUsageEvents,
+    ledger: &dyn Ledger,
     store: &dyn CreditStore,
     index: usize,
     event: &UsageEvent,
     priced: &Priced,
+    catch_up_by: Instant,
 ) -> Result<Value, Rejection> {
     let field = || format!("events[{index}].idempotency_key");
     let hold_id = hold_id(&event.customer, &event.idempotency_key);
-    // Ledger first, as for grants: once recorded, a crash before the burn loses nothing
-    // (the product's retry finds the record and burns once).
-    if let Err(e) = ledger
-        .record_usage_event(&usage_record(event, priced, &hold_id))
-        .await
-    {
+    let ledger_failed = |e: LedgerError| {
         warn!(customer = %event.customer, key = %event.idempotency_key, error = %e, "usage event not recorded");
-        return Err(Rejection {
+        Rejection {
             field: field(),
             message: format!("the ledger failed ({e}); retry the event, it burns once"),
             reason: RejectReason::Unavailable,
-        });
+        }
+    };
+    // Ledger first, as for grants: once recorded, a crash before the burn loses nothing
+    // (the product's retry finds the record and burns once).
+    let first_report = ledger
+        .record_usage_event(&usage_record(event, priced, &hold_id))
+        .await
+        .map_err(ledger_failed)?;
+    // A retry (the row was recorded before) whose burn the ledger already has is a
+    // duplicate without asking the store, whatever the store remembers of the hold.
+    if !first_report
+        && let Some(burned) = recorded_burn(ledger, event).await.map_err(ledger_failed)?
+    {
+        return answer_recorded(field(), &hold_id, priced, burned);
     }
     let reserve = usage_reserve(event, priced, &hold_id);
     match force_reserve_then_settle(store, &reserve).await {
@@ -231,22 +270,117 @@ async fn burn(
             "overdraft": overdraft,
             "pricing_version": priced.pricing_version,
         })),
-        Ok(MeterOutcome::Duplicate { first_state }) => Ok(
-            json!({"status": "duplicate", "hold_id": hold_id, "first_state": first_state.as_str()}),
-        ),
+        Ok(MeterOutcome::Duplicate {
+            first_state: HoldState::Posted,
+        }) => {
+            if let Some(burned) = burn_recorded_by(ledger, event, catch_up_by)
+                .await
+                .map_err(ledger_failed)?
+            {
+                return answer_recorded(field(), &hold_id, priced, burned);
+            }
+            Err(Rejection {
+                field: field(),
+                message: "burned in the credit store, not yet recorded in the ledger; retry \
+                          the event: it burns once, and is answered duplicate once the \
+                          ledger has its burn"
+                    .into(),
+                reason: RejectReason::Unavailable,
+            })
+        }
+        // Voided by an operator: nothing was burned under this key, and nothing is.
+        Ok(MeterOutcome::Duplicate { first_state }) => {
+            Ok(duplicate(&hold_id, first_state.as_str()))
+        }
         Ok(MeterOutcome::IdReused {
             first_credit_type,
             first_amount,
-        }) => Err(Rejection {
-            field: field(),
-            message: format!(
-                "already used for another event of this customer ({first_amount} \
-                 {first_credit_type}); idempotency keys must be unique per event"
-            ),
-            reason: RejectReason::KeyReused,
-        }),
+        }) => Err(key_reused(field(), &first_credit_type, first_amount)),
         Err(e) => Err(store_failed(field(), event, &e)),
     }
+}
+
+/// The burn of `event` the ledger has recorded, as (credit type, amount asked for): a
+/// `hold_posted` entry of its customer under the event's request id
+/// (`usage-event:<idempotency key>`). The request id, not the event id, is matched, so a
+/// hold placed again under the same id is found too.
+async fn recorded_burn(
+    ledger: &dyn Ledger,
+    event: &UsageEvent,
+) -> Result<Option<(String, u64)>, LedgerError> {
+    let posted = ledger
+        .entries(&EntryQuery {
+            customer: Some(event.customer.clone()),
+            request_id: Some(usage_request_id(&event.idempotency_key)),
+            kinds: vec![EntryKind::HoldPosted],
+            limit: Some(1),
+            ..EntryQuery::default()
+        })
+        .await?;
+    let Some(entry) = posted.into_iter().next() else {
+        return Ok(None);
+    };
+    let requested = match entry.event().transpose()? {
+        Some(Event {
+            body: EventBody::HoldPosted { requested, .. },
+            ..
+        }) => requested,
+        _ => entry.entry.amount.unsigned_abs(),
+    };
+    Ok(Some((entry.entry.credit_type, requested)))
+}
+
+/// The answer for an event whose burn the ledger has: a duplicate when it burned the same
+/// credit type and amount, else a reused key.
+fn answer_recorded(
+    field: String,
+    hold_id: &str,
+    priced: &Priced,
+    (credit_type, amount): (String, u64),
+) -> Result<Value, Rejection> {
+    if credit_type == priced.credit_type && amount == priced.amount {
+        return Ok(duplicate(hold_id, "posted"));
+    }
+    Err(key_reused(field, &credit_type, amount))
+}
+
+/// The rejection of an idempotency key used before for other usage.
+fn key_reused(field: String, first_credit_type: &str, first_amount: u64) -> Rejection {
+    Rejection {
+        field,
+        message: format!(
+            "already used for another event of this customer ({first_amount} \
+             {first_credit_type}); idempotency keys must be unique per event"
+        ),
+        reason: RejectReason::KeyReused,
+    }
+}
+
+/// The burn of `event` once the ledger records it, polled until `deadline`.
+async fn burn_recorded_by(
+    ledger: &dyn Ledger,
+    event: &UsageEvent,
+    deadline: Instant,
+) -> Result<Option<(String, u64)>, LedgerError> {
+    loop {
+        if let Some(burned) = recorded_burn(ledger, event).await? {
+            return Ok(Some(burned));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(LEDGER_CATCH_UP_POLL).await;
+    }
+}
+
+/// The answer for an event burned before.
+fn duplicate(hold_id: &str, first_state: &str) -> Value {
+    json!({"status": "duplicate", "hold_id": hold_id, "first_state": first_state})
+}
+
+/// The request id the holds of usage events carry, and their ledger entries with them.
+fn usage_request_id(idempotency_key: &str) -> String {
+    format!("usage-event:{idempotency_key}")
 }
 
 /// The rejection of an event the store did not burn: retrying it burns it once.
@@ -290,7 +424,7 @@ fn usage_reserve(event: &UsageEvent, priced: &Priced, hold_id: &str) -> ReserveR
         ttl_ms: USAGE_HOLD_TTL_MS,
         overdraft_limit: priced.overdraft,
         force: true,
-        request_id: format!("usage-event:{}", event.idempotency_key),
+        request_id: usage_request_id(&event.idempotency_key),
         route: USAGE_EVENTS_ROUTE.into(),
         feature: event.feature.clone(),
         retain_ms: USAGE_RETAIN_MS,
@@ -304,7 +438,9 @@ mod tests {
     use creditgate_protocol::MemoryStore;
 
     use super::*;
-    use crate::jobs::fixtures::{CREDITS, grant, keyspace, temp_ledger};
+    use crate::jobs::fixtures::{
+        CREDITS, FaultyStore, grant, keyspace, record_model_events, temp_ledger,
+    };
 
     #[test]
     fn hold_ids_are_per_customer_and_valid() {
@@ -343,8 +479,25 @@ mod tests {
         grant(&store, "acme", "g1", 100).await;
         let event = export("job-1", 3);
 
-        let first = burn(t.ledger.as_ref(), &store, 0, &event, &priced(30)).await;
-        let replay = burn(t.ledger.as_ref(), &store, 0, &event, &priced(30)).await;
+        let first = burn(
+            t.ledger.as_ref(),
+            &store,
+            0,
+            &event,
+            &priced(30),
+            Instant::now(),
+        )
+        .await;
+        record_model_events(t.ledger.as_ref(), &store, &keyspace()).await;
+        let replay = burn(
+            t.ledger.as_ref(),
+            &store,
+            0,
+            &event,
+            &priced(30),
+            Instant::now(),
+        )
+        .await;
 
         let first = first.expect("burned");
         assert_eq!(first["status"], "burned");
@@ -360,6 +513,128 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_settle_is_burned_by_the_retry_even_after_its_hold_expired() {
+        let t = temp_ledger().await;
+        // Holds live 1 ms, so the failed first attempt's hold expires at once.
+        let store = FaultyStore::new(keyspace(), 1, Some(1));
+        grant(&store, "acme", "g1", 100).await;
+        let event = export("job-1", 3);
+
+        let failed = burn(
+            t.ledger.as_ref(),
+            &store,
+            0,
+            &event,
+            &priced(30),
+            Instant::now(),
+        )
+        .await;
+        let failed = failed.expect_err("the settle failed");
+        assert_eq!(failed.reason, RejectReason::Unavailable);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let hold = creditgate_protocol::HoldRef {
+            customer: "acme".into(),
+            hold_id: hold_id("acme", "job-1"),
+        };
+        store.expire_hold(&hold).await.expect("expire");
+
+        let retry = burn(
+            t.ledger.as_ref(),
+            &store,
+            0,
+            &event,
+            &priced(30),
+            Instant::now(),
+        )
+        .await;
+        let retry = retry.expect("burned late");
+        assert_eq!(retry["status"], "burned", "{retry}");
+        assert_eq!(retry["amount"], 30);
+        assert_eq!(retry["available_after"], 70);
+    }
+
+    #[tokio::test]
+    async fn a_retry_is_a_duplicate_only_once_the_ledger_has_the_burn() {
+        let t = temp_ledger().await;
+        let store = MemoryStore::new(keyspace());
+        grant(&store, "acme", "g1", 100).await;
+        let event = export("job-1", 3);
+        burn(
+            t.ledger.as_ref(),
+            &store,
+            0,
+            &event,
+            &priced(30),
+            Instant::now(),
+        )
+        .await
+        .expect("burned");
+
+        // Posted in the store, the writer has not recorded it yet.
+        let early = burn(
+            t.ledger.as_ref(),
+            &store,
+            0,
+            &event,
+            &priced(30),
+            Instant::now(),
+        )
+        .await;
+        let early = early.expect_err("not in the ledger yet");
+        assert_eq!(early.reason, RejectReason::Unavailable);
+        assert!(early.message.contains("not yet recorded in the ledger"));
+
+        record_model_events(t.ledger.as_ref(), &store, &keyspace()).await;
+        let late = burn(
+            t.ledger.as_ref(),
+            &store,
+            0,
+            &event,
+            &priced(30),
+            Instant::now(),
+        )
+        .await;
+        assert_eq!(late.expect("duplicate")["status"], "duplicate");
+        // Nothing was burned twice.
+        let balance = store.balance("acme").await.expect("balance");
+        assert_eq!(balance.of(CREDITS).map(|b| b.available), Some(70));
+    }
+
+    #[tokio::test]
+    async fn a_burn_the_ledger_has_is_a_duplicate_even_when_the_store_forgot_it() {
+        let t = temp_ledger().await;
+        let store = MemoryStore::new(keyspace());
+        grant(&store, "acme", "g1", 100).await;
+        let event = export("job-1", 3);
+        burn(
+            t.ledger.as_ref(),
+            &store,
+            0,
+            &event,
+            &priced(30),
+            Instant::now(),
+        )
+        .await
+        .expect("burned");
+        record_model_events(t.ledger.as_ref(), &store, &keyspace()).await;
+
+        // A store that lost everything (FLUSHALL) burns nothing again.
+        let empty = MemoryStore::new(keyspace());
+        let replay = burn(
+            t.ledger.as_ref(),
+            &empty,
+            0,
+            &event,
+            &priced(30),
+            Instant::now(),
+        )
+        .await;
+        assert_eq!(replay.expect("duplicate")["status"], "duplicate");
+        let balance = empty.balance("acme").await.expect("balance");
+        assert_eq!(balance.of(CREDITS).map(|b| b.held), None);
+    }
+
+    #[tokio::test]
     async fn an_empty_balance_goes_into_overdraft_on_the_model() {
         let t = temp_ledger().await;
         let store = MemoryStore::new(keyspace());
@@ -370,6 +645,7 @@ mod tests {
             0,
             &export("job-1", 1),
             &priced(5),
+            Instant::now(),
         )
         .await
         .expect("burned");
@@ -389,6 +665,7 @@ mod tests {
             0,
             &export("job-1", 3),
             &priced(30),
+            Instant::now(),
         )
         .await
         .expect("burned");
@@ -399,6 +676,7 @@ mod tests {
             4,
             &export("job-1", 4),
             &priced(40),
+            Instant::now(),
         )
         .await
         .expect_err("rejected");
