@@ -4,11 +4,14 @@
 -- for, and while the customer has an event newer than the last one the ledger recorded
 -- (the fence: the rebuilt state would hand back a burn the ledger has not seen yet).
 -- Emits no event: it reconstructs state the ledger already has.
--- KEYS: 1 grants, 2 balance, 3 applied, 4 grant_expiry, 5 deadlines, 6 positions
+-- KEYS: 1 grants, 2 balance, 3 applied, 4 grant_expiry, 5 deadlines, 6 positions, then the
+--       hold key of each resolved hold, in ARGV order
 -- ARGV: 1 customer, 2 ledger position (stream id of the customer's newest event the ledger
 --       recorded from this shard, '0-0' for none), 3 n_grants, then per grant: id, type,
 --       remaining, priority, expires_at, cost_basis, created; then n_debts, per type: type,
---       debt; then n_applied, per applied grant: id, type, amount
+--       debt; then n_applied, per applied grant: id, type, amount; then n_resolved, per
+--       hold the ledger has resolved that Redis may have pending: id, state (posted, voided,
+--       expired), posted amount
 -- Reply: {'restored', at, n_grants} | {'busy', at, n_pending_holds}
 --      | {'behind', at, redis_position}
 local customer, e1 = id_arg(1, 'customer')
@@ -17,18 +20,6 @@ local ledger_position = ARGV[2]
 if ledger_position == nil or not string.find(ledger_position, '^%d+%-%d+$') then
   return redis.error_reply('CG_BADARG ledger_position must be a stream id <ms>-<seq>, got "'
     .. tostring(ledger_position) .. '"')
-end
-
-local now = now_ms()
-local prefix = customer .. '/'
-local pending = 0
-for _, member in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
-  if string.sub(member, 1, #prefix) == prefix then pending = pending + 1 end
-end
-if pending > 0 then return { 'busy', now, pending } end
-local position = redis.call('HGET', KEYS[6], customer)
-if position and stream_id_after(position, ledger_position) then
-  return { 'behind', now, position }
 end
 
 -- Parse everything before writing anything.
@@ -56,6 +47,40 @@ end
 local applied = {}
 for _ = 1, next_int('n_applied') do
   applied[#applied + 1] = { next_arg(), next_arg(), next_int('amount') }
+end
+-- Holds the ledger has resolved that Redis may still have pending (it came back from
+-- before their resolution): they are closed as the ledger has them, never resolved again.
+local resolved, closing = {}, {}
+for j = 1, next_int('n_resolved') do
+  local r = { id = next_arg(), state = next_arg(), posted = next_int('posted'), key = KEYS[6 + j] }
+  if r.state ~= 'posted' and r.state ~= 'voided' and r.state ~= 'expired' then
+    error({ err = 'CG_BADARG resolved hold state must be posted, voided or expired' })
+  end
+  resolved[#resolved + 1] = r
+  closing[customer .. '/' .. r.id] = true
+end
+
+local now = now_ms()
+local prefix = customer .. '/'
+local pending = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
+  if string.sub(member, 1, #prefix) == prefix and not closing[member] then
+    pending = pending + 1
+  end
+end
+if pending > 0 then return { 'busy', now, pending } end
+local position = redis.call('HGET', KEYS[6], customer)
+if position and stream_id_after(position, ledger_position) then
+  return { 'behind', now, position }
+end
+
+for _, r in ipairs(resolved) do
+  local state = redis.call('HGET', r.key, 'state')
+  if state == 'pending' then
+    finish_hold(r.key, KEYS[5], customer, r.id, r.state, r.posted, now)
+  else
+    redis.call('ZREM', KEYS[5], customer .. '/' .. r.id)
+  end
 end
 
 for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do

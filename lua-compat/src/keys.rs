@@ -105,6 +105,13 @@ impl Keyspace {
         format!("{}:positions", self.events(shard))
     }
 
+    /// A shard's rebuild progress: per customer, the token of the rebuild that restored it,
+    /// so a rebuild of a busy shard retries only the customers it has not done yet. The
+    /// sidecar deletes it when the rebuild is complete.
+    pub fn rebuilt(&self, shard: Shard) -> String {
+        self.shard_key(shard, "rebuilt")
+    }
+
     /// A shard's generation marker: set once by the sidecar; its absence means Redis lost
     /// the shard's data and the sidecar must rebuild it from the ledger.
     pub fn generation(&self, shard: Shard) -> String {

@@ -295,14 +295,26 @@ impl RedisStore {
         for (id, t, amount) in &state.applied {
             args.extend([id.clone(), t.clone(), amount.to_string()]);
         }
-        let keys = [
-            &*k.grants,
-            &*k.balance,
-            &*k.applied,
-            &*k.grant_expiry,
-            &*k.deadlines,
-            &self.keyspace.positions(k.shard),
+        args.push(state.resolved_holds.len().to_string());
+        let positions = self.keyspace.positions(k.shard);
+        let mut keys = vec![
+            k.grants.as_str(),
+            &k.balance,
+            &k.applied,
+            &k.grant_expiry,
+            &k.deadlines,
+            &positions,
         ];
+        let hold_keys: Vec<String> = state
+            .resolved_holds
+            .iter()
+            .map(|(id, _, _)| k.hold(id))
+            .collect();
+        for ((id, resolution, posted), key) in state.resolved_holds.iter().zip(&hold_keys) {
+            bad_id("hold_id", id)?;
+            args.extend([id.clone(), resolution.clone(), posted.to_string()]);
+            keys.push(key);
+        }
         decode_restore(self.eval(&SCRIPTS.restore, &keys, &args).await?)
     }
 
@@ -315,6 +327,87 @@ impl RedisStore {
             conn.query(redis::cmd("HGET").arg(&key).arg(customer)).await
         })
         .await
+    }
+
+    /// The ids of `customer`'s holds pending in Redis (the deadlines index).
+    pub async fn pending_hold_ids(&self, customer: &str) -> Result<Vec<String>, StoreError> {
+        bad_id("customer", customer)?;
+        let key = self.keyspace.deadlines(self.keyspace.shard_of(customer));
+        let mut conn = self.conn.clone();
+        let members: Vec<String> = self
+            .with_timeout("pending_hold_ids", async move {
+                conn.query(redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1))
+                    .await
+            })
+            .await?;
+        let prefix = format!("{customer}/");
+        Ok(members
+            .into_iter()
+            .filter_map(|m| m.strip_prefix(&prefix).map(str::to_string))
+            .collect())
+    }
+
+    /// A shard's event sequence (`#seq` of its positions hash): the sequence part of its
+    /// newest event's stream id; `None` when no event was written since Redis was empty.
+    pub async fn shard_sequence(&self, shard: Shard) -> Result<Option<u64>, StoreError> {
+        let key = self.keyspace.positions(shard);
+        let mut conn = self.conn.clone();
+        self.with_timeout("shard_sequence", async move {
+            conn.query(redis::cmd("HGET").arg(&key).arg("#seq")).await
+        })
+        .await
+    }
+
+    /// Raises a shard's event sequence to at least `seq` (atomically with the scripts that
+    /// advance it), so events after a rebuild continue the ledger's sequence.
+    pub async fn raise_sequence(&self, shard: Shard, seq: u64) -> Result<(), StoreError> {
+        const RAISE: &str = "local c = tonumber(redis.call('HGET', KEYS[1], '#seq') or '0') \
+            if c < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], '#seq', ARGV[1]) end";
+        let key = self.keyspace.positions(shard);
+        let mut conn = self.conn.clone();
+        self.with_timeout("raise_sequence", async move {
+            conn.query::<()>(redis::cmd("EVAL").arg(RAISE).arg(1).arg(&key).arg(seq))
+                .await
+        })
+        .await
+    }
+
+    /// The customers of `shard` that the rebuild with `token` has restored.
+    pub async fn rebuilt_customers(
+        &self,
+        shard: Shard,
+        token: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let key = self.keyspace.rebuilt(shard);
+        let mut conn = self.conn.clone();
+        let done: Vec<(String, String)> = self
+            .with_timeout("rebuilt_customers", async move {
+                conn.query(redis::cmd("HGETALL").arg(&key)).await
+            })
+            .await?;
+        Ok(done
+            .into_iter()
+            .filter(|(_, t)| t == token)
+            .map(|(c, _)| c)
+            .collect())
+    }
+
+    /// Records that the rebuild with `token` restored `customer`; `None` as the customer
+    /// clears the shard's record (the rebuild is complete).
+    pub async fn mark_rebuilt(
+        &self,
+        shard: Shard,
+        customer: Option<&str>,
+        token: &str,
+    ) -> Result<(), StoreError> {
+        let key = self.keyspace.rebuilt(shard);
+        let cmd = match customer {
+            Some(c) => redis::cmd("HSET").arg(&key).arg(c).arg(token).clone(),
+            None => redis::cmd("DEL").arg(&key).clone(),
+        };
+        let mut conn = self.conn.clone();
+        self.with_timeout("mark_rebuilt", async move { conn.query::<()>(&cmd).await })
+            .await
     }
 
     /// How many times a `NOSCRIPT` reply made this client reload a script.

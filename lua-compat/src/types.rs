@@ -744,6 +744,11 @@ pub struct RestoreState {
     /// from the customer's shard; `None` when it recorded none. The fence: restore refuses
     /// while Redis has a newer event of the customer.
     pub ledger_position: Option<String>,
+    /// Holds the ledger has resolved (hold id, `posted`/`voided`/`expired`, amount posted)
+    /// that Redis may still have pending because it came back from before their
+    /// resolution: restore closes them as the ledger has them, without an event, so they
+    /// are never resolved a second time.
+    pub resolved_holds: Vec<(String, String, u64)>,
 }
 
 /// One live grant in a [`RestoreState`].
