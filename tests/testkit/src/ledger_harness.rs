@@ -214,16 +214,25 @@ impl LedgerHarness {
     /// Waits until the ledger holds one entry for every event the streams ever received and
     /// the group has nothing pending; returns the entries. `overage` entries are not counted:
     /// the writer derives them from a `hold_posted` event that reports a shortfall, so they
-    /// have no stream event of their own (each must sit beside its posted entry).
+    /// have no stream event of their own (each must sit beside its posted entry). A stream
+    /// entry the writer recorded as a dead letter (and did not replay) counts as done.
     pub fn wait_caught_up(&self) -> Vec<LedgerEntry> {
         let deadline = Instant::now() + CATCH_UP_TIMEOUT;
         loop {
             let (added, pending) = self.stream_counts();
             let entries = self.entries();
-            let from_events = entries
+            let dead = self
+                .rt
+                .block_on(self.ledger.dead_letters(false, 10_000))
+                .expect("dead letters")
                 .iter()
-                .filter(|e| e.entry.kind != EntryKind::Overage)
+                .filter(|d| d.state() != "replayed")
                 .count() as u64;
+            let from_events = dead
+                + entries
+                    .iter()
+                    .filter(|e| e.entry.kind != EntryKind::Overage)
+                    .count() as u64;
             if from_events == added && pending == 0 {
                 for overage in entries
                     .iter()
