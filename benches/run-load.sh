@@ -24,7 +24,7 @@
 #   NICE=-10           nice level of everything the bench starts (root only; 0 = leave
 #                      as is): keeps builds running beside the bench off its cores
 #   BUILD=1            build the release binaries first (BUILD=0 reuses them)
-#   CARGO_TARGET_DIR   where the release binaries are built (default /work/target-bench)
+#   CARGO_TARGET_DIR   where the release binaries are built (default target-bench/ in the checkout)
 #   KEEP_LOGS=0        keep the temporary folder with every log and wrk output
 #
 # Needs: cargo, wrk, redis-server, redis-cli, curl, taskset (apt-get install -y wrk
@@ -42,7 +42,7 @@ PIN="${PIN:-1}"
 NICE="${NICE:--10}"
 BUILD="${BUILD:-1}"
 KEEP_LOGS="${KEEP_LOGS:-0}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-bench}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target-bench}"
 BIN="$CARGO_TARGET_DIR/release"
 
 # The bench key and its customer; the config holds only the key's SHA-256.

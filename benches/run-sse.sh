@@ -15,7 +15,7 @@
 #
 # Knobs (environment): CONNS="32" DURATION_S=10 WARMUP_S=2 ROUNDS=3 CHUNKS=20 THREADS=1
 # PIN=1 (gateway on CPU 0, wrk + model server + Redis on CPU 1) BUILD=1 KEEP_LOGS=0
-# CARGO_TARGET_DIR (default /work/target-bench).
+# CARGO_TARGET_DIR (default target-bench/ in the checkout).
 #
 # Needs: cargo, wrk, redis-server, redis-cli, curl, taskset, sha256sum.
 set -euo pipefail
@@ -30,7 +30,7 @@ THREADS="${THREADS:-1}"
 PIN="${PIN:-1}"
 BUILD="${BUILD:-1}"
 KEEP_LOGS="${KEEP_LOGS:-0}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-bench}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target-bench}"
 BIN="$CARGO_TARGET_DIR/release"
 KEY="bench-sse-key"
 CUSTOMER="bench"

@@ -18,9 +18,9 @@
 //!    commit) over the same window.
 //!
 //! ```text
-//! CARGO_TARGET_DIR=/work/target-bench cargo build --release \
+//! CARGO_TARGET_DIR=target-bench cargo build --release \
 //!     -p creditgate-sidecar -p creditgate-benches --bin ingest-bench
-//! /work/target-bench/release/ingest-bench --events 200000 --backend both
+//! target-bench/release/ingest-bench --events 200000 --backend both
 //! ```
 //!
 //! The sidecar binary is looked up next to this one (or in `$CREDITGATE_BIN_DIR`).
