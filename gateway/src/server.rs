@@ -4,8 +4,9 @@
 //! Redis unreachable at start-up is an error, unless the gateway starts forced off
 //! (`--force-off` or an existing kill switch file): then it connects in the background.
 //!
-//! SIGTERM is a graceful shutdown: the listeners close after the grace period and
-//! in-flight requests get the shutdown timeout to finish and settle. SIGINT exits at once.
+//! SIGTERM is a graceful shutdown: the listeners close at once, requests in flight get up
+//! to the grace period to finish and settle, and the worker runtimes the shutdown timeout
+//! to stop after it. SIGINT exits at once.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
