@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use creditgate_protocol::{EventBody, Keyspace, ReserveOutcome};
 use creditgate_testkit::{
-    Backend, LedgerHarness, PREFIX, SHARDS, grant_request, reserve_request, sidecar_command,
-    wait_for, without_nonce,
+    AdminHarness, Backend, LedgerHarness, PREFIX, SHARDS, grant_request, reserve_request,
+    sidecar_command, wait_for, without_nonce,
 };
 use serde_json::Value;
 
@@ -201,4 +201,71 @@ fn bad_stream_entries_are_dead_lettered_and_the_stream_moves_on() {
     // The ledger kept its own grant and both holds.
     let totals = h.ledger_totals();
     assert_eq!(totals[&("acme".to_string(), "api".to_string())], (100, 40));
+}
+
+#[test]
+fn the_admin_api_lists_and_discards_dead_letters_with_the_token_as_actor() {
+    let h = AdminHarness::start(Backend::Sqlite);
+    let keyspace = Keyspace::new(PREFIX, SHARDS);
+    let stream = keyspace.events(keyspace.shard_of("acme"));
+    let garbage = h
+        .redis
+        .cli(&["XADD", &stream, "*", "v", "1", "kind", "grant_added"])
+        .unwrap();
+    let mut listed = Vec::new();
+    wait_for(
+        "the writer records the entry as a dead letter",
+        Duration::from_secs(10),
+        || {
+            let answer = h.get("readonly", "/v1/admin/dead-letters");
+            assert_eq!(answer.status, 200, "{answer:?}");
+            listed = answer.json()["dead_letters"].as_array().unwrap().clone();
+            !listed.is_empty()
+        },
+        || h.sidecar.log_tail(30),
+    );
+    let letter = &listed[0];
+    assert_eq!(letter["stream_id"], garbage.as_str());
+    assert_eq!(letter["reason"], "malformed");
+    assert_eq!(letter["state"], "open");
+    let id = letter["id"].as_i64().unwrap();
+    let path = format!("/v1/admin/dead-letters/{id}");
+
+    assert_eq!(h.get("billing", &path).status, 403);
+    let bad = h.get("readonly", "/v1/admin/dead-letters?limit=0");
+    assert_eq!(
+        (bad.status, bad.json()["field"].clone()),
+        (400, "limit".into())
+    );
+    let bad = h.get("readonly", "/v1/admin/dead-letters/x");
+    assert_eq!(
+        (bad.status, bad.json()["field"].clone()),
+        (400, "id".into())
+    );
+    assert_eq!(h.get("readonly", "/v1/admin/dead-letters/999").status, 404);
+    let discard = format!("{path}/discard");
+    let reason = serde_json::json!({"reason": "hand-made entry"});
+    assert_eq!(h.post("support", &discard, reason.clone()).status, 403);
+    let no_reason = h.post("admin", &discard, serde_json::json!({}));
+    assert_eq!(no_reason.status, 400, "{no_reason:?}");
+
+    let done = h.post("admin", &discard, reason);
+    assert_eq!(done.status, 200, "{done:?}");
+    let shown = h.get("readonly", &path).json();
+    assert_eq!(shown["state"], "discarded");
+    assert_eq!(shown["actions"][0]["actor"], "admin");
+    assert_eq!(shown["actions"][0]["note"], "hand-made entry");
+    let replay = h.post(
+        "admin",
+        &format!("{path}/replay"),
+        serde_json::json!({"reason": "again"}),
+    );
+    assert_eq!(
+        (replay.status, replay.json()["error"].clone()),
+        (409, "dead_letter_resolved".into())
+    );
+    let open = h.get("readonly", "/v1/admin/dead-letters").json();
+    assert!(open["dead_letters"].as_array().unwrap().is_empty());
+    let all = h.get("readonly", "/v1/admin/dead-letters?state=all").json();
+    assert_eq!(all["dead_letters"].as_array().unwrap().len(), 1);
 }
