@@ -50,12 +50,25 @@ async fn a_group_reads_acks_claims_and_trims_only_what_is_acknowledged() {
         .await
         .unwrap();
     assert_eq!(pending.len(), 3);
-    // Another consumer takes over entries idle long enough (here: any).
-    let claimed = store
-        .claim_stale(shard, "ledger", "b", 0, 10)
+    // Another consumer takes over entries idle long enough (here: any), page by page: the
+    // cursor carries the scan on from where the first page stopped.
+    let (cursor, mut claimed) = store
+        .claim_stale(shard, "ledger", "b", 0, "0-0", 2)
         .await
         .unwrap();
-    assert_eq!(claimed.len(), 3);
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(cursor, first[2].stream_id);
+    let (cursor, rest) = store
+        .claim_stale(shard, "ledger", "b", 0, &cursor, 2)
+        .await
+        .unwrap();
+    claimed.extend(rest);
+    assert_eq!((claimed.len(), cursor.as_str()), (3, "0-0"));
+    let newest = store.newest_events(shard, None, 1).await.unwrap();
+    assert_eq!(
+        store.last_stream_id(shard).await.unwrap(),
+        Some(newest[0].0.clone())
+    );
     assert!(
         store
             .read_group(shard, "ledger", "a", ReadFrom::OwnPendingAfter("0"), 10)

@@ -1,24 +1,31 @@
-//! `creditgate-sidecar run`: the long-running sidecar. One task loop drives the ledger
-//! writer, the sweeper, the grant outbox, the generation check and the reconciler, each at
-//! its own pace and in bounded batches; the HTTP listener serves metrics and read-only
-//! ledger queries beside it.
+//! `creditgate-sidecar run`: the long-running sidecar. Ingest (the ledger writer, one
+//! bounded batch per shard per pass, and the take-over of silent consumers' entries) runs
+//! beside the sweeper, the grant outbox and audit mirror, the generation check, the trim
+//! and the reconciler, each on its own interval and in bounded batches, so none of them
+//! waits for the streams to be empty: under any ingest load a hold past its deadline is
+//! expired on time. A job that needs the ledger caught up waits, for a bounded time, for
+//! the writer to pass the stream positions it saw when it started. The HTTP listener and
+//! the admin API's jobs run beside it on their own tasks.
 //!
 //! Every step is idempotent, so a crash at any point is repaired by the next start: the
 //! writer re-reads its pending entries, the outbox redelivers, the sweeper re-scans.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use creditgate_protocol::sweep::SWEEP_BATCH_MAX;
 use creditgate_protocol::{RedisStore, SweepReport, sweep_once};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::jobs::outbox::deliver_pending;
 use crate::jobs::rebuilds::{FromLedger, retry_owed_rebuilds};
 use crate::jobs::reconcile::{ReconcileReport, check_generations, compare};
-use crate::jobs::writer::{CLAIM_IDLE_MS, LedgerWriter};
+use crate::jobs::writer::{CLAIM_IDLE_MS, LedgerWriter, WriterError};
 use crate::ledger::{Ledger, now_ms};
 use crate::metrics::SidecarMetrics;
 
@@ -26,12 +33,32 @@ use crate::metrics::SidecarMetrics;
 /// from a burn to its ledger entry on a quiet system.
 pub const IDLE_POLL_MS: u64 = 50;
 
-/// How often the sweeper, the outbox and the generation check run, in milliseconds.
+/// How often the sweeper runs, in milliseconds: a hold must be expired within its
+/// deadline + 2 s, and a pass every quarter second leaves room for a slow one; a pass with
+/// nothing due is one range read per shard.
+pub const SWEEP_MS: u64 = 250;
+
+/// How often the grant outbox and the audit mirror run, in milliseconds: a grant recorded
+/// in the ledger reaches Redis within about a second.
 pub const HOUSEKEEPING_MS: u64 = 1_000;
+
+/// How often the generation check runs, in milliseconds: a Redis that lost its data is
+/// rebuilt within seconds, before many requests see empty balances.
+pub const GENERATION_CHECK_MS: u64 = 1_000;
+
+/// How often the owed Redis rebuilds (after grant voids) are looked at, in milliseconds:
+/// each has its own backoff; this only bounds how late a due one is tried.
+pub const REBUILDS_MS: u64 = 500;
 
 /// How often the writer takes over a silent consumer's entries and trims the streams, in
 /// milliseconds.
 pub const CLAIM_AND_TRIM_MS: u64 = 10_000;
+
+/// Longest wait, in milliseconds, for the writer to pass the streams' newest entries before
+/// a job that needs the ledger caught up (the generation check, reconcile): many passes of
+/// full batches. A job that waited this long skips its pass (logged and counted in
+/// `creditgate_sidecar_task_errors_total`) and tries again on its next interval.
+pub const CATCH_UP_WAIT_MS: u64 = 5_000;
 
 /// How often Redis is reconciled with the ledger, in milliseconds.
 pub const RECONCILE_MS: u64 = 30_000;
@@ -66,8 +93,9 @@ impl Sidecar {
         error!(task, %error, "sidecar task failed; retrying on its next pass");
     }
 
-    /// Runs until `shutdown` turns true; finishes the current step first.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    /// Runs until `shutdown` turns true; each job, on its own task, finishes its current
+    /// step first.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let writer = LedgerWriter::new(
             self.redis.clone(),
             self.ledger.clone(),
@@ -76,52 +104,87 @@ impl Sidecar {
         );
         writer.prepare().await?;
         writer.recover().await?;
-        let generation = uuid::Uuid::new_v4().simple().to_string();
-        let mut previous_drift: BTreeMap<(String, String), i64> = BTreeMap::new();
-        let mut last_housekeeping = Instant::now() - Duration::from_millis(HOUSEKEEPING_MS);
-        let mut last_claim = Instant::now();
-        let mut last_reconcile = Instant::now();
+        let writer = Arc::new(writer);
+        let generation: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+        let previous_drift = Arc::new(Mutex::new(BTreeMap::new()));
         info!(consumer = %self.consumer, "sidecar running");
-        while !*shutdown.borrow() {
-            let read = match writer.poll().await {
-                Ok(report) => report.read,
-                Err(e) => {
-                    self.task_error("writer", &e);
-                    0
-                }
-            };
-            if last_housekeeping.elapsed() >= Duration::from_millis(HOUSEKEEPING_MS) {
-                last_housekeeping = Instant::now();
-                self.housekeeping(&writer, &generation).await;
-            }
-            if last_claim.elapsed() >= Duration::from_millis(CLAIM_AND_TRIM_MS) {
-                last_claim = Instant::now();
-                if let Err(e) = writer.claim(CLAIM_IDLE_MS).await {
-                    self.task_error("claim", &e);
-                }
-                if let Err(e) = writer.trim().await {
-                    self.task_error("trim", &e);
-                }
-            }
-            if last_reconcile.elapsed() >= Duration::from_millis(RECONCILE_MS) {
-                last_reconcile = Instant::now();
-                self.reconcile(&writer, &mut previous_drift).await;
-            }
-            if read == 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)) => {}
-                    _ = shutdown.changed() => {}
-                }
-            }
+        let mut tasks = JoinSet::new();
+        let (me, w, stop) = (self.clone(), writer.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            run_ingest(&w, stop, &|task: &str, e: &WriterError| {
+                me.task_error(task, e)
+            })
+            .await
+        });
+        let me = self.clone();
+        spawn_every(&mut tasks, 0, SWEEP_MS, &shutdown, move || {
+            let me = me.clone();
+            async move { me.sweep().await }
+        });
+        let me = self.clone();
+        spawn_every(&mut tasks, 0, HOUSEKEEPING_MS, &shutdown, move || {
+            let me = me.clone();
+            async move { me.outbox_and_audit().await }
+        });
+        let me = self.clone();
+        spawn_every(&mut tasks, 0, REBUILDS_MS, &shutdown, move || {
+            let me = me.clone();
+            async move { me.owed_rebuilds().await }
+        });
+        let (me, w) = (self.clone(), writer.clone());
+        spawn_every(&mut tasks, 0, GENERATION_CHECK_MS, &shutdown, move || {
+            let (me, w, generation) = (me.clone(), w.clone(), generation.clone());
+            async move { me.generation_check(&w, &generation).await }
+        });
+        let (me, w) = (self.clone(), writer.clone());
+        let trim_ms = CLAIM_AND_TRIM_MS;
+        spawn_every(&mut tasks, trim_ms, trim_ms, &shutdown, move || {
+            let (me, w) = (me.clone(), w.clone());
+            async move { me.trim(&w).await }
+        });
+        let (me, w) = (self.clone(), writer.clone());
+        spawn_every(
+            &mut tasks,
+            RECONCILE_MS,
+            RECONCILE_MS,
+            &shutdown,
+            move || {
+                let (me, w, previous) = (me.clone(), w.clone(), previous_drift.clone());
+                async move { me.reconcile(&w, &previous).await }
+            },
+        );
+        while let Some(done) = tasks.join_next().await {
+            done.context("a sidecar task panicked")?;
         }
         info!("sidecar stopping");
         Ok(())
     }
 
-    async fn housekeeping(&self, writer: &LedgerWriter, generation: &str) {
-        // A rebuild must see every event Redis still has: drain the streams first.
-        if let Err(e) = writer.drain().await {
-            self.task_error("writer", &e);
+    /// [`wait_for_writer`] with [`CATCH_UP_WAIT_MS`]; `false`, logged and counted against
+    /// `task`, when the writer did not get there in time.
+    async fn wait_for_writer(&self, writer: &LedgerWriter, task: &str) -> bool {
+        match wait_for_writer(writer, CATCH_UP_WAIT_MS).await {
+            Ok(true) => true,
+            Ok(false) => {
+                self.metrics.task_errors.with_label_values(&[task]).inc();
+                warn!(
+                    task,
+                    wait_ms = CATCH_UP_WAIT_MS,
+                    "the ledger writer did not reach the streams' newest entries in time; skipping this pass"
+                );
+                false
+            }
+            Err(e) => {
+                self.task_error(task, &e);
+                false
+            }
+        }
+    }
+
+    /// Rebuilds the shards whose generation marker is gone (Redis lost its data), once the
+    /// writer has every event Redis still had: a rebuild must see all of them.
+    async fn generation_check(&self, writer: &LedgerWriter, generation: &str) {
+        if !self.wait_for_writer(writer, "generation").await {
             return;
         }
         match check_generations(self.ledger.as_ref(), self.redis.as_ref(), generation).await {
@@ -132,6 +195,10 @@ impl Sidecar {
             Ok(_) => {}
             Err(e) => self.task_error("generation", &e),
         }
+    }
+
+    /// One sweeper pass: expires due holds and grants, a bounded batch per shard.
+    async fn sweep(&self) {
         match sweep_once(
             self.redis.as_ref(),
             self.redis.keyspace(),
@@ -149,6 +216,10 @@ impl Sidecar {
             }
             Err(e) => self.task_error("sweeper", &e),
         }
+    }
+
+    /// Delivers the grant outbox and mirrors the audit log.
+    async fn outbox_and_audit(&self) {
         match deliver_pending(self.ledger.as_ref(), self.redis.as_ref()).await {
             Ok(report) => {
                 self.metrics.grants_delivered.inc_by(report.delivered);
@@ -156,7 +227,6 @@ impl Sidecar {
             }
             Err(e) => self.task_error("outbox", &e),
         }
-        self.owed_rebuilds().await;
         if let Err(e) =
             crate::jobs::audit_mirror::mirror_audit(&self.redis, self.ledger.as_ref()).await
         {
@@ -184,16 +254,23 @@ impl Sidecar {
         }
     }
 
-    /// Compares Redis with the ledger after draining the streams. Drift counts only when
-    /// the same difference shows in two consecutive passes, so events in flight between
-    /// the two stores do not raise a false alarm.
+    /// Trims every stream below what the group still needs.
+    async fn trim(&self, writer: &LedgerWriter) {
+        if let Err(e) = writer.trim().await {
+            self.task_error("trim", &e);
+        }
+    }
+
+    /// Compares Redis with the ledger once the writer has passed the streams' positions of
+    /// the pass's start. Drift counts only when the same difference shows in two
+    /// consecutive passes, so events in flight between the two stores do not raise a false
+    /// alarm.
     async fn reconcile(
         &self,
         writer: &LedgerWriter,
-        previous: &mut BTreeMap<(String, String), i64>,
+        previous: &Mutex<BTreeMap<(String, String), i64>>,
     ) {
-        if let Err(e) = writer.drain().await {
-            self.task_error("writer", &e);
+        if !self.wait_for_writer(writer, "reconcile").await {
             return;
         }
         match compare(self.ledger.as_ref(), self.redis.as_ref()).await {
@@ -203,6 +280,7 @@ impl Sidecar {
                     .iter()
                     .map(|d| ((d.customer.clone(), d.credit_type.clone()), d.amount()))
                     .collect();
+                let mut previous = previous.lock().unwrap_or_else(|p| p.into_inner());
                 let confirmed: Vec<_> = current
                     .iter()
                     .filter(|(k, v)| previous.get(*k) == Some(*v))
@@ -225,5 +303,236 @@ impl Sidecar {
             }
             Err(e) => self.task_error("reconcile", &e),
         }
+    }
+}
+
+/// Runs `job` every `period_ms` (the first time after `first_after_ms`) until `shutdown`
+/// turns true, whatever the other jobs are doing; a pass is never cut short.
+pub(crate) async fn every<F, Fut>(
+    first_after_ms: u64,
+    period_ms: u64,
+    mut shutdown: watch::Receiver<bool>,
+    mut job: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut wait_ms = first_after_ms;
+    while !*shutdown.borrow() {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+            changed = shutdown.changed() => if changed.is_err() { return },
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        job().await;
+        wait_ms = period_ms;
+    }
+}
+
+/// Starts [`every`] on its own task in `tasks`.
+fn spawn_every<F, Fut>(
+    tasks: &mut JoinSet<()>,
+    first_after_ms: u64,
+    period_ms: u64,
+    shutdown: &watch::Receiver<bool>,
+    job: F,
+) where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tasks.spawn(every(first_after_ms, period_ms, shutdown.clone(), job));
+}
+
+/// Moves events into the ledger, one bounded pass after another, sleeping only when a pass
+/// found nothing, until `shutdown` turns true. Between passes it takes over silent
+/// consumers' entries on its own clock, and again at once while a claim scan stopped short;
+/// claims run here rather than beside, so this writer's ledger writes stay in order.
+/// Failures go to `on_error` (task name, error) and are retried.
+pub(crate) async fn run_ingest(
+    writer: &LedgerWriter,
+    mut shutdown: watch::Receiver<bool>,
+    on_error: &(dyn Fn(&str, &WriterError) + Send + Sync),
+) {
+    let mut last_claim = Instant::now();
+    while !*shutdown.borrow() {
+        let read = match writer.poll().await {
+            Ok(report) => report.read,
+            Err(e) => {
+                on_error("writer", &e);
+                0
+            }
+        };
+        let claim_due = last_claim.elapsed() >= Duration::from_millis(CLAIM_AND_TRIM_MS);
+        if claim_due || writer.claim_unfinished() {
+            last_claim = Instant::now();
+            if let Err(e) = writer.claim(CLAIM_IDLE_MS).await {
+                on_error("claim", &e);
+            }
+        }
+        if read == 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+/// Waits until `writer` has passed every stream's newest entry as of the call, for at most
+/// `wait_ms` milliseconds: `Ok(false)` when it has not. Unlike waiting for a pass that reads
+/// nothing, this ends under any ingest load.
+pub(crate) async fn wait_for_writer(
+    writer: &LedgerWriter,
+    wait_ms: u64,
+) -> Result<bool, WriterError> {
+    let since = Instant::now();
+    let heads = writer.stream_heads().await?;
+    let deadline = since + Duration::from_millis(wait_ms);
+    while !writer.has_passed(&heads, since) {
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)).await;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use async_trait::async_trait;
+    use creditgate_protocol::{Keyspace, ReadFrom, Shard, StoreError, StreamEntry};
+
+    use super::*;
+    use crate::jobs::fixtures::{keyspace, temp_ledger};
+    use crate::jobs::writer::EventStreams;
+
+    /// Streams that always have a full batch of new entries: ingest never reads nothing,
+    /// so a job that waited for an empty pass would never run.
+    struct EndlessStreams {
+        keyspace: Keyspace,
+        added: AtomicU64,
+        reads: AtomicU64,
+    }
+
+    #[async_trait]
+    impl EventStreams for EndlessStreams {
+        fn keyspace(&self) -> &Keyspace {
+            &self.keyspace
+        }
+
+        async fn ensure_group(&self, _shard: Shard, _group: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        async fn read_group(
+            &self,
+            shard: Shard,
+            _group: &str,
+            _consumer: &str,
+            from: ReadFrom<'_>,
+            count: usize,
+        ) -> Result<Vec<StreamEntry>, StoreError> {
+            // A round trip to Redis yields to the other tasks; so does this.
+            tokio::task::yield_now().await;
+            if from != ReadFrom::New {
+                return Ok(Vec::new());
+            }
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            let first = self.added.fetch_add(count as u64, Ordering::Relaxed) + 1;
+            Ok((first..first + count as u64)
+                .map(|seq| StreamEntry {
+                    shard,
+                    stream_id: format!("{seq}-0"),
+                    fields: Vec::new(),
+                    event: Err("filler".to_string()),
+                })
+                .collect())
+        }
+
+        async fn claim_stale(
+            &self,
+            _shard: Shard,
+            _group: &str,
+            _consumer: &str,
+            _min_idle_ms: u64,
+            _start: &str,
+            _count: usize,
+        ) -> Result<(String, Vec<StreamEntry>), StoreError> {
+            Ok(("0-0".to_string(), Vec::new()))
+        }
+
+        async fn last_stream_id(&self, _shard: Shard) -> Result<Option<String>, StoreError> {
+            // The newest entry is always past what was delivered so far.
+            let newest = self.added.load(Ordering::Relaxed) + 1;
+            Ok(Some(format!("{newest}-0")))
+        }
+
+        async fn ack(
+            &self,
+            _shard: Shard,
+            _group: &str,
+            ids: &[String],
+        ) -> Result<u64, StoreError> {
+            Ok(ids.len() as u64)
+        }
+
+        async fn trim_acknowledged(&self, _shard: Shard, _group: &str) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+    }
+
+    #[tokio::test]
+    async fn housekeeping_runs_while_ingest_always_has_more_to_read() {
+        let t = temp_ledger().await;
+        let streams = Arc::new(EndlessStreams {
+            keyspace: keyspace(),
+            added: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+        });
+        let writer = LedgerWriter::new(
+            streams.clone(),
+            t.ledger.clone(),
+            "a",
+            Arc::new(SidecarMetrics::new()),
+        )
+        .with_batch_max(8);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (sweeps, checks_passed) = (AtomicU64::new(0), AtomicU64::new(0));
+
+        let jobs = async {
+            tokio::join!(
+                run_ingest(&writer, stop_rx.clone(), &|_, _| {}),
+                every(0, 20, stop_rx.clone(), || async {
+                    sweeps.fetch_add(1, Ordering::Relaxed);
+                }),
+                every(0, 50, stop_rx.clone(), || async {
+                    if wait_for_writer(&writer, 2_000).await.expect("heads") {
+                        checks_passed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }),
+            )
+        };
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            stop_tx.send(true).expect("stop");
+        };
+        tokio::join!(jobs, stop);
+
+        let reads = streams.reads.load(Ordering::Relaxed);
+        assert!(reads > 20, "ingest ran without pause ({reads} full reads)");
+        let sweeps = sweeps.load(Ordering::Relaxed);
+        assert!(
+            sweeps >= 10,
+            "the sweeper ran on its clock: {sweeps} passes in 600 ms"
+        );
+        let checks = checks_passed.load(Ordering::Relaxed);
+        assert!(
+            checks >= 3,
+            "a job needing the ledger caught up ran: {checks} position checks passed"
+        );
     }
 }
