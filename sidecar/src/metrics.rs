@@ -151,6 +151,31 @@ impl Registrar<'_> {
         }
         rejected
     }
+
+    fn usage_events_overdraft(&self) -> IntCounter {
+        self.counter(
+            "creditgate_usage_events_overdraft_total",
+            "Usage events burned into overdraft because the balance could not cover them.",
+        )
+    }
+
+    /// The owed Redis rebuilds gauge and the attempts counter, with both outcomes present
+    /// from the start, at 0.
+    fn rebuilds(&self) -> (IntGauge, IntCounterVec) {
+        let owed = self.gauge(
+            "creditgate_redis_rebuilds_owed",
+            "Redis rebuilds recorded after a grant void and not done yet.",
+        );
+        let attempts = self.counter_vec(
+            "creditgate_redis_rebuild_attempts_total",
+            "Attempts to rebuild a customer in Redis from the ledger, by outcome (done, retry).",
+            &["outcome"],
+        );
+        for outcome in ["done", "retry"] {
+            attempts.with_label_values(&[outcome]);
+        }
+        (owed, attempts)
+    }
 }
 
 impl SidecarMetrics {
@@ -158,6 +183,7 @@ impl SidecarMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let r = Registrar(&registry);
+        let (rebuilds_owed, rebuild_attempts) = r.rebuilds();
         Self {
             entries_written: r.counter_vec(
                 "creditgate_ledger_entries_written_total",
@@ -228,19 +254,9 @@ impl SidecarMetrics {
                 "Usage events whose idempotency key had burned before; not burned again.",
             ),
             usage_events_rejected: r.usage_events_rejected(),
-            usage_events_overdraft: r.counter(
-                "creditgate_usage_events_overdraft_total",
-                "Usage events burned into overdraft because the balance could not cover them.",
-            ),
-            rebuilds_owed: r.gauge(
-                "creditgate_redis_rebuilds_owed",
-                "Redis rebuilds recorded after a grant void and not done yet.",
-            ),
-            rebuild_attempts: r.counter_vec(
-                "creditgate_redis_rebuild_attempts_total",
-                "Attempts to rebuild a customer in Redis from the ledger, by outcome (done, retry).",
-                &["outcome"],
-            ),
+            usage_events_overdraft: r.usage_events_overdraft(),
+            rebuilds_owed,
+            rebuild_attempts,
             registry,
         }
     }
