@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use creditgate_protocol::{EventBody, Keyspace, ReserveOutcome};
 use creditgate_testkit::{
-    AdminHarness, Backend, LedgerHarness, PREFIX, SHARDS, grant_request, reserve_request,
-    sidecar_command, wait_for, without_nonce,
+    ADMIN_OPERATIONS, AdminHarness, Backend, LedgerHarness, PREFIX, SHARDS, WebhookReceiver,
+    grant_request, reserve_request, sidecar_command, wait_for, without_nonce,
 };
 use serde_json::Value;
 
@@ -205,7 +205,13 @@ fn bad_stream_entries_are_dead_lettered_and_the_stream_moves_on() {
 
 #[test]
 fn the_admin_api_lists_and_discards_dead_letters_with_the_token_as_actor() {
-    let h = AdminHarness::start(Backend::Sqlite);
+    let receiver = WebhookReceiver::start(0).expect("receiver");
+    let ops = format!(
+        "{ADMIN_OPERATIONS}\n[webhooks]\nurl = \"{}\"\nsecret = \"{}\"\nexpiring_within_days = 7\n",
+        receiver.url("/events"),
+        "0123456789abcdef0123456789abcdef"
+    );
+    let h = AdminHarness::start_with(Backend::Sqlite, &ops);
     let keyspace = Keyspace::new(PREFIX, SHARDS);
     let stream = keyspace.events(keyspace.shard_of("acme"));
     let garbage = h
@@ -230,6 +236,12 @@ fn the_admin_api_lists_and_discards_dead_letters_with_the_token_as_actor() {
     assert_eq!(letter["state"], "open");
     let id = letter["id"].as_i64().unwrap();
     let path = format!("/v1/admin/dead-letters/{id}");
+    // The alert: one `ledger.dead_letter` webhook for it.
+    let hooks = h.wait_for_webhooks(&receiver, 1);
+    let alert: Value = serde_json::from_str(&hooks[0].body).unwrap();
+    assert_eq!(alert["kind"], "ledger.dead_letter");
+    assert_eq!(alert["dead_letter_id"], id);
+    assert_eq!(alert["reason"], "malformed");
 
     assert_eq!(h.get("billing", &path).status, 403);
     let bad = h.get("readonly", "/v1/admin/dead-letters?limit=0");

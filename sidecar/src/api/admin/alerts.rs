@@ -74,7 +74,7 @@ pub async fn set(
         let settings = parse_settings(st, customer, body)?;
         plan_of(st, customer).await?;
         let target = settings.recharge_target.unwrap_or(0);
-        if let Some(limit) = st.ops.limit(caller.role.as_str())
+        if let Some(limit) = st.ops.limit(caller.role.as_str(), &settings.credit_type)
             && target > limit.per_grant_max
         {
             return file_for_approval(st, caller, &settings, limit.per_grant_max, call_id).await;
@@ -339,6 +339,9 @@ type Thresholds = (String, String, Option<i64>, Option<i64>, Option<i64>);
 pub async fn pass(st: &AdminState) -> Result<(), sqlx::Error> {
     let (settings, customers) = watched(st).await?;
     let now = now_ms();
+    if let Some(hook) = &st.ops.webhooks {
+        dead_letter_events(st, hook, now).await?;
+    }
     for customer in customers {
         let seen = snapshot(st, &customer).await?;
         let balance = match st.sidecar.redis.balance(&customer).await {
@@ -459,6 +462,51 @@ async fn balance_events(
                 json!({"credit_type": credit_type, "available": available, "threshold": low});
             webhooks::enqueue(db, &id, "balance.low", customer, hook, payload, now).await?;
         }
+    }
+    Ok(())
+}
+
+/// Most open dead letters one pass sends `ledger.dead_letter` for: they are queued once
+/// each, so a backlog is worked off over a few passes.
+const DEAD_LETTER_ALERTS_PER_PASS: u32 = 100;
+
+/// `ledger.dead_letter` once per open dead letter: a stream entry the ledger could not
+/// apply (the writer recorded and acknowledged it), which an operator must replay or
+/// discard. A ledger error is logged, not fatal to the pass.
+async fn dead_letter_events(st: &AdminState, hook: &Endpoint, now: u64) -> Result<(), sqlx::Error> {
+    let letters = match st
+        .sidecar
+        .ledger
+        .dead_letters(true, DEAD_LETTER_ALERTS_PER_PASS)
+        .await
+    {
+        Ok(letters) => letters,
+        Err(e) => {
+            error!(error = %e, "alerts: reading the dead letters failed");
+            return Ok(());
+        }
+    };
+    for d in letters {
+        let customer = d
+            .letter
+            .fields
+            .iter()
+            .find(|(k, _)| k == "customer")
+            .map_or("", |(_, v)| v.as_str());
+        let payload = json!({"dead_letter_id": d.id, "reason": d.letter.reason.as_str(),
+                             "shard": d.letter.shard, "stream_id": d.letter.stream_id,
+                             "event_id": d.letter.event_id, "detail": d.letter.detail});
+        let id = format!("dead-letter-{}", d.id);
+        webhooks::enqueue(
+            &st.db,
+            &id,
+            "ledger.dead_letter",
+            customer,
+            hook,
+            payload,
+            now,
+        )
+        .await?;
     }
     Ok(())
 }
