@@ -1762,3 +1762,68 @@ fn support_limits_are_per_credit_type_in_its_own_units() {
     h.wait_available("acme", "ai", 1_500_000);
     h.wait_available("acme", "api", 900);
 }
+
+/// The key sync pass at start-up reads every key, then writes them one by one in key id
+/// order; keys revoked while it runs (the last ones it writes) are not left published.
+#[test]
+fn keys_revoked_during_a_key_sync_pass_stay_withdrawn() {
+    use creditgate_sidecar::ledger::AdminDb;
+    use creditgate_sidecar::settings::LedgerArgs;
+    const KEYS: usize = 20_000;
+    const REVOKED: usize = 50;
+    let mut h = AdminHarness::start(Backend::Sqlite);
+    h.create_customer("acme", None);
+    h.sidecar.stop().expect("sidecar stops");
+    // Many keys, so the pass runs long enough to be revoked under: key ids k-000001…,
+    // hashes the id's number in 64 digits.
+    let creditgate_testkit::LedgerTarget::Sqlite(path) = &h.target else {
+        unreachable!()
+    };
+    let args = LedgerArgs {
+        sqlite: Some(path.clone()),
+        postgres: None,
+    };
+    h.rt.block_on(async {
+        let db = AdminDb::open(&args).await?;
+        db.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
+             INSERT INTO customer_api_keys (key_id, customer, key_hash, created_by, created_at_ms) \
+             SELECT printf('k-%06d', i), 'acme', printf('%064d', i), 'test', 0 FROM n",
+            &[(KEYS as i64).into()],
+        )
+        .await
+    })
+    .expect("insert the keys");
+    let hash = |i: usize| format!("{i:064}");
+    let exists = |i: usize| {
+        h.redis
+            .cli(&["EXISTS", &format!("cg:apikey:{}", hash(i))])
+            .expect("redis-cli")
+            .trim()
+            == "1"
+    };
+    h.sidecar.restart().expect("sidecar restarts");
+    h.wait_for_admin();
+    // Revoke the keys the pass writes last, while it runs.
+    assert!(!exists(KEYS - REVOKED), "the pass is still running");
+    for i in KEYS - REVOKED + 1..=KEYS {
+        let a = h.post(
+            "admin",
+            &format!("/v1/admin/customers/acme/api-keys/k-{i:06}/revoke"),
+            json!({}),
+        );
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    // Once the pass wrote the last active key, it is done with the revoked ones too.
+    let deadline = Instant::now() + WAIT;
+    while !exists(KEYS - REVOKED) {
+        assert!(Instant::now() < deadline, "the pass never finished");
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(200));
+    let published: Vec<usize> = (KEYS - REVOKED + 1..=KEYS).filter(|&i| exists(i)).collect();
+    assert!(
+        published.is_empty(),
+        "revoked keys republished: {published:?}"
+    );
+}

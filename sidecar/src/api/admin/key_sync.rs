@@ -4,6 +4,12 @@
 //! entry deleted. Whatever Redis missed (down at the time, or its data lost) is put right
 //! by [`sync_all`], which runs at start-up and every [`KEY_SYNC_MS`]: every active key is
 //! written again and every revoked key deleted again.
+//!
+//! A pass never leaves a key revoked after it read the keys published: after writing a key
+//! it reads the key's revocation again and deletes the key when it was revoked meanwhile.
+//! A revocation records, then deletes; so whichever order the two interleave in, the last
+//! Redis write for a revoked key is a delete (the key is in Redis at most for the one
+//! database read between the pass's write and its delete).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +38,11 @@ pub struct SyncReport {
 /// [`sync_all`] pass retries).
 pub async fn publish(st: &AdminState, key_hash: &str, customer: &str) -> bool {
     match st.sidecar.redis.set_api_key(key_hash, customer).await {
+        // A key revoked as soon as it was recorded is withdrawn again (see the module doc).
+        Ok(()) if matches!(revoked_now(st, key_hash).await, Ok(true)) => {
+            withdraw(st, key_hash).await;
+            false
+        }
         Ok(()) => true,
         Err(e) => {
             warn!(customer, error = %e, "publishing an API key to Redis failed; the key sync pass retries");
@@ -74,10 +85,29 @@ pub async fn sync_all(st: &AdminState) -> anyhow::Result<SyncReport> {
             report.withdrawn += 1;
         } else {
             st.sidecar.redis.set_api_key(&hash, &customer).await?;
-            report.published += 1;
+            if revoked_now(st, &hash).await? {
+                st.sidecar.redis.delete_api_key(&hash).await?;
+                report.withdrawn += 1;
+            } else {
+                report.published += 1;
+            }
         }
     }
     Ok(report)
+}
+
+/// Whether the key is revoked in the ledger database now (or gone): read after the pass
+/// wrote it, so a revocation recorded since the pass read the keys is undone at once.
+async fn revoked_now(st: &AdminState, key_hash: &str) -> Result<bool, sqlx::Error> {
+    let rows = st
+        .db
+        .fetch(
+            "SELECT revoked_at_ms FROM customer_api_keys WHERE key_hash = $1",
+            &[key_hash.into()],
+            |row| row.try_get::<Option<i64>, _>("revoked_at_ms"),
+        )
+        .await?;
+    Ok(!matches!(rows.first(), Some(None)))
 }
 
 /// Runs [`sync_all`] at once, then every [`KEY_SYNC_MS`], until `stop` turns true.
