@@ -98,8 +98,8 @@ pub async fn attempt_rebuild(
         Ok(Rebuilt::Busy { pending_holds }) => {
             format!("{pending_holds} holds pending in Redis; retried when they are resolved")
         }
-        // Any other answer (a restore refused while the ledger lags) is "not yet" too.
-        #[allow(unreachable_patterns)]
+        // Any other answer (a restore refused while Redis has burns the ledger has not
+        // recorded: `Behind`) is "not yet" too.
         Ok(other) => format!("not restored yet: {other:?}"),
         Err(e) => e.to_string(),
     };
