@@ -63,7 +63,7 @@ pub enum Command {
     /// Stream entries the ledger could not apply: list and show them, replay one once its
     /// cause is fixed, or discard it. Every action is recorded with its actor.
     #[command(subcommand)]
-    DeadLetters(crate::cli::dead_letters::DeadLetterCommand),
+    DeadLetters(crate::cli::dead_letter_args::DeadLetterCommand),
 }
 
 /// What `mode` does.
