@@ -468,7 +468,8 @@ async fn holds_the_store_lost(
             customer: customer.to_string(),
             hold_id: hold_id.clone(),
         };
-        if store.hold(&hold).await?.is_some() {
+        let live = store.hold(&hold).await?;
+        if live.is_some_and(|h| same_placement(&event.event_id, h.created_ms)) {
             // Still in the store: restore will refuse; nothing to void.
             continue;
         }
@@ -648,6 +649,19 @@ fn void_event(
     }
 }
 
+/// Whether the store's hold, placed at `created_ms`, is the placement of the ledger's
+/// `placed_event_id` (`hold:<id>:<nonce>:placed`, the nonce being the placement time): a
+/// hold id placed again after Redis lost the first placement is another hold. A placement
+/// without a nonce (placed before nonces existed) is taken to be the store's hold.
+fn same_placement(placed_event_id: &str, created_ms: u64) -> bool {
+    let nonce = creditgate_protocol::hold_placement_of(placed_event_id)
+        .and_then(|p| p.rsplit(':').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    // `hold:<id>` (no nonce) ends in the hold id, which may be all digits: count the parts.
+    let has_nonce = placed_event_id.split(':').count() == 4;
+    !has_nonce || nonce == Some(created_ms)
+}
+
 /// How many of a shard's newest ledger entries the rollback check reads for the ledger's
 /// newest position: the writer records a shard's events in stream order, so the newest
 /// position is among the last batches it wrote (4 of `BATCH_MAX`).
@@ -807,6 +821,15 @@ mod tests {
     use crate::jobs::fixtures::{
         CREDITS, grant, keyspace, record_model_events, reserve, settle, temp_ledger,
     };
+
+    #[test]
+    fn a_hold_placed_again_is_not_the_ledgers_placement() {
+        assert!(same_placement("hold:h1:1700:placed", 1700));
+        assert!(!same_placement("hold:h1:1700:placed", 1800));
+        // Placed before nonces: the store's hold is taken to be it.
+        assert!(same_placement("hold:h1:placed", 1800));
+        assert!(same_placement("hold:42:placed", 1800));
+    }
 
     /// The reference model standing in for Redis, with the Redis-only operations recorded:
     /// `restore` keeps the state it was given (refusing, as the script does, while the
