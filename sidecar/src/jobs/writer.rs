@@ -284,12 +284,13 @@ impl LedgerWriter {
     }
 
     /// Writes this consumer's own pending entries (delivered before a crash, never
-    /// acknowledged). Rejected entries stay pending, so this reads each pending entry once.
+    /// acknowledged), each once: an entry the ledger cannot apply is dead-lettered and
+    /// acknowledged like the rest.
     pub async fn recover(&self) -> Result<PassReport, WriterError> {
         let mut report = PassReport::default();
         for shard in self.streams.keyspace().all_shards() {
-            // Page through the pending entries by id, so entries left pending on purpose
-            // (rejected) are read once per recovery, not forever.
+            // Page through the pending entries by id, so an entry left pending by a failed
+            // acknowledgement is read once per recovery, not forever.
             let mut after = "0".to_string();
             loop {
                 let entries = self
