@@ -61,6 +61,17 @@ struct FileEndpoint {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileLimit {
+    #[serde(default)]
+    per_grant_max: Option<u64>,
+    #[serde(default)]
+    per_day_max: Option<u64>,
+    #[serde(default)]
+    credit_types: BTreeMap<String, Spanned<FileTypeLimit>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTypeLimit {
     per_grant_max: u64,
     per_day_max: u64,
 }
@@ -85,13 +96,41 @@ struct FileSchedule {
     expires_after_days: Option<u64>,
 }
 
-/// How much a role may grant without a second person's approval, in credit units.
+/// How much a role may grant of one credit type without a second person's approval, in
+/// that credit type's stored units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoleLimit {
     /// Largest single grant.
     pub per_grant_max: u64,
-    /// Largest total of one actor's grants per UTC day.
+    /// Largest total of one actor's grants of the credit type per UTC day.
     pub per_day_max: u64,
+}
+
+/// A role's limits: per credit type (`[limits.ROLE.credit_types.TYPE]`), else the role's
+/// own `per_grant_max` / `per_day_max`, which apply to each other credit type in its own
+/// stored units (so a file written before per-type limits means what it did per grant).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoleLimits {
+    /// For credit types without their own limit.
+    pub default: Option<RoleLimit>,
+    /// By credit type.
+    pub by_credit_type: BTreeMap<String, RoleLimit>,
+}
+
+impl RoleLimits {
+    /// The limit on grants of `credit_type`. A credit type the file did not cover (the
+    /// check refuses such a file for the listed types) gets a zero limit: every grant of it
+    /// waits for approval.
+    pub fn of(&self, credit_type: &str) -> RoleLimit {
+        self.by_credit_type
+            .get(credit_type)
+            .copied()
+            .or(self.default)
+            .unwrap_or(RoleLimit {
+                per_grant_max: 0,
+                per_day_max: 0,
+            })
+    }
 }
 
 /// A top-up bundle: what a purchase of it grants and what it costs.
@@ -159,7 +198,7 @@ pub struct Operations {
     /// Longest promotion lifetime, days.
     pub promotion_max_days: u64,
     /// Per-role limits; a role without one has no limit.
-    pub limits: BTreeMap<String, RoleLimit>,
+    pub limits: BTreeMap<String, RoleLimits>,
     /// Top-up bundles by id.
     pub bundles: BTreeMap<String, Bundle>,
     /// Scheduled grants.
@@ -243,7 +282,7 @@ impl Operations {
             Some(days) => promotion_max_days(diagnostics, &days),
             None => DEFAULT_PROMOTION_MAX_DAYS,
         };
-        let limits = limits(diagnostics, &raw.limits);
+        let limits = limits(diagnostics, &raw.limits, &credit_types);
         let bundles = bundles(diagnostics, &raw.bundles, &credit_types);
         let schedules = schedules(diagnostics, &raw.schedules, &credit_types);
         let webhooks = raw
@@ -266,9 +305,10 @@ impl Operations {
         }
     }
 
-    /// The limit of `role`, if it has one.
-    pub fn limit(&self, role: &str) -> Option<RoleLimit> {
-        self.limits.get(role).copied()
+    /// The limit of `role` on grants of `credit_type` (its stored units), if the role
+    /// has limits.
+    pub fn limit(&self, role: &str, credit_type: &str) -> Option<RoleLimit> {
+        self.limits.get(role).map(|l| l.of(credit_type))
     }
 }
 
@@ -322,44 +362,103 @@ fn promotion_max_days(d: &mut Diagnostics<'_>, days: &Spanned<u64>) -> u64 {
     *days.get_ref()
 }
 
-/// `[limits.ROLE]`: only for [`LIMITED_ROLES`], a positive per-grant maximum no larger than
-/// the per-day one, both within [`MAX_AMOUNT`].
+/// `[limits.ROLE]`: only for [`LIMITED_ROLES`]; the role's own pair (for credit types
+/// without their own) and `[limits.ROLE.credit_types.TYPE]` pairs for listed credit types,
+/// so that every listed credit type is covered. Each pair is checked by [`limit_pair`].
 fn limits(
     d: &mut Diagnostics<'_>,
     written: &BTreeMap<String, Spanned<FileLimit>>,
-) -> BTreeMap<String, RoleLimit> {
+    credit_types: &BTreeSet<String>,
+) -> BTreeMap<String, RoleLimits> {
     let mut limits = BTreeMap::new();
     for (role, limit) in written {
         let field = format!("limits.{role}");
+        let span = limit.span();
         if !LIMITED_ROLES.contains(&role.as_str()) {
             d.report_in_table(
-                limit.span(),
+                span.clone(),
                 field.clone(),
                 format!("limits apply to {LIMITED_ROLES:?} only"),
             );
         }
         let l = limit.get_ref();
-        if l.per_grant_max == 0 || l.per_grant_max > MAX_AMOUNT {
-            d.report_in_table(
-                limit.span(),
-                format!("{field}.per_grant_max"),
-                format!("must be from 1 to {MAX_AMOUNT}"),
-            );
+        let mut role_limits = RoleLimits::default();
+        match (l.per_grant_max, l.per_day_max) {
+            (Some(grant), Some(day)) => {
+                role_limits.default = Some(limit_pair(d, span.clone(), &field, grant, day));
+            }
+            (None, None) => {}
+            _ => d.report_in_table(
+                span.clone(),
+                field.clone(),
+                "per_grant_max and per_day_max go together".into(),
+            ),
         }
-        if l.per_day_max < l.per_grant_max || l.per_day_max > MAX_AMOUNT {
-            d.report_in_table(
-                limit.span(),
-                format!("{field}.per_day_max"),
-                format!("must be from per_grant_max to {MAX_AMOUNT}"),
+        for (credit_type, type_limit) in &l.credit_types {
+            let type_field = format!("{field}.credit_types.{credit_type}");
+            if !credit_types.contains(credit_type) {
+                d.report_in_table(
+                    type_limit.span(),
+                    type_field.clone(),
+                    format!("{credit_type:?} is not in credit_types"),
+                );
+            }
+            let t = type_limit.get_ref();
+            let pair = limit_pair(
+                d,
+                type_limit.span(),
+                &type_field,
+                t.per_grant_max,
+                t.per_day_max,
             );
+            role_limits.by_credit_type.insert(credit_type.clone(), pair);
         }
-        let limit = RoleLimit {
-            per_grant_max: l.per_grant_max,
-            per_day_max: l.per_day_max,
-        };
-        limits.insert(role.clone(), limit);
+        if role_limits.default.is_none() {
+            for credit_type in credit_types {
+                if !role_limits.by_credit_type.contains_key(credit_type) {
+                    d.report_in_table(
+                        span.clone(),
+                        field.clone(),
+                        format!(
+                            "no limit for credit type {credit_type:?}: set per_grant_max and per_day_max \
+                             for the role or [{field}.credit_types.{credit_type}]"
+                        ),
+                    );
+                }
+            }
+        }
+        limits.insert(role.clone(), role_limits);
     }
     limits
+}
+
+/// One limit pair at `field`: a positive per-grant maximum no larger than the per-day one,
+/// both within [`MAX_AMOUNT`].
+fn limit_pair(
+    d: &mut Diagnostics<'_>,
+    span: std::ops::Range<usize>,
+    field: &str,
+    per_grant_max: u64,
+    per_day_max: u64,
+) -> RoleLimit {
+    if per_grant_max == 0 || per_grant_max > MAX_AMOUNT {
+        d.report_in_table(
+            span.clone(),
+            format!("{field}.per_grant_max"),
+            format!("must be from 1 to {MAX_AMOUNT}"),
+        );
+    }
+    if per_day_max < per_grant_max || per_day_max > MAX_AMOUNT {
+        d.report_in_table(
+            span,
+            format!("{field}.per_day_max"),
+            format!("must be from per_grant_max to {MAX_AMOUNT}"),
+        );
+    }
+    RoleLimit {
+        per_grant_max,
+        per_day_max,
+    }
 }
 
 /// `[[bundles]]`: unique valid ids, a listed credit type, credits and price within
@@ -609,10 +708,62 @@ amount = 10000
     fn a_good_file_parses() {
         let ops = Operations::parse("ops.toml", GOOD).unwrap();
         assert_eq!(ops.bundles["starter"].credits, 1000);
-        assert_eq!(ops.limit("support").unwrap().per_day_max, 5000);
-        assert_eq!(ops.limit("sales"), None);
+        assert_eq!(ops.limit("support", "api").unwrap().per_day_max, 5000);
+        assert_eq!(ops.limit("support", "ai").unwrap().per_day_max, 5000);
+        assert_eq!(ops.limit("sales", "api"), None);
         assert_eq!(ops.schedules[0].plan, "annual");
         assert_eq!(ops.promotion_max_days, DEFAULT_PROMOTION_MAX_DAYS);
+    }
+
+    /// Limits per credit type, each in its own units; the role's own pair covers the other
+    /// types (as a file written before per-type limits means).
+    #[test]
+    fn limits_are_per_credit_type_in_its_own_units() {
+        let text = GOOD.replace(
+            "per_day_max = 5000\n",
+            "per_day_max = 5000\n\n[limits.support.credit_types.ai]\nper_grant_max = 2000000\nper_day_max = 9000000\n",
+        );
+        let ops = Operations::parse("ops.toml", &text).unwrap();
+        let ai = ops.limit("support", "ai").unwrap();
+        assert_eq!((ai.per_grant_max, ai.per_day_max), (2_000_000, 9_000_000));
+        let api = ops.limit("support", "api").unwrap();
+        assert_eq!((api.per_grant_max, api.per_day_max), (1000, 5000));
+
+        // Per-type limits only: every listed credit type needs one.
+        let only_ai = text.replace("per_grant_max = 1000\nper_day_max = 5000\n", "");
+        let e = Operations::parse("ops.toml", &only_ai)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ops.toml:5: limits.support: no limit for credit type \"api\""),
+            "{e}"
+        );
+        let unknown = text.replace("credit_types.ai]", "credit_types.gpu]");
+        let e = Operations::parse("ops.toml", &unknown)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "ops.toml:9: limits.support.credit_types.gpu: \"gpu\" is not in credit_types"
+            ),
+            "{e}"
+        );
+        let zero = text.replace("per_grant_max = 2000000", "per_grant_max = 0");
+        let e = Operations::parse("ops.toml", &zero)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ops.toml:10: limits.support.credit_types.ai.per_grant_max: must be from 1"),
+            "{e}"
+        );
+        let half = GOOD.replace("per_day_max = 5000\n", "");
+        let e = Operations::parse("ops.toml", &half)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("limits.support: per_grant_max and per_day_max go together"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Who is calling: bearer tokens (kept as SHA-256 hashes), their roles, a constant-time
-//! check against every active token, and a per-address limit on failed attempts.
+//! check against every active token, and a limit on failed attempts per address and token
+//! name.
 //!
 //! [`Caller`] is an axum extractor, so any router with an [`AuthState`] behind its state
 //! can require a token (and a role, with [`Caller::require`]); the admin routes use it and
@@ -20,14 +21,17 @@ use subtle::ConstantTimeEq;
 use super::error::ApiError;
 use crate::ledger::AdminDb;
 
-/// Failed token checks one address may make per window before it is refused (429).
-/// Far above what a misconfigured client makes, far below what guessing needs.
+/// Failed token checks one address may make per window, per token name, before that name
+/// is refused from it (429); tokens that match no active token share one name, so
+/// guessing from one address is capped while the admins behind the same proxy (valid
+/// tokens, their own names) are not locked out. Far above what a misconfigured client
+/// makes, far below what guessing needs.
 pub const AUTH_FAILURES_MAX: u32 = 20;
 
 /// The window of [`AUTH_FAILURES_MAX`]: one minute.
 pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
-/// Addresses tracked at most; past it the oldest windows are dropped, so a scan from many
+/// (address, token name) pairs tracked at most; past it the oldest windows are dropped, so a scan from many
 /// addresses cannot grow memory without bound.
 pub const AUTH_TRACKED_ADDRESSES_MAX: usize = 10_000;
 
@@ -110,8 +114,12 @@ impl Caller {
 #[derive(Clone, Debug)]
 pub struct AuthState {
     db: AdminDb,
-    failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
+    failures: Arc<Mutex<HashMap<FailureKey, (Instant, u32)>>>,
 }
+
+/// What failed checks are counted by: the peer address and the name of the token
+/// presented (`None`: a token matching no active token).
+type FailureKey = (IpAddr, Option<String>);
 
 impl AuthState {
     /// Checks tokens against the `admin_tokens` table of `db`.
@@ -122,13 +130,13 @@ impl AuthState {
         }
     }
 
-    fn locked_out(&self, ip: IpAddr) -> bool {
+    fn locked_out(&self, key: &FailureKey) -> bool {
         let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        matches!(failures.get(&ip), Some((start, n))
+        matches!(failures.get(key), Some((start, n))
             if start.elapsed() < AUTH_FAILURE_WINDOW && *n >= AUTH_FAILURES_MAX)
     }
 
-    fn count_failure(&self, ip: IpAddr) {
+    fn count_failure(&self, key: FailureKey) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if failures.len() >= AUTH_TRACKED_ADDRESSES_MAX {
             failures.retain(|_, (start, _)| start.elapsed() < AUTH_FAILURE_WINDOW);
@@ -136,7 +144,7 @@ impl AuthState {
                 failures.clear();
             }
         }
-        let entry = failures.entry(ip).or_insert((Instant::now(), 0));
+        let entry = failures.entry(key).or_insert((Instant::now(), 0));
         if entry.0.elapsed() >= AUTH_FAILURE_WINDOW {
             *entry = (Instant::now(), 0);
         }
@@ -145,7 +153,8 @@ impl AuthState {
 
     /// The caller a presented token belongs to. Every active token's hash is compared in
     /// constant time, and all of them are compared, so timing tells nothing about which
-    /// bytes matched.
+    /// bytes matched. The lockout is looked up after the comparison, by address and the
+    /// name of the token presented, so a locked-out address still reads the token table.
     pub async fn authenticate(&self, ip: IpAddr, header: Option<&str>) -> Result<Caller, ApiError> {
         let unauthorized = |message: &str| {
             ApiError::new(
@@ -155,17 +164,6 @@ impl AuthState {
                 message,
             )
         };
-        if self.locked_out(ip) {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_failures",
-                Some("Authorization"),
-                format!(
-                    "more than {AUTH_FAILURES_MAX} failed token checks from this address; wait {} s",
-                    AUTH_FAILURE_WINDOW.as_secs()
-                ),
-            ));
-        }
         let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
             return Err(unauthorized("send Authorization: Bearer <admin token>"));
         };
@@ -193,10 +191,22 @@ impl AuthState {
                 found = Some(Caller { name, role });
             }
         }
+        let key = (ip, found.as_ref().map(|c| c.name.clone()));
+        if self.locked_out(&key) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                Some("Authorization"),
+                format!(
+                    "more than {AUTH_FAILURES_MAX} failed checks of this token from this address; wait {} s",
+                    AUTH_FAILURE_WINDOW.as_secs()
+                ),
+            ));
+        }
         match found {
             Some(caller) => Ok(caller),
             None => {
-                self.count_failure(ip);
+                self.count_failure(key);
                 Err(unauthorized("unknown or revoked admin token"))
             }
         }

@@ -348,14 +348,22 @@ pub async fn issue(
     }))
 }
 
-/// What the caller's role has granted today (UTC) without approval, credit units.
-async fn granted_today(st: &AdminState, actor: &str, now: u64) -> Result<u64, ApiError> {
+/// What the caller has granted of `credit_type` today (UTC) without approval, its units.
+async fn granted_today(
+    st: &AdminState,
+    actor: &str,
+    credit_type: &str,
+    now: u64,
+) -> Result<u64, ApiError> {
     let day_start = (now / DAY_MS * DAY_MS) as i64;
+    // Per credit type: amounts of credit types of different scale never add up. The
+    // ledger's grant (recorded before its admin row) carries the credit type.
     let rows = st
         .db
         .fetch(
-            "SELECT amount FROM admin_grants WHERE actor = $1 AND created_at_ms >= $2 AND counts_toward_limit = 1",
-            &[actor.into(), day_start.into()],
+            "SELECT a.amount AS amount FROM admin_grants a JOIN grants g ON g.grant_id = a.grant_id \
+             WHERE a.actor = $1 AND a.created_at_ms >= $2 AND a.counts_toward_limit = 1 AND g.credit_type = $3",
+            &[actor.into(), day_start.into(), credit_type.into()],
             |row| row.try_get::<i64, _>("amount"),
         )
         .await
@@ -379,7 +387,7 @@ pub async fn grant(
         let now = now_ms();
         let params = parse_grant(st, caller, customer, body, now, call_id)?;
         plan_of(st, customer).await?;
-        let Some(limit) = st.ops.limit(caller.role.as_str()) else {
+        let Some(limit) = st.ops.limit(caller.role.as_str(), &params.credit_type) else {
             let granted = issue(st, &params, &caller.name, None, false).await?;
             return Ok(reply(StatusCode::CREATED, &granted));
         };
@@ -411,7 +419,7 @@ async fn within_limit(
     now: u64,
     call_id: &str,
 ) -> Result<Reply, ApiError> {
-    let today = granted_today(st, &caller.name, now).await?;
+    let today = granted_today(st, &caller.name, &params.credit_type, now).await?;
     let over = params.amount > limit.per_grant_max
         || today.saturating_add(params.amount) > limit.per_day_max;
     if !over {
