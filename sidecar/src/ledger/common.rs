@@ -782,7 +782,11 @@ where
         })
     }
 
-    pub(crate) async fn shard_stream_ids(&self, shard: u32, limit: u32) -> LedgerResult<Vec<String>> {
+    pub(crate) async fn shard_stream_ids(
+        &self,
+        shard: u32,
+        limit: u32,
+    ) -> LedgerResult<Vec<String>> {
         let rows = sqlx::query(
             "SELECT stream_id FROM ledger_entries WHERE shard = $1 AND stream_id IS NOT NULL \
              ORDER BY seq DESC LIMIT $2",

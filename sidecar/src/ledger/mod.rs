@@ -51,11 +51,11 @@ pub use fold::{
 pub use grants::{GrantRecord, OutboxState, RecordGrantOutcome};
 pub use migrations::Migration;
 pub use postgres::{DEFAULT_PG_MAX_CONNECTIONS, PostgresLedger};
+pub use rebuilds::RebuildRecord;
 pub use roles::{
     Ledger, LedgerAdmin, LedgerControlAudit, LedgerDeadLetters, LedgerEntries, LedgerGrants,
     LedgerPricingVersions, LedgerRebuilds, LedgerUsageEvents,
 };
-pub use rebuilds::RebuildRecord;
 pub use sql::Bind;
 pub use sqlite::{DEFAULT_SQLITE_READERS, SqliteLedger};
 pub use usage_events::UsageEventRecord;

@@ -15,10 +15,10 @@ use creditgate_protocol::control::AuditEntry;
 
 use super::chain::{ChainHead, VerifyReport, verify_customer};
 use super::config_versions::ConfigVersionRecord;
+use super::dead_letters::{DeadLetter, DeadLetterActionRecord, NewDeadLetter};
 use super::entry::{EntryKind, LedgerEntry, NewEntry};
 use super::fold::{LedgerBalance, Revenue, UsageRow, fold_balance, fold_revenue, fold_usage};
 use super::grants::{GrantRecord, OutboxState, RecordGrantOutcome};
-use super::dead_letters::{DeadLetter, DeadLetterActionRecord, NewDeadLetter};
 use super::rebuilds::RebuildRecord;
 use super::usage_events::UsageEventRecord;
 use super::{AppendOutcome, CustomerTotal, EntryQuery, LedgerResult};
