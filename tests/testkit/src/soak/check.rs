@@ -213,10 +213,14 @@ fn converge(stack: &SoakStack, f: &mut Findings) {
 
 /// Reads the state once.
 fn observe(stack: &SoakStack, store: &RedisStore) -> State {
-    let ledger = stack
+    // The ledger's sums by customer (one GROUP BY), not `customer_totals`, whose held
+    // figure runs the pending-hold query: that one takes minutes on a ledger this size.
+    // Held credits are checked on the Redis side (nothing held once the load stopped and
+    // the TTL passed) and by `reconcile`.
+    let sums = stack
         .rt
-        .block_on(stack.ledger.customer_totals())
-        .expect("ledger totals");
+        .block_on(stack.ledger.amount_sums())
+        .expect("ledger sums");
     let mut drift = Vec::new();
     for (customer, _) in SoakStack::customers() {
         let balance = stack.rt.block_on(store.balance(customer));
@@ -226,13 +230,13 @@ fn observe(stack: &SoakStack, store: &RedisStore) -> State {
             b.of("api")
                 .map_or((0, 0), |t| (t.book_available + t.held, t.held))
         });
-        let ledger = ledger
+        let ledger = sums
             .iter()
-            .find(|t| t.customer == customer && t.credit_type == "api")
-            .map_or((0, 0), |t| (t.total, t.held));
-        if redis.as_ref().ok() != Some(&ledger) {
+            .find(|(c, t, _)| c == customer && t == "api")
+            .map_or(0, |(_, _, total)| *total);
+        if redis.as_ref().ok() != Some(&(ledger, 0)) {
             drift.push(format!(
-                "{customer} api: ledger (total, held) {ledger:?}, redis {redis:?}"
+                "{customer} api: ledger total {ledger}, redis (total, held) {redis:?}"
             ));
         }
     }

@@ -182,15 +182,19 @@ impl Timeline {
     /// Records `fault`, injected just now with `outcome`.
     pub fn record(&mut self, fault: Fault, outcome: anyhow::Result<String>) {
         let at = self.started.elapsed().as_secs_f64();
-        self.lines.push(match outcome {
+        let line = match outcome {
             Ok(what) => format!("{at:6.1} s {fault:?}: {what}"),
             Err(e) => format!("{at:6.1} s {fault:?} FAILED: {e:#}"),
-        });
+        };
+        // Printed as it happens too, so a run cut short still shows its timeline.
+        println!("soak: {line}");
+        self.lines.push(line);
     }
 
     /// Records a line that is not a fault.
     pub fn note(&mut self, line: String) {
         let at = self.started.elapsed().as_secs_f64();
+        println!("soak: {at:6.1} s {line}");
         self.lines.push(format!("{at:6.1} s {line}"));
     }
 

@@ -143,6 +143,10 @@ pub fn run_soak(config: SoakConfig) -> SoakReport {
     let stopping = Instant::now();
     let counts = load.stop(stack.upstream.count());
     let stopped_in = stopping.elapsed();
+    println!(
+        "soak: load stopped; gateway answers {:?}, event results {:?}",
+        counts.gateway_statuses, counts.event_results
+    );
     let mut findings = check::check(&stack, &counts, &samples);
     timeline.note(format!(
         "load stopped in {:.1} s, end checks took {:.1} s",
