@@ -368,9 +368,11 @@ pub(crate) fn select_entries(d: Dialect, q: &EntryQuery) -> (String, Vec<Bind>) 
         conds.push(
             // A resolution of this placement: the same event id with another ending (hold
             // ids never contain ':'), so a hold placed again under an old id is pending
-            // even though the old placement was resolved.
+            // even though the old placement was resolved. The hold id term lets the
+            // (hold_id, customer) index find the few entries of this hold, instead of a
+            // scan of the customer's whole history per placed hold.
             "e.kind = 'hold_placed' AND NOT EXISTS (SELECT 1 FROM ledger_entries r \
-             WHERE r.customer = e.customer AND r.event_id IN \
+             WHERE r.hold_id = e.hold_id AND r.customer = e.customer AND r.event_id IN \
              (replace(e.event_id, ':placed', ':posted'), replace(e.event_id, ':placed', ':voided'), \
              replace(e.event_id, ':placed', ':expired')))"
                 .to_string(),
