@@ -47,6 +47,22 @@ pub enum Command {
         /// The pricing config file (TOML) to check.
         file: PathBuf,
     },
+    /// Writes the compiled pricing table of a config file as JSON (routes, features, plans,
+    /// customers, cohorts, API key hashes, pricing version) for the OpenResty module.
+    ///
+    /// Refuses a bad file as `check-config` does. The format is in
+    /// `lua-compat/openresty/README.md`.
+    ExportPricing {
+        /// The pricing config file (TOML) to export.
+        file: PathBuf,
+        /// Where to write the JSON (default: stdout).
+        #[arg(long, value_name = "OUT")]
+        output: Option<PathBuf>,
+        /// The version number to label it with, as a sidecar numbers what it publishes
+        /// (default 0: a file read locally, as a gateway run with `--watch-config` labels it).
+        #[arg(long, default_value_t = creditgate_config::UNPUBLISHED_VERSION)]
+        version: u64,
+    },
 }
 
 /// Options of `creditgate-gateway run`.

@@ -31,6 +31,7 @@ pub mod breaker;
 pub mod cli;
 pub mod control;
 pub mod demo;
+pub mod export_pricing;
 pub mod fleet;
 pub mod gate;
 pub mod hold;
@@ -80,6 +81,40 @@ pub fn run(cli: Cli) -> u8 {
             let stdout = io::stdout();
             let stderr = io::stderr();
             check_config(&file, &mut stdout.lock(), &mut stderr.lock()).unwrap_or(EXIT_FAILURE)
+        }
+        Command::ExportPricing {
+            file,
+            output,
+            version,
+        } => export_pricing_command(&file, output.as_deref(), version),
+    }
+}
+
+/// `export-pricing`: the JSON of [`export_pricing::pricing_export`] to `output` or stdout;
+/// a bad config's errors go to stderr as `check-config` prints them.
+fn export_pricing_command(file: &Path, output: Option<&Path>, version: u64) -> u8 {
+    let config = match PricingConfig::load(file) {
+        Ok(config) => config.with_version(version),
+        Err(errors) => {
+            let count = errors.len();
+            for error in errors {
+                eprintln!("{error}");
+            }
+            eprintln!("{count} error(s) in {}", file.display());
+            return EXIT_FAILURE;
+        }
+    };
+    let text = export_pricing::pricing_export(&config).to_string();
+    let written = match output {
+        Some(path) => std::fs::write(path, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display())),
+        None => writeln!(io::stdout(), "{text}").map_err(|e| format!("cannot write stdout: {e}")),
+    };
+    match written {
+        Ok(()) => EXIT_OK,
+        Err(message) => {
+            eprintln!("error: {message}");
+            EXIT_FAILURE
         }
     }
 }
