@@ -5,6 +5,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use creditgate_protocol::keys::{DEFAULT_PREFIX, DEFAULT_SHARDS};
+use creditgate_protocol::{RedisTarget, redact_secrets};
 
 use crate::settings::LedgerArgs;
 
@@ -157,6 +158,14 @@ pub struct RunArgs {
     /// schedules); needed by the admin API.
     #[arg(long, value_name = "FILE", env = "CREDITGATE_OPERATIONS")]
     pub operations: Option<std::path::PathBuf>,
+    /// A file holding the key customer session tokens are signed with (HMAC-SHA256, at
+    /// least 32 bytes); rotating it ends every session. Without it (or
+    /// `CREDITGATE_SESSION_KEY`) customer sessions are off.
+    #[arg(long, value_name = "FILE", env = "CREDITGATE_SESSION_KEY_FILE")]
+    pub session_key_file: Option<std::path::PathBuf>,
+    /// The session signing key itself, when not in a file.
+    #[arg(long = "session-key", env = "CREDITGATE_SESSION_KEY", hide = true, hide_env_values = true)]
+    pub session_key: Option<String>,
 }
 
 /// Options of `grant`.
@@ -275,13 +284,30 @@ pub enum InspectCommand {
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
     /// The Redis URL, e.g. `redis://127.0.0.1:6379/` (its password is never printed).
+    /// Either this or `--redis-cluster`.
     #[arg(
+        id = "redis_url",
         long = "redis",
         value_name = "URL",
         env = "CREDITGATE_REDIS_URL",
-        hide_env_values = true
+        hide_env_values = true,
+        required_unless_present = "redis_cluster"
     )]
-    pub url: String,
+    pub url: Option<String>,
+    /// The URLs of some nodes of a Redis Cluster (seeds: the client finds the others),
+    /// repeated or comma-separated, e.g. `redis://10.0.0.1:6379/,redis://10.0.0.2:6379/`.
+    /// Either this or `--redis`.
+    #[arg(
+        id = "redis_cluster",
+        long = "redis-cluster",
+        value_name = "URL",
+        env = "CREDITGATE_REDIS_CLUSTER_NODES",
+        hide_env_values = true,
+        value_delimiter = ',',
+        num_args = 1..,
+        conflicts_with = "redis_url"
+    )]
+    pub cluster: Vec<String>,
     /// The key prefix of the deployment.
     #[arg(long, default_value = DEFAULT_PREFIX)]
     pub prefix: String,
@@ -292,6 +318,31 @@ pub struct RedisArgs {
     /// Per-call timeout, in milliseconds.
     #[arg(long, default_value_t = DEFAULT_INSPECT_TIMEOUT_MS)]
     pub timeout_ms: u64,
+}
+
+impl RedisArgs {
+    /// Where the credit store is: one server, or a cluster by its seed nodes.
+    pub fn target(&self) -> RedisTarget {
+        match &self.url {
+            Some(url) if self.cluster.is_empty() => RedisTarget::Single(url.clone()),
+            _ => RedisTarget::Cluster(self.cluster.clone()),
+        }
+    }
+
+    /// The target for messages, passwords removed: the URL, or the seed URLs.
+    pub fn describe(&self) -> String {
+        match &self.url {
+            Some(url) if self.cluster.is_empty() => redact_secrets(url),
+            _ => format!(
+                "the Redis Cluster at {}",
+                self.cluster
+                    .iter()
+                    .map(|u| redact_secrets(u))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
 }
 
 /// The shard whose event stream to read: by number or by one of its customers.
@@ -325,6 +376,41 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn redis_is_one_url_or_cluster_seeds_never_both() {
+        let reconcile = |extra: &[&str]| {
+            let base = ["creditgate-sidecar", "reconcile", "--sqlite", "l.db"];
+            Cli::try_parse_from(base.iter().chain(extra))
+        };
+        let Command::Reconcile(args) = reconcile(&["--redis-cluster", "redis://a/,redis://b/"])
+            .expect("cluster seeds")
+            .command
+        else {
+            panic!("not reconcile");
+        };
+        assert_eq!(
+            args.redis.target(),
+            RedisTarget::Cluster(vec!["redis://a/".into(), "redis://b/".into()])
+        );
+        let Command::Reconcile(args) = reconcile(&["--redis", "redis://a/"]).unwrap().command
+        else {
+            panic!("not reconcile");
+        };
+        assert_eq!(
+            args.redis.target(),
+            RedisTarget::Single("redis://a/".into())
+        );
+        let both = reconcile(&["--redis", "redis://a/", "--redis-cluster", "redis://b/"])
+            .expect_err("both")
+            .to_string();
+        assert!(
+            both.contains("--redis-cluster") && both.contains("cannot be used"),
+            "{both}"
+        );
+        let neither = reconcile(&[]).expect_err("neither").to_string();
+        assert!(neither.contains("--redis <URL>"), "{neither}");
     }
 
     #[test]

@@ -6,10 +6,7 @@
 //! notice. Every Redis call has a timeout. Formatting is [`crate::cli::render`]'s job.
 
 use creditgate_protocol::keys::validate_id;
-use creditgate_protocol::{
-    Balance, CreditStore, Event, Keyspace, RedisStore, RedisTarget, Shard, StoreError,
-    redact_secrets,
-};
+use creditgate_protocol::{Balance, CreditStore, Event, Keyspace, RedisStore, Shard, StoreError};
 
 use crate::cli::args::{RedisArgs, StreamSelector};
 
@@ -175,23 +172,19 @@ fn keyspace(redis: &RedisArgs) -> Keyspace {
 }
 
 async fn connect(redis: &RedisArgs, keyspace: Keyspace) -> Result<RedisStore, InspectError> {
-    RedisStore::connect(
-        &RedisTarget::Single(redis.url.clone()),
-        keyspace,
-        redis.timeout_ms,
-    )
-    .await
-    .map_err(|error| InspectError::Connect {
-        url: redact_secrets(&redis.url),
-        message: error.to_string(),
-    })
+    RedisStore::connect(&redis.target(), keyspace, redis.timeout_ms)
+        .await
+        .map_err(|error| InspectError::Connect {
+            url: redis.describe(),
+            message: error.to_string(),
+        })
 }
 
 fn read_error(redis: &RedisArgs, error: StoreError) -> InspectError {
     match error {
         StoreError::InvalidArgument(invalid) => InspectError::InvalidArgument(invalid.to_string()),
         other => InspectError::Read {
-            url: redact_secrets(&redis.url),
+            url: redis.describe(),
             message: other.to_string(),
         },
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use creditgate_protocol::{Keyspace, RedisStore, RedisTarget, redact_secrets};
+use creditgate_protocol::{Keyspace, RedisStore, redact_secrets};
 
 use crate::cli::args::RedisArgs;
 use crate::ledger::{AdminDb, Ledger, PostgresLedger, SqliteLedger};
@@ -34,13 +34,9 @@ pub async fn open_ledger(args: &LedgerArgs) -> anyhow::Result<Arc<dyn Ledger>> {
 /// Connects to the credit store the arguments name.
 pub async fn connect_redis(args: &RedisArgs) -> anyhow::Result<Arc<RedisStore>> {
     let keyspace = Keyspace::new(&args.prefix, args.shards);
-    let store = RedisStore::connect(
-        &RedisTarget::Single(args.url.clone()),
-        keyspace,
-        args.timeout_ms,
-    )
-    .await
-    .with_context(|| format!("connecting to Redis at {}", redact_secrets(&args.url)))?;
+    let store = RedisStore::connect(&args.target(), keyspace, args.timeout_ms)
+        .await
+        .with_context(|| format!("connecting to Redis at {}", args.describe()))?;
     Ok(Arc::new(store))
 }
 
