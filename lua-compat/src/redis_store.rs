@@ -2,7 +2,7 @@
 //! single server or a Redis Cluster, with a per-call timeout.
 //!
 //! Scripts are loaded with `SCRIPT LOAD` at connect time. A `NOSCRIPT` reply (a restart, a
-//! failover, `SCRIPT FLUSH`) reloads the script and retries the call once. A timeout does
+//! failover, `SCRIPT FLUSH`) runs the call once more with `EVAL` and the script's source. A timeout does
 //! not mean the script did not run; callers retry with the same ids, which is safe because
 //! every mutation is idempotent.
 
@@ -440,7 +440,12 @@ impl RedisStore {
         }
     }
 
-    /// Runs a script by SHA; on `NOSCRIPT` loads it and retries once.
+    /// Runs a script by SHA; on `NOSCRIPT` runs it once more by its source (`EVAL`), which
+    /// also caches it on the node that answered.
+    ///
+    /// `EVAL` goes to the node owning the call's keys, so it reaches a replica promoted
+    /// after the scripts were loaded even while another node of a cluster is down; a
+    /// `SCRIPT LOAD` goes to every node and fails then.
     async fn eval(
         &self,
         script: &Script,
@@ -454,9 +459,13 @@ impl RedisStore {
             match conn.query::<Value>(&cmd).await {
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                     self.reloads.fetch_add(1, Ordering::Relaxed);
-                    conn.query::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(&script.source))
-                        .await?;
-                    conn.query::<Value>(&cmd).await
+                    let mut by_source = redis::cmd("EVAL");
+                    by_source
+                        .arg(&script.source)
+                        .arg(keys.len())
+                        .arg(keys)
+                        .arg(args);
+                    conn.query::<Value>(&by_source).await
                 }
                 other => other,
             }
