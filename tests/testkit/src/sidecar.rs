@@ -72,8 +72,11 @@ impl LedgerTarget {
 /// How to start a [`Sidecar`].
 #[derive(Clone, Debug)]
 pub struct SidecarOptions {
-    /// `--redis URL`.
+    /// `--redis URL`, unless `redis_cluster` is set.
     pub redis_url: String,
+    /// `--redis-cluster URL,…`: seed nodes of a Redis Cluster, used instead of `redis_url`
+    /// when not empty.
+    pub redis_cluster: Vec<String>,
     /// The ledger.
     pub ledger: LedgerTarget,
     /// `--consumer NAME`: stable across restarts, so a restarted sidecar finds the stream
@@ -87,10 +90,20 @@ pub struct SidecarOptions {
 }
 
 impl SidecarOptions {
+    /// Options for a sidecar on the Redis Cluster with these seed nodes writing `ledger`,
+    /// as consumer `sidecar-test`.
+    pub fn on_cluster(seeds: Vec<String>, ledger: LedgerTarget) -> Self {
+        Self {
+            redis_cluster: seeds,
+            ..Self::new(String::new(), ledger)
+        }
+    }
+
     /// Options for a sidecar on `redis_url` writing `ledger`, as consumer `sidecar-test`.
     pub fn new(redis_url: impl Into<String>, ledger: LedgerTarget) -> Self {
         Self {
             redis_url: redis_url.into(),
+            redis_cluster: Vec::new(),
             ledger,
             consumer: "sidecar-test".to_string(),
             extra_args: Vec::new(),
@@ -181,10 +194,14 @@ impl Sidecar {
             .context("opening the sidecar log")
             .map_err(LaunchError::Other)?;
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("run")
-            .arg("--redis")
-            .arg(&self.options.redis_url)
-            .args(self.options.ledger.args())
+        cmd.arg("run");
+        if self.options.redis_cluster.is_empty() {
+            cmd.arg("--redis").arg(&self.options.redis_url);
+        } else {
+            cmd.arg("--redis-cluster")
+                .arg(self.options.redis_cluster.join(","));
+        }
+        cmd.args(self.options.ledger.args())
             .arg("--consumer")
             .arg(&self.options.consumer)
             .arg("--listen")
