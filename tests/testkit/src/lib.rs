@@ -32,6 +32,8 @@
 //! * `AttackStack` — Redis, a counting upstream, the gateway and the sidecar on an SQLite
 //!   ledger, with the check that every request the upstream received was paid for.
 //! * `Backend` and `on_both_backends!` — every ledger scenario on SQLite and on Postgres.
+//! * `Browser` — a headless Chromium under chromedriver: open, read, fill and submit
+//!   forms, window sizes, screenshots, cookies.
 //! * `run_soak` — the soak and fault run: load and a fault schedule for a set time, then
 //!   the end checks (`SoakReport`).
 //!
@@ -71,6 +73,8 @@ mod adversary;
 #[cfg(feature = "e2e")]
 mod backend;
 #[cfg(feature = "e2e")]
+mod browser;
+#[cfg(feature = "e2e")]
 mod client;
 mod cluster;
 #[cfg(feature = "e2e")]
@@ -83,6 +87,7 @@ mod http;
 mod ledger_harness;
 mod metrics;
 mod model_server;
+mod nginx;
 mod poll;
 mod postgres;
 mod raw_http;
@@ -111,6 +116,11 @@ pub use adversary::{
 };
 #[cfg(feature = "e2e")]
 pub use backend::{Backend, open_ledger};
+#[cfg(feature = "e2e")]
+pub use browser::{
+    BROWSER_COMMAND_TIMEOUT, Browser, BrowserCookie, CHROMIUM_INSTALL_HINT, DESKTOP_WINDOW,
+    DRIVER_READY_TIMEOUT, PHONE_WINDOW,
+};
 #[cfg(feature = "e2e")]
 pub use client::{REQUEST_TIMEOUT, Reply, http_client, send, until_status};
 #[cfg(feature = "e2e")]
@@ -144,6 +154,9 @@ pub use gateway::{
 pub use http::{HTTP_GET_MAX_BYTES, HttpResponse, http_get};
 pub use metrics::{Sample, metric_value, parse_samples};
 pub use model_server::ModelServer;
+pub use nginx::{
+    NGINX_LUA_MODULE, NGINX_NDK_MODULE, NGINX_PACKAGES, NGINX_READY_TIMEOUT, Nginx, require_nginx,
+};
 pub use poll::{POLL_INTERVAL, now_ms, wait_for};
 pub use postgres::{PG_BIN_ENV, Postgres};
 pub use raw_http::{

@@ -70,8 +70,13 @@ local function poll(premature)
     control.refresh(opts)
 end
 
--- Starts the per-worker control state reader (init_worker phase).
+local started = false
+
+-- Starts the per-worker control state reader (init_worker phase; once per worker, however
+-- often a platform wrapper calls it).
 function _M.init_worker()
+    if started then return end
+    started = true
     ngx.timer.at(0, poll)
     ngx.timer.every(opts.control_poll_ms / 1000, poll)
 end
