@@ -32,8 +32,6 @@
 //! * `AttackStack` — Redis, a counting upstream, the gateway and the sidecar on an SQLite
 //!   ledger, with the check that every request the upstream received was paid for.
 //! * `Backend` and `on_both_backends!` — every ledger scenario on SQLite and on Postgres.
-//! * `Browser` — a headless Chromium under chromedriver: open, read, fill and submit
-//!   forms, window sizes, screenshots, cookies.
 //! * `run_soak` — the soak and fault run: load and a fault schedule for a set time, then
 //!   the end checks (`SoakReport`).
 //!
@@ -72,8 +70,6 @@ mod admin_harness;
 mod adversary;
 #[cfg(feature = "e2e")]
 mod backend;
-#[cfg(feature = "e2e")]
-mod browser;
 #[cfg(feature = "e2e")]
 mod client;
 mod cluster;
@@ -116,11 +112,6 @@ pub use adversary::{
 };
 #[cfg(feature = "e2e")]
 pub use backend::{Backend, open_ledger};
-#[cfg(feature = "e2e")]
-pub use browser::{
-    BROWSER_COMMAND_TIMEOUT, Browser, BrowserCookie, CHROMIUM_INSTALL_HINT, DESKTOP_WINDOW,
-    DRIVER_READY_TIMEOUT, PHONE_WINDOW,
-};
 #[cfg(feature = "e2e")]
 pub use client::{REQUEST_TIMEOUT, Reply, http_client, send, until_status};
 #[cfg(feature = "e2e")]
