@@ -44,6 +44,15 @@ struct FileOperations {
     webhooks: Option<Spanned<FileEndpoint>>,
     #[serde(default)]
     auto_recharge: Option<Spanned<FileEndpoint>>,
+    #[serde(default)]
+    customer_page: Option<Spanned<FileCustomerPage>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCustomerPage {
+    #[serde(default)]
+    checkout_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +216,9 @@ pub struct Operations {
     pub webhooks: Option<Endpoint>,
     /// The billing webhook called to top a customer up, if configured.
     pub auto_recharge: Option<Endpoint>,
+    /// `[customer_page] checkout_url`: where the customer page's "Buy" links go (with
+    /// `bundle=` and `customer=` appended); `None`: the pricing config's `top_up_url`.
+    pub checkout_url: Option<String>,
 }
 
 impl Default for Operations {
@@ -220,6 +232,7 @@ impl Default for Operations {
             schedules: Vec::new(),
             webhooks: None,
             auto_recharge: None,
+            checkout_url: None,
         }
     }
 }
@@ -293,6 +306,10 @@ impl Operations {
             .auto_recharge
             .as_ref()
             .map(|endpoint| webhook_endpoint(diagnostics, "auto_recharge", endpoint));
+        let checkout_url = raw
+            .customer_page
+            .as_ref()
+            .and_then(|page| checkout_url(diagnostics, page));
         Self {
             credit_types,
             reason_codes,
@@ -302,6 +319,7 @@ impl Operations {
             schedules,
             webhooks,
             auto_recharge,
+            checkout_url,
         }
     }
 
@@ -631,6 +649,31 @@ fn webhook_endpoint(
     }
 }
 
+/// Longest `checkout_url`, bytes: the length browsers reliably accept, less room for the
+/// `bundle=` and `customer=` the page appends.
+const MAX_CHECKOUT_URL_LEN: usize = 1_800;
+
+/// `[customer_page] checkout_url`: an `http://` or `https://` URL without a fragment.
+fn checkout_url(d: &mut Diagnostics<'_>, page: &Spanned<FileCustomerPage>) -> Option<String> {
+    let url = page.get_ref().checkout_url.clone()?;
+    let ok = (url.starts_with("https://") || url.starts_with("http://"))
+        && !url.contains('#')
+        && url.len() <= MAX_CHECKOUT_URL_LEN
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !ok {
+        d.report_in_table(
+            page.span(),
+            "customer_page.checkout_url".into(),
+            format!(
+                "must be an http:// or https:// URL of at most {MAX_CHECKOUT_URL_LEN} bytes, \
+                 without spaces or a #fragment"
+            ),
+        );
+        return None;
+    }
+    Some(url)
+}
+
 /// The signing secret, written inline or named by an environment variable (exactly one),
 /// at least [`WEBHOOK_SECRET_MIN_LEN`] bytes; `None` when missing (reported).
 fn webhook_secret(
@@ -782,6 +825,24 @@ amount = 10000
         assert_eq!(ops.bundles.len(), 2);
         assert_eq!(ops.webhooks.unwrap().expiring_within_days, 7);
         assert!(ops.auto_recharge.is_some());
+    }
+
+    #[test]
+    fn the_checkout_url_is_checked() {
+        let good = format!(
+            "{GOOD}\n[customer_page]\ncheckout_url = \"https://shop.example.com/buy?src=cg\"\n"
+        );
+        let ops = Operations::parse("ops.toml", &good).unwrap();
+        assert_eq!(
+            ops.checkout_url.as_deref(),
+            Some("https://shop.example.com/buy?src=cg")
+        );
+        let bad = format!("{GOOD}\n[customer_page]\ncheckout_url = \"javascript:alert(1)\"\n");
+        let e = Operations::parse("ops.toml", &bad).unwrap_err().to_string();
+        assert!(
+            e.contains("ops.toml:22: customer_page.checkout_url: must be"),
+            "{e}"
+        );
     }
 
     #[test]

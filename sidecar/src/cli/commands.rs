@@ -9,6 +9,9 @@ use tokio::sync::watch;
 
 use crate::api::admin;
 use crate::api::admin::state::AdminState;
+use crate::api::customer_page::PageSettings;
+use crate::api::customer_session::SessionKey;
+use crate::api::read_access::ReadState;
 use crate::cli::args::{GrantArgs, ReconcileArgs, RedisArgs, RunArgs};
 use crate::cli::stores::{connect_redis, open_ledger};
 use crate::jobs::config_publisher::{ConfigPublisher, FLEET_STATUS_MS, refresh_fleet_metrics};
@@ -29,6 +32,10 @@ use crate::settings::LedgerArgs;
 pub async fn run(args: RunArgs) -> anyhow::Result<String> {
     crate::cli::process::init_logging();
     let (pricing, operations) = load_config_files(&args)?;
+    let sessions = SessionKey::load(
+        args.session_key_file.as_deref(),
+        args.session_key.as_deref(),
+    )?;
     let ledger = open_ledger(&args.ledger).await?;
     let Some(redis) = connect_redis_when_up(&args.redis).await else {
         return Ok(String::new());
@@ -59,14 +66,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding the HTTP listener to {}", args.listen))?;
+    let read_state = read_state(&args, &sidecar, operations.as_deref(), sessions.clone()).await?;
     let http = tokio::spawn(crate::api::read_listener::serve(
         listener,
-        sidecar.clone(),
+        read_state,
         stop_rx.clone(),
     ));
     let admin = match (&args.admin_listen, operations) {
         (Some(listen), Some(ops)) => {
-            Some(spawn_admin_api(listen, &args.ledger, &sidecar, ops, &stop_rx).await?)
+            Some(spawn_admin_api(listen, &args.ledger, &sidecar, ops, sessions, &stop_rx).await?)
         }
         _ => None,
     };
@@ -103,6 +111,30 @@ fn load_config_files(
         None => None,
     };
     Ok((pricing, operations))
+}
+
+/// What the read listener needs: the admin tables (tokens, alert settings), the session
+/// key and the customer page's settings.
+async fn read_state(
+    args: &RunArgs,
+    sidecar: &Arc<Sidecar>,
+    ops: Option<&Operations>,
+    sessions: Option<SessionKey>,
+) -> anyhow::Result<Arc<ReadState>> {
+    let db = crate::ledger::AdminDb::open(&args.ledger)
+        .await
+        .context("opening the admin tables of the ledger database for the read listener")?;
+    let top_up_url = sidecar
+        .pricing
+        .as_ref()
+        .and_then(|p| p.load().billing().top_up_url.clone());
+    Ok(Arc::new(ReadState {
+        sidecar: sidecar.clone(),
+        auth: crate::api::admin::auth::AuthState::new(db.clone()),
+        db,
+        sessions,
+        page: PageSettings::new(ops, top_up_url),
+    }))
 }
 
 /// Connects to Redis, retrying every second while it is down: a sidecar started before
@@ -163,9 +195,10 @@ async fn spawn_admin_api(
     ledger: &LedgerArgs,
     sidecar: &Arc<Sidecar>,
     ops: Arc<Operations>,
+    sessions: Option<SessionKey>,
     stop_rx: &watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    let state = AdminState::open(sidecar.clone(), ledger, ops).await?;
+    let state = AdminState::open(sidecar.clone(), ledger, ops, sessions).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the admin listener to {listen}"))?;

@@ -39,6 +39,15 @@ impl HttpResponse {
 /// Sends `GET url` (an `http://host:port/path` URL) and reads the whole answer, waiting
 /// at most `timeout` for the connection and for each read.
 pub fn http_get(url: &str, timeout: Duration) -> anyhow::Result<HttpResponse> {
+    http_get_with_headers(url, &[], timeout)
+}
+
+/// [`http_get`] with extra request headers (`("Authorization", "Bearer …")`).
+pub fn http_get_with_headers(
+    url: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> anyhow::Result<HttpResponse> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| anyhow!("only http:// URLs are supported, got {url:?}"))?;
@@ -55,9 +64,13 @@ pub fn http_get(url: &str, timeout: Duration) -> anyhow::Result<HttpResponse> {
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: */*\r\n{extra}Connection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream

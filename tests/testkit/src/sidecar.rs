@@ -19,7 +19,7 @@ use anyhow::{Context, anyhow};
 use tempfile::TempDir;
 
 use crate::gateway::try_cargo_bin;
-use crate::http::{HttpResponse, http_get};
+use crate::http::{HttpResponse, http_get, http_get_with_headers};
 use crate::metrics::metric_value;
 use crate::util::{free_port, log_stdio, log_tail, stop_gracefully, terminate};
 
@@ -125,9 +125,17 @@ pub struct Sidecar {
     child: Option<Child>,
     port: u16,
     starts: u32,
+    /// A `readonly` admin token for the customer-data routes, made on first use.
+    read_token: std::sync::OnceLock<String>,
     // Declared last so it is removed after the process is gone.
     dir: TempDir,
 }
+
+/// Paths of the HTTP listener that answer without a token.
+const OPEN_PATHS: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
+
+/// Makes the names of the handles' read tokens unique within the test process.
+static READ_TOKEN_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Why one launch attempt failed.
 enum LaunchError {
@@ -155,6 +163,7 @@ impl Sidecar {
             child: None,
             port: free_port(),
             starts: 0,
+            read_token: std::sync::OnceLock::new(),
             dir,
         };
         sidecar.launch_with_retries()?;
@@ -302,9 +311,39 @@ impl Sidecar {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// `GET path` on the HTTP listener (`path` starts with `/`).
+    /// `GET path` on the HTTP listener (`path` starts with `/`). Customer-data paths (all
+    /// but `/metrics`, `/healthz`, `/readyz`) carry [`Sidecar::read_token`].
     pub fn http_get(&self, path: &str) -> anyhow::Result<HttpResponse> {
+        let open = OPEN_PATHS.iter().any(|p| path.starts_with(p));
+        if open {
+            return self.http_get_anonymous(path);
+        }
+        let auth = format!("Bearer {}", self.read_token()?);
+        http_get_with_headers(
+            &format!("{}{path}", self.url()),
+            &[("Authorization", &auth)],
+            REQUEST_TIMEOUT,
+        )
+    }
+
+    /// `GET path` without a token.
+    pub fn http_get_anonymous(&self, path: &str) -> anyhow::Result<HttpResponse> {
         http_get(&format!("{}{path}", self.url()), REQUEST_TIMEOUT)
+    }
+
+    /// A `readonly` admin token in this sidecar's ledger, made by the real `admin token
+    /// create` command on first use: the customer-data routes answer only with a token.
+    pub fn read_token(&self) -> anyhow::Result<&str> {
+        if let Some(token) = self.read_token.get() {
+            return Ok(token);
+        }
+        let name = format!(
+            "testkit-reader-{}-{}",
+            std::process::id(),
+            READ_TOKEN_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let token = create_admin_token(&self.options.ledger, self.dir.path(), &name, "readonly")?;
+        Ok(self.read_token.get_or_init(|| token))
     }
 
     /// `GET path`, which must answer 200: the body.

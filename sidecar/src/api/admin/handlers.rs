@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use super::auth::Caller;
 use super::idempotency::{self, Reply};
 use super::state::AdminState;
-use super::{alerts, customers, dead_letters, grants, reads};
+use super::{alerts, customers, dead_letters, grants, reads, sessions};
 use crate::api::{control, usage_events};
 use crate::ledger::now_ms;
 
@@ -86,6 +86,12 @@ pub async fn whoami(caller: Caller) -> Response {
         StatusCode::OK,
         &serde_json::json!({"name": caller.name, "role": caller.role.as_str()}),
     ))
+}
+
+/// `POST /v1/admin/customers/{customer}/sessions`: a customer session token. Not a
+/// credit operation (it changes nothing and stores nothing), so no `Idempotency-Key`.
+pub async fn mint_session(State(st): St, Path(customer): Path<String>, body: Bytes) -> Response {
+    json_response(sessions::mint(&st, &customer, &body).await)
 }
 
 /// `GET /v1/admin/bundles`: the configured top-up bundles.

@@ -10,8 +10,8 @@
 //! test holds `sidecar/openapi.json` against it.
 //!
 //! This module only declares and wires routes; the handlers are in [`handlers`], the
-//! rules in [`grants`], [`customers`], [`reads`], [`alerts`], [`schedule`] and
-//! [`dead_letters`].
+//! rules in [`grants`], [`customers`], [`reads`], [`alerts`], [`schedule`],
+//! [`sessions`] and [`dead_letters`].
 
 pub mod alerts;
 pub mod auth;
@@ -26,6 +26,7 @@ pub mod idempotency;
 pub mod key_sync;
 pub mod reads;
 pub mod schedule;
+pub mod sessions;
 pub mod state;
 pub mod webhooks;
 
@@ -101,6 +102,7 @@ pub const ROUTES: &[Route] = &[
     route!(GET  "/v1/admin/bundles", ALL, h::bundles),
     route!(POST "/v1/admin/customers", ADMIN_BILLING, h::create_customer),
     route!(GET  "/v1/admin/customers/{customer}", ALL, h::get_customer),
+    route!(POST "/v1/admin/customers/{customer}/sessions", ADMIN_BILLING, h::mint_session),
     route!(PUT  "/v1/admin/customers/{customer}/plan", ADMIN_BILLING, h::set_plan),
     route!(POST "/v1/admin/customers/{customer}/api-keys", ADMIN_BILLING, h::create_api_key),
     route!(POST "/v1/admin/customers/{customer}/api-keys/{key_id}/revoke", ADMIN_BILLING_SUPPORT,

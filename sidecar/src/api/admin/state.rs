@@ -9,6 +9,7 @@ use anyhow::Context;
 use axum::extract::FromRef;
 
 use super::auth::AuthState;
+use crate::api::customer_session::SessionKey;
 use crate::jobs::daemon::Sidecar;
 use crate::ledger::AdminDb;
 use crate::metrics::AdminMetrics;
@@ -31,6 +32,8 @@ pub struct AdminState {
     pub limit_lock: tokio::sync::Mutex<()>,
     /// The admin API's metrics, served on the sidecar's `/metrics`.
     pub metrics: AdminMetrics,
+    /// The key customer sessions are minted with; `None`: sessions are off.
+    pub sessions: Option<SessionKey>,
 }
 
 impl FromRef<Arc<AdminState>> for AuthState {
@@ -46,6 +49,7 @@ impl AdminState {
         sidecar: Arc<Sidecar>,
         ledger: &LedgerArgs,
         ops: Arc<Operations>,
+        sessions: Option<SessionKey>,
     ) -> anyhow::Result<Arc<AdminState>> {
         let db = AdminDb::open(ledger)
             .await
@@ -58,6 +62,7 @@ impl AdminState {
             db,
             ops,
             limit_lock: tokio::sync::Mutex::new(()),
+            sessions,
         }))
     }
 }
