@@ -28,6 +28,10 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// the slower of their polls (the gateway's 100 ms tick, the module's 100 ms timer here).
 const KILL_SWITCH_WAIT: Duration = Duration::from_millis(1_000);
 
+/// How long both get to see a change of the control state in Redis: the gateway reads it
+/// every 500 ms (and on a pub/sub message), the module's timer every 100 ms here.
+const CONTROL_WAIT: Duration = Duration::from_millis(1_500);
+
 /// Customers of the scripted scenario (keys in Redis), of the burst and of the mixed run
 /// (keys in the config).
 const SCENARIO: [&str; 2] = ["par-gw", "par-ngx"];
@@ -427,6 +431,39 @@ fn scenario(parity: &Parity, target: Target, customer: &str) -> Vec<Step> {
     steps
 }
 
+/// `off` for each scenario customer by the fleet's control state in Redis (a runtime
+/// override, as `creditgate-sidecar control` writes it): both proxy without a charge.
+fn off_by_runtime_override(parity: &Parity) -> Vec<(Target, Step)> {
+    let state = "cg:{control}:state";
+    for customer in SCENARIO {
+        let field = format!("customer:{customer}");
+        parity
+            .harness
+            .redis
+            .cli(&["HSET", state, &field, "off"])
+            .expect("HSET");
+    }
+    thread::sleep(CONTROL_WAIT);
+    let steps = [Target::Gateway, Target::Module]
+        .into_iter()
+        .zip(SCENARIO)
+        .map(|(target, customer)| {
+            let step = parity.request(target, &Req::get("customer off", customer, "/search"));
+            (target, step)
+        })
+        .collect();
+    for customer in SCENARIO {
+        let field = format!("customer:{customer}");
+        parity
+            .harness
+            .redis
+            .cli(&["HDEL", state, &field])
+            .expect("HDEL");
+    }
+    thread::sleep(CONTROL_WAIT);
+    steps
+}
+
 /// `off` by the local kill switch while Redis is unreachable (paused): both proxy without
 /// a charge.
 fn off_with_redis_paused(parity: &Parity) -> Vec<(Target, Step)> {
@@ -521,11 +558,12 @@ fn the_openresty_module_enforces_exactly_as_the_gateway() {
         "gateway and module answered differently\nnginx log:\n{}",
         parity.module.error_log_tail(30)
     );
-    let off = off_with_redis_paused(&parity);
+    let mut off = off_by_runtime_override(&parity);
+    off.extend(off_with_redis_paused(&parity));
     for (target, step) in &off {
         assert_eq!(
             step.status, 200,
-            "{target:?} with the kill switch: {step:#?}"
+            "{target:?} while off: {step:#?}"
         );
         assert_eq!(
             step.charged, None,
@@ -533,6 +571,7 @@ fn the_openresty_module_enforces_exactly_as_the_gateway() {
         );
     }
     assert_eq!(off[0].1, off[1].1);
+    assert_eq!(off[2].1, off[3].1);
     let bursts: Vec<Vec<u16>> = [Target::Gateway, Target::Module]
         .into_iter()
         .zip(BURST)

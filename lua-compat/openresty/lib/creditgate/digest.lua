@@ -16,16 +16,23 @@ function _M.sha256(text)
     return ffi.string(out, 32)
 end
 
+local HEX = {}
+for byte = 0, 255 do HEX[byte] = string.format("%02x", byte) end
+
+local function hex(raw)
+    local out = {}
+    for i = 1, #raw do out[i] = HEX[raw:byte(i)] end
+    return table.concat(out)
+end
+
 -- The SHA-256 of `text` as 64 lower-case hex digits (what `sha256sum` prints).
 function _M.sha256_hex(text)
-    local raw = _M.sha256(text)
-    return (raw:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+    return hex(_M.sha256(text))
 end
 
 -- The SHA-1 of `text` as 40 hex digits: the name `EVALSHA` knows a script by.
 function _M.sha1_hex(text)
-    local raw = ngx.sha1_bin(text)
-    return (raw:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+    return hex(ngx.sha1_bin(text))
 end
 
 return _M

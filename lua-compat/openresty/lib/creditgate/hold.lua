@@ -1,7 +1,7 @@
 -- creditgate.hold: a request's hold through the canonical scripts: reserve (with the
 -- `Idempotency-Key` record when the client sent one, retrying as creditgate-gateway's
--- `hold/keyed.rs` does), and in the log phase a settle or void run by `ngx.timer.at`
--- (cosockets are not allowed in the log phase), retried on failure. Returns decisions as
+-- `hold/keyed.rs` does), and in the log phase a settle or void queued for a few
+-- `ngx.timer.at` drainers (cosockets are not allowed in the log phase), retried on failure. Returns decisions as
 -- values; `creditgate.init` answers the client.
 local responses = require("creditgate.responses")
 local store = require("creditgate.store")
@@ -105,32 +105,62 @@ function _M.reserve(opts, plan)
     return nil, responses.idempotency_key_reused(nil)
 end
 
-local function resolve(premature, opts, hold, op, actual, plan, try)
-    if premature then return end
+-- Settles and voids wait in a per-worker queue drained by at most SETTLE_DRAINERS timers,
+-- rather than one timer per request: a timer is a coroutine and a fake request, and a
+-- queue bounds how many run at once (ngx_lua refuses timers past lua_max_running_timers).
+local SETTLE_DRAINERS = 8
+local queue, head, tail, drainers = {}, 1, 0, 0
+
+local function resolve_once(opts, job)
+    local hold, plan = job.hold, job.plan
     local keys = store.hold_keys(opts, hold.customer, hold.hold_id)
     local args = { hold.customer, hold.hold_id }
-    if op == "settle" then
-        args[3], args[4] = tostring(actual), tostring(plan.overdraft)
+    if job.op == "settle" then
+        args[3], args[4] = tostring(job.actual), tostring(plan.overdraft)
     end
     local timeout = math.max(plan.store_timeout_ms, MIN_SETTLE_TIMEOUT_MS)
-    local reply, kind, err = store.script(opts, op, timeout, keys, args)
+    local reply, kind, err = store.script(opts, job.op, timeout, keys, args)
     if reply then return end
-    local delay = SETTLE_RETRY_DELAYS_S[try]
+    local delay = SETTLE_RETRY_DELAYS_S[job.try]
     if not delay then
-        ngx.log(ngx.ERR, "creditgate: giving up on ", op, " of hold ", hold.hold_id,
+        ngx.log(ngx.ERR, "creditgate: giving up on ", job.op, " of hold ", hold.hold_id,
             " (", kind, ": ", tostring(err), "); it expires at its deadline")
         return
     end
-    ngx.timer.at(delay, resolve, opts, hold, op, actual, plan, try + 1)
+    job.try = job.try + 1
+    ngx.timer.at(delay, function(premature)
+        if not premature then _M.enqueue(opts, job) end
+    end)
 end
 
--- Settles `hold` at `actual` or voids it (`op`), in a timer: the log phase cannot use
+local function drain(premature, opts)
+    while not premature and head <= tail do
+        local job = queue[head]
+        queue[head], head = nil, head + 1
+        resolve_once(opts, job)
+    end
+    drainers = drainers - 1
+end
+
+-- Queues a settle or void and makes sure a drainer runs.
+function _M.enqueue(opts, job)
+    tail = tail + 1
+    queue[tail] = job
+    if drainers < SETTLE_DRAINERS then
+        local ok, err = ngx.timer.at(0, drain, opts)
+        if ok then
+            drainers = drainers + 1
+        elseif drainers == 0 then
+            ngx.log(ngx.ERR, "creditgate: cannot start a settle drainer: ", err,
+                "; hold ", job.hold.hold_id, " waits for the next request")
+        end
+    end
+end
+
+-- Settles `hold` at `actual` or voids it (`op`) in the background: the log phase cannot use
 -- cosockets, and the client must not wait for it.
 function _M.finish(opts, hold, op, actual, plan)
-    local ok, err = ngx.timer.at(0, resolve, opts, hold, op, actual, plan, 1)
-    if not ok then
-        ngx.log(ngx.ERR, "creditgate: cannot schedule ", op, " of hold ", hold.hold_id, ": ", err)
-    end
+    _M.enqueue(opts, { hold = hold, op = op, actual = actual, plan = plan, try = 1 })
 end
 
 return _M

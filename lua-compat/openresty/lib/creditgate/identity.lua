@@ -29,10 +29,10 @@ local function key_in(identity, value)
     return key ~= "" and key or nil
 end
 
+-- The first value of request header `name` (lower case), through nginx's variable, which
+-- is cheaper than building the whole header table.
 local function header(name)
-    local value = ngx.req.get_headers()[name]
-    if type(value) == "table" then value = value[1] end
-    return value
+    return ngx.var["http_" .. name:gsub("-", "_")]
 end
 
 -- The customer id, or nil and the refusal to answer.

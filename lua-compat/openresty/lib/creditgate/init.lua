@@ -86,8 +86,7 @@ local function refuse(ctx, refusal)
 end
 
 local function plan_for(ctx, route, customer, price, amount, mode)
-    local key = ngx.req.get_headers()["idempotency-key"]
-    if type(key) == "table" then key = key[1] end
+    local key = ngx.var.http_idempotency_key
     local plan = {
         customer = customer, credit_type = price.credit_type, amount = amount,
         overdraft = price.overdraft, shadow = mode == "shadow",
