@@ -13,8 +13,8 @@ use creditgate_protocol::{
 };
 use creditgate_sidecar::ledger::{
     Adjustment, AppendOutcome, BreakKind, EntryKind, EntryQuery, GrantRecord, Ledger, LedgerAdmin,
-    LedgerBalance, LedgerEntries, NewEntry, PostgresLedger, RecordGrantOutcome, SqliteLedger,
-    UsageRow,
+    LedgerBalance, LedgerEntries, NewEntry, PostgresLedger, RecordGrantOutcome, Revenue,
+    SqliteLedger, UsageRow, fold_revenue,
 };
 use creditgate_testkit::Postgres;
 use sqlx::Connection;
@@ -71,7 +71,7 @@ async fn sqlite() -> Backend {
     let ledger = SqliteLedger::open(&path).await.unwrap();
     assert_eq!(
         ledger.migrate().await.unwrap(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13]
     );
     Backend {
         ledger: Box::new(ledger),
@@ -88,7 +88,7 @@ async fn postgres() -> Backend {
     let ledger = PostgresLedger::connect(&pg.url()).await.unwrap();
     assert_eq!(
         ledger.migrate().await.unwrap(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13]
     );
     Backend {
         ledger: Box::new(ledger),
@@ -132,6 +132,7 @@ on_both_backends!(
     usage_events_are_recorded_once_and_append_only,
     a_shortfall_is_recorded_as_an_overage_entry,
     dead_letters_are_recorded_once_with_their_actions_and_append_only,
+    revenue_of_whole_months_matches_the_fold_and_is_rebuilt_by_migration_13,
 );
 
 async fn dead_letters_are_recorded_once_with_their_actions_and_append_only(b: &Backend) {
@@ -594,7 +595,7 @@ async fn migrations_run_twice_are_a_no_op(b: &Backend) {
     assert_eq!(l.migrate().await.unwrap(), Vec::<i64>::new());
     assert_eq!(
         l.applied_migrations().await.unwrap(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13]
     );
     // A second process opening the same database finds it up to date.
     let other: Box<dyn Ledger> = match &b.raw {
@@ -604,7 +605,7 @@ async fn migrations_run_twice_are_a_no_op(b: &Backend) {
     assert_eq!(other.migrate().await.unwrap(), Vec::<i64>::new());
     assert_eq!(
         other.applied_migrations().await.unwrap(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13]
     );
     // The Redis generation markers the ledger records can be set and replaced.
     assert_eq!(l.redis_generation(3).await.unwrap(), None);
@@ -941,6 +942,70 @@ async fn revenue_recognized_breakage_deferred(b: &Backend) {
 
     let all = l.revenue(0, u64::MAX).await.unwrap();
     assert_eq!(all.recognized_micros + all.breakage_micros, 1_100);
+}
+
+/// 2023-11-01, 2023-12-01 and 2024-01-01, 00:00 UTC.
+const NOV: u64 = 1_698_796_800_000;
+const DEC: u64 = 1_701_388_800_000;
+const JAN: u64 = 1_704_067_200_000;
+
+/// Revenue of whole months comes from the rollup each append adds to (migration 13): the
+/// same figures as folding every entry, for one month, the next and both; the rollup of a
+/// ledger written before migration 13 is rebuilt from its entries by the migration.
+async fn revenue_of_whole_months_matches_the_fold_and_is_rebuilt_by_migration_13(b: &Backend) {
+    let l = &*b.ledger;
+    let mut sim = Sim::new();
+    // 7 credits for 700 micros expiring in December, 3 for 100 never expiring.
+    let expiry = DEC + 5 * DAY_MS;
+    sim.grant("acme", "g-c", "c", 7, 0, Some(expiry), 700);
+    sim.grant("beta", "g-a", "a", 3, 0, None, 100);
+    for i in 0..3 {
+        sim.reserve("acme", &format!("n{i}"), "c", 2, 0, false, "chat");
+        sim.settle("acme", &format!("n{i}"), 1, 0);
+    }
+    sim.reserve("beta", "nb", "a", 1, 0, false, "chat");
+    sim.settle("beta", "nb", 1, 0);
+    sim.now = DEC + DAY_MS;
+    sim.reserve("acme", "d1", "c", 2, 0, false, "chat");
+    sim.settle("acme", "d1", 2, 0);
+    sim.reserve("beta", "db", "a", 1, 0, false, "chat");
+    sim.settle("beta", "db", 1, 0);
+    sim.now = expiry;
+    assert!(matches!(
+        sim.expire_grant("acme", "g-c"),
+        GrantExpiryOutcome::Expired { amount: 2, .. }
+    ));
+    feed(l, &sim, 3).await;
+    let entries = l.entries(&EntryQuery::default()).await.unwrap();
+    let windows = [(NOV, DEC), (DEC, JAN), (NOV, JAN)];
+    let check = |label: &str, got: Vec<Revenue>| {
+        for ((from, to), got) in windows.iter().zip(got) {
+            assert_eq!(
+                got,
+                fold_revenue(*from, *to, &entries).unwrap(),
+                "{label} {from}..{to}"
+            );
+        }
+    };
+    let mut got = Vec::new();
+    for (from, to) in windows {
+        got.push(l.revenue(from, to).await.unwrap());
+    }
+    assert_eq!(got[0].recognized_micros, 300 + 33);
+    assert_eq!(got[1].breakage_micros, 200);
+    check("appended", got);
+
+    // The ledger as it was before migration 13: its rollup is filled from the entries.
+    b.raw
+        .exec("DROP TABLE revenue_grant_months; DELETE FROM schema_migrations WHERE version = 13")
+        .await
+        .unwrap();
+    assert_eq!(l.migrate().await.unwrap(), vec![13]);
+    let mut got = Vec::new();
+    for (from, to) in windows {
+        got.push(l.revenue(from, to).await.unwrap());
+    }
+    check("migrated", got);
 }
 
 fn grant_record(grant_id: &str, amount: u64) -> GrantRecord {
@@ -1395,7 +1460,17 @@ async fn sqlite_migration_7_keeps_every_entry() {
     ))
     .await
     .unwrap();
+    // This binary's appends add to the revenue rollup of migration 13: a stand-in takes
+    // its place while the old schema is written, and migration 13 fills the real one.
+    raw.exec(
+        "CREATE TABLE revenue_grant_months (customer TEXT, grant_id TEXT, month_ms INTEGER, \
+         granted INTEGER, cost_basis INTEGER, recognized INTEGER, breakage INTEGER, \
+         PRIMARY KEY (customer, grant_id, month_ms))",
+    )
+    .await
+    .unwrap();
     ledger.append_batch(&sample_entries()).await.unwrap();
+    raw.exec("DROP TABLE revenue_grant_months").await.unwrap();
     let before = ledger.entries(&EntryQuery::default()).await.unwrap();
     assert!(!before.is_empty());
 

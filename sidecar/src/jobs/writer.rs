@@ -223,6 +223,18 @@ struct Retry {
     backoff_ms: u64,
 }
 
+/// One shard's entries read by a pass, to be written with the other shards'.
+struct ShardRead {
+    shard: Shard,
+    entries: Vec<StreamEntry>,
+    /// The first and last stream ids read.
+    first: String,
+    last: String,
+    /// `Some(after)` when these are this consumer's pending entries after `after` (a
+    /// retry), `None` for new entries.
+    retry_after: Option<String>,
+}
+
 /// What the writer knows of one shard between passes.
 #[derive(Debug, Default)]
 struct ShardProgress {
@@ -363,18 +375,53 @@ impl LedgerWriter {
             .any(|p| p.claim_cursor.as_deref().is_some_and(|c| c != "0-0"))
     }
 
-    /// Reads and writes up to one batch from every shard: this consumer's own pending
-    /// entries first when a batch failed and its retry is due, new entries otherwise. A
-    /// shard whose retry is not due yet is skipped, so its events reach the ledger in
-    /// stream order. A failing shard does not hold up the others; the first error is
-    /// returned after the pass.
+    /// Reads up to one batch from every shard: this consumer's own pending entries first
+    /// when a batch failed and its retry is due, new entries otherwise; then writes what
+    /// every shard gave in one ledger transaction and acknowledges each shard's entries
+    /// after its commit. A shard whose retry is not due yet is skipped, so its events reach
+    /// the ledger in stream order. A failing shard does not hold up the others; the first
+    /// error is returned after the pass.
+    ///
+    /// One transaction per pass rather than per shard: a commit (a disk flush with
+    /// `synchronous=FULL`) and the statements around it are paid once for up to 16 batches.
     pub async fn poll(&self) -> Result<PassReport, WriterError> {
-        let mut report = PassReport::default();
         let mut first_error = None;
+        let mut reads = Vec::new();
         for shard in self.streams.keyspace().all_shards() {
-            match self.poll_shard(shard).await {
-                Ok(pass) => report.add(pass),
+            match self.read_shard(shard).await {
+                Ok(Some(read)) => reads.push(read),
+                Ok(None) => {}
                 Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let mut report = PassReport::default();
+        if !reads.is_empty() {
+            let batches = reads
+                .iter_mut()
+                .map(|r| (r.shard, std::mem::take(&mut r.entries)))
+                .collect();
+            match self.write_shards(batches).await {
+                Ok(per_shard) => {
+                    for (read, outcome) in reads.into_iter().zip(per_shard) {
+                        match outcome {
+                            Ok(pass) => {
+                                report.add(pass);
+                                self.done_with(read);
+                            }
+                            Err(e) => {
+                                self.failed(read);
+                                first_error.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+                // Nothing was committed: every shard's read is retried.
+                Err(e) => {
+                    for read in reads {
+                        self.failed(read);
+                    }
                     first_error.get_or_insert(e);
                 }
             }
@@ -385,14 +432,13 @@ impl LedgerWriter {
         }
     }
 
-    /// One shard's part of [`Self::poll`].
-    async fn poll_shard(&self, shard: Shard) -> Result<PassReport, WriterError> {
+    /// One shard's read of [`Self::poll`]: its own pending entries when its retry is due,
+    /// nothing while a retry waits, new entries otherwise; `None` when there is nothing.
+    async fn read_shard(&self, shard: Shard) -> Result<Option<ShardRead>, WriterError> {
         let now = Instant::now();
         match self.progress(shard, |p| p.retry.clone()) {
-            Some(retry) if retry.due <= now => {
-                return self.retry_pending(shard, &retry.after).await;
-            }
-            Some(_) => return Ok(PassReport::default()),
+            Some(retry) if retry.due <= now => return self.read_retry(shard, retry.after).await,
+            Some(_) => return Ok(None),
             None => {}
         }
         let entries = match self.read_new(shard).await {
@@ -410,31 +456,32 @@ impl LedgerWriter {
             entries.last().map(|e| e.stream_id.clone()),
         ) else {
             self.progress(shard, |p| p.caught_up_at = Some(now));
-            return Ok(PassReport::default());
+            return Ok(None);
         };
-        match self.write(shard, entries).await {
-            Ok(report) => {
-                self.progress(shard, |p| p.processed = Some(last));
-                Ok(report)
-            }
-            Err(e) => {
-                self.schedule_retry(shard, id_before(&first));
-                Err(e)
-            }
-        }
+        Ok(Some(ShardRead {
+            shard,
+            entries,
+            first,
+            last,
+            retry_after: None,
+        }))
     }
 
-    /// Reads this consumer's pending entries of `shard` after `after` and writes them: a
-    /// failed batch, retried by the consumer that read it, within seconds. Once none is
-    /// left, the shard reads new entries again.
-    async fn retry_pending(&self, shard: Shard, after: &str) -> Result<PassReport, WriterError> {
+    /// Reads this consumer's pending entries of `shard` after `after`: a failed batch,
+    /// retried by the consumer that read it, within seconds. Once none is left, the shard
+    /// reads new entries again.
+    async fn read_retry(
+        &self,
+        shard: Shard,
+        after: String,
+    ) -> Result<Option<ShardRead>, WriterError> {
         let read = self
             .streams
             .read_group(
                 shard,
                 GROUP,
                 &self.consumer,
-                ReadFrom::OwnPendingAfter(after),
+                ReadFrom::OwnPendingAfter(&after),
                 self.batch_max,
             )
             .await;
@@ -443,33 +490,51 @@ impl LedgerWriter {
             // Redis lost the stream: nothing is left to retry; the next read creates it.
             Err(e) if is_missing_group(&e) => {
                 self.progress(shard, |p| p.retry = None);
-                return Ok(PassReport::default());
+                return Ok(None);
             }
             Err(e) => {
-                self.schedule_retry(shard, after.to_string());
+                self.schedule_retry(shard, after);
                 return Err(e.into());
             }
         };
-        let Some(last) = entries.last().map(|e| e.stream_id.clone()) else {
+        let (Some(first), Some(last)) = (
+            entries.first().map(|e| e.stream_id.clone()),
+            entries.last().map(|e| e.stream_id.clone()),
+        ) else {
             self.progress(shard, |p| p.retry = None);
             info!(shard = %shard, "failed batches written on retry; reading new entries again");
-            return Ok(PassReport::default());
+            return Ok(None);
         };
-        match self.write(shard, entries).await {
-            Ok(report) => {
+        Ok(Some(ShardRead {
+            shard,
+            entries,
+            first,
+            last,
+            retry_after: Some(after),
+        }))
+    }
+
+    /// Records that a shard's read is in the ledger (or dead-lettered) and acknowledged.
+    fn done_with(&self, read: ShardRead) {
+        match read.retry_after {
+            // Go on with the pending entries after this batch at once.
+            Some(_) => {
                 let next = Retry {
-                    after: last,
+                    after: read.last,
                     due: Instant::now(),
                     backoff_ms: 0,
                 };
-                self.progress(shard, |p| p.retry = Some(next));
-                Ok(report)
+                self.progress(read.shard, |p| p.retry = Some(next));
             }
-            Err(e) => {
-                self.schedule_retry(shard, after.to_string());
-                Err(e)
-            }
+            None => self.progress(read.shard, |p| p.processed = Some(read.last)),
         }
+    }
+
+    /// Schedules a shard's read again from this consumer's pending entries: its write or
+    /// its acknowledgement failed.
+    fn failed(&self, read: ShardRead) {
+        let after = read.retry_after.unwrap_or_else(|| id_before(&read.first));
+        self.schedule_retry(read.shard, after);
     }
 
     /// Reads up to one batch of new entries of `shard`, creating its group again when Redis
@@ -588,31 +653,66 @@ impl LedgerWriter {
         shard: Shard,
         entries: Vec<StreamEntry>,
     ) -> Result<PassReport, WriterError> {
-        let mut report = PassReport {
-            read: entries.len() as u64,
-            ..PassReport::default()
-        };
-        let mut dead = Vec::new();
-        let (batch, ids, mut raw) = self.to_ledger_entries(shard, entries, &mut dead);
-        let mut ack = Vec::new();
-        if !batch.is_empty() {
-            let outcomes = self.ledger.append_batch(&batch).await?;
-            ack = self.tally(
-                shard,
-                outcomes,
-                ids,
-                &batch,
-                &mut report,
-                &mut raw,
-                &mut dead,
-            );
+        self.write_shards(vec![(shard, entries)])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Ok(PassReport::default()))
+    }
+
+    /// Writes several shards' entries in one transaction; then, shard by shard, records
+    /// the ones the ledger cannot apply as dead letters and acknowledges both. `Err` when
+    /// the transaction failed (nothing was written); otherwise each shard's outcome, in
+    /// order: a shard whose dead letters or acknowledgement failed is retried alone.
+    async fn write_shards(
+        &self,
+        reads: Vec<(Shard, Vec<StreamEntry>)>,
+    ) -> Result<Vec<Result<PassReport, WriterError>>, WriterError> {
+        let mut parts = Vec::with_capacity(reads.len());
+        let mut all = Vec::new();
+        for (shard, entries) in reads {
+            let mut dead = Vec::new();
+            let read = entries.len() as u64;
+            let (batch, ids, raw) = self.to_ledger_entries(shard, entries, &mut dead);
+            parts.push((shard, read, batch.len(), ids, raw, dead));
+            all.extend(batch);
+        }
+        let mut outcomes = if all.is_empty() {
+            Vec::new()
+        } else {
+            self.ledger.append_batch(&all).await?
+        }
+        .into_iter();
+        let mut results = Vec::with_capacity(parts.len());
+        let mut offset = 0;
+        for (shard, read, len, ids, mut raw, mut dead) in parts {
+            let batch = &all[offset..offset + len];
+            offset += len;
+            let mut report = PassReport {
+                read,
+                ..PassReport::default()
+            };
+            let outs = outcomes.by_ref().take(len).collect();
+            let ack = self.tally(shard, outs, ids, batch, &mut report, &mut raw, &mut dead);
             self.stats
                 .written
                 .fetch_add(report.written, Ordering::Relaxed);
             self.stats
                 .duplicates
                 .fetch_add(report.duplicates, Ordering::Relaxed);
+            results.push(self.acknowledge(shard, ack, dead, report).await);
         }
+        Ok(results)
+    }
+
+    /// After the commit: records a shard's dead letters, then acknowledges them and the
+    /// entries in `ack`.
+    async fn acknowledge(
+        &self,
+        shard: Shard,
+        mut ack: Vec<String>,
+        dead: Vec<NewDeadLetter>,
+        mut report: PassReport,
+    ) -> Result<PassReport, WriterError> {
         report.rejected += dead.len() as u64;
         ack.extend(self.record_dead_letters(dead).await?);
         let acked = self.streams.ack(shard, GROUP, &ack).await?;

@@ -23,6 +23,7 @@ use super::chain::ChainHead;
 use super::entry::{GENESIS_HASH, LedgerEntry, NewEntry, entry_hash};
 use super::grants::{GrantRecord, OutboxState, RecordGrantOutcome};
 use super::migrations::Migration;
+use super::revenue::{self, GrantBefore, GrantMonth};
 use super::sql::{self, Dialect, Heads, bind_entry, bind_grant};
 use super::{AppendOutcome, EntryQuery, LedgerError, LedgerResult, now_ms};
 
@@ -138,6 +139,11 @@ pub(crate) struct Shared<'a, DB: Database> {
     pub(crate) readers: &'a Pool<DB>,
     /// Where single write statements (outside `append_in`/`record_grant_in`) run.
     pub(crate) writer: &'a Pool<DB>,
+}
+
+/// A time or bound as the ledger's `BIGINT` columns hold it: past `i64::MAX` is no bound.
+fn clamp(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 /// Checks every entry of a batch; `None` when the batch is empty (nothing to do), else the
@@ -270,6 +276,19 @@ macro_rules! forward_ledger_roles {
                 &self,
             ) -> $crate::ledger::LedgerResult<Vec<(String, String, i64)>> {
                 self.shared().amount_sums().await
+            }
+
+            async fn revenue_months(
+                &self,
+                from_ms: u64,
+                to_ms: u64,
+            ) -> $crate::ledger::LedgerResult<
+                Option<(
+                    Vec<$crate::ledger::GrantBefore>,
+                    Vec<$crate::ledger::GrantMonth>,
+                )>,
+            > {
+                Ok(Some(self.shared().revenue_months(from_ms, to_ms).await?))
             }
         }
 
@@ -586,7 +605,7 @@ where
         heads: &mut Heads,
     ) -> LedgerResult<()> {
         for chunk in customers.chunks(sql::LOOKUP_CHUNK) {
-            let text = sql::select_heads(chunk.len());
+            let text = sql::select_heads(self.dialect, chunk.len());
             let mut q = sqlx::query(&text);
             for c in chunk {
                 q = q.bind(*c);
@@ -745,15 +764,14 @@ where
             }
         }
         self.flush(&mut tx, &mut batch).await?;
-        for customer in &batch.dirty {
-            let head = &batch.heads[customer];
-            sqlx::query(sql::UPSERT_HEAD)
-                .bind(customer.as_str())
-                .bind(head.last_seq)
-                .bind(head.last_hash.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
+        self.write_heads(&mut tx, &batch).await?;
+        let inserted = entries
+            .iter()
+            .zip(&batch.out)
+            .filter(|(_, o)| matches!(o, Some(AppendOutcome::Inserted { .. })))
+            .map(|(e, _)| e);
+        self.add_revenue_months(&mut tx, &revenue::month_deltas(inserted))
+            .await?;
         tx.commit().await?;
         batch.outcomes()
     }
@@ -769,6 +787,92 @@ where
             .fetch_all(self.readers)
             .await?;
         rows.iter().map(sql::entry_from_row).collect()
+    /// Writes the chain heads the batch moved, [`sql::HEAD_CHUNK`] per statement.
+    async fn write_heads(&self, conn: &mut DB::Connection, batch: &Append<'_>) -> LedgerResult<()> {
+        let dirty: Vec<&String> = batch.dirty.iter().collect();
+        for chunk in dirty.chunks(sql::HEAD_CHUNK) {
+            let text = sql::upsert_heads(self.dialect, chunk.len());
+            let mut q = sqlx::query(&text);
+            for customer in chunk {
+                let head = &batch.heads[*customer];
+                q = q
+                    .bind(customer.as_str())
+                    .bind(head.last_seq)
+                    .bind(head.last_hash.as_str());
+            }
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds the revenue rollup's rows of the entries an append inserted, in its
+    /// transaction, [`revenue::UPSERT_CHUNK`] per statement.
+    async fn add_revenue_months(
+        &self,
+        conn: &mut DB::Connection,
+        rows: &[GrantMonth],
+    ) -> LedgerResult<()> {
+        for chunk in rows.chunks(revenue::UPSERT_CHUNK) {
+            let text = revenue::upsert_months(self.dialect, chunk.len());
+            let mut q = sqlx::query(&text);
+            for r in chunk {
+                q = q
+                    .bind(r.customer.as_str())
+                    .bind(r.grant_id.as_str())
+                    .bind(r.month_ms)
+                    .bind(r.granted)
+                    .bind(r.cost_basis)
+                    .bind(r.recognized)
+                    .bind(r.breakage);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// The revenue rollup of the whole months `[from_ms, to_ms)`: every grant with credits
+    /// left at `to_ms` or consumed in the window, and the window's rows.
+    pub(crate) async fn revenue_months(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> LedgerResult<(Vec<GrantBefore>, Vec<GrantMonth>)> {
+        let (from, to) = (clamp(from_ms), clamp(to_ms));
+        let rows = sqlx::query(revenue::SELECT_GRANTS_BEFORE)
+            .bind(from)
+            .bind(to)
+            .fetch_all(self.readers)
+            .await?;
+        let mut grants = Vec::with_capacity(rows.len());
+        for row in rows {
+            grants.push(GrantBefore {
+                customer: row.try_get("customer")?,
+                grant_id: row.try_get("grant_id")?,
+                granted: row.try_get("granted")?,
+                cost_basis: row.try_get("cost_basis")?,
+                consumed_before: row.try_get("consumed_before")?,
+            });
+        }
+        let rows = sqlx::query(revenue::SELECT_WINDOW)
+            .bind(from)
+            .bind(to)
+            .fetch_all(self.readers)
+            .await?;
+        let mut window = Vec::with_capacity(rows.len());
+        for row in rows {
+            window.push(GrantMonth {
+                customer: row.try_get("customer")?,
+                grant_id: row.try_get("grant_id")?,
+                month_ms: row.try_get("month_ms")?,
+                granted: row.try_get("granted")?,
+                cost_basis: row.try_get("cost_basis")?,
+                recognized: row.try_get("recognized")?,
+                breakage: row.try_get("breakage")?,
+            });
+        }
+        Ok((grants, window))
+    }
+
     }
 
     pub(crate) async fn redis_generation(&self, shard: u32) -> LedgerResult<Option<String>> {

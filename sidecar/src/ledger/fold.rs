@@ -457,14 +457,30 @@ pub struct Revenue {
     pub unbilled_overage: BTreeMap<String, u64>,
 }
 
+/// What a grant's credits are worth as they are consumed (shared with the revenue
+/// rollup, which values a month's credits the same way).
 #[derive(Default)]
-struct GrantValue {
+pub(crate) struct GrantValue {
     amount: i128,
     cost_basis: i128,
     consumed: i128,
 }
 
 impl GrantValue {
+    /// A grant of `amount` credits paid `cost_basis` micro-units, nothing consumed yet.
+    pub(crate) fn new(amount: i64, cost_basis: i64) -> Self {
+        Self {
+            amount: i128::from(amount),
+            cost_basis: i128::from(cost_basis),
+            consumed: 0,
+        }
+    }
+
+    /// The value of the credits not consumed yet: deferred revenue.
+    pub(crate) fn unconsumed_value(&self) -> i128 {
+        self.cost_basis - self.value(self.consumed)
+    }
+
     /// Value of the first `n` credits: `floor(cost_basis × min(n, amount) / amount)`.
     /// Valuing cumulative consumption (not each burn alone) makes the parts add up to
     /// exactly the cost basis once the grant is used up.
@@ -475,7 +491,8 @@ impl GrantValue {
         self.cost_basis * n.min(self.amount) / self.amount
     }
 
-    fn consume(&mut self, n: i128) -> i128 {
+    /// Consumes `n` more credits; returns their value.
+    pub(crate) fn consume(&mut self, n: i128) -> i128 {
         let before = self.value(self.consumed);
         self.consumed += n;
         self.value(self.consumed) - before
@@ -559,10 +576,7 @@ pub fn fold_revenue(
             EventBody::HoldPlaced { .. } => {}
         }
     }
-    out.deferred_micros_at_end = grants
-        .values()
-        .map(|g| g.cost_basis - g.value(g.consumed))
-        .sum();
+    out.deferred_micros_at_end = grants.values().map(GrantValue::unconsumed_value).sum();
     Ok(out)
 }
 

@@ -72,6 +72,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "redis_rebuilds",
         sql: include_str!("../../migrations/sqlite/0010_redis_rebuilds.sql"),
     },
+    Migration {
+        version: 13,
+        name: "dispute_queries",
+        sql: include_str!("../../migrations/sqlite/0013_dispute_queries.sql"),
+    },
 ];
 
 /// Postgres migrations, in version order.
@@ -125,5 +130,10 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 10,
         name: "redis_rebuilds",
         sql: include_str!("../../migrations/postgres/0010_redis_rebuilds.sql"),
+    },
+    Migration {
+        version: 13,
+        name: "dispute_queries",
+        sql: include_str!("../../migrations/postgres/0013_dispute_queries.sql"),
     },
 ];

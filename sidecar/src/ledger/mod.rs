@@ -25,6 +25,7 @@ mod grants;
 mod migrations;
 mod postgres;
 mod rebuilds;
+mod revenue;
 mod roles;
 mod sql;
 mod sqlite;
@@ -52,6 +53,9 @@ pub use grants::{GrantRecord, OutboxState, RecordGrantOutcome};
 pub use migrations::Migration;
 pub use postgres::{DEFAULT_PG_MAX_CONNECTIONS, PostgresLedger};
 pub use rebuilds::RebuildRecord;
+pub use revenue::{
+    GrantBefore, GrantMonth, is_whole_months, month_deltas, revenue_of_months, utc_month_start,
+};
 pub use roles::{
     Ledger, LedgerAdmin, LedgerControlAudit, LedgerDeadLetters, LedgerEntries, LedgerGrants,
     LedgerPricingVersions, LedgerRebuilds, LedgerUsageEvents,

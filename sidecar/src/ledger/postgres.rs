@@ -1,7 +1,8 @@
 //! The production ledger backend: Postgres, shared by several sidecars at once.
 //!
 //! Appends are safe concurrently: a batch locks the chain heads of its customers
-//! (`SELECT … FOR UPDATE`, in sorted order so two batches never deadlock) before it reads
+//! (one upsert whose no-op update takes each row lock, in sorted order so two batches
+//! never deadlock) before it reads
 //! a head or inserts, so each customer's chain grows one entry at a time whatever the
 //! number of writers. Migrations take a transaction-level advisory lock. It must never
 //! update or delete an entry.
@@ -13,12 +14,12 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
 use sqlx::{Row, Transaction};
 
-use super::LedgerResult;
 use super::chain::ChainHead;
 use super::common::{Shared, SqlBackend, forward_ledger_roles};
 use super::entry::{GENESIS_HASH, NewEntry};
 use super::migrations::{CREATE_SCHEMA_MIGRATIONS, POSTGRES};
 use super::sql::{self, Dialect, Heads};
+use super::{LedgerError, LedgerResult};
 
 /// Connections per sidecar when the caller does not say: one writer batch, the outbox and
 /// a few queries at a time, without crowding a shared server's `max_connections`.
@@ -102,37 +103,45 @@ impl SqlBackend for PostgresLedger {
         Ok(self.pool.begin().await?)
     }
 
-    /// Creates the batch's missing heads, then locks each `FOR UPDATE` in sorted customer
-    /// order, so two batches never wait on each other in a cycle.
+    /// Creates the batch's missing heads and locks every head of the batch in one
+    /// statement: an upsert whose no-op update takes the row lock `FOR UPDATE` would,
+    /// row by row in sorted customer order, so two batches never wait on each other in a
+    /// cycle. One round trip instead of two per customer.
     async fn begin_append(
         &self,
         entries: &[NewEntry],
     ) -> LedgerResult<(Transaction<'_, Postgres>, Heads)> {
         let mut tx = self.begin_write().await?;
-        let mut heads = Heads::new();
-        for customer in sql::batch_customers(entries) {
-            sqlx::query(
-                "INSERT INTO chain_heads (customer, last_seq, last_hash) VALUES ($1, 0, $2) \
-                 ON CONFLICT (customer) DO NOTHING",
-            )
-            .bind(&customer)
+        let customers = sql::batch_customers(entries);
+        let rows = sqlx::query(LOCK_HEADS)
+            .bind(&customers)
             .bind(GENESIS_HASH)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
-            let row = sqlx::query(
-                "SELECT last_seq, last_hash FROM chain_heads WHERE customer = $1 FOR UPDATE",
-            )
-            .bind(&customer)
-            .fetch_one(&mut *tx)
-            .await?;
+        let mut heads = Heads::with_capacity(rows.len());
+        for row in rows {
             let head = ChainHead {
                 last_seq: row.try_get("last_seq")?,
                 last_hash: row.try_get("last_hash")?,
             };
-            heads.insert(customer, head);
+            heads.insert(row.try_get("customer")?, head);
+        }
+        if heads.len() != customers.len() {
+            return Err(LedgerError::Corrupt(format!(
+                "locked {} chain heads for the batch's {} customers",
+                heads.len(),
+                customers.len()
+            )));
         }
         Ok((tx, heads))
     }
 }
+
+/// Creates the missing chain heads of customers `$1` (sorted, distinct) at the genesis hash
+/// `$2` and locks every one of them, in the array's order, returning each head.
+const LOCK_HEADS: &str = "INSERT INTO chain_heads AS h (customer, last_seq, last_hash) \
+     SELECT u.c, 0, $2 FROM unnest($1::text[]) WITH ORDINALITY AS u(c, n) ORDER BY u.n \
+     ON CONFLICT (customer) DO UPDATE SET last_seq = h.last_seq \
+     RETURNING customer, last_seq, last_hash";
 
 forward_ledger_roles!(PostgresLedger);

@@ -20,6 +20,7 @@ use super::entry::{EntryKind, LedgerEntry, NewEntry};
 use super::fold::{LedgerBalance, Revenue, UsageRow, fold_balance, fold_revenue, fold_usage};
 use super::grants::{GrantRecord, OutboxState, RecordGrantOutcome};
 use super::rebuilds::RebuildRecord;
+use super::revenue::{GrantBefore, GrantMonth, is_whole_months, revenue_of_months};
 use super::usage_events::UsageEventRecord;
 use super::{AppendOutcome, CustomerTotal, EntryQuery, LedgerResult};
 
@@ -107,6 +108,18 @@ pub trait LedgerEntries: Send + Sync {
     async fn verify_chain(&self, customer: Option<&str>) -> LedgerResult<VerifyReport> {
         let customers = match customer {
             Some(c) => vec![c.to_string()],
+    /// The revenue rollup of the whole UTC months `[from_ms, to_ms)`: every grant with
+    /// credits left at `to_ms` or consumed in the window, and the window's rows; `None`
+    /// from a ledger that keeps no rollup, whose revenue folds the entries instead.
+    async fn revenue_months(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> LedgerResult<Option<(Vec<GrantBefore>, Vec<GrantMonth>)>> {
+        let _ = (from_ms, to_ms);
+        Ok(None)
+    }
+
             None => self.customers().await?,
         };
         let mut report = VerifyReport::default();
@@ -182,7 +195,10 @@ pub trait LedgerEntries: Send + Sync {
         .await
     }
 
-    /// Revenue of `[from_ms, to_ms)`, currency micro-units (see [`fold_revenue`]).
+    /// Revenue of `[from_ms, to_ms)`, currency micro-units (see [`fold_revenue`]). A window
+    /// of whole UTC months is read from the revenue rollup (a few rows per grant, see
+    /// [`revenue_of_months`]) and the window's overage entries; any other window folds
+    /// every entry before `to_ms`.
     async fn revenue(&self, from_ms: u64, to_ms: u64) -> LedgerResult<Revenue> {
         let entries = self
             .entries(&EntryQuery {
@@ -201,6 +217,24 @@ pub trait LedgerEntries: Send + Sync {
         fold_revenue(from_ms, to_ms, &entries)
     }
 
+        if is_whole_months(from_ms, to_ms)
+            && let Some((grants, window)) = self.revenue_months(from_ms, to_ms).await?
+        {
+            let overages = self
+                .entries(&EntryQuery {
+                    kinds: vec![EntryKind::Overage],
+                    from_ms: Some(from_ms),
+                    until_ms: Some(to_ms),
+                    ..EntryQuery::default()
+                })
+                .await?;
+            let mut out = fold_revenue(from_ms, to_ms, &overages)?;
+            let (recognized, breakage, deferred) = revenue_of_months(&grants, &window);
+            out.recognized_micros = recognized;
+            out.breakage_micros = breakage;
+            out.deferred_micros_at_end = deferred;
+            return Ok(out);
+        }
     /// Every customer's total and held per credit type, in key order, for the reconciler.
     async fn customer_totals(&self) -> LedgerResult<Vec<CustomerTotal>> {
         let mut out: BTreeMap<(String, String), CustomerTotal> = BTreeMap::new();
