@@ -539,6 +539,43 @@ fn the_gateways_termination_grace_outlasts_its_shutdown() {
     assert_no_problems("graceful shutdown", &problems);
 }
 
+#[test]
+fn gateways_and_sidecars_share_one_key_layout() {
+    let mut problems = Vec::new();
+    for overlay in overlays() {
+        // (prefix, shards) of every process, by where it is.
+        let mut layouts = BTreeMap::new();
+        for process in processes(overlay) {
+            let prefix_flag = if process.binary == GATEWAY_BIN {
+                "--redis-prefix"
+            } else {
+                "--prefix"
+            };
+            match (process.flag(prefix_flag), process.flag("--shards")) {
+                (Some(prefix), Some(shards)) => {
+                    layouts.insert(process.at("args"), (prefix, shards));
+                }
+                _ => problems.push(process.at(&format!(
+                    "args: give {prefix_flag} and --shards explicitly: every gateway and \
+                     sidecar of a deployment must use the same"
+                ))),
+            }
+        }
+        let distinct: BTreeSet<_> = layouts.values().collect();
+        if distinct.len() > 1 {
+            let all: Vec<String> = layouts
+                .iter()
+                .map(|(at, (prefix, shards))| format!("{at}: prefix {prefix}, shards {shards}"))
+                .collect();
+            problems.push(format!(
+                "overlay {overlay}: the processes use different key layouts:\n{}",
+                all.join("\n")
+            ));
+        }
+    }
+    assert_no_problems("key layout", &problems);
+}
+
 /// The file that `flag` names, read from the ConfigMap mounted at its directory: the
 /// ConfigMap object and the file's text. Reports why when it is not found.
 fn mounted_file(process: &Process<'_>, flag: &str) -> Option<(&'static Rendered, String)> {
