@@ -710,3 +710,119 @@ fn a_settle_that_failed_is_burned_by_the_retry_after_its_hold_expired_and_once()
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(stack.wait_burns(ALICE, 2).len(), 1, "burned once");
 }
+
+/// The ledger's entries of `customer` of `kind`, with their request ids.
+fn ledger_entries(stack: &EventStack, customer: &str, kind: EntryKind) -> Vec<Option<String>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ledger = runtime
+        .block_on(SqliteLedger::open(&stack.ledger_path))
+        .expect("ledger");
+    let entries = runtime.block_on(ledger.entries(&EntryQuery {
+        customer: Some(customer.into()),
+        kinds: vec![kind],
+        ..EntryQuery::default()
+    }));
+    let entries = entries.expect("entries");
+    entries.into_iter().map(|e| e.entry.request_id).collect()
+}
+
+/// Runs one statement on the SQLite ledger with the `sqlite3` tool, waiting for the lock.
+fn sqlite3(path: &std::path::Path, sql: &str) {
+    let out = std::process::Command::new("sqlite3")
+        .arg("-cmd")
+        .arg(".timeout 20000")
+        .arg(path)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sqlite3 {sql}: {stderr}");
+}
+
+/// Keeps the writer from recording anything while it lives: a trigger aborts every insert
+/// into the ledger's entries (the `usage_events` table still takes rows), so burns stay in
+/// Redis's streams only, as they are between a burn and the writer's next read.
+struct WriterHeldBack(std::path::PathBuf);
+
+impl WriterHeldBack {
+    fn start(path: &std::path::Path) -> Self {
+        sqlite3(
+            path,
+            "CREATE TRIGGER test_hold_back BEFORE INSERT ON ledger_entries \
+             BEGIN SELECT RAISE(ABORT, 'the writer is held back (test)'); END;",
+        );
+        Self(path.to_path_buf())
+    }
+}
+
+impl Drop for WriterHeldBack {
+    fn drop(&mut self) {
+        sqlite3(&self.0, "DROP TRIGGER IF EXISTS test_hold_back;");
+    }
+}
+
+/// Events answered `burned` whose burn Redis loses (`FLUSHALL`) before the writer records
+/// it: the ledger has their `usage_events` rows, and the data-loss rebuild burns each again,
+/// once; the product's retries are then duplicates and burn nothing more.
+#[test]
+fn events_whose_burn_redis_lost_before_the_ledger_read_it_are_burned_again_once() {
+    let stack = EventStack::start();
+    stack.credits.grant(ALICE, GRANTED as u64).expect("grant");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ledger_entries(&stack, ALICE, EntryKind::GrantAdded).is_empty()
+        || stack
+            .redis
+            .cli(&["GET", "cg:{s0}:generation"])
+            .unwrap_or_default()
+            == ""
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the grant reached the ledger and markers are set"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let held_back = WriterHeldBack::start(&stack.ledger_path);
+    let at = now_ms();
+    let batch = json!({"events": [event("lost-1", at), event("lost-2", at)]});
+    let (status, answer) = stack.post(&batch);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["burned"], 2, "{answer}");
+    // Redis loses the burns before the writer has recorded them.
+    stack.redis.cli(&["FLUSHALL"]).expect("FLUSHALL");
+    drop(held_back);
+
+    let expected = (GRANTED - 2 * EXPORT_PRICE, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let burns = ledger_entries(&stack, ALICE, EntryKind::HoldPosted);
+        let balance = stack.credits.balance(ALICE).unwrap_or_default();
+        if burns.len() >= 2 && balance == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lost burns are burned again: ledger burns {burns:?}, Redis {balance:?}, \
+             expected {expected:?}\n{}",
+            stack.sidecar.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The product retries; nothing burns twice.
+    let (status, again) = stack.post(&batch);
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["duplicates"], 2, "{again}");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut burns = ledger_entries(&stack, ALICE, EntryKind::HoldPosted);
+    burns.sort();
+    let once = vec![
+        Some("usage-event:lost-1".to_string()),
+        Some("usage-event:lost-2".to_string()),
+    ];
+    assert_eq!(burns, once, "each lost event burned once");
+    assert_eq!(stack.credits.balance(ALICE).expect("balance"), expected);
+}

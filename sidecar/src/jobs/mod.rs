@@ -1,7 +1,7 @@
 //! The middle layer's background work of `run`: the ledger writer, the sweeper and the
 //! task loop ([`daemon`]), the grant outbox, the reconciler, the config publisher, the
-//! audit mirror, the fleet metrics, and replaying or discarding dead letters. Each job
-//! works in bounded batches at its own pace.
+//! audit mirror, the fleet metrics, burning usage events, and replaying or discarding dead
+//! letters. Each job works in bounded batches at its own pace.
 //!
 //! Jobs depend on the ledger and the credit store, never on the command line or on the
 //! HTTP surfaces.
@@ -16,4 +16,5 @@ pub mod fleet_metrics;
 pub mod outbox;
 pub mod rebuilds;
 pub mod reconcile;
+pub mod usage_burns;
 pub mod writer;

@@ -14,13 +14,17 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
+use creditgate_protocol::meter::{MeterError, MeterOutcome, force_reserve_then_settle};
 use creditgate_protocol::{
     CreditStore, Event, EventBody, HoldRef, Keyspace, RedisStore, Release, RequestContext,
     RestoreOutcome, RestoreState, RestoredGrant, Shard, StoreError,
 };
 use tracing::{info, warn};
 
-use crate::ledger::{EntryKind, EntryQuery, Ledger, LedgerEntries, LedgerError, NewEntry, now_ms};
+use crate::jobs::usage_burns::burn_request;
+use crate::ledger::{
+    ENTRY_PAGE, EntryKind, EntryQuery, Ledger, LedgerEntries, LedgerError, NewEntry, now_ms,
+};
 
 /// A time after every entry, for folding a customer's whole history (kept well inside the
 /// range every backend stores as a signed 64-bit number).
@@ -250,20 +254,34 @@ async fn ledger_position(
     customer: &str,
     shard: Shard,
 ) -> Result<Option<String>, ReconcileError> {
-    let entries = ledger
-        .entries(&EntryQuery {
-            customer: Some(customer.to_string()),
-            seq_order: true,
-            ..EntryQuery::default()
-        })
-        .await?;
-    Ok(entries
-        .iter()
-        .filter(|e| e.entry.shard == shard.0)
-        .filter_map(|e| e.entry.stream_id.as_deref())
-        .filter_map(|id| Some((parse_stream_id(id)?, id)))
-        .max_by_key(|(key, _)| *key)
-        .map(|(_, id)| id.to_string()))
+    let mut query = EntryQuery {
+        customer: Some(customer.to_string()),
+        seq_order: true,
+        limit: Some(ENTRY_PAGE),
+        ..EntryQuery::default()
+    };
+    let mut newest: Option<((u64, u64), String)> = None;
+    // Page by page: a customer's history does not fit in memory.
+    loop {
+        let page = ledger.entries(&query).await?;
+        for id in page
+            .iter()
+            .filter(|e| e.entry.shard == shard.0)
+            .filter_map(|e| e.entry.stream_id.as_deref())
+        {
+            if let Some(key) = parse_stream_id(id)
+                && newest.as_ref().is_none_or(|(k, _)| key > *k)
+            {
+                newest = Some((key, id.to_string()));
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() as u64 == ENTRY_PAGE => {
+                query.after = Some((last.entry.event_at_ms, last.seq));
+            }
+            _ => return Ok(newest.map(|(_, id)| id)),
+        }
+    }
 }
 
 /// What rebuilding one customer did.
@@ -355,20 +373,25 @@ async fn resolved_in_ledger(
         .await?
         .into_iter()
         .collect();
-    if pending.is_empty() {
-        return Ok(Vec::new());
+    // Each pending hold's few entries, through the (hold_id, customer) index: never the
+    // customer's whole history of resolutions.
+    let mut resolutions = Vec::new();
+    for hold_id in &pending {
+        resolutions.extend(
+            ledger
+                .entries(&EntryQuery {
+                    customer: Some(customer.to_string()),
+                    hold_id: Some(hold_id.clone()),
+                    kinds: vec![
+                        EntryKind::HoldPosted,
+                        EntryKind::HoldVoided,
+                        EntryKind::HoldExpired,
+                    ],
+                    ..EntryQuery::default()
+                })
+                .await?,
+        );
     }
-    let resolutions = ledger
-        .entries(&EntryQuery {
-            customer: Some(customer.to_string()),
-            kinds: vec![
-                EntryKind::HoldPosted,
-                EntryKind::HoldVoided,
-                EntryKind::HoldExpired,
-            ],
-            ..EntryQuery::default()
-        })
-        .await?;
     let mut resolved = Vec::new();
     for entry in &resolutions {
         let Some(Ok(event)) = entry.event() else {
@@ -430,6 +453,56 @@ async fn reapply_lost_grants(
         );
     }
     Ok(reapplied)
+}
+
+/// How many recorded usage events one read of [`reburn_lost_usage_events`] takes.
+pub const REBURN_PAGE: u32 = 500;
+
+/// Burns again the customer's usage events the ledger accepted (their `usage_events` row)
+/// but whose burn it never recorded: Redis lost the burn (`FLUSHALL`, a lagging replica
+/// promoted) before the writer read it, or the burn failed and the product stopped
+/// retrying. Without this the product, answered `burned`, never sends the event again and
+/// the customer gets the work free. Returns how many were burned now.
+///
+/// Runs after the customer's restore, page by page. Each event goes through the same
+/// forced reserve-then-settle under its own hold id as `POST /v1/usage-events`, so it
+/// burns once: a hold Redis still has (burned by an earlier pass that died before the
+/// shard was marked done, or by the product's retry) answers duplicate, and a burn the
+/// ledger has recorded is not selected again.
+pub async fn reburn_lost_usage_events(
+    ledger: &dyn Ledger,
+    store: &dyn RebuildStore,
+    customer: &str,
+) -> Result<u64, ReconcileError> {
+    let mut after = String::new();
+    let mut burned = 0;
+    loop {
+        let page = ledger
+            .unburned_usage_events(customer, &after, REBURN_PAGE)
+            .await?;
+        for record in &page {
+            // The overdraft limit only labels the answer: the reserve is forced.
+            match force_reserve_then_settle(store, &burn_request(record, 0)).await {
+                Ok(MeterOutcome::Posted { .. }) => burned += 1,
+                Ok(other) => info!(customer, key = %record.idempotency_key, ?other,
+                    "usage event not burned again: Redis has its hold"),
+                Err(MeterError::Store(e)) => return Err(e.into()),
+                Err(e) => warn!(customer, key = %record.idempotency_key, error = %e,
+                    "usage event not burned again; the next rebuild retries it"),
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() as u32 == REBURN_PAGE => after = last.idempotency_key.clone(),
+            _ => break,
+        }
+    }
+    if burned > 0 {
+        warn!(
+            customer,
+            burned, "burned again usage events whose burn Redis lost before the ledger recorded it"
+        );
+    }
+    Ok(burned)
 }
 
 /// The void events of the holds the ledger has as pending for `customer` and the store no
@@ -691,6 +764,7 @@ pub async fn rebuild_shard(
         match rebuild_customer(ledger, store, &customer).await? {
             Rebuilt::Restored { .. } => {
                 reapply_lost_grants(ledger, store, &customer).await?;
+                reburn_lost_usage_events(ledger, store, &customer).await?;
                 store.mark_rebuilt(shard, Some(&customer), token).await?;
             }
             waiting => {
@@ -1359,5 +1433,203 @@ mod tests {
         // acme was restored once; the passes after only retried the busy customer.
         let restored: Vec<String> = redis.restored().into_iter().map(|s| s.customer).collect();
         assert_eq!(restored, vec!["acme".to_string()]);
+    }
+
+    /// The ledger's entries role, remembering the most entries one read returned.
+    struct PageCounting {
+        inner: std::sync::Arc<dyn Ledger>,
+        most: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl LedgerEntries for PageCounting {
+        async fn append_batch(
+            &self,
+            entries: &[NewEntry],
+        ) -> crate::ledger::LedgerResult<Vec<crate::ledger::AppendOutcome>> {
+            self.inner.append_batch(entries).await
+        }
+        async fn entry(
+            &self,
+            event_id: &str,
+        ) -> crate::ledger::LedgerResult<Option<crate::ledger::LedgerEntry>> {
+            self.inner.entry(event_id).await
+        }
+        async fn entries(
+            &self,
+            query: &EntryQuery,
+        ) -> crate::ledger::LedgerResult<Vec<crate::ledger::LedgerEntry>> {
+            let read = self.inner.entries(query).await?;
+            self.most
+                .fetch_max(read.len(), std::sync::atomic::Ordering::SeqCst);
+            Ok(read)
+        }
+        async fn customers(&self) -> crate::ledger::LedgerResult<Vec<String>> {
+            self.inner.customers().await
+        }
+        async fn chain_head(
+            &self,
+            customer: &str,
+        ) -> crate::ledger::LedgerResult<Option<crate::ledger::ChainHead>> {
+            self.inner.chain_head(customer).await
+        }
+        async fn amount_sums(&self) -> crate::ledger::LedgerResult<Vec<(String, String, i64)>> {
+            self.inner.amount_sums().await
+        }
+    }
+
+    /// The model's events appended to a ledger so far, for recording a history longer
+    /// than the model keeps: each new event once, with stream ids counting the shard's
+    /// events.
+    #[derive(Default)]
+    struct RecordedSoFar {
+        ids: HashSet<String>,
+        per_shard: HashMap<u32, usize>,
+    }
+
+    impl RecordedSoFar {
+        async fn record(&mut self, ledger: &dyn Ledger, store: &MemoryStore) {
+            let mut entries = Vec::new();
+            for shard in keyspace().all_shards() {
+                for event in store.events(shard) {
+                    if !self.ids.insert(event.event_id.clone()) {
+                        continue;
+                    }
+                    let n = self.per_shard.entry(shard.0).or_default();
+                    let id = Some(model_stream_id(*n));
+                    *n += 1;
+                    entries.push(NewEntry::from_event(&event, shard.0, id).expect("entry"));
+                }
+            }
+            ledger.append_batch(&entries).await.expect("append");
+        }
+    }
+
+    /// This process's resident set, KiB (0 where `/proc` has none).
+    fn vm_rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_string();
+                line.split_whitespace().nth(1)?.parse().ok()
+            })
+            .unwrap_or(0)
+    }
+
+    /// A rebuild holds one page of the customer's history at a time, never all of it: the
+    /// soak's sidecar grew from 46 to 221 MiB rebuilding customers of ~100,000 entries.
+    /// `CREDITGATE_REBUILD_MEASURE_HOLDS=N` runs it on N settled holds and prints VmRSS.
+    #[tokio::test]
+    async fn a_rebuild_reads_a_long_history_page_by_page() {
+        let holds: u64 = std::env::var("CREDITGATE_REBUILD_MEASURE_HOLDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_600);
+        let t = temp_ledger().await;
+        // The ledger's history, and a store that came back from before its last settle:
+        // one hold pending in the store that the ledger has resolved (a rollback).
+        let (ledger_side, model) = (MemoryStore::new(keyspace()), MemoryStore::new(keyspace()));
+        let mut recorded = RecordedSoFar::default();
+        for store in [&ledger_side, &model] {
+            grant(store, "acme", "g1", 10 * holds + 100).await;
+        }
+        for i in 0..holds {
+            for store in [&ledger_side, &model] {
+                reserve(store, "acme", &format!("h{i}"), 10).await;
+                settle(store, "acme", &format!("h{i}"), 7).await;
+            }
+            // The model keeps its newest 10,000 events per shard: record before they go.
+            if i % 2_000 == 1_999 {
+                recorded.record(t.ledger.as_ref(), &ledger_side).await;
+            }
+        }
+        for store in [&ledger_side, &model] {
+            reserve(store, "acme", "h-open", 10).await;
+        }
+        settle(&ledger_side, "acme", "h-open", 7).await;
+        recorded.record(t.ledger.as_ref(), &ledger_side).await;
+        drop(ledger_side);
+        let recorded = recorded.ids.len();
+        let redis = ModelRedis::new(model);
+        let counting = PageCounting {
+            inner: t.ledger.clone(),
+            most: Default::default(),
+        };
+
+        let before_kib = vm_rss_kib();
+        let started = std::time::Instant::now();
+        let rebuilt = rebuild_customer(&counting, &redis, "acme").await;
+        let after_kib = vm_rss_kib();
+        let most = counting.most.load(std::sync::atomic::Ordering::SeqCst);
+        eprintln!(
+            "rebuild of {recorded} entries: {:?}, most entries in one read {most}, VmRSS \
+             {before_kib} -> {after_kib} KiB",
+            started.elapsed()
+        );
+
+        let rebuilt = rebuilt.expect("rebuild");
+        assert!(matches!(rebuilt, Rebuilt::Restored { .. }), "{rebuilt:?}");
+        let restored = redis.restored();
+        assert_eq!(restored.len(), 1);
+        let remaining: u64 = restored[0].grants.iter().map(|g| g.remaining).sum();
+        assert_eq!(remaining, 10 * holds + 100 - 7 * (holds + 1));
+        let closing = vec![("h-open".to_string(), "posted".to_string(), 7)];
+        assert_eq!(restored[0].resolved_holds, closing);
+        assert!(
+            most as u64 <= crate::ledger::ENTRY_PAGE,
+            "a read returned {most} entries of {recorded}"
+        );
+    }
+
+    /// The record `POST /v1/usage-events` makes of `acme`'s event `key` priced `amount`.
+    fn usage_row(key: &str, amount: u64) -> crate::ledger::UsageEventRecord {
+        crate::ledger::UsageEventRecord {
+            customer: "acme".into(),
+            idempotency_key: key.into(),
+            feature: "export".into(),
+            quantity: 1,
+            occurred_at_ms: now_ms(),
+            received_at_ms: now_ms(),
+            credit_type: CREDITS.into(),
+            amount,
+            hold_id: creditgate_protocol::meter::idempotent_hold_id("ue", "acme", key),
+            pricing_version: "v1".into(),
+            metadata: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn usage_events_whose_burn_redis_lost_are_burned_again_once() {
+        let t = temp_ledger().await;
+        let redis = ModelRedis::new(MemoryStore::new(keyspace()));
+        grant(&redis.model, "acme", "g1", 100).await;
+        record_with_positions(t.ledger.as_ref(), &redis.model, 0).await;
+        // Accepted by the ledger, burned in a Redis that lost the burns before the writer
+        // read them (here: never burned in this store).
+        for (key, amount) in [("job-1", 30), ("job-2", 5)] {
+            let recorded = t.ledger.record_usage_event(&usage_row(key, amount)).await;
+            assert!(recorded.expect("record"));
+        }
+        let unburned = t.ledger.unburned_usage_events("acme", "", 10).await;
+        assert_eq!(unburned.expect("read").len(), 2);
+
+        let first = reburn_lost_usage_events(t.ledger.as_ref(), &redis, "acme").await;
+        assert_eq!(first.expect("reburn"), 2);
+        // The sidecar died before the writer recorded them: the next rebuild finds the
+        // holds in Redis and burns nothing more.
+        let again = reburn_lost_usage_events(t.ledger.as_ref(), &redis, "acme").await;
+        assert_eq!(again.expect("reburn"), 0);
+        // Once the ledger has the burns, nothing is selected.
+        record_with_positions(t.ledger.as_ref(), &redis.model, 0).await;
+        let unburned = t.ledger.unburned_usage_events("acme", "", 10).await;
+        assert!(unburned.expect("read").is_empty());
+        let balance = redis.model.balance("acme").await.expect("balance");
+        assert_eq!(balance.of(CREDITS).map(|b| b.available), Some(65));
+        let burns = t.ledger.trail("usage-event:job-1").await.expect("trail");
+        let posted = burns
+            .iter()
+            .filter(|e| e.entry.kind == EntryKind::HoldPosted)
+            .count();
+        assert_eq!(posted, 1);
     }
 }

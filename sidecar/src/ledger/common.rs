@@ -385,6 +385,17 @@ macro_rules! forward_ledger_roles {
             ) -> $crate::ledger::LedgerResult<bool> {
                 self.shared().record_usage_event(event).await
             }
+
+            async fn unburned_usage_events(
+                &self,
+                customer: &str,
+                after_key: &str,
+                limit: u32,
+            ) -> $crate::ledger::LedgerResult<Vec<$crate::ledger::UsageEventRecord>> {
+                self.shared()
+                    .unburned_usage_events(customer, after_key, limit)
+                    .await
+            }
         }
 
         #[async_trait::async_trait]
@@ -776,17 +787,6 @@ where
         batch.outcomes()
     }
 
-    pub(crate) async fn entry(&self, event_id: &str) -> LedgerResult<Option<LedgerEntry>> {
-        let mut conn = self.readers.acquire().await?;
-        self.find_entry(&mut conn, event_id).await
-    }
-
-    pub(crate) async fn entries(&self, query: &EntryQuery) -> LedgerResult<Vec<LedgerEntry>> {
-        let (text, binds) = sql::select_entries(self.dialect, query);
-        let rows = sql::bind_all(sqlx::query(&text), &binds)
-            .fetch_all(self.readers)
-            .await?;
-        rows.iter().map(sql::entry_from_row).collect()
     /// Writes the chain heads the batch moved, [`sql::HEAD_CHUNK`] per statement.
     async fn write_heads(&self, conn: &mut DB::Connection, batch: &Append<'_>) -> LedgerResult<()> {
         let dirty: Vec<&String> = batch.dirty.iter().collect();
@@ -873,6 +873,17 @@ where
         Ok((grants, window))
     }
 
+    pub(crate) async fn entry(&self, event_id: &str) -> LedgerResult<Option<LedgerEntry>> {
+        let mut conn = self.readers.acquire().await?;
+        self.find_entry(&mut conn, event_id).await
+    }
+
+    pub(crate) async fn entries(&self, query: &EntryQuery) -> LedgerResult<Vec<LedgerEntry>> {
+        let (text, binds) = sql::select_entries(self.dialect, query);
+        let rows = sql::bind_all(sqlx::query(&text), &binds)
+            .fetch_all(self.readers)
+            .await?;
+        rows.iter().map(sql::entry_from_row).collect()
     }
 
     pub(crate) async fn redis_generation(&self, shard: u32) -> LedgerResult<Option<String>> {
@@ -1054,29 +1065,6 @@ where
         let done = sqlx::query(sql::MARK_APPLIED)
             .bind(grant_id)
             .bind(i64::try_from(at_ms).unwrap_or(i64::MAX))
-            .execute(self.writer)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Records a usage event as received; false when its key was recorded before.
-    pub(crate) async fn record_usage_event(
-        &self,
-        event: &super::usage_events::UsageEventRecord,
-    ) -> LedgerResult<bool> {
-        let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        let done = sqlx::query(super::usage_events::INSERT_USAGE_EVENT)
-            .bind(event.customer.as_str())
-            .bind(event.idempotency_key.as_str())
-            .bind(event.feature.as_str())
-            .bind(int(event.quantity))
-            .bind(int(event.occurred_at_ms))
-            .bind(int(event.received_at_ms))
-            .bind(event.credit_type.as_str())
-            .bind(int(event.amount))
-            .bind(event.hold_id.as_str())
-            .bind(event.pricing_version.as_str())
-            .bind(event.metadata.as_deref())
             .execute(self.writer)
             .await?;
         Ok(done.rows_affected() == 1)

@@ -57,8 +57,8 @@ pub use revenue::{
     GrantBefore, GrantMonth, is_whole_months, month_deltas, revenue_of_months, utc_month_start,
 };
 pub use roles::{
-    Ledger, LedgerAdmin, LedgerControlAudit, LedgerDeadLetters, LedgerEntries, LedgerGrants,
-    LedgerPricingVersions, LedgerRebuilds, LedgerUsageEvents,
+    ENTRY_PAGE, Ledger, LedgerAdmin, LedgerControlAudit, LedgerDeadLetters, LedgerEntries,
+    LedgerGrants, LedgerPricingVersions, LedgerRebuilds, LedgerUsageEvents,
 };
 pub use sql::Bind;
 pub use sqlite::{DEFAULT_SQLITE_READERS, SqliteLedger};
@@ -121,6 +121,8 @@ pub struct EntryQuery {
     pub customer: Option<String>,
     /// Only entries of this request id.
     pub request_id: Option<String>,
+    /// Only entries of this hold id (found through the `(hold_id, customer)` index).
+    pub hold_id: Option<String>,
     /// Only these kinds (empty: all).
     pub kinds: Vec<EntryKind>,
     /// Only entries with `event_at_ms >= from_ms`.
@@ -133,6 +135,10 @@ pub struct EntryQuery {
     pub seq_order: bool,
     /// At most this many entries (none: all).
     pub limit: Option<u64>,
+    /// Only entries after this `(event_at_ms, seq)` in the query's order (after `seq`
+    /// alone with `seq_order`): the last entry of the previous page, so a long history is
+    /// read page by page instead of all at once.
+    pub after: Option<(u64, i64)>,
 }
 
 /// One customer's figures for one credit type, for the reconciler (credit units).

@@ -17,12 +17,17 @@ use super::chain::{ChainHead, VerifyReport, verify_customer};
 use super::config_versions::ConfigVersionRecord;
 use super::dead_letters::{DeadLetter, DeadLetterActionRecord, NewDeadLetter};
 use super::entry::{EntryKind, LedgerEntry, NewEntry};
-use super::fold::{LedgerBalance, Revenue, UsageRow, fold_balance, fold_revenue, fold_usage};
+use super::fold::{CustomerFold, LedgerBalance, Revenue, UsageRow, fold_revenue, fold_usage};
 use super::grants::{GrantRecord, OutboxState, RecordGrantOutcome};
 use super::rebuilds::RebuildRecord;
 use super::revenue::{GrantBefore, GrantMonth, is_whole_months, revenue_of_months};
 use super::usage_events::UsageEventRecord;
 use super::{AppendOutcome, CustomerTotal, EntryQuery, LedgerResult};
+
+/// Most entries one read of a customer's history returns: queries that fold a whole
+/// history (a balance, a rebuild) read it page by page, so memory stays at one page
+/// (about 1 to 2 MiB decoded) whatever the history's length.
+pub const ENTRY_PAGE: u64 = 1_000;
 
 /// The whole durable ledger: every role. Object-safe: the sidecar holds an
 /// `Arc<dyn Ledger>`. Implemented for every type that has all the roles.
@@ -103,11 +108,6 @@ pub trait LedgerEntries: Send + Sync {
     /// Σ amount per customer and credit type (the ledger total), in key order.
     async fn amount_sums(&self) -> LedgerResult<Vec<(String, String, i64)>>;
 
-    /// Checks the hash chain of one customer, or of every customer in byte order, and
-    /// reports the first broken link.
-    async fn verify_chain(&self, customer: Option<&str>) -> LedgerResult<VerifyReport> {
-        let customers = match customer {
-            Some(c) => vec![c.to_string()],
     /// The revenue rollup of the whole UTC months `[from_ms, to_ms)`: every grant with
     /// credits left at `to_ms` or consumed in the window, and the window's rows; `None`
     /// from a ledger that keeps no rollup, whose revenue folds the entries instead.
@@ -120,6 +120,11 @@ pub trait LedgerEntries: Send + Sync {
         Ok(None)
     }
 
+    /// Checks the hash chain of one customer, or of every customer in byte order, and
+    /// reports the first broken link.
+    async fn verify_chain(&self, customer: Option<&str>) -> LedgerResult<VerifyReport> {
+        let customers = match customer {
+            Some(c) => vec![c.to_string()],
             None => self.customers().await?,
         };
         let mut report = VerifyReport::default();
@@ -144,16 +149,28 @@ pub trait LedgerEntries: Send + Sync {
     }
 
     /// The customer's balance at `at_ms`: entries with `event_at_ms <= at_ms`, folded
-    /// in event time, then seq order.
+    /// in event time, then seq order, [`ENTRY_PAGE`] entries at a time (a customer's
+    /// history can be millions of entries; only the fold's state is kept).
     async fn balance_at(&self, customer: &str, at_ms: u64) -> LedgerResult<LedgerBalance> {
-        let entries = self
-            .entries(&EntryQuery {
-                customer: Some(customer.to_string()),
-                until_ms: Some(at_ms.saturating_add(1)),
-                ..EntryQuery::default()
-            })
-            .await?;
-        fold_balance(customer, at_ms, &entries)
+        let mut fold = CustomerFold::default();
+        let mut query = EntryQuery {
+            customer: Some(customer.to_string()),
+            until_ms: Some(at_ms.saturating_add(1)),
+            limit: Some(ENTRY_PAGE),
+            ..EntryQuery::default()
+        };
+        loop {
+            let page = self.entries(&query).await?;
+            for entry in &page {
+                fold.apply(entry)?;
+            }
+            match page.last() {
+                Some(last) if page.len() as u64 == ENTRY_PAGE => {
+                    query.after = Some((last.entry.event_at_ms, last.seq));
+                }
+                _ => return Ok(fold.balance(customer, at_ms)),
+            }
+        }
     }
 
     /// Posted holds in `[from_ms, to_ms)` by UTC day, feature and credit type, of one
@@ -200,23 +217,6 @@ pub trait LedgerEntries: Send + Sync {
     /// [`revenue_of_months`]) and the window's overage entries; any other window folds
     /// every entry before `to_ms`.
     async fn revenue(&self, from_ms: u64, to_ms: u64) -> LedgerResult<Revenue> {
-        let entries = self
-            .entries(&EntryQuery {
-                kinds: vec![
-                    EntryKind::GrantAdded,
-                    EntryKind::HoldPosted,
-                    EntryKind::HoldVoided,
-                    EntryKind::HoldExpired,
-                    EntryKind::GrantExpired,
-                    EntryKind::Overage,
-                ],
-                until_ms: Some(to_ms),
-                ..EntryQuery::default()
-            })
-            .await?;
-        fold_revenue(from_ms, to_ms, &entries)
-    }
-
         if is_whole_months(from_ms, to_ms)
             && let Some((grants, window)) = self.revenue_months(from_ms, to_ms).await?
         {
@@ -235,6 +235,23 @@ pub trait LedgerEntries: Send + Sync {
             out.deferred_micros_at_end = deferred;
             return Ok(out);
         }
+        let entries = self
+            .entries(&EntryQuery {
+                kinds: vec![
+                    EntryKind::GrantAdded,
+                    EntryKind::HoldPosted,
+                    EntryKind::HoldVoided,
+                    EntryKind::HoldExpired,
+                    EntryKind::GrantExpired,
+                    EntryKind::Overage,
+                ],
+                until_ms: Some(to_ms),
+                ..EntryQuery::default()
+            })
+            .await?;
+        fold_revenue(from_ms, to_ms, &entries)
+    }
+
     /// Every customer's total and held per credit type, in key order, for the reconciler.
     async fn customer_totals(&self) -> LedgerResult<Vec<CustomerTotal>> {
         let mut out: BTreeMap<(String, String), CustomerTotal> = BTreeMap::new();
@@ -326,6 +343,16 @@ pub trait LedgerUsageEvents: Send + Sync {
     /// Records a usage event as received and priced, before it is burned; false when the
     /// customer's idempotency key was recorded before (the first record stays).
     async fn record_usage_event(&self, event: &UsageEventRecord) -> LedgerResult<bool>;
+
+    /// Up to `limit` of `customer`'s recorded usage events whose burn the ledger has not
+    /// recorded (no `hold_posted` under request id `usage-event:<key>`), with keys after
+    /// `after_key` ("" for the first page), in key order.
+    async fn unburned_usage_events(
+        &self,
+        customer: &str,
+        after_key: &str,
+        limit: u32,
+    ) -> LedgerResult<Vec<UsageEventRecord>>;
 }
 
 /// Stream entries the writer could not apply, and what operators did about them. A

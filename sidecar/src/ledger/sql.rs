@@ -379,6 +379,19 @@ pub(crate) fn select_entries(d: Dialect, q: &EntryQuery) -> (String, Vec<Bind>) 
         let p = bind(Bind::Text(r.clone()), &mut binds);
         conds.push(format!("e.request_id = {p}"));
     }
+    if let Some(h) = &q.hold_id {
+        let p = bind(Bind::Text(h.clone()), &mut binds);
+        conds.push(format!("e.hold_id = {p}"));
+    }
+    if let Some((at_ms, seq)) = q.after {
+        let s = bind(Bind::Int(seq), &mut binds);
+        conds.push(if q.seq_order {
+            format!("e.seq > {s}")
+        } else {
+            let t = bind(Bind::Int(clamp_ms(at_ms)), &mut binds);
+            format!("(e.event_at_ms > {t} OR (e.event_at_ms = {t} AND e.seq > {s}))")
+        });
+    }
     if !q.kinds.is_empty() {
         let ps: Vec<String> = q
             .kinds

@@ -23,7 +23,7 @@ use creditgate_protocol::meter::{
     MeterError, MeterOutcome, USAGE_EVENT_PREFIX, force_reserve_then_settle, idempotent_hold_id,
 };
 
-use creditgate_protocol::{CreditStore, Event, EventBody, HoldState, ReserveRequest};
+use creditgate_protocol::{CreditStore, Event, EventBody, HoldState};
 use serde_json::{Value, json};
 use tracing::warn;
 
@@ -32,16 +32,12 @@ use super::{
     Rejection, UsageEvent, parse_event, price,
 };
 use crate::jobs::daemon::Sidecar;
+use crate::jobs::usage_burns::{burn_request, usage_request_id};
 use crate::ledger::{EntryKind, EntryQuery, Ledger, LedgerError, UsageEventRecord, now_ms};
 use crate::metrics::SidecarMetrics;
 
 /// The route name recorded on the holds of usage events (where gateway holds have theirs).
-pub const USAGE_EVENTS_ROUTE: &str = "usage-events";
-
-/// Lifetime of a usage event's hold between its reserve and settle, in milliseconds: the
-/// two calls follow each other at once; should the sidecar die between them, the hold
-/// expires soon and a retry of the event finds it gone and burns it anew.
-const USAGE_HOLD_TTL_MS: u64 = 60_000;
+pub use crate::jobs::usage_burns::USAGE_EVENTS_ROUTE;
 
 /// How long one request waits in all for the ledger writer to record burns that retries
 /// find posted in the store but not yet in the ledger, before answering them "retry": the
@@ -51,10 +47,6 @@ const LEDGER_CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 
 /// How often a retry looks at the ledger while it waits for the writer.
 const LEDGER_CATCH_UP_POLL: Duration = Duration::from_millis(20);
-
-/// How long the hold record stays after it is settled, in milliseconds: the late window
-/// plus a day, so a duplicate is recognised for as long as its event time is accepted.
-const USAGE_RETAIN_MS: u64 = DEFAULT_LATE_WINDOW_MS + 86_400_000;
 
 fn bad_request(field: &str, message: String) -> Response {
     (
@@ -241,9 +233,11 @@ async fn burn(
         }
     };
     // Ledger first, as for grants: once recorded, a crash before the burn loses nothing
-    // (the product's retry finds the record and burns once).
+    // (the product's retry finds the record and burns once; a rebuild after Redis lost
+    // the burn burns it again, see `reconcile::reburn_lost_usage_events`).
+    let record = usage_record(event, priced, &hold_id);
     let first_report = ledger
-        .record_usage_event(&usage_record(event, priced, &hold_id))
+        .record_usage_event(&record)
         .await
         .map_err(ledger_failed)?;
     // A retry (the row was recorded before) whose burn the ledger already has is a
@@ -253,7 +247,7 @@ async fn burn(
     {
         return answer_recorded(field(), &hold_id, priced, burned);
     }
-    let reserve = usage_reserve(event, priced, &hold_id);
+    let reserve = burn_request(&record, priced.overdraft);
     match force_reserve_then_settle(store, &reserve).await {
         Ok(MeterOutcome::Posted {
             posted,
@@ -378,11 +372,6 @@ fn duplicate(hold_id: &str, first_state: &str) -> Value {
     json!({"status": "duplicate", "hold_id": hold_id, "first_state": first_state})
 }
 
-/// The request id the holds of usage events carry, and their ledger entries with them.
-fn usage_request_id(idempotency_key: &str) -> String {
-    format!("usage-event:{idempotency_key}")
-}
-
 /// The rejection of an event the store did not burn: retrying it burns it once.
 fn store_failed(field: String, event: &UsageEvent, error: &MeterError) -> Rejection {
     warn!(customer = %event.customer, key = %event.idempotency_key, error = %error, "usage event not burned");
@@ -413,26 +402,6 @@ fn usage_record(event: &UsageEvent, priced: &Priced, hold_id: &str) -> UsageEven
     }
 }
 
-/// The hold a priced event is burned through (forced, so it never fails for lack of
-/// credits).
-fn usage_reserve(event: &UsageEvent, priced: &Priced, hold_id: &str) -> ReserveRequest {
-    ReserveRequest {
-        customer: event.customer.clone(),
-        hold_id: hold_id.to_string(),
-        credit_type: priced.credit_type.clone(),
-        amount: priced.amount,
-        ttl_ms: USAGE_HOLD_TTL_MS,
-        overdraft_limit: priced.overdraft,
-        force: true,
-        request_id: usage_request_id(&event.idempotency_key),
-        route: USAGE_EVENTS_ROUTE.into(),
-        feature: event.feature.clone(),
-        retain_ms: USAGE_RETAIN_MS,
-        pricing_version: priced.pricing_version.clone(),
-        occurred_at_ms: Some(event.occurred_at_ms),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use creditgate_protocol::MemoryStore;
@@ -441,6 +410,12 @@ mod tests {
     use crate::jobs::fixtures::{
         CREDITS, FaultyStore, grant, keyspace, record_model_events, temp_ledger,
     };
+
+    #[test]
+    fn a_burned_events_hold_record_outlives_its_late_window_by_a_day() {
+        let retain = crate::jobs::usage_burns::USAGE_RETAIN_MS;
+        assert_eq!(retain, DEFAULT_LATE_WINDOW_MS + 86_400_000);
+    }
 
     #[test]
     fn hold_ids_are_per_customer_and_valid() {
