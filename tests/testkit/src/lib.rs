@@ -32,6 +32,8 @@
 //! * `AttackStack` — Redis, a counting upstream, the gateway and the sidecar on an SQLite
 //!   ledger, with the check that every request the upstream received was paid for.
 //! * `Backend` and `on_both_backends!` — every ledger scenario on SQLite and on Postgres.
+//! * `Browser` — a headless Chromium under chromedriver: open, read, fill and submit
+//!   forms, window sizes, screenshots, cookies.
 //! * `run_soak` — the soak and fault run: load and a fault schedule for a set time, then
 //!   the end checks (`SoakReport`).
 //!
@@ -71,6 +73,8 @@ mod adversary;
 #[cfg(feature = "e2e")]
 mod backend;
 #[cfg(feature = "e2e")]
+mod browser;
+#[cfg(feature = "e2e")]
 mod client;
 mod cluster;
 #[cfg(feature = "e2e")]
@@ -104,7 +108,8 @@ mod webhook;
 
 #[cfg(feature = "e2e")]
 pub use admin_harness::{
-    ADMIN_OPERATIONS, AdminHarness, Answer, ROLES, SECOND_ADMIN, WAIT, create_token, key,
+    ADMIN_OPERATIONS, ADMIN_SESSION_KEY, AdminHarness, Answer, ROLES, SECOND_ADMIN, WAIT,
+    create_token, key,
 };
 #[cfg(feature = "e2e")]
 pub use adversary::{
@@ -112,6 +117,11 @@ pub use adversary::{
 };
 #[cfg(feature = "e2e")]
 pub use backend::{Backend, open_ledger};
+#[cfg(feature = "e2e")]
+pub use browser::{
+    BROWSER_COMMAND_TIMEOUT, Browser, BrowserCookie, CHROMIUM_INSTALL_HINT, DESKTOP_WINDOW,
+    DRIVER_READY_TIMEOUT, PHONE_WINDOW,
+};
 #[cfg(feature = "e2e")]
 pub use client::{REQUEST_TIMEOUT, Reply, http_client, send, until_status};
 #[cfg(feature = "e2e")]
