@@ -53,6 +53,10 @@ credit_type = "ai"
 amount = 700
 "#;
 
+/// The key the harness's sidecars sign customer session tokens with
+/// (`CREDITGATE_SESSION_KEY`): 32 bytes and more, so tests can forge tokens with other keys.
+pub const ADMIN_SESSION_KEY: &str = "test-session-key-0123456789abcdef0123456789";
+
 /// The token names, one per role (the role is the name).
 pub const ROLES: [&str; 5] = ["admin", "billing", "support", "sales", "readonly"];
 
@@ -420,6 +424,9 @@ fn admin_sidecar_options(
         "--config".into(),
         dir.join(PRICING_FILE).display().to_string(),
     ];
+    options
+        .env
+        .push(("CREDITGATE_SESSION_KEY".into(), ADMIN_SESSION_KEY.into()));
     (options, format!("http://127.0.0.1:{admin_port}"))
 }
 
