@@ -361,6 +361,97 @@ fn every_flag_and_environment_variable_exists_in_the_binaries_help() {
     assert_no_problems("flags and environment against --help", &problems);
 }
 
+/// A stand-in for a Secret's value: URLs point at port 1 of loopback, where nothing
+/// listens; secrets are long enough for the operations file's minimum.
+fn stand_in_secret(key: &str) -> String {
+    if key.contains("redis") {
+        "redis://127.0.0.1:1/".to_string()
+    } else if key.contains("postgres-url") {
+        "postgres://creditgate:x@127.0.0.1:1/creditgate".to_string()
+    } else {
+        "a-test-secret-of-thirty-two-bytes!".to_string()
+    }
+}
+
+/// The container's environment as the pod would see it, Secrets and pod fields stood in.
+fn stand_in_env(process: &Process<'_>) -> Vec<(String, String)> {
+    let env = process.container["env"].as_array().into_iter().flatten();
+    env.map(|e| {
+        let name = e["name"].as_str().unwrap_or("").to_string();
+        let value = match (
+            e["value"].as_str(),
+            e["valueFrom"]["secretKeyRef"]["key"].as_str(),
+        ) {
+            (Some(value), _) => value.to_string(),
+            (None, Some(key)) => stand_in_secret(key),
+            (None, None) => "creditgate-test-pod-0".to_string(),
+        };
+        (name, value)
+    })
+    .collect()
+}
+
+/// Kills the process it holds when dropped, so a failing test leaves nothing running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the binary with the container's arguments and environment (its files moved
+/// under an empty directory, so it stops at reading its config) and returns clap's usage
+/// error, if that is how it ended. A process still running after the timeout parsed its
+/// command line.
+fn usage_error(process: &Process<'_>, empty_dir: &Path) -> Option<String> {
+    let root = empty_dir.display().to_string();
+    let args: Vec<String> = process
+        .args()
+        .iter()
+        .map(|a| a.replace("/etc/creditgate", &root))
+        .collect();
+    let child = Command::new(cargo_bin(process.binary))
+        .env_clear()
+        .envs(stand_in_env(process))
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", process.binary));
+    let mut child = KillOnDrop(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.0.try_wait().expect("waiting for the binary") {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.0.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            // clap exits 2 on a command line it refuses; the binaries exit 1 on the rest.
+            return (status.code() == Some(2)).then_some(stderr);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn the_binaries_accept_the_manifests_command_lines() {
+    let empty = tempfile::tempdir().expect("temp dir");
+    let mut problems = Vec::new();
+    for process in all_processes() {
+        if let Some(stderr) = usage_error(&process, empty.path()) {
+            problems.push(process.at(&format!(
+                "args, env: `{}` refuses this command line and environment:\n{stderr}",
+                process.binary
+            )));
+        }
+    }
+    assert_no_problems("command lines", &problems);
+}
+
 /// The port of a `HOST:PORT` listen address.
 fn port_of(address: &str) -> Option<u64> {
     address.rsplit_once(':')?.1.parse().ok()
