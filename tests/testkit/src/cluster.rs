@@ -369,10 +369,11 @@ impl RedisCluster {
             );
             moved += keys.len() as u64;
         }
-        for i in 0..self.nodes.len() {
-            if self.is_primary(i) {
-                self.nodes[i].cmd(&["CLUSTER", "SETSLOT", &slot_s, "NODE", to_id])?;
-            }
+        // The destination first, then the source, then the other primaries, as the
+        // cluster specification orders it: no node redirects to one that refuses the slot.
+        let others = (0..self.nodes.len()).filter(|&i| i != to && i != from && self.is_primary(i));
+        for i in [to, from].into_iter().chain(others) {
+            self.nodes[i].cmd(&["CLUSTER", "SETSLOT", &slot_s, "NODE", to_id])?;
         }
         Ok(moved)
     }
