@@ -306,7 +306,13 @@ impl Parity {
                 .header("content-type", "application/json")
                 .body(body.to_string());
         }
-        let response = builder.send().unwrap_or_else(|e| panic!("{url}: {e:#}"));
+        let response = builder.send().unwrap_or_else(|e| {
+            panic!(
+                "{url}: {e:?}\ngateway:\n{}\nnginx:\n{}",
+                self.gateway.log_tail(30),
+                self.module.error_log_tail(30)
+            )
+        });
         Step::read(req.name, response)
     }
 }
@@ -475,19 +481,27 @@ fn off_with_redis_paused(parity: &Parity) -> Vec<(Target, Step)> {
         assert!(status.is_ok_and(|s| s.success()), "kill {sig} {pid}");
     };
     signal("-STOP");
-    let steps = [Target::Gateway, Target::Module]
-        .into_iter()
-        .zip(SCENARIO)
-        .map(|(target, customer)| {
-            (
-                target,
-                parity.request(target, &Req::get("off", customer, "/search")),
-            )
-        })
-        .collect();
-    signal("-CONT");
+    let each = |name: &'static str| -> Vec<(Target, Step)> {
+        [Target::Gateway, Target::Module]
+            .into_iter()
+            .zip(SCENARIO)
+            .map(|(target, customer)| {
+                (
+                    target,
+                    parity.request(target, &Req::get(name, customer, "/search")),
+                )
+            })
+            .collect()
+    };
+    let mut steps = each("off");
+    // Back to enforce with Redis still paused: the route fails closed (503) in both.
     std::fs::remove_file(&parity.kill_switch).expect("removing the kill switch file");
     thread::sleep(KILL_SWITCH_WAIT);
+    steps.extend(each("fail closed"));
+    signal("-CONT");
+    for customer in SCENARIO {
+        parity.wait_settled(customer);
+    }
     steps
 }
 
@@ -560,11 +574,11 @@ fn the_openresty_module_enforces_exactly_as_the_gateway() {
     );
     let mut off = off_by_runtime_override(&parity);
     off.extend(off_with_redis_paused(&parity));
-    for (target, step) in &off {
-        assert_eq!(
-            step.status, 200,
-            "{target:?} while off: {step:#?}"
-        );
+    let (off, fail_closed) = off.split_at(4);
+    assert_eq!(fail_closed[0].1.status, 503, "{fail_closed:#?}");
+    assert_eq!(fail_closed[0].1, fail_closed[1].1, "fail closed");
+    for (target, step) in off {
+        assert_eq!(step.status, 200, "{target:?} while off: {step:#?}");
         assert_eq!(
             step.charged, None,
             "{target:?} charged while off: {step:#?}"

@@ -27,7 +27,9 @@ end
 -- send and read. Returns fn's result, or nil, the failure kind and the error.
 function _M.with_redis(opts, timeout_ms, fn)
     local red = redis:new()
-    red:set_timeouts(timeout_ms, timeout_ms, timeout_ms)
+    -- One timeout for connect, send and read: Debian's resty.redis (0.27) has no
+    -- `set_timeouts`, and an unknown method there is sent to Redis as a command.
+    red:set_timeout(timeout_ms)
     local ok, err = red:connect(opts.redis_host, opts.redis_port)
     if not ok then return nil, classify(err), err end
     if opts.redis_password and (red:get_reused_times() or 0) == 0 then
