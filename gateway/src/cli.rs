@@ -101,6 +101,12 @@ pub struct RunArgs {
     /// Worker threads of the proxy (default: the number of CPUs).
     #[arg(long, env = "CREDITGATE_THREADS")]
     pub threads: Option<usize>,
+    /// Let idle worker threads steal requests queued on busy ones (`true`/`false`). Off by
+    /// default: each worker thread then runs its requests, their background settles and
+    /// its own Redis connection on itself, with no hand-over between threads.
+    #[arg(long, env = "CREDITGATE_WORK_STEALING", default_value_t = false, action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new())]
+    pub work_stealing: bool,
     /// Longest time, in seconds, requests in flight get after SIGTERM to finish and settle;
     /// the gateway exits as soon as none is left.
     #[arg(long, env = "CREDITGATE_SHUTDOWN_GRACE_S", default_value_t = DEFAULT_SHUTDOWN_GRACE_S)]

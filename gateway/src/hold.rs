@@ -412,7 +412,8 @@ impl Holds {
             // arrive, it finds this hold and changes nothing.
             match &hold.claim {
                 Some(claim) => {
-                    let keyed = store.store().reserve_keyed(reserve, claim);
+                    let on = store.store();
+                    let keyed = on.reserve_keyed(reserve, claim);
                     store.call("reserve", timeout, keyed).await?;
                 }
                 None => {

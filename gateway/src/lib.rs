@@ -20,7 +20,8 @@
 //!   reads the actual cost of routes priced from the response.
 //! - [`responses`]: the gateway's own answers (4xx, 500, 503) and the charge headers.
 //! - [`store_client`]: every store call, under the [`breaker`], a timeout and metrics, on
-//!   Redis ([`store_connect`]) or the embedded in-memory store.
+//!   Redis ([`store_connect`]; a connection per worker thread, [`store_thread`]) or the
+//!   embedded in-memory store.
 //! - [`fleet`] keeps the pricing config and the control state current; [`admin`] serves
 //!   `/metrics` ([`metrics`]) and health; [`in_flight`] lets a graceful shutdown wait for
 //!   the last settle; [`demo`] is the quickstart's stand-in upstream.
@@ -45,6 +46,7 @@ pub mod responses;
 pub mod server;
 pub mod store_client;
 pub mod store_connect;
+pub mod store_thread;
 pub mod usage;
 
 use std::io::{self, Write};

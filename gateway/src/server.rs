@@ -35,6 +35,7 @@ use crate::in_flight::InFlight;
 use crate::metrics::Metrics;
 use crate::store_client::StoreClient;
 use crate::store_connect::connect_in_background;
+use crate::store_thread::ThreadConnections;
 
 /// Timeout of the first connection to Redis at start-up, in milliseconds.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
@@ -213,8 +214,8 @@ fn connect_redis(
             warn!(error = %format!("{e:#}"), "Redis unreachable; starting anyway because the gateway is forced off (--force-off or the kill switch file); connecting in the background");
             let slot = Arc::new(std::sync::OnceLock::new());
             store_runtime.spawn(connect_in_background(
-                target,
-                keyspace,
+                target.clone(),
+                keyspace.clone(),
                 REDIS_CALL_TIMEOUT_MS,
                 slot.clone(),
             ));
@@ -222,7 +223,10 @@ fn connect_redis(
         }
         Err(e) => return Err(e),
     };
-    Ok(client.with_key_cache_ttl_ms(args.api_key_cache_ttl_ms))
+    let threads = ThreadConnections::new(&target, keyspace, REDIS_CALL_TIMEOUT_MS);
+    Ok(client
+        .with_key_cache_ttl_ms(args.api_key_cache_ttl_ms)
+        .with_thread_connections(threads))
 }
 
 /// The demo upstream service, when `--demo-upstream` asks for it: served on the address of
@@ -255,6 +259,7 @@ fn server_conf(args: &RunArgs) -> ServerConf {
                 .map(|n| n.get())
                 .unwrap_or(1)
         }),
+        work_stealing: args.work_stealing,
         grace_period_seconds: Some(args.shutdown_grace_s),
         graceful_shutdown_timeout_seconds: Some(args.shutdown_timeout_s),
         ..ServerConf::default()

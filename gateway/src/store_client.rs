@@ -16,6 +16,7 @@ use creditgate_protocol::{CreditStore, RedisStore, StoreError, StoreErrorKind};
 use crate::breaker::{CallOutcome, CircuitBreaker};
 use crate::metrics::Metrics;
 use crate::store_connect::{NotConnected, RedisSlot, unavailable};
+use crate::store_thread::ThreadConnections;
 
 /// How long a key found in Redis is trusted without asking again, in milliseconds, unless
 /// `run --api-key-cache-ttl-ms` says otherwise: a revoked key stops working within this
@@ -99,6 +100,28 @@ pub struct StoreClient {
     metrics: Arc<Metrics>,
     keys: RwLock<HashMap<[u8; 32], CachedKey>>,
     key_hit_ttl_ms: u64,
+    /// Each calling thread's own Redis connection (single server only).
+    threads: Option<ThreadConnections>,
+}
+
+/// The store one call goes to: borrowed from the client, or this thread's own Redis
+/// connection ([`crate::store_thread`]).
+pub enum StoreRef<'a> {
+    /// The embedded store, the shared Redis connection or the not-connected stand-in.
+    Shared(&'a dyn CreditStore),
+    /// This thread's own Redis connection, or the shared one until it is open.
+    Thread(Arc<RedisStore>),
+}
+
+impl<'a> std::ops::Deref for StoreRef<'a> {
+    type Target = dyn CreditStore + 'a;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Self::Shared(store) => *store,
+            Self::Thread(redis) => redis.as_ref(),
+        }
+    }
 }
 
 impl StoreClient {
@@ -117,6 +140,7 @@ impl StoreClient {
             metrics,
             keys: RwLock::new(HashMap::new()),
             key_hit_ttl_ms: KEY_CACHE_HIT_TTL_MS,
+            threads: None,
         }
     }
 
@@ -129,6 +153,7 @@ impl StoreClient {
             metrics,
             keys: RwLock::new(HashMap::new()),
             key_hit_ttl_ms: KEY_CACHE_HIT_TTL_MS,
+            threads: None,
         }
     }
 
@@ -140,13 +165,27 @@ impl StoreClient {
         self
     }
 
-    /// The store, for calls through [`StoreClient::call`].
-    /// A stand-in that fails every call while Redis is not connected yet.
-    pub fn store(&self) -> &dyn CreditStore {
-        match (&self.embedded, self.redis.get()) {
-            (Some(embedded), _) => embedded.as_ref(),
-            (None, Some(redis)) => redis.as_ref(),
-            (None, None) => &NotConnected,
+    /// Sends each thread's Redis calls over a connection of its own once it is open
+    /// ([`crate::store_thread`]); `None` keeps every call on the shared connection.
+    pub fn with_thread_connections(mut self, threads: Option<ThreadConnections>) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// How many per-thread Redis connections have been opened so far.
+    pub fn thread_connections_opened(&self) -> u64 {
+        self.threads.as_ref().map_or(0, ThreadConnections::opened)
+    }
+
+    /// The store, for calls through [`StoreClient::call`]: on Redis, this thread's own
+    /// connection when there is one. A stand-in that fails every call while Redis is not
+    /// connected yet.
+    pub fn store(&self) -> StoreRef<'_> {
+        match (&self.embedded, self.redis.get(), &self.threads) {
+            (Some(embedded), _, _) => StoreRef::Shared(embedded.as_ref()),
+            (None, Some(redis), Some(threads)) => StoreRef::Thread(threads.pick(redis)),
+            (None, Some(redis), None) => StoreRef::Shared(redis.as_ref()),
+            (None, None, _) => StoreRef::Shared(&NotConnected),
         }
     }
 

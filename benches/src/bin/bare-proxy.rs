@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! cargo run --release -p creditgate-benches --bin bare-proxy -- \
-//!     --listen 127.0.0.1:18000 --upstream 127.0.0.1:18080 --threads 1
+//!     --listen 127.0.0.1:18000 --upstream 127.0.0.1:18080 --threads 1 --work-stealing false
 //! curl -i http://127.0.0.1:18000/bench
 //! ```
 
@@ -33,6 +33,10 @@ struct Args {
     /// Worker threads of the proxy service; the bench gives the gateway the same number.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Pingora's work stealing between worker threads (`true`/`false`); the bench gives
+    /// the gateway the same setting.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    work_stealing: bool,
 }
 
 /// The proxy: every request goes to `upstream`.
@@ -63,6 +67,7 @@ fn main() {
     let args = Args::parse();
     let conf = ServerConf {
         threads: args.threads,
+        work_stealing: args.work_stealing,
         // The bench kills the proxy at the end; there is nothing to drain.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(0),
