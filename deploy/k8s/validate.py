@@ -7,9 +7,11 @@
 Rendering is `kubectl kustomize` (kustomize built into kubectl). Each object is validated
 with the `kubernetes-validate` package against the schemas it bundles for KUBERNETES_VERSION,
 strictly (an unknown field is an error), so nothing is downloaded. The Prometheus Operator's
-kinds (ServiceMonitor, PrometheusRule) have no schema there: for those two kinds only, the
-schema check is replaced by the structural checks below (the fields the operator needs, the
-Service and port a ServiceMonitor selects, the shape of each alerting rule).
+kinds (ServiceMonitor, PrometheusRule) have no schema there: they are validated with node
+against the CRD schemas of the npm package @kubernetes-models/prometheus-operator
+(crd_schemas.mjs; installed globally by .ci/run), which does not refuse unknown fields, and
+by the structural checks below (the Service and port a ServiceMonitor selects, the fields of
+each alerting rule).
 
 Every problem is printed as `FILE (KIND NAME, overlay O): FIELD: message`, where FILE is
 the manifest under deploy/k8s that defines the object; the Rust test
@@ -35,6 +37,10 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 OPERATOR_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"),
                   ("monitoring.coreos.com/v1", "PrometheusRule")}
 
+# The npm package that bundles the Prometheus Operator's CRD schemas, and its version.
+CRD_PACKAGE = "@kubernetes-models/prometheus-operator"
+CRD_PACKAGE_VERSION = "6.0.0"
+
 SEVERITIES = {"page", "ticket"}
 DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 
@@ -54,6 +60,30 @@ def imports():
     if shutil.which("kubectl") is None:
         fail_setup("kubectl not found: the overlays are rendered with `kubectl kustomize` "
                    "(kubectl 1.27 or later, kustomize v5)")
+    return crd_package_dir()
+
+
+def crd_package_dir():
+    """The globally installed CRD schema package, or a setup failure saying how to get it."""
+    hint = f"install it with `npm install -g {CRD_PACKAGE}@{CRD_PACKAGE_VERSION}` (.ci/run does)"
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        fail_setup(f"node and npm are needed for the Prometheus Operator's schemas; {hint}")
+    root = subprocess.run(["npm", "root", "-g"], capture_output=True, text=True).stdout.strip()
+    path = os.path.join(root, CRD_PACKAGE)
+    if not os.path.isfile(os.path.join(path, "package.json")):
+        fail_setup(f"{CRD_PACKAGE} not found under {root}: {hint}")
+    return path
+
+
+def crd_schema_problems(objects, package_dir):
+    """Problems of the operator's objects against their CRD schemas, as (index, text)."""
+    script = os.path.join(HERE, "crd_schemas.mjs")
+    out = subprocess.run(["node", script, package_dir], input=json.dumps(objects),
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return [(None, f"node crd_schemas.mjs failed: {out.stderr.strip()}")]
+    return [(p["index"], f"{p['field']}: {p['message']} ({CRD_PACKAGE} {CRD_PACKAGE_VERSION} "
+             "schema)") for p in json.loads(out.stdout)]
 
 
 def overlays():
@@ -175,9 +205,14 @@ def rule_problems(obj):
     return problems
 
 
-def check(overlay, objects, files):
+def check(overlay, objects, files, crd_dir):
     problems = []
     services = [o for o in objects if o.get("kind") == "Service"]
+    operator_objects = [o for o in objects
+                        if (o.get("apiVersion"), o.get("kind")) in OPERATOR_KINDS]
+    for index, text in crd_schema_problems(operator_objects, crd_dir):
+        at = where(operator_objects[index], overlay, files) if index is not None else overlay
+        problems.append(f"{at}: {text}")
     for obj in objects:
         key = (obj.get("apiVersion"), obj.get("kind"))
         if key == ("monitoring.coreos.com/v1", "ServiceMonitor"):
@@ -191,7 +226,7 @@ def check(overlay, objects, files):
 
 
 def main():
-    imports()
+    crd_dir = imports()
     files = sources()
     rendered, problems = {}, []
     for overlay in overlays():
@@ -199,7 +234,7 @@ def main():
         if error:
             problems.append(error)
             continue
-        problems += check(overlay, objects, files)
+        problems += check(overlay, objects, files, crd_dir)
         rendered[overlay] = [{"source": files.get((o.get("kind"), o["metadata"].get("name")),
                                                    "deploy/k8s"), "object": o}
                              for o in objects]

@@ -8,7 +8,9 @@
 //! validates; every metric an alert reads is in docs/metrics.md.
 //!
 //! Each problem is reported as `FILE (KIND NAME, overlay O): FIELD: message`. Needs
-//! `python3` with `kubernetes-validate` and `kubectl` (`.ci/run` installs the package), and
+//! `python3` with `kubernetes-validate`, `kubectl`, and node with the npm package
+//! `@kubernetes-models/prometheus-operator` installed globally (`.ci/run` installs both
+//! packages), and
 //! the two binaries built (`cargo build -p creditgate-gateway -p creditgate-sidecar`).
 
 use std::collections::{BTreeMap, BTreeSet};
