@@ -12,13 +12,14 @@
 # settled. Each arm must answer 200 with `x-credits-charged: 1` (the proxy arm: 200) before
 # it is measured; afterwards the Redis balance must have gone down by at least the 200s wrk
 # counted for both metering arms (settles run after the response), or the script says
-# FAILED.
+# FAILED. Each arm starts with nothing held (the previous arm's settles all landed), and
+# the table shows what was still held when its run ended (settles not done yet).
 #
 # Usage:  bash benches/run-openresty.sh
 # Knobs (environment):
 #   CONNS="1 32"      connection counts, each against every arm
 #   DURATION_S=10     measured seconds per arm and connection count (after WARMUP_S=2)
-#   ROUNDS=1          repeat every (connections, arm); the table shows medians
+#   ROUNDS=1          rounds of every arm in turn per connection count; medians shown
 #   PIN=1             proxies under test on CPU 0; wrk, upstream and Redis on CPU 1
 #   GATEWAY_BIN       the gateway binary (default target/release/creditgate-gateway when it
 #                     exists, else target/debug/creditgate-gateway; the table says which)
@@ -159,27 +160,38 @@ done
 
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); gateway: $GATEWAY_BIN; pinned: $PIN"
 echo
-echo "| connections | arm | req/s | p50 | p99 | non-2xx | load average at start |"
-echo "|---|---|---|---|---|---|---|"
+echo "| connections | arm | req/s | p50 | p99 | non-2xx | held at end | load average at start |"
+echo "|---|---|---|---|---|---|---|---|"
+held() { redis-cli -p "$REDIS" hget "$K:balance" api:held; }
+# Waits until nothing is held: every settle of the previous run landed, so no arm is
+# measured while another's settles still load Redis.
+drained() { for _ in $(seq 600); do [[ "$(held)" == 0 ]] && return; sleep 0.05; done; }
 before=$(available); metered=0
+declare -A RESULTS=()
 for conns in $CONNS; do
-    for arm in "${ARMS[@]}"; do
-        results=()
-        for round in $(seq "$ROUNDS"); do
+    # Rounds outside, arms inside: every arm sees the same stretch of machine load.
+    for round in $(seq "$ROUNDS"); do
+        for arm in "${ARMS[@]}"; do
+            drained
             "${ON_LOAD[@]}" wrk -t1 -c"$conns" -d"${WARMUP_S}s" -H "Authorization: Bearer $BENCH_KEY" "${URL[$arm]}" > /dev/null
+            drained
             load=$(cut -d' ' -f1-3 /proc/loadavg)
             out=$("${ON_LOAD[@]}" wrk -t1 -c"$conns" -d"${DURATION_S}s" --latency -H "Authorization: Bearer $BENCH_KEY" "${URL[$arm]}")
+            # Credits still held the moment the run ends: settles the arm had not done yet.
+            left=$(held)
             rps=$(awk '/^Requests\/sec/ {print $2}' <<< "$out")
             p50=$(awk '$1 == "50%" {print $2}' <<< "$out")
             p99=$(awk '$1 == "99%" {print $2}' <<< "$out")
             bad=$(awk '/Non-2xx/ {print $5}' <<< "$out"); bad=${bad:-0}
             total=$(awk '/requests in/ {print $1}' <<< "$out")
             [[ "$arm" != nginx-proxy ]] && metered=$((metered + total))
-            results+=("$rps $p50 $p99 $bad $load")
+            RESULTS[$conns/$arm]+="$rps $p50 $p99 $bad $left $load"$'\n'
         done
-        median=$(printf '%s\n' "${results[@]}" | sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p")
-        read -r rps p50 p99 bad l1 l2 l3 <<< "$median"
-        echo "| $conns | $arm | $rps | $p50 | $p99 | $bad | $l1 $l2 $l3 |"
+    done
+    for arm in "${ARMS[@]}"; do
+        median=$(printf '%s' "${RESULTS[$conns/$arm]}" | sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p")
+        read -r rps p50 p99 bad left l1 l2 l3 <<< "$median"
+        echo "| $conns | $arm | $rps | $p50 | $p99 | $bad | $left | $l1 $l2 $l3 |"
     done
 done
 sleep 2
