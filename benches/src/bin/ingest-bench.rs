@@ -353,6 +353,7 @@ async fn bench(cli: &Cli, which: Which) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let done = t0.elapsed();
+    let cpu_s = sidecar.pid().and_then(cpu_seconds).unwrap_or(0.0);
     let first = first_commit.unwrap_or(done);
     let ledger: Arc<dyn Ledger> = match &target {
         LedgerTarget::Sqlite(path) => Arc::new(SqliteLedger::open(path).await?),
@@ -375,6 +376,15 @@ async fn bench(cli: &Cli, which: Which) -> anyhow::Result<()> {
         added as f64 / (done - first).as_secs_f64().max(1e-9),
         ready.as_secs_f64() * 1_000.0,
         rows
+    );
+    // CPU time is what a loaded machine cannot hide: events per CPU-second of the sidecar
+    // is what one free core would ingest if the ledger's disk kept up.
+    println!(
+        "[{}] backlog: the sidecar used {cpu_s:.2} CPU-s: {:.0} µs per event, {:.0} events \
+         per CPU-second",
+        target.backend(),
+        cpu_s * 1e6 / added as f64,
+        added as f64 / cpu_s.max(1e-9)
     );
 
     // Steady phase.
@@ -422,6 +432,17 @@ async fn bench(cli: &Cli, which: Which) -> anyhow::Result<()> {
     println!("[{}] load average after: {}", target.backend(), loadavg());
     drop(sidecar);
     Ok(())
+}
+
+/// User + system CPU seconds process `pid` has used (`/proc/<pid>/stat`, 100 ticks/s).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 /// The machine's load average (1, 5 and 15 minutes), printed beside every figure.

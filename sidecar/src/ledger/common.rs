@@ -20,7 +20,7 @@ use sqlx::{
 use creditgate_protocol::control::AuditEntry;
 
 use super::chain::ChainHead;
-use super::entry::{GENESIS_HASH, LedgerEntry, NewEntry, entry_hash};
+use super::entry::{CanonicalColumns, GENESIS_HASH, LedgerEntry, NewEntry, entry_hash_with};
 use super::grants::{GrantRecord, OutboxState, RecordGrantOutcome};
 use super::migrations::Migration;
 use super::revenue::{self, GrantBefore, GrantMonth};
@@ -49,6 +49,8 @@ impl RowsAffected for sqlx::postgres::PgQueryResult {
 struct Pending<'e> {
     index: usize,
     entry: &'e NewEntry,
+    /// Its JSON columns as canonical text: hashed and stored, computed once.
+    json: CanonicalColumns,
     prev_hash: String,
     hash: String,
 }
@@ -94,12 +96,14 @@ impl<'e> Append<'e> {
             self.saved.insert(e.customer.clone(), head.clone());
         }
         let prev_hash = head.last_hash.clone();
-        let hash = entry_hash(&prev_hash, e, self.recorded_at_ms)?;
+        let json = CanonicalColumns::of(e);
+        let hash = entry_hash_with(&prev_hash, e, self.recorded_at_ms, &json)?;
         head.last_hash = hash.clone();
         self.queued.insert(e.event_id.as_str());
         self.pending.push(Pending {
             index,
             entry: e,
+            json,
             prev_hash,
             hash,
         });
@@ -653,11 +657,13 @@ where
         batch: &mut Append<'_>,
     ) -> LedgerResult<AppendOutcome> {
         let prev_hash = batch.heads[&e.customer].last_hash.clone();
-        let hash = entry_hash(&prev_hash, e, batch.recorded_at_ms)?;
+        let json = CanonicalColumns::of(e);
+        let hash = entry_hash_with(&prev_hash, e, batch.recorded_at_ms, &json)?;
         let insert = sql::insert_entry(self.dialect);
         let row = bind_entry!(
             sqlx::query(&insert),
             e,
+            json,
             batch.recorded_at_ms,
             prev_hash.as_str(),
             hash.as_str()
@@ -705,7 +711,7 @@ where
         let mut q = sqlx::query(&text);
         for p in &batch.pending {
             let (prev, hash) = (p.prev_hash.as_str(), p.hash.as_str());
-            q = bind_entry!(q, p.entry, batch.recorded_at_ms, prev, hash);
+            q = bind_entry!(q, p.entry, p.json, batch.recorded_at_ms, prev, hash);
         }
         let rows = q.fetch_all(&mut *conn).await?;
         let mut seqs: HashMap<String, i64> = HashMap::with_capacity(rows.len());

@@ -636,39 +636,49 @@ pub fn event_from_details(details: &Value) -> Result<Event, LedgerError> {
 /// JSON with object keys sorted byte-wise and no whitespace: the same text whatever the
 /// map's insertion order or the database's storage form (Postgres `jsonb` reorders keys).
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::with_capacity(256);
     write_canonical(value, &mut out);
-    out
+    // serde_json writes UTF-8 only.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+/// Writes `value` canonically into `out`. Keys and leaves go through serde_json's own
+/// serializer straight into the buffer (the text `Value`'s `Display` gives, without a
+/// `String` per key and per leaf: this runs for every entry the writer appends).
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
-            out.push('{');
+            out.push(b'{');
             for (i, k) in keys.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
+                write_leaf(k, out);
+                out.push(b':');
                 write_canonical(&map[k], out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(v, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        other => out.push_str(&other.to_string()),
+        other => write_leaf(other, out),
     }
+}
+
+/// A string, number, boolean or null as compact JSON.
+fn write_leaf<T: serde::Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
+    // Writing into a Vec cannot fail, and these values always serialize.
+    let _ = serde_json::to_writer(&mut *out, v);
 }
 
 /// Appends one field: its name, then `N` for null or `S`, the byte length as 8 bytes
@@ -688,6 +698,31 @@ fn field(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
 /// The canonical encoding of an entry's immutable fields (everything stored but `seq`,
 /// `prev_hash` and `hash`): what the chain hash signs.
 pub fn canonical_encoding(entry: &NewEntry, recorded_at_ms: u64) -> Vec<u8> {
+    let json = CanonicalColumns::of(entry);
+    encoding_with(entry, recorded_at_ms, &json)
+}
+
+/// An entry's JSON columns as canonical text: computed once per appended entry, both
+/// hashed and stored.
+pub(crate) struct CanonicalColumns {
+    /// `canonical_json(&entry.grants)`.
+    pub(crate) grants: String,
+    /// `canonical_json(&entry.details)`.
+    pub(crate) details: String,
+}
+
+impl CanonicalColumns {
+    /// The canonical JSON columns of `entry`.
+    pub(crate) fn of(entry: &NewEntry) -> Self {
+        Self {
+            grants: canonical_json(&entry.grants),
+            details: canonical_json(&entry.details),
+        }
+    }
+}
+
+/// [`canonical_encoding`] with the JSON columns already in canonical text.
+fn encoding_with(entry: &NewEntry, recorded_at_ms: u64, json: &CanonicalColumns) -> Vec<u8> {
     let e = entry;
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(CANONICAL_TAG);
@@ -701,7 +736,7 @@ pub fn canonical_encoding(entry: &NewEntry, recorded_at_ms: u64) -> Vec<u8> {
     field(&mut out, "request_id", e.request_id.as_deref());
     field(&mut out, "route", e.route.as_deref());
     field(&mut out, "feature", e.feature.as_deref());
-    field(&mut out, "grants", Some(&canonical_json(&e.grants)));
+    field(&mut out, "grants", Some(&json.grants));
     field(&mut out, "event_at_ms", Some(&e.event_at_ms.to_string()));
     field(
         &mut out,
@@ -711,7 +746,7 @@ pub fn canonical_encoding(entry: &NewEntry, recorded_at_ms: u64) -> Vec<u8> {
     field(&mut out, "actor", e.actor.as_deref());
     field(&mut out, "reason", e.reason.as_deref());
     field(&mut out, "pricing_version", e.pricing_version.as_deref());
-    field(&mut out, "details", Some(&canonical_json(&e.details)));
+    field(&mut out, "details", Some(&json.details));
     field(&mut out, "shard", Some(&e.shard.to_string()));
     field(&mut out, "stream_id", e.stream_id.as_deref());
     out
@@ -723,6 +758,21 @@ pub fn entry_hash(
     entry: &NewEntry,
     recorded_at_ms: u64,
 ) -> Result<String, LedgerError> {
+    entry_hash_with(
+        prev_hash,
+        entry,
+        recorded_at_ms,
+        &CanonicalColumns::of(entry),
+    )
+}
+
+/// [`entry_hash`] with the entry's JSON columns already in canonical text.
+pub(crate) fn entry_hash_with(
+    prev_hash: &str,
+    entry: &NewEntry,
+    recorded_at_ms: u64,
+    json: &CanonicalColumns,
+) -> Result<String, LedgerError> {
     let prev = hex::decode(prev_hash)
         .ok()
         .filter(|b| b.len() == 32)
@@ -731,7 +781,7 @@ pub fn entry_hash(
         })?;
     let mut h = Sha256::new();
     h.update(&prev);
-    h.update(canonical_encoding(entry, recorded_at_ms));
+    h.update(encoding_with(entry, recorded_at_ms, json));
     Ok(hex::encode(h.finalize()))
 }
 
@@ -882,6 +932,22 @@ mod tests {
         let b: Value = serde_json::from_str(r#"{"a":[{"x":"s","y":2}],"b":1}"#).unwrap();
         assert_eq!(canonical_json(&a), canonical_json(&b));
         assert_eq!(canonical_json(&a), r#"{"a":[{"x":"s","y":2}],"b":1}"#);
+    }
+
+    /// Stored hashes sign this text: it must stay byte for byte what `Value`'s `Display`
+    /// gives for keys and leaves (escapes, non-ASCII, numbers, null, booleans).
+    #[test]
+    fn canonical_json_text_is_unchanged() {
+        let v = json!({"q\"\\\n\t\u{1}é": [null, true, -1, 1.5, "x\u{7f}\u{2028}"], "a": {}});
+        let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        let old = format!(
+            "{{{}:{{}},{}:{}}}",
+            Value::String(keys[0].clone()),
+            Value::String(keys[1].clone()),
+            v[&keys[1]]
+        );
+        assert_eq!(canonical_json(&v), old);
     }
 
     #[test]

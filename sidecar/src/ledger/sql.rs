@@ -226,9 +226,10 @@ pub(crate) fn insert_entries(d: Dialect, n: usize) -> String {
     )
 }
 
-/// Binds the 21 values of [`insert_entry`] to a query, in order.
+/// Binds the 21 values of [`insert_entry`] to a query, in order; `$json` is the entry's
+/// JSON columns in canonical text (`CanonicalColumns`).
 macro_rules! bind_entry {
-    ($query:expr, $entry:expr, $recorded_at_ms:expr, $prev_hash:expr, $hash:expr) => {{
+    ($query:expr, $entry:expr, $json:expr, $recorded_at_ms:expr, $prev_hash:expr, $hash:expr) => {{
         let e: &$crate::ledger::NewEntry = $entry;
         $query
             .bind(e.event_id.as_str())
@@ -241,13 +242,13 @@ macro_rules! bind_entry {
             .bind(e.request_id.as_deref())
             .bind(e.route.as_deref())
             .bind(e.feature.as_deref())
-            .bind($crate::ledger::canonical_json(&e.grants))
+            .bind($json.grants.as_str())
             .bind(e.event_at_ms as i64)
             .bind($recorded_at_ms as i64)
             .bind(e.actor.as_deref())
             .bind(e.reason.as_deref())
             .bind(e.pricing_version.as_deref())
-            .bind($crate::ledger::canonical_json(&e.details))
+            .bind($json.details.as_str())
             .bind(i64::from(e.shard))
             .bind(e.stream_id.as_deref())
             .bind($prev_hash)
