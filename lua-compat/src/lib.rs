@@ -31,7 +31,10 @@ pub use invariants::InvariantViolation;
 pub use keys::{Keyspace, MAX_AMOUNT, Shard};
 pub use model::{MemoryStore, Model};
 pub use redact::redact_secrets;
-pub use redis_store::{RedisStore, RedisTarget};
+pub use redis_store::{
+    LEASE_TRANSFER_BURNS_MAX, LeaseBurn, LeaseTransfer, LeaseTransferOutcome, RedisStore,
+    RedisTarget,
+};
 pub use store::{CreditStore, DueEntry, StoreError, StoreErrorKind};
 pub use streams::{ReadFrom, StreamEntry};
 pub use sweep::{SweepReport, sweep_once};

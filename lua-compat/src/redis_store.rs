@@ -16,6 +16,10 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
 
+mod lease;
+
+pub use lease::{LEASE_TRANSFER_BURNS_MAX, LeaseBurn, LeaseTransfer, LeaseTransferOutcome};
+
 use crate::event::Event;
 use crate::idempotency::{IdempotencyClaim, KeyedReserveOutcome, decode_keyed_reserve};
 use crate::keys::{Keyspace, Shard, validate_id};
