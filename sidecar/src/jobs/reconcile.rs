@@ -820,6 +820,12 @@ async fn rolled_back(
     }
 }
 
+/// What the ledger records as a shard's generation while the rebuild after a rollback is
+/// not complete, followed by Redis's marker: it differs from the marker, so every check
+/// goes on rebuilding the shard (as after a lost marker) until it is done, and then records
+/// the marker again.
+pub const ROLLBACK_REBUILD_PREFIX: &str = "rollback-rebuild:";
+
 /// Checks every shard's generation marker against the one the ledger recorded, and its
 /// event sequence against the ledger's.
 ///
@@ -828,7 +834,8 @@ async fn rolled_back(
 /// - Redis has the recorded marker and a sequence at or past the ledger's: it kept its
 ///   data. A sequence behind the ledger's (Redis rolled back): rebuild every customer of
 ///   the shard from the ledger (holds the ledger resolved are closed, not resolved again;
-///   grants the outbox delivered are re-applied).
+///   grants the outbox delivered are re-applied, usage events burned again), recording
+///   [`ROLLBACK_REBUILD_PREFIX`] in the ledger until every customer is done.
 /// - Redis has no marker or another one: Redis lost the shard's data (restart without
 ///   persistence, failover to an empty replica, `FLUSHALL`): rebuild every customer of the
 ///   shard from the ledger, then set and record a new marker. A customer with holds pending
@@ -847,12 +854,14 @@ pub async fn check_generations(
         let current = store.generation(shard).await?;
         match (&recorded, &current) {
             (Some(r), Some(c)) if r == c => {
-                if rolled_back(ledger, store, shard).await?
-                    && rebuild_shard(ledger, store, shard, generation).await?
-                {
-                    rebuilt.push(shard);
+                if !rolled_back(ledger, store, shard).await? {
+                    continue;
                 }
-                continue;
+                // Remembered in the ledger until the rebuild is complete: new events soon
+                // take the shard's sequence past the ledger's, and the next check would no
+                // longer see the rollback of a shard whose customers were busy this time.
+                let pending = format!("{ROLLBACK_REBUILD_PREFIX}{c}");
+                ledger.set_redis_generation(shard.0, &pending).await?;
             }
             (None, Some(c)) => {
                 ledger.set_redis_generation(shard.0, c).await?;
@@ -868,7 +877,8 @@ pub async fn check_generations(
             _ => {}
         }
         warn!(shard = %shard, recorded = ?recorded, found = ?current,
-            "generation marker lost: Redis lost this shard's data; rebuilding from the ledger");
+            "rebuilding the shard from the ledger: Redis lost its data (marker lost) or came \
+             back behind the ledger (a rollback rebuild not finished yet)");
         if !rebuild_shard(ledger, store, shard, generation).await? {
             continue;
         }
@@ -915,6 +925,9 @@ mod tests {
         generations: Mutex<HashMap<u32, String>>,
         raised: Mutex<HashMap<u32, u64>>,
         rebuilt: Mutex<HashMap<(u32, String), String>>,
+        /// Customers whose restore answers busy whatever they hold (a gateway's holds
+        /// the test does not model).
+        busy: Mutex<HashSet<String>>,
     }
 
     impl ModelRedis {
@@ -926,6 +939,7 @@ mod tests {
                 generations: Mutex::default(),
                 raised: Mutex::default(),
                 rebuilt: Mutex::default(),
+                busy: Mutex::default(),
             }
         }
 
@@ -1036,6 +1050,12 @@ mod tests {
         }
 
         async fn restore(&self, state: &RestoreState) -> Result<RestoreOutcome, StoreError> {
+            if self.busy.lock().expect("lock").contains(&state.customer) {
+                return Ok(RestoreOutcome::Busy {
+                    at_ms: 0,
+                    pending_holds: 1,
+                });
+            }
             // The script's busy check: pending holds the ledger has not resolved.
             let closing: Vec<&String> = state.resolved_holds.iter().map(|(id, _, _)| id).collect();
             let pending = self.pending_of(&state.customer).await;
@@ -1384,6 +1404,39 @@ mod tests {
             .await
             .expect("check");
         assert!(again.is_empty(), "{again:?}");
+        assert_eq!(redis.restored().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rollback_rebuild_goes_on_after_new_events_pass_the_ledgers_sequence() {
+        let t = temp_ledger().await;
+        record_with_positions(t.ledger.as_ref(), &acme_posted().await, 0).await;
+        let behind = MemoryStore::new(keyspace());
+        grant(&behind, "acme", "g1", 100).await;
+        reserve(&behind, "acme", "h1", 30).await;
+        let redis = ModelRedis::new(behind);
+        markers_kept(t.ledger.as_ref(), &redis).await;
+        let shard = keyspace().shard_of("acme");
+        // The rollback is seen while acme is busy: not rebuilt on this check.
+        redis.busy.lock().expect("lock").insert("acme".into());
+        let first = check_generations(t.ledger.as_ref(), &redis, "gen-2").await;
+        assert!(first.expect("check").is_empty());
+        let recorded = t.ledger.redis_generation(shard.0).await.expect("marker");
+        assert_eq!(recorded.as_deref(), Some("rollback-rebuild:gen-1"));
+
+        // Traffic goes on: the shard's sequence passes the ledger's before the next check,
+        // which no longer sees a rollback in the sequences but goes on with the rebuild.
+        redis.raise_sequence(shard, 1_000).await.expect("raise");
+        redis.busy.lock().expect("lock").clear();
+        let second = check_generations(t.ledger.as_ref(), &redis, "gen-2").await;
+
+        assert_eq!(second.expect("check"), vec![shard]);
+        let [state] = redis.restored().try_into().expect("acme restored");
+        assert_eq!(state.grants[0].remaining, 80);
+        let recorded = t.ledger.redis_generation(shard.0).await.expect("marker");
+        assert_eq!(recorded.as_deref(), Some("gen-1"));
+        let third = check_generations(t.ledger.as_ref(), &redis, "gen-2").await;
+        assert!(third.expect("check").is_empty());
         assert_eq!(redis.restored().len(), 1);
     }
 

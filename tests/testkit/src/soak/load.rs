@@ -214,12 +214,16 @@ fn http_worker(shared: &Shared, seed: u64) {
 }
 
 /// Posts usage events in batches (some repeating an earlier key) until stopped; a batch
-/// that is not answered 200 is sent again as it was, as a product's backend would.
+/// that is not answered 200 is sent again as it was, and an event rejected with an answer
+/// that says to retry it (Redis or the ledger was down) goes into the next batch, as the
+/// API asks of a product's backend. Events still waiting for their retry when the load
+/// stops count as given up.
 fn event_worker(shared: &Shared, seed: u64) {
     let client = client();
     let mut rng = StdRng::seed_from_u64(seed);
     let url = format!("{}/v1/usage-events", shared.admin_url);
     let mut sent: Vec<String> = Vec::new();
+    let mut retry: Vec<String> = Vec::new();
     let mut next = 0u64;
     while !shared.stop.load(Ordering::SeqCst) {
         let mut keys: Vec<String> = (0..EVENT_BATCH - EVENT_DUPLICATES)
@@ -231,6 +235,7 @@ fn event_worker(shared: &Shared, seed: u64) {
         for _ in 0..EVENT_DUPLICATES.min(sent.len()) {
             keys.push(sent[rng.random_range(0..sent.len())].clone());
         }
+        keys.append(&mut retry);
         let events: Vec<Value> = keys
             .iter()
             .map(|k| {
@@ -239,28 +244,31 @@ fn event_worker(shared: &Shared, seed: u64) {
             })
             .collect();
         let body = json!({"events": events});
-        if !post_events(shared, &client, &url, &body, &keys) {
-            lock(&shared.counts)
+        match post_events(shared, &client, &url, &body, &keys) {
+            Some(again) => retry = again,
+            None => lock(&shared.counts)
                 .events_given_up
-                .extend(keys.iter().cloned());
+                .extend(keys.iter().cloned()),
         }
         sent.extend(keys);
         thread::sleep(EVENT_PAUSE);
     }
     let mut counts = lock(&shared.counts);
+    counts.events_given_up.extend(retry);
     let accepted = counts.events_accepted.clone();
     counts.events_given_up.retain(|k| !accepted.contains(k));
 }
 
 /// Sends one batch until it is answered 200 (at most [`RETRIES`] times) and counts the
-/// results; false when it gave up.
+/// results; the keys of the events rejected with an answer that says to retry them, or
+/// `None` when it gave up on the batch.
 fn post_events(
     shared: &Shared,
     client: &reqwest::blocking::Client,
     url: &str,
     body: &Value,
     keys: &[String],
-) -> bool {
+) -> Option<Vec<String>> {
     for _ in 0..RETRIES {
         if shared.stop.load(Ordering::SeqCst) {
             break;
@@ -281,16 +289,21 @@ fn post_events(
         };
         let results = answer["results"].as_array().cloned().unwrap_or_default();
         let mut counts = lock(&shared.counts);
+        let mut again = Vec::new();
         for (result, key) in results.iter().zip(keys) {
             let status = result["status"].as_str().unwrap_or("?").to_string();
             if status == "burned" || status == "duplicate" {
                 counts.events_accepted.insert(key.clone());
             }
+            let message = result["error"]["message"].as_str().unwrap_or_default();
+            if status == "rejected" && message.contains("retry") {
+                again.push(key.clone());
+            }
             *counts.event_results.entry(status).or_default() += 1;
         }
-        return true;
+        return Some(again);
     }
-    false
+    None
 }
 
 /// Grants a few credits to a random customer every [`GRANT_PAUSE`] until stopped; a failed
