@@ -17,6 +17,11 @@ use clap::Parser;
 use pingora::prelude::{HttpPeer, ProxyHttp, Server, Session};
 use pingora::server::configuration::ServerConf;
 
+/// The gateway's allocator, so the baseline differs from the gateway arm only in the
+/// credit work.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Options of `bare-proxy`.
 #[derive(Debug, Parser)]
 #[command(
