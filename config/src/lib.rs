@@ -23,8 +23,8 @@ pub use diagnostics::{ConfigError, ConfigErrors, Diagnostics};
 pub use limits::*;
 pub use model::{
     ApiKey, Billing, Cohort, CreditType, Customer, DEFAULT_FAILURE_POLICY, DEFAULT_MODE,
-    DEFAULT_UNMATCHED, DEFAULT_UPGRADE_POLICY, DEFAULT_UPSTREAM_ERROR_POLICY, Defaults,
-    EmbeddedGrant, FailurePolicy, Feature, Identity, Method, Mode, Overdraft, Plan, Unmatched,
+    DEFAULT_ENFORCEMENT, DEFAULT_UNMATCHED, DEFAULT_UPGRADE_POLICY, DEFAULT_UPSTREAM_ERROR_POLICY, Defaults,
+    EmbeddedGrant, Enforcement, FailurePolicy, Feature, Identity, Method, Mode, Overdraft, Plan, Unmatched,
     UpgradePolicy, Upstream, UpstreamErrorPolicy,
 };
 pub use pattern::{PathPattern, Segment, path_segments};

@@ -140,6 +140,36 @@ impl UpgradePolicy {
 /// free); routes whose tunnels cost more than one request's price say `refuse`.
 pub const DEFAULT_UPGRADE_POLICY: UpgradePolicy = UpgradePolicy::Charge;
 
+/// How an enforcing route's requests are held against the balance (`enforcement = …`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enforcement {
+    /// One hold in the store per request, placed before the upstream sees it.
+    Hold,
+    /// Busy customers are admitted from a block of credits the gateway holds in the store
+    /// (one hold, a share of the balance); each request still reaches the ledger as its own
+    /// burn. Near a zero balance it falls back to one hold per request.
+    Lease,
+    /// The request never waits on the store: burns are sent in the background, and a
+    /// customer found below its overdraft is refused on later requests. Allows overage.
+    Async,
+}
+
+impl Enforcement {
+    /// The name used in the file, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::Hold => "hold",
+            Enforcement::Lease => "lease",
+            Enforcement::Async => "async",
+        }
+    }
+}
+
+/// How a route holds credits: `hold`, one hold per request (exact, one store round trip on
+/// the request path); `lease` and `async` are chosen per route where speed matters more.
+pub const DEFAULT_ENFORCEMENT: Enforcement = Enforcement::Hold;
+
 /// The `[defaults]` table with every default applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Defaults {

@@ -7,7 +7,9 @@
 //! best match found so far. A trie node sits at a fixed depth and so pairs with exactly one
 //! path segment: a lookup visits each node at most once, whatever the request path.
 
-use crate::model::{FailurePolicy, Feature, Method, Mode, UpgradePolicy, UpstreamErrorPolicy};
+use crate::model::{
+    Enforcement, FailurePolicy, Feature, Method, Mode, UpgradePolicy, UpstreamErrorPolicy,
+};
 use crate::pattern::{PathPattern, Segment};
 
 /// A validated route: which requests it matches and how they are priced and forwarded.
@@ -39,6 +41,8 @@ pub struct Route {
     /// The uncharged replays of a charged request under its `Idempotency-Key`, with the
     /// defaults applied.
     pub idempotency: IdempotencyReplays,
+    /// How the route's requests are held against the balance, with the default applied.
+    pub enforcement: Enforcement,
 }
 
 /// How often, and how long, a route serves the identical request again uncharged under
@@ -315,6 +319,7 @@ mod tests {
             upstream: "default".into(),
             on_upstream_error: UpstreamErrorPolicy::Void,
             upgrade: UpgradePolicy::Charge,
+            enforcement: Enforcement::Hold,
             idempotency: IdempotencyReplays {
                 replays: 3,
                 window_ms: 600_000,

@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use toml::Spanned;
 
-use crate::model::{FailurePolicy, Mode, Unmatched, UpgradePolicy, UpstreamErrorPolicy};
+use crate::model::{
+    Enforcement, FailurePolicy, Mode, Unmatched, UpgradePolicy, UpstreamErrorPolicy,
+};
 use crate::usage::UnreadableEstimate;
 
 /// A name with the span where it was written.
@@ -116,6 +118,7 @@ pub(crate) struct RouteFile {
     pub on_upstream_error: Option<UpstreamErrorPolicy>,
     pub upgrade: Option<UpgradePolicy>,
     pub idempotency: Option<IdempotencyFile>,
+    pub enforcement: Option<Enforcement>,
 }
 
 /// `[[routes]] idempotency = { replays, replay_window_ms }`.

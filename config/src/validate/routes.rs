@@ -14,7 +14,8 @@ use crate::limits::{
     MAX_STORE_TIMEOUT_MS,
 };
 use crate::model::{
-    DEFAULT_UPGRADE_POLICY, DEFAULT_UPSTREAM_ERROR_POLICY, Defaults, Feature, Method, Upstream,
+    DEFAULT_ENFORCEMENT, DEFAULT_UPGRADE_POLICY, DEFAULT_UPSTREAM_ERROR_POLICY, Defaults, Feature,
+    Method, Upstream,
 };
 use crate::pattern::PathPattern;
 use crate::route_table::{IdempotencyReplays, Route};
@@ -106,6 +107,7 @@ impl Checker<'_> {
             on_upstream_error,
             upgrade,
             idempotency,
+            enforcement,
         } = route;
         let method = self.route_method(&path, &method);
         let host = self.route_host(&path, host);
@@ -157,6 +159,7 @@ impl Checker<'_> {
             on_upstream_error: on_upstream_error.unwrap_or(DEFAULT_UPSTREAM_ERROR_POLICY),
             upgrade: upgrade.unwrap_or(DEFAULT_UPGRADE_POLICY),
             idempotency,
+            enforcement: enforcement.unwrap_or(DEFAULT_ENFORCEMENT),
         })
     }
 
