@@ -33,7 +33,8 @@
 //!   ledger, with the check that every request the upstream received was paid for.
 //! * `Backend` and `on_both_backends!` — every ledger scenario on SQLite and on Postgres.
 //! * `Browser` — a headless Chromium under chromedriver: open, read, fill and submit
-//!   forms, window sizes, screenshots, cookies.
+//!   forms, window sizes, screenshots, cookies; `console_login`, `console_grant` drive the
+//!   sidecar's support console in it.
 //! * `run_soak` — the soak and fault run: load and a fault schedule for a set time, then
 //!   the end checks (`SoakReport`).
 //!
@@ -77,6 +78,8 @@ mod browser;
 #[cfg(feature = "e2e")]
 mod client;
 mod cluster;
+#[cfg(feature = "e2e")]
+mod console;
 #[cfg(feature = "e2e")]
 mod credits;
 #[cfg(feature = "e2e")]
@@ -124,6 +127,10 @@ pub use browser::{
 };
 #[cfg(feature = "e2e")]
 pub use client::{REQUEST_TIMEOUT, Reply, http_client, send, until_status};
+#[cfg(feature = "e2e")]
+pub use console::{
+    ConsoleGrant, console_grant, console_login, console_logout, console_open_customer,
+};
 #[cfg(feature = "e2e")]
 pub use credits::{Credits, SETTLE_TIMEOUT};
 #[cfg(feature = "e2e")]

@@ -291,9 +291,16 @@ async fn role_gate(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let caller = match authenticate_request(&auth, request.extensions(), request.headers()).await {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
+    // A caller already in the extensions was authenticated in this process (the support
+    // console calls the admin router for its logged-in user); nothing from the network can
+    // put one there. The role check below still applies to it.
+    let known = request.extensions().get::<Caller>().cloned();
+    let caller = match known {
+        Some(c) => c,
+        None => match authenticate_request(&auth, request.extensions(), request.headers()).await {
+            Ok(c) => c,
+            Err(e) => return e.into_response(),
+        },
     };
     if let Err(e) = caller.require(roles) {
         return e.into_response();

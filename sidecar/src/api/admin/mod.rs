@@ -186,15 +186,19 @@ async fn count_calls(
     response
 }
 
-/// Serves the admin API until `stop` turns true.
+/// Serves the admin API, and the routes of `beside` (the support console) on the same
+/// listener, until `stop` turns true.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AdminState>,
+    beside: Router,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     axum::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        router(state)
+            .merge(beside)
+            .into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
         while !*stop.borrow() {
