@@ -53,6 +53,8 @@ struct FileOperations {
 struct FileCustomerPage {
     #[serde(default)]
     checkout_url: Option<String>,
+    #[serde(default)]
+    recharge_target_max: BTreeMap<String, Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -219,6 +221,10 @@ pub struct Operations {
     /// `[customer_page] checkout_url`: where the customer page's "Buy" links go (with
     /// `bundle=` and `customer=` appended); `None`: the pricing config's `top_up_url`.
     pub checkout_url: Option<String>,
+    /// `[customer_page.recharge_target_max]`: per credit type, the highest auto-recharge
+    /// target (stored units) a customer may set on the customer page; a credit type not
+    /// listed cannot be changed there.
+    pub customer_recharge_max: BTreeMap<String, u64>,
 }
 
 impl Default for Operations {
@@ -233,6 +239,7 @@ impl Default for Operations {
             webhooks: None,
             auto_recharge: None,
             checkout_url: None,
+            customer_recharge_max: BTreeMap::new(),
         }
     }
 }
@@ -310,6 +317,17 @@ impl Operations {
             .customer_page
             .as_ref()
             .and_then(|page| checkout_url(diagnostics, page));
+        let customer_recharge_max = raw
+            .customer_page
+            .as_ref()
+            .map_or_else(BTreeMap::new, |page| {
+                customer_recharge_max(
+                    diagnostics,
+                    page,
+                    &credit_types,
+                    raw.auto_recharge.is_some(),
+                )
+            });
         Self {
             credit_types,
             reason_codes,
@@ -320,6 +338,7 @@ impl Operations {
             webhooks,
             auto_recharge,
             checkout_url,
+            customer_recharge_max,
         }
     }
 
@@ -674,6 +693,42 @@ fn checkout_url(d: &mut Diagnostics<'_>, page: &Spanned<FileCustomerPage>) -> Op
     Some(url)
 }
 
+/// `[customer_page.recharge_target_max]`: known credit types, each limit from 1 to
+/// [`MAX_AMOUNT`], and `[auto_recharge]` configured.
+fn customer_recharge_max(
+    d: &mut Diagnostics<'_>,
+    page: &Spanned<FileCustomerPage>,
+    credit_types: &BTreeSet<String>,
+    auto_recharge: bool,
+) -> BTreeMap<String, u64> {
+    let limits = &page.get_ref().recharge_target_max;
+    if !limits.is_empty() && !auto_recharge {
+        d.report_in_table(
+            page.span(),
+            "customer_page.recharge_target_max".into(),
+            "customers can set auto-recharge only when [auto_recharge] is configured".into(),
+        );
+    }
+    let mut out = BTreeMap::new();
+    for (credit_type, max) in limits {
+        let field = format!("customer_page.recharge_target_max.{credit_type}");
+        if !credit_types.contains(credit_type) {
+            let line = d.line_of(max.span().start);
+            d.report_on_line(
+                field,
+                Some(line),
+                format!("{credit_type:?} is not in credit_types"),
+            );
+        } else if *max.get_ref() == 0 || *max.get_ref() > MAX_AMOUNT {
+            let line = d.line_of(max.span().start);
+            d.report_on_line(field, Some(line), format!("must be from 1 to {MAX_AMOUNT}"));
+        } else {
+            out.insert(credit_type.clone(), *max.get_ref());
+        }
+    }
+    out
+}
+
 /// The signing secret, written inline or named by an environment variable (exactly one),
 /// at least [`WEBHOOK_SECRET_MIN_LEN`] bytes; `None` when missing (reported).
 fn webhook_secret(
@@ -836,6 +891,22 @@ amount = 10000
         assert_eq!(
             ops.checkout_url.as_deref(),
             Some("https://shop.example.com/buy?src=cg")
+        );
+        let limits = format!("{GOOD}\n[customer_page.recharge_target_max]\napi = 0\ngpu = 5\n");
+        let e = Operations::parse("ops.toml", &limits)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("customer_page.recharge_target_max: customers can set"),
+            "{e}"
+        );
+        assert!(
+            e.contains("ops.toml:23: customer_page.recharge_target_max.api: must be from 1"),
+            "{e}"
+        );
+        assert!(
+            e.contains("ops.toml:24: customer_page.recharge_target_max.gpu: \"gpu\" is not"),
+            "{e}"
         );
         let bad = format!("{GOOD}\n[customer_page]\ncheckout_url = \"javascript:alert(1)\"\n");
         let e = Operations::parse("ops.toml", &bad).unwrap_err().to_string();

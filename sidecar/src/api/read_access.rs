@@ -16,7 +16,7 @@ use axum::http::request::Parts;
 
 use super::admin::auth::{AuthState, Caller};
 use super::admin::error::ApiError;
-use super::customer_page::PageSettings;
+use super::customer_page::settings::PageSettings;
 use super::customer_session::{CustomerSession, SessionKey, is_session_token};
 use crate::jobs::daemon::Sidecar;
 use crate::ledger::AdminDb;

@@ -28,7 +28,7 @@ use super::fields::Body;
 use super::idempotency::{Reply, reply};
 use super::state::AdminState;
 use super::webhooks;
-use crate::ledger::now_ms;
+use crate::ledger::{AdminDb, now_ms};
 use crate::operations::Endpoint;
 
 /// How often balances are compared with their thresholds, ms: a recharge starts within a
@@ -191,14 +191,15 @@ pub fn requested_settings(grant_json: &str) -> Option<AlertSettings> {
     serde_json::from_value(v.get_mut(ALERT_APPROVAL_KEY)?.take()).ok()
 }
 
-/// Records `settings`, set by `actor` (and approved by `approved_by`): 200 with them.
-pub async fn store(
-    st: &AdminState,
+/// Writes `settings` as the customer's alert settings for its credit type, recording
+/// `actor` and `now_ms`. The one writer of `customer_alerts`: the admin route and the
+/// customer page's auto-recharge form both call it.
+pub async fn upsert(
+    db: &AdminDb,
     settings: &AlertSettings,
     actor: &str,
-    approved_by: Option<&str>,
-) -> Result<Reply, ApiError> {
-    let now = now_ms();
+    now: u64,
+) -> Result<u64, sqlx::Error> {
     let to_i64 = |v: Option<u64>| v.map(|v| v as i64);
     let AlertSettings {
         customer,
@@ -207,7 +208,7 @@ pub async fn store(
         recharge_threshold: threshold,
         recharge_target: target,
     } = settings;
-    st.db.execute(
+    db.execute(
         "INSERT INTO customer_alerts (customer, credit_type, low_balance_threshold, recharge_threshold, \
          recharge_target, updated_by, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
          ON CONFLICT (customer, credit_type) DO UPDATE SET low_balance_threshold = excluded.low_balance_threshold, \
@@ -224,7 +225,26 @@ pub async fn store(
         ],
     )
     .await
-    .map_err(|e| ApiError::unavailable("admin database", e))?;
+}
+
+/// Records `settings`, set by `actor` (and approved by `approved_by`): 200 with them.
+pub async fn store(
+    st: &AdminState,
+    settings: &AlertSettings,
+    actor: &str,
+    approved_by: Option<&str>,
+) -> Result<Reply, ApiError> {
+    let now = now_ms();
+    let AlertSettings {
+        customer,
+        credit_type,
+        low_balance_threshold: low,
+        recharge_threshold: threshold,
+        recharge_target: target,
+    } = settings;
+    upsert(&st.db, settings, actor, now)
+        .await
+        .map_err(|e| ApiError::unavailable("admin database", e))?;
     Ok(reply(
         StatusCode::OK,
         &json!({"customer": customer, "credit_type": credit_type, "low_balance_threshold": low,

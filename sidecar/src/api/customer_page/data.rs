@@ -244,7 +244,7 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> String {
 
 /// The credit types' display names and scales from the pricing config (the id and scale
 /// 0 for a type it does not name, or without a pricing config).
-fn credit_types(st: &ReadState) -> BTreeMap<String, (String, u32)> {
+pub fn credit_types(st: &ReadState) -> BTreeMap<String, (String, u32)> {
     st.sidecar
         .pricing
         .as_ref()
@@ -260,11 +260,11 @@ fn credit_types(st: &ReadState) -> BTreeMap<String, (String, u32)> {
 
 /// A customer's alert settings by credit type: the low-balance threshold, and the
 /// auto-recharge threshold and target, stored units.
-type AlertsByType = BTreeMap<String, (Option<u64>, Option<(u64, u64)>)>;
+pub type AlertsByType = BTreeMap<String, (Option<u64>, Option<(u64, u64)>)>;
 
 /// The customer's alert settings per credit type: low threshold, recharge threshold and
 /// target.
-async fn alert_settings(st: &ReadState, customer: &str) -> Result<AlertsByType, String> {
+pub async fn alert_settings(st: &ReadState, customer: &str) -> Result<AlertsByType, String> {
     let rows = st
         .db
         .fetch(

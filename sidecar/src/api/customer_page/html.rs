@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::PageSettings;
 use super::data::{CreditView, KindFilter, LEDGER_PAGE_ROWS, PageData, PageQuery, RANGES_DAYS};
 use super::format::{credits, date, date_time, esc, query, short_day, url_encode};
+use super::settings::PageSettings;
 use crate::ledger::{EntryKind, LedgerEntry, UsageRow};
 
 /// The page's stylesheet, embedded in the binary.
@@ -91,7 +91,7 @@ pub fn page(data: &PageData, q: &PageQuery, settings: &PageSettings) -> String {
     out.push_str(&usage_section(data, q));
     out.push_str(r#"<div class="cg-grid">"#);
     out.push_str(&expirations(data));
-    out.push_str(&buy_more(data, settings));
+    out.push_str(&buy_more(data, settings, q));
     out.push_str("</div>");
     out.push_str(&ledger_section(data, q));
     out.push_str(&trail_section(data, q));
@@ -164,7 +164,7 @@ fn card(c: &CreditView, now: u64) -> String {
     let projection = match c.run_out_ms(now) {
         Some(at) => format!(
             r#"At your last 7 days' pace ({}/day), this runs out around <strong data-run-out>{}</strong>."#,
-            credits((c.burned_recent / 7) as i64, c.scale),
+            per_day(c.burned_recent, c.scale),
             esc(&date(at))
         ),
         None if c.available <= 0 => "Nothing left to spend.".into(),
@@ -188,6 +188,19 @@ fn card(c: &CreditView, now: u64) -> String {
     )
 }
 
+/// A week's burn as a daily rate in display units, to two decimal places at most.
+fn per_day(burned_week: u64, scale: u32) -> String {
+    let unit = 10u64.pow(scale.min(12)) as f64;
+    let rate = burned_week as f64 / 7.0 / unit;
+    let text = format!("{rate:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "0" {
+        "under 0.01".into()
+    } else {
+        text.to_string()
+    }
+}
+
 /// The usage section: per credit type, a daily bar chart by feature (inline SVG with a
 /// `<title>` per bar) and the same numbers as a table.
 fn usage_section(data: &PageData, q: &PageQuery) -> String {
@@ -206,11 +219,18 @@ fn usage_section(data: &PageData, q: &PageQuery) -> String {
             .push(row);
     }
     for (credit_type, rows) in by_type {
-        let scale = data
+        let (name, scale) = data
             .credits
             .iter()
             .find(|c| c.name == credit_type)
-            .map_or(0, |c| c.scale);
+            .map_or((credit_type, 0), |c| (c.display_name.as_str(), c.scale));
+        let total: u64 = rows.iter().map(|r| r.burned).sum();
+        let _ = write!(
+            out,
+            r#"<div class="cg-chart-head"><h3>{}</h3><span><span class="cg-num">{}</span> used</span></div>"#,
+            esc(name),
+            credits(total as i64, scale)
+        );
         out.push_str(&chart(data.from_ms, q.days, credit_type, &rows, scale));
     }
     out.push_str("</section>");
@@ -274,17 +294,18 @@ fn chart(from_ms: u64, days: u64, credit_type: &str, rows: &[&UsageRow], scale: 
             )
         })
         .collect();
-    let axis = format!(
-        r#"<text x="0" y="{}" class="cg-axis">{}</text><text x="{w}" y="{}" class="cg-axis" text-anchor="end">today</text><text x="0" y="12" class="cg-axis">{}</text>"#,
-        h + 16.0,
-        esc(&short_day(from_ms)),
-        h + 16.0,
-        credits(max as i64, scale)
+    // Axis labels are HTML, not SVG text, so they keep their size however the chart is
+    // stretched to the width.
+    let grid = format!(
+        r#"<line x1="0" y1="{top}" x2="{w}" y2="{top}" class="cg-grid-line"/><line x1="0" y1="{mid}" x2="{w}" y2="{mid}" class="cg-grid-line"/><line x1="0" y1="{h}" x2="{w}" y2="{h}" class="cg-base"/>"#,
+        top = pad,
+        mid = pad + (h - pad) / 2.0,
     );
     format!(
-        r#"<figure class="cg-chart" data-usage-chart="{ct}"><figcaption>{ct}</figcaption><svg viewBox="0 -4 {w} {}" role="img" aria-label="Daily usage of {ct} by feature" preserveAspectRatio="none"><line x1="0" y1="{h}" x2="{w}" y2="{h}" class="cg-base"/>{bars}{axis}</svg><ul class="cg-legend">{legend}</ul></figure>{}"#,
-        h + 24.0,
-        usage_table(rows, scale),
+        r#"<figure class="cg-chart" data-usage-chart="{ct}"><div class="cg-ymax">{max} / day</div><svg viewBox="0 0 {w} {h}" role="img" aria-label="Daily usage of {ct} by feature" preserveAspectRatio="none">{grid}{bars}</svg><div class="cg-xaxis"><span>{from}</span><span>today</span></div><ul class="cg-legend">{legend}</ul></figure>{table}"#,
+        max = credits(max as i64, scale),
+        from = esc(&short_day(from_ms)),
+        table = usage_table(rows, scale),
         ct = esc(credit_type),
     )
 }
@@ -341,7 +362,7 @@ fn expirations(data: &PageData) -> String {
 
 /// Bundles, each linking to the product's checkout with bundle and customer; and the
 /// auto-recharge status.
-fn buy_more(data: &PageData, settings: &PageSettings) -> String {
+fn buy_more(data: &PageData, settings: &PageSettings, q: &PageQuery) -> String {
     let mut out = r#"<section class="cg-panel" id="buy" aria-labelledby="cg-buy"><h2 id="cg-buy">Buy more</h2>"#.to_string();
     match (&settings.checkout_url, settings.bundles.is_empty()) {
         (Some(url), false) => {
@@ -364,7 +385,7 @@ fn buy_more(data: &PageData, settings: &PageSettings) -> String {
                     esc(&href),
                     esc(&b.id),
                     credits(b.credits as i64, scale),
-                    esc(&b.credit_type),
+                    esc(&display_name_of(data, &b.credit_type)),
                     esc(&money(b.price_micros)),
                 );
             }
@@ -372,7 +393,7 @@ fn buy_more(data: &PageData, settings: &PageSettings) -> String {
         }
         _ => out.push_str(r#"<p class="cg-empty">Purchases are not offered here.</p>"#),
     }
-    out.push_str(&auto_recharge(data, settings));
+    out.push_str(&auto_recharge(data, settings, q));
     out.push_str("</section>");
     out
 }
@@ -388,11 +409,11 @@ fn money(micros: u64) -> String {
     }
 }
 
-fn auto_recharge(data: &PageData, settings: &PageSettings) -> String {
+fn auto_recharge(data: &PageData, settings: &PageSettings, q: &PageQuery) -> String {
     if !settings.auto_recharge {
         return String::new();
     }
-    let mut out = r#"<h3>Auto-recharge</h3><ul class="cg-list">"#.to_string();
+    let mut out = r#"<h3 id="auto-recharge">Auto-recharge</h3><ul class="cg-list">"#.to_string();
     for c in &data.credits {
         let status = match c.recharge {
             Some((threshold, target)) => format!(
@@ -408,9 +429,45 @@ fn auto_recharge(data: &PageData, settings: &PageSettings) -> String {
             esc(&c.name),
             esc(&c.display_name)
         );
+        if let Some(max) = settings
+            .recharge_max
+            .get(&c.name)
+            .filter(|_| !q.session.is_empty())
+        {
+            out.push_str(&recharge_form(c, *max, q));
+        }
     }
     out.push_str("</ul>");
     out
+}
+
+/// The form that changes one credit type's auto-recharge (sessions only; it posts the
+/// session back, never a cookie, so no other site can submit it for the customer).
+fn recharge_form(c: &CreditView, max: u64, q: &PageQuery) -> String {
+    let (threshold, target) = c.recharge.unwrap_or((0, 0));
+    let value = |v: u64| {
+        if v == 0 {
+            String::new()
+        } else {
+            credits(v as i64, c.scale).replace(',', "")
+        }
+    };
+    format!(
+        r#"<li class="cg-recharge"><details><summary>Change auto-recharge of {dn}</summary><form method="post" action="/customer/auto-recharge{action}" data-recharge-form="{name}">{hidden}<input type="hidden" name="credit_type" value="{name}"><label class="cg-check"><input type="checkbox" name="enabled"{checked}> On</label><label>When below <input name="threshold" inputmode="decimal" value="{th}"></label><label>top up to <input name="target" inputmode="decimal" value="{tg}"></label><span class="cg-muted">at most {max}</span><button type="submit">Save</button></form></details></li>"#,
+        dn = esc(&c.display_name),
+        name = esc(&c.name),
+        // The session goes in the URL too: the token check reads headers and the query,
+        // never a body.
+        action = link(
+            q,
+            &[("page", ""), ("request", ""), ("kind", ""), ("feature", "")]
+        ),
+        hidden = hidden_inputs(q),
+        checked = if c.recharge.is_some() { " checked" } else { "" },
+        th = value(threshold),
+        tg = value(target),
+        max = credits(max as i64, c.scale),
+    )
 }
 
 /// How a ledger entry is named for customers.
@@ -425,6 +482,14 @@ fn kind_label(kind: EntryKind) -> &'static str {
         EntryKind::HoldVoided => "Returned (not charged)",
         EntryKind::HoldExpired => "Returned (hold expired)",
     }
+}
+
+/// The name customers see for a credit type on this page.
+fn display_name_of(data: &PageData, credit_type: &str) -> String {
+    data.credits
+        .iter()
+        .find(|c| c.name == credit_type)
+        .map_or_else(|| credit_type.to_string(), |c| c.display_name.clone())
 }
 
 /// The stored-unit scale of a credit type on this page.
@@ -452,8 +517,8 @@ fn entry_row(data: &PageData, q: &PageQuery, e: &LedgerEntry) -> String {
         amount
     };
     format!(
-        r#"<tr data-entry="{kind}"><td><time>{}</time></td><td>{}</td><td class="cg-r cg-num{}">{amount}</td><td>{}</td><td>{}</td><td>{}</td><td>{request}</td><td class="cg-reason">{}</td></tr>"#,
-        esc(&date_time(n.event_at_ms)),
+        r#"<tr data-entry="{kind}"><td class="cg-c-time"><time>{}</time></td><td class="cg-c-entry">{}</td><td class="cg-c-amount cg-r cg-num{}">{amount}</td><td class="cg-c-type">{}</td><td class="cg-c-feature">{}</td><td class="cg-c-route">{}</td><td class="cg-c-request">{request}</td><td class="cg-reason">{}</td></tr>"#,
+        esc(date_time(n.event_at_ms).trim_end_matches(" UTC")),
         kind_label(n.kind),
         if n.amount < 0 { " cg-neg" } else { "" },
         esc(&n.credit_type),
@@ -529,7 +594,7 @@ fn ledger_section(data: &PageData, q: &PageQuery) -> String {
         ""
     };
     format!(
-        r#"<section class="cg-panel" id="ledger" aria-labelledby="cg-ledger"><h2 id="cg-ledger">History</h2>{}{capped}<div class="cg-scroll"><table class="cg-table"><thead><tr><th>Time</th><th>Entry</th><th class="cg-r">Credits</th><th>Type</th><th>Feature</th><th>Route</th><th>Request</th><th>Reason</th></tr></thead><tbody>{rows}</tbody></table></div><nav class="cg-pages" aria-label="Pages">{prev}<span>Page {page} of {pages} · {total} entries</span>{next}</nav></section>"#,
+        r#"<section class="cg-panel" id="ledger" aria-labelledby="cg-ledger"><h2 id="cg-ledger">History</h2>{}{capped}<div class="cg-scroll"><table class="cg-table"><thead><tr><th>Time (UTC)</th><th>Entry</th><th class="cg-r">Credits</th><th>Type</th><th>Feature</th><th>Route</th><th>Request</th><th>Reason</th></tr></thead><tbody>{rows}</tbody></table></div><nav class="cg-pages" aria-label="Pages">{prev}<span>Page {page} of {pages} · {total} entries</span>{next}</nav></section>"#,
         ledger_filters(data, q)
     )
 }

@@ -7,6 +7,7 @@
 //!
 //! - `GET /customer/?session=&days=&kind=&feature=&page=&request=&theme_*=` — the page
 //! - `GET /customer/ledger.csv?session=&days=&kind=&feature=` — the history as CSV
+//! - `POST /customer/auto-recharge` — a session's auto-recharge settings ([`recharge`])
 //! - `GET /customer/page.js`, `GET /customer/embed.js` — the scripts (no token)
 //!
 //! Staff tokens may open it too (header only), with `customer=` naming the customer.
@@ -15,6 +16,10 @@
 pub mod data;
 pub mod format;
 pub mod html;
+pub mod recharge;
+pub mod settings;
+
+pub use settings::PageSettings;
 
 use std::sync::Arc;
 
@@ -25,7 +30,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::api::read_access::{ReadState, Reader, url_pairs};
-use crate::operations::{Bundle, Operations};
 
 /// The iframe-resizing script of the page.
 const PAGE_JS: &str = include_str!("page.js");
@@ -39,42 +43,17 @@ const EMBED_JS: &str = include_str!("embed.js");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; \
                    form-action 'self'; base-uri 'none'; frame-ancestors *";
 
-/// What the page offers beyond the customer's data, from the operations file and the
-/// pricing config.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PageSettings {
-    /// Top-up bundles (the operations file's `[[bundles]]`).
-    pub bundles: Vec<Bundle>,
-    /// Where "Buy" goes, with `bundle=` and `customer=` appended: the operations file's
-    /// `[customer_page] checkout_url`, else the pricing config's `[billing] top_up_url`.
-    pub checkout_url: Option<String>,
-    /// Whether auto-recharge is configured (`[auto_recharge]`), so its status is shown.
-    pub auto_recharge: bool,
-}
-
-impl PageSettings {
-    /// The settings from the operations file (if the sidecar has one) and the pricing
-    /// config's top-up URL.
-    pub fn new(ops: Option<&Operations>, top_up_url: Option<String>) -> Self {
-        let Some(ops) = ops else {
-            return Self {
-                checkout_url: top_up_url,
-                ..Self::default()
-            };
-        };
-        Self {
-            bundles: ops.bundles.values().cloned().collect(),
-            checkout_url: ops.checkout_url.clone().or(top_up_url),
-            auto_recharge: ops.auto_recharge.is_some(),
-        }
-    }
-}
-
 /// The page's routes, merged into the read listener's router.
 pub fn routes() -> Router<Arc<ReadState>> {
     Router::new()
         .route("/customer/", get(page))
         .route("/customer/ledger.csv", get(ledger_csv))
+        .route(
+            "/customer/auto-recharge",
+            axum::routing::post(recharge::set).layer(axum::extract::DefaultBodyLimit::max(
+                recharge::RECHARGE_FORM_MAX_BYTES,
+            )),
+        )
         .route("/customer/page.js", get(|| async { script(PAGE_JS) }))
         .route("/customer/embed.js", get(|| async { script(EMBED_JS) }))
 }
@@ -117,7 +96,10 @@ fn html(status: StatusCode, body: String) -> Response {
 
 /// The customer a reader opens the page for: a session's own customer; staff name one
 /// with `customer=`.
-fn customer_of(reader: &Reader, pairs: &mut Vec<(String, String)>) -> Result<String, String> {
+fn customer_of(
+    reader: &Reader,
+    pairs: &mut Vec<(String, String)>,
+) -> Result<String, (StatusCode, String)> {
     let named = pairs
         .iter()
         .position(|(k, _)| k == "customer")
@@ -125,11 +107,17 @@ fn customer_of(reader: &Reader, pairs: &mut Vec<(String, String)>) -> Result<Str
     match (reader.own_customer(), named) {
         (Some(own), None) => Ok(own.to_string()),
         (Some(own), Some(c)) if c == own => Ok(c),
-        (Some(_), Some(_)) => {
-            Err("query parameter customer: a session opens only its own customer's page".into())
-        }
-        (None, Some(c)) => Ok(c),
-        (None, None) => Err("query parameter customer: staff tokens name the customer".into()),
+        (Some(_), Some(_)) => Err((
+            StatusCode::FORBIDDEN,
+            "query parameter customer: a session opens only its own customer's page".into(),
+        )),
+        (None, Some(c)) => creditgate_protocol::keys::validate_id("query parameter customer", &c)
+            .map(|()| c)
+            .map_err(|m| (StatusCode::BAD_REQUEST, m)),
+        (None, None) => Err((
+            StatusCode::BAD_REQUEST,
+            "query parameter customer: staff tokens name the customer".into(),
+        )),
     }
 }
 
@@ -139,7 +127,7 @@ async fn page(State(st): State<Arc<ReadState>>, reader: Reader, uri: Uri) -> Res
     let mut pairs = url_pairs(&uri);
     let customer = match customer_of(&reader, &mut pairs) {
         Ok(c) => c,
-        Err(m) => return html(StatusCode::FORBIDDEN, html::error_page("Not allowed", &m)),
+        Err((status, m)) => return html(status, html::error_page("Not allowed", &m)),
     };
     let q = match data::PageQuery::parse(&pairs) {
         Ok(q) => q,
@@ -167,7 +155,7 @@ async fn ledger_csv(State(st): State<Arc<ReadState>>, reader: Reader, uri: Uri) 
     };
     let customer = match customer_of(&reader, &mut pairs) {
         Ok(c) => c,
-        Err(m) => return bad(StatusCode::FORBIDDEN, m),
+        Err((status, m)) => return bad(status, m),
     };
     let q = match data::PageQuery::parse(&pairs) {
         Ok(q) => q,
