@@ -41,8 +41,9 @@ use creditgate_testkit::{
     LedgerTarget, Postgres, RedisServer, Sidecar, SidecarOptions, metric_value, parse_samples,
 };
 
-/// Timeout of each Redis call of the load generator, in milliseconds.
-const REDIS_TIMEOUT_MS: u64 = 5_000;
+/// Timeout of each Redis call of the load generator, in milliseconds: long, because on a
+/// shared machine Redis can stall for seconds, and a timed-out call fails the whole run.
+const REDIS_TIMEOUT_MS: u64 = 30_000;
 
 /// The keyspace the sidecar runs with by default.
 const PREFIX: &str = "cg";
@@ -189,14 +190,16 @@ async fn preload(
 }
 
 /// `events_per_s` events per second for `secs` seconds (reserve + settle pairs started
-/// every 10 ms); returns the events written and the time it took.
+/// every 10 ms); returns the events sent, the time it took and the pairs whose store call
+/// failed (a load generator starved of CPU times out: that is counted, not fatal).
 async fn steady(
     store: Arc<RedisStore>,
     customers: u64,
     events_per_s: u64,
     secs: u64,
-) -> anyhow::Result<(u64, Duration)> {
+) -> anyhow::Result<(u64, Duration, u64)> {
     let started = Instant::now();
+    let mut failed = 0u64;
     let ticks = secs * 100;
     let mut owed = 0.0f64;
     let per_tick = events_per_s as f64 / 2.0 / 100.0;
@@ -216,14 +219,14 @@ async fn steady(
         }
         if running.len() > 1_000 {
             for t in running.drain(..) {
-                t.await??;
+                failed += u64::from(t.await?.is_err());
             }
         }
     }
     for t in running {
-        t.await??;
+        failed += u64::from(t.await?.is_err());
     }
-    Ok((pairs * 2, started.elapsed()))
+    Ok((pairs * 2, started.elapsed(), failed))
 }
 
 /// `entries-added` summed over the shard streams, and the group's pending entries.
@@ -390,14 +393,15 @@ async fn bench(cli: &Cli, which: Which) -> anyhow::Result<()> {
     // Steady phase.
     let before = lag_buckets(&sidecar);
     let steady_from = now_ms();
-    let (events, took) = steady(
+    let (events, took, failed) = steady(
         store.clone(),
         cli.customers,
         cli.steady_rate,
         cli.steady_secs,
     )
     .await?;
-    let expected = added + events;
+    // What reached the streams, whatever the load generator's failures.
+    let (expected, _) = stream_counts(&redis.url()).await?;
     let t = Instant::now();
     while written(&sidecar) < expected {
         if t.elapsed() > Duration::from_secs(60) {
@@ -418,7 +422,8 @@ async fn bench(cli: &Cli, which: Which) -> anyhow::Result<()> {
         .collect();
     lags.sort_unstable();
     println!(
-        "[{}] steady: {events} events in {:.1} s ({:.0} events/s); {} rows of the window: lag \
+        "[{}] steady: {events} events in {:.1} s ({:.0} events/s; {failed} pairs failed in the \
+         load generator); {} rows of the window: lag \
          event→row p50 {} ms, p99 {} ms, max {} ms; histogram (event→commit) p99 ≤ {} s",
         target.backend(),
         took.as_secs_f64(),
