@@ -48,8 +48,9 @@
 #                      ARM[-PROFILE_TAG].svg
 #
 # Needs: cargo, wrk, redis-server, redis-cli, curl, taskset (apt-get install -y wrk
-# redis-server redis-tools curl util-linux). It starts everything on free loopback ports
-# and kills everything it started when it exits, however it exits.
+# redis-server redis-tools curl util-linux); nginx for its arm; perf and inferno for
+# PROFILE. It starts everything on free loopback ports and kills everything it started
+# when it exits, however it exits.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
