@@ -3,6 +3,8 @@
 //! own read functions, and renders server-side HTML with [`super::html`]. Nothing here
 //! changes anything.
 
+use std::collections::HashMap;
+
 use axum::http::Method;
 use serde_json::{Value, json};
 
@@ -99,19 +101,29 @@ pub async fn customer(cs: &ConsoleState, v: &Visit, customer: &str, notice: Noti
         .unwrap_or_default();
     entries.reverse();
     entries.truncate(LEDGER_SHOWN);
-    let entries: Vec<Value> = entries.iter().map(flatten_entry).collect();
+    let why = grant_reasons(cs, customer).await;
+    let with_why = |mut row: Value| {
+        if let Some(w) = row["grant_id"].as_str().and_then(|g| why.get(g)) {
+            for k in ["actor", "reason", "source"] {
+                if row[k].is_null() {
+                    row[k] = w[k].clone();
+                }
+            }
+        }
+        row
+    };
+    let entries: Vec<Value> = entries.iter().map(|e| with_why(flatten_entry(e))).collect();
     let live = &balance.body["live"];
+    let live_grants: Vec<Value> = live["grants"]
+        .as_array()
+        .map_or_else(Vec::new, |g| g.iter().cloned().map(with_why).collect());
     let body = format!(
         r#"<h1>{}</h1><div class="stats">{}</div>
 <div class="grid"><div class="card"><h2>Grants</h2>{}</div><div class="card"><h2>Grant credits</h2>{}</div></div>
 <div class="card"><h2>Ledger, newest first (last {LEDGER_DAYS} days)</h2>{}</div>"#,
         esc(customer),
         stats(live),
-        grants(
-            v,
-            customer,
-            live["grants"].as_array().map_or(&[][..], Vec::as_slice)
-        ),
+        grants(v, customer, &live_grants),
         grant_form(cs, v, customer),
         table(
             &entries,
@@ -131,6 +143,35 @@ pub async fn customer(cs: &ConsoleState, v: &Visit, customer: &str, notice: Noti
         ),
     );
     frame(v, customer, notice, &body)
+}
+
+/// Who granted each of the customer's admin-API grants, and why (`admin_grants`): the
+/// ledger's entry JSON leaves the actor and the reason out.
+async fn grant_reasons(cs: &ConsoleState, customer: &str) -> HashMap<String, Value> {
+    let rows = cs
+        .admin
+        .db
+        .fetch(
+            "SELECT grant_id, source, reason_code, note, actor FROM admin_grants \
+             WHERE customer = $1 ORDER BY created_at_ms DESC LIMIT 1000",
+            &[customer.into()],
+            |row| {
+                let note = row.try_get::<String, _>("note")?;
+                let code = row.try_get::<String, _>("reason_code")?;
+                let reason = if note.is_empty() {
+                    code
+                } else {
+                    format!("{code}: {note}")
+                };
+                Ok((
+                    row.try_get::<String, _>("grant_id")?,
+                    json!({"actor": row.try_get::<String, _>("actor")?, "reason": reason,
+                           "source": row.try_get::<String, _>("source")?}),
+                ))
+            },
+        )
+        .await;
+    rows.unwrap_or_default().into_iter().collect()
 }
 
 /// A ledger entry as the admin API answers it, its `entry` fields lifted to the top.
@@ -186,6 +227,8 @@ fn grants(v: &Visit, customer: &str, grants: &[Value]) -> String {
             ("held", "Held"),
             ("expires_at_ms", "Expires"),
             ("created_at_ms", "Granted"),
+            ("actor", "By"),
+            ("reason", "Reason"),
         ],
         "No live grants.",
     );
