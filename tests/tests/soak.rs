@@ -6,7 +6,8 @@
 //! trimmed, no dead letter unexplained, nobody overspent, events and grants applied once and
 //! memory flat.
 //!
-//! 60 s by default; run by hand (ignored until its open findings are fixed), longer with:
+//! 60 s of traffic by default; run by hand (ignored until its open findings in
+//! docs/RELIABILITY.md are fixed), longer with:
 //! `CREDITGATE_SOAK_SECS=900 cargo test -p creditgate-e2e --test soak -- --ignored --nocapture`
 //! (`CREDITGATE_SOAK_SEED` changes the random choices). Needs `redis-server` and the built
 //! binaries (`cargo build -p creditgate-gateway -p creditgate-sidecar`).
@@ -14,9 +15,9 @@
 use creditgate_testkit::{SoakConfig, run_soak};
 
 #[test]
-#[ignore = "open findings (docs/RELIABILITY.md): usage events Redis loses before the ledger \
-            reads them are not burned again, and the sidecar's memory grows across a rebuild; \
-            run by hand with --ignored"]
+#[ignore = "open findings (docs/RELIABILITY.md): after a promoted lagging replica a customer's \
+            Redis total can stay off the ledger's sum although rebuilt, and a grant can be \
+            applied twice in Redis; run by hand with --ignored"]
 fn the_ledger_holds_through_load_and_faults() {
     let config = SoakConfig::from_env();
     let report = run_soak(config);

@@ -10,7 +10,7 @@
 //! Every step is idempotent, so a crash at any point is repaired by the next start: the
 //! writer re-reads its pending entries, the outbox redelivers, the sweeper re-scans.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +24,9 @@ use tracing::{error, info, warn};
 
 use crate::jobs::outbox::deliver_pending;
 use crate::jobs::rebuilds::{FromLedger, retry_owed_rebuilds};
-use crate::jobs::reconcile::{ReconcileReport, check_generations, compare};
+use crate::jobs::reconcile::{
+    Rebuilt, ReconcileReport, check_generations, compare, rebuild_and_recover,
+};
 use crate::jobs::writer::{CLAIM_IDLE_MS, LedgerWriter, WriterError};
 use crate::ledger::{Ledger, now_ms};
 use crate::metrics::SidecarMetrics;
@@ -261,6 +263,38 @@ impl Sidecar {
         }
     }
 
+    /// Rebuilds from the ledger the customers whose drift two consecutive passes saw with
+    /// the same figures: a standing difference, not events in flight (Redis came back
+    /// behind the ledger and the shard's sequence did not show it, or Redis was changed by
+    /// hand). The restore is fenced and refuses while Redis has holds pending or events
+    /// the ledger has not recorded; such a customer is tried again on a later pass.
+    async fn repair_standing_drift(&self, customers: &BTreeSet<String>) {
+        if customers.is_empty() {
+            return;
+        }
+        warn!(
+            drifted = customers.len(),
+            "Redis differs from the ledger in two passes; rebuilding those customers from the ledger"
+        );
+        for customer in customers {
+            let rebuilt =
+                rebuild_and_recover(self.ledger.as_ref(), self.redis.as_ref(), customer).await;
+            match rebuilt {
+                Ok(Rebuilt::Restored { .. }) => {
+                    info!(customer, "standing drift repaired from the ledger");
+                }
+                Ok(other) => {
+                    warn!(
+                        customer,
+                        ?other,
+                        "standing drift not repaired yet; tried again on the next pass"
+                    );
+                }
+                Err(e) => self.task_error("reconcile repair", &e),
+            }
+        }
+    }
+
     /// Compares Redis with the ledger once the writer has passed the streams' positions of
     /// the pass's start. Drift counts only when the same difference shows in two
     /// consecutive passes, so events in flight between the two stores do not raise a false
@@ -280,22 +314,22 @@ impl Sidecar {
                     .iter()
                     .map(|d| ((d.customer.clone(), d.credit_type.clone()), d.amount()))
                     .collect();
-                let mut previous = previous.lock().unwrap_or_else(|p| p.into_inner());
-                let confirmed: Vec<_> = current
-                    .iter()
-                    .filter(|(k, v)| previous.get(*k) == Some(*v))
-                    .collect();
-                self.metrics.drifted.set(confirmed.len() as i64);
-                self.metrics
-                    .drift_credits
-                    .set(confirmed.iter().map(|(_, v)| v.abs()).sum());
-                if !confirmed.is_empty() {
-                    warn!(
-                        drifted = confirmed.len(),
-                        "Redis differs from the ledger; `creditgate-sidecar reconcile --repair` rebuilds it"
-                    );
-                }
-                *previous = current;
+                let standing = {
+                    let mut previous = previous.lock().unwrap_or_else(|p| p.into_inner());
+                    let confirmed: Vec<_> = current
+                        .iter()
+                        .filter(|(k, v)| previous.get(*k) == Some(*v))
+                        .collect();
+                    self.metrics.drifted.set(confirmed.len() as i64);
+                    self.metrics
+                        .drift_credits
+                        .set(confirmed.iter().map(|(_, v)| v.abs()).sum());
+                    let customers: BTreeSet<String> =
+                        confirmed.iter().map(|((c, _), _)| c.clone()).collect();
+                    *previous = current.clone();
+                    customers
+                };
+                self.repair_standing_drift(&standing).await;
                 *self
                     .last_reconcile
                     .write()

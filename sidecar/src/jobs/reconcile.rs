@@ -455,6 +455,22 @@ async fn reapply_lost_grants(
     Ok(reapplied)
 }
 
+/// Rebuilds `customer` from the ledger as a shard that lost its data is rebuilt: the fenced
+/// restore ([`rebuild_customer`]), then, once restored, the grants the outbox delivered and
+/// Redis lost are applied again and the usage events whose burn Redis lost are burned again.
+pub async fn rebuild_and_recover(
+    ledger: &dyn Ledger,
+    store: &dyn RebuildStore,
+    customer: &str,
+) -> Result<Rebuilt, ReconcileError> {
+    let rebuilt = rebuild_customer(ledger, store, customer).await?;
+    if matches!(rebuilt, Rebuilt::Restored { .. }) {
+        reapply_lost_grants(ledger, store, customer).await?;
+        reburn_lost_usage_events(ledger, store, customer).await?;
+    }
+    Ok(rebuilt)
+}
+
 /// How many recorded usage events one read of [`reburn_lost_usage_events`] takes.
 pub const REBURN_PAGE: u32 = 500;
 
@@ -761,10 +777,8 @@ pub async fn rebuild_shard(
         if store.keyspace().shard_of(&customer) != shard || done.contains(&customer) {
             continue;
         }
-        match rebuild_customer(ledger, store, &customer).await? {
+        match rebuild_and_recover(ledger, store, &customer).await? {
             Rebuilt::Restored { .. } => {
-                reapply_lost_grants(ledger, store, &customer).await?;
-                reburn_lost_usage_events(ledger, store, &customer).await?;
                 store.mark_rebuilt(shard, Some(&customer), token).await?;
             }
             waiting => {
