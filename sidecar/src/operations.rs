@@ -901,11 +901,11 @@ amount = 10000
             "{e}"
         );
         assert!(
-            e.contains("ops.toml:23: customer_page.recharge_target_max.api: must be from 1"),
+            e.contains("ops.toml:22: customer_page.recharge_target_max.api: must be from 1"),
             "{e}"
         );
         assert!(
-            e.contains("ops.toml:24: customer_page.recharge_target_max.gpu: \"gpu\" is not"),
+            e.contains("ops.toml:23: customer_page.recharge_target_max.gpu: \"gpu\" is not"),
             "{e}"
         );
         let bad = format!("{GOOD}\n[customer_page]\ncheckout_url = \"javascript:alert(1)\"\n");
