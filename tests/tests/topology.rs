@@ -423,6 +423,11 @@ fn manual_failover(t: &Topology, primary: usize, f: &mut Faults) -> usize {
     t.cluster
         .failover(replica, CONVERGE)
         .expect("CLUSTER FAILOVER");
+    // Again once it is primary: any client connecting meanwhile (a top-up's CLI call)
+    // loaded the scripts on every node, the replica too.
+    t.cluster.nodes()[replica]
+        .cli(&["SCRIPT", "FLUSH"])
+        .expect("SCRIPT FLUSH");
     f.log.push(format!(
         "CLUSTER FAILOVER: node {replica} took over from node {primary} in {} ms",
         started.elapsed().as_millis()
