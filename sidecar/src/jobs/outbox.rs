@@ -9,7 +9,7 @@
 use creditgate_protocol::{CreditStore, GrantOutcome};
 use tracing::{error, info, warn};
 
-use crate::ledger::{GrantRecord, LedgerError, LedgerGrants, RecordGrantOutcome, now_ms};
+use crate::ledger::{GrantRecord, Ledger, LedgerError, RecordGrantOutcome, now_ms};
 
 /// Most outbox rows delivered per pass: bounds one pass; a backlog drains over the next.
 pub const OUTBOX_BATCH_MAX: u32 = 200;
@@ -53,7 +53,7 @@ pub struct DeliveryReport {
 
 /// Records a grant in the ledger, then applies it to the store once.
 pub async fn issue_grant(
-    ledger: &dyn LedgerGrants,
+    ledger: &dyn Ledger,
     store: &dyn CreditStore,
     grant: &GrantRecord,
 ) -> Result<Issued, OutboxError> {
@@ -78,10 +78,18 @@ pub async fn issue_grant(
 /// Applies one recorded grant to the store and records the result in the outbox. The
 /// inner `Err` is a delivery failure (kept for a retry), the outer one a ledger failure.
 async fn deliver(
-    ledger: &dyn LedgerGrants,
+    ledger: &dyn Ledger,
     store: &dyn CreditStore,
     grant: &GrantRecord,
 ) -> Result<Result<GrantOutcome, String>, OutboxError> {
+    // The ledger has the grant's `grant_added`: Redis applied it before. Applying it again
+    // would give it twice when Redis has since lost its applied-grant ids (a FLUSHALL, a
+    // promoted replica) and not yet been rebuilt; the rebuild restores it from the ledger.
+    let added = format!("grant:{}:added", grant.grant_id);
+    if ledger.entry(&added).await?.is_some() {
+        ledger.mark_grant_applied(&grant.grant_id, now_ms()).await?;
+        return Ok(Ok(GrantOutcome::Duplicate { at_ms: now_ms() }));
+    }
     match store.grant(&grant.to_request()).await {
         Ok(outcome @ (GrantOutcome::Granted { .. } | GrantOutcome::Duplicate { .. })) => {
             ledger.mark_grant_applied(&grant.grant_id, now_ms()).await?;
@@ -121,7 +129,7 @@ async fn deliver(
 
 /// Delivers the outbox's pending grants, oldest first, at most [`OUTBOX_BATCH_MAX`].
 pub async fn deliver_pending(
-    ledger: &dyn LedgerGrants,
+    ledger: &dyn Ledger,
     store: &dyn CreditStore,
 ) -> Result<DeliveryReport, OutboxError> {
     let mut report = DeliveryReport::default();
@@ -220,5 +228,24 @@ mod tests {
                 failed: 1
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_grant_the_ledger_has_added_is_not_applied_again_to_a_store_that_lost_it() {
+        let t = temp_ledger().await;
+        let store = MemoryStore::new(keyspace());
+        let g1 = record("g1", 100);
+        issue_grant(t.ledger.as_ref(), &store, &g1)
+            .await
+            .expect("issue");
+        crate::jobs::fixtures::record_model_events(t.ledger.as_ref(), &store, &keyspace()).await;
+        // Redis lost everything (FLUSHALL) and is not rebuilt yet; the call is retried.
+        let empty = MemoryStore::new(keyspace());
+        let retry = issue_grant(t.ledger.as_ref(), &empty, &g1).await;
+        assert_eq!(retry.expect("retry"), Issued::AlreadyRecorded);
+        let pass = deliver_pending(t.ledger.as_ref(), &empty).await;
+        assert_eq!(pass.expect("pass").delivered, 0);
+        let balance = empty.balance("acme").await.expect("balance");
+        assert_eq!(balance.of(CREDITS).map(|b| b.available), None);
     }
 }
