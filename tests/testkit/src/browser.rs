@@ -392,10 +392,15 @@ impl Browser {
     /// `min_height`, at most 4,000 px), so a screenshot shows all of it.
     pub fn fit_height(&self, width: u32, min_height: u32) -> anyhow::Result<()> {
         self.set_window_size(width, min_height)?;
+        // The window is taller than the page's viewport by the browser's own frame.
         let height = self
-            .eval("return document.documentElement.scrollHeight;", vec![])?
-            .as_u64()
-            .unwrap_or(u64::from(min_height));
+            .eval(
+                "return Math.max(document.documentElement.scrollHeight, document.body.scrollHeight) \
+                 + Math.max(0, window.outerHeight - window.innerHeight);",
+                vec![],
+            )?
+            .as_f64()
+            .map_or(u64::from(min_height), |h| h.ceil() as u64);
         let height = u32::try_from(height)
             .unwrap_or(4_000)
             .clamp(min_height, 4_000);

@@ -119,7 +119,7 @@ pub async fn customer(cs: &ConsoleState, v: &Visit, customer: &str, notice: Noti
         .map_or_else(Vec::new, |g| g.iter().cloned().map(with_why).collect());
     let body = format!(
         r#"<h1>{}</h1><div class="stats">{}</div>
-<div class="grid"><div class="card"><h2>Grants</h2>{}</div><div class="card"><h2>Grant credits</h2>{}</div></div>
+<div class="card"><h2>Live grants</h2>{}</div><div class="card"><h2>Grant credits</h2>{}</div>
 <div class="card"><h2>Ledger, newest first (last {LEDGER_DAYS} days)</h2>{}</div>"#,
         esc(customer),
         stats(live),
