@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use creditgate_config::{DEFAULT_UPSTREAM, Mode, PricingConfig, ResponseUsage, Route};
+use creditgate_config::{DEFAULT_UPSTREAM, Enforcement, Mode, PricingConfig, ResponseUsage, Route};
 use pingora::Error;
 use pingora::http::RequestHeader;
 use pingora::prelude::Session;
@@ -23,6 +23,7 @@ use crate::control::FleetControl;
 use crate::hold::{Holds, RequestHold};
 use crate::idempotency;
 use crate::in_flight::InFlight;
+use crate::lease::{LeaseTicket, Leases};
 use crate::metrics::{Metrics, Outcome};
 use crate::request_body::read_estimate;
 use crate::responses::{Charge, Refusal};
@@ -37,6 +38,8 @@ pub struct CreditGate {
     pub(crate) in_flight: InFlight,
     control: Arc<FleetControl>,
     holds: Holds,
+    /// Credit leases of routes with `enforcement = "lease"`.
+    pub(crate) leases: Leases,
 }
 
 /// Per-request state.
@@ -48,6 +51,8 @@ pub struct RequestCtx {
     pub(crate) upstream: Option<String>,
     pub(crate) customer: Option<String>,
     hold: Option<RequestHold>,
+    /// Admitted from a credit lease instead of a hold of its own.
+    lease: Option<LeaseTicket>,
     pub(crate) charge: Option<Charge>,
     upstream_status: Option<u16>,
     /// Whether `request_filter` counted this request in flight (`logging` uncounts it).
@@ -113,7 +118,9 @@ impl CreditGate {
         in_flight: InFlight,
     ) -> Self {
         let holds = Holds::new(store.clone(), metrics.clone(), in_flight.clone());
+        let leases = Leases::new(store.clone(), in_flight.clone());
         Self {
+            leases,
             config,
             store,
             metrics,
@@ -191,6 +198,14 @@ impl CreditGate {
             &ctx.request_id,
         );
         idempotency::bind_request(session, ctx, &mut plan).await?;
+        if route.enforcement == Enforcement::Lease
+            && let Some((ticket, charge)) = self.leases.admit(&plan).await
+        {
+            self.metrics.decision(&route.name, Outcome::Allowed);
+            ctx.lease = Some(ticket);
+            ctx.charge = Some(charge);
+            return Ok(());
+        }
         let reserved = self.holds.reserve_for_request(&plan).await?;
         ctx.hold = reserved.hold;
         ctx.charge = reserved.charge;
@@ -282,6 +297,12 @@ impl CreditGate {
         let status = session.response_written().map(|r| r.status.as_u16());
         if let Some(e) = error {
             warn!(request_id = %ctx.request_id, route = %ctx.route, customer = ?ctx.customer, error = %e, "request failed");
+        }
+        if let Some(ticket) = ctx.lease.take() {
+            let actual = ctx.inspector.take().map(|i| i.settle().amount);
+            let end = ticket.end_for(ctx.upstream_status);
+            self.leases.finish(ticket, end, actual);
+            return;
         }
         let Some(mut hold) = ctx.hold.take() else {
             debug!(request_id = %ctx.request_id, route = %ctx.route, customer = ?ctx.customer, status = ?status, "request done");

@@ -39,6 +39,7 @@ pub mod hold;
 pub mod idempotency;
 pub mod identity;
 pub mod in_flight;
+pub mod lease;
 pub mod metrics;
 pub mod proxy;
 pub mod request_body;

@@ -350,6 +350,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     store_runtime.spawn(fleet_sync(&args, &config, &control, &metrics, &store).run());
     let gateway = CreditGate::new(config, store.clone(), metrics.clone(), in_flight.clone())
         .with_control(control.clone());
+    store_runtime.spawn(gateway.leases.clone().run(server.watch_execution_phase()));
     store_runtime.spawn(exit_when_drained(server.watch_execution_phase(), in_flight));
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&args.listen);

@@ -105,10 +105,7 @@ impl RedisStore {
                 sent.push(script.name);
                 pipe.cmd("EVAL").arg(&script.source);
             }
-            pipe.arg(keys.len())
-                .arg(keys.len())
-                .arg(&keys[..])
-                .arg(args);
+            pipe.arg(keys.len()).arg(&keys[..]).arg(args);
         };
         add(
             &SCRIPTS.void,
