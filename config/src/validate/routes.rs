@@ -138,9 +138,7 @@ impl Checker<'_> {
         else {
             return None;
         };
-        if !upstreams.contains_key(&upstream) {
-            return None;
-        }
+        upstreams.contains_key(&upstream).then_some(())?;
         let host = host.flatten();
         let name = name.flatten().unwrap_or_else(|| match &host {
             Some(host) => format!("{} {host}{}", method.as_str(), pattern.as_str()),
