@@ -167,3 +167,20 @@ fn three_hundred_clients_against_one_hundred_credits_with_leases_across_two_gate
         assert_eq!((*amount, feature.as_str()), (1, "search"), "{hold_id}");
     }
 }
+
+#[test]
+fn a_lease_is_returned_on_graceful_shutdown() {
+    let config = |upstream| base_config(upstream) + SEARCH_ROUTE + "enforcement = \"lease\"\n";
+    let mut stack = Stack::start(config).expect("stack");
+    stack.credits.grant(ALICE, 1_000).expect("grant");
+    for _ in 0..3 {
+        let reply = stack.get("/search", Some(ALICE_KEY));
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    let (available, held) = stack.credits.balance(ALICE).expect("balance");
+    assert!(held > 0, "a lease is held: ({available}, {held})");
+    let status = stack.gateway.stop().expect("graceful stop");
+    assert!(status.success(), "{status:?}");
+    // Exactly the three requests burned; the lease's unused credits are back.
+    assert_eq!(stack.credits.balance(ALICE).expect("balance"), (997, 0));
+}
