@@ -365,6 +365,11 @@ wrk_requests() {
     awk '/ requests in / { print $1 }' "$1"
 }
 
+# Responses in one wrk output file that were not 2xx or 3xx (a 503 is never charged).
+wrk_non2xx() {
+    awk '/Non-2xx or 3xx responses:/ { n = $NF } END { print n + 0 }' "$1"
+}
+
 # One wrk run against ARM: prints "rps p50_ms p99_ms bad cpu_us redis_us load1", where bad
 # counts non-2xx answers and socket errors (they make a row invalid), cpu_us is the CPU
 # time the arm's process used per response wrk counted, in microseconds, redis_us the same
@@ -408,7 +413,7 @@ for conns in $CONNS; do
             row="$(run_wrk "$arm" "$conns" "$DURATION_S" "$WORK/wrk-$arm-c$conns-r$round.txt")"
             if [[ "$arm" == gateway-redis ]]; then
                 for f in "$WORK/wrk-$arm-c$conns-r$round-warmup.txt" "$WORK/wrk-$arm-c$conns-r$round.txt"; do
-                    REDIS_ARM_REQUESTS=$((REDIS_ARM_REQUESTS + $(wrk_requests "$f")))
+                    REDIS_ARM_REQUESTS=$((REDIS_ARM_REQUESTS + $(wrk_requests "$f") - $(wrk_non2xx "$f")))
                     REDIS_ARM_RUNS=$((REDIS_ARM_RUNS + conns))
                 done
             fi
@@ -468,7 +473,7 @@ else
     verdict="FAILED"
 fi
 echo
-echo "- Redis arm accounting, $verdict: $burned credits burned; $served responses served ($REDIS_ARM_REQUESTS counted by wrk, warm-ups included, and $CHECK_REQUESTS checks), so $in_flight were in flight when a wrk run stopped (allowed: 0 to $REDIS_ARM_RUNS, N per run); held after the run: $after_held, debt: $after_debt"
+echo "- Redis arm accounting, $verdict: $burned credits burned; $served responses served ($REDIS_ARM_REQUESTS 2xx counted by wrk, warm-ups included, and $CHECK_REQUESTS checks), so $in_flight were in flight when a wrk run stopped (allowed: 0 to $REDIS_ARM_RUNS, N per run); held after the run: $after_held, debt: $after_debt"
 for name in gateway-redis gateway-embedded bare; do
     lines="$(grep -c . "$WORK/$name.log" || true)"
     echo "- $name log lines at RUST_LOG=warn: $lines"
