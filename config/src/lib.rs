@@ -22,10 +22,10 @@ pub use cost::{CostRule, RequestValues, UnitSource, UnitsError, UnitsProblem, Un
 pub use diagnostics::{ConfigError, ConfigErrors, Diagnostics};
 pub use limits::*;
 pub use model::{
-    ApiKey, Billing, Cohort, CreditType, Customer, DEFAULT_FAILURE_POLICY, DEFAULT_MODE,
-    DEFAULT_ENFORCEMENT, DEFAULT_UNMATCHED, DEFAULT_UPGRADE_POLICY, DEFAULT_UPSTREAM_ERROR_POLICY, Defaults,
-    EmbeddedGrant, Enforcement, FailurePolicy, Feature, Identity, Method, Mode, Overdraft, Plan, Unmatched,
-    UpgradePolicy, Upstream, UpstreamErrorPolicy,
+    ApiKey, Billing, Cohort, CreditType, Customer, DEFAULT_ENFORCEMENT, DEFAULT_FAILURE_POLICY,
+    DEFAULT_MODE, DEFAULT_UNMATCHED, DEFAULT_UPGRADE_POLICY, DEFAULT_UPSTREAM_ERROR_POLICY,
+    Defaults, EmbeddedGrant, Enforcement, FailurePolicy, Feature, Identity, Method, Mode,
+    Overdraft, Plan, Unmatched, UpgradePolicy, Upstream, UpstreamErrorPolicy,
 };
 pub use pattern::{PathPattern, Segment, path_segments};
 pub use request_target::{PathError, normalize_path, query_values};

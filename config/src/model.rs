@@ -150,9 +150,6 @@ pub enum Enforcement {
     /// (one hold, a share of the balance); each request still reaches the ledger as its own
     /// burn. Near a zero balance it falls back to one hold per request.
     Lease,
-    /// The request never waits on the store: burns are sent in the background, and a
-    /// customer found below its overdraft is refused on later requests. Allows overage.
-    Async,
 }
 
 impl Enforcement {
@@ -161,13 +158,12 @@ impl Enforcement {
         match self {
             Enforcement::Hold => "hold",
             Enforcement::Lease => "lease",
-            Enforcement::Async => "async",
         }
     }
 }
 
 /// How a route holds credits: `hold`, one hold per request (exact, one store round trip on
-/// the request path); `lease` and `async` are chosen per route where speed matters more.
+/// the request path); `lease` is chosen per route where speed matters more.
 pub const DEFAULT_ENFORCEMENT: Enforcement = Enforcement::Hold;
 
 /// The `[defaults]` table with every default applied.

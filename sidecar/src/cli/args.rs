@@ -164,7 +164,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", env = "CREDITGATE_SESSION_KEY_FILE")]
     pub session_key_file: Option<std::path::PathBuf>,
     /// The session signing key itself, when not in a file.
-    #[arg(long = "session-key", env = "CREDITGATE_SESSION_KEY", hide = true, hide_env_values = true)]
+    #[arg(
+        long = "session-key",
+        env = "CREDITGATE_SESSION_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
     pub session_key: Option<String>,
 }
 

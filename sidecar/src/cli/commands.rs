@@ -206,7 +206,12 @@ async fn spawn_admin_api(
     tokio::spawn(admin::alerts::run(state.clone(), stop_rx.clone()));
     tokio::spawn(admin::key_sync::run(state.clone(), stop_rx.clone()));
     let console = crate::api::console::router(state.clone());
-    Ok(tokio::spawn(admin::serve(listener, state, console, stop_rx.clone())))
+    Ok(tokio::spawn(admin::serve(
+        listener,
+        state,
+        console,
+        stop_rx.clone(),
+    )))
 }
 
 /// Prefix of the actor recorded by `grant`: it bypasses the admin API's roles and limits,
