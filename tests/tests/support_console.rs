@@ -226,3 +226,47 @@ fn console_change_forms_without_the_sessions_csrf_token_are_refused() {
     assert_eq!(post(&grants_path, &with_token), 200);
     h.wait_available(CUSTOMER, "api", 50);
 }
+
+#[test]
+fn a_grant_made_in_the_console_appears_on_the_customers_page() {
+    let h = harness_with_customer();
+    let browser = Browser::start().unwrap();
+    console_login(&browser, &h.admin_url, h.token("support")).unwrap();
+    let grant = ConsoleGrant {
+        note: "welcome credits",
+        ..ConsoleGrant::goodwill("api", 250)
+    };
+    let notice = console_grant(&browser, &h.admin_url, CUSTOMER, &grant).unwrap();
+    assert!(notice.starts_with("Granted 250 api"), "{notice}");
+    console_logout(&browser).unwrap();
+
+    // The product's backend mints the customer a session; the customer opens their page.
+    let minted = h.post(
+        "billing",
+        &format!("/v1/admin/customers/{CUSTOMER}/sessions"),
+        serde_json::json!({"ttl_seconds": 300}),
+    );
+    assert_eq!(minted.status, 201, "{minted:?}");
+    let session = minted.json()["token"].as_str().unwrap().to_string();
+    let page = format!("{}/customer/?session={session}", h.sidecar.url());
+    // Balances are live from Redis; the history follows the ledger a moment later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        browser.open(&page).unwrap();
+        let available = browser
+            .text("[data-credit-type='api'] [data-available]")
+            .unwrap_or_default();
+        let history = browser.texts("tr[data-entry]").unwrap_or_default();
+        let granted = history
+            .iter()
+            .any(|row| row.contains("+250") && row.contains("welcome credits"));
+        if available == "250" && granted {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the customer page shows {available:?} available and history {history:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

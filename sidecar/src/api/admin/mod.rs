@@ -140,7 +140,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
             .layer(DefaultBodyLimit::max(route.body_max_bytes));
         router = router.route(route.path, handler);
     }
+    // An explicit fallback, so an unknown path is counted (as `unmatched`) even after the
+    // console's routes are merged in: a merged router's default fallback is not layered.
     router
+        .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_calls,
