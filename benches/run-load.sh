@@ -239,6 +239,8 @@ start bare "${ON_SUT[@]}" "$BIN/bare-proxy" --listen "127.0.0.1:$BARE_PORT" \
 export RUST_LOG=warn
 # Through the environment, which an older gateway build (GATEWAY_BIN) ignores.
 export CREDITGATE_WORK_STEALING="$WORK_STEALING"
+# Each worker thread on its own Redis connection (off by default in the gateway).
+export CREDITGATE_THREAD_CONNECTIONS=true
 start gateway-redis "${ON_SUT[@]}" "$GATEWAY_BIN" run --config "$WORK/bench.toml" \
     --listen "127.0.0.1:$GW_REDIS_PORT" --admin-listen "127.0.0.1:$GW_REDIS_ADMIN" \
     --redis "$REDIS_URL" --threads "$THREADS" --shutdown-grace-s 0 --shutdown-timeout-s 1

@@ -107,6 +107,14 @@ pub struct RunArgs {
     #[arg(long, env = "CREDITGATE_WORK_STEALING", default_value_t = false, action = clap::ArgAction::Set,
         value_parser = clap::builder::BoolishValueParser::new())]
     pub work_stealing: bool,
+    /// Give each worker thread a Redis connection of its own, opened on its own runtime
+    /// (`true`/`false`; single Redis server only). Off by default: after a Redis restart a
+    /// thread's first call can still find its connection's dead socket before the ping
+    /// does, and fail (503 or, under `fail_open`, unmetered), where the shared connection is
+    /// kept alive by the fleet poll. The load bench turns it on.
+    #[arg(long, env = "CREDITGATE_THREAD_CONNECTIONS", default_value_t = false, action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new())]
+    pub thread_connections: bool,
     /// Longest time, in seconds, requests in flight get after SIGTERM to finish and settle;
     /// the gateway exits as soon as none is left.
     #[arg(long, env = "CREDITGATE_SHUTDOWN_GRACE_S", default_value_t = DEFAULT_SHUTDOWN_GRACE_S)]

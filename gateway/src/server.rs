@@ -223,7 +223,10 @@ fn connect_redis(
         }
         Err(e) => return Err(e),
     };
-    let threads = ThreadConnections::new(&target, keyspace, REDIS_CALL_TIMEOUT_MS);
+    let threads = args
+        .thread_connections
+        .then(|| ThreadConnections::new(&target, keyspace, REDIS_CALL_TIMEOUT_MS))
+        .flatten();
     Ok(client
         .with_key_cache_ttl_ms(args.api_key_cache_ttl_ms)
         .with_thread_connections(threads))

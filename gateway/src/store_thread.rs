@@ -14,7 +14,7 @@
 //! per-thread cluster client would open a connection per node and thread).
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,13 @@ use crate::store_connect::RECONNECT_TIMEOUT_MS;
 /// milliseconds. Its calls go over the shared connection meanwhile, so there is no hurry;
 /// during a Redis outage each worker thread tries about once a second, not more.
 pub const THREAD_RETRY_MS: u64 = 1_000;
+
+/// How often a thread's own connection is pinged, in milliseconds. Nothing else uses it
+/// between requests, so without the ping the first request after Redis restarted would be
+/// the one to find the dead socket (and fail); the ping finds it instead, the connection
+/// reconnects, and meanwhile the thread's calls go over the shared connection, which the
+/// fleet's control poll keeps alive at the same pace.
+pub const THREAD_PING_MS: u64 = 500;
 
 /// Distinguishes the thread connections of several clients in one process (tests).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -47,6 +54,8 @@ enum Opening {
 struct Slot {
     store: OnceLock<Arc<RedisStore>>,
     opening: Mutex<Opening>,
+    /// False while the last ping of the open connection failed: calls use the shared one.
+    healthy: AtomicBool,
 }
 
 thread_local! {
@@ -95,12 +104,16 @@ impl ThreadConnections {
             let slot = Arc::new(Slot {
                 store: OnceLock::new(),
                 opening: Mutex::new(Opening::NotStarted),
+                healthy: AtomicBool::new(true),
             });
             slots.push((self.id, slot.clone()));
             slot
         });
         if let Some(store) = slot.store.get() {
-            return store.clone();
+            if slot.healthy.load(Ordering::Relaxed) {
+                return store.clone();
+            }
+            return shared.clone();
         }
         self.open_if_due(&slot);
         shared.clone()
@@ -130,8 +143,10 @@ impl ThreadConnections {
             let mut opening = slot.opening.lock().unwrap_or_else(|p| p.into_inner());
             match attempt {
                 Ok(Ok(store)) => {
-                    let _ = slot.store.set(Arc::new(store));
+                    let store = Arc::new(store);
+                    let _ = slot.store.set(store.clone());
                     opened.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(keep_alive(Arc::downgrade(&slot), store));
                     debug!(thread = ?std::thread::current().id(), "opened this thread's own Redis connection");
                 }
                 Ok(Err(e)) => {
@@ -147,6 +162,23 @@ impl ThreadConnections {
                 }
             }
         });
+    }
+}
+
+/// Pings `store` every [`THREAD_PING_MS`] and records in `slot` whether it answered,
+/// until the slot is gone.
+async fn keep_alive(slot: std::sync::Weak<Slot>, store: Arc<RedisStore>) {
+    let every = Duration::from_millis(THREAD_PING_MS);
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(slot) = slot.upgrade() else { return };
+        let answered = matches!(tokio::time::timeout(every, store.ping()).await, Ok(Ok(())));
+        if slot.healthy.swap(answered, Ordering::Relaxed) != answered {
+            debug!(
+                answered,
+                "this thread's own Redis connection changed health"
+            );
+        }
     }
 }
 
