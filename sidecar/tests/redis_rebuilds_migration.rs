@@ -45,7 +45,9 @@ async fn migration_10_applies_on_a_ledger_at_9_and_its_rows_work() {
     )
     .await;
 
-    assert_eq!(ledger.migrate().await.unwrap(), vec![10]);
+    // Migration 10 and every later one.
+    let applied = ledger.migrate().await.unwrap();
+    assert_eq!(applied.first(), Some(&10), "{applied:?}");
     let owed = RebuildRecord::owed("void-g1", "acme", "void of grant g1", 5_000);
     assert!(ledger.record_rebuild(&owed).await.unwrap());
     assert!(

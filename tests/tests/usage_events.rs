@@ -13,7 +13,7 @@ use creditgate_sidecar::ledger::{
 };
 use creditgate_testkit::{
     ALICE, Credits, LedgerTarget, RedisServer, Sidecar, SidecarOptions, add_admin_listener,
-    base_config, create_admin_token, http_client, now_ms, wait_for_admin_api,
+    base_config, create_admin_token, now_ms, wait_for_admin_api,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -84,7 +84,14 @@ impl EventStack {
         let stack = Self {
             sidecar,
             credits,
-            http: http_client(),
+            // A fresh connection per call: a pooled one the sidecar closed while idle was
+            // once reset under a POST (a transport flake, not an answer of the API).
+            http: reqwest::blocking::Client::builder()
+                .no_proxy()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("HTTP client"),
             ledger_path,
             config_path,
             admin_url,
