@@ -136,6 +136,26 @@ fn key_of(form: &[(String, String)]) -> String {
     format!("console-{}", field(form, "form_id").unwrap_or("none"))
 }
 
+/// A change form's POST to the admin API as the logged-in caller, under the form's
+/// idempotency key (a resubmitted form is the same call).
+async fn submit(
+    cs: &ConsoleState,
+    v: &Visit,
+    path: &str,
+    form: &[(String, String)],
+    body: Option<&Value>,
+) -> dispatch::Answer {
+    call(
+        &cs.api,
+        &v.caller,
+        Method::POST,
+        path,
+        Some(&key_of(form)),
+        body,
+    )
+    .await
+}
+
 async fn css() -> Response {
     (
         [
@@ -264,15 +284,7 @@ async fn grant(
         Err(m) => Some(Err(m)),
         Ok(body) => {
             let path = format!("/v1/admin/customers/{}/grants", url_part(&customer));
-            let a = call(
-                &cs.api,
-                &v.caller,
-                Method::POST,
-                &path,
-                Some(&key_of(&form)),
-                Some(&body),
-            )
-            .await;
+            let a = submit(&cs, &v, &path, &form, Some(&body)).await;
             Some(match a.status {
                 201 => Ok(granted_notice(&a.body["grant"])),
                 202 => Ok(format!(
@@ -306,15 +318,7 @@ async fn void(
         url_part(grant_id)
     );
     let body = json!({"reason": field(&form, "reason").unwrap_or_default()});
-    let a = call(
-        &cs.api,
-        &v.caller,
-        Method::POST,
-        &path,
-        Some(&key_of(&form)),
-        Some(&body),
-    )
-    .await;
+    let a = submit(&cs, &v, &path, &form, Some(&body)).await;
     let notice = if a.ok() {
         Ok(format!("Voided {grant_id}."))
     } else {
@@ -347,15 +351,7 @@ async fn approve(
         "/v1/admin/grant-approvals/{}/approve",
         url_part(&request_id)
     );
-    let a = call(
-        &cs.api,
-        &v.caller,
-        Method::POST,
-        &path,
-        Some(&key_of(&form)),
-        None,
-    )
-    .await;
+    let a = submit(&cs, &v, &path, &form, None).await;
     let notice = if a.ok() {
         Ok(format!(
             "Approved {request_id}. {}",
@@ -426,15 +422,7 @@ async fn set_mode(State(cs): St, headers: HeaderMap, Form(form): Fields) -> Resp
         Some("customer") => body["customer"] = json!(target),
         _ => {}
     }
-    let a = call(
-        &cs.api,
-        &v.caller,
-        Method::POST,
-        "/v1/control/mode",
-        Some(&key_of(&form)),
-        Some(&body),
-    )
-    .await;
+    let a = submit(&cs, &v, "/v1/control/mode", &form, Some(&body)).await;
     let notice = if a.ok() {
         Ok(format!("Mode set: {mode}."))
     } else {
